@@ -1,0 +1,5 @@
+"""Allow ``python -m sqlstate``."""
+
+from sqlstate.cli import main
+
+main()
