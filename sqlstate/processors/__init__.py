@@ -1,1 +1,1 @@
-"""State processors: each turns a partition's records into state changes inside the batch transaction."""
+"""State processors: each turns records into state changes inside the batch transaction."""

@@ -1,0 +1,217 @@
+"""The batch loop: fetch a bounded batch, keep what this consumer may count, commit it atomically.
+
+For each batch: ``getmany(max_records)``; read each claimed partition's position right away (no
+await in between); then, under the ownership lock, drop the batch if a rebalance came in between,
+gate out records below each stored position, and hand the rest to the store, which moves positions
+by compare-and-set and applies the processors in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.structs import ConsumerRecord
+
+from sqlstate.errors import OutOfRangeError
+from sqlstate.kafka import consumed_position, log_end
+from sqlstate.processors.base import Processor, Records
+from sqlstate.rebalance import Ownership
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Claim, PartitionAdvance, Store, Transaction
+
+logger = logging.getLogger(__name__)
+
+Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+
+
+def unseen(records: Records, next_offset: int) -> Records:
+    """The records at or after ``next_offset``: those below it are already counted."""
+    if not records or records[0].offset >= next_offset:
+        return records  # the usual case: nothing to filter, no copy
+    return [record for record in records if record.offset >= next_offset]
+
+
+class BatchLoop:
+    """Runs until ``stop`` is set; a fatal error propagates out of ``run``."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        store: Store,
+        ownership: Ownership,
+        processors: Sequence[Processor],
+        settings: Settings,
+        stats: Stats,
+    ) -> None:
+        self._consumer = consumer
+        self._store = store
+        self._ownership = ownership
+        self._processors = processors
+        self._settings = settings
+        self._stats = stats
+        self.commit_seconds: list[float] = []  # recent commit latencies, drained by observers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                batch: Batch = await self._consumer.getmany(
+                    timeout_ms=self._settings.poll_timeout_ms,
+                    max_records=self._settings.max_records,
+                )
+            except OffsetOutOfRangeError as error:
+                await self._out_of_range(error.args[0])
+                continue
+            except NoOffsetForPartitionError as error:
+                await self._reseek(error.args[0])
+                continue
+            except ConsumerStoppedError:
+                return
+            generation = self._ownership.generation
+            advances = self._advances(batch)
+            if not advances:
+                continue
+            async with self._ownership.lock:
+                if generation != self._ownership.generation:
+                    # A rebalance re-seeked the partitions from the database while this batch
+                    # waited; its records will be fetched again from there.
+                    logger.debug("dropped a batch fetched before a rebalance")
+                    continue
+                await self._commit(advances)
+
+    def _advances(self, batch: Batch) -> list[PartitionAdvance]:
+        """Each claimed partition that moved: its unseen records and its new position.
+
+        Must not await: positions are read as ``getmany()`` left them. A partition can move with
+        no records, stepping over transaction markers or aborted records.
+        """
+        advances = []
+        for tp, claim in self._ownership.claims.items():
+            position = consumed_position(self._consumer, tp)
+            if position is None or position <= claim.next_offset:
+                continue
+            records = unseen(batch.get(tp, ()), claim.next_offset)
+            advances.append(
+                PartitionAdvance(
+                    tp=tp,
+                    epoch=claim.epoch,
+                    expected_offset=claim.next_offset,
+                    next_offset=position,
+                    log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
+                    records=records,
+                )
+            )
+        return advances
+
+    async def _commit(self, advances: list[PartitionAdvance]) -> None:
+        started = time.perf_counter()
+        fenced = await self._store.commit_batch(advances, self._apply)
+        self.commit_seconds.append(time.perf_counter() - started)
+        claims = self._ownership.claims
+        committed = 0
+        for advance in advances:
+            if advance.tp in fenced:
+                await self._fenced(advance)
+                continue
+            claims[advance.tp] = Claim(advance.next_offset, advance.epoch)
+            committed += len(advance.records)
+        self._stats.records += committed
+        self._stats.batches += 1
+        logger.debug("committed %d records over %d partitions", committed, len(advances))
+
+    async def _apply(self, tx: Transaction, batch: Mapping[TopicPartition, Records]) -> None:
+        for processor in self._processors:
+            await processor.apply(tx, batch)
+
+    async def _discard(self, tx: Transaction, tp: TopicPartition) -> None:
+        for processor in self._processors:
+            await processor.discard(tx, tp)
+
+    async def _fenced(self, advance: PartitionAdvance) -> None:
+        """Our compare-and-set failed: someone else claimed or moved the partition."""
+        self._stats.fenced_batches += 1
+        tp = advance.tp
+        row = await self._store.read_position(tp)
+        if row is not None and row.epoch == advance.epoch:
+            # Same epoch, different offset: the position moved under us. Follow the database.
+            logger.warning(
+                "position of %s-%d moved to %d while we expected %d; dropped %d records and"
+                " re-seeked",
+                tp.topic, tp.partition, row.next_offset, advance.expected_offset,
+                len(advance.records),
+            )
+            self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
+            self._consumer.seek(tp, row.next_offset)
+            return
+        # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
+        # Kafka's next rebalance tells us what we own.
+        logger.warning(
+            "fenced on %s-%d: claimed by %s with epoch %s (ours %d); dropped a batch of %d"
+            " records",
+            tp.topic, tp.partition, row.owner if row else "nobody", row.epoch if row else "-",
+            advance.epoch, len(advance.records),
+        )
+        self._ownership.claims.pop(tp, None)
+        self._consumer.pause(tp)
+
+    async def _reseek(self, tp: TopicPartition) -> None:
+        """The fetcher looked for a Kafka-committed offset before our listener seeked.
+
+        Our positions live in the database (AIOKAFKA-NOTES.md 4): seek to the claimed one.
+        """
+        async with self._ownership.lock:
+            claim = self._ownership.claims.get(tp)
+            if claim is not None:
+                logger.debug("re-seeking %s-%d to %d", tp.topic, tp.partition, claim.next_offset)
+                self._consumer.seek(tp, claim.next_offset)
+
+    async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
+        async with self._ownership.lock:
+            for tp, fetch_offset in offsets.items():
+                claim = self._ownership.claims.get(tp)
+                if claim is None:
+                    logger.debug("ignored out-of-range for unclaimed %s", tp)
+                    continue
+                await self._resolve_out_of_range(tp, fetch_offset)
+
+    async def _resolve_out_of_range(self, tp: TopicPartition, fetch_offset: int) -> None:
+        claim = self._ownership.claims[tp]
+        first = (await self._consumer.beginning_offsets([tp]))[tp]
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        if first <= claim.next_offset <= end:
+            # A lagging replica can answer out-of-range for an offset that exists
+            # (AIOKAFKA-NOTES.md 14): the log says the position is fine, so keep it.
+            logger.warning(
+                "%s-%d: fetch at %d reported out of range, but the log holds [%d, %d];"
+                " keeping position %d",
+                tp.topic, tp.partition, fetch_offset, first, end, claim.next_offset,
+            )
+            self._consumer.seek(tp, claim.next_offset)
+            return
+        if self._settings.out_of_range == "fail":
+            raise OutOfRangeError(
+                f"stored position {claim.next_offset} of {tp.topic}-{tp.partition} is outside the"
+                f" log [{first}, {end}) (records deleted or topic recreated); the database was"
+                " left unchanged. Rerun with --out-of-range reset to rebuild this partition"
+            )
+        if await self._store.reset_partition(tp, claim.epoch, first, self._discard):
+            self._stats.out_of_range_resets += 1
+            self._ownership.claims[tp] = Claim(first, claim.epoch)
+            self._consumer.seek(tp, first)
+            logger.warning(
+                "%s-%d: stored position %d is outside the log [%d, %d); discarded the"
+                " partition's state and restarted it from offset %d",
+                tp.topic, tp.partition, claim.next_offset, first, end, first,
+            )
+        else:
+            logger.warning(
+                "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
+                tp.topic, tp.partition,
+            )
+            self._ownership.claims.pop(tp, None)
+            self._consumer.pause(tp)

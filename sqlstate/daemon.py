@@ -1,0 +1,135 @@
+"""The daemon's life: open the database, migrate, join the group, run the loop, stop cleanly.
+
+SIGTERM or SIGINT: stop fetching, finish and commit the batch in flight, leave the group (bounded
+by a timeout), close the database, exit 0. A second signal exits at once with code 130; the
+database is consistent either way, since every batch is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+
+import aiokafka
+import aiosqlite
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from sqlstate import __version__, migrate
+from sqlstate.consumer import BatchLoop
+from sqlstate.errors import BrokerError, TopicNotFoundError
+from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.rebalance import Listener, Ownership
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Store
+
+logger = logging.getLogger(__name__)
+
+EXIT_FORCED = 130
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, store: Store) -> Iterator[None]:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once. Restores the old handlers."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        logger.info(
+            "%s: finishing the batch in flight, then stopping", signal.Signals(signum).name
+        )
+        store.stop_retrying()
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+    try:
+        await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
+        existing = await asyncio.wait_for(consumer.topics(), settings.connect_timeout_s)
+    except (TimeoutError, KafkaError, OSError) as error:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} within"
+            f" {settings.connect_timeout_s:g}s: {error!r}"
+        ) from error
+    missing = sorted(set(settings.topics) - set(existing))
+    if missing:
+        raise TopicNotFoundError(
+            f"topic {', '.join(missing)} does not exist at {settings.bootstrap_servers};"
+            " create it first (sqlstate never creates topics)"
+        )
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+    # stop() leaves the group; it has been seen to hang (aio-libs/aiokafka#773), so bound it.
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout_s)
+    except TimeoutError:
+        logger.warning("the Kafka consumer did not stop within %gs; exiting anyway", timeout_s)
+    except KafkaError as error:
+        logger.warning("stopping the Kafka consumer failed: %r", error)
+
+
+async def run(settings: Settings) -> None:
+    """Run until a signal (returns) or a fatal error (raises a SqlstateError)."""
+    store = await Store.open(
+        settings.database,
+        busy_timeout_s=settings.busy_timeout_s,
+        check_integrity=settings.check_integrity,
+    )
+    try:
+        await migrate.apply_pending(store)
+        schema = await migrate.schema_version(store)
+        consumer = build_consumer(settings)
+        try:
+            await _start_consumer(consumer, settings)
+            logger.info(
+                "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
+                " topics %s; group %s; record parser: %s",
+                __version__, aiokafka.__version__, aiosqlite.__version__, sqlite3.sqlite_version,
+                store.path, schema, ", ".join(settings.topics), settings.group_id,
+                "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
+            )
+            await _consume(consumer, store, settings)
+        finally:
+            await _stop_consumer(consumer, settings.shutdown_timeout_s)
+    finally:
+        await store.close()
+    logger.info("stopped")
+
+
+async def _consume(consumer: AIOKafkaConsumer, store: Store, settings: Settings) -> None:
+    stop = asyncio.Event()
+    fatal: list[BaseException] = []
+
+    def on_fatal(error: BaseException) -> None:
+        logger.error("stopping: %s", error)
+        fatal.append(error)
+        stop.set()
+
+    stats = Stats()
+    ownership = Ownership()
+    listener = Listener(consumer, store, ownership, settings.owner, stats, on_fatal)
+    consumer.subscribe(topics=list(settings.topics), listener=listener)
+    loop = BatchLoop(consumer, store, ownership, [KeyCounter()], settings, stats)
+    with stop_on_signals(stop, store):
+        await loop.run(stop)
+    if fatal:
+        raise fatal[0]

@@ -1,0 +1,64 @@
+"""Every error sqlstate reports to a person: one base class, a clear message, an exit code.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; the traceback is shown
+only with ``-v``. ``retriable`` says whether trying the same thing again later may succeed.
+"""
+
+from __future__ import annotations
+
+
+class SqlstateError(Exception):
+    """sqlstate failed."""
+
+    exit_code = 1
+    retriable = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(SqlstateError):
+    """The settings are not valid."""
+
+    exit_code = 2
+
+
+class DatabaseError(SqlstateError):
+    """The database cannot be used."""
+
+    exit_code = 3
+
+
+class SchemaTooNewError(DatabaseError):
+    """The database was written by a newer sqlstate; upgrade sqlstate to use it."""
+
+
+class DatabaseBusyError(DatabaseError):
+    """The database is locked by another connection."""
+
+    retriable = True
+
+
+class BrokerError(SqlstateError):
+    """The Kafka cluster cannot be used."""
+
+    exit_code = 4
+    retriable = True
+
+
+class TopicNotFoundError(BrokerError):
+    """A topic to consume does not exist."""
+
+    retriable = False
+
+
+class OutOfRangeError(SqlstateError):
+    """A stored position no longer exists in Kafka and the policy is ``fail``."""
+
+    exit_code = 5
+
+
+class RebalanceError(SqlstateError):
+    """Partitions could not be claimed or released during a rebalance."""
+
+    exit_code = 6

@@ -1,0 +1,96 @@
+"""What the read-only commands (``counts``, ``offsets``, ``migrate --list``) look up.
+
+Each opens the database read-only (``migrate`` excepted), so they are safe beside a running daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from sqlstate import migrate
+from sqlstate.errors import BrokerError
+from sqlstate.store import Position, Store
+
+
+@dataclass(frozen=True)
+class KeyCount:
+    topic: str
+    key: str | bytes | None
+    count: int
+
+
+@dataclass(frozen=True)
+class PositionReport:
+    position: Position
+    end_offset: int | None  # from Kafka, when asked for
+
+    @property
+    def lag(self) -> int | None:
+        if self.end_offset is None:
+            return None
+        return max(self.end_offset - self.position.next_offset, 0)
+
+
+async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyCount]:
+    store = await Store.open(database, read_only=True, check_integrity=False)
+    try:
+        rows = await store.fetchall("top_counts", {"topic": topic, "limit": limit})
+    finally:
+        await store.close()
+    return [KeyCount(row["topic"], row["key"], row["count"]) for row in rows]
+
+
+async def positions(
+    database: Path, bootstrap_servers: str | None, isolation_level: str, timeout_s: float = 30.0
+) -> list[PositionReport]:
+    store = await Store.open(database, read_only=True, check_integrity=False)
+    try:
+        stored = await store.positions()
+    finally:
+        await store.close()
+    ends: dict[TopicPartition, int] = {}
+    if bootstrap_servers and stored:
+        ends = await _end_offsets(
+            bootstrap_servers,
+            [TopicPartition(p.topic, p.partition) for p in stored],
+            isolation_level,
+            timeout_s,
+        )
+    return [
+        PositionReport(p, ends.get(TopicPartition(p.topic, p.partition))) for p in stored
+    ]
+
+
+async def _end_offsets(
+    bootstrap_servers: str, tps: list[TopicPartition], isolation_level: str, timeout_s: float
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, isolation_level=isolation_level,
+        enable_auto_commit=False,
+    )
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        ends: dict[TopicPartition, int] = await asyncio.wait_for(
+            consumer.end_offsets(tps), timeout_s
+        )
+        return ends
+    except (TimeoutError, KafkaError, OSError) as error:
+        raise BrokerError(f"cannot read end offsets from {bootstrap_servers}: {error!r}") from error
+    finally:
+        await consumer.stop()
+
+
+async def migrations(database: Path, apply: bool) -> tuple[list[str], list[Any]]:
+    """Apply pending migrations (unless only listing); return (applied now, status of each)."""
+    store = await Store.open(database, read_only=not apply)
+    try:
+        applied = await migrate.apply_pending(store) if apply else []
+        return applied, await migrate.list_status(store)
+    finally:
+        await store.close()

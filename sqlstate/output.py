@@ -1,0 +1,35 @@
+"""How the commands print: an aligned table for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+def key_text(key: str | bytes | None) -> str:
+    """A key as a person reads it: text as is, bytes as x'..' hex, a missing key as (null)."""
+    if key is None:
+        return "(null)"
+    if isinstance(key, bytes):
+        return f"x'{key.hex()}'"
+    return key if key.isprintable() else repr(key)
+
+
+def key_json(key: str | bytes | None) -> Any:
+    """A key in JSON: a string, {"hex": ".."} for bytes that are not UTF-8, or null."""
+    if isinstance(key, bytes):
+        return {"hex": key.hex()}
+    return key
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def as_json(rows: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(rows), indent=2, ensure_ascii=False)

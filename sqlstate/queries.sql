@@ -1,0 +1,83 @@
+-- Every statement sqlstate runs at run time, by name. Schema changes live in migrations/.
+-- Each block starts with "-- name: <name>"; sqlstate/queries.py loads them.
+
+-- name: check_readable
+-- Reads the file header: fails with "file is not a database" on anything that is not SQLite.
+SELECT count(*) FROM sqlite_master;
+
+-- name: quick_check
+PRAGMA quick_check;
+
+-- name: journal_mode_wal
+PRAGMA journal_mode = WAL;
+
+-- name: synchronous_normal
+-- Safe here: state and positions are committed together, so a power loss can only roll both back.
+PRAGMA synchronous = NORMAL;
+
+-- name: begin_immediate
+-- Take the write lock at BEGIN, where the busy timeout applies, rather than at the first write.
+BEGIN IMMEDIATE;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name        TEXT PRIMARY KEY,
+    applied_at  TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- name: migrations_table_exists
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations';
+
+-- name: applied_migrations
+SELECT name, applied_at FROM schema_migrations ORDER BY name;
+
+-- name: record_migration
+INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at);
+
+-- name: claim_partition
+-- A new owner takes the partition: bump the epoch (fencing out the previous owner), record who owns
+-- it, and return where to start. A partition seen for the first time starts at :start_offset.
+INSERT INTO positions (topic, partition, next_offset, epoch, owner, updated_at)
+VALUES (:topic, :partition, :start_offset, 1, :owner, :now)
+ON CONFLICT (topic, partition) DO UPDATE
+    SET epoch = epoch + 1, owner = excluded.owner, updated_at = excluded.updated_at
+RETURNING next_offset, epoch;
+
+-- name: advance_position
+-- The compare-and-set that fences zombies: it changes a row only if nobody moved the partition or
+-- claimed it since this owner last read it.
+UPDATE positions
+SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now
+WHERE topic = :topic AND partition = :partition
+  AND next_offset = :expected_offset AND epoch = :epoch;
+
+-- name: reset_position
+UPDATE positions
+SET next_offset = :next_offset, log_end_offset = NULL, updated_at = :now
+WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
+
+-- name: read_position
+SELECT next_offset, epoch, owner FROM positions WHERE topic = :topic AND partition = :partition;
+
+-- name: upsert_key_counts
+INSERT INTO key_counts (topic, partition, key, count) VALUES (?, ?, ?, ?)
+ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
+
+-- name: delete_key_counts
+DELETE FROM key_counts WHERE topic = :topic AND partition = :partition;
+
+-- name: list_positions
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+FROM positions ORDER BY topic, partition;
+
+-- name: top_counts
+SELECT topic, key, count FROM counts
+WHERE :topic IS NULL OR topic = :topic
+ORDER BY count DESC, topic, key
+LIMIT :limit;

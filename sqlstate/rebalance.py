@@ -1,0 +1,113 @@
+"""The rebalance listener and the record of which partitions this consumer may write.
+
+aiokafka runs the listener in its coordinator task, concurrently with the batch loop (see
+AIOKAFKA-NOTES.md 1-5). ``Ownership.lock`` is held around "process + commit" of a batch and
+around each callback, never around ``getmany()``, so a revoke waits for at most one batch.
+Each callback also bumps ``generation``: a batch fetched before a rebalance is dropped, since the
+rebalance re-seeked its partitions from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from sqlstate.errors import RebalanceError
+from sqlstate.stats import Stats
+from sqlstate.store import Claim, Store
+
+logger = logging.getLogger(__name__)
+
+
+def describe(tps: Iterable[TopicPartition]) -> str:
+    """``orders-0, orders-1`` for logs."""
+    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
+
+
+@dataclass
+class Ownership:
+    """The partitions this consumer has claimed, where each stands, and the batch lock."""
+
+    claims: dict[TopicPartition, Claim] = field(default_factory=dict)
+    generation: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def release(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.claims.pop(tp, None)
+        self.generation += 1
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Claims partitions from the database on assignment; releases them on revoke.
+
+    aiokafka logs and swallows whatever a listener raises (AIOKAFKA-NOTES.md 5), which would leave
+    partitions unpositioned. So a failure is handed to ``on_fatal``, which stops the daemon; the
+    partitions stay unclaimed meanwhile, so none of their records are counted.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        store: Store,
+        ownership: Ownership,
+        owner: str,
+        stats: Stats,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self._consumer = consumer
+        self._store = store
+        self._ownership = ownership
+        self._owner = owner
+        self._stats = stats
+        self._on_fatal = on_fatal
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            # Waiting for the lock waits for the batch in flight to commit. Nothing to flush:
+            # every committed batch is already durable.
+            async with self._ownership.lock:
+                self._ownership.release(revoked)
+            logger.info("revoked partitions: %s", describe(revoked))
+        except BaseException as error:
+            self._on_fatal(RebalanceError(f"releasing partitions failed: {error!r}"))
+            raise
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            async with self._ownership.lock:
+                await self._claim(assigned)
+        except BaseException as error:
+            self._on_fatal(
+                error if isinstance(error, RebalanceError)
+                else RebalanceError(f"claiming partitions {describe(assigned)} failed: {error!r}")
+            )
+            raise
+
+    async def _claim(self, assigned: set[TopicPartition]) -> None:
+        self._ownership.release(list(self._ownership.claims))
+        self._stats.rebalances += 1
+        if not assigned:
+            logger.info("assigned no partitions")
+            return
+        # Where a partition never seen before starts: the earliest offset Kafka still has.
+        beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(
+            list(assigned)
+        )
+        claims = await self._store.claim(beginnings, self._owner)
+        for tp, claim in claims.items():
+            # Every partition, including ones kept through the rebalance: aiokafka forgets all
+            # positions on each rebalance (AIOKAFKA-NOTES.md 4).
+            self._consumer.seek(tp, claim.next_offset)
+        self._ownership.claims.update(claims)
+        logger.info(
+            "assigned partitions: %s",
+            ", ".join(
+                f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
+                for tp, claim in sorted(claims.items())
+            ),
+        )

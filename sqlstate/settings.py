@@ -1,0 +1,100 @@
+"""Settings of a ``sqlstate run``: one frozen dataclass, built from flags and SQLSTATE_* variables.
+
+The CLI declares each option once with its environment variable; this module validates the result.
+Secrets are excluded from ``repr`` so a logged settings object never shows a password.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sqlstate.errors import ConfigError
+
+OutOfRangePolicy = Literal["reset", "fail"]
+IsolationLevel = Literal["read_committed", "read_uncommitted"]
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class Settings:
+    topics: tuple[str, ...]
+    group_id: str
+    bootstrap_servers: str = "127.0.0.1:9092"
+    database: Path = Path("sqlstate.db")
+    out_of_range: OutOfRangePolicy = "reset"
+    isolation_level: IsolationLevel = "read_committed"
+    max_records: int = 10_000
+    client_id: str = "sqlstate"
+    # Kafka group timing. A revoke waits for the batch in flight, so a batch must finish well within
+    # rebalance_timeout_ms, which aiokafka defaults to the session timeout.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    rebalance_timeout_ms: int | None = None
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 1_048_576
+    busy_timeout_s: float = 5.0
+    connect_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+    poll_timeout_ms: int = 500
+    check_integrity: bool = True
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    progress_interval_s: float = 5.0
+    stall_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        problems: list[str] = []
+        if not self.topics or any(not topic.strip() for topic in self.topics):
+            problems.append("give at least one topic (--topic or SQLSTATE_TOPIC)")
+        if not self.group_id:
+            problems.append("give a consumer group id (--group-id or SQLSTATE_GROUP_ID)")
+        if not self.bootstrap_servers:
+            problems.append("give the bootstrap servers (--bootstrap-servers)")
+        if self.max_records < 1:
+            problems.append("--max-records must be at least 1")
+        if self.out_of_range not in ("reset", "fail"):
+            problems.append("--out-of-range must be reset or fail")
+        if self.isolation_level not in ("read_committed", "read_uncommitted"):
+            problems.append("--isolation-level must be read_committed or read_uncommitted")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            problems.append(f"--security-protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                problems.append(f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+            if not self.sasl_username or not self.sasl_password:
+                problems.append(
+                    "SASL needs --sasl-username and the password in SQLSTATE_SASL_PASSWORD"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None and not value.is_file():
+                problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append("--metrics-port must be between 0 and 65535")
+        for name in ("busy_timeout_s", "connect_timeout_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        return problems
+
+    @property
+    def owner(self) -> str:
+        """Who claims partitions in the positions table: client id, host and process."""
+        return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,386 @@
+"""The SQLite database: owns the connection, its settings and every transaction sqlstate makes.
+
+All statements come by name from ``queries.sql``. Connections use ``isolation_level=None`` so
+that no implicit DEFERRED transaction can upgrade to a write and fail with SQLITE_BUSY without
+waiting; each write transaction is an explicit ``BEGIN IMMEDIATE`` that waits up to the busy
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+from aiokafka import TopicPartition
+
+from sqlstate.errors import DatabaseBusyError, DatabaseError
+from sqlstate.queries import sql
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Result codes (sqlite3.OperationalError.sqlite_errorcode & 0xff) that mean "try again later".
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_RETRY_PAUSE_S = 0.5
+
+
+def utc_now() -> str:
+    """Timestamps in the database: UTC, ISO 8601, millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether a SQLite error only means another connection holds the lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.OperationalError) and code is not None and (
+        code & 0xFF
+    ) in _BUSY_CODES
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a consumer holds after claiming a partition: where to start and its fencing epoch."""
+
+    next_offset: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Position:
+    """One row of the positions table."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    epoch: int
+    owner: str
+    log_end_offset: int | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class PartitionAdvance:
+    """One partition's share of a batch: its records and the position move that goes with them."""
+
+    tp: TopicPartition
+    epoch: int
+    expected_offset: int
+    next_offset: int
+    log_end_offset: int | None
+    records: Sequence[Any]
+
+
+class Transaction:
+    """A write transaction in progress; statements are named, from ``queries.sql``."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, name: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> int:
+        """Run one statement; return how many rows it changed."""
+        cursor = await self._conn.execute(sql(name), params)
+        rowcount = cursor.rowcount
+        await cursor.close()
+        return rowcount
+
+    async def executemany(self, name: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for many rows in a single call to the database thread."""
+        await self._conn.executemany(sql(name), rows)
+
+    async def execute_script_statement(self, statement: str) -> None:
+        """Run one statement of a migration file (the only SQL that is not a named query)."""
+        await self._conn.execute(statement)
+
+    async def executemany_count(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Like executemany, returning the total number of rows changed."""
+        cursor = await self._conn.executemany(sql(name), rows)
+        rowcount = cursor.rowcount
+        await cursor.close()
+        return rowcount
+
+    async def fetchall(
+        self, name: str, params: Mapping[str, Any] | Sequence[Any] = ()
+    ) -> list[sqlite3.Row]:
+        rows = await self._conn.execute_fetchall(sql(name), params)
+        return list(rows)
+
+    async def fetchone(
+        self, name: str, params: Mapping[str, Any] | Sequence[Any] = ()
+    ) -> sqlite3.Row | None:
+        async with self._conn.execute(sql(name), params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+
+def _checked_path(path: Path, read_only: bool) -> Path:
+    path = path.expanduser()
+    if not path.parent.is_dir():
+        raise DatabaseError(f"cannot open database {path}: folder {path.parent} does not exist")
+    if read_only and not path.exists():
+        raise DatabaseError(f"no database at {path}: run `sqlstate migrate` first")
+    if path.is_dir():
+        raise DatabaseError(f"cannot open database {path}: it is a folder")
+    return path
+
+
+ApplyRecords = Callable[[Transaction, Mapping[TopicPartition, Sequence[Any]]], Awaitable[None]]
+DiscardPartition = Callable[[Transaction, TopicPartition], Awaitable[None]]
+
+
+class Store:
+    """An open sqlstate database."""
+
+    busy_retries = 0
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._stopping = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        busy_timeout_s: float = 5.0,
+        read_only: bool = False,
+        check_integrity: bool = True,
+    ) -> Store:
+        """Open (or, unless ``read_only``, create) the database and check it is a sound SQLite file.
+
+        Nothing is written before the file is known to be a healthy SQLite database, so a wrong
+        path, a foreign file or a corrupt database is reported and left exactly as it was.
+        """
+        path = _checked_path(path, read_only)
+        target = f"file:{path}?mode=ro" if read_only else str(path)
+        try:
+            conn = await aiosqlite.connect(
+                target, uri=read_only, isolation_level=None, timeout=busy_timeout_s
+            )
+        except sqlite3.Error as error:
+            raise DatabaseError(f"cannot open database {path}: {error}") from error
+        conn.row_factory = sqlite3.Row
+        store = cls(conn, path)
+        try:
+            await store._check(check_integrity)
+            if not read_only:
+                await conn.execute(sql("journal_mode_wal"))
+                await conn.execute(sql("synchronous_normal"))
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _check(self, check_integrity: bool) -> None:
+        try:
+            await self._fetchall("check_readable")
+            if check_integrity:
+                rows = await self._fetchall("quick_check")
+                problems = [row[0] for row in rows if row[0] != "ok"]
+                if problems:
+                    raise DatabaseError(
+                        f"database {self.path} is corrupt ({problems[0]}); it was left as it is:"
+                        " restore it from a backup, or move it away to rebuild from Kafka"
+                    )
+        except sqlite3.DatabaseError as error:
+            if is_busy(error):
+                raise DatabaseBusyError(
+                    f"database {self.path} is locked by another connection: {error}"
+                ) from error
+            raise DatabaseError(
+                f"{self.path} is not a usable SQLite database ({error}); it was left as it is"
+            ) from error
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def stop_retrying(self) -> None:
+        """Make a transaction waiting on a locked database give up (used at shutdown)."""
+        self._stopping = True
+
+    async def _fetchall(
+        self, name: str, params: Mapping[str, Any] | Sequence[Any] = ()
+    ) -> list[sqlite3.Row]:
+        rows = await self._conn.execute_fetchall(sql(name), params)
+        return list(rows)
+
+    async def fetchall(
+        self, name: str, params: Mapping[str, Any] | Sequence[Any] = ()
+    ) -> list[sqlite3.Row]:
+        """Run a named read-only query outside any write transaction."""
+        try:
+            return await self._fetchall(name, params)
+        except sqlite3.Error as error:
+            raise DatabaseError(f"cannot read {self.path}: {error}") from error
+
+    async def in_transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
+
+        A locked database is waited for (busy timeout) and then retried with a warning, the whole
+        transaction again, until it succeeds or shutdown begins. Any other failure rolls back and
+        raises: nothing of a failed transaction is ever committed.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(work)
+            except sqlite3.Error as error:
+                if is_busy(error) and not self._stopping:
+                    logger.warning(
+                        "database %s is locked by another connection (attempt %d); retrying",
+                        self.path,
+                        attempt,
+                    )
+                    self.busy_retries += 1
+                    await asyncio.sleep(_RETRY_PAUSE_S)
+                    continue
+                if is_busy(error):
+                    raise DatabaseBusyError(
+                        f"database {self.path} stayed locked; gave up at shutdown"
+                    ) from error
+                raise DatabaseError(
+                    f"database {self.path}: {error}; the batch was rolled back"
+                ) from error
+
+    async def _attempt(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        await self._conn.execute(sql("begin_immediate"))
+        try:
+            result = await work(Transaction(self._conn))
+            # After SQLITE_FULL or SQLITE_IOERR, SQLite may already have rolled back by itself.
+            if not self._conn.in_transaction:
+                raise DatabaseError(f"database {self.path}: the transaction was rolled back")
+            await self._conn.execute(sql("commit"))
+            return result
+        except BaseException:
+            # Shielded: a cancelled aiosqlite call still runs in its thread, and an open
+            # transaction left behind would be committed by whoever commits next.
+            await asyncio.shield(self._rollback())
+            raise
+
+    async def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            await self._conn.execute(sql("rollback"))
+
+    # ---- positions ------------------------------------------------------------------------
+
+    async def claim(
+        self, start_offsets: Mapping[TopicPartition, int], owner: str
+    ) -> dict[TopicPartition, Claim]:
+        """Claim partitions in one transaction: bump each epoch, record the owner, read positions.
+
+        ``start_offsets`` gives, per partition, where to start if the database has never seen it.
+        """
+
+        async def work(tx: Transaction) -> dict[TopicPartition, Claim]:
+            now = utc_now()
+            claims: dict[TopicPartition, Claim] = {}
+            for tp, start_offset in start_offsets.items():
+                row = await tx.fetchone(
+                    "claim_partition",
+                    {
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "start_offset": start_offset,
+                        "owner": owner,
+                        "now": now,
+                    },
+                )
+                assert row is not None  # RETURNING always yields the claimed row
+                claims[tp] = Claim(next_offset=row["next_offset"], epoch=row["epoch"])
+            return claims
+
+        return await self.in_transaction(work)
+
+    async def read_position(self, tp: TopicPartition) -> Position | None:
+        rows = await self.fetchall("read_position", {"topic": tp.topic, "partition": tp.partition})
+        if not rows:
+            return None
+        row = rows[0]
+        return Position(tp.topic, tp.partition, row["next_offset"], row["epoch"], row["owner"],
+                        None, "")
+
+    async def commit_batch(
+        self, advances: Sequence[PartitionAdvance], apply: ApplyRecords
+    ) -> list[TopicPartition]:
+        """Commit one batch: move each partition's position and apply its records, atomically.
+
+        Each position moves by compare-and-set on (next offset, epoch). A partition whose row
+        does not match was claimed or moved by another consumer: its records are left out of the
+        transaction and it is returned as fenced. The other partitions commit.
+        """
+
+        async def work(tx: Transaction) -> list[TopicPartition]:
+            now = utc_now()
+            rows = [
+                {
+                    "topic": advance.tp.topic,
+                    "partition": advance.tp.partition,
+                    "next_offset": advance.next_offset,
+                    "log_end_offset": advance.log_end_offset,
+                    "now": now,
+                    "expected_offset": advance.expected_offset,
+                    "epoch": advance.epoch,
+                }
+                for advance in advances
+            ]
+            # One call for every partition in the common case; only when some row did not match
+            # is each partition read back to learn which ones were fenced.
+            changed = await tx.executemany_count("advance_position", rows)
+            fenced: list[TopicPartition] = []
+            if changed != len(advances):
+                for advance in advances:
+                    row = await tx.fetchone(
+                        "read_position",
+                        {"topic": advance.tp.topic, "partition": advance.tp.partition},
+                    )
+                    moved = (
+                        row is not None
+                        and row["next_offset"] == advance.next_offset
+                        and row["epoch"] == advance.epoch
+                    )
+                    if not moved:
+                        fenced.append(advance.tp)
+            accepted = {a.tp: a.records for a in advances if a.tp not in fenced and a.records}
+            if accepted:
+                await apply(tx, accepted)
+            return fenced
+
+        return await self.in_transaction(work)
+
+    async def reset_partition(
+        self, tp: TopicPartition, epoch: int, next_offset: int, discard: DiscardPartition
+    ) -> bool:
+        """Discard a partition's state and move its position, in one transaction.
+
+        Returns False, changing nothing, when another consumer has claimed the partition since.
+        """
+
+        async def work(tx: Transaction) -> bool:
+            changed = await tx.execute(
+                "reset_position",
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "next_offset": next_offset,
+                    "now": utc_now(),
+                    "epoch": epoch,
+                },
+            )
+            if changed != 1:
+                return False
+            await discard(tx, tp)
+            return True
+
+        return await self.in_transaction(work)
+
+    async def positions(self) -> list[Position]:
+        return [Position(*row) for row in await self.fetchall("list_positions")]
