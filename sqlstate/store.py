@@ -332,23 +332,17 @@ class Store:
                 }
                 for advance in advances
             ]
-            # One call for every partition in the common case; only when some row did not match
-            # is each partition read back to learn which ones were fenced.
+            # One call for every partition in the common case. If some row did not match, the
+            # total cannot say which: undo the moves and compare-and-set partition by partition.
+            await tx.execute("savepoint_positions")
             changed = await tx.executemany_count("advance_position", rows)
             fenced: list[TopicPartition] = []
-            if changed != len(advances):
-                for advance in advances:
-                    row = await tx.fetchone(
-                        "read_position",
-                        {"topic": advance.tp.topic, "partition": advance.tp.partition},
-                    )
-                    moved = (
-                        row is not None
-                        and row["next_offset"] == advance.next_offset
-                        and row["epoch"] == advance.epoch
-                    )
-                    if not moved:
+            if changed != len(rows):
+                await tx.execute("rollback_to_positions")
+                for advance, row in zip(advances, rows, strict=True):
+                    if await tx.execute("advance_position", row) != 1:
                         fenced.append(advance.tp)
+            await tx.execute("release_positions")
             accepted = {a.tp: a.records for a in advances if a.tp not in fenced and a.records}
             if accepted:
                 await apply(tx, accepted)
