@@ -160,6 +160,29 @@ class Store:
         path, a foreign file or a corrupt database is reported and left exactly as it was.
         """
         path = _checked_path(path, read_only)
+        if read_only or path.exists():
+            # Check through a read-only connection: closing the last read-write connection
+            # checkpoints the WAL into the main file, which would change a file we refuse to use.
+            checker = await cls._connect(path, busy_timeout_s, read_only=True)
+            try:
+                await checker._check(check_integrity)
+            except BaseException:
+                await checker.close()
+                raise
+            if read_only:
+                return checker
+            await checker.close()
+        store = await cls._connect(path, busy_timeout_s, read_only=False)
+        try:
+            await store._conn.execute(sql("journal_mode_wal"))
+            await store._conn.execute(sql("synchronous_normal"))
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @classmethod
+    async def _connect(cls, path: Path, busy_timeout_s: float, *, read_only: bool) -> Store:
         target = f"file:{path}?mode=ro" if read_only else str(path)
         try:
             conn = await aiosqlite.connect(
@@ -168,16 +191,7 @@ class Store:
         except sqlite3.Error as error:
             raise DatabaseError(f"cannot open database {path}: {error}") from error
         conn.row_factory = sqlite3.Row
-        store = cls(conn, path)
-        try:
-            await store._check(check_integrity)
-            if not read_only:
-                await conn.execute(sql("journal_mode_wal"))
-                await conn.execute(sql("synchronous_normal"))
-        except BaseException:
-            await conn.close()
-            raise
-        return store
+        return cls(conn, path)
 
     async def _check(self, check_integrity: bool) -> None:
         try:
@@ -186,18 +200,24 @@ class Store:
                 rows = await self._fetchall("quick_check")
                 problems = [row[0] for row in rows if row[0] != "ok"]
                 if problems:
-                    raise DatabaseError(
-                        f"database {self.path} is corrupt ({problems[0]}); it was left as it is:"
-                        " restore it from a backup, or move it away to rebuild from Kafka"
-                    )
+                    raise self._corrupt(problems[0])
         except sqlite3.DatabaseError as error:
             if is_busy(error):
                 raise DatabaseBusyError(
                     f"database {self.path} is locked by another connection: {error}"
                 ) from error
+            # quick_check itself fails this way when the damage is in the pages it must read.
+            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT:
+                raise self._corrupt(str(error)) from error
             raise DatabaseError(
                 f"{self.path} is not a usable SQLite database ({error}); it was left as it is"
             ) from error
+
+    def _corrupt(self, problem: str) -> DatabaseError:
+        return DatabaseError(
+            f"database {self.path} is corrupt ({problem}); it was left as it is:"
+            " restore it from a backup, or move it away to rebuild from Kafka"
+        )
 
     async def close(self) -> None:
         await self._conn.close()
