@@ -1,0 +1,125 @@
+"""``sqlstate`` with one fault injected at a named point of its cycle, for crash and zombie tests.
+
+    python -m tests.support.faulty_daemon --fault after_upsert --at 3 -- -v run --topic ...
+
+Everything after ``--`` goes to ``sqlstate.cli.main`` unchanged. The fault is put in from the
+outside, by wrapping one product method before the CLI starts, so the product has no test-only
+branch and a run without ``--fault`` is exactly ``sqlstate``. At the ``--at``-th time the point is
+reached (counting only hits that carry work, see ``POINTS``) the process either kills itself with
+SIGKILL (``--action kill``, the default: nothing is flushed, no ``finally`` runs, exactly a kill -9)
+or stops itself with SIGSTOP (``--action stop``: frozen, as a paused VM or a long GC would leave it,
+until someone sends SIGCONT; then it carries on from that very point). Before acting it prints
+``FAULT <point> <hit>`` on stderr so a test knows the point was reached.
+
+``--max-page-count-slack N`` makes the database "full" N pages beyond its size at start, through
+``PRAGMA max_page_count`` on the daemon's own connection (the pragma is per connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlstate import cli, migrate
+from sqlstate.consumer import BatchLoop
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.rebalance import Listener
+from sqlstate.store import Store, Transaction
+
+# point: (class, method, where the fault fires, which hits count)
+POINTS: dict[str, tuple[type, str, str, str]] = {
+    # A batch was fetched and gated; the transaction has not begun.
+    "after_fetch": (BatchLoop, "_commit", "before", "any"),
+    # Inside the batch transaction: positions moved, counts upserted, COMMIT not yet run.
+    "after_upsert": (KeyCounter, "apply", "after", "any"),
+    # The batch transaction committed; the in-memory claims are not yet advanced.
+    "after_commit": (Store, "commit_batch", "after", "any"),
+    # Just before the batch transaction begins (the zombie's pause point).
+    "before_commit": (Store, "commit_batch", "before", "any"),
+    # Inside the revoke callback, with partitions to give up.
+    "in_revoke": (Listener, "on_partitions_revoked", "before", "nonempty"),
+    # Inside the assign callback, before the claim transaction.
+    "before_claim": (Store, "claim", "before", "any"),
+    # Inside the assign callback: the claim (epoch bump) committed, no partition seeked yet.
+    "after_claim": (Store, "claim", "after", "any"),
+    # In the middle of a migration's transaction, after one of its statements ran.
+    "in_migration": (Transaction, "execute_script_statement", "after", "any"),
+}
+
+
+def _counts(point: str, args: Sequence[Any]) -> bool:
+    """Whether this call is a hit: revokes count only when there is something to revoke."""
+    if POINTS[point][3] == "nonempty":
+        return bool(args[1]) if len(args) > 1 else True
+    return True
+
+
+def install(point: str, at: int, action: str) -> None:
+    """Wrap the method behind ``point`` so that its ``at``-th hit kills or stops this process."""
+    owner, name, where, _ = POINTS[point]
+    original: Callable[..., Any] = getattr(owner, name)
+    hits = 0
+
+    def fire() -> None:
+        sys.stderr.write(f"FAULT {point} {hits}\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+    @functools.wraps(original)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hits
+        hit = False
+        if _counts(point, args):
+            hits += 1
+            hit = hits == at
+        if hit and where == "before":
+            fire()
+        result = await original(*args, **kwargs)
+        if hit and where == "after":
+            fire()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def limit_pages(slack: int) -> None:
+    """Let the daemon's connection grow the file by only ``slack`` pages: a full disk."""
+    original = Store.open.__func__  # type: ignore[attr-defined]
+
+    async def open_limited(cls: type[Store], *args: Any, **kwargs: Any) -> Store:
+        store: Store = await original(cls, *args, **kwargs)
+        conn = store._conn
+        # Migrate first so that the limit leaves room for batches, not for the schema.
+        await migrate.apply_pending(store)
+        (pages,) = await (await conn.execute("PRAGMA page_count")).fetchone()  # type: ignore[misc]
+        await conn.execute(f"PRAGMA max_page_count = {int(pages) + slack}")
+        return store
+
+    Store.open = classmethod(open_limited)  # type: ignore[method-assign, assignment]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--fault", choices=sorted(POINTS))
+    parser.add_argument("--at", type=int, default=1, help="fire at this hit (1 = the first)")
+    parser.add_argument("--action", choices=["kill", "stop"], default="kill")
+    parser.add_argument("--max-page-count-slack", type=int)
+    parser.add_argument("sqlstate_args", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+    rest = list(options.sqlstate_args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if options.fault:
+        install(options.fault, options.at, options.action)
+    if options.max_page_count_slack is not None:
+        limit_pages(options.max_page_count_slack)
+    cli.main(rest, prog_name="sqlstate")
+
+
+if __name__ == "__main__":
+    main()
