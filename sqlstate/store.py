@@ -171,9 +171,6 @@ class Store:
         store = cls(conn, path)
         try:
             await store._check(check_integrity)
-            if not read_only:
-                await conn.execute(sql("journal_mode_wal"))
-                await conn.execute(sql("synchronous_normal"))
         except BaseException:
             await conn.close()
             raise
@@ -198,6 +195,14 @@ class Store:
             raise DatabaseError(
                 f"{self.path} is not a usable SQLite database ({error}); it was left as it is"
             ) from error
+
+    async def prepare_for_writing(self) -> None:
+        """WAL, so readers never block the writer nor see an uncommitted batch.
+
+        Called only once the file is known to be ours: it rewrites the file header.
+        """
+        await self._conn.execute(sql("journal_mode_wal"))
+        await self._conn.execute(sql("synchronous_normal"))
 
     async def close(self) -> None:
         await self._conn.close()
