@@ -172,14 +172,7 @@ class Store:
             if read_only:
                 return checker
             await checker.close()
-        store = await cls._connect(path, busy_timeout_s, read_only=False)
-        try:
-            await store._conn.execute(sql("journal_mode_wal"))
-            await store._conn.execute(sql("synchronous_normal"))
-        except BaseException:
-            await store.close()
-            raise
-        return store
+        return await cls._connect(path, busy_timeout_s, read_only=False)
 
     @classmethod
     async def _connect(cls, path: Path, busy_timeout_s: float, *, read_only: bool) -> Store:
@@ -218,6 +211,14 @@ class Store:
             f"database {self.path} is corrupt ({problem}); it was left as it is:"
             " restore it from a backup, or move it away to rebuild from Kafka"
         )
+
+    async def prepare_for_writing(self) -> None:
+        """WAL, so readers never block the writer nor see an uncommitted batch.
+
+        Called only once the file is known to be ours: it rewrites the file header.
+        """
+        await self._conn.execute(sql("journal_mode_wal"))
+        await self._conn.execute(sql("synchronous_normal"))
 
     async def close(self) -> None:
         await self._conn.close()

@@ -9,19 +9,19 @@ session timeout, so the group itself is rebuilt on the restarted broker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
+from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import wait_for_progress
 from tests.support.faults import caught_up, daemon, produce, wait_for_log
+from tests.support.kafka import TopicFactory
 
 DOWN_S = 8.0
 
 
 async def test_broker_kill_and_restart_while_running(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
-    group_id: str, broker_control: Any,
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    group_id: str, broker_control: AsyncBrokerControl,
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
@@ -34,11 +34,11 @@ async def test_broker_kill_and_restart_while_running(
         await wait_for_log(first, "assigned partitions:")
         await wait_for_log(second, "assigned partitions:")
         await wait_for_progress(database, 300, timeout=60)
-        await asyncio.to_thread(broker_control.kill)
+        await broker_control.kill()
         await asyncio.sleep(DOWN_S)
         assert first.running(), first.log()[-3000:]
         assert second.running(), second.log()[-3000:]
-        await asyncio.to_thread(broker_control.start)
+        await broker_control.start()
 
         await produce(kafka_bootstrap, topic, 600, partitions=3, seed=2)
         verdict = await caught_up(kafka_bootstrap, database, topic, [first, second], timeout=120)

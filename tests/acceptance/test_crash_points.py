@@ -10,7 +10,6 @@ database; it must count everything exactly once.
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from tests.support.daemon import Daemon, wait_for_progress
 from tests.support.db import query
 from tests.support.faults import caught_up, daemon, produce, wait_for_log
+from tests.support.kafka import TopicFactory
 
 # point -> the hit at which to crash (batch points crash mid-stream, not on the first batch).
 CYCLE_POINTS = {
@@ -38,7 +38,7 @@ async def crashed(victim: Daemon) -> None:
 
 @pytest.mark.parametrize("point", sorted(CYCLE_POINTS))
 async def test_crash_at_a_point_of_the_cycle_then_restart(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str, point: str,
 ) -> None:
     topic = await topic_factory(partitions=3)
@@ -65,7 +65,7 @@ async def test_crash_at_a_point_of_the_cycle_then_restart(
 
 
 async def test_crash_inside_the_revoke_callback_then_restart(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=3)

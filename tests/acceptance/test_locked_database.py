@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support.daemon import wait_for_progress
 from tests.support.faults import caught_up, daemon, produce, wait_for_log
+from tests.support.kafka import TopicFactory
 
 LOCK_HELD_S = 5.0
 
 
 async def test_locked_database_is_waited_for_then_caught_up(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=3)

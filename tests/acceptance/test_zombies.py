@@ -24,7 +24,6 @@ import re
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -43,7 +42,7 @@ from tests.support.faults import (
     wait_for_log,
     wait_stopped,
 )
-from tests.support.oracle import committed_ends
+from tests.support.kafka import TopicFactory, log_end_offsets
 
 ASSIGNED = re.compile(r"assigned partitions: (.*)")
 CLAIMED = re.compile(r"(\S+)-(\d+)@(\d+) \(epoch (\d+)\)")
@@ -65,7 +64,7 @@ async def resume(process: Daemon) -> None:
 
 
 async def test_zombie_commits_after_the_new_owner_and_is_fenced(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=2)
@@ -81,7 +80,7 @@ async def test_zombie_commits_after_the_new_owner_and_is_fenced(
         # The new member's join waits for the frozen one, which the coordinator then expels
         # (session timeout): the new owner claims every partition and works through the topic.
         owner.start()
-        ends = await committed_ends(kafka_bootstrap, topic)
+        ends = await log_end_offsets(kafka_bootstrap, topic, isolation_level="read_committed")
         await wait_for_positions(
             database, {(topic, p): end for p, end in ends.items()}, 90, [zombie, owner]
         )
@@ -106,7 +105,7 @@ async def test_zombie_commits_after_the_new_owner_and_is_fenced(
 
 
 async def test_zombie_commits_before_the_new_owner_claims(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=2)
@@ -172,7 +171,7 @@ async def count_range(
 
 
 async def test_position_moved_under_the_same_epoch_is_followed(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]],
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=1)

@@ -15,7 +15,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from tests.support.daemon import Daemon, wait_for_positions
-from tests.support.oracle import Verdict, assert_exactly_once, committed_ends
+from tests.support.kafka import log_end_offsets
+from tests.support.oracle import Verdict, assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short group timings so that a paused or dead member is noticed in seconds, not minutes.
@@ -107,7 +108,7 @@ async def caught_up(
     timeout: float = 90.0,
 ) -> Verdict:
     """Wait until every partition's position reaches the end of the log, then apply the oracle."""
-    ends = await committed_ends(bootstrap, topic)
+    ends = await log_end_offsets(bootstrap, topic, isolation_level="read_committed")
     await wait_for_positions(
         database, {(topic, p): end for p, end in ends.items()}, timeout, daemons
     )

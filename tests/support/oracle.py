@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.processors.counting import stored_key
 
@@ -150,24 +150,3 @@ async def assert_exactly_once(bootstrap: str, database: Path, topic: str) -> Ver
     verdict = await check(bootstrap, database, topic)
     assert verdict.ok, verdict.describe()
     return verdict
-
-
-async def committed_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    """Each partition's end as read_committed sees it (the last stable offset)."""
-    # The producer's partitions_for() fetches metadata; the consumer's only reads its cache.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        partitions = await producer.partitions_for(topic)
-    finally:
-        await producer.stop()
-    if not partitions:
-        raise AssertionError(f"oracle: topic {topic} has no partitions at {bootstrap}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {tp.partition: end for tp, end in ends.items()}

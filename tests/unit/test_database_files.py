@@ -42,12 +42,14 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x')")
     conn.close()
+    before = digest(path)
     store = await Store.open(path)
     try:
         with pytest.raises(SchemaTooNewError, match="9999_future"):
             await migrate.apply_pending(store)
     finally:
         await store.close()
+    assert digest(path) == before
 
 
 async def test_migrations_apply_once_and_list(tmp_path: Path) -> None:
