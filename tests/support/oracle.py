@@ -91,6 +91,9 @@ async def read_committed_counts(
 ) -> tuple[Counter[PartitionKey], int]:
     """Count keys of the records below ``until[partition]`` that a read_committed reader sees."""
     counts: Counter[PartitionKey] = Counter()
+    tps = [TopicPartition(topic, p) for p, end in until.items() if end > 0]
+    if not tps:
+        return counts, 0
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -102,9 +105,6 @@ async def read_committed_counts(
     await consumer.start()
     read = 0
     try:
-        tps = [TopicPartition(topic, p) for p, end in until.items() if end > 0]
-        if not tps:
-            return counts, 0
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout
