@@ -22,8 +22,8 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-.PHONY: all install lint format typecheck test broker-up broker-down broker-status \
-	broker-logs clean distclean
+.PHONY: all install lint format typecheck test soak soak-short broker-up broker-down \
+	broker-status broker-logs clean distclean
 
 all: lint typecheck test
 
@@ -50,6 +50,18 @@ typecheck: install
 ## make's: 5 (no tests collected) fails like any other.
 test: install
 	$(BROKER) run -- $(BIN)/pytest $(PYTEST_ARGS)
+
+## soak: DURATION seconds (default 600) of daemon kills, pauses and broker bounces under
+## steady traffic, then the exactly-once oracle; prints a summary (tests/soak/soak.py).
+## It kills and restarts the broker, so it needs one this harness starts.
+DURATION ?= 600
+SOAK_ARGS ?=
+soak: install
+	$(BROKER) run -- $(BIN)/python -m tests.soak --duration $(DURATION) $(SOAK_ARGS)
+
+## soak-short: the two-minute soak that .ci/run runs after the tests
+soak-short: install
+	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
 
 broker-up:
 	$(BROKER) up

@@ -1,0 +1,1 @@
+"""The fault soak (``python -m tests.soak``): see ``tests/soak/soak.py``."""

@@ -1,0 +1,387 @@
+"""The fault soak: steady traffic, three daemons on one database, a supervisor that breaks things.
+
+    python -m tests.soak --duration 600          (make soak DURATION=600; make soak-short)
+
+A producer writes at a steady rate into a topic of several partitions (plain records, plus small
+transactions of which every third is aborted, so read_committed matters). Three ``sqlstate run``
+processes in one group share one database file. For ``--duration`` seconds a supervisor, at random
+intervals, kill -9s a random daemon and restarts it, or freezes one with SIGSTOP past the session
+timeout (a zombie) and resumes it; a few times it kill -9s the broker and restarts it on its data.
+Any daemon that exits by itself is restarted and its exit code reported.
+
+Then it drains: every daemon resumed and running, the producers stopped, the stored positions at
+the end of the log, and applies the exactly-once oracle (``tests/support/oracle.py``). It prints one
+summary and exits 1 unless lost = 0, duplicated = 0 and ``quick_check`` is ok.
+
+Bounded in time (duration plus a bounded drain) and traffic (``--rate``), loopback only. It needs
+the broker started by the test harness (``tools/kafka_broker.py``), which it may kill and restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from tests.support.broker import AsyncBrokerControl
+from tests.support.daemon import Daemon, stored_positions
+from tests.support.kafka import create_topic, log_end_offsets, produce_transaction
+from tests.support.oracle import Verdict, check
+from tools.kafka_broker import BrokerControl
+
+logger = logging.getLogger("soak")
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION_TIMEOUT_S = 6.0
+DRAIN_TIMEOUT_S = 240.0
+KEYS: list[bytes | None] = [None, b"", b"\xff\xfe\x00", "ключ-🔑".encode(), b"x" * 10_000]
+KEYS += [f"user-{i}".encode() for i in range(500)]
+
+
+@dataclass
+class Options:
+    duration: float = 600.0
+    partitions: int = 6
+    daemons: int = 3
+    rate: float = 200.0  # plain records per second
+    interval: float = 8.0  # mean seconds between daemon faults
+    broker_bounces: int | None = None  # default: one per 200 s, at least one
+    seed: int | None = None
+    workdir: Path | None = None
+
+
+@dataclass
+class Tally:
+    produced: int = 0
+    send_failures: int = 0
+    tx_committed: int = 0
+    tx_aborted: int = 0
+    tx_failed: int = 0
+    kills: int = 0
+    pauses: int = 0
+    broker_bounces: int = 0
+    exits: dict[int, int] = field(default_factory=dict)  # exit code -> times, not our kills
+
+
+@dataclass
+class Summary:
+    options: Options
+    topic: str
+    workdir: Path
+    tally: Tally
+    rebalances: int
+    fenced: int
+    verdict: Verdict | None
+    drained: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.drained and self.verdict is not None and self.verdict.ok
+
+    def text(self) -> str:
+        t = self.tally
+        v = self.verdict
+        exits = ", ".join(f"code {c}: {n}" for c, n in sorted(t.exits.items())) or "none"
+        lines = [
+            "soak summary",
+            f"  duration:            {self.options.duration:.0f} s; topic {self.topic}"
+            f" ({self.options.partitions} partitions), {self.options.daemons} daemons,"
+            f" workdir {self.workdir}",
+            f"  messages produced:   {t.produced} acknowledged plain records"
+            f" ({t.send_failures} sends failed during bounces); transactions:"
+            f" {t.tx_committed} committed, {t.tx_aborted} aborted, {t.tx_failed} failed",
+            f"  kills:               {t.kills} (daemon kill -9, then restart)",
+            f"  pauses:              {t.pauses} (SIGSTOP past the session timeout, then SIGCONT)",
+            f"  broker bounces:      {t.broker_bounces} (broker kill -9, then restart)",
+            f"  daemon exits:        {exits} (restarted)",
+            f"  rebalances seen:     {self.rebalances}",
+            f"  fenced batches:      {self.fenced}",
+            f"  drained:             {'yes' if self.drained else 'NO'}",
+        ]
+        if v is not None:
+            lines += [
+                f"  records counted:     {v.read_back} (read_committed, below stored positions)",
+                f"  lost = {v.lost_total}",
+                f"  duplicated = {v.duplicated_total}",
+                f"  quick_check:         {v.quick_check}",
+            ]
+            if not v.ok:
+                lines.append(f"  details: {v.describe()}")
+        lines.append(f"  result:              {'PASS' if self.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+
+class Soak:
+    def __init__(self, options: Options, control: AsyncBrokerControl, workdir: Path) -> None:
+        self.options = options
+        self.control = control
+        self.bootstrap = control.bootstrap
+        self.workdir = workdir
+        self.database = workdir / "state.db"
+        self.rng = random.Random(options.seed)
+        self.tally = Tally()
+        self.topic = f"soak-{uuid.uuid4().hex[:8]}"
+        self.group_id = f"soak-{uuid.uuid4().hex[:8]}"
+        self.daemons: list[Daemon] = []
+        self.paused: set[int] = set()
+        self.stop_traffic = asyncio.Event()
+        self.broker_down = asyncio.Event()
+
+    # ---- traffic ------------------------------------------------------------------------------
+
+    async def plain_traffic(self) -> None:
+        """About ``rate`` records a second, in 20 chunks, to random partitions."""
+        chunk = max(1, round(self.options.rate / 20))
+        rng = random.Random(self.rng.random())
+        while not self.stop_traffic.is_set():
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                linger_ms=5, request_timeout_ms=15_000,
+            )
+            try:
+                await producer.start()
+                while not self.stop_traffic.is_set():
+                    started = time.monotonic()
+                    futures = [
+                        await producer.send(
+                            self.topic, b"v", key=rng.choice(KEYS),
+                            partition=rng.randrange(self.options.partitions),
+                        )
+                        for _ in range(chunk)
+                    ]
+                    results = await asyncio.gather(*futures, return_exceptions=True)
+                    failed = sum(isinstance(r, BaseException) for r in results)
+                    self.tally.produced += len(results) - failed
+                    self.tally.send_failures += failed
+                    if failed:
+                        break  # start over with a fresh producer
+                    await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - started)))
+            except Exception as error:  # the broker is down: wait and start over
+                logger.info("producer: %r", error)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 20)
+            if not self.stop_traffic.is_set():
+                await asyncio.sleep(1)
+
+    async def transactions(self) -> None:
+        """A small transaction every 2 s; every third one aborted.
+
+        One transactional id throughout: a transaction left open by a bounce is aborted when the
+        next producer with that id starts, so the last stable offset never stays stuck.
+        """
+        transactional_id = f"{self.topic}-tx"
+        number = 0
+        while not self.stop_traffic.is_set():
+            number += 1
+            commit = number % 3 != 0
+            messages = [
+                (self.rng.choice(KEYS), b"tx", self.rng.randrange(self.options.partitions))
+                for _ in range(self.rng.randrange(1, 20))
+            ]
+            try:
+                await produce_transaction(
+                    self.bootstrap, self.topic, messages, commit=commit,
+                    transactional_id=transactional_id, timeout=20,
+                )
+                if commit:
+                    self.tally.tx_committed += 1
+                else:
+                    self.tally.tx_aborted += 1
+            except Exception as error:
+                self.tally.tx_failed += 1
+                logger.info("transaction %d: %r", number, error)
+            await asyncio.sleep(2)
+        # Close any transaction a failure left open, so that the log can be read to its end.
+        for _ in range(10):
+            try:
+                await produce_transaction(self.bootstrap, self.topic, [(b"last", b"tx", 0)],
+                                          transactional_id=transactional_id, timeout=30)
+                self.tally.tx_committed += 1
+                return
+            except Exception as error:
+                logger.info("closing transaction: %r", error)
+                await asyncio.sleep(2)
+
+    # ---- daemons ------------------------------------------------------------------------------
+
+    def new_daemon(self, index: int) -> Daemon:
+        return Daemon(
+            self.bootstrap, [self.topic], self.group_id, self.database,
+            "--max-records", "500", "--max-poll-interval-ms", "30000",
+            "--client-id", f"soak-{index}",
+            name=f"daemon-{index}",
+        )
+
+    async def kill_daemon(self, index: int) -> None:
+        daemon = self.daemons[index]
+        logger.info("kill -9 daemon-%d", index)
+        await daemon.kill()
+        self.tally.kills += 1
+        await asyncio.sleep(self.rng.uniform(0.5, 3))
+        daemon.start()
+
+    async def pause_daemon(self, index: int) -> None:
+        daemon = self.daemons[index]
+        assert daemon.process is not None
+        logger.info("SIGSTOP daemon-%d", index)
+        daemon.process.send_signal(signal.SIGSTOP)
+        self.paused.add(index)
+        self.tally.pauses += 1
+        await asyncio.sleep(SESSION_TIMEOUT_S + self.rng.uniform(2, 5))
+        daemon.process.send_signal(signal.SIGCONT)
+        self.paused.discard(index)
+        logger.info("SIGCONT daemon-%d", index)
+
+    async def bounce_broker(self) -> None:
+        logger.info("kill -9 the broker")
+        await self.control.kill()
+        self.tally.broker_bounces += 1
+        await asyncio.sleep(self.rng.uniform(2, 8))
+        await self.control.start()
+        logger.info("broker restarted")
+
+    def restart_exited(self) -> None:
+        """A daemon that died by itself (not one we killed) is counted and started again."""
+        for daemon in self.daemons:
+            assert daemon.process is not None
+            code = daemon.process.poll()
+            if code is not None:
+                logger.info("%s exited with code %d; restarting", daemon.log_path.name, code)
+                self.tally.exits[code] = self.tally.exits.get(code, 0) + 1
+                daemon.start()
+
+    async def warm_up(self, timeout: float = 90.0) -> None:
+        """Faults start once every daemon has joined and been given partitions."""
+        deadline = time.monotonic() + timeout
+        while not all("assigned partitions: " in d.log() for d in self.daemons):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemons did not all join the group in time")
+            self.restart_exited()
+            await asyncio.sleep(0.5)
+
+    async def supervise(self) -> None:
+        options = self.options
+        await self.warm_up()
+        bounces = options.broker_bounces
+        if bounces is None:
+            bounces = max(1, int(options.duration // 200))
+        start = time.monotonic()
+        bounce_at = [start + options.duration * (i + 1) / (bounces + 1) for i in range(bounces)]
+        end = start + options.duration
+        while time.monotonic() < end:
+            await asyncio.sleep(min(self.rng.expovariate(1 / options.interval),
+                                    max(0.0, end - time.monotonic())))
+            self.restart_exited()
+            if time.monotonic() >= end:
+                break
+            if bounce_at and time.monotonic() >= bounce_at[0]:
+                bounce_at.pop(0)
+                await self.bounce_broker()
+            elif self.rng.random() < 0.5:
+                await self.kill_daemon(self.rng.randrange(len(self.daemons)))
+            else:
+                await self.pause_daemon(self.rng.randrange(len(self.daemons)))
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    async def drain(self) -> bool:
+        """Every daemon running; wait until the stored positions reach the end of the log."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        ends: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            self.restart_exited()
+            with contextlib.suppress(Exception):
+                ends = await log_end_offsets(self.bootstrap, self.topic,
+                                             isolation_level="read_committed")
+                positions = stored_positions(self.database)
+                if all(positions.get((self.topic, p), -1) >= end for p, end in ends.items()):
+                    return True
+            await asyncio.sleep(1)
+        logger.error("not drained in %.0f s: ends %s, positions %s", DRAIN_TIMEOUT_S, ends,
+                     stored_positions(self.database))
+        return False
+
+    def count_in_logs(self, *patterns: str) -> int:
+        pattern = re.compile("|".join(patterns))
+        return sum(len(pattern.findall(d.log())) for d in self.daemons)
+
+    async def run(self) -> Summary:
+        await create_topic(self.bootstrap, self.topic, self.options.partitions)
+        self.daemons = [self.new_daemon(i).start() for i in range(self.options.daemons)]
+        traffic = [asyncio.create_task(self.plain_traffic()),
+                   asyncio.create_task(self.transactions())]
+        verdict: Verdict | None = None
+        drained = False
+        try:
+            await self.supervise()
+            logger.info("faults done; draining")
+            for daemon in self.daemons:
+                assert daemon.process is not None
+                daemon.process.send_signal(signal.SIGCONT)
+            self.stop_traffic.set()
+            await asyncio.wait_for(asyncio.gather(*traffic), 120)
+            drained = await self.drain()
+            verdict = await check(self.bootstrap, self.database, self.topic)
+        finally:
+            self.stop_traffic.set()
+            for task in traffic:
+                task.cancel()
+            for daemon in self.daemons:
+                await daemon.stop_quietly()
+        return Summary(
+            options=self.options, topic=self.topic, workdir=self.workdir, tally=self.tally,
+            rebalances=self.count_in_logs(r"assigned partitions: \S"),
+            fenced=self.count_in_logs(r"fenced on ", r"while we expected \d+; dropped"),
+            verdict=verdict, drained=drained,
+        )
+
+
+async def run_soak(options: Options, control: AsyncBrokerControl) -> Summary:
+    workdir = options.workdir or ROOT / ".run" / "soak" / datetime.now(UTC).strftime(
+        "%Y%m%dT%H%M%S"
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    return await Soak(options, control, workdir).run()
+
+
+def parse(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--daemons", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=200.0, help="plain records per second")
+    parser.add_argument("--interval", type=float, default=8.0,
+                        help="mean seconds between daemon faults")
+    parser.add_argument("--broker-bounces", type=int, help="default: one per 200 s, at least 1")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workdir", type=Path, help="default: .run/soak/<time>")
+    args = parser.parse_args(argv)
+    return Options(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s soak: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    options = parse(argv)
+    control = BrokerControl(os.environ.get("KAFKA_BOOTSTRAP") or None)
+    if not control.owned():
+        print(f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker.py,"
+              " so it cannot be killed and restarted; run `make soak`", file=sys.stderr)
+        return 2
+    summary = asyncio.run(run_soak(options, AsyncBrokerControl(control)))
+    print(summary.text())
+    return 0 if summary.ok else 1
