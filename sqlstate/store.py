@@ -131,6 +131,10 @@ def _checked_path(path: Path, read_only: bool) -> Path:
     return path
 
 
+class _HotJournal(DatabaseError):
+    """A read-only connection found a rollback journal that a crash left to replay."""
+
+
 ApplyRecords = Callable[[Transaction, Mapping[TopicPartition, Sequence[Any]]], Awaitable[None]]
 DiscardPartition = Callable[[Transaction, TopicPartition], Awaitable[None]]
 
@@ -166,6 +170,19 @@ class Store:
             checker = await cls._connect(path, busy_timeout_s, read_only=True)
             try:
                 await checker._check(check_integrity)
+            except _HotJournal:
+                await checker.close()
+                if read_only:
+                    raise
+                # A crash left a rollback journal (no WAL yet): SQLite's recovery replays it on
+                # the first read of a read-write connection, and there is no WAL to checkpoint.
+                store = await cls._connect(path, busy_timeout_s, read_only=False)
+                try:
+                    await store._check(check_integrity)
+                except BaseException:
+                    await store.close()
+                    raise
+                return store
             except BaseException:
                 await checker.close()
                 raise
@@ -199,10 +216,12 @@ class Store:
                 raise DatabaseBusyError(
                     f"database {self.path} is locked by another connection: {error}"
                 ) from error
+            code = getattr(error, "sqlite_errorcode", 0)
             # quick_check itself fails this way when the damage is in the pages it must read.
-            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT:
+            if (code & 0xFF) == sqlite3.SQLITE_CORRUPT:
                 raise self._corrupt(str(error)) from error
-            raise DatabaseError(
+            unusable = _HotJournal if code == sqlite3.SQLITE_READONLY_ROLLBACK else DatabaseError
+            raise unusable(
                 f"{self.path} is not a usable SQLite database ({error}); it was left as it is"
             ) from error
 
