@@ -84,6 +84,7 @@ class Summary:
     tally: Tally
     rebalances: int
     fenced: int
+    resets: int
     verdict: Verdict | None
     drained: bool
 
@@ -109,6 +110,7 @@ class Summary:
             f"  daemon exits:        {exits} (restarted)",
             f"  rebalances seen:     {self.rebalances}",
             f"  fenced batches:      {self.fenced}",
+            f"  out-of-range resets: {self.resets} (a partition's state discarded and rebuilt)",
             f"  drained:             {'yes' if self.drained else 'NO'}",
         ]
         if v is not None:
@@ -346,6 +348,7 @@ class Soak:
             options=self.options, topic=self.topic, workdir=self.workdir, tally=self.tally,
             rebalances=self.count_in_logs(r"assigned partitions: \S"),
             fenced=self.count_in_logs(r"fenced on ", r"while we expected \d+; dropped"),
+            resets=self.count_in_logs(r"discarded the partition's state"),
             verdict=verdict, drained=drained,
         )
 
