@@ -24,6 +24,7 @@ from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.errors import BrokerError, TopicNotFoundError
 from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.monitor import Monitor
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.rebalance import Listener, Ownership
 from sqlstate.settings import Settings
@@ -129,7 +130,9 @@ async def _consume(consumer: AIOKafkaConsumer, store: Store, settings: Settings)
     listener = Listener(consumer, store, ownership, settings.owner, stats, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
     loop = BatchLoop(consumer, store, ownership, [KeyCounter()], settings, stats)
+    monitor = Monitor(consumer, ownership, stats, store, loop.commit_seconds, settings)
     with stop_on_signals(stop, store):
-        await loop.run(stop)
+        async with monitor.running():
+            await loop.run(stop)
     if fatal:
         raise fatal[0]
