@@ -25,6 +25,8 @@ from sqlstate.consumer import BatchLoop
 from sqlstate.errors import BrokerError, TopicNotFoundError
 from sqlstate.kafka import build_consumer, c_parser_loaded
 from sqlstate.monitor import Monitor
+from sqlstate.out_of_range import OutOfRangePolicyKeeper
+from sqlstate.processors.base import Processors
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.rebalance import Listener, Ownership
 from sqlstate.settings import Settings
@@ -127,9 +129,13 @@ async def _consume(consumer: AIOKafkaConsumer, store: Store, settings: Settings)
 
     stats = Stats()
     ownership = Ownership()
-    listener = Listener(consumer, store, ownership, settings.owner, stats, on_fatal)
+    processors = Processors([KeyCounter()])
+    keeper = OutOfRangePolicyKeeper(
+        consumer, store, settings.out_of_range, processors.discard, stats
+    )
+    listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, [KeyCounter()], settings, stats)
+    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, keeper)
     monitor = Monitor(consumer, ownership, stats, store, loop.commit_seconds, settings)
     with stop_on_signals(stop, store):
         async with monitor.running():

@@ -28,3 +28,18 @@ class Processor(Protocol):
 
     async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
         """Forget everything derived from one partition (its position is being reset)."""
+
+
+class Processors:
+    """All processors of a daemon, applied in order inside the same transaction."""
+
+    def __init__(self, members: Sequence[Processor]) -> None:
+        self.members = tuple(members)
+
+    async def apply(self, tx: Transaction, batch: Mapping[TopicPartition, Records]) -> None:
+        for processor in self.members:
+            await processor.apply(tx, batch)
+
+    async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
+        for processor in self.members:
+            await processor.discard(tx, tp)

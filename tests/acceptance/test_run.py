@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from sqlstate import output
 from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
 from tests.support.workload import (
     db_counts,
@@ -54,6 +57,23 @@ async def test_counts_and_positions_are_exact(
     log = daemon.log()
     assert "record parser: C extension" in log
     assert "Traceback" not in log
+
+    # The inspect commands read the same numbers.
+    top = json.loads(sqlstate("counts", "--database", str(database), "--top", "400", "--json"))
+    assert {(row["topic"], json.dumps(row["key"])): row["count"] for row in top} == {
+        (topic, json.dumps(output.key_json(key))): count for key, count in totals.items()
+    }
+    offsets = json.loads(sqlstate("offsets", "--database", str(database), "--json",
+                                  "--bootstrap-servers", kafka_bootstrap))
+    assert {(r["topic"], r["partition"]): r["next_offset"] for r in offsets} == ends
+    assert {r["lag"] for r in offsets} == {0}
+
+
+def sqlstate(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "sqlstate", *args], capture_output=True, check=True, timeout=60
+    )
+    return result.stdout.decode()
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])

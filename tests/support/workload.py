@@ -10,9 +10,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from sqlstate.processors.counting import stored_key
+from tests.support.kafka import log_end_offsets
 
 StoredKey = str | bytes | None
 # Keys that are easy to get wrong: none, empty, not UTF-8, UTF-8 beyond ASCII, very large.
@@ -89,15 +90,9 @@ async def end_offsets(
     bootstrap: str, topic: str, isolation_level: str = "read_committed"
 ) -> dict[tuple[str, int], int]:
     """{(topic, partition): end offset}: where a caught-up daemon's positions must stand."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation_level)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    ends = await log_end_offsets(bootstrap, topic, isolation_level=isolation_level)
+    assert ends, f"topic {topic} has no partitions"
+    return {(topic, partition): offset for partition, offset in ends.items()}
 
 
 def file_digest(path: Path) -> str:
