@@ -581,6 +581,10 @@ class BrokerControl:
         elif current.state == "silent":
             # A JVM binds its port seconds before it serves requests; give what may be
             # a starting broker the benefit of the doubt before calling the port taken.
+            say(
+                f"something at {self.bootstrap} accepts connections but does not answer; "
+                f"waiting 10 s in case it is a Kafka broker still starting"
+            )
             with contextlib.suppress(BrokerError):
                 current = wait_until_ready(self.bootstrap, timeout=10)
         if current.state == "ready":
