@@ -177,6 +177,11 @@ class StatusServer:
         except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError) as error:
             logger.debug("metrics request dropped: %r", error)
+        except Exception:
+            # A bug in a collector must not go unseen, nor take the endpoint down.
+            logger.exception("answering a metrics request failed")
+            with contextlib.suppress(ConnectionError):
+                writer.write(_response(HTTPStatus.INTERNAL_SERVER_ERROR, {}, b"", 0))
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

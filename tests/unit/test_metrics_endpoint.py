@@ -157,3 +157,26 @@ async def test_a_port_in_use_is_a_clear_error(served: tuple[Daemon, int]) -> Non
     daemon, port = served
     with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
         await StatusServer(daemon.metrics, daemon.get_health).start("127.0.0.1", port)
+
+
+async def test_a_failing_collector_answers_500_and_is_logged(
+    served: tuple[Daemon, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon, port = served
+
+    def broken() -> Lags:
+        raise RuntimeError("bug")
+
+    daemon.get_lags = broken  # type: ignore[method-assign]
+    daemon.metrics = Metrics(
+        daemon.stats, cast(Store, daemon.store), daemon.commit_seconds, broken, daemon.get_health
+    )
+    server = StatusServer(daemon.metrics, daemon.get_health)
+    _host, broken_port = await server.start("127.0.0.1", 0)
+    try:
+        assert (await get(broken_port, "/metrics"))[0] == 500
+        assert (await get(broken_port, "/healthz"))[0] == 200
+    finally:
+        await server.close()
+    assert "answering a metrics request failed" in caplog.text
+    assert (await get(port, "/metrics"))[0] == 200
