@@ -22,7 +22,9 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-.PHONY: all install lint format typecheck test broker-up broker-down broker-status \
+demo: PYTHONPATH := .
+
+.PHONY: all install lint format typecheck test demo broker-up broker-down broker-status \
 	broker-logs clean distclean
 
 all: lint typecheck test
@@ -50,6 +52,11 @@ typecheck: install
 ## make's: 5 (no tests collected) fails like any other.
 test: install
 	$(BROKER) run -- $(BIN)/pytest $(PYTEST_ARGS)
+
+## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
+## it has caught up, then the top counts through the sqlite3 tool
+demo: install
+	$(BROKER) run -- $(BIN)/python tools/demo.py
 
 broker-up:
 	$(BROKER) up

@@ -720,10 +720,11 @@ class BrokerControl:
         command = ["docker", "compose", "-f", str(self.compose_file)]
         command += ["-p", state.compose_project or "sqlstate-kafka", *arguments]
         # docker-compose.yml reads the version, host and port from these variables.
+        # Docker publishes ports on IP addresses only, not on names like localhost.
         environment = dict(
             os.environ,
             KAFKA_VERSION=state.kafka_version,
-            KAFKA_HOST=self.host,
+            KAFKA_HOST="127.0.0.1" if self.host == "localhost" else self.host,
             KAFKA_PORT=str(self.port),
         )
         result = subprocess.run(

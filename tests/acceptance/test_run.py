@@ -88,6 +88,7 @@ async def test_stopped_mid_stream_and_restarted_is_exact(
     daemons.append(daemon)
     producing = asyncio.create_task(produce_keyed(kafka_bootstrap, topic, messages, rate=8000))
     for round_ in range(3):
+        await daemon.wait_for_log("assigned partitions: ")
         await wait_for_progress(database, 2_000 * (round_ + 1), timeout=60)
         if how == "sigterm":
             assert await daemon.terminate() == 0, daemon.log()[-2000:]
