@@ -22,8 +22,6 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-demo: PYTHONPATH := .
-
 .PHONY: all install lint format typecheck test demo broker-up broker-down broker-status \
 	broker-logs clean distclean
 
