@@ -1,7 +1,7 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
-assignment check and ``in_group``) are checked by the integration tests against the real broker.
+assignment check and ``in_group``) are checked by the tests against the real broker.
 """
 
 from __future__ import annotations
