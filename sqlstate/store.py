@@ -138,12 +138,11 @@ DiscardPartition = Callable[[Transaction, TopicPartition], Awaitable[None]]
 class Store:
     """An open sqlstate database."""
 
-    busy_retries = 0
-
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
         self._stopping = False
+        self.busy_retries = 0  # how often a locked database made a transaction wait and retry
 
     @classmethod
     async def open(
