@@ -37,8 +37,8 @@ CREATE UNIQUE INDEX key_counts_unique_key ON key_counts (topic, partition, ifnul
 CREATE VIEW counts (topic, key, count) AS
     SELECT topic, key, sum(count) AS count FROM key_counts GROUP BY topic, key;
 
--- Lag and freshness per partition, read from the database alone. lag is NULL until a batch has
--- recorded the partition's end (a partition just claimed, reset, or still empty).
+-- Lag and freshness per partition, read from the database alone (the log end is recorded at
+-- each claim and each batch).
 CREATE VIEW progress (topic, partition, next_offset, log_end_offset, lag, owner, updated_at) AS
     SELECT topic, partition, next_offset, log_end_offset,
            max(log_end_offset - next_offset, 0) AS lag, owner, updated_at

@@ -277,11 +277,15 @@ class Store:
     # ---- positions ------------------------------------------------------------------------
 
     async def claim(
-        self, start_offsets: Mapping[TopicPartition, int], owner: str
+        self,
+        start_offsets: Mapping[TopicPartition, int],
+        owner: str,
+        end_offsets: Mapping[TopicPartition, int] | None = None,
     ) -> dict[TopicPartition, Claim]:
         """Claim partitions in one transaction: bump each epoch, record the owner, read positions.
 
-        ``start_offsets`` gives, per partition, where to start if the database has never seen it.
+        ``start_offsets`` gives, per partition, where to start if the database has never seen it;
+        ``end_offsets``, where its log ends now (recorded for the lag).
         """
 
         async def work(tx: Transaction) -> dict[TopicPartition, Claim]:
@@ -295,6 +299,7 @@ class Store:
                         "partition": tp.partition,
                         "start_offset": start_offset,
                         "owner": owner,
+                        "log_end_offset": (end_offsets or {}).get(tp),
                         "now": now,
                     },
                 )
@@ -355,7 +360,12 @@ class Store:
         return await self.in_transaction(work)
 
     async def reset_partition(
-        self, tp: TopicPartition, epoch: int, next_offset: int, discard: DiscardPartition
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        next_offset: int,
+        discard: DiscardPartition,
+        log_end_offset: int | None = None,
     ) -> bool:
         """Discard a partition's state and move its position, in one transaction.
 
@@ -369,6 +379,7 @@ class Store:
                     "topic": tp.topic,
                     "partition": tp.partition,
                     "next_offset": next_offset,
+                    "log_end_offset": log_end_offset,
                     "now": utc_now(),
                     "epoch": epoch,
                 },

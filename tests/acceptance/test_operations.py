@@ -319,10 +319,8 @@ async def test_progress_view_matches_the_offsets_command(
         row, report = view[partition], command[partition]
         assert row["lag"] == report["lag"] == 0
         assert row["next_offset"] == report["next_offset"] == report["end_offset"]
-        if partition < 3:
-            assert row["log_end_offset"] == report["end_offset"]
-    # A partition that has never had a record has never moved, so no log end was stored.
-    assert view[3]["log_end_offset"] is None
+        # Recorded at the claim for the partition that never had a record.
+        assert row["log_end_offset"] == report["end_offset"]
     assert command[3]["end_offset"] == 0
 
 
