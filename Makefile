@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-.PHONY: all install lint format typecheck test soak soak-short broker-up broker-down \
+.PHONY: all install lint format typecheck test soak soak-short demo broker-up broker-down \
 	broker-status broker-logs clean distclean
 
 all: lint typecheck test
@@ -62,6 +62,11 @@ soak: install
 ## soak-short: the two-minute soak that .ci/run runs after the tests
 soak-short: install
 	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
+
+## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
+## it has caught up, then the top counts through the sqlite3 tool
+demo: install
+	$(BROKER) run -- $(BIN)/python tools/demo.py
 
 broker-up:
 	$(BROKER) up

@@ -581,6 +581,10 @@ class BrokerControl:
         elif current.state == "silent":
             # A JVM binds its port seconds before it serves requests; give what may be
             # a starting broker the benefit of the doubt before calling the port taken.
+            say(
+                f"something at {self.bootstrap} accepts connections but does not answer; "
+                f"waiting 10 s in case it is a Kafka broker still starting"
+            )
             with contextlib.suppress(BrokerError):
                 current = wait_until_ready(self.bootstrap, timeout=10)
         if current.state == "ready":
@@ -716,10 +720,11 @@ class BrokerControl:
         command = ["docker", "compose", "-f", str(self.compose_file)]
         command += ["-p", state.compose_project or "sqlstate-kafka", *arguments]
         # docker-compose.yml reads the version, host and port from these variables.
+        # Docker publishes ports on IP addresses only, not on names like localhost.
         environment = dict(
             os.environ,
             KAFKA_VERSION=state.kafka_version,
-            KAFKA_HOST=self.host,
+            KAFKA_HOST="127.0.0.1" if self.host == "localhost" else self.host,
             KAFKA_PORT=str(self.port),
         )
         result = subprocess.run(

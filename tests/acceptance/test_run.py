@@ -7,13 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from sqlstate import output
 from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
+from tests.support.kafka import TopicFactory
 from tests.support.workload import (
     db_counts,
     db_totals,
@@ -22,17 +22,6 @@ from tests.support.workload import (
     keyed_messages,
     produce_keyed,
 )
-
-TopicFactory = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    """Every daemon a test starts is stopped at its end, whatever happened."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.stop_quietly()
 
 
 async def test_counts_and_positions_are_exact(
@@ -88,6 +77,7 @@ async def test_stopped_mid_stream_and_restarted_is_exact(
     daemons.append(daemon)
     producing = asyncio.create_task(produce_keyed(kafka_bootstrap, topic, messages, rate=8000))
     for round_ in range(3):
+        await daemon.wait_for_log("assigned partitions: ")
         await wait_for_progress(database, 2_000 * (round_ + 1), timeout=60)
         if how == "sigterm":
             assert await daemon.terminate() == 0, daemon.log()[-2000:]

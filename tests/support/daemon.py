@@ -64,6 +64,18 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def current_log(self) -> str:
+        """What the process started last has written."""
+        return self.log().rpartition(f"--- start {self.starts}\n")[2]
+
+    async def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the current process has logged ``text`` (e.g. that it was assigned)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.current_log():
+            if not self.running() or time.monotonic() > deadline:
+                raise AssertionError(f"daemon never logged {text!r}:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.05)
+
     async def wait(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         deadline = time.monotonic() + timeout

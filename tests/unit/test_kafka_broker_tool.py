@@ -25,6 +25,7 @@ from tools.kafka_broker import (
     State,
     decode_api_versions_v0,
     decode_metadata_brokers,
+    docker_engine_answers,
     docker_env_name,
     encode_request,
     new_cluster_id,
@@ -340,3 +341,67 @@ def test_the_broker_is_detached_from_its_starter(tmp_path: Path) -> None:
     # Not our child: nothing for us to reap, so it can never linger as our zombie.
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+# --------------------------------------------------------------------------------------
+# The Docker path, with a stand-in `docker` that records its command lines (no Docker
+# engine runs where these tests run)
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a `docker` on PATH that logs each call and succeeds; return the log."""
+    log = tmp_path / "docker.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "docker"
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "$KAFKA_VERSION $KAFKA_HOST $KAFKA_PORT | $*" >> "$FAKE_DOCKER_LOG"\n'
+        'case "$*" in *" ps "*) echo 0123456789ab ;; esac\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(log))
+    return log
+
+
+def test_a_docker_engine_is_used_when_it_answers(fake_docker: Path) -> None:
+    assert docker_engine_answers()
+    calls = [line.split("| ", 1)[1] for line in fake_docker.read_text().splitlines()]
+    assert calls == ["info", "compose version"]
+
+
+def test_the_docker_path_drives_docker_compose(
+    fake_docker: Path,
+    serve: Callable[[type[socketserver.BaseRequestHandler]], str],
+    tmp_path: Path,
+) -> None:
+    # The "container" is a fake broker that answers from the start.
+    bootstrap = serve(FakeKafka)
+    port = parse_bootstrap(bootstrap)[1]
+    root = tmp_path / "repo"
+    (root / "broker").mkdir(parents=True)
+    (root / "broker" / "VERSION").write_text("9.9.9\n")
+    control = BrokerControl(bootstrap, root=root)
+
+    control._up_docker(timeout=10)
+    assert control.owned()
+    assert control.is_running()
+    control.kill()
+    control.start(timeout=10)
+    control.stop()
+    control.down()
+    assert not control.owned()
+
+    project = f"sqlstate-kafka-{port}"
+    prefix = f"9.9.9 127.0.0.1 {port} | compose -f {root / 'docker-compose.yml'} -p {project}"
+    calls = [line.removeprefix(prefix) for line in fake_docker.read_text().splitlines()]
+    assert calls == [
+        " up -d --wait",
+        " ps --status running -q kafka",
+        " kill -s SIGKILL kafka",
+        " start kafka",
+        " stop --timeout 30 kafka",
+        " down --volumes --timeout 30",
+    ]
