@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 
 import aiokafka
@@ -34,6 +35,8 @@ from sqlstate.stats import Stats
 from sqlstate.store import Store
 
 logger = logging.getLogger(__name__)
+
+_CONNECT_RETRY_PAUSE_S = 1.0
 
 EXIT_FORCED = 130
 
@@ -67,14 +70,29 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
 
 
 async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> None:
-    try:
-        await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
-        existing = await asyncio.wait_for(consumer.topics(), settings.connect_timeout_s)
-    except (TimeoutError, KafkaError, OSError) as error:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} within"
-            f" {settings.connect_timeout_s:g}s: {error!r}"
-        ) from error
+    # A broker that is restarting refuses connections at once, and aiokafka gives up on the first
+    # refusal: keep trying until the connect timeout, so that a daemon restarted during a broker
+    # restart comes up with it. A failed start() can be repeated: it fails in bootstrap(),
+    # before it creates anything.
+    deadline = time.monotonic() + settings.connect_timeout_s
+    started = False
+    while True:
+        try:
+            if not started:
+                await asyncio.wait_for(consumer.start(), deadline - time.monotonic())
+                started = True
+            existing = await asyncio.wait_for(consumer.topics(), deadline - time.monotonic())
+            break
+        except (TimeoutError, KafkaError, OSError) as error:
+            if time.monotonic() + _CONNECT_RETRY_PAUSE_S >= deadline:
+                raise BrokerError(
+                    f"cannot reach Kafka at {settings.bootstrap_servers} within"
+                    f" {settings.connect_timeout_s:g}s: {error!r}"
+                ) from error
+            logger.warning(
+                "cannot reach Kafka at %s yet (%r); retrying", settings.bootstrap_servers, error
+            )
+            await asyncio.sleep(_CONNECT_RETRY_PAUSE_S)
     missing = sorted(set(settings.topics) - set(existing))
     if missing:
         raise TopicNotFoundError(

@@ -50,3 +50,27 @@ async def test_broker_kill_and_restart_while_running(
     finally:
         await first.stop_quietly()
         await second.stop_quietly()
+
+
+async def test_daemon_started_while_the_broker_is_down_waits_for_it(
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    group_id: str, broker_control: AsyncBrokerControl,
+) -> None:
+    """A daemon (re)started during a broker restart keeps trying for --connect-timeout."""
+    topic = await topic_factory(partitions=2)
+    database = tmp_path / "state.db"
+    await produce(kafka_bootstrap, topic, 300, partitions=2, seed=3)
+    sqlstate = daemon(kafka_bootstrap, topic, group_id, database, "--connect-timeout", "120")
+    try:
+        await broker_control.kill()
+        sqlstate.start()
+        await asyncio.sleep(DOWN_S)
+        assert sqlstate.running(), sqlstate.log()[-3000:]
+        await broker_control.start()
+
+        verdict = await caught_up(kafka_bootstrap, database, topic, [sqlstate], timeout=120)
+        assert verdict.read_back == 300
+        assert "retrying" in sqlstate.log()
+        assert await sqlstate.terminate() == 0
+    finally:
+        await sqlstate.stop_quietly()
