@@ -6,7 +6,8 @@ A producer writes at a steady rate into a topic of several partitions (plain rec
 transactions of which every third is aborted, so read_committed matters). Three ``sqlstate run``
 processes in one group share one database file. For ``--duration`` seconds a supervisor, at random
 intervals, kill -9s a random daemon and restarts it, or freezes one with SIGSTOP past the session
-timeout (a zombie) and resumes it; a few times it kill -9s the broker and restarts it on its data.
+timeout (a zombie) and resumes it; a few times it kill -9s the broker and restarts it on its data
+(sometimes restarting a daemon while the broker is down).
 Any daemon that exits by itself is restarted and its exit code reported.
 
 Then it drains: every daemon resumed and running, the producers stopped, the stored positions at
@@ -223,7 +224,7 @@ class Soak:
     def new_daemon(self, index: int) -> Daemon:
         return Daemon(
             self.bootstrap, [self.topic], self.group_id, self.database,
-            "--max-records", "500", "--max-poll-interval-ms", "30000",
+            "--max-records", "500", "--max-poll-interval-ms", "30000", "--connect-timeout", "90",
             "--client-id", f"soak-{index}",
             name=f"daemon-{index}",
         )
@@ -252,6 +253,9 @@ class Soak:
         logger.info("kill -9 the broker")
         await self.control.kill()
         self.tally.broker_bounces += 1
+        if self.rng.random() < 0.5:
+            # A daemon restarted while the broker is down must wait for it (--connect-timeout).
+            await self.kill_daemon(self.rng.randrange(len(self.daemons)))
         await asyncio.sleep(self.rng.uniform(2, 8))
         await self.control.start()
         logger.info("broker restarted")
