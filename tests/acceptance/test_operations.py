@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import connect_read_only, query
+from tests.support.kafka import TopicFactory
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
 
-TopicFactory = Callable[..., Awaitable[str]]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 OBSERVED = ("--metrics-port", "0")
 SERVING = re.compile(r"serving (http://[0-9.]+:\d+)/metrics")
 
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    """Every daemon a test starts is stopped at its end, whatever happened."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.stop_quietly()
 
 
 async def eventually(
