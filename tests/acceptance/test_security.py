@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,14 +25,6 @@ from tests.support.kafka import TopicFactory
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
 
 VERBOSE_JSON = ("-vv", "--log-format", "json")
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.stop_quietly()
 
 
 def assert_secret_absent(output: str, secret: str) -> None:
