@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 import aiokafka
 import aiosqlite
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
-from sqlstate.errors import BrokerError, TopicNotFoundError
-from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.errors import AuthenticationError, BrokerError, TopicNotFoundError
+from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
 from sqlstate.out_of_range import OutOfRangePolicyKeeper
 from sqlstate.processors.base import Processors
@@ -84,6 +84,15 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
             existing = await asyncio.wait_for(consumer.topics(), deadline - time.monotonic())
             break
         except (TimeoutError, KafkaError, OSError) as error:
+            # aiokafka reports a refused login or handshake like an unreachable broker; ask why.
+            refused = None
+            if isinstance(error, KafkaConnectionError):
+                refused = await refusal(
+                    settings.bootstrap_servers, settings.security,
+                    max(1.0, deadline - time.monotonic()),
+                )
+            if refused:
+                raise AuthenticationError(refused) from error
             if time.monotonic() + _CONNECT_RETRY_PAUSE_S >= deadline:
                 raise BrokerError(
                     f"cannot reach Kafka at {settings.bootstrap_servers} within"
