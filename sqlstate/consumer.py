@@ -111,7 +111,8 @@ class BatchLoop:
     async def _commit(self, advances: list[PartitionAdvance]) -> None:
         started = time.perf_counter()
         fenced = await self._store.commit_batch(advances, self._apply)
-        self.commit_seconds.append(time.perf_counter() - started)
+        commit_seconds = time.perf_counter() - started
+        self.commit_seconds.append(commit_seconds)
         claims = self._ownership.claims
         committed = 0
         for advance in advances:
@@ -122,7 +123,10 @@ class BatchLoop:
             committed += len(advance.records)
         self._stats.records += committed
         self._stats.batches += 1
-        logger.debug("committed %d records over %d partitions", committed, len(advances))
+        logger.debug(
+            "committed %d records over %d partitions in %.3f ms",
+            committed, len(advances), commit_seconds * 1000,
+        )
 
     async def _apply(self, tx: Transaction, batch: Mapping[TopicPartition, Records]) -> None:
         for processor in self._processors:
