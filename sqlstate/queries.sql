@@ -69,6 +69,16 @@ SELECT next_offset, epoch, owner FROM positions WHERE topic = :topic AND partiti
 INSERT INTO key_counts (topic, partition, key, count) VALUES (?, ?, ?, ?)
 ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
 
+-- name: upsert_partition_key_counts
+-- The same upsert for one partition's whole batch in one statement: :counts is a JSON object
+-- {"key": count, ...} of text keys, which json_each() reads back as (key, value) rows. One
+-- statement is one bind and one step that SQLite runs without Python's GIL, so the event loop
+-- parses the next batch meanwhile; a row per key would take the GIL back for every row.
+-- "WHERE true" is required: it tells the parser that ON CONFLICT starts the upsert clause.
+INSERT INTO key_counts (topic, partition, key, count)
+SELECT :topic, :partition, key, value FROM json_each(:counts) WHERE true
+ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
+
 -- name: delete_key_counts
 DELETE FROM key_counts WHERE topic = :topic AND partition = :partition;
 
