@@ -23,13 +23,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.errors import OutOfRangeError
 from sqlstate.kafka import consumed_position, log_end
-from sqlstate.processors.base import Processor, Records
+from sqlstate.out_of_range import OutOfRangePolicyKeeper
+from sqlstate.processors.base import Processors, Records
 from sqlstate.rebalance import Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Claim, PartitionAdvance, Store, Transaction, Write
+from sqlstate.store import Claim, PartitionAdvance, Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ class BatchLoop:
         consumer: AIOKafkaConsumer,
         store: Store,
         ownership: Ownership,
-        processors: Sequence[Processor],
+        processors: Processors,
         settings: Settings,
         stats: Stats,
+        out_of_range_keeper: OutOfRangePolicyKeeper,
     ) -> None:
+        self._out_of_range_keeper = out_of_range_keeper
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
@@ -174,7 +176,7 @@ class BatchLoop:
 
     async def _commit(self, advances: list[PartitionAdvance]) -> set[TopicPartition]:
         started = time.perf_counter()
-        fenced = await self._store.commit_batch(advances, self._writes)
+        fenced = await self._store.commit_batch(advances, self._processors.writes)
         commit_seconds = time.perf_counter() - started
         self.commit_seconds.append(commit_seconds)
         claims = self._ownership.claims
@@ -192,13 +194,6 @@ class BatchLoop:
             committed, len(advances), commit_seconds * 1000,
         )
         return set(fenced)
-
-    def _writes(self, batch: Mapping[TopicPartition, Records]) -> list[Write]:
-        return [write for processor in self._processors for write in processor.writes(batch)]
-
-    async def _discard(self, tx: Transaction, tp: TopicPartition) -> None:
-        for processor in self._processors:
-            await processor.discard(tx, tp)
 
     async def _fenced(self, advance: PartitionAdvance) -> None:
         """Our compare-and-set failed: someone else claimed or moved the partition."""
@@ -239,47 +234,22 @@ class BatchLoop:
                 self._consumer.seek(tp, claim.next_offset)
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """The fetcher found a position gone from the log while running."""
         async with self._ownership.lock:
             for tp, fetch_offset in offsets.items():
                 claim = self._ownership.claims.get(tp)
                 if claim is None:
                     logger.debug("ignored out-of-range for unclaimed %s", tp)
                     continue
-                await self._resolve_out_of_range(tp, fetch_offset)
-
-    async def _resolve_out_of_range(self, tp: TopicPartition, fetch_offset: int) -> None:
-        claim = self._ownership.claims[tp]
-        first = (await self._consumer.beginning_offsets([tp]))[tp]
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        if first <= claim.next_offset <= end:
-            # A lagging replica can answer out-of-range for an offset that exists
-            # (AIOKAFKA-NOTES.md 14): the log says the position is fine, so keep it.
-            logger.warning(
-                "%s-%d: fetch at %d reported out of range, but the log holds [%d, %d];"
-                " keeping position %d",
-                tp.topic, tp.partition, fetch_offset, first, end, claim.next_offset,
-            )
-            self._consumer.seek(tp, claim.next_offset)
-            return
-        if self._settings.out_of_range == "fail":
-            raise OutOfRangeError(
-                f"stored position {claim.next_offset} of {tp.topic}-{tp.partition} is outside the"
-                f" log [{first}, {end}) (records deleted or topic recreated); the database was"
-                " left unchanged. Rerun with --out-of-range reset to rebuild this partition"
-            )
-        if await self._store.reset_partition(tp, claim.epoch, first, self._discard):
-            self._stats.out_of_range_resets += 1
-            self._ownership.claims[tp] = Claim(first, claim.epoch)
-            self._consumer.seek(tp, first)
-            logger.warning(
-                "%s-%d: stored position %d is outside the log [%d, %d); discarded the"
-                " partition's state and restarted it from offset %d",
-                tp.topic, tp.partition, claim.next_offset, first, end, first,
-            )
-        else:
-            logger.warning(
-                "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
-                tp.topic, tp.partition,
-            )
-            self._ownership.claims.pop(tp, None)
-            self._consumer.pause(tp)
+                # Don't trust the error alone: a lagging replica can answer out-of-range for an
+                # offset that exists (AIOKAFKA-NOTES.md 14). The log's bounds decide.
+                bounds = (await self._out_of_range_keeper.bounds([tp]))[tp]
+                logger.info("%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
+                            tp.topic, tp.partition, fetch_offset, bounds.first, bounds.end)
+                resolved = await self._out_of_range_keeper.resolve(tp, claim, bounds)
+                if resolved is None:
+                    self._ownership.claims.pop(tp, None)
+                    self._consumer.pause(tp)
+                    continue
+                self._ownership.claims[tp] = resolved
+                self._consumer.seek(tp, resolved.next_offset)

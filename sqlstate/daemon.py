@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiokafka
 import aiosqlite
@@ -24,6 +24,8 @@ from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.errors import BrokerError, TopicNotFoundError
 from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.out_of_range import OutOfRangePolicyKeeper
+from sqlstate.processors.base import Processors
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.rebalance import Listener, Ownership
 from sqlstate.settings import Settings
@@ -36,10 +38,12 @@ EXIT_FORCED = 130
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event, store: Store) -> Iterator[None]:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once. Restores the old handlers."""
+def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
+    """First SIGTERM/SIGINT: set ``stop`` and call the callbacks the caller adds to the yielded
+    list. Second: exit at once. The old handlers are restored on leaving."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
+    on_stop: list[Callable[[], None]] = []
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -48,13 +52,14 @@ def stop_on_signals(stop: asyncio.Event, store: Store) -> Iterator[None]:
         logger.info(
             "%s: finishing the batch in flight, then stopping", signal.Signals(signum).name
         )
-        store.stop_retrying()
         stop.set()
+        for callback in on_stop:
+            callback()
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        yield
+        yield on_stop
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -89,34 +94,41 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
 
 async def run(settings: Settings) -> None:
     """Run until a signal (returns) or a fatal error (raises a SqlstateError)."""
-    store = await Store.open(
-        settings.database,
-        busy_timeout_s=settings.busy_timeout_s,
-        check_integrity=settings.check_integrity,
-    )
-    try:
-        await migrate.apply_pending(store)
-        schema = await migrate.schema_version(store)
-        consumer = build_consumer(settings)
+    stop = asyncio.Event()
+    # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
+    with stop_on_signals(stop) as on_stop:
+        store = await Store.open(
+            settings.database,
+            busy_timeout_s=settings.busy_timeout_s,
+            check_integrity=settings.check_integrity,
+        )
+        on_stop.append(store.stop_retrying)
         try:
-            await _start_consumer(consumer, settings)
-            logger.info(
-                "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-                " topics %s; group %s; record parser: %s",
-                __version__, aiokafka.__version__, aiosqlite.__version__, sqlite3.sqlite_version,
-                store.path, schema, ", ".join(settings.topics), settings.group_id,
-                "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
-            )
-            await _consume(consumer, store, settings)
+            await migrate.apply_pending(store)
+            schema = await migrate.schema_version(store)
+            consumer = build_consumer(settings)
+            try:
+                await _start_consumer(consumer, settings)
+                logger.info(
+                    "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
+                    " topics %s; group %s; record parser: %s",
+                    __version__, aiokafka.__version__, aiosqlite.__version__,
+                    sqlite3.sqlite_version, store.path, schema, ", ".join(settings.topics),
+                    settings.group_id,
+                    "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
+                )
+                if not stop.is_set():
+                    await _consume(consumer, store, settings, stop)
+            finally:
+                await _stop_consumer(consumer, settings.shutdown_timeout_s)
         finally:
-            await _stop_consumer(consumer, settings.shutdown_timeout_s)
-    finally:
-        await store.close()
+            await store.close()
     logger.info("stopped")
 
 
-async def _consume(consumer: AIOKafkaConsumer, store: Store, settings: Settings) -> None:
-    stop = asyncio.Event()
+async def _consume(
+    consumer: AIOKafkaConsumer, store: Store, settings: Settings, stop: asyncio.Event
+) -> None:
     fatal: list[BaseException] = []
 
     def on_fatal(error: BaseException) -> None:
@@ -126,10 +138,13 @@ async def _consume(consumer: AIOKafkaConsumer, store: Store, settings: Settings)
 
     stats = Stats()
     ownership = Ownership()
-    listener = Listener(consumer, store, ownership, settings.owner, stats, on_fatal)
+    processors = Processors([KeyCounter()])
+    keeper = OutOfRangePolicyKeeper(
+        consumer, store, settings.out_of_range, processors.discard, stats
+    )
+    listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, [KeyCounter()], settings, stats)
-    with stop_on_signals(stop, store):
-        await loop.run(stop)
+    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, keeper)
+    await loop.run(stop)
     if fatal:
         raise fatal[0]

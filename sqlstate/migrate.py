@@ -92,7 +92,12 @@ async def list_status(store: Store) -> list[MigrationStatus]:
 
 
 async def apply_pending(store: Store) -> list[str]:
-    """Apply every pending migration, each in its own transaction; return the names applied."""
+    """Apply every pending migration, each in its own transaction; return the names applied.
+
+    Also switches the database to WAL: every writer comes through here first.
+    """
+    await list_status(store)  # refuses a newer schema before anything is written
+    await store.prepare_for_writing()
     known = available()
     done: list[str] = []
     for migration in known:

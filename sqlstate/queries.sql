@@ -25,6 +25,15 @@ COMMIT;
 -- name: rollback
 ROLLBACK;
 
+-- name: savepoint_positions
+SAVEPOINT positions;
+
+-- name: rollback_to_positions
+ROLLBACK TO positions;
+
+-- name: release_positions
+RELEASE positions;
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (
     name        TEXT PRIMARY KEY,

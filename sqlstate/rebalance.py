@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from sqlstate.errors import RebalanceError
+from sqlstate.errors import RebalanceError, SqlstateError
+from sqlstate.out_of_range import OutOfRangePolicyKeeper
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Store
 
@@ -57,8 +58,10 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         ownership: Ownership,
         owner: str,
         stats: Stats,
+        out_of_range_keeper: OutOfRangePolicyKeeper,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
+        self._out_of_range_keeper = out_of_range_keeper
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
@@ -83,7 +86,7 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._claim(assigned)
         except BaseException as error:
             self._on_fatal(
-                error if isinstance(error, RebalanceError)
+                error if isinstance(error, SqlstateError)
                 else RebalanceError(f"claiming partitions {describe(assigned)} failed: {error!r}")
             )
             raise
@@ -94,15 +97,24 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         if not assigned:
             logger.info("assigned no partitions")
             return
-        # Where a partition never seen before starts: the earliest offset Kafka still has.
-        beginnings: dict[TopicPartition, int] = await self._consumer.beginning_offsets(
-            list(assigned)
-        )
-        claims = await self._store.claim(beginnings, self._owner)
-        for tp, claim in claims.items():
+        keeper = self._out_of_range_keeper
+        bounds = await keeper.bounds(assigned)
+        # Under --out-of-range fail, refuse before claiming: the database stays untouched.
+        for tp in assigned:
+            stored = await self._store.read_position(tp)
+            if stored is not None:
+                keeper.refuse_if_failing(tp, stored.next_offset, bounds[tp])
+        # A partition never seen before starts at the earliest offset Kafka still has.
+        claimed = await self._store.claim({tp: b.first for tp, b in bounds.items()}, self._owner)
+        claims = {}
+        for tp, claim in claimed.items():
+            resolved = await keeper.resolve(tp, claim, bounds[tp])
+            if resolved is None:
+                continue
+            claims[tp] = resolved
             # Every partition, including ones kept through the rebalance: aiokafka forgets all
             # positions on each rebalance (AIOKAFKA-NOTES.md 4).
-            self._consumer.seek(tp, claim.next_offset)
+            self._consumer.seek(tp, resolved.next_offset)
         self._ownership.claims.update(claims)
         logger.info(
             "assigned partitions: %s",

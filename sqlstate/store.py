@@ -183,9 +183,6 @@ class Store:
         store = cls(conn, path)
         try:
             await store._check(check_integrity)
-            if not read_only:
-                await conn.execute(sql("journal_mode_wal"))
-                await conn.execute(sql("synchronous_normal"))
         except BaseException:
             await conn.close()
             raise
@@ -210,6 +207,14 @@ class Store:
             raise DatabaseError(
                 f"{self.path} is not a usable SQLite database ({error}); it was left as it is"
             ) from error
+
+    async def prepare_for_writing(self) -> None:
+        """WAL, so readers never block the writer nor see an uncommitted batch.
+
+        Called only once the file is known to be ours: it rewrites the file header.
+        """
+        await self._conn.execute(sql("journal_mode_wal"))
+        await self._conn.execute(sql("synchronous_normal"))
 
     async def close(self) -> None:
         await self._conn.close()
@@ -362,23 +367,19 @@ class Store:
             return []
 
         async def work(tx: Transaction) -> list[TopicPartition]:
-            # Some compare-and-set failed: find which partitions were fenced, and commit the
-            # others' records only.
+            # Some compare-and-set failed. Try all again in one call, in case it was a race that
+            # has passed; if some row still does not match, the total cannot say which: undo
+            # the moves and compare-and-set partition by partition. Then commit the records of
+            # the partitions that were not fenced.
+            await tx.execute("savepoint_positions")
             changed = await tx.executemany_count("advance_position", rows)
             fenced: list[TopicPartition] = []
-            if changed != len(advances):
-                for advance in advances:
-                    row = await tx.fetchone(
-                        "read_position",
-                        {"topic": advance.tp.topic, "partition": advance.tp.partition},
-                    )
-                    moved = (
-                        row is not None
-                        and row["next_offset"] == advance.next_offset
-                        and row["epoch"] == advance.epoch
-                    )
-                    if not moved:
+            if changed != len(rows):
+                await tx.execute("rollback_to_positions")
+                for advance, row in zip(advances, rows, strict=True):
+                    if await tx.execute("advance_position", row) != 1:
                         fenced.append(advance.tp)
+            await tx.execute("release_positions")
             accepted = {tp: r for tp, r in records.items() if tp not in fenced}
             for write in prepare(accepted) if accepted else []:
                 await tx.write(write)

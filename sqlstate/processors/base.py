@@ -31,3 +31,17 @@ class Processor(Protocol):
 
     async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
         """Forget everything derived from one partition (its position is being reset)."""
+
+
+class Processors:
+    """All processors of a daemon, their statements run in order inside the same transaction."""
+
+    def __init__(self, members: Sequence[Processor]) -> None:
+        self.members = tuple(members)
+
+    def writes(self, batch: Mapping[TopicPartition, Records]) -> list[Write]:
+        return [write for processor in self.members for write in processor.writes(batch)]
+
+    async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
+        for processor in self.members:
+            await processor.discard(tx, tp)

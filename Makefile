@@ -1,0 +1,78 @@
+# Developer tasks for sqlstate. `make` runs lint, typecheck and test.
+#
+# `make test` needs a Kafka broker: it uses the one answering at KAFKA_BOOTSTRAP
+# (default 127.0.0.1:9092) or, when nothing answers, starts a throw-away broker for the
+# run and stops it afterwards, also when the tests fail (tools/kafka_broker.py).
+# The Kafka version is pinned in broker/VERSION only.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# The broker tool is standard library only, so it runs before the venv exists.
+BROKER := $(PYTHON) tools/kafka_broker.py
+# Where the code lives; bench/ joins once it exists.
+PACKAGES := sqlstate tests tools $(wildcard bench)
+PYTEST_ARGS ?=
+
+export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
+export KAFKA_VERSION := $(shell cat broker/VERSION)
+
+.PHONY: all install lint format typecheck test demo broker-up broker-down broker-status \
+	broker-logs clean distclean
+
+all: lint typecheck test
+
+## install: create .venv and install sqlstate with its test extras (again when
+## pyproject.toml changes)
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check $(PACKAGES)
+
+format: install
+	$(BIN)/ruff format $(PACKAGES)
+	$(BIN)/ruff check --fix $(PACKAGES)
+
+typecheck: install
+	$(BIN)/mypy $(PACKAGES)
+
+## test: every test in tests/, against a real broker. pytest's own exit status is
+## make's: 5 (no tests collected) fails like any other.
+test: install
+	$(BROKER) run -- $(BIN)/pytest $(PYTEST_ARGS)
+
+## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
+## it has caught up, then the top counts through the sqlite3 tool
+demo: install
+	$(BROKER) run -- $(BIN)/python tools/demo.py
+
+broker-up:
+	$(BROKER) up
+
+broker-down:
+	$(BROKER) down
+
+broker-status:
+	$(BROKER) status
+
+broker-logs:
+	$(BROKER) logs
+
+## clean: stop our broker first, so that deleting .run/ never orphans a running one
+clean: broker-down
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache build dist
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+## distclean: also the venv and the cached broker jars
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,1 @@
+"""sqlstate's tests: unit/ (no broker), integration/ (real broker), acceptance/ (the CLI)."""

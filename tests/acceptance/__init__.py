@@ -1,0 +1,1 @@
+"""The sqlstate command run as a subprocess against a real broker."""

@@ -1,0 +1,117 @@
+"""Fixtures for tests against a real Kafka broker.
+
+The broker is whatever answers at ``KAFKA_BOOTSTRAP`` (default 127.0.0.1:9092):
+``make test`` starts one for the run when nothing answers (tools/kafka_broker.py).
+A missing broker stops the run with an error and the broker's log; it never skips
+tests, so a green run always means the broker-backed tests ran.
+
+Fixtures:
+    kafka_bootstrap  (session) "host:port", once a broker serves requests there
+    broker_control   AsyncBrokerControl: stop/kill/start the harness's broker; after the
+                     test the broker is running again whatever the test did
+    topic_factory    ``await topic_factory(partitions=3, config=None)`` -> a new topic
+                     with a random name, deleted after the test
+    topic            a new topic with 3 partitions
+    group_id         a new consumer group id
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping
+
+import pytest
+
+from tests.support.broker import AsyncBrokerControl
+from tests.support.kafka import TopicFactory, create_topic, delete_topics
+from tools.kafka_broker import DEFAULT_BOOTSTRAP, BrokerControl, BrokerError, probe
+
+BROKER_WAIT_SECONDS = 60.0
+
+
+def bootstrap_from_environment() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    control = BrokerControl(bootstrap_from_environment())
+    whose = control.describe() if control.owned() else "external, or none yet"
+    return f"kafka: {control.bootstrap} ({whose})"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The broker's address, once it answers a real request (ApiVersions and Metadata)."""
+    control = BrokerControl(bootstrap_from_environment())
+    try:
+        control.wait_ready(BROKER_WAIT_SECONDS)
+    except BrokerError as exc:
+        hint = (
+            ""
+            if control.owned()
+            else "\nStart one with `make broker-up`, or run the tests with `make test`."
+        )
+        pytest.exit(f"no usable Kafka broker: {exc}{hint}", returncode=pytest.ExitCode.TESTS_FAILED)
+    return control.bootstrap
+
+
+@pytest.fixture
+async def broker_control(kafka_bootstrap: str) -> AsyncIterator[AsyncBrokerControl]:
+    """Control of the broker this harness started; restored to running after the test."""
+    control = BrokerControl(kafka_bootstrap)
+    if not control.owned():
+        pytest.fail(
+            f"broker_control needs the broker started by this harness, but the one at "
+            f"{kafka_bootstrap} is external (not in .run/kafka/state.json), and an external "
+            f"broker is never stopped from here. Run `make test` with nothing at "
+            f"{kafka_bootstrap}, or `make broker-up` first.",
+            pytrace=False,
+        )
+    handle = AsyncBrokerControl(control)
+    yield handle
+    # Whatever the test did (stop, kill, or failed half-way), the next test gets a
+    # broker that serves requests. start() only waits when it is running already.
+    await handle.start()
+
+
+def _name_part(node_name: str) -> str:
+    # Topic names allow [a-zA-Z0-9._-] and up to 249 characters; the test's name in
+    # the topic's name tells whose topic it is in the broker log.
+    return re.sub(r"[^a-zA-Z0-9._-]+", "-", node_name).strip("-")[:80]
+
+
+@pytest.fixture
+async def topic_factory(
+    kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> AsyncIterator[TopicFactory]:
+    """Create topics with random names; they are deleted after the test."""
+    created: list[str] = []
+
+    async def create(partitions: int = 3, *, config: Mapping[str, str] | None = None) -> str:
+        name = f"test-{_name_part(request.node.name)}-{uuid.uuid4().hex[:8]}"
+        created.append(name)
+        return await create_topic(kafka_bootstrap, name, partitions, config)
+
+    yield create
+    # Deleting keeps a long-lived broker small. Not worth failing or waiting for: when
+    # the broker is down (a fault test that failed), the topics simply stay.
+    answer = await asyncio.to_thread(probe, kafka_bootstrap, 1.0)
+    if created and answer.state == "ready":
+        with contextlib.suppress(Exception):
+            await delete_topics(kafka_bootstrap, created)
+
+
+@pytest.fixture
+async def topic(topic_factory: TopicFactory) -> str:
+    """A new topic with 3 partitions."""
+    return await topic_factory(3)
+
+
+@pytest.fixture
+def group_id(request: pytest.FixtureRequest) -> str:
+    """A consumer group id no other test uses."""
+    return f"group-{_name_part(request.node.name)}-{uuid.uuid4().hex[:8]}"

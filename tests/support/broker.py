@@ -1,0 +1,47 @@
+"""The harness's broker, for tests that stop, kill and restart it.
+
+``tools.kafka_broker.BrokerControl`` blocks while it waits (a restart takes seconds);
+this wrapper runs it in a worker thread, so that the clients a test keeps on the event
+loop (a consumer's heartbeat, a daemon under test) keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tools.kafka_broker import READY_TIMEOUT, STOP_TIMEOUT, BrokerControl, probe
+
+
+class AsyncBrokerControl:
+    """Stop, kill and start the broker at ``bootstrap`` from async tests."""
+
+    def __init__(self, control: BrokerControl) -> None:
+        self.sync = control
+
+    @property
+    def bootstrap(self) -> str:
+        return self.sync.bootstrap
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Graceful shutdown (SIGTERM); the data stays for ``start``."""
+        await asyncio.to_thread(self.sync.stop, timeout)
+
+    async def kill(self) -> None:
+        """kill -9, as a crash; the data stays for ``start``."""
+        await asyncio.to_thread(self.sync.kill)
+
+    async def start(self, timeout: float = READY_TIMEOUT) -> None:
+        """Start the broker on its data; return once it serves requests again."""
+        await asyncio.to_thread(self.sync.start, timeout)
+
+    async def is_ready(self) -> bool:
+        """Whether the broker serves requests right now."""
+        result = await asyncio.to_thread(probe, self.bootstrap)
+        return result.state == "ready"
+
+    async def is_running(self) -> bool:
+        """Whether the broker's process (or container) runs, ready or not."""
+        return await asyncio.to_thread(self.sync.is_running)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.sync.log_tail(lines)

@@ -1,0 +1,99 @@
+"""Keyed test traffic with its expected counts, and the database read back the way users read it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from sqlstate.processors.counting import stored_key
+from tests.support.kafka import log_end_offsets
+
+StoredKey = str | bytes | None
+# Keys that are easy to get wrong: none, empty, not UTF-8, UTF-8 beyond ASCII, very large.
+ODD_KEYS: tuple[bytes | None, ...] = (
+    None, b"", b"\xff\xfe\x00", "ключ-🔑".encode(), b"x" * 100_000
+)
+
+
+def keyed_messages(
+    count: int, partitions: int, keys: int = 300, seed: int = 1, odd: bool = True
+) -> list[tuple[int, bytes | None]]:
+    """``count`` (partition, key) pairs over ``keys`` ordinary keys and the odd keys."""
+    rng = random.Random(seed)
+    messages: list[tuple[int, bytes | None]] = []
+    pool: list[bytes | None] = [f"user-{i}".encode() for i in range(keys)]
+    if odd:
+        pool += list(ODD_KEYS)
+    for _ in range(count):
+        key = rng.choice(pool)
+        messages.append((rng.randrange(partitions), key))
+    return messages
+
+
+def expected(messages: Sequence[tuple[int, bytes | None]]) -> Counter[tuple[int, StoredKey]]:
+    """{(partition, key as stored): count} for what was produced."""
+    return Counter((partition, stored_key(key)) for partition, key in messages)
+
+
+async def produce_keyed(
+    bootstrap: str, topic: str, messages: Sequence[tuple[int, bytes | None]], rate: float = 0.0
+) -> None:
+    """Produce to explicit partitions; with ``rate`` > 0, about that many messages per second."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=2_000_000, acks="all"
+    )
+    await producer.start()
+    try:
+        chunk = max(1, int(rate / 20)) if rate else 1000
+        for start in range(0, len(messages), chunk):
+            futures = [
+                await producer.send(topic, b"v", key=key, partition=partition)
+                for partition, key in messages[start : start + chunk]
+            ]
+            await asyncio.gather(*futures)
+            if rate:
+                await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+
+
+def db_counts(database: Path, topic: str) -> Counter[tuple[int, StoredKey]]:
+    """{(partition, key): count} from the key_counts table, read-only."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT partition, key, count FROM key_counts WHERE topic = ?", (topic,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return Counter({(partition, key): count for partition, key, count in rows})
+
+
+def db_totals(database: Path, topic: str) -> Counter[StoredKey]:
+    """{key: total} from the counts view, read-only."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT key, count FROM counts WHERE topic = ?", (topic,)).fetchall()
+    finally:
+        conn.close()
+    return Counter(dict(rows))
+
+
+async def end_offsets(
+    bootstrap: str, topic: str, isolation_level: str = "read_committed"
+) -> dict[tuple[str, int], int]:
+    """{(topic, partition): end offset}: where a caught-up daemon's positions must stand."""
+    ends = await log_end_offsets(bootstrap, topic, isolation_level=isolation_level)
+    assert ends, f"topic {topic} has no partitions"
+    return {(topic, partition): offset for partition, offset in ends.items()}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

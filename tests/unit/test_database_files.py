@@ -1,0 +1,84 @@
+"""Opening databases that are not what they should be: each gets a clear error, none is changed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sqlstate import migrate
+from sqlstate.errors import DatabaseError, SchemaTooNewError
+from sqlstate.store import Store
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="does not exist"):
+        await Store.open(tmp_path / "nope" / "s.db")
+    assert not (tmp_path / "nope").exists()
+
+
+async def test_not_a_database_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"this is not sqlite\n" * 200)
+    before = digest(path)
+    with pytest.raises(DatabaseError, match="not a usable SQLite database"):
+        await Store.open(path)
+    assert digest(path) == before
+    assert not await asyncio.to_thread(Path(f"{path}-wal").exists)
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await Store.open(path)
+    await migrate.apply_pending(store)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x')")
+    conn.close()
+    before = digest(path)
+    store = await Store.open(path)
+    try:
+        with pytest.raises(SchemaTooNewError, match="9999_future"):
+            await migrate.apply_pending(store)
+    finally:
+        await store.close()
+    assert digest(path) == before
+
+
+async def test_migrations_apply_once_and_list(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await Store.open(path)
+    try:
+        assert [s.applied_at for s in await migrate.list_status(store)] == [None] * len(
+            migrate.available()
+        )
+        assert await migrate.apply_pending(store) == [m.name for m in migrate.available()]
+        assert await migrate.apply_pending(store) == []
+        assert all(s.applied_at for s in await migrate.list_status(store))
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_migration_file_names() -> None:
+    names = [m.name for m in migrate.available()]
+    assert names, "no migrations found"
+    assert all(migrate.FILE_NAME.match(name) for name in names)
+    numbers = [int(name[:4]) for name in names]
+    assert numbers == list(range(1, len(names) + 1)), "migrations must be numbered 0001, 0002, ..."
+
+
+def test_statements_split() -> None:
+    script = "-- c\nCREATE TABLE a (x);\nCREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; END;\n"
+    assert len(migrate.statements(script)) == 2
+    with pytest.raises(ValueError, match="incomplete"):
+        migrate.statements("CREATE TABLE a (x)")

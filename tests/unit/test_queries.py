@@ -1,0 +1,38 @@
+"""Every named query parses and compiles against the migrated schema."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from sqlstate import migrate, queries
+from sqlstate.queries import parse
+
+
+def test_parse_rejects_duplicates() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+def test_every_query_compiles() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    for migration in migrate.available():
+        conn.executescript(migration.script)
+    conn.execute(queries.sql("create_migrations_table"))
+    transaction_control = {"begin_immediate", "commit", "rollback"}
+    for name, statement in queries._all().items():
+        if name in transaction_control or statement.upper().startswith(
+            ("PRAGMA", "SAVEPOINT", "ROLLBACK", "RELEASE")
+        ):
+            continue
+        conn.execute(f"EXPLAIN {statement}", _dummy_params(statement))
+    conn.close()
+
+
+def _dummy_params(statement: str) -> dict[str, None] | tuple[None, ...]:
+    if "?" in statement:
+        return (None,) * statement.count("?")
+    import re
+
+    return {name: None for name in re.findall(r":(\w+)", statement)}

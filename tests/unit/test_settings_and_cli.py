@@ -1,0 +1,60 @@
+"""Settings validation and the command line's answers to bad input (no broker needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sqlstate.cli import main
+from sqlstate.errors import ConfigError
+from sqlstate.settings import Settings
+
+
+def test_password_never_in_repr() -> None:
+    settings = Settings(
+        topics=("t",), group_id="g", security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN", sasl_username="u", sasl_password="hunter2",
+    )
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"topics": ()}, "at least one topic"),
+        ({"max_records": 0}, "max-records"),
+        ({"security_protocol": "SASL_SSL"}, "sasl-mechanism"),
+        ({"ssl_cafile": Path("/nonexistent/ca.pem")}, "no such file"),
+    ],
+)
+def test_invalid_settings(kwargs: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {"topics": ("t",), "group_id": "g"}
+    with pytest.raises(ConfigError, match=message):
+        Settings(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert "sqlstate, version" in result.output
+
+
+def test_unknown_flag_exits_2() -> None:
+    result = CliRunner().invoke(main, ["run", "--no-such-flag"])
+    assert result.exit_code == 2
+
+
+def test_counts_without_database_exits_3(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["counts", "--database", str(tmp_path / "none.db")])
+    assert result.exit_code == 3
+    assert "no database" in result.output
+
+
+def test_run_in_missing_folder_exits_3(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "-t", "t", "-g", "g", "--database", str(tmp_path / "x" / "s.db")]
+    )
+    assert result.exit_code == 3, result.output
+    assert "does not exist" in result.output

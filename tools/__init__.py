@@ -1,0 +1,1 @@
+"""Developer tools: the test broker harness (kafka_broker.py)."""
