@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError
 
-from bench.procfs import peak_rss_kib
+from bench.procfs import cpu_seconds, peak_rss_kib
 from sqlstate.kafka import build_consumer, c_parser_loaded
 from sqlstate.settings import Settings
 
@@ -41,9 +42,11 @@ class FromBeginning(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def consume(bootstrap: str, topic: str, group_id: str, messages: int,
-                  deadline_s: float) -> dict[str, Any]:
+                  max_records: int | None, deadline_s: float) -> dict[str, Any]:
     settings = Settings(topics=(topic,), group_id=group_id, bootstrap_servers=bootstrap,
                         client_id="sqlstate-bench-ceiling")
+    if max_records is not None:
+        settings = dataclasses.replace(settings, max_records=max_records)
     consumer = build_consumer(settings)
     consumer.subscribe(topics=[topic], listener=FromBeginning(consumer))
     await consumer.start()
@@ -75,6 +78,7 @@ async def consume(bootstrap: str, topic: str, group_id: str, messages: int,
         "batches": batches,
         "records": seen,
         "peak_rss_kib": peak_rss_kib("self"),
+        "cpu_s": cpu_seconds("self"),
         "c_parser": c_parser_loaded(),
     }
 
@@ -85,10 +89,12 @@ def main() -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group-id", required=True)
     parser.add_argument("--messages", type=int, required=True)
+    parser.add_argument("--max-records", type=int, help="as `sqlstate run --max-records`")
     parser.add_argument("--deadline", type=float, default=600.0)
     args = parser.parse_args()
     result = asyncio.run(
-        consume(args.bootstrap, args.topic, args.group_id, args.messages, args.deadline)
+        consume(args.bootstrap, args.topic, args.group_id, args.messages, args.max_records,
+                args.deadline)
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

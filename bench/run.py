@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -37,11 +38,12 @@ import aiokafka
 import aiosqlite
 
 from bench import bigstate, sqlstate_process, workload
-from bench.report import Batch, RunResult, ratio, summarize, table
+from bench.report import Batch, RunResult, ratio, summarize_rounds, table
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 RUN_TIMEOUT_S = 900.0
 SETTLE_S = 1.0  # between runs: let the broker finish the previous group's leave
+SETTLE_TIMEOUT_S = 60.0  # for two processes to split a topic's partitions between them
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Options:
     json_path: Path
     workdir: Path
     keep_topic: bool
+    max_records: int | None  # None: sqlstate's default, for the ceiling and the daemon alike
+    rounds: int
     daemon_args: tuple[str, ...]
 
 
@@ -80,6 +84,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--workdir", type=Path,
                         help="where the databases go (default: a temporary folder, removed)")
     parser.add_argument("--keep-topic", action="store_true", help="don't delete the topic")
+    parser.add_argument("--max-records", type=int,
+                        help="records per batch for the ceiling and sqlstate alike (default:"
+                        " sqlstate's)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure every run this many times, interleaved, and report the"
+                        " fastest round (default: %(default)s)")
     parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every `sqlstate run` (repeat)")
     args = parser.parse_args(argv)
@@ -96,6 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         json_path=args.json,
         workdir=workdir,
         keep_topic=args.keep_topic,
+        max_records=args.max_records,
+        rounds=max(1, args.rounds),
         daemon_args=tuple(args.daemon_arg),
     )
     return options, own_workdir
@@ -124,12 +136,13 @@ def log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_ceiling(options: Options, produced: workload.Produced) -> RunResult:
+def run_ceiling(options: Options, produced: workload.Produced, group_id: str) -> RunResult:
     launched_at = time.time()
     completed = subprocess.run(
         [sys.executable, "-m", "bench.ceiling", "--bootstrap", options.bootstrap,
-         "--topic", produced.topic, "--group-id", f"{produced.topic}-ceiling",
-         "--messages", str(options.workload.messages), "--deadline", str(RUN_TIMEOUT_S)],
+         "--topic", produced.topic, "--group-id", group_id,
+         "--messages", str(options.workload.messages), "--deadline", str(RUN_TIMEOUT_S),
+         *(["--max-records", str(options.max_records)] if options.max_records else [])],
         capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
@@ -139,36 +152,70 @@ def run_ceiling(options: Options, produced: workload.Produced) -> RunResult:
         name="ceiling", label="(a) bare aiokafka consumer", launched_at=launched_at,
         batches=[Batch(at, records) for at, records in result["batches"]],
         peak_rss_kib=[result["peak_rss_kib"]], counts_exact=None, c_parser=result["c_parser"],
+        cpu_s=[result["cpu_s"]],
     )
 
 
 def run_sqlstate(options: Options, produced: workload.Produced, name: str, label: str,
-                 database: Path, processes: int = 1,
+                 database: Path, group_id: str, processes: int = 1,
                  existing: bigstate.BigState | None = None) -> RunResult:
-    group_id = f"{produced.topic}-{name}"
+    """``sqlstate run`` until the topic is consumed; with several processes, started together
+    (see ``bench/joiner.py``) and measured from the moment they are let go."""
+    extra_args = options.daemon_args
+    if options.max_records:
+        extra_args = ("--max-records", str(options.max_records), *extra_args)
+    if processes > 1:
+        sqlstate_process.hold_at_end(database, produced.topic, produced.end_offsets)
     daemons = [
         sqlstate_process.launch(f"bench-{name}-{i}", options.bootstrap, produced.topic,
-                                group_id, database, options.daemon_args)
+                                group_id, database, extra_args)
         for i in range(processes)
     ]
+    joiner: subprocess.Popen[str] | None = None
+    launched_at = min(d.launched_at for d in daemons)
     try:
+        if processes > 1:
+            sqlstate_process.wait_for_assignment(daemons, options.workload.partitions,
+                                                 SETTLE_TIMEOUT_S)
+            sqlstate_process.release_to_start(database, produced.topic)
+            launched_at = time.time()
+            joiner = _join(options, f"{produced.topic}-joiner", group_id)
         sqlstate_process.wait_caught_up(database, produced.topic, produced.end_offsets,
                                         daemons, RUN_TIMEOUT_S)
     finally:
         for daemon in daemons:
             sqlstate_process.stop(daemon)
+        if joiner is not None:
+            joiner.terminate()
+            joiner.wait(30)
     stored = sqlstate_process.stored_counts(database, produced.topic)
     live = {key: count for key, count in stored.items() if "/" not in key}
     exact = live == produced.counts
     if existing is not None:
         exact = exact and bigstate.existing_keys_intact(existing)
     return RunResult(
-        name=name, label=label, launched_at=min(d.launched_at for d in daemons),
+        name=name, label=label, launched_at=launched_at,
         batches=[Batch(c.at, c.records, c.commit_ms) for d in daemons for c in d.committed()],
         peak_rss_kib=[d.peak_rss_kib for d in daemons], counts_exact=exact,
+        cpu_s=[d.cpu_s for d in daemons],
         c_parser=all("record parser: C extension" in "\n".join(d.lines) for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
     )
+
+
+def _join(options: Options, topic: str, group_id: str) -> subprocess.Popen[str]:
+    """Start a member that joins ``group_id`` through its own ``topic``; return once in."""
+    joiner = subprocess.Popen(
+        [sys.executable, "-m", "bench.joiner", "--bootstrap", options.bootstrap,
+         "--topic", topic, "--group-id", group_id],
+        # Its client logs every rebalance it causes as a warning: not news here.
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert joiner.stdout is not None
+    if joiner.stdout.readline().strip() != "joined":
+        joiner.kill()
+        raise RuntimeError("the joining group member failed to join")
+    return joiner
 
 
 def measure(options: Options) -> dict[str, Any]:
@@ -177,6 +224,7 @@ def measure(options: Options) -> dict[str, Any]:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     log(f"producing {spec.describe()} into {topic} at {options.bootstrap}")
     asyncio.run(workload.create_topic(options.bootstrap, topic, spec.partitions))
+    asyncio.run(workload.create_topic(options.bootstrap, f"{topic}-joiner", 1))
     try:
         produced = asyncio.run(workload.produce(options.bootstrap, topic, spec))
         log(f"produced in {produced.seconds:.1f}s"
@@ -184,45 +232,61 @@ def measure(options: Options) -> dict[str, Any]:
         states = []
         for keys in options.big_states:
             log(f"building a database with {keys:,} existing keys ({options.layout})")
-            states.append(bigstate.build(options.workdir / f"big-{keys}.db", topic, keys,
+            states.append(bigstate.build(options.workdir / f"big-state-{keys}.db", topic, keys,
                                          spec.keys, spec.partitions, options.layout))
             log(f"built in {states[-1].seconds:.1f}s")
         runs = _measure_runs(options, produced, states)
     finally:
         if not options.keep_topic:
             asyncio.run(workload.delete_topic(options.bootstrap, topic))
+        asyncio.run(workload.delete_topic(options.bootstrap, f"{topic}-joiner"))
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     return _results(options, produced, states, runs, started_at, finished_at)
 
 
 def _measure_runs(options: Options, produced: workload.Produced,
-                  states: list[bigstate.BigState]) -> list[RunResult]:
-    runs: list[RunResult] = []
+                  states: list[bigstate.BigState]) -> dict[str, list[RunResult]]:
+    """Every run, ``options.rounds`` times, interleaved so that a slow spell of the machine
+    spreads over all of them rather than hitting one."""
+    runs: dict[str, list[RunResult]] = {}
+    for round_number in range(1, options.rounds + 1):
+        def step(description: str, round_number: int = round_number) -> None:
+            if runs:
+                time.sleep(SETTLE_S)
+            log(f"round {round_number}/{options.rounds}: {description}")
 
-    def step(description: str) -> None:
-        if runs:
-            time.sleep(SETTLE_S)
-        log(description)
+        def keep(run: RunResult) -> None:
+            runs.setdefault(run.name, []).append(run)
 
-    step("(a) bare aiokafka consumer")
-    runs.append(run_ceiling(options, produced))
-    step("(b) sqlstate run, fresh database")
-    runs.append(run_sqlstate(options, produced, "fresh", "(b) sqlstate, fresh db",
-                             options.workdir / "fresh.db"))
-    step("(c) two sqlstate run processes, one group, one database")
-    runs.append(run_sqlstate(options, produced, "two_processes", "(c) 2 processes, 1 db",
-                             options.workdir / "shared.db", processes=2))
-    for state in states:
-        step(f"(d) sqlstate run, database with {state.keys:,} existing keys")
-        runs.append(run_sqlstate(options, produced, f"big_state_{state.keys}",
-                                 f"(d) sqlstate, {state.keys:,} keys in db", state.database,
-                                 existing=state))
+        folder = options.workdir / f"round-{round_number}"
+        folder.mkdir()
+        step("(a) bare aiokafka consumer")
+        keep(run_ceiling(options, produced, f"{produced.topic}-ceiling-{round_number}"))
+        def group(name: str, round_number: int = round_number) -> str:
+            return f"{produced.topic}-{name}-{round_number}"
+
+        step("(b) sqlstate run, fresh database")
+        keep(run_sqlstate(options, produced, "fresh", "(b) sqlstate, fresh db",
+                          folder / "fresh.db", group("fresh")))
+        step("(c) two sqlstate run processes, one group, one database")
+        keep(run_sqlstate(options, produced, "two_processes", "(c) 2 processes, 1 db",
+                          folder / "shared.db", group("two_processes"), processes=2))
+        for state in states:
+            step(f"(d) sqlstate run, database with {state.keys:,} existing keys")
+            database = folder / state.database.name
+            shutil.copyfile(state.database, database)  # each round starts from the same state
+            keep(run_sqlstate(options, produced, f"big_state_{state.keys}",
+                              f"(d) sqlstate, {state.keys:,} keys in db", database,
+                              group(f"big_state_{state.keys}"),
+                              existing=dataclasses.replace(state, database=database)))
+            database.unlink()
     return runs
 
 
 def _results(options: Options, produced: workload.Produced, states: list[bigstate.BigState],
-             runs: list[RunResult], started_at: str, finished_at: str) -> dict[str, Any]:
-    summaries = {run.name: summarize(run) for run in runs}
+             runs: dict[str, list[RunResult]], started_at: str,
+             finished_at: str) -> dict[str, Any]:
+    summaries = {name: summarize_rounds(rounds) for name, rounds in runs.items()}
     ceiling, fresh = summaries["ceiling"], summaries["fresh"]
     ratios = {"b/a": ratio(fresh, ceiling),
               "c/b": ratio(summaries["two_processes"], fresh)}
@@ -253,9 +317,11 @@ def _results(options: Options, produced: workload.Produced, states: list[bigstat
         "ratios": ratios,
         "restart_to_first_commit_s": restart,
         "counts_exact": all(s["counts_exact"] is not False for s in summaries.values()),
-        "runs": {run.name: {"launched_at": run.launched_at,
-                            "batches": [[b.at, b.records, b.commit_ms] for b in run.batches]}
-                 for run in runs},
+        "rounds": options.rounds,
+        "runs": {name: [{"launched_at": run.launched_at,
+                         "batches": [[b.at, b.records, b.commit_ms] for b in run.batches]}
+                        for run in rounds]
+                 for name, rounds in runs.items()},
     }
 
 

@@ -7,7 +7,7 @@ What is measured comes from two places the daemon already offers:
 - its database, read-only, polled until every partition's stored position reaches the log end:
   that, and not a log line, is what says the topic has been consumed.
 
-Peak memory is ``VmHWM`` from ``/proc``, read just before SIGTERM.
+Peak memory (``VmHWM``) and CPU time come from ``/proc``, read just before SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from bench.procfs import peak_rss_kib
+from bench.procfs import cpu_seconds, peak_rss_kib
 
 _COMMITTED = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG\s+sqlstate\.consumer: committed"
     r" (?P<records>\d+) records over \d+ partitions in (?P<ms>[\d.]+) ms$"
 )
 _LOCKED = re.compile(r"database .* is locked by another connection")
+_ASSIGNED = re.compile(r"sqlstate\.rebalance: assigned (?:partitions: (?P<tps>.*)|no partitions)$")
 _POLL_S = 0.05
 _STOP_TIMEOUT_S = 30.0
 
@@ -58,6 +59,7 @@ class DaemonProcess:
     lines: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
     peak_rss_kib: int | None = None
+    cpu_s: float | None = None
 
     def committed(self) -> list[Committed]:
         batches = []
@@ -67,6 +69,17 @@ class DaemonProcess:
                 at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 batches.append(Committed(at, int(match["records"]), float(match["ms"])))
         return batches
+
+    def assignment(self) -> set[int] | None:
+        """The partitions of its latest assignment; None before the first."""
+        for line in reversed(self.lines):
+            match = _ASSIGNED.search(line)
+            if match:
+                described = match["tps"] or ""
+                # "topic-3@0 (epoch 2), topic-5@0 (epoch 2)"
+                return {int(item.split("@")[0].rsplit("-", 1)[1])
+                        for item in described.split(", ") if item}
+        return None
 
     def busy_retries(self) -> int:
         return sum(1 for line in self.lines if _LOCKED.search(line))
@@ -139,8 +152,9 @@ def wait_caught_up(database: Path, topic: str, end_offsets: dict[int, int],
 
 
 def stop(process: DaemonProcess) -> None:
-    """Record peak memory, then stop the daemon gracefully; it must exit 0."""
+    """Record peak memory and CPU time, then stop the daemon gracefully; it must exit 0."""
     process.peak_rss_kib = peak_rss_kib(process.popen.pid)
+    process.cpu_s = cpu_seconds(process.popen.pid)
     if process.popen.poll() is None:
         process.popen.send_signal(signal.SIGTERM)
     try:
@@ -153,6 +167,47 @@ def stop(process: DaemonProcess) -> None:
         process.reader.join(5)
     if code != 0:
         raise RuntimeError(f"{process.name} exited with {code}:\n{process.log_tail()}")
+
+
+def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
+    """A database whose positions put every partition of ``topic`` at its end, so that
+    ``sqlstate run`` claims them and then waits, having nothing to consume."""
+    subprocess.run([*sqlstate_command(), "-q", "migrate", "--database", str(database)],
+                   check=True, capture_output=True)
+    with sqlite3.connect(database) as conn:
+        conn.executemany(
+            "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
+            " updated_at) VALUES (?, ?, ?, 0, 'bench', ?, '')",
+            [(topic, partition, end, end) for partition, end in end_offsets.items()],
+        )
+    conn.close()
+
+
+def release_to_start(database: Path, topic: str) -> None:
+    """Move every stored position of ``topic`` back to offset 0 (the bench's topics keep all
+    their records). The daemons holding the partitions read it at their next claim."""
+    with sqlite3.connect(database, timeout=30) as conn:
+        conn.execute("UPDATE positions SET next_offset = 0 WHERE topic = ?", (topic,))
+    conn.close()
+
+
+def wait_for_assignment(processes: list[DaemonProcess], partitions: int,
+                        timeout_s: float) -> None:
+    """Until the processes' latest assignments split all partitions between them, each some."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        assignments = [process.assignment() for process in processes]
+        if all(assignments):
+            held = [tp for assignment in assignments if assignment for tp in assignment]
+            if sorted(held) == list(range(partitions)):
+                return
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n"
+                                   f"{process.log_tail()}")
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"the group did not settle within {timeout_s:g}s: {assignments}")
+        time.sleep(_POLL_S)
 
 
 def stored_counts(database: Path, topic: str) -> dict[str, int]:
