@@ -209,12 +209,14 @@ class Store:
             ) from error
 
     async def prepare_for_writing(self) -> None:
-        """WAL, so readers never block the writer nor see an uncommitted batch.
+        """WAL, so readers never block the writer nor see an uncommitted batch; a page cache
+        large enough for the pages a batch touches in a big database.
 
         Called only once the file is known to be ours: it rewrites the file header.
         """
         await self._conn.execute(sql("journal_mode_wal"))
         await self._conn.execute(sql("synchronous_normal"))
+        await self._conn.execute(sql("cache_size"))
 
     async def close(self) -> None:
         await self._conn.close()
