@@ -222,6 +222,8 @@ def measure(options: Options) -> dict[str, Any]:
     spec = options.workload
     topic = f"sqlstate-bench-{uuid.uuid4().hex[:8]}"
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    # Other programs' load is what makes these numbers move; say how much there was.
+    load_before = os.getloadavg()
     log(f"producing {spec.describe()} into {topic} at {options.bootstrap}")
     asyncio.run(workload.create_topic(options.bootstrap, topic, spec.partitions))
     asyncio.run(workload.create_topic(options.bootstrap, f"{topic}-joiner", 1))
@@ -241,7 +243,9 @@ def measure(options: Options) -> dict[str, Any]:
             asyncio.run(workload.delete_topic(options.bootstrap, topic))
         asyncio.run(workload.delete_topic(options.bootstrap, f"{topic}-joiner"))
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    return _results(options, produced, states, runs, started_at, finished_at)
+    results = _results(options, produced, states, runs, started_at, finished_at)
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    return results
 
 
 def _measure_runs(options: Options, produced: workload.Produced,
@@ -333,9 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if own_workdir:
             shutil.rmtree(options.workdir, ignore_errors=True)
     summaries = list(results["summaries"].values())
+    load = results["load_average"]
     print(f"sqlstate bench, {results['started_at']} to {results['finished_at']};"
-          f" {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']});"
-          f" {options.workload.describe()}")
+          f" {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), load average"
+          f" {load['before'][0]:.1f} before, {load['after'][0]:.1f} after;"
+          f" {options.workload.describe()}; best of {options.rounds} rounds")
     print(table(summaries))
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in results["ratios"].items()))
     for keys, seconds in results["restart_to_first_commit_s"].items():
