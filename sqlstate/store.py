@@ -214,6 +214,13 @@ class Store:
 
         Called only once the file is known to be ours: it rewrites the file header.
         """
+        try:
+            await self._conn.execute(sql("json_functions"))
+        except sqlite3.OperationalError as error:
+            raise DatabaseError(
+                f"this Python's SQLite {sqlite3.sqlite_version} has no JSON functions ({error}),"
+                " which sqlstate needs: use a Python built with SQLite 3.38 or later"
+            ) from error
         await self._conn.execute(sql("journal_mode_wal"))
         await self._conn.execute(sql("synchronous_normal"))
         await self._conn.execute(sql("cache_size"))
