@@ -33,11 +33,13 @@ CREATE TABLE key_counts (
 CREATE UNIQUE INDEX key_counts_unique_key ON key_counts (topic, partition, ifnull(key, 0));
 
 -- Total per key across a topic's partitions: what most users want.
+-- Columns are aliased as well as listed: some readers (DuckDB) name view columns by expression.
 CREATE VIEW counts (topic, key, count) AS
-    SELECT topic, key, sum(count) FROM key_counts GROUP BY topic, key;
+    SELECT topic, key, sum(count) AS count FROM key_counts GROUP BY topic, key;
 
--- Lag and freshness per partition, read from the database alone.
+-- Lag and freshness per partition, read from the database alone (the log end is recorded at
+-- each claim and each batch).
 CREATE VIEW progress (topic, partition, next_offset, log_end_offset, lag, owner, updated_at) AS
     SELECT topic, partition, next_offset, log_end_offset,
-           max(coalesce(log_end_offset, next_offset) - next_offset, 0), owner, updated_at
+           max(log_end_offset - next_offset, 0) AS lag, owner, updated_at
     FROM positions;

@@ -107,7 +107,15 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 @_option("--ssl-keyfile", env="SSL_KEYFILE", type=click.Path(dir_okay=False, path_type=Path),
          help="Client private key (PEM).")
 @_option("--metrics-port", env="METRICS_PORT", type=click.IntRange(0, 65535),
-         help="Serve Prometheus /metrics and /healthz on this port.")
+         help="Serve Prometheus /metrics and /healthz on this port (0: any free port).")
+@_option("--metrics-host", env="METRICS_HOST", default="127.0.0.1", show_default=True,
+         help="Address for --metrics-port; 0.0.0.0 for every interface.")
+@_option("--progress-interval", env="PROGRESS_INTERVAL",
+         type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+         help="Seconds between progress lines while catching up.")
+@_option("--stall-timeout", env="STALL_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+         default=60.0, show_default=True,
+         help="Seconds of lag without progress, or out of the group, before /healthz fails.")
 @reports_errors
 def run(topics: tuple[str, ...], **options: Any) -> None:
     """Consume TOPICs into the database until SIGTERM or SIGINT."""
@@ -119,6 +127,8 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
         busy_timeout_s=options.pop("busy_timeout"),
         connect_timeout_s=options.pop("connect_timeout"),
         shutdown_timeout_s=options.pop("shutdown_timeout"),
+        progress_interval_s=options.pop("progress_interval"),
+        stall_timeout_s=options.pop("stall_timeout"),
         sasl_password=os.environ.get("SQLSTATE_SASL_PASSWORD"),
         ssl_password=os.environ.get("SQLSTATE_SSL_PASSWORD"),
         **options,

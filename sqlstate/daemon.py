@@ -24,6 +24,7 @@ from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.errors import BrokerError, TopicNotFoundError
 from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.monitor import Monitor
 from sqlstate.out_of_range import OutOfRangePolicyKeeper
 from sqlstate.processors.base import Processors
 from sqlstate.processors.counting import KeyCounter
@@ -145,6 +146,8 @@ async def _consume(
     listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
     loop = BatchLoop(consumer, store, ownership, processors, settings, stats, keeper)
-    await loop.run(stop)
+    monitor = Monitor(consumer, ownership, stats, store, loop.commit_seconds, settings)
+    async with monitor.running():
+        await loop.run(stop)
     if fatal:
         raise fatal[0]

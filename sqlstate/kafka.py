@@ -1,7 +1,7 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
-aiokafka is pinned to 0.14.x; the one internal read here (``consumed_position``) is checked by the
-integration tests against the real broker.
+aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
+assignment check and ``in_group``) are checked by the tests against the real broker.
 """
 
 from __future__ import annotations
@@ -88,11 +88,37 @@ def log_end(consumer: AIOKafkaConsumer, tp: TopicPartition, isolation_level: str
     """The end of the partition as seen by the last fetch: what lag is measured against.
 
     Under read_committed that is the last stable offset: records of open transactions are not yet
-    readable, so they are not lag.
+    readable, so they are not lag. None: not fetched yet, or no longer assigned (aiokafka asserts
+    on an unassigned partition, and the observers may ask while a rebalance changes the
+    assignment).
     """
+    if not consumer._subscription.is_assigned(tp):
+        return None
     end: int | None
     if isolation_level == "read_committed":
         end = consumer.last_stable_offset(tp)
     else:
         end = consumer.highwater(tp)
     return end if end is not None and end >= 0 else None
+
+
+def in_group(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer is a member of its group right now, by aiokafka's coordinator state.
+
+    aiokafka has no public flag for this. A member is in its group when it knows the group's
+    coordinator, holds the member id and generation of a completed join, and no rejoin is pending.
+    A rebalance, an unreachable coordinator (aiokafka marks it dead on the first failed heartbeat
+    or commit) and a removal from the group (session or poll timeout) each make this False until
+    the next join completes. An empty assignment is still membership: a group can have more
+    members than partitions.
+    """
+    coordinator = consumer._coordinator
+    subscription = consumer._subscription.subscription
+    if coordinator is None or subscription is None or subscription.assignment is None:
+        return False
+    return (
+        getattr(coordinator, "coordinator_id", None) is not None
+        and getattr(coordinator, "generation", -1) >= 0
+        and bool(getattr(coordinator, "member_id", ""))
+        and not coordinator.need_rejoin(subscription)
+    )

@@ -78,7 +78,9 @@ class OutOfRangePolicyKeeper:
         if bounds.holds(claim.next_offset):
             return claim
         self.refuse_if_failing(tp, claim.next_offset, bounds)
-        if not await self._store.reset_partition(tp, claim.epoch, bounds.first, self._discard):
+        if not await self._store.reset_partition(
+            tp, claim.epoch, bounds.first, self._discard, bounds.end
+        ):
             logger.warning(
                 "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
                 tp.topic, tp.partition,

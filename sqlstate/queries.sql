@@ -62,10 +62,13 @@ INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at);
 -- name: claim_partition
 -- A new owner takes the partition: bump the epoch (fencing out the previous owner), record who owns
 -- it, and return where to start. A partition seen for the first time starts at :start_offset.
-INSERT INTO positions (topic, partition, next_offset, epoch, owner, updated_at)
-VALUES (:topic, :partition, :start_offset, 1, :owner, :now)
+-- The log end seen at the claim makes lag known before the first batch.
+INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
+VALUES (:topic, :partition, :start_offset, 1, :owner, :log_end_offset, :now)
 ON CONFLICT (topic, partition) DO UPDATE
-    SET epoch = epoch + 1, owner = excluded.owner, updated_at = excluded.updated_at
+    SET epoch = epoch + 1, owner = excluded.owner,
+        log_end_offset = coalesce(excluded.log_end_offset, log_end_offset),
+        updated_at = excluded.updated_at
 RETURNING next_offset, epoch;
 
 -- name: advance_position
@@ -78,7 +81,7 @@ WHERE topic = :topic AND partition = :partition
 
 -- name: reset_position
 UPDATE positions
-SET next_offset = :next_offset, log_end_offset = NULL, updated_at = :now
+SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now
 WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 
 -- name: read_position

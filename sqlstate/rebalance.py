@@ -105,7 +105,11 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             if stored is not None:
                 keeper.refuse_if_failing(tp, stored.next_offset, bounds[tp])
         # A partition never seen before starts at the earliest offset Kafka still has.
-        claimed = await self._store.claim({tp: b.first for tp, b in bounds.items()}, self._owner)
+        claimed = await self._store.claim(
+            {tp: b.first for tp, b in bounds.items()},
+            self._owner,
+            {tp: b.end for tp, b in bounds.items()},
+        )
         claims = {}
         for tp, claim in claimed.items():
             resolved = await keeper.resolve(tp, claim, bounds[tp])

@@ -52,7 +52,11 @@ class Settings:
     ssl_keyfile: Path | None = None
     ssl_password: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
+    # Loopback by default: the endpoint names topics, hosts and lag. The container image sets
+    # 0.0.0.0, since there the published port is the boundary.
+    metrics_host: str = "127.0.0.1"
     progress_interval_s: float = 5.0
+    # How long lag may stand still, or the consumer be out of its group, before /healthz says 503.
     stall_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -89,7 +93,10 @@ class Settings:
                 problems.append(f"--{name.replace('_', '-')} {value}: no such file")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append("--metrics-port must be between 0 and 65535")
-        for name in ("busy_timeout_s", "connect_timeout_s", "shutdown_timeout_s"):
+        if not self.metrics_host:
+            problems.append("--metrics-host must not be empty")
+        for name in ("busy_timeout_s", "connect_timeout_s", "shutdown_timeout_s",
+                     "progress_interval_s", "stall_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems

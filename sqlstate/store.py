@@ -150,12 +150,11 @@ DiscardPartition = Callable[[Transaction, TopicPartition], Awaitable[None]]
 class Store:
     """An open sqlstate database."""
 
-    busy_retries = 0
-
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
         self._stopping = False
+        self.busy_retries = 0  # how often a locked database made a transaction wait and retry
 
     @classmethod
     async def open(
@@ -310,11 +309,15 @@ class Store:
     # ---- positions ------------------------------------------------------------------------
 
     async def claim(
-        self, start_offsets: Mapping[TopicPartition, int], owner: str
+        self,
+        start_offsets: Mapping[TopicPartition, int],
+        owner: str,
+        end_offsets: Mapping[TopicPartition, int] | None = None,
     ) -> dict[TopicPartition, Claim]:
         """Claim partitions in one transaction: bump each epoch, record the owner, read positions.
 
-        ``start_offsets`` gives, per partition, where to start if the database has never seen it.
+        ``start_offsets`` gives, per partition, where to start if the database has never seen it;
+        ``end_offsets``, where its log ends now (recorded for the lag).
         """
 
         async def work(tx: Transaction) -> dict[TopicPartition, Claim]:
@@ -328,6 +331,7 @@ class Store:
                         "partition": tp.partition,
                         "start_offset": start_offset,
                         "owner": owner,
+                        "log_end_offset": (end_offsets or {}).get(tp),
                         "now": now,
                     },
                 )
@@ -426,7 +430,12 @@ class Store:
             raise
 
     async def reset_partition(
-        self, tp: TopicPartition, epoch: int, next_offset: int, discard: DiscardPartition
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        next_offset: int,
+        discard: DiscardPartition,
+        log_end_offset: int | None = None,
     ) -> bool:
         """Discard a partition's state and move its position, in one transaction.
 
@@ -440,6 +449,7 @@ class Store:
                     "topic": tp.topic,
                     "partition": tp.partition,
                     "next_offset": next_offset,
+                    "log_end_offset": log_end_offset,
                     "now": utc_now(),
                     "epoch": epoch,
                 },

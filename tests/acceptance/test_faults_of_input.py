@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from sqlstate.processors.counting import stored_key
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
+from tests.support.kafka import TopicFactory
 from tests.support.workload import (
     db_counts,
     end_offsets,
@@ -22,16 +22,6 @@ from tests.support.workload import (
     keyed_messages,
     produce_keyed,
 )
-
-TopicFactory = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.stop_quietly()
 
 
 async def delete_below(bootstrap: str, tp: TopicPartition, offset: int) -> None:

@@ -7,13 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from sqlstate import output
 from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
+from tests.support.kafka import TopicFactory
 from tests.support.workload import (
     db_counts,
     db_totals,
@@ -22,17 +22,6 @@ from tests.support.workload import (
     keyed_messages,
     produce_keyed,
 )
-
-TopicFactory = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    """Every daemon a test starts is stopped at its end, whatever happened."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.stop_quietly()
 
 
 async def test_counts_and_positions_are_exact(

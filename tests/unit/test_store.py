@@ -37,7 +37,8 @@ def counts(path: Path) -> dict[object, int]:
 async def test_claim_bumps_epoch_and_keeps_position(tmp_path: Path) -> None:
     store = await open_store(tmp_path / "s.db")
     try:
-        first = await store.claim({TP: 7}, "a")
+        first = await store.claim({TP: 7}, "a", {TP: 9})
+        assert [p.log_end_offset for p in await store.positions()] == [9]
         assert (first[TP].next_offset, first[TP].epoch) == (7, 1)
         second = await store.claim({TP: 0}, "b")  # start offset only applies to a new row
         assert (second[TP].next_offset, second[TP].epoch) == (7, 2)

@@ -1,0 +1,219 @@
+"""Prometheus metrics and the small HTTP server that serves ``/metrics`` and ``/healthz``.
+
+The batch loop never touches a metric: counters are read from ``Stats`` and the store when
+Prometheus scrapes, lag is computed then from the consumer, and commit latencies are drained from
+the loop's list into the histogram once a tick and on each scrape. A private registry keeps the
+metrics of a process that embeds sqlstate (or of a test running several daemons) apart.
+
+prometheus_client's own server cannot serve a second path, and a thread would be the only
+non-asyncio code in the daemon, so this is a minimal HTTP/1.1 responder on ``asyncio.start_server``:
+one request per connection, GET or HEAD, closed after the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from sqlstate import __version__
+from sqlstate.errors import ConfigError
+from sqlstate.health import Health, Lags
+from sqlstate.stats import Stats
+from sqlstate.store import Store
+
+logger = logging.getLogger(__name__)
+
+# From a fast local SSD (about a millisecond) to a database waiting on a lock (the busy timeout).
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_REQUEST_TIMEOUT_S = 5.0
+_MAX_REQUEST_BYTES = 16_384
+
+
+class _StateCollector:
+    """Reads the daemon's counters and lags at scrape time."""
+
+    def __init__(
+        self, stats: Stats, store: Store, lags: Callable[[], Lags], health: Callable[[], Health]
+    ) -> None:
+        self._stats = stats
+        self._store = store
+        self._lags = lags
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        for name, value, text in (
+            ("records_consumed", stats.records, "Records counted and committed."),
+            ("batches_committed", stats.batches, "Batch transactions committed."),
+            ("rebalances", stats.rebalances, "Partition assignments received from the group."),
+            ("fenced_batches", stats.fenced_batches,
+             "Partition batches dropped because another owner claimed or moved the partition."),
+            ("out_of_range_resets", stats.out_of_range_resets,
+             "Partitions rebuilt from the earliest offset after their position left the log."),
+            ("database_busy_retries", self._store.busy_retries,
+             "Transactions retried because another connection held the database lock."),
+        ):
+            yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
+
+        lags = self._lags()
+        lag = GaugeMetricFamily(
+            "sqlstate_partition_lag",
+            "Records between the committed position and the log end the consumer last saw.",
+            labels=["topic", "partition"],
+        )
+        position = GaugeMetricFamily(
+            "sqlstate_partition_next_offset",
+            "The committed position: the next offset to consume.",
+            labels=["topic", "partition"],
+        )
+        for tp, partition in sorted(lags.items()):
+            labels = [tp.topic, str(tp.partition)]
+            position.add_metric(labels, partition.next_offset)
+            if partition.lag is not None:  # not fetched yet: no sample rather than a guess
+                lag.add_metric(labels, partition.lag)
+        yield lag
+        yield position
+        yield GaugeMetricFamily(
+            "sqlstate_assigned_partitions", "Partitions this consumer has claimed.",
+            value=len(lags),
+        )
+        health = self._health()
+        yield GaugeMetricFamily(
+            "sqlstate_in_group", "1 while the consumer is a member of its group.",
+            value=int(health.in_group),
+        )
+        yield GaugeMetricFamily(
+            "sqlstate_healthy", "1 while /healthz answers 200.", value=int(health.healthy)
+        )
+        info = GaugeMetricFamily("sqlstate_build_info", "sqlstate's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class Metrics:
+    """The registry of one daemon."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        store: Store,
+        commit_seconds: list[float],
+        lags: Callable[[], Lags],
+        health: Callable[[], Health],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self._commit_seconds = commit_seconds
+        self._commit_histogram = Histogram(
+            "sqlstate_commit_duration_seconds",
+            "Time to commit one batch transaction, lock waits and retries included.",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(stats, store, lags, health))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def drain(self) -> None:
+        """Move the commit latencies the loop collected into the histogram."""
+        latencies = self._commit_seconds[:]
+        # No await since the copy: the loop cannot append in between.
+        del self._commit_seconds[: len(latencies)]
+        for seconds in latencies:
+            self._commit_histogram.observe(seconds)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The text a scrape gets, in the format its Accept header asks for."""
+        self.drain()
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class StatusServer:
+    """Serves ``/metrics`` (Prometheus) and ``/healthz`` (200 healthy, 503 not, JSON body)."""
+
+    def __init__(self, metrics: Metrics, health: Callable[[], Health]) -> None:
+        self._metrics = metrics
+        self._health = health
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; return the address actually bound (``port`` 0 picks a free one)."""
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {error.strerror or error}"
+            ) from error
+        bound: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
+        return bound
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _MAX_REQUEST_BYTES:
+                raise ValueError("request head too large")
+            status, headers, body, send_body = self._answer(head.decode("latin-1"))
+            writer.write(_response(status, headers, body if send_body else b"", len(body)))
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as error:
+            logger.debug("metrics request dropped: %r", error)
+        except Exception:
+            # A bug in a collector must not go unseen, nor take the endpoint down.
+            logger.exception("answering a metrics request failed")
+            with contextlib.suppress(ConnectionError):
+                writer.write(_response(HTTPStatus.INTERNAL_SERVER_ERROR, {}, b"", 0))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _answer(self, head: str) -> tuple[HTTPStatus, dict[str, str], bytes, bool]:
+        request_line, _, header_lines = head.partition("\r\n")
+        method, target, _version = request_line.split(" ", 2)
+        path = target.split("?", 1)[0]
+        accept = ""
+        for line in header_lines.split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "accept":
+                accept = value.strip()
+        if method not in ("GET", "HEAD"):
+            return (HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": "GET, HEAD"},
+                    b"only GET and HEAD\n", True)
+        send_body = method == "GET"
+        if path == "/metrics":
+            body, content_type = self._metrics.exposition(accept)
+            return HTTPStatus.OK, {"Content-Type": content_type}, body, send_body
+        if path == "/healthz":
+            health = self._health()
+            status = HTTPStatus.OK if health.healthy else HTTPStatus.SERVICE_UNAVAILABLE
+            body = json.dumps(health.as_json()).encode() + b"\n"
+            return status, {"Content-Type": "application/json"}, body, send_body
+        return (HTTPStatus.NOT_FOUND, {"Content-Type": "text/plain"},
+                b"try /metrics or /healthz\n", send_body)
+
+
+def _response(status: HTTPStatus, headers: dict[str, str], body: bytes, length: int) -> bytes:
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"Content-Length: {length}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body

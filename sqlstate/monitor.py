@@ -1,0 +1,96 @@
+"""The daemon's observers, wired together: one tick a second, and the optional HTTP endpoint.
+
+Each tick reads what the batch loop and the listener already keep (``Stats``, the claims in
+``Ownership``, the consumer's view of each log end) and feeds the watchdog (``health.py``), the
+progress log (``progress.py``) and the commit-latency histogram (``metrics.py``). Nothing here runs
+on the batch path, awaits the database or calls the broker, so the tick task can simply be
+cancelled at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer
+
+from sqlstate.health import Health, Lags, PartitionLag, Watchdog
+from sqlstate.kafka import in_group, log_end
+from sqlstate.metrics import Metrics, StatusServer
+from sqlstate.progress import ProgressLog
+from sqlstate.rebalance import Ownership
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Store
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 1.0
+
+
+class Monitor:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        ownership: Ownership,
+        stats: Stats,
+        store: Store,
+        commit_seconds: list[float],
+        settings: Settings,
+    ) -> None:
+        self._consumer = consumer
+        self._ownership = ownership
+        self._stats = stats
+        self._settings = settings
+        self.watchdog = Watchdog(settings.stall_timeout_s)
+        self._progress = ProgressLog(settings.progress_interval_s)
+        self.metrics = Metrics(stats, store, commit_seconds, self.lags, self.health)
+
+    def lags(self) -> Lags:
+        """Each claimed partition's committed position and the log end last fetched."""
+        level = self._settings.isolation_level
+        return {
+            tp: PartitionLag(claim.next_offset, log_end(self._consumer, tp, level))
+            for tp, claim in self._ownership.claims.items()
+        }
+
+    def health(self) -> Health:
+        return self.watchdog.health
+
+    def tick(self) -> None:
+        # The histogram is drained even when nobody scrapes, so the loop's list stays short.
+        self.metrics.drain()
+        lags = self.lags()
+        self.watchdog.check(in_group(self._consumer), lags)
+        self._progress.tick(self._stats.records, lags)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Tick, and serve ``/metrics`` and ``/healthz`` if a metrics port is set, until exit."""
+        server = None
+        if self._settings.metrics_port is not None:
+            server = StatusServer(self.metrics, self.health)
+            host, port = await server.start(
+                self._settings.metrics_host, self._settings.metrics_port
+            )
+            logger.info("serving http://%s:%d/metrics and /healthz", host, port)
+        task = asyncio.create_task(self._tick_forever(), name="sqlstate-monitor")
+        try:
+            yield
+        finally:
+            task.cancel()
+            # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
+            await asyncio.wait([task])
+            if server is not None:
+                await server.close()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick()
+            except Exception:
+                # A bug here must not stop consuming; it is logged every tick, so it is seen.
+                logger.exception("monitor tick failed")

@@ -1,0 +1,182 @@
+"""The /metrics and /healthz endpoint over real HTTP on the loopback interface (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+from aiokafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from sqlstate.errors import ConfigError
+from sqlstate.health import Health, Lags, PartitionLag
+from sqlstate.metrics import Metrics, StatusServer
+from sqlstate.stats import Stats
+from sqlstate.store import Store
+
+
+class FakeStore:
+    busy_retries = 0
+
+
+class Daemon:
+    """What the metrics read from a running daemon, as plain attributes a test can set."""
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.store = FakeStore()
+        self.commit_seconds: list[float] = []
+        self.lags: dict[TopicPartition, PartitionLag] = {}
+        self.health = Health(True, "caught up", True, 0, 0)
+        self.metrics = Metrics(
+            self.stats, cast(Store, self.store), self.commit_seconds, self.get_lags,
+            self.get_health,
+        )
+
+    def get_lags(self) -> Lags:
+        return self.lags
+
+    def get_health(self) -> Health:
+        return self.health
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Daemon, int]]:
+    daemon = Daemon()
+    server = StatusServer(daemon.metrics, daemon.get_health)
+    _host, port = await server.start("127.0.0.1", 0)
+    yield daemon, port
+    await server.close()
+
+
+async def request(port: int, head: str) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode())
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    raw_head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = raw_head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    return await request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_are_read_at_scrape_time(served: tuple[Daemon, int]) -> None:
+    daemon, port = served
+    daemon.stats.records, daemon.stats.batches, daemon.stats.rebalances = 1500, 3, 1
+    daemon.store.busy_retries = 2
+    daemon.commit_seconds.extend([0.002, 0.004, 0.2])
+    daemon.lags = {
+        TopicPartition("orders", 0): PartitionLag(100, 160),
+        TopicPartition("orders", 1): PartitionLag(7, None),
+    }
+    status, headers, body = await get(port, "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    values = samples(body)
+    assert values[("sqlstate_records_consumed_total", ())] == 1500
+    assert values[("sqlstate_batches_committed_total", ())] == 3
+    assert values[("sqlstate_rebalances_total", ())] == 1
+    assert values[("sqlstate_database_busy_retries_total", ())] == 2
+    assert values[("sqlstate_fenced_batches_total", ())] == 0
+    assert values[("sqlstate_out_of_range_resets_total", ())] == 0
+    assert values[("sqlstate_commit_duration_seconds_count", ())] == 3
+    assert values[("sqlstate_commit_duration_seconds_bucket", (("le", "0.005"),))] == 2
+    orders_0 = (("partition", "0"), ("topic", "orders"))
+    orders_1 = (("partition", "1"), ("topic", "orders"))
+    assert values[("sqlstate_partition_lag", orders_0)] == 60
+    assert ("sqlstate_partition_lag", orders_1) not in values  # log end not known yet
+    assert values[("sqlstate_partition_next_offset", orders_1)] == 7
+    assert values[("sqlstate_assigned_partitions", ())] == 2
+    assert values[("sqlstate_healthy", ())] == 1
+    assert daemon.commit_seconds == []  # drained into the histogram
+
+    daemon.stats.records += 500
+    values = samples((await get(port, "/metrics"))[2])
+    assert values[("sqlstate_records_consumed_total", ())] == 2000
+    assert values[("sqlstate_commit_duration_seconds_count", ())] == 3
+
+
+async def test_openmetrics_when_asked_for(served: tuple[Daemon, int]) -> None:
+    _daemon, port = served
+    status, headers, body = await request(
+        port,
+        "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    )
+    assert status == 200
+    assert headers["content-type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+async def test_healthz(served: tuple[Daemon, int]) -> None:
+    daemon, port = served
+    status, headers, body = await get(port, "/healthz")
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    answer: dict[str, Any] = json.loads(body)
+    assert answer == {
+        "healthy": True, "reason": "caught up", "in_group": True, "partitions": 0, "lag": 0
+    }
+    daemon.health = Health(False, "positions of orders-0 have not moved", True, 1, 9)
+    status, _, body = await get(port, "/healthz?verbose=1")
+    assert status == 503
+    assert json.loads(body)["reason"] == "positions of orders-0 have not moved"
+
+
+async def test_other_requests(served: tuple[Daemon, int]) -> None:
+    _daemon, port = served
+    assert (await get(port, "/"))[0] == 404
+    status, headers, _ = await request(port, "POST /metrics HTTP/1.1\r\n\r\n")
+    assert (status, headers["allow"]) == (405, "GET, HEAD")
+    status, headers, body = await request(port, "HEAD /healthz HTTP/1.1\r\n\r\n")
+    assert status == 200
+    assert int(headers["content-length"]) > 0
+    assert body == b""
+
+
+async def test_a_port_in_use_is_a_clear_error(served: tuple[Daemon, int]) -> None:
+    daemon, port = served
+    with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+        await StatusServer(daemon.metrics, daemon.get_health).start("127.0.0.1", port)
+
+
+async def test_a_failing_collector_answers_500_and_is_logged(
+    served: tuple[Daemon, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon, port = served
+
+    def broken() -> Lags:
+        raise RuntimeError("bug")
+
+    daemon.get_lags = broken  # type: ignore[method-assign]
+    daemon.metrics = Metrics(
+        daemon.stats, cast(Store, daemon.store), daemon.commit_seconds, broken, daemon.get_health
+    )
+    server = StatusServer(daemon.metrics, daemon.get_health)
+    _host, broken_port = await server.start("127.0.0.1", 0)
+    try:
+        assert (await get(broken_port, "/metrics"))[0] == 500
+        assert (await get(broken_port, "/healthz"))[0] == 200
+    finally:
+        await server.close()
+    assert "answering a metrics request failed" in caplog.text
+    assert (await get(port, "/metrics"))[0] == 200
