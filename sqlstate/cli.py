@@ -1,7 +1,8 @@
 """The ``sqlstate`` command: parses flags (each also a SQLSTATE_* variable), calls, prints.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database unusable (not
-SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable or topic missing;
+SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
+login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 130 forced exit
 on a second signal.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ import click
 
 from sqlstate import __version__, daemon, inspect, logs, output
 from sqlstate.errors import SqlstateError
-from sqlstate.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings
+from sqlstate.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Security, Settings
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +53,34 @@ database_option = _option(
     default=Path("sqlstate.db"), show_default=True, help="SQLite database file.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+# How to connect to Kafka, for every command that does. Passwords come only from the environment
+# (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD), never from a flag that `ps` would show.
+_security_options = [
+    _option("--security-protocol", env="SECURITY_PROTOCOL", type=click.Choice(SECURITY_PROTOCOLS),
+            default="PLAINTEXT", show_default=True, help="Kafka security protocol."),
+    _option("--sasl-mechanism", env="SASL_MECHANISM", type=click.Choice(SASL_MECHANISMS),
+            help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only."),
+    _option("--sasl-username", env="SASL_USERNAME", help="SASL user name."),
+    _option("--ssl-cafile", env="SSL_CAFILE", type=click.Path(dir_okay=False, path_type=Path),
+            help="CA certificates to verify the brokers (PEM)."),
+    _option("--ssl-certfile", env="SSL_CERTFILE",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Client certificate (PEM). Its key password: SQLSTATE_SSL_PASSWORD."),
+    _option("--ssl-keyfile", env="SSL_KEYFILE", type=click.Path(dir_okay=False, path_type=Path),
+            help="Client private key (PEM)."),
+]
+
+
+def security_options(command: F) -> F:
+    """Add the flags of ``_security_options`` to a command, in their order."""
+    for option in reversed(_security_options):
+        command = option(command)
+    return command
+
+
+def _secret(name: str) -> str | None:
+    """A password, from SQLSTATE_<name> only."""
+    return os.environ.get(f"SQLSTATE_{name}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -95,17 +125,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
          help="Seconds to leave the group on stop.")
 @_option("--integrity-check/--no-integrity-check", env="INTEGRITY_CHECK", default=True,
          show_default=True, help="Run PRAGMA quick_check on the database at start.")
-@_option("--security-protocol", env="SECURITY_PROTOCOL", type=click.Choice(SECURITY_PROTOCOLS),
-         default="PLAINTEXT", show_default=True, help="Kafka security protocol.")
-@_option("--sasl-mechanism", env="SASL_MECHANISM", type=click.Choice(SASL_MECHANISMS),
-         help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only.")
-@_option("--sasl-username", env="SASL_USERNAME", help="SASL user name.")
-@_option("--ssl-cafile", env="SSL_CAFILE", type=click.Path(dir_okay=False, path_type=Path),
-         help="CA certificates to verify the brokers (PEM).")
-@_option("--ssl-certfile", env="SSL_CERTFILE", type=click.Path(dir_okay=False, path_type=Path),
-         help="Client certificate (PEM). Its key password: SQLSTATE_SSL_PASSWORD.")
-@_option("--ssl-keyfile", env="SSL_KEYFILE", type=click.Path(dir_okay=False, path_type=Path),
-         help="Client private key (PEM).")
+@security_options
 @_option("--metrics-port", env="METRICS_PORT", type=click.IntRange(0, 65535),
          help="Serve Prometheus /metrics and /healthz on this port (0: any free port).")
 @_option("--metrics-host", env="METRICS_HOST", default="127.0.0.1", show_default=True,
@@ -119,8 +139,6 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 @reports_errors
 def run(topics: tuple[str, ...], **options: Any) -> None:
     """Consume TOPICs into the database until SIGTERM or SIGINT."""
-    import os
-
     settings = Settings(
         topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
         check_integrity=options.pop("integrity_check"),
@@ -129,8 +147,8 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
         shutdown_timeout_s=options.pop("shutdown_timeout"),
         progress_interval_s=options.pop("progress_interval"),
         stall_timeout_s=options.pop("stall_timeout"),
-        sasl_password=os.environ.get("SQLSTATE_SASL_PASSWORD"),
-        ssl_password=os.environ.get("SQLSTATE_SSL_PASSWORD"),
+        sasl_password=_secret("SASL_PASSWORD"),
+        ssl_password=_secret("SSL_PASSWORD"),
         **options,
     )
     asyncio.run(daemon.run(settings))
@@ -182,13 +200,21 @@ def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
          help="Also ask Kafka for log-end offsets and show the lag.")
 @click.option("--isolation-level", type=click.Choice(["read_committed", "read_uncommitted"]),
               default="read_committed", show_default=True, help="End offsets as seen this way.")
+@security_options
 @json_option
 @reports_errors
 def offsets(
-    database: Path, bootstrap_servers: str | None, isolation_level: str, as_json: bool
+    database: Path, bootstrap_servers: str | None, isolation_level: str, as_json: bool,
+    security_protocol: str, **security: Any,
 ) -> None:
     """Show each partition's stored position, owner and last update."""
-    reports = asyncio.run(inspect.positions(database, bootstrap_servers, isolation_level))
+    connection = Security(
+        protocol=security_protocol, sasl_password=_secret("SASL_PASSWORD"),
+        ssl_password=_secret("SSL_PASSWORD"), **security,
+    )
+    reports = asyncio.run(
+        inspect.positions(database, bootstrap_servers, isolation_level, connection)
+    )
     rows = [
         {
             "topic": r.position.topic, "partition": r.position.partition,

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 import aiokafka
 import aiosqlite
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
-from sqlstate.errors import BrokerError, TopicNotFoundError
-from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.errors import AuthenticationError, BrokerError, TopicNotFoundError
+from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
 from sqlstate.out_of_range import OutOfRangePolicyKeeper
 from sqlstate.processors.base import Processors
@@ -71,6 +71,14 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
         await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
         existing = await asyncio.wait_for(consumer.topics(), settings.connect_timeout_s)
     except (TimeoutError, KafkaError, OSError) as error:
+        # aiokafka reports a refused login or handshake like an unreachable broker; ask why.
+        refused = None
+        if isinstance(error, KafkaConnectionError):
+            refused = await refusal(
+                settings.bootstrap_servers, settings.security, settings.connect_timeout_s
+            )
+        if refused:
+            raise AuthenticationError(refused) from error
         raise BrokerError(
             f"cannot reach Kafka at {settings.bootstrap_servers} within"
             f" {settings.connect_timeout_s:g}s: {error!r}"

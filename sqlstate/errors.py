@@ -46,6 +46,12 @@ class BrokerError(SqlstateError):
     retriable = True
 
 
+class AuthenticationError(BrokerError):
+    """Kafka refused sqlstate's SASL login or TLS handshake."""
+
+    retriable = False
+
+
 class TopicNotFoundError(BrokerError):
     """A topic to consume does not exist."""
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import migrate
-from sqlstate.errors import BrokerError
+from sqlstate.errors import AuthenticationError, BrokerError
+from sqlstate.kafka import refusal, security_options
+from sqlstate.settings import Security
 from sqlstate.store import Position, Store
 
 
@@ -47,8 +49,16 @@ async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyC
 
 
 async def positions(
-    database: Path, bootstrap_servers: str | None, isolation_level: str, timeout_s: float = 30.0
+    database: Path,
+    bootstrap_servers: str | None,
+    isolation_level: str,
+    security: Security | None = None,
+    timeout_s: float = 30.0,
 ) -> list[PositionReport]:
+    """Stored positions; with ``bootstrap_servers`` also the end offsets (connecting per
+    ``security``, PLAINTEXT by default)."""
+    # Bad security flags are an error even when there is nothing to look up yet.
+    security = (security or Security()).validated() if bootstrap_servers else security
     store = await Store.open(database, read_only=True, check_integrity=False)
     try:
         stored = await store.positions()
@@ -60,6 +70,7 @@ async def positions(
             bootstrap_servers,
             [TopicPartition(p.topic, p.partition) for p in stored],
             isolation_level,
+            security or Security(),
             timeout_s,
         )
     return [
@@ -68,11 +79,15 @@ async def positions(
 
 
 async def _end_offsets(
-    bootstrap_servers: str, tps: list[TopicPartition], isolation_level: str, timeout_s: float
+    bootstrap_servers: str,
+    tps: list[TopicPartition],
+    isolation_level: str,
+    security: Security,
+    timeout_s: float,
 ) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, isolation_level=isolation_level,
-        enable_auto_commit=False,
+        enable_auto_commit=False, **security_options(security),
     )
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
@@ -81,6 +96,12 @@ async def _end_offsets(
         )
         return ends
     except (TimeoutError, KafkaError, OSError) as error:
+        # As in the daemon: aiokafka reports a refused login like an unreachable broker.
+        refused = None
+        if isinstance(error, KafkaConnectionError):
+            refused = await refusal(bootstrap_servers, security, timeout_s)
+        if refused:
+            raise AuthenticationError(refused) from error
         raise BrokerError(f"cannot read end offsets from {bootstrap_servers}: {error!r}") from error
     finally:
         await consumer.stop()

@@ -1,19 +1,30 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
-assignment check and ``in_group``) are checked by the tests against the real broker.
+assignment check and ``in_group``) are checked by the tests against the real broker. The security
+options and ``refusal`` serve every client sqlstate builds (``run`` and ``offsets``); they are
+tested against the test broker's SASL and SSL listeners (tests/acceptance/test_security.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record import default_records
 
-from sqlstate.settings import Settings
+from sqlstate.settings import Security, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +42,6 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     must raise OffsetOutOfRangeError so our policy decides, never silently jump. Keys and values
     stay raw bytes: counting keys needs no deserializer.
     """
-    security: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        security["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
-            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            password=settings.ssl_password,
-        )
-    if settings.security_protocol.startswith("SASL"):
-        security.update(
-            sasl_mechanism=settings.sasl_mechanism,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password,
-        )
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=settings.group_id,
@@ -60,8 +57,60 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         # The roundrobin assignor: aiokafka's sticky assignor can give one partition to two
         # members (aio-libs/aiokafka#1175); fencing would keep counts exact, but churn is waste.
-        **security,
+        **security_options(settings.security),
     )
+
+
+def security_options(security: Security) -> dict[str, Any]:
+    """The keyword arguments of an aiokafka client (or connection) for ``security``."""
+    options: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(security.ssl_cafile) if security.ssl_cafile else None,
+            certfile=str(security.ssl_certfile) if security.ssl_certfile else None,
+            keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
+            password=security.ssl_password,
+        )
+    if security.protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=security.sasl_mechanism,
+            sasl_plain_username=security.sasl_username,
+            sasl_plain_password=security.sasl_password,
+        )
+    return options
+
+
+async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) -> str | None:
+    """Why the bootstrap servers refused us, if they did: a failed SASL login or TLS handshake.
+
+    When no bootstrap server can be used, aiokafka logs each one's reason and raises only
+    "Unable to bootstrap from [...]", which reads like a network problem. One more connection
+    per server with the same settings tells a wrong password or an untrusted certificate apart
+    from a broker that is not there, so that the error can say what to fix. None: no server
+    refused us (they are down, unreachable or slow).
+    """
+    for host, port, _family in collect_hosts(bootstrap_servers, randomize=False):
+        try:
+            connection = await asyncio.wait_for(
+                create_conn(host, port, client_id="sqlstate", **security_options(security)),
+                timeout_s,
+            )
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError,
+                IllegalSaslStateError) as error:
+            return (
+                f"Kafka at {host}:{port} refused the SASL login of {security.sasl_username!r}"
+                f" with {security.sasl_mechanism}: {error}; check --sasl-mechanism,"
+                " --sasl-username and SQLSTATE_SASL_PASSWORD"
+            )
+        except ssl.SSLError as error:  # before OSError, its base class
+            return (
+                f"the TLS handshake with Kafka at {host}:{port} failed: {error}; check"
+                " --security-protocol, --ssl-cafile and the client certificate"
+            )
+        except (TimeoutError, KafkaError, OSError):
+            continue
+        connection.close()
+    return None
 
 
 def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:

@@ -1,4 +1,7 @@
-"""Logging set-up: plain text for people, one JSON object per line for log shippers."""
+"""Logging set-up: plain text for people, one JSON object per line for log shippers.
+
+Secrets never reach the output: see ``SaslRequestRedactor``.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +31,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class SaslRequestRedactor(logging.Filter):
+    """Hide the SASL login that aiokafka logs at DEBUG with every request it sends.
+
+    aiokafka.conn logs "Request to host:port id: <request>" with the request object as an
+    argument; for SaslAuthenticateRequest that object holds the raw auth bytes, which with PLAIN
+    are the user name and the password in clear. This replaces that argument before formatting.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiokafka.conn" and isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{type(arg).__name__}(<redacted>)"
+                if type(arg).__name__.startswith("SaslAuthenticateRequest") else arg
+                for arg in record.args
+            )
+        return True
+
+
 def configure(verbosity: int, log_format: LogFormat) -> None:
     """``verbosity``: -1 quiet (warnings), 0 info, 1 debug for sqlstate, 2 debug for everything."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
+    handler.addFilter(SaslRequestRedactor())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if verbosity >= 2 else max(level, logging.INFO))

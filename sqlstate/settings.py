@@ -1,7 +1,8 @@
 """Settings of a ``sqlstate run``: one frozen dataclass, built from flags and SQLSTATE_* variables.
 
 The CLI declares each option once with its environment variable; this module validates the result.
-Secrets are excluded from ``repr`` so a logged settings object never shows a password.
+Secrets are excluded from ``repr`` so a logged settings object never shows a password. ``Security``
+is the part that ``sqlstate offsets`` shares with ``run``: how to connect to Kafka.
 """
 
 from __future__ import annotations
@@ -18,6 +19,44 @@ OutOfRangePolicy = Literal["reset", "fail"]
 IsolationLevel = Literal["read_committed", "read_uncommitted"]
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class Security:
+    """How to authenticate to Kafka and protect the connection."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+
+    def problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.protocol not in SECURITY_PROTOCOLS:
+            problems.append(f"--security-protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                problems.append(f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+            if not self.sasl_username or not self.sasl_password:
+                problems.append(
+                    "SASL needs --sasl-username and the password in SQLSTATE_SASL_PASSWORD"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None and not value.is_file():
+                problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+        return problems
+
+    def validated(self) -> Security:
+        """This, or ConfigError naming every problem."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True)
@@ -78,19 +117,7 @@ class Settings:
             problems.append("--out-of-range must be reset or fail")
         if self.isolation_level not in ("read_committed", "read_uncommitted"):
             problems.append("--isolation-level must be read_committed or read_uncommitted")
-        if self.security_protocol not in SECURITY_PROTOCOLS:
-            problems.append(f"--security-protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
-        if self.security_protocol.startswith("SASL"):
-            if self.sasl_mechanism not in SASL_MECHANISMS:
-                problems.append(f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}")
-            if not self.sasl_username or not self.sasl_password:
-                problems.append(
-                    "SASL needs --sasl-username and the password in SQLSTATE_SASL_PASSWORD"
-                )
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            value = getattr(self, name)
-            if value is not None and not value.is_file():
-                problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+        problems += self.security.problems()
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append("--metrics-port must be between 0 and 65535")
         if not self.metrics_host:
@@ -100,6 +127,19 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems
+
+    @property
+    def security(self) -> Security:
+        return Security(
+            protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            ssl_password=self.ssl_password,
+        )
 
     @property
     def owner(self) -> str:

@@ -13,6 +13,9 @@ Fixtures:
                      with a random name, deleted after the test
     topic            a new topic with 3 partitions
     group_id         a new consumer group id
+    secure_listeners (session) SecureListeners: the harness broker's SASL_PLAINTEXT and
+                     SSL listeners, users and certificates; fails (never skips) when the
+                     broker is external or was started by a harness without them
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import pytest
 
-from tests.support.broker import AsyncBrokerControl
+from tests.support.broker import AsyncBrokerControl, SecureListeners
 from tests.support.kafka import TopicFactory, create_topic, delete_topics
-from tools.kafka_broker import DEFAULT_BOOTSTRAP, BrokerControl, BrokerError, probe
+from tools.kafka_broker import (
+    CLIENT_KEY_PASSWORD,
+    DEFAULT_BOOTSTRAP,
+    SASL_PASSWORD,
+    SASL_USERNAME,
+    BrokerControl,
+    BrokerError,
+    probe,
+)
 
 BROKER_WAIT_SECONDS = 60.0
 
@@ -76,6 +88,35 @@ async def broker_control(kafka_bootstrap: str) -> AsyncIterator[AsyncBrokerContr
     # Whatever the test did (stop, kill, or failed half-way), the next test gets a
     # broker that serves requests. start() only waits when it is running already.
     await handle.start()
+
+
+@pytest.fixture(scope="session")
+def secure_listeners(kafka_bootstrap: str) -> SecureListeners:
+    """The secure listeners that tools/kafka_broker.py recorded for the broker it started."""
+    control = BrokerControl(kafka_bootstrap)
+    state = control.load_state()
+    if state is None or not (state.sasl_bootstrap and state.ssl_bootstrap and state.tls_dir):
+        whose = "external (not in .run/kafka/state.json)" if state is None else (
+            "run by Docker, whose compose file has no secure listeners; use KAFKA_RUNNER=native"
+            if state.runner == "docker" else "from a harness without secure listeners"
+        )
+        pytest.fail(
+            f"the security tests need the SASL_PLAINTEXT and SSL listeners of the broker "
+            f"this harness starts, but the broker at {kafka_bootstrap} is {whose}. Run "
+            f"`make test` with nothing at {kafka_bootstrap}, or `make broker-down broker-up`.",
+            pytrace=False,
+        )
+    tls = Path(state.tls_dir)
+    return SecureListeners(
+        sasl_bootstrap=state.sasl_bootstrap,
+        ssl_bootstrap=state.ssl_bootstrap,
+        username=SASL_USERNAME,
+        password=SASL_PASSWORD,
+        ca_file=tls / "ca.pem",
+        client_cert=tls / "client.pem",
+        client_key=tls / "client.key",
+        client_key_password=CLIENT_KEY_PASSWORD,
+    )
 
 
 def _name_part(node_name: str) -> str:

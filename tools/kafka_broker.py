@@ -30,6 +30,15 @@ started is recorded in .run/kafka/state.json, so that ``down``, ``kill`` and ``s
 act on exactly that broker: a process is only ever signalled by the pid we recorded,
 after checking that the pid still runs our broker, never by name.
 
+Ports, from the PLAINTEXT port P of KAFKA_BOOTSTRAP (what every test uses):
+    P        PLAINTEXT
+    P + 1    the KRaft controller (native only; KAFKA_CONTROLLER_PORT overrides it)
+    P + 2    SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, user SASL_USERNAME
+    P + 3    SSL, with a server certificate from a throw-away CA made at ``up`` in
+             .run/kafka/tls/ (ca.pem; client.pem and client.key for mutual TLS)
+The state file records the secure listeners, for the tests of sqlstate's security settings.
+Only the native path has them: docker-compose.yml has PLAINTEXT only (see its header).
+
 Environment:
     KAFKA_BOOTSTRAP        host:port of the broker (default 127.0.0.1:9092)
     KAFKA_CONTROLLER_PORT  KRaft controller port of a native broker (default: port + 1)
@@ -66,6 +75,18 @@ JVM_HEAP = "-Xmx512m"
 COMPOSE_SERVICE = "kafka"
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The secure listeners sit next to the PLAINTEXT port (see the module docstring).
+SASL_PORT_OFFSET = 2
+SSL_PORT_OFFSET = 3
+# One user for every SASL mechanism. The password is distinctive so that a test can search
+# a client's output for it; it protects nothing (a throw-away broker on the loopback).
+SASL_USERNAME = "sqlstate-test"
+SASL_PASSWORD = "sasl-pw-3f9a61c2e7"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# The client key for mutual TLS is encrypted, so that the key password path is tested too.
+CLIENT_KEY_PASSWORD = "client-key-pw-8d41b0"
+TLS_DAYS = 7
 
 Runner = Literal["native", "docker"]
 
@@ -322,12 +343,73 @@ def read_properties(text: str) -> dict[str, str]:
 
 
 def render_server_properties(
-    template: str, *, host: str, port: int, controller_port: int, log_dir: Path
+    template: str, *, host: str, port: int, controller_port: int, log_dir: Path, tls_dir: Path
 ) -> str:
     """Fill in broker/server.properties; a placeholder left unfilled is an error."""
     return string.Template(template).substitute(
-        host=host, port=port, controller_port=controller_port, log_dir=log_dir
+        host=host,
+        port=port,
+        controller_port=controller_port,
+        sasl_port=port + SASL_PORT_OFFSET,
+        ssl_port=port + SSL_PORT_OFFSET,
+        log_dir=log_dir,
+        tls_dir=tls_dir,
+        sasl_username=SASL_USERNAME,
+        sasl_password=SASL_PASSWORD,
     )
+
+
+def scram_arguments() -> list[str]:
+    """StorageTool ``format`` arguments that create the SCRAM user of every mechanism.
+
+    A KRaft broker keeps SCRAM credentials in its metadata log; writing them at format time
+    means no admin request (and no second JVM) after the broker has started.
+    """
+    arguments = []
+    for mechanism in SCRAM_MECHANISMS:
+        arguments += ["--add-scram", f"{mechanism}=[name={SASL_USERNAME},password={SASL_PASSWORD}]"]
+    return arguments
+
+
+def make_tls_files(directory: Path, host: str) -> None:
+    """A throw-away CA, a broker certificate for ``host`` and a client certificate, as PEM.
+
+    ca.pem: what clients trust; broker.pem: the broker's key and certificate chain (Kafka's
+    PEM keystore wants an unencrypted PKCS#8 key when no key password is set); client.pem and
+    client.key (encrypted with CLIENT_KEY_PASSWORD): a client identity for mutual TLS.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError("openssl not found: it makes the test broker's TLS certificates")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    # Clients check the broker's address against the certificate, so name every spelling.
+    names = {"DNS:localhost", "IP:127.0.0.1"}
+    names.add(f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}")
+    (directory / "broker.ext").write_text(f"subjectAltName={','.join(sorted(names))}\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+
+    def run(*arguments: str) -> None:
+        result = subprocess.run(
+            [openssl, *arguments], cwd=directory, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"openssl {arguments[0]} failed", result.stderr[-2000:])
+
+    days = str(TLS_DAYS)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", days, "-subj", "/CN=sqlstate test CA")
+    for name in ("broker", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/CN=sqlstate test {name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", days, "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    broker_pem = [directory / name for name in ("broker.key", "broker.crt", "ca.pem")]
+    (directory / "broker.pem").write_text("".join(path.read_text() for path in broker_pem))
+    (directory / "client.pem").write_text((directory / "client.crt").read_text())
+    run("pkcs8", "-topk8", "-in", "client.key", "-out", "client-encrypted.key",
+        "-v2", "aes-256-cbc", "-passout", f"pass:{CLIENT_KEY_PASSWORD}")
+    (directory / "client-encrypted.key").replace(directory / "client.key")
 
 
 def docker_env_name(property_name: str) -> str:
@@ -451,6 +533,10 @@ class State:
     kafka_version: str
     pid: int | None = None  # native only; None while stopped
     compose_project: str | None = None  # docker only
+    # The secure listeners; None in the state of a harness that predates them.
+    sasl_bootstrap: str | None = None
+    ssl_bootstrap: str | None = None
+    tls_dir: str | None = None
 
 
 def docker_engine_answers() -> bool:
@@ -487,6 +573,7 @@ class BrokerControl:
         self.log_file = self.run_dir / "broker.log"
         self.config_file = self.run_dir / "server.properties"
         self.data_dir = self.run_dir / "data"
+        self.tls_dir = self.run_dir / "tls"
         self.compose_file = root / "docker-compose.yml"
 
     # -- facts ---------------------------------------------------------------------
@@ -502,6 +589,26 @@ class BrokerControl:
     @property
     def controller_port(self) -> int:
         return int(os.environ.get("KAFKA_CONTROLLER_PORT") or self.port + 1)
+
+    @property
+    def sasl_port(self) -> int:
+        return self.port + SASL_PORT_OFFSET
+
+    @property
+    def ssl_port(self) -> int:
+        return self.port + SSL_PORT_OFFSET
+
+    def new_state(self, runner: Runner, compose_project: str | None = None) -> State:
+        """The record of a native broker about to start here, with its secure listeners."""
+        return State(
+            runner,
+            self.bootstrap,
+            self.kafka_version,
+            compose_project=compose_project,
+            sasl_bootstrap=f"{self.host}:{self.sasl_port}",
+            ssl_bootstrap=f"{self.host}:{self.ssl_port}",
+            tls_dir=str(self.tls_dir),
+        )
 
     def load_state(self) -> State | None:
         """The recorded broker, if it is the one at our bootstrap address."""
@@ -620,6 +727,7 @@ class BrokerControl:
         else:
             self.stop(timeout)
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
         self.pid_file.unlink(missing_ok=True)
         self.state_file.unlink(missing_ok=True)
         say(f"stopped the {state.runner} broker at {self.bootstrap}")
@@ -648,9 +756,11 @@ class BrokerControl:
                 f"controller port {self.controller_port} on {self.host} is in use by "
                 f"another program; set KAFKA_CONTROLLER_PORT to a free port"
             )
+        self._require_free_secure_ports()
         self.fetch_jars()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
+        make_tls_files(self.tls_dir, self.host)
         template = (self.broker_dir / "server.properties").read_text()
         self.config_file.write_text(
             render_server_properties(
@@ -659,20 +769,31 @@ class BrokerControl:
                 port=self.port,
                 controller_port=self.controller_port,
                 log_dir=self.data_dir,
+                tls_dir=self.tls_dir,
             )
         )
         self.log_file.write_text("")
         format_command = [java, "-cp", f"{self.libs_dir}/*", "kafka.tools.StorageTool"]
         format_command += ["format", "-t", new_cluster_id(), "-c", str(self.config_file)]
+        format_command += scram_arguments()
         formatted = subprocess.run(format_command, capture_output=True, text=True, check=False)
         if formatted.returncode != 0:
             raise BrokerError(
                 "formatting the broker's data directory failed",
                 (formatted.stdout + formatted.stderr)[-4000:],
             )
-        self._save_state(State("native", self.bootstrap, self.kafka_version))
+        self._save_state(self.new_state("native"))
         say(f"starting Kafka {self.kafka_version} (native JVM) at {self.bootstrap}")
         self.start(timeout)
+
+    def _require_free_secure_ports(self) -> None:
+        for name, port in (("SASL_PLAINTEXT", self.sasl_port), ("SSL", self.ssl_port)):
+            if not port_is_free(self.host, port):
+                raise BrokerError(
+                    f"port {port} on {self.host} (the {name} listener, KAFKA_BOOTSTRAP's port "
+                    f"+ {port - self.port}) is in use by another program; point "
+                    f"KAFKA_BOOTSTRAP at a port whose next three ports are free too"
+                )
 
     def fetch_jars(self) -> Path:
         """Download the broker's jars with Maven, once; later runs reuse the cache."""

@@ -8,8 +8,29 @@ loop (a consumer's heartbeat, a daemon under test) keep running meanwhile.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 
 from tools.kafka_broker import READY_TIMEOUT, STOP_TIMEOUT, BrokerControl, probe
+
+
+@dataclass(frozen=True)
+class SecureListeners:
+    """The harness broker's SASL_PLAINTEXT and SSL listeners, and how to log in to them.
+
+    One user for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; a CA that signed the broker's
+    certificate, and a client certificate (key encrypted with ``client_key_password``)
+    for mutual TLS.
+    """
+
+    sasl_bootstrap: str
+    ssl_bootstrap: str
+    username: str
+    password: str
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+    client_key_password: str
 
 
 class AsyncBrokerControl:

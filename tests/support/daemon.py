@@ -26,9 +26,11 @@ class Daemon:
         name: str = "daemon",
         env: Mapping[str, str] | None = None,
         entry: Sequence[str] = ("-m", "sqlstate"),
+        options: Sequence[str] = ("-v",),
     ) -> None:
+        # ``options`` go before ``run``: -v, -vv, --log-format.
         self.args = [
-            sys.executable, *entry, "-v", "run",
+            sys.executable, *entry, *options, "run",
             "--bootstrap-servers", bootstrap,
             "--group-id", group_id,
             "--database", str(database),

@@ -58,3 +58,16 @@ def test_run_in_missing_folder_exits_3(tmp_path: Path) -> None:
     )
     assert result.exit_code == 3, result.output
     assert "does not exist" in result.output
+
+
+def test_offsets_checks_the_security_flags_like_run(tmp_path: Path) -> None:
+    database = tmp_path / "state.db"
+    assert CliRunner().invoke(main, ["migrate", "--database", str(database)]).exit_code == 0
+    result = CliRunner().invoke(
+        main,
+        ["offsets", "--database", str(database), "--bootstrap-servers", "127.0.0.1:1",
+         "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN"],
+        env={"SQLSTATE_SASL_PASSWORD": None},
+    )
+    assert result.exit_code == 2, result.output
+    assert "SQLSTATE_SASL_PASSWORD" in result.output
