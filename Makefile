@@ -22,8 +22,8 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-.PHONY: all install lint format typecheck test soak soak-short demo broker-up broker-down \
-	broker-status broker-logs clean distclean
+.PHONY: all install lint format typecheck test soak soak-short bench demo broker-up \
+	broker-down broker-status broker-logs clean distclean
 
 all: lint typecheck test
 
@@ -62,6 +62,15 @@ soak: install
 ## soak-short: the two-minute soak that .ci/run runs after the tests
 soak-short: install
 	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
+
+## bench: issue #5's benchmark: produce 1,000,000 messages once, then measure a bare aiokafka
+## consumer, sqlstate, two sqlstate processes and sqlstate on a database already holding
+## 1,000,000 keys, on the broker `make test` would use. Prints a table and writes
+## bench-results.json. Options: make bench BENCH_ARGS="--zipf 1.1 --big-state 10000000"
+## (see python -m bench.run --help). `make test` runs only a 3,000-message smoke of it.
+BENCH_ARGS ?=
+bench: install
+	$(BROKER) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)
 
 ## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
 ## it has caught up, then the top counts through the sqlite3 tool

@@ -108,7 +108,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 @_option("--isolation-level", env="ISOLATION_LEVEL",
          type=click.Choice(["read_committed", "read_uncommitted"]), default="read_committed",
          show_default=True, help="read_committed never counts records of aborted transactions.")
-@_option("--max-records", env="MAX_RECORDS", type=click.IntRange(min=1), default=10_000,
+@_option("--max-records", env="MAX_RECORDS", type=click.IntRange(min=1), default=30_000,
          show_default=True, help="Most records per batch (one transaction each).")
 @_option("--client-id", env="CLIENT_ID", default="sqlstate", show_default=True,
          help="Kafka client id; also names the owner in the positions table.")

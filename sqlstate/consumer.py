@@ -1,9 +1,15 @@
 """The batch loop: fetch a bounded batch, keep what this consumer may count, commit it atomically.
 
 For each batch: ``getmany(max_records)``; read each claimed partition's position right away (no
-await in between); then, under the ownership lock, drop the batch if a rebalance came in between,
-gate out records below each stored position, and hand the rest to the store, which moves positions
-by compare-and-set and applies the processors in one transaction.
+await in between); gate out records below each stored position; then, under the ownership lock,
+drop the batch if a rebalance came in between, and hand the rest to the store, which moves
+positions by compare-and-set and applies the processors in one transaction.
+
+Batches are pipelined one deep: the commit of batch N runs in the database thread while batch
+N+1 is fetched and parsed in the event loop, so the two overlap on two cores. Batch N+1 is gated
+against the positions batch N commits and is handed to the store only once that commit is done;
+the compare-and-set still guards every commit, so a batch can only commit on top of the one
+before it.
 """
 
 from __future__ import annotations
@@ -60,41 +66,84 @@ class BatchLoop:
         self.commit_seconds: list[float] = []  # recent commit latencies, drained by observers
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                batch: Batch = await self._consumer.getmany(
-                    timeout_ms=self._settings.poll_timeout_ms,
-                    max_records=self._settings.max_records,
-                )
-            except OffsetOutOfRangeError as error:
-                await self._out_of_range(error.args[0])
-                continue
-            except NoOffsetForPartitionError as error:
-                await self._reseek(error.args[0])
-                continue
-            except ConsumerStoppedError:
-                return
-            generation = self._ownership.generation
-            advances = self._advances(batch)
-            if not advances:
-                continue
-            async with self._ownership.lock:
-                if generation != self._ownership.generation:
-                    # A rebalance re-seeked the partitions from the database while this batch
-                    # waited; its records will be fetched again from there.
-                    logger.debug("dropped a batch fetched before a rebalance")
+        committing: asyncio.Task[set[TopicPartition]] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    batch: Batch = await self._consumer.getmany(
+                        timeout_ms=self._settings.poll_timeout_ms,
+                        max_records=self._settings.max_records,
+                    )
+                except OffsetOutOfRangeError as error:
+                    await self._settled(committing)
+                    committing = None
+                    await self._out_of_range(error.args[0])
                     continue
-                await self._commit(advances)
+                except NoOffsetForPartitionError as error:
+                    await self._settled(committing)
+                    committing = None
+                    await self._reseek(error.args[0])
+                    continue
+                except ConsumerStoppedError:
+                    return
+                generation = self._ownership.generation
+                positions = self._positions()
+                refetch: set[TopicPartition] = set()
+                if committing is not None:
+                    # The previous batch's commit must be done before this batch is gated
+                    # against the positions it moved.
+                    previous, committing = committing, None
+                    refetch = await previous
+                advances = self._advances(batch, positions, refetch)
+                if advances:
+                    committing = asyncio.create_task(self._commit_in_turn(generation, advances))
+                    # Let it run up to handing the transaction to the database thread: the
+                    # next getmany() may return buffered records without ever yielding.
+                    await asyncio.sleep(0)
+        finally:
+            # Stopping or failing: the batch being committed is finished (and its failure, if
+            # any, seen), never left running behind the loop.
+            await self._settled(committing)
 
-    def _advances(self, batch: Batch) -> list[PartitionAdvance]:
+    @staticmethod
+    async def _settled(
+        committing: asyncio.Task[set[TopicPartition]] | None,
+    ) -> None:
+        """Wait for a commit in flight before handling anything that seeks.
+
+        What it found fenced needs no special care here: it sought those partitions before
+        the next ``getmany()``, which therefore returns their records from the new position.
+        """
+        if committing is not None:
+            await committing
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        """Where ``getmany()`` left each claimed partition. Must run with no await since it."""
+        positions = {}
+        for tp in self._ownership.claims:
+            position = consumed_position(self._consumer, tp)
+            if position is not None:
+                positions[tp] = position
+        return positions
+
+    def _advances(
+        self, batch: Batch, positions: Mapping[TopicPartition, int],
+        refetch: set[TopicPartition],
+    ) -> list[PartitionAdvance]:
         """Each claimed partition that moved: its unseen records and its new position.
 
-        Must not await: positions are read as ``getmany()`` left them. A partition can move with
-        no records, stepping over transaction markers or aborted records.
+        A partition can move with no records, stepping over transaction markers or aborted
+        records. ``refetch``: partitions the previous commit found fenced and re-seeked; this
+        batch may hold their records from before or after that seek, so they are dropped and
+        the partition is sought to its stored position again.
         """
         advances = []
         for tp, claim in self._ownership.claims.items():
-            position = consumed_position(self._consumer, tp)
+            if tp in refetch:
+                if tp in self._consumer.assignment():  # else a rebalance will seek it
+                    self._consumer.seek(tp, claim.next_offset)
+                continue
+            position = positions.get(tp)
             if position is None or position <= claim.next_offset:
                 continue
             records = unseen(batch.get(tp, ()), claim.next_offset)
@@ -110,10 +159,26 @@ class BatchLoop:
             )
         return advances
 
-    async def _commit(self, advances: list[PartitionAdvance]) -> None:
+    async def _commit_in_turn(
+        self, generation: int, advances: list[PartitionAdvance]
+    ) -> set[TopicPartition]:
+        """Commit under the ownership lock, unless a rebalance came since the batch was fetched.
+
+        Returns the partitions found fenced.
+        """
+        async with self._ownership.lock:
+            if generation != self._ownership.generation:
+                # A rebalance re-seeked the partitions from the database while this batch
+                # waited; its records will be fetched again from there.
+                logger.debug("dropped a batch fetched before a rebalance")
+                return set()
+            return await self._commit(advances)
+
+    async def _commit(self, advances: list[PartitionAdvance]) -> set[TopicPartition]:
         started = time.perf_counter()
-        fenced = await self._store.commit_batch(advances, self._processors.apply)
-        self.commit_seconds.append(time.perf_counter() - started)
+        fenced = await self._store.commit_batch(advances, self._processors.writes)
+        commit_seconds = time.perf_counter() - started
+        self.commit_seconds.append(commit_seconds)
         claims = self._ownership.claims
         committed = 0
         for advance in advances:
@@ -124,7 +189,11 @@ class BatchLoop:
             committed += len(advance.records)
         self._stats.records += committed
         self._stats.batches += 1
-        logger.debug("committed %d records over %d partitions", committed, len(advances))
+        logger.debug(
+            "committed %d records over %d partitions in %.3f ms",
+            committed, len(advances), commit_seconds * 1000,
+        )
+        return set(fenced)
 
     async def _fenced(self, advance: PartitionAdvance) -> None:
         """Our compare-and-set failed: someone else claimed or moved the partition."""

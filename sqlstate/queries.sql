@@ -15,6 +15,16 @@ PRAGMA journal_mode = WAL;
 -- Safe here: state and positions are committed together, so a power loss can only roll both back.
 PRAGMA synchronous = NORMAL;
 
+-- name: json_functions
+-- Batches reach key_counts through json_each(): built into SQLite since 3.38, an option before.
+SELECT json_valid('{}');
+
+-- name: cache_size
+-- 64 MiB of page cache (the default is 2 MiB). A batch updates keys scattered over the whole
+-- key_counts index once the database holds many keys; with the default, most of those pages are
+-- read again for every batch. The cap keeps memory bounded however large the database grows.
+PRAGMA cache_size = -65536;
+
 -- name: begin_immediate
 -- Take the write lock at BEGIN, where the busy timeout applies, rather than at the first write.
 BEGIN IMMEDIATE;
@@ -79,6 +89,16 @@ SELECT next_offset, epoch, owner FROM positions WHERE topic = :topic AND partiti
 
 -- name: upsert_key_counts
 INSERT INTO key_counts (topic, partition, key, count) VALUES (?, ?, ?, ?)
+ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
+
+-- name: upsert_partition_key_counts
+-- The same upsert for one partition's whole batch in one statement: :counts is a JSON object
+-- {"key": count, ...} of text keys, which json_each() reads back as (key, value) rows. One
+-- statement is one bind and one step that SQLite runs without Python's GIL, so the event loop
+-- parses the next batch meanwhile; a row per key would take the GIL back for every row.
+-- "WHERE true" is required: it tells the parser that ON CONFLICT starts the upsert clause.
+INSERT INTO key_counts (topic, partition, key, count)
+SELECT :topic, :partition, key, value FROM json_each(:counts) WHERE true
 ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
 
 -- name: delete_key_counts

@@ -67,7 +67,7 @@ class Settings:
     database: Path = Path("sqlstate.db")
     out_of_range: OutOfRangePolicy = "reset"
     isolation_level: IsolationLevel = "read_committed"
-    max_records: int = 10_000
+    max_records: int = 30_000
     client_id: str = "sqlstate"
     # Kafka group timing. A revoke waits for the batch in flight, so a batch must finish well within
     # rebalance_timeout_ms, which aiokafka defaults to the session timeout.

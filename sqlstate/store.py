@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 from aiokafka import TopicPartition
@@ -78,6 +78,15 @@ class PartitionAdvance:
     records: Sequence[Any]
 
 
+@dataclass(frozen=True)
+class Write:
+    """One statement of a batch's transaction, as a processor prepares it: a named query from
+    ``queries.sql`` and the rows of parameters to run it with (one ``executemany``)."""
+
+    query: str
+    rows: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
+
+
 class Transaction:
     """A write transaction in progress; statements are named, from ``queries.sql``."""
 
@@ -94,6 +103,9 @@ class Transaction:
     async def executemany(self, name: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for many rows in a single call to the database thread."""
         await self._conn.executemany(sql(name), rows)
+
+    async def write(self, write: Write) -> None:
+        await self._conn.executemany(sql(write.query), write.rows)
 
     async def execute_script_statement(self, statement: str) -> None:
         """Run one statement of a migration file (the only SQL that is not a named query)."""
@@ -135,7 +147,7 @@ class _HotJournal(DatabaseError):
     """A read-only connection found a rollback journal that a crash left to replay."""
 
 
-ApplyRecords = Callable[[Transaction, Mapping[TopicPartition, Sequence[Any]]], Awaitable[None]]
+PrepareWrites = Callable[[Mapping[TopicPartition, Sequence[Any]]], Sequence[Write]]
 DiscardPartition = Callable[[Transaction, TopicPartition], Awaitable[None]]
 
 
@@ -231,12 +243,21 @@ class Store:
         )
 
     async def prepare_for_writing(self) -> None:
-        """WAL, so readers never block the writer nor see an uncommitted batch.
+        """WAL, so readers never block the writer nor see an uncommitted batch; a page cache
+        large enough for the pages a batch touches in a big database.
 
         Called only once the file is known to be ours: it rewrites the file header.
         """
+        try:
+            await self._conn.execute(sql("json_functions"))
+        except sqlite3.OperationalError as error:
+            raise DatabaseError(
+                f"this Python's SQLite {sqlite3.sqlite_version} has no JSON functions ({error}),"
+                " which sqlstate needs: use a Python built with SQLite 3.38 or later"
+            ) from error
         await self._conn.execute(sql("journal_mode_wal"))
         await self._conn.execute(sql("synchronous_normal"))
+        await self._conn.execute(sql("cache_size"))
 
     async def close(self) -> None:
         await self._conn.close()
@@ -267,17 +288,21 @@ class Store:
         transaction again, until it succeeds or shutdown begins. Any other failure rolls back and
         raises: nothing of a failed transaction is ever committed.
         """
-        attempt = 0
+        return await self._retrying(lambda: self._attempt(work))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run a whole-transaction ``attempt`` again while the database is locked."""
+        tries = 0
         while True:
-            attempt += 1
+            tries += 1
             try:
-                return await self._attempt(work)
+                return await attempt()
             except sqlite3.Error as error:
                 if is_busy(error) and not self._stopping:
                     logger.warning(
                         "database %s is locked by another connection (attempt %d); retrying",
                         self.path,
-                        attempt,
+                        tries,
                     )
                     self.busy_retries += 1
                     await asyncio.sleep(_RETRY_PAUSE_S)
@@ -289,6 +314,13 @@ class Store:
                 raise DatabaseError(
                     f"database {self.path}: {error}; the batch was rolled back"
                 ) from error
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` in the connection's own thread: one hand-off, however many
+        statements it runs. aiosqlite (pinned to 0.22.x) has no public call for this;
+        ``_execute`` is what each of its own methods uses."""
+        execute = cast(Callable[..., Awaitable[T]], self._conn._execute)
+        return await execute(function, *args)
 
     async def _attempt(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         await self._conn.execute(sql("begin_immediate"))
@@ -353,7 +385,7 @@ class Store:
                         None, "")
 
     async def commit_batch(
-        self, advances: Sequence[PartitionAdvance], apply: ApplyRecords
+        self, advances: Sequence[PartitionAdvance], prepare: PrepareWrites
     ) -> list[TopicPartition]:
         """Commit one batch: move each partition's position and apply its records, atomically.
 
@@ -361,23 +393,32 @@ class Store:
         does not match was claimed or moved by another consumer: its records are left out of the
         transaction and it is returned as fenced. The other partitions commit.
         """
+        now = utc_now()
+        rows = [
+            {
+                "topic": advance.tp.topic,
+                "partition": advance.tp.partition,
+                "next_offset": advance.next_offset,
+                "log_end_offset": advance.log_end_offset,
+                "now": now,
+                "expected_offset": advance.expected_offset,
+                "epoch": advance.epoch,
+            }
+            for advance in advances
+        ]
+        records = {a.tp: a.records for a in advances if a.records}
+        writes = prepare(records) if records else []
+        # The usual case, nobody else moved our partitions: the whole transaction is one call
+        # to the database thread, which then runs it while the event loop fetches the next
+        # batch, instead of waiting for the loop between statements.
+        if await self._retrying(lambda: self._in_thread(self._commit_unfenced, rows, writes)):
+            return []
 
         async def work(tx: Transaction) -> list[TopicPartition]:
-            now = utc_now()
-            rows = [
-                {
-                    "topic": advance.tp.topic,
-                    "partition": advance.tp.partition,
-                    "next_offset": advance.next_offset,
-                    "log_end_offset": advance.log_end_offset,
-                    "now": now,
-                    "expected_offset": advance.expected_offset,
-                    "epoch": advance.epoch,
-                }
-                for advance in advances
-            ]
-            # One call for every partition in the common case. If some row did not match, the
-            # total cannot say which: undo the moves and compare-and-set partition by partition.
+            # Some compare-and-set failed. Try all again in one call, in case it was a race that
+            # has passed; if some row still does not match, the total cannot say which: undo
+            # the moves and compare-and-set partition by partition. Then commit the records of
+            # the partitions that were not fenced.
             await tx.execute("savepoint_positions")
             changed = await tx.executemany_count("advance_position", rows)
             fenced: list[TopicPartition] = []
@@ -387,12 +428,41 @@ class Store:
                     if await tx.execute("advance_position", row) != 1:
                         fenced.append(advance.tp)
             await tx.execute("release_positions")
-            accepted = {a.tp: a.records for a in advances if a.tp not in fenced and a.records}
-            if accepted:
-                await apply(tx, accepted)
+            accepted = {tp: r for tp, r in records.items() if tp not in fenced}
+            for write in prepare(accepted) if accepted else []:
+                await tx.write(write)
             return fenced
 
         return await self.in_transaction(work)
+
+    def _commit_unfenced(
+        self, position_rows: Sequence[Mapping[str, Any]], writes: Sequence[Write]
+    ) -> bool:
+        """In the database thread: the batch's transaction, if every compare-and-set holds.
+
+        Returns False, having changed nothing, when some partition's position did not match.
+        Commits or rolls back before returning, so no transaction is ever left open, whatever
+        happens to the awaiting task.
+        """
+        conn = self._conn._conn
+        conn.execute(sql("begin_immediate"))
+        try:
+            if conn.executemany(sql("advance_position"), position_rows).rowcount != len(
+                position_rows
+            ):
+                conn.execute(sql("rollback"))
+                return False
+            for write in writes:
+                conn.executemany(sql(write.query), write.rows)
+            # After SQLITE_FULL or SQLITE_IOERR, SQLite may already have rolled back by itself.
+            if not conn.in_transaction:
+                raise DatabaseError(f"database {self.path}: the transaction was rolled back")
+            conn.execute(sql("commit"))
+            return True
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(sql("rollback"))
+            raise
 
     async def reset_partition(
         self,

@@ -8,14 +8,15 @@ NULL``).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from operator import attrgetter
 
 from aiokafka import TopicPartition
 
 from sqlstate.processors.base import Records
-from sqlstate.store import Transaction
+from sqlstate.store import Transaction, Write
 
 _key = attrgetter("key")
 
@@ -35,14 +36,57 @@ class KeyCounter:
 
     name = "key_counts"
 
-    async def apply(self, tx: Transaction, batch: Mapping[TopicPartition, Records]) -> None:
-        # Aggregate first: the database sees each distinct key once per batch, in one call.
-        rows = [
-            (tp.topic, tp.partition, stored_key(key), count)
-            for tp, records in batch.items()
-            for key, count in Counter(map(_key, records)).items()
-        ]
-        await tx.executemany("upsert_key_counts", rows)
+    def writes(self, batch: Mapping[TopicPartition, Records]) -> Sequence[Write]:
+        # Aggregate first: the database sees each distinct key once per batch. Text keys, nearly
+        # always all of them, go as one JSON object per partition, one statement each; null and
+        # BLOB keys, and text with NUL characters (which SQLite's JSON functions cut short), go
+        # one row each.
+        documents: list[dict[str, object]] = []
+        single_rows: list[tuple[str, int, str | bytes | None, int]] = []
+        for tp, records in batch.items():
+            counts = Counter(map(_key, records))
+            document = _as_json_object(counts)
+            if document is None:
+                text_counts: dict[str, int] = {}
+                for key, count in counts.items():
+                    stored = stored_key(key)
+                    if isinstance(stored, str) and "\x00" not in stored:
+                        text_counts[stored] = count
+                    else:
+                        single_rows.append((tp.topic, tp.partition, stored, count))
+                document = _dumps(text_counts) if text_counts else None
+            if document is not None:
+                documents.append(
+                    {"topic": tp.topic, "partition": tp.partition, "counts": document}
+                )
+        writes = []
+        if documents:
+            writes.append(Write("upsert_partition_key_counts", documents))
+        if single_rows:
+            writes.append(Write("upsert_key_counts", single_rows))
+        return writes
 
     async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
         await tx.execute("delete_key_counts", {"topic": tp.topic, "partition": tp.partition})
+
+
+def _as_json_object(counts: Mapping[bytes | None, int]) -> str | None:
+    """``{"key": count}`` as JSON text, or None unless every key is UTF-8 text without NUL.
+
+    One comprehension over the batch is the fast path; any key it cannot take (null, not
+    UTF-8, NUL inside) sends the caller to the key-by-key one.
+    """
+    try:
+        text = {key.decode("utf-8"): count for key, count in counts.items() if key is not None}
+    except UnicodeDecodeError:
+        return None
+    if len(text) != len(counts):  # a null key
+        return None
+    document = _dumps(text)
+    # json.dumps writes NUL as \u0000, which SQLite's json_each() would cut the key at. (A key
+    # holding the six characters \u0000 also matches: it only takes the slower path.)
+    return None if "\\u0000" in document else document
+
+
+def _dumps(text_counts: Mapping[str, int]) -> str:
+    return json.dumps(text_counts, ensure_ascii=False, check_circular=False)

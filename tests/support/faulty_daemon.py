@@ -22,21 +22,23 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlstate import cli, migrate
 from sqlstate.consumer import BatchLoop
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.base import Processors
 from sqlstate.rebalance import Listener
-from sqlstate.store import Store, Transaction
+from sqlstate.store import Store, Transaction, Write
 
 # point: (class, method, where the fault fires, which hits count)
 POINTS: dict[str, tuple[type, str, str, str]] = {
     # A batch was fetched and gated; the transaction has not begun.
     "after_fetch": (BatchLoop, "_commit", "before", "any"),
     # Inside the batch transaction: positions moved, counts upserted, COMMIT not yet run.
-    "after_upsert": (KeyCounter, "apply", "after", "any"),
+    # The processors' statements run in the database thread, so the fault rides on their rows:
+    # it fires when the database has pulled the last row of the batch's last statement.
+    "after_upsert": (Processors, "writes", "after", "any"),
     # The batch transaction committed; the in-memory claims are not yet advanced.
     "after_commit": (Store, "commit_batch", "after", "any"),
     # Just before the batch transaction begins (the zombie's pause point).
@@ -59,6 +61,20 @@ def _counts(point: str, args: Sequence[Any]) -> bool:
     return True
 
 
+class _FiringRows(list[Any]):
+    """A statement's rows that call ``fire`` once the database has run them all."""
+
+    def __init__(self, rows: Sequence[Any], fire: Callable[[], None]) -> None:
+        super().__init__(rows)
+        self._fire = fire
+
+    def __iter__(self) -> Iterator[Any]:
+        # executemany pulls one row, runs it, pulls the next: asked for a row after the last,
+        # every row has run, inside the transaction, and COMMIT has not.
+        yield from super().__iter__()
+        self._fire()
+
+
 def install(point: str, at: int, action: str) -> None:
     """Wrap the method behind ``point`` so that its ``at``-th hit kills or stops this process."""
     owner, name, where, _ = POINTS[point]
@@ -69,6 +85,21 @@ def install(point: str, at: int, action: str) -> None:
         sys.stderr.write(f"FAULT {point} {hits}\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+    if point == "after_upsert":
+
+        def writes(self: Processors, batch: Any) -> list[Write]:
+            nonlocal hits
+            result: list[Write] = original(self, batch)
+            if result:
+                hits += 1
+                if hits == at:
+                    last = result[-1]
+                    result = [*result[:-1], Write(last.query, _FiringRows(last.rows, fire))]
+            return result
+
+        setattr(owner, name, writes)
+        return
 
     @functools.wraps(original)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate import migrate
+from sqlstate.errors import DatabaseError
 from sqlstate.processors.counting import KeyCounter, stored_key
-from sqlstate.store import PartitionAdvance, Store
+from sqlstate.store import PartitionAdvance, Store, Write
 
 TP = TopicPartition("orders", 0)
 
@@ -54,13 +57,13 @@ async def test_commit_from_a_stale_epoch_is_fenced_and_changes_nothing(tmp_path:
         old = (await store.claim({TP: 0}, "zombie"))[TP]
         new = (await store.claim({TP: 0}, "owner"))[TP]
         stale = PartitionAdvance(TP, old.epoch, 0, 2, None, [record(0, b"a"), record(1, b"a")])
-        assert await store.commit_batch([stale], counter.apply) == [TP]
+        assert await store.commit_batch([stale], counter.writes) == [TP]
         assert counts(path) == {}
         fresh = PartitionAdvance(TP, new.epoch, 0, 1, 5, [record(0, b"a")])
-        assert await store.commit_batch([fresh], counter.apply) == []
+        assert await store.commit_batch([fresh], counter.writes) == []
         assert counts(path) == {"a": 1}
         # The same batch again: its expected offset no longer matches.
-        assert await store.commit_batch([fresh], counter.apply) == [TP]
+        assert await store.commit_batch([fresh], counter.writes) == [TP]
         assert counts(path) == {"a": 1}
     finally:
         await store.close()
@@ -75,11 +78,11 @@ async def test_odd_keys_are_counted_distinctly(tmp_path: Path) -> None:
         claim = (await store.claim({TP: 0}, "a"))[TP]
         records = [record(i, key) for i, key in enumerate(keys)]
         advance = PartitionAdvance(TP, claim.epoch, 0, len(keys), None, records)
-        assert await store.commit_batch([advance], KeyCounter().apply) == []
+        assert await store.commit_batch([advance], KeyCounter().writes) == []
         # A second batch adds to the same rows, including the NULL key's row.
         advance2 = PartitionAdvance(TP, claim.epoch, len(keys), len(keys) + 1, None,
                                     [record(len(keys), None)])
-        assert await store.commit_batch([advance2], KeyCounter().apply) == []
+        assert await store.commit_batch([advance2], KeyCounter().writes) == []
     finally:
         await store.close()
     assert counts(path) == {None: 3, "": 2, b"\xff\xfe": 2, "é": 1, big.decode(): 1}
@@ -107,7 +110,7 @@ async def test_reset_discards_only_that_partition(tmp_path: Path) -> None:
                 PartitionAdvance(TP, claims[TP].epoch, 0, 1, None, [record(0, b"x")]),
                 PartitionAdvance(other, claims[other].epoch, 0, 1, None, [record(0, b"x", other)]),
             ],
-            counter.apply,
+            counter.writes,
         )
         assert await store.reset_partition(TP, claims[TP].epoch, 50, counter.discard)
         assert not await store.reset_partition(TP, claims[TP].epoch + 1, 60, counter.discard)
@@ -123,13 +126,13 @@ async def test_failed_transaction_rolls_back_everything(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await open_store(path)
 
-    async def explode(tx: object, batch: object) -> None:
-        await KeyCounter().apply(tx, batch)  # type: ignore[arg-type]
-        raise RuntimeError("boom")
+    def explode(batch: Mapping[TopicPartition, Sequence[Any]]) -> list[Write]:
+        # The counts, then a statement that fails after the positions and counts were written.
+        return [*KeyCounter().writes(batch), Write("upsert_key_counts", [("too", "few")])]
 
     try:
         claim = (await store.claim({TP: 0}, "a"))[TP]
-        with pytest.raises(RuntimeError):
+        with pytest.raises(DatabaseError):
             await store.commit_batch(
                 [PartitionAdvance(TP, claim.epoch, 0, 1, None, [record(0, b"x")])], explode
             )

@@ -1,0 +1,222 @@
+"""Run ``sqlstate run`` as users do, as a subprocess, and watch it from outside.
+
+What is measured comes from two places the daemon already offers:
+
+- its log, at ``-v``: one DEBUG line per committed batch, with the records it counted and the
+  time its transaction took; the line's timestamp is when the batch was committed;
+- its database, read-only, polled until every partition's stored position reaches the log end:
+  that, and not a log line, is what says the topic has been consumed.
+
+Peak memory (``VmHWM``) and CPU time come from ``/proc``, read just before SIGTERM.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from bench.procfs import cpu_seconds, peak_rss_kib
+
+_COMMITTED = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG\s+sqlstate\.consumer: committed"
+    r" (?P<records>\d+) records over \d+ partitions in (?P<ms>[\d.]+) ms$"
+)
+_LOCKED = re.compile(r"database .* is locked by another connection")
+_ASSIGNED = re.compile(r"sqlstate\.rebalance: assigned (?:partitions: (?P<tps>.*)|no partitions)$")
+_POLL_S = 0.05
+_STOP_TIMEOUT_S = 30.0
+
+
+def sqlstate_command() -> list[str]:
+    """The ``sqlstate`` console script installed next to this interpreter, as users run it."""
+    script = Path(sys.executable).with_name("sqlstate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sqlstate"]
+
+
+@dataclass
+class Committed:
+    at: float  # epoch seconds, from the log line's timestamp (millisecond precision)
+    records: int
+    commit_ms: float
+
+
+@dataclass
+class DaemonProcess:
+    """One ``sqlstate run`` and what its stderr has said so far."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    launched_at: float
+    lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+    peak_rss_kib: int | None = None
+    cpu_s: float | None = None
+
+    def committed(self) -> list[Committed]:
+        batches = []
+        for line in self.lines:
+            match = _COMMITTED.match(line)
+            if match:
+                at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                batches.append(Committed(at, int(match["records"]), float(match["ms"])))
+        return batches
+
+    def assignment(self) -> set[int] | None:
+        """The partitions of its latest assignment; None before the first."""
+        for line in reversed(self.lines):
+            match = _ASSIGNED.search(line)
+            if match:
+                described = match["tps"] or ""
+                # "topic-3@0 (epoch 2), topic-5@0 (epoch 2)"
+                return {int(item.split("@")[0].rsplit("-", 1)[1])
+                        for item in described.split(", ") if item}
+        return None
+
+    def busy_retries(self) -> int:
+        return sum(1 for line in self.lines if _LOCKED.search(line))
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.lines[-lines:])
+
+
+def _read_lines(stream: IO[str], into: list[str]) -> None:
+    for line in stream:
+        into.append(line.rstrip("\n"))
+
+
+def launch(name: str, bootstrap: str, topic: str, group_id: str, database: Path,
+           extra_args: tuple[str, ...] = ()) -> DaemonProcess:
+    command = [
+        *sqlstate_command(), "-v", "run", "-b", bootstrap, "-t", topic, "-g", group_id,
+        "--database", str(database), "--client-id", name, *extra_args,
+    ]
+    launched_at = time.time()
+    popen = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )
+    process = DaemonProcess(name, popen, launched_at)
+    assert popen.stderr is not None
+    process.reader = threading.Thread(
+        target=_read_lines, args=(popen.stderr, process.lines), daemon=True
+    )
+    process.reader.start()
+    return process
+
+
+def stored_positions(database: Path, topic: str) -> dict[int, int]:
+    """Each partition's next offset as committed; {} while the database is not there yet."""
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return {}
+    try:
+        rows = conn.execute(
+            "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
+        ).fetchall()
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return {}
+    finally:
+        conn.close()
+    return {int(partition): int(offset) for partition, offset in rows}
+
+
+def wait_caught_up(database: Path, topic: str, end_offsets: dict[int, int],
+                   processes: list[DaemonProcess], timeout_s: float) -> float:
+    """Poll until every partition's stored position equals its end; return when (epoch s)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        if stored_positions(database, topic) == end_offsets:
+            return time.time()
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{process.name} exited with {process.popen.returncode} before catching"
+                    f" up:\n{process.log_tail()}"
+                )
+        if time.monotonic() > give_up:
+            raise TimeoutError(
+                f"positions {stored_positions(database, topic)} did not reach {end_offsets}"
+                f" within {timeout_s:g}s"
+            )
+        time.sleep(_POLL_S)
+
+
+def stop(process: DaemonProcess) -> None:
+    """Record peak memory and CPU time, then stop the daemon gracefully; it must exit 0."""
+    process.peak_rss_kib = peak_rss_kib(process.popen.pid)
+    process.cpu_s = cpu_seconds(process.popen.pid)
+    if process.popen.poll() is None:
+        process.popen.send_signal(signal.SIGTERM)
+    try:
+        code = process.popen.wait(_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.popen.kill()
+        process.popen.wait()
+        raise RuntimeError(f"{process.name} did not stop within {_STOP_TIMEOUT_S:g}s") from None
+    if process.reader is not None:
+        process.reader.join(5)
+    if code != 0:
+        raise RuntimeError(f"{process.name} exited with {code}:\n{process.log_tail()}")
+
+
+def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
+    """A database whose positions put every partition of ``topic`` at its end, so that
+    ``sqlstate run`` claims them and then waits, having nothing to consume."""
+    subprocess.run([*sqlstate_command(), "-q", "migrate", "--database", str(database)],
+                   check=True, capture_output=True)
+    with sqlite3.connect(database) as conn:
+        conn.executemany(
+            "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
+            " updated_at) VALUES (?, ?, ?, 0, 'bench', ?, '')",
+            [(topic, partition, end, end) for partition, end in end_offsets.items()],
+        )
+    conn.close()
+
+
+def release_to_start(database: Path, topic: str) -> None:
+    """Move every stored position of ``topic`` back to offset 0 (the bench's topics keep all
+    their records). The daemons holding the partitions read it at their next claim."""
+    with sqlite3.connect(database, timeout=30) as conn:
+        conn.execute("UPDATE positions SET next_offset = 0 WHERE topic = ?", (topic,))
+    conn.close()
+
+
+def wait_for_assignment(processes: list[DaemonProcess], partitions: int,
+                        timeout_s: float) -> None:
+    """Until the processes' latest assignments split all partitions between them, each some."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        assignments = [process.assignment() for process in processes]
+        if all(assignments):
+            held = [tp for assignment in assignments if assignment for tp in assignment]
+            if sorted(held) == list(range(partitions)):
+                return
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n"
+                                   f"{process.log_tail()}")
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"the group did not settle within {timeout_s:g}s: {assignments}")
+        time.sleep(_POLL_S)
+
+
+def stored_counts(database: Path, topic: str) -> dict[str, int]:
+    """Total count per key of ``topic``, across partitions, as committed."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT key, sum(count) FROM key_counts WHERE topic = ? GROUP BY key", (topic,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return {str(key): int(count) for key, count in rows}

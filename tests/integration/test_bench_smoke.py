@@ -1,0 +1,50 @@
+"""``make bench`` in miniature: the benchmark program runs end to end on a few thousand messages.
+
+No timing is asserted (that is what ``make bench`` is for); this only keeps the program from
+rotting: every run happens, every figure is in the JSON file, and every sqlstate run's counts
+equal what was produced.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ("ceiling", "fresh", "two_processes", "big_state_5000")
+FIGURES = (
+    "messages_per_s", "batches_per_s", "commit_ms_p50", "commit_ms_p99", "peak_rss_mib",
+    "cpu_s", "launch_to_first_batch_s", "counts_exact", "records",
+)
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path: Path) -> None:
+    result_file = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--bootstrap", kafka_bootstrap,
+         "--messages", "3000", "--partitions", "3", "--keys", "500", "--big-state", "5000",
+         "--rounds", "1", "--workdir", str(tmp_path / "work"), "--json", str(result_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads(result_file.read_text())
+    summaries = results["summaries"]
+    assert set(summaries) == set(RUNS)
+    for name in RUNS:
+        missing = [figure for figure in FIGURES if figure not in summaries[name]]
+        assert not missing, (name, missing)
+        assert summaries[name]["records"] == 3000, name
+        assert summaries[name]["messages_per_s"] > 0, name
+    for name in RUNS[1:]:
+        assert summaries[name]["counts_exact"] is True, name
+        assert summaries[name]["commit_ms_p50"] is not None, name
+    assert len(summaries["two_processes"]["peak_rss_mib"]) == 2
+    assert set(results["ratios"]) == {"b/a", "c/b", "d/b (5000)"}
+    assert results["restart_to_first_commit_s"]["5000"] is not None
+    assert results["counts_exact"] is True
+    assert "(a) bare aiokafka consumer" in completed.stdout  # the table
