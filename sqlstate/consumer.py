@@ -102,7 +102,10 @@ class BatchLoop:
                     await asyncio.sleep(0)
         finally:
             # Stopping or failing: the batch being committed is finished (and its failure, if
-            # any, seen), never left running behind the loop.
+            # any, seen), never left running behind the loop. Failing, it must not wait forever
+            # for a locked database either.
+            if not stop.is_set():
+                self._store.stop_retrying()
             await self._settled(committing)
 
     @staticmethod
@@ -243,7 +246,8 @@ class BatchLoop:
                     continue
                 # Don't trust the error alone: a lagging replica can answer out-of-range for an
                 # offset that exists (AIOKAFKA-NOTES.md 14). The log's bounds decide.
-                bounds = (await self._out_of_range_keeper.bounds([tp]))[tp]
+                keeper = self._out_of_range_keeper
+                bounds = (await keeper.bounds([tp], broker_says_out_of_range=True))[tp]
                 logger.info("%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
                             tp.topic, tp.partition, fetch_offset, bounds.first, bounds.end)
                 resolved = await self._out_of_range_keeper.resolve(tp, claim, bounds)

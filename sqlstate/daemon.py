@@ -168,7 +168,8 @@ async def _consume(
     ownership = Ownership()
     processors = Processors([KeyCounter()])
     keeper = OutOfRangePolicyKeeper(
-        consumer, store, settings.out_of_range, processors.discard, stats
+        consumer, store, settings.out_of_range, processors.discard, stats,
+        settings.isolation_level,
     )
     listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)

@@ -29,10 +29,14 @@ class LogBounds:
 
     first: int
     end: int
+    # Under read_committed, ``end`` is the last stable offset: the log may reach further (a
+    # transaction still open), and a position there, stored by an earlier read_uncommitted run,
+    # is valid. Past such an end, only the broker's own out-of-range answer is proof.
+    end_is_log_end: bool = True
 
     def holds(self, position: int) -> bool:
         # A position equal to the end is valid: it is where the next record will be written.
-        return self.first <= position <= self.end
+        return self.first <= position and (position <= self.end or not self.end_is_log_end)
 
 
 class OutOfRangePolicyKeeper:
@@ -45,20 +49,27 @@ class OutOfRangePolicyKeeper:
         policy: OutOfRangePolicy,
         discard: DiscardPartition,
         stats: Stats,
+        isolation_level: str = "read_committed",
     ) -> None:
+        self._isolation_level = isolation_level
         self._consumer = consumer
         self._store = store
         self._policy = policy
         self._discard = discard
         self._stats = stats
 
-    async def bounds(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, LogBounds]:
+    async def bounds(
+        self, tps: Iterable[TopicPartition], broker_says_out_of_range: bool = False
+    ) -> dict[TopicPartition, LogBounds]:
+        """The log's bounds now. After the broker answered out-of-range, its end is taken as the
+        end of the log whatever the isolation level."""
         tps = list(tps)
         if not tps:
             return {}
         firsts = await self._consumer.beginning_offsets(tps)
         ends = await self._consumer.end_offsets(tps)
-        return {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
+        exact_end = broker_says_out_of_range or self._isolation_level == "read_uncommitted"
+        return {tp: LogBounds(firsts[tp], ends[tp], exact_end) for tp in tps}
 
     def refuse_if_failing(self, tp: TopicPartition, position: int, bounds: LogBounds) -> None:
         """Under ``fail``, raise for a position outside the log; otherwise do nothing."""

@@ -75,7 +75,8 @@ RETURNING next_offset, epoch;
 -- The compare-and-set that fences zombies: it changes a row only if nobody moved the partition or
 -- claimed it since this owner last read it.
 UPDATE positions
-SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now
+SET next_offset = :next_offset, log_end_offset = coalesce(:log_end_offset, log_end_offset),
+    updated_at = :now
 WHERE topic = :topic AND partition = :partition
   AND next_offset = :expected_offset AND epoch = :epoch;
 

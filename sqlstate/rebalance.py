@@ -114,11 +114,17 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp, claim in claimed.items():
             resolved = await keeper.resolve(tp, claim, bounds[tp])
             if resolved is None:
+                # Claimed by another consumer meanwhile: not ours to fetch until Kafka says so.
+                self._consumer.pause(tp)
                 continue
             claims[tp] = resolved
+        # Seek and record the claims together, with no await between: aiokafka fetches a
+        # partition as soon as it has a position, and records fetched from a position the batch
+        # loop does not know yet would be passed over, never counted.
+        for tp, claim in claims.items():
             # Every partition, including ones kept through the rebalance: aiokafka forgets all
             # positions on each rebalance (AIOKAFKA-NOTES.md 4).
-            self._consumer.seek(tp, resolved.next_offset)
+            self._consumer.seek(tp, claim.next_offset)
         self._ownership.claims.update(claims)
         logger.info(
             "assigned partitions: %s",

@@ -323,8 +323,8 @@ class Store:
         return await execute(function, *args)
 
     async def _attempt(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        await self._conn.execute(sql("begin_immediate"))
         try:
+            await self._conn.execute(sql("begin_immediate"))
             result = await work(Transaction(self._conn))
             # After SQLITE_FULL or SQLITE_IOERR, SQLite may already have rolled back by itself.
             if not self._conn.in_transaction:
@@ -339,7 +339,11 @@ class Store:
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:
-            await self._conn.execute(sql("rollback"))
+            try:
+                await self._conn.execute(sql("rollback"))
+            except sqlite3.OperationalError:
+                # A cancelled COMMIT may have finished meanwhile: nothing is left to roll back.
+                logger.debug("rollback found no transaction open")
 
     # ---- positions ------------------------------------------------------------------------
 

@@ -1,0 +1,76 @@
+"""The assignment callback against a real database and a stand-in consumer (no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiokafka import TopicPartition
+
+from sqlstate import migrate
+from sqlstate.out_of_range import LogBounds, OutOfRangePolicyKeeper
+from sqlstate.rebalance import Listener, Ownership
+from sqlstate.stats import Stats
+from sqlstate.store import Store, Transaction
+
+A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+class StandInConsumer:
+    """Only what the listener calls; the log of each partition is [50, 100)."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 50 for tp in tps}
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 100 for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def pause(self, tp: TopicPartition) -> None:
+        raise AssertionError("nothing here is claimed by another consumer")
+
+
+async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: Path) -> None:
+    """aiokafka fetches a partition as soon as it is seeked; a seek before the loop knows the
+    claim would let the loop pass over the records fetched meanwhile."""
+    store = await Store.open(tmp_path / "s.db")
+    await migrate.apply_pending(store)
+    consumer = StandInConsumer()
+    seeks_seen_by_discard: list[int] = []
+
+    async def discard(tx: Transaction, tp: TopicPartition) -> None:
+        seeks_seen_by_discard.append(len(consumer.seeks))
+
+    try:
+        await store.claim({A: 10, B: 10}, "earlier")  # stored positions now below the log
+        ownership = Ownership()
+        stats = Stats()
+        keeper = OutOfRangePolicyKeeper(consumer, store, "reset", discard, stats)
+        fatal: list[BaseException] = []
+        listener = Listener(consumer, store, ownership, "me", stats, keeper, fatal.append)
+        await listener.on_partitions_assigned({A, B})
+    finally:
+        await store.close()
+    assert fatal == []
+    assert seeks_seen_by_discard == [0, 0]
+    assert sorted(consumer.seeks) == [(A, 50), (B, 50)]
+    assert {tp: claim.next_offset for tp, claim in ownership.claims.items()} == {A: 50, B: 50}
+    assert stats.out_of_range_resets == 2
+
+
+def test_log_bounds() -> None:
+    exact = LogBounds(5, 10)
+    assert exact.holds(5)
+    assert exact.holds(10)
+    assert not exact.holds(4)
+    assert not exact.holds(11)
+    # Under read_committed the end is the last stable offset: the log may reach further.
+    stable = LogBounds(5, 10, end_is_log_end=False)
+    assert stable.holds(11)
+    assert not stable.holds(4)
+
+
