@@ -71,6 +71,21 @@ _security_options = [
 ]
 
 
+def _security(options: dict[str, Any]) -> Security:
+    """Take the security flags out of a command's options; the secrets come from the
+    environment only."""
+    return Security(
+        protocol=options.pop("security_protocol"),
+        sasl_mechanism=options.pop("sasl_mechanism"),
+        sasl_username=options.pop("sasl_username"),
+        sasl_password=_secret("SASL_PASSWORD"),
+        ssl_cafile=options.pop("ssl_cafile"),
+        ssl_certfile=options.pop("ssl_certfile"),
+        ssl_keyfile=options.pop("ssl_keyfile"),
+        ssl_password=_secret("SSL_PASSWORD"),
+    )
+
+
 def security_options(command: F) -> F:
     """Add the flags of ``_security_options`` to a command, in their order."""
     for option in reversed(_security_options):
@@ -147,8 +162,7 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
         shutdown_timeout_s=options.pop("shutdown_timeout"),
         progress_interval_s=options.pop("progress_interval"),
         stall_timeout_s=options.pop("stall_timeout"),
-        sasl_password=_secret("SASL_PASSWORD"),
-        ssl_password=_secret("SSL_PASSWORD"),
+        security=_security(options),
         **options,
     )
     asyncio.run(daemon.run(settings))
@@ -205,13 +219,10 @@ def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
 @reports_errors
 def offsets(
     database: Path, bootstrap_servers: str | None, isolation_level: str, as_json: bool,
-    security_protocol: str, **security: Any,
+    **security: Any,
 ) -> None:
     """Show each partition's stored position, owner and last update."""
-    connection = Security(
-        protocol=security_protocol, sasl_password=_secret("SASL_PASSWORD"),
-        ssl_password=_secret("SSL_PASSWORD"), **security,
-    )
+    connection = _security(security)
     reports = asyncio.run(
         inspect.positions(database, bootstrap_servers, isolation_level, connection)
     )

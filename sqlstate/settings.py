@@ -82,14 +82,7 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     poll_timeout_ms: int = 500
     check_integrity: bool = True
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password: str | None = field(default=None, repr=False)
+    security: Security = field(default_factory=Security)
     metrics_port: int | None = None
     # Loopback by default: the endpoint names topics, hosts and lag. The container image sets
     # 0.0.0.0, since there the published port is the boundary.
@@ -127,19 +120,6 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems
-
-    @property
-    def security(self) -> Security:
-        return Security(
-            protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            ssl_cafile=self.ssl_cafile,
-            ssl_certfile=self.ssl_certfile,
-            ssl_keyfile=self.ssl_keyfile,
-            ssl_password=self.ssl_password,
-        )
 
     @property
     def owner(self) -> str:

@@ -9,13 +9,14 @@ from click.testing import CliRunner
 
 from sqlstate.cli import main
 from sqlstate.errors import ConfigError
-from sqlstate.settings import Settings
+from sqlstate.settings import Security, Settings
 
 
 def test_password_never_in_repr() -> None:
     settings = Settings(
-        topics=("t",), group_id="g", security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN", sasl_username="u", sasl_password="hunter2",
+        topics=("t",), group_id="g",
+        security=Security(protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u",
+                          sasl_password="hunter2"),
     )
     assert "hunter2" not in repr(settings)
 
@@ -25,8 +26,8 @@ def test_password_never_in_repr() -> None:
     [
         ({"topics": ()}, "at least one topic"),
         ({"max_records": 0}, "max-records"),
-        ({"security_protocol": "SASL_SSL"}, "sasl-mechanism"),
-        ({"ssl_cafile": Path("/nonexistent/ca.pem")}, "no such file"),
+        ({"security": Security(protocol="SASL_SSL")}, "sasl-mechanism"),
+        ({"security": Security(ssl_cafile=Path("/nonexistent/ca.pem"))}, "no such file"),
     ],
 )
 def test_invalid_settings(kwargs: dict[str, object], message: str) -> None:
