@@ -60,6 +60,18 @@ async def endpoint(daemon: Daemon, timeout: float = 30) -> str:
     return url
 
 
+async def observed_daemon(
+    kafka_bootstrap: str, topic: str, group_id: str, database: Path, daemons: list[Daemon],
+    *extra_args: str,
+) -> tuple[Daemon, str]:
+    """A daemon serving /metrics and /healthz, started and healthy; and its base URL."""
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, *OBSERVED, *extra_args).start()
+    daemons.append(daemon)
+    base = await endpoint(daemon)
+    await wait_health(base, daemon, healthy=True, timeout=30, reason="caught up")
+    return daemon, base
+
+
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
@@ -111,12 +123,9 @@ async def test_metrics_move_and_lag_falls_to_zero(
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
-    daemon = Daemon(
-        kafka_bootstrap, [topic], group_id, database, *OBSERVED, "--max-records", "200"
-    ).start()
-    daemons.append(daemon)
-    base = await endpoint(daemon)
-    await wait_health(base, daemon, healthy=True, timeout=30, reason="caught up")
+    daemon, base = await observed_daemon(
+        kafka_bootstrap, topic, group_id, database, daemons, "--max-records", "200"
+    )
 
     messages = keyed_messages(12_000, partitions=3, odd=False)
     producing = asyncio.create_task(produce_keyed(kafka_bootstrap, topic, messages, rate=4000))
@@ -159,13 +168,10 @@ async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
     """Another connection holds the database's write lock: lag stands still, then moves."""
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
-    daemon = Daemon(
-        kafka_bootstrap, [topic], group_id, database, *OBSERVED,
+    daemon, base = await observed_daemon(
+        kafka_bootstrap, topic, group_id, database, daemons,
         "--stall-timeout", "3", "--progress-interval", "1", "--busy-timeout", "0.5",
-    ).start()
-    daemons.append(daemon)
-    base = await endpoint(daemon)
-    await wait_health(base, daemon, healthy=True, timeout=30, reason="caught up")
+    )
 
     messages = keyed_messages(3_000, partitions=3, odd=False)
     blocker = sqlite3.connect(database, isolation_level=None, timeout=10)
@@ -214,12 +220,9 @@ async def test_healthz_follows_the_broker(
     database = tmp_path / "state.db"
     first = keyed_messages(300, partitions=3, odd=False, seed=1)
     await produce_keyed(kafka_bootstrap, topic, first)
-    daemon = Daemon(
-        kafka_bootstrap, [topic], group_id, database, *OBSERVED, "--stall-timeout", "3"
-    ).start()
-    daemons.append(daemon)
-    base = await endpoint(daemon)
-    await wait_health(base, daemon, healthy=True, timeout=30, reason="caught up")
+    daemon, base = await observed_daemon(
+        kafka_bootstrap, topic, group_id, database, daemons, "--stall-timeout", "3"
+    )
 
     await broker_control.stop()
     answer = await wait_health(
@@ -323,12 +326,9 @@ async def test_a_second_connection_reads_whole_batches_while_the_daemon_writes(
     """In every snapshot a reader takes, the counts add up to exactly the stored positions."""
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
-    daemon = Daemon(
-        kafka_bootstrap, [topic], group_id, database, *OBSERVED, "--max-records", "300"
-    ).start()
-    daemons.append(daemon)
-    base = await endpoint(daemon)
-    await wait_health(base, daemon, healthy=True, timeout=30, reason="caught up")
+    daemon, _ = await observed_daemon(
+        kafka_bootstrap, topic, group_id, database, daemons, "--max-records", "300"
+    )
 
     messages = keyed_messages(15_000, partitions=3, odd=True)
     producing = asyncio.create_task(produce_keyed(kafka_bootstrap, topic, messages, rate=5000))
