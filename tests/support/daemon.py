@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests.support.db import query
+
 
 class Daemon:
     """One ``sqlstate run`` process; its output goes to a log file next to the database."""
@@ -119,11 +121,7 @@ def stored_positions(database: Path) -> dict[tuple[str, int], int]:
     if not database.exists():
         return {}
     try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute("SELECT topic, partition, next_offset FROM positions").fetchall()
-        finally:
-            conn.close()
+        rows = query(database, "SELECT topic, partition, next_offset FROM positions")
     except sqlite3.OperationalError:
         return {}  # the schema is not there yet
     return {(topic, partition): offset for topic, partition, offset in rows}

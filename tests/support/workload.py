@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from sqlstate.processors.counting import stored_key
+from tests.support.db import query
 from tests.support.kafka import log_end_offsets
 
 StoredKey = str | bytes | None
@@ -66,24 +66,13 @@ async def produce_keyed(
 
 def db_counts(database: Path, topic: str) -> Counter[tuple[int, StoredKey]]:
     """{(partition, key): count} from the key_counts table, read-only."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT partition, key, count FROM key_counts WHERE topic = ?", (topic,)
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = query(database, "SELECT partition, key, count FROM key_counts WHERE topic = ?", (topic,))
     return Counter({(partition, key): count for partition, key, count in rows})
 
 
 def db_totals(database: Path, topic: str) -> Counter[StoredKey]:
     """{key: total} from the counts view, read-only."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT key, count FROM counts WHERE topic = ?", (topic,)).fetchall()
-    finally:
-        conn.close()
-    return Counter(dict(rows))
+    return Counter(dict(query(database, "SELECT key, count FROM counts WHERE topic = ?", (topic,))))
 
 
 async def end_offsets(
