@@ -38,6 +38,7 @@ $(INSTALLED): pyproject.toml
 
 lint: install
 	$(BIN)/ruff check $(PACKAGES)
+	$(BIN)/ruff format --check $(PACKAGES)
 
 format: install
 	$(BIN)/ruff format $(PACKAGES)

@@ -44,8 +44,9 @@ class BigState:
     seconds: float
 
 
-def _rows(topic: str, keys: int, live_keys: int, partitions: int,
-          layout: Layout) -> Iterator[tuple[str, int, str, int]]:
+def _rows(
+    topic: str, keys: int, live_keys: int, partitions: int, layout: Layout
+) -> Iterator[tuple[str, int, str, int]]:
     """(topic, partition, key, 1) in the index's order, so that inserts only append."""
     for partition in range(partitions):
         for j in range(partition, keys, partitions):
@@ -57,12 +58,14 @@ def _rows(topic: str, keys: int, live_keys: int, partitions: int,
                 yield topic, partition, f"old-{j:09d}", 1
 
 
-def build(database: Path, topic: str, keys: int, live_keys: int, partitions: int,
-          layout: Layout) -> BigState:
+def build(
+    database: Path, topic: str, keys: int, live_keys: int, partitions: int, layout: Layout
+) -> BigState:
     started = time.perf_counter()
     subprocess.run(
         [*sqlstate_command(), "-q", "migrate", "--database", str(database)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     state_topic = topic if layout == "interleaved" else f"{topic}-old"
     conn = sqlite3.connect(database, isolation_level=None)
@@ -84,8 +87,9 @@ def existing_keys_intact(state: BigState) -> bool:
     conn = sqlite3.connect(f"file:{state.database}?mode=ro", uri=True)
     try:
         if state.layout == "interleaved":
-            query = ("SELECT count(*), sum(count) FROM key_counts"
-                     " WHERE topic = ? AND key LIKE 'key-%/%'")
+            query = (
+                "SELECT count(*), sum(count) FROM key_counts WHERE topic = ? AND key LIKE 'key-%/%'"
+            )
         else:
             query = "SELECT count(*), sum(count) FROM key_counts WHERE topic = ?"
         rows, total = conn.execute(query, (state.topic,)).fetchone()

@@ -41,10 +41,20 @@ class FromBeginning(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._consumer.seek_to_beginning(*assigned)
 
 
-async def consume(bootstrap: str, topic: str, group_id: str, messages: int,
-                  max_records: int | None, deadline_s: float) -> dict[str, Any]:
-    settings = Settings(topics=(topic,), group_id=group_id, bootstrap_servers=bootstrap,
-                        client_id="sqlstate-bench-ceiling")
+async def consume(
+    bootstrap: str,
+    topic: str,
+    group_id: str,
+    messages: int,
+    max_records: int | None,
+    deadline_s: float,
+) -> dict[str, Any]:
+    settings = Settings(
+        topics=(topic,),
+        group_id=group_id,
+        bootstrap_servers=bootstrap,
+        client_id="sqlstate-bench-ceiling",
+    )
     if max_records is not None:
         settings = dataclasses.replace(settings, max_records=max_records)
     consumer = build_consumer(settings)
@@ -93,8 +103,14 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=600.0)
     args = parser.parse_args()
     result = asyncio.run(
-        consume(args.bootstrap, args.topic, args.group_id, args.messages, args.max_records,
-                args.deadline)
+        consume(
+            args.bootstrap,
+            args.topic,
+            args.group_id,
+            args.messages,
+            args.max_records,
+            args.deadline,
+        )
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -24,7 +24,10 @@ from aiokafka import AIOKafkaConsumer
 
 async def join(bootstrap: str, topic: str, group_id: str) -> None:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group_id, client_id="sqlstate-bench-joiner",
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id="sqlstate-bench-joiner",
         enable_auto_commit=False,
     )
     stop = asyncio.Event()

@@ -90,8 +90,15 @@ def summarize_rounds(rounds: Sequence[RunResult]) -> dict[str, Any]:
     """
     each = [summarize(run) for run in rounds]
     best = dict(max(each, key=lambda summary: summary["messages_per_s"]))
-    pooled = RunResult(rounds[0].name, rounds[0].label, rounds[0].launched_at,
-                       [batch for run in rounds for batch in run.batches], (), None, None)
+    pooled = RunResult(
+        rounds[0].name,
+        rounds[0].label,
+        rounds[0].launched_at,
+        [batch for run in rounds for batch in run.batches],
+        (),
+        None,
+        None,
+    )
     commits = [batch.commit_ms for batch in pooled.batches if batch.commit_ms is not None]
     best.update(
         rounds=len(each),
@@ -100,11 +107,13 @@ def summarize_rounds(rounds: Sequence[RunResult]) -> dict[str, Any]:
         commit_ms_p50=_rounded(percentile(commits, 0.50)),
         commit_ms_p99=_rounded(percentile(commits, 0.99)),
         commit_ms_max=_rounded(max(commits) if commits else None),
-        peak_rss_mib=[_worst(column) for column in zip(*(s["peak_rss_mib"] for s in each),
-                                                      strict=True)],
+        peak_rss_mib=[
+            _worst(column) for column in zip(*(s["peak_rss_mib"] for s in each), strict=True)
+        ],
         launch_to_first_batch_s=_worst(s["launch_to_first_batch_s"] for s in each),
         launch_to_first_batch_s_rounds=[s["launch_to_first_batch_s"] for s in each],
-        counts_exact=None if rounds[0].counts_exact is None
+        counts_exact=None
+        if rounds[0].counts_exact is None
         else all(s["counts_exact"] for s in each),
         busy_retries=sum(s["busy_retries"] for s in each),
     )
@@ -120,34 +129,49 @@ def _rounded(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
 
-def ratio(numerator: dict[str, Any], denominator: dict[str, Any],
-          key: str = "messages_per_s") -> float:
+def ratio(
+    numerator: dict[str, Any], denominator: dict[str, Any], key: str = "messages_per_s"
+) -> float:
     value: float = numerator[key] / max(denominator[key], 1)
     return round(value, 3)
 
 
 def table(summaries: Sequence[dict[str, Any]]) -> str:
     """A plain-text table; each summary may carry ``ratio`` = (label, value) set by the caller."""
-    headers = ["run", "msg/s", "ratio", "batches/s", "commit p50 ms", "commit p99 ms",
-               "peak RSS MiB", "CPU s", "first batch s", "exact"]
+    headers = [
+        "run",
+        "msg/s",
+        "ratio",
+        "batches/s",
+        "commit p50 ms",
+        "commit p99 ms",
+        "peak RSS MiB",
+        "CPU s",
+        "first batch s",
+        "exact",
+    ]
     rows = []
     for summary in summaries:
         ratio_cell = summary.get("ratio")
-        rows.append([
-            summary["label"],
-            f"{summary['messages_per_s']:,}",
-            f"{ratio_cell[0]} {ratio_cell[1]:.2f}" if ratio_cell else "",
-            f"{summary['batches_per_s']:.1f}",
-            _cell(summary["commit_ms_p50"]),
-            _cell(summary["commit_ms_p99"]),
-            " + ".join(_cell(mib) for mib in summary["peak_rss_mib"]),
-            " + ".join(_cell(cpu) for cpu in summary["cpu_s"]),
-            _cell(summary["launch_to_first_batch_s"]),
-            {True: "yes", False: "NO", None: "-"}[summary["counts_exact"]],
-        ])
+        rows.append(
+            [
+                summary["label"],
+                f"{summary['messages_per_s']:,}",
+                f"{ratio_cell[0]} {ratio_cell[1]:.2f}" if ratio_cell else "",
+                f"{summary['batches_per_s']:.1f}",
+                _cell(summary["commit_ms_p50"]),
+                _cell(summary["commit_ms_p99"]),
+                " + ".join(_cell(mib) for mib in summary["peak_rss_mib"]),
+                " + ".join(_cell(cpu) for cpu in summary["cpu_s"]),
+                _cell(summary["launch_to_first_batch_s"]),
+                {True: "yes", False: "NO", None: "-"}[summary["counts_exact"]],
+            ]
+        )
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in [headers, *rows]]
+    lines = [
+        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [headers, *rows]
+    ]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
 

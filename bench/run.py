@@ -62,36 +62,63 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.run", description=__doc__,
+        prog="python -m bench.run",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP",
-                                                              DEFAULT_BOOTSTRAP),
-                        help="Kafka bootstrap server (default: $KAFKA_BOOTSTRAP or %(default)s)")
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="Kafka bootstrap server (default: $KAFKA_BOOTSTRAP or %(default)s)",
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--keys", type=int, default=10_000, help="distinct keys produced")
-    parser.add_argument("--zipf", type=float, metavar="S",
-                        help="draw keys from a Zipf distribution with exponent S (default:"
-                        " uniform)")
+    parser.add_argument(
+        "--zipf",
+        type=float,
+        metavar="S",
+        help="draw keys from a Zipf distribution with exponent S (default: uniform)",
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--big-state", type=int, action="append", metavar="KEYS",
-                        help="distinct keys already in the database for run (d); repeat for"
-                        " several sizes, 0 to skip (default: 1000000)")
-    parser.add_argument("--big-state-layout", choices=bigstate.LAYOUTS, default="interleaved",
-                        help="where the existing keys sit in the index (see bench/bigstate.py)")
+    parser.add_argument(
+        "--big-state",
+        type=int,
+        action="append",
+        metavar="KEYS",
+        help="distinct keys already in the database for run (d); repeat for"
+        " several sizes, 0 to skip (default: 1000000)",
+    )
+    parser.add_argument(
+        "--big-state-layout",
+        choices=bigstate.LAYOUTS,
+        default="interleaved",
+        help="where the existing keys sit in the index (see bench/bigstate.py)",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
-    parser.add_argument("--workdir", type=Path,
-                        help="where the databases go (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where the databases go (default: a temporary folder, removed)"
+    )
     parser.add_argument("--keep-topic", action="store_true", help="don't delete the topic")
-    parser.add_argument("--max-records", type=int,
-                        help="records per batch for the ceiling and sqlstate alike (default:"
-                        " sqlstate's)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="measure every run this many times, interleaved, and report the"
-                        " fastest round (default: %(default)s)")
-    parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for every `sqlstate run` (repeat)")
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        help="records per batch for the ceiling and sqlstate alike (default: sqlstate's)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every run this many times, interleaved, and report the"
+        " fastest round (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for every `sqlstate run` (repeat)",
+    )
     args = parser.parse_args(argv)
     big_states = tuple(n for n in (args.big_state or [1_000_000]) if n > 0)
     own_workdir = args.workdir is None
@@ -99,8 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     workdir.mkdir(parents=True, exist_ok=True)
     options = Options(
         bootstrap=args.bootstrap,
-        workload=workload.Workload(args.messages, args.partitions, args.keys, args.zipf,
-                                   args.seed),
+        workload=workload.Workload(args.messages, args.partitions, args.keys, args.zipf, args.seed),
         big_states=big_states,
         layout=args.big_state_layout,
         json_path=args.json,
@@ -117,8 +143,14 @@ def machine() -> dict[str, Any]:
     model = ""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), "")
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in lscpu.splitlines()
+                if line.startswith("Model name")
+            ),
+            "",
+        )
     except OSError:
         pass
     return {
@@ -139,26 +171,51 @@ def log(message: str) -> None:
 def run_ceiling(options: Options, produced: workload.Produced, group_id: str) -> RunResult:
     launched_at = time.time()
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.ceiling", "--bootstrap", options.bootstrap,
-         "--topic", produced.topic, "--group-id", group_id,
-         "--messages", str(options.workload.messages), "--deadline", str(RUN_TIMEOUT_S),
-         *(["--max-records", str(options.max_records)] if options.max_records else [])],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.ceiling",
+            "--bootstrap",
+            options.bootstrap,
+            "--topic",
+            produced.topic,
+            "--group-id",
+            group_id,
+            "--messages",
+            str(options.workload.messages),
+            "--deadline",
+            str(RUN_TIMEOUT_S),
+            *(["--max-records", str(options.max_records)] if options.max_records else []),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"the ceiling consumer failed:\n{completed.stderr[-3000:]}")
     result = json.loads(completed.stdout)
     return RunResult(
-        name="ceiling", label="(a) bare aiokafka consumer", launched_at=launched_at,
+        name="ceiling",
+        label="(a) bare aiokafka consumer",
+        launched_at=launched_at,
         batches=[Batch(at, records) for at, records in result["batches"]],
-        peak_rss_kib=[result["peak_rss_kib"]], counts_exact=None, c_parser=result["c_parser"],
+        peak_rss_kib=[result["peak_rss_kib"]],
+        counts_exact=None,
+        c_parser=result["c_parser"],
         cpu_s=[result["cpu_s"]],
     )
 
 
-def run_sqlstate(options: Options, produced: workload.Produced, name: str, label: str,
-                 database: Path, group_id: str, processes: int = 1,
-                 existing: bigstate.BigState | None = None) -> RunResult:
+def run_sqlstate(
+    options: Options,
+    produced: workload.Produced,
+    name: str,
+    label: str,
+    database: Path,
+    group_id: str,
+    processes: int = 1,
+    existing: bigstate.BigState | None = None,
+) -> RunResult:
     """``sqlstate run`` until the topic is consumed; with several processes, started together
     (see ``bench/joiner.py``) and measured from the moment they are let go."""
     extra_args = options.daemon_args
@@ -167,21 +224,24 @@ def run_sqlstate(options: Options, produced: workload.Produced, name: str, label
     if processes > 1:
         sqlstate_process.hold_at_end(database, produced.topic, produced.end_offsets)
     daemons = [
-        sqlstate_process.launch(f"bench-{name}-{i}", options.bootstrap, produced.topic,
-                                group_id, database, extra_args)
+        sqlstate_process.launch(
+            f"bench-{name}-{i}", options.bootstrap, produced.topic, group_id, database, extra_args
+        )
         for i in range(processes)
     ]
     joiner: subprocess.Popen[str] | None = None
     launched_at = min(d.launched_at for d in daemons)
     try:
         if processes > 1:
-            sqlstate_process.wait_for_assignment(daemons, options.workload.partitions,
-                                                 SETTLE_TIMEOUT_S)
+            sqlstate_process.wait_for_assignment(
+                daemons, options.workload.partitions, SETTLE_TIMEOUT_S
+            )
             sqlstate_process.release_to_start(database, produced.topic)
             launched_at = time.time()
             joiner = _join(options, f"{produced.topic}-joiner", group_id)
-        sqlstate_process.wait_caught_up(database, produced.topic, produced.end_offsets,
-                                        daemons, RUN_TIMEOUT_S)
+        sqlstate_process.wait_caught_up(
+            database, produced.topic, produced.end_offsets, daemons, RUN_TIMEOUT_S
+        )
     finally:
         for daemon in daemons:
             sqlstate_process.stop(daemon)
@@ -194,9 +254,12 @@ def run_sqlstate(options: Options, produced: workload.Produced, name: str, label
     if existing is not None:
         exact = exact and bigstate.existing_keys_intact(existing)
     return RunResult(
-        name=name, label=label, launched_at=launched_at,
+        name=name,
+        label=label,
+        launched_at=launched_at,
         batches=[Batch(c.at, c.records, c.commit_ms) for d in daemons for c in d.committed()],
-        peak_rss_kib=[d.peak_rss_kib for d in daemons], counts_exact=exact,
+        peak_rss_kib=[d.peak_rss_kib for d in daemons],
+        counts_exact=exact,
         cpu_s=[d.cpu_s for d in daemons],
         c_parser=all("record parser: C extension" in "\n".join(d.lines) for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
@@ -206,10 +269,22 @@ def run_sqlstate(options: Options, produced: workload.Produced, name: str, label
 def _join(options: Options, topic: str, group_id: str) -> subprocess.Popen[str]:
     """Start a member that joins ``group_id`` through its own ``topic``; return once in."""
     joiner = subprocess.Popen(
-        [sys.executable, "-m", "bench.joiner", "--bootstrap", options.bootstrap,
-         "--topic", topic, "--group-id", group_id],
+        [
+            sys.executable,
+            "-m",
+            "bench.joiner",
+            "--bootstrap",
+            options.bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group_id,
+        ],
         # Its client logs every rebalance it causes as a warning: not news here.
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert joiner.stdout is not None
     if joiner.stdout.readline().strip() != "joined":
@@ -229,13 +304,20 @@ def measure(options: Options) -> dict[str, Any]:
     asyncio.run(workload.create_topic(options.bootstrap, f"{topic}-joiner", 1))
     try:
         produced = asyncio.run(workload.produce(options.bootstrap, topic, spec))
-        log(f"produced in {produced.seconds:.1f}s"
-            f" ({spec.messages / produced.seconds:,.0f} msg/s)")
+        log(f"produced in {produced.seconds:.1f}s ({spec.messages / produced.seconds:,.0f} msg/s)")
         states = []
         for keys in options.big_states:
             log(f"building a database with {keys:,} existing keys ({options.layout})")
-            states.append(bigstate.build(options.workdir / f"big-state-{keys}.db", topic, keys,
-                                         spec.keys, spec.partitions, options.layout))
+            states.append(
+                bigstate.build(
+                    options.workdir / f"big-state-{keys}.db",
+                    topic,
+                    keys,
+                    spec.keys,
+                    spec.partitions,
+                    options.layout,
+                )
+            )
             log(f"built in {states[-1].seconds:.1f}s")
         runs = _measure_runs(options, produced, states)
     finally:
@@ -248,12 +330,14 @@ def measure(options: Options) -> dict[str, Any]:
     return results
 
 
-def _measure_runs(options: Options, produced: workload.Produced,
-                  states: list[bigstate.BigState]) -> dict[str, list[RunResult]]:
+def _measure_runs(
+    options: Options, produced: workload.Produced, states: list[bigstate.BigState]
+) -> dict[str, list[RunResult]]:
     """Every run, ``options.rounds`` times, interleaved so that a slow spell of the machine
     spreads over all of them rather than hitting one."""
     runs: dict[str, list[RunResult]] = {}
     for round_number in range(1, options.rounds + 1):
+
         def step(description: str, round_number: int = round_number) -> None:
             if runs:
                 time.sleep(SETTLE_S)
@@ -266,34 +350,63 @@ def _measure_runs(options: Options, produced: workload.Produced,
         folder.mkdir()
         step("(a) bare aiokafka consumer")
         keep(run_ceiling(options, produced, f"{produced.topic}-ceiling-{round_number}"))
+
         def group(name: str, round_number: int = round_number) -> str:
             return f"{produced.topic}-{name}-{round_number}"
 
         step("(b) sqlstate run, fresh database")
-        keep(run_sqlstate(options, produced, "fresh", "(b) sqlstate, fresh db",
-                          folder / "fresh.db", group("fresh")))
+        keep(
+            run_sqlstate(
+                options,
+                produced,
+                "fresh",
+                "(b) sqlstate, fresh db",
+                folder / "fresh.db",
+                group("fresh"),
+            )
+        )
         step("(c) two sqlstate run processes, one group, one database")
-        keep(run_sqlstate(options, produced, "two_processes", "(c) 2 processes, 1 db",
-                          folder / "shared.db", group("two_processes"), processes=2))
+        keep(
+            run_sqlstate(
+                options,
+                produced,
+                "two_processes",
+                "(c) 2 processes, 1 db",
+                folder / "shared.db",
+                group("two_processes"),
+                processes=2,
+            )
+        )
         for state in states:
             step(f"(d) sqlstate run, database with {state.keys:,} existing keys")
             database = folder / state.database.name
             shutil.copyfile(state.database, database)  # each round starts from the same state
-            keep(run_sqlstate(options, produced, f"big_state_{state.keys}",
-                              f"(d) sqlstate, {state.keys:,} keys in db", database,
-                              group(f"big_state_{state.keys}"),
-                              existing=dataclasses.replace(state, database=database)))
+            keep(
+                run_sqlstate(
+                    options,
+                    produced,
+                    f"big_state_{state.keys}",
+                    f"(d) sqlstate, {state.keys:,} keys in db",
+                    database,
+                    group(f"big_state_{state.keys}"),
+                    existing=dataclasses.replace(state, database=database),
+                )
+            )
             database.unlink()
     return runs
 
 
-def _results(options: Options, produced: workload.Produced, states: list[bigstate.BigState],
-             runs: dict[str, list[RunResult]], started_at: str,
-             finished_at: str) -> dict[str, Any]:
+def _results(
+    options: Options,
+    produced: workload.Produced,
+    states: list[bigstate.BigState],
+    runs: dict[str, list[RunResult]],
+    started_at: str,
+    finished_at: str,
+) -> dict[str, Any]:
     summaries = {name: summarize_rounds(rounds) for name, rounds in runs.items()}
     ceiling, fresh = summaries["ceiling"], summaries["fresh"]
-    ratios = {"b/a": ratio(fresh, ceiling),
-              "c/b": ratio(summaries["two_processes"], fresh)}
+    ratios = {"b/a": ratio(fresh, ceiling), "c/b": ratio(summaries["two_processes"], fresh)}
     fresh["ratio"] = ("b/a", ratios["b/a"])
     summaries["two_processes"]["ratio"] = ("c/b", ratios["c/b"])
     restart: dict[str, float | None] = {}
@@ -309,23 +422,36 @@ def _results(options: Options, produced: workload.Produced, states: list[bigstat
         "machine": machine(),
         "bootstrap": options.bootstrap,
         "workload": {
-            "topic": produced.topic, "messages": spec.messages, "partitions": spec.partitions,
-            "keys": spec.keys, "zipf": spec.zipf, "seed": spec.seed,
-            "value_bytes": workload.VALUE_BYTES, "produce_seconds": round(produced.seconds, 2),
+            "topic": produced.topic,
+            "messages": spec.messages,
+            "partitions": spec.partitions,
+            "keys": spec.keys,
+            "zipf": spec.zipf,
+            "seed": spec.seed,
+            "value_bytes": workload.VALUE_BYTES,
+            "produce_seconds": round(produced.seconds, 2),
             "end_offsets": produced.end_offsets,
         },
-        "big_states": [{"keys": s.keys, "layout": s.layout, "build_seconds": round(s.seconds, 1)}
-                       for s in states],
+        "big_states": [
+            {"keys": s.keys, "layout": s.layout, "build_seconds": round(s.seconds, 1)}
+            for s in states
+        ],
         "daemon_args": list(options.daemon_args),
         "summaries": summaries,
         "ratios": ratios,
         "restart_to_first_commit_s": restart,
         "counts_exact": all(s["counts_exact"] is not False for s in summaries.values()),
         "rounds": options.rounds,
-        "runs": {name: [{"launched_at": run.launched_at,
-                         "batches": [[b.at, b.records, b.commit_ms] for b in run.batches]}
-                        for run in rounds]
-                 for name, rounds in runs.items()},
+        "runs": {
+            name: [
+                {
+                    "launched_at": run.launched_at,
+                    "batches": [[b.at, b.records, b.commit_ms] for b in run.batches],
+                }
+                for run in rounds
+            ]
+            for name, rounds in runs.items()
+        },
     }
 
 
@@ -338,15 +464,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(options.workdir, ignore_errors=True)
     summaries = list(results["summaries"].values())
     load = results["load_average"]
-    print(f"sqlstate bench, {results['started_at']} to {results['finished_at']};"
-          f" {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), load average"
-          f" {load['before'][0]:.1f} before, {load['after'][0]:.1f} after;"
-          f" {options.workload.describe()}; best of {options.rounds} rounds")
+    print(
+        f"sqlstate bench, {results['started_at']} to {results['finished_at']};"
+        f" {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), load average"
+        f" {load['before'][0]:.1f} before, {load['after'][0]:.1f} after;"
+        f" {options.workload.describe()}; best of {options.rounds} rounds"
+    )
     print(table(summaries))
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in results["ratios"].items()))
     for keys, seconds in results["restart_to_first_commit_s"].items():
-        print(f"start on a database with {int(keys):,} keys: first batch committed after"
-              f" {seconds} s")
+        print(
+            f"start on a database with {int(keys):,} keys: first batch committed after {seconds} s"
+        )
     options.json_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {options.json_path}")
     if not results["counts_exact"]:

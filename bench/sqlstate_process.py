@@ -77,8 +77,11 @@ class DaemonProcess:
             if match:
                 described = match["tps"] or ""
                 # "topic-3@0 (epoch 2), topic-5@0 (epoch 2)"
-                return {int(item.split("@")[0].rsplit("-", 1)[1])
-                        for item in described.split(", ") if item}
+                return {
+                    int(item.split("@")[0].rsplit("-", 1)[1])
+                    for item in described.split(", ")
+                    if item
+                }
         return None
 
     def busy_retries(self) -> int:
@@ -93,15 +96,36 @@ def _read_lines(stream: IO[str], into: list[str]) -> None:
         into.append(line.rstrip("\n"))
 
 
-def launch(name: str, bootstrap: str, topic: str, group_id: str, database: Path,
-           extra_args: tuple[str, ...] = ()) -> DaemonProcess:
+def launch(
+    name: str,
+    bootstrap: str,
+    topic: str,
+    group_id: str,
+    database: Path,
+    extra_args: tuple[str, ...] = (),
+) -> DaemonProcess:
     command = [
-        *sqlstate_command(), "-v", "run", "-b", bootstrap, "-t", topic, "-g", group_id,
-        "--database", str(database), "--client-id", name, *extra_args,
+        *sqlstate_command(),
+        "-v",
+        "run",
+        "-b",
+        bootstrap,
+        "-t",
+        topic,
+        "-g",
+        group_id,
+        "--database",
+        str(database),
+        "--client-id",
+        name,
+        *extra_args,
     ]
     launched_at = time.time()
     popen = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
     process = DaemonProcess(name, popen, launched_at)
@@ -130,8 +154,13 @@ def stored_positions(database: Path, topic: str) -> dict[int, int]:
     return {int(partition): int(offset) for partition, offset in rows}
 
 
-def wait_caught_up(database: Path, topic: str, end_offsets: dict[int, int],
-                   processes: list[DaemonProcess], timeout_s: float) -> float:
+def wait_caught_up(
+    database: Path,
+    topic: str,
+    end_offsets: dict[int, int],
+    processes: list[DaemonProcess],
+    timeout_s: float,
+) -> float:
     """Poll until every partition's stored position equals its end; return when (epoch s)."""
     give_up = time.monotonic() + timeout_s
     while True:
@@ -172,8 +201,11 @@ def stop(process: DaemonProcess) -> None:
 def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
     """A database whose positions put every partition of ``topic`` at its end, so that
     ``sqlstate run`` claims them and then waits, having nothing to consume."""
-    subprocess.run([*sqlstate_command(), "-q", "migrate", "--database", str(database)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*sqlstate_command(), "-q", "migrate", "--database", str(database)],
+        check=True,
+        capture_output=True,
+    )
     with sqlite3.connect(database) as conn:
         conn.executemany(
             "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
@@ -191,8 +223,7 @@ def release_to_start(database: Path, topic: str) -> None:
     conn.close()
 
 
-def wait_for_assignment(processes: list[DaemonProcess], partitions: int,
-                        timeout_s: float) -> None:
+def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout_s: float) -> None:
     """Until the processes' latest assignments split all partitions between them, each some."""
     give_up = time.monotonic() + timeout_s
     while True:
@@ -203,8 +234,9 @@ def wait_for_assignment(processes: list[DaemonProcess], partitions: int,
                 return
         for process in processes:
             if process.popen.poll() is not None:
-                raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n"
-                                   f"{process.log_tail()}")
+                raise RuntimeError(
+                    f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
+                )
         if time.monotonic() > give_up:
             raise TimeoutError(f"the group did not settle within {timeout_s:g}s: {assignments}")
         time.sleep(_POLL_S)

@@ -63,8 +63,9 @@ def draw_keys(workload: Workload) -> list[int]:
     if workload.zipf is None:
         return rng.choices(population, k=workload.messages)
     weights = (1.0 / (rank**workload.zipf) for rank in range(1, workload.keys + 1))
-    return rng.choices(population, cum_weights=list(itertools.accumulate(weights)),
-                       k=workload.messages)
+    return rng.choices(
+        population, cum_weights=list(itertools.accumulate(weights)), k=workload.messages
+    )
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -130,10 +131,12 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
     await producer.start()
     started = time.perf_counter()
     try:
-        await asyncio.gather(*(
-            _produce_partition(producer, topic, partition, keys, names)
-            for partition, keys in enumerate(per_partition)
-        ))
+        await asyncio.gather(
+            *(
+                _produce_partition(producer, topic, partition, keys, names)
+                for partition, keys in enumerate(per_partition)
+            )
+        )
     finally:
         await producer.stop()
     seconds = time.perf_counter() - started

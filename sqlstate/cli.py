@@ -49,25 +49,50 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
 
 
 database_option = _option(
-    "--database", env="DATABASE", type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("sqlstate.db"), show_default=True, help="SQLite database file.",
+    "--database",
+    env="DATABASE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("sqlstate.db"),
+    show_default=True,
+    help="SQLite database file.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 # How to connect to Kafka, for every command that does. Passwords come only from the environment
 # (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD), never from a flag that `ps` would show.
 _security_options = [
-    _option("--security-protocol", env="SECURITY_PROTOCOL", type=click.Choice(SECURITY_PROTOCOLS),
-            default="PLAINTEXT", show_default=True, help="Kafka security protocol."),
-    _option("--sasl-mechanism", env="SASL_MECHANISM", type=click.Choice(SASL_MECHANISMS),
-            help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only."),
+    _option(
+        "--security-protocol",
+        env="SECURITY_PROTOCOL",
+        type=click.Choice(SECURITY_PROTOCOLS),
+        default="PLAINTEXT",
+        show_default=True,
+        help="Kafka security protocol.",
+    ),
+    _option(
+        "--sasl-mechanism",
+        env="SASL_MECHANISM",
+        type=click.Choice(SASL_MECHANISMS),
+        help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only.",
+    ),
     _option("--sasl-username", env="SASL_USERNAME", help="SASL user name."),
-    _option("--ssl-cafile", env="SSL_CAFILE", type=click.Path(dir_okay=False, path_type=Path),
-            help="CA certificates to verify the brokers (PEM)."),
-    _option("--ssl-certfile", env="SSL_CERTFILE",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Client certificate (PEM). Its key password: SQLSTATE_SSL_PASSWORD."),
-    _option("--ssl-keyfile", env="SSL_KEYFILE", type=click.Path(dir_okay=False, path_type=Path),
-            help="Client private key (PEM)."),
+    _option(
+        "--ssl-cafile",
+        env="SSL_CAFILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="CA certificates to verify the brokers (PEM).",
+    ),
+    _option(
+        "--ssl-certfile",
+        env="SSL_CERTFILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Client certificate (PEM). Its key password: SQLSTATE_SSL_PASSWORD.",
+    ),
+    _option(
+        "--ssl-keyfile",
+        env="SSL_KEYFILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Client private key (PEM).",
+    ),
 ]
 
 
@@ -102,55 +127,148 @@ def _secret(name: str) -> str | None:
 @click.version_option(__version__, prog_name="sqlstate")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: aiokafka's too).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-@_option("--log-format", env="LOG_FORMAT", type=click.Choice(["text", "json"]), default="text",
-         show_default=True, help="Log lines as text, or one JSON object per line.")
+@_option(
+    "--log-format",
+    env="LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object per line.",
+)
 def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     """Consume Kafka topics into SQLite state, exactly once."""
     logs.configure(-1 if quiet else verbose, log_format)
 
 
 @main.command()
-@_option("--bootstrap-servers", "-b", env="BOOTSTRAP_SERVERS", default="127.0.0.1:9092",
-         show_default=True, help="Kafka bootstrap servers, comma-separated.")
-@_option("--topic", "-t", "topics", env="TOPIC", multiple=True, required=True,
-         help="Topic to consume; repeat, or separate with commas or spaces.")
+@_option(
+    "--bootstrap-servers",
+    "-b",
+    env="BOOTSTRAP_SERVERS",
+    default="127.0.0.1:9092",
+    show_default=True,
+    help="Kafka bootstrap servers, comma-separated.",
+)
+@_option(
+    "--topic",
+    "-t",
+    "topics",
+    env="TOPIC",
+    multiple=True,
+    required=True,
+    help="Topic to consume; repeat, or separate with commas or spaces.",
+)
 @_option("--group-id", "-g", env="GROUP_ID", required=True, help="Kafka consumer group.")
 @database_option
-@_option("--out-of-range", env="OUT_OF_RANGE", type=click.Choice(["reset", "fail"]),
-         default="reset", show_default=True,
-         help="When a stored position is gone from Kafka: rebuild that partition from the earliest"
-         " offset, or stop with exit code 5.")
-@_option("--isolation-level", env="ISOLATION_LEVEL",
-         type=click.Choice(["read_committed", "read_uncommitted"]), default="read_committed",
-         show_default=True, help="read_committed never counts records of aborted transactions.")
-@_option("--max-records", env="MAX_RECORDS", type=click.IntRange(min=1), default=30_000,
-         show_default=True, help="Most records per batch (one transaction each).")
-@_option("--client-id", env="CLIENT_ID", default="sqlstate", show_default=True,
-         help="Kafka client id; also names the owner in the positions table.")
-@_option("--session-timeout-ms", env="SESSION_TIMEOUT_MS", type=click.IntRange(min=1),
-         default=10_000, show_default=True, help="Kafka group session timeout.")
-@_option("--max-poll-interval-ms", env="MAX_POLL_INTERVAL_MS", type=click.IntRange(min=1),
-         default=300_000, show_default=True, help="Kafka max poll interval.")
-@_option("--busy-timeout", env="BUSY_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
-         default=5.0, show_default=True, help="Seconds to wait for a locked database each try.")
-@_option("--connect-timeout", env="CONNECT_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
-         default=30.0, show_default=True, help="Seconds to reach Kafka at start.")
-@_option("--shutdown-timeout", env="SHUTDOWN_TIMEOUT",
-         type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-         help="Seconds to leave the group on stop.")
-@_option("--integrity-check/--no-integrity-check", env="INTEGRITY_CHECK", default=True,
-         show_default=True, help="Run PRAGMA quick_check on the database at start.")
+@_option(
+    "--out-of-range",
+    env="OUT_OF_RANGE",
+    type=click.Choice(["reset", "fail"]),
+    default="reset",
+    show_default=True,
+    help="When a stored position is gone from Kafka: rebuild that partition from the earliest"
+    " offset, or stop with exit code 5.",
+)
+@_option(
+    "--isolation-level",
+    env="ISOLATION_LEVEL",
+    type=click.Choice(["read_committed", "read_uncommitted"]),
+    default="read_committed",
+    show_default=True,
+    help="read_committed never counts records of aborted transactions.",
+)
+@_option(
+    "--max-records",
+    env="MAX_RECORDS",
+    type=click.IntRange(min=1),
+    default=30_000,
+    show_default=True,
+    help="Most records per batch (one transaction each).",
+)
+@_option(
+    "--client-id",
+    env="CLIENT_ID",
+    default="sqlstate",
+    show_default=True,
+    help="Kafka client id; also names the owner in the positions table.",
+)
+@_option(
+    "--session-timeout-ms",
+    env="SESSION_TIMEOUT_MS",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Kafka group session timeout.",
+)
+@_option(
+    "--max-poll-interval-ms",
+    env="MAX_POLL_INTERVAL_MS",
+    type=click.IntRange(min=1),
+    default=300_000,
+    show_default=True,
+    help="Kafka max poll interval.",
+)
+@_option(
+    "--busy-timeout",
+    env="BUSY_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for a locked database each try.",
+)
+@_option(
+    "--connect-timeout",
+    env="CONNECT_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to reach Kafka at start.",
+)
+@_option(
+    "--shutdown-timeout",
+    env="SHUTDOWN_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to leave the group on stop.",
+)
+@_option(
+    "--integrity-check/--no-integrity-check",
+    env="INTEGRITY_CHECK",
+    default=True,
+    show_default=True,
+    help="Run PRAGMA quick_check on the database at start.",
+)
 @security_options
-@_option("--metrics-port", env="METRICS_PORT", type=click.IntRange(0, 65535),
-         help="Serve Prometheus /metrics and /healthz on this port (0: any free port).")
-@_option("--metrics-host", env="METRICS_HOST", default="127.0.0.1", show_default=True,
-         help="Address for --metrics-port; 0.0.0.0 for every interface.")
-@_option("--progress-interval", env="PROGRESS_INTERVAL",
-         type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-         help="Seconds between progress lines while catching up.")
-@_option("--stall-timeout", env="STALL_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
-         default=60.0, show_default=True,
-         help="Seconds of lag without progress, or out of the group, before /healthz fails.")
+@_option(
+    "--metrics-port",
+    env="METRICS_PORT",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics and /healthz on this port (0: any free port).",
+)
+@_option(
+    "--metrics-host",
+    env="METRICS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --metrics-port; 0.0.0.0 for every interface.",
+)
+@_option(
+    "--progress-interval",
+    env="PROGRESS_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between progress lines while catching up.",
+)
+@_option(
+    "--stall-timeout",
+    env="STALL_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds of lag without progress, or out of the group, before /healthz fails.",
+)
 @reports_errors
 def run(topics: tuple[str, ...], **options: Any) -> None:
     """Consume TOPICs into the database until SIGTERM or SIGINT."""
@@ -180,11 +298,15 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
     if as_json:
         click.echo(output.as_json(rows))
         return
-    click.echo(output.table(
-        ["migration", "status"],
-        [[r["name"], f"applied {r['applied_at']}" if r["applied_at"] else "pending"]
-         for r in rows],
-    ))
+    click.echo(
+        output.table(
+            ["migration", "status"],
+            [
+                [r["name"], f"applied {r['applied_at']}" if r["applied_at"] else "pending"]
+                for r in rows
+            ],
+        )
+    )
     if not list_only:
         click.echo(f"applied {len(applied)} migration(s)", err=True)
 
@@ -192,33 +314,55 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
 @main.command()
 @database_option
 @click.option("--topic", "-t", help="Only this topic.")
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
-              help="How many keys, highest counts first.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many keys, highest counts first.",
+)
 @json_option
 @reports_errors
 def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
     """Show the highest message counts per key (from the ``counts`` view)."""
     rows = asyncio.run(inspect.top_counts(database, topic, top))
     if as_json:
-        click.echo(output.as_json(
-            [{"topic": r.topic, "key": output.key_json(r.key), "count": r.count} for r in rows]
-        ))
+        click.echo(
+            output.as_json(
+                [{"topic": r.topic, "key": output.key_json(r.key), "count": r.count} for r in rows]
+            )
+        )
         return
-    click.echo(output.table(["topic", "key", "count"],
-                            [[r.topic, output.key_text(r.key), r.count] for r in rows]))
+    click.echo(
+        output.table(
+            ["topic", "key", "count"], [[r.topic, output.key_text(r.key), r.count] for r in rows]
+        )
+    )
 
 
 @main.command()
 @database_option
-@_option("--bootstrap-servers", "-b", env="OFFSETS_BOOTSTRAP_SERVERS",
-         help="Also ask Kafka for log-end offsets and show the lag.")
-@click.option("--isolation-level", type=click.Choice(["read_committed", "read_uncommitted"]),
-              default="read_committed", show_default=True, help="End offsets as seen this way.")
+@_option(
+    "--bootstrap-servers",
+    "-b",
+    env="OFFSETS_BOOTSTRAP_SERVERS",
+    help="Also ask Kafka for log-end offsets and show the lag.",
+)
+@click.option(
+    "--isolation-level",
+    type=click.Choice(["read_committed", "read_uncommitted"]),
+    default="read_committed",
+    show_default=True,
+    help="End offsets as seen this way.",
+)
 @security_options
 @json_option
 @reports_errors
 def offsets(
-    database: Path, bootstrap_servers: str | None, isolation_level: str, as_json: bool,
+    database: Path,
+    bootstrap_servers: str | None,
+    isolation_level: str,
+    as_json: bool,
     **security: Any,
 ) -> None:
     """Show each partition's stored position, owner and last update."""
@@ -228,9 +372,12 @@ def offsets(
     )
     rows = [
         {
-            "topic": r.position.topic, "partition": r.position.partition,
-            "next_offset": r.position.next_offset, "epoch": r.position.epoch,
-            "owner": r.position.owner, "updated_at": r.position.updated_at,
+            "topic": r.position.topic,
+            "partition": r.position.partition,
+            "next_offset": r.position.next_offset,
+            "epoch": r.position.epoch,
+            "owner": r.position.owner,
+            "updated_at": r.position.updated_at,
             "log_end_offset": r.position.log_end_offset,
             **({"end_offset": r.end_offset, "lag": r.lag} if bootstrap_servers else {}),
         }

@@ -130,7 +130,9 @@ class BatchLoop:
         return positions
 
     def _advances(
-        self, batch: Batch, positions: Mapping[TopicPartition, int],
+        self,
+        batch: Batch,
+        positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
     ) -> list[PartitionAdvance]:
         """Each claimed partition that moved: its unseen records and its new position.
@@ -194,7 +196,9 @@ class BatchLoop:
         self._stats.batches += 1
         logger.debug(
             "committed %d records over %d partitions in %.3f ms",
-            committed, len(advances), commit_seconds * 1000,
+            committed,
+            len(advances),
+            commit_seconds * 1000,
         )
         return set(fenced)
 
@@ -208,7 +212,10 @@ class BatchLoop:
             logger.warning(
                 "position of %s-%d moved to %d while we expected %d; dropped %d records and"
                 " re-seeked",
-                tp.topic, tp.partition, row.next_offset, advance.expected_offset,
+                tp.topic,
+                tp.partition,
+                row.next_offset,
+                advance.expected_offset,
                 len(advance.records),
             )
             self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
@@ -217,10 +224,13 @@ class BatchLoop:
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
         logger.warning(
-            "fenced on %s-%d: claimed by %s with epoch %s (ours %d); dropped a batch of %d"
-            " records",
-            tp.topic, tp.partition, row.owner if row else "nobody", row.epoch if row else "-",
-            advance.epoch, len(advance.records),
+            "fenced on %s-%d: claimed by %s with epoch %s (ours %d); dropped a batch of %d records",
+            tp.topic,
+            tp.partition,
+            row.owner if row else "nobody",
+            row.epoch if row else "-",
+            advance.epoch,
+            len(advance.records),
         )
         self._ownership.claims.pop(tp, None)
         self._consumer.pause(tp)
@@ -248,8 +258,14 @@ class BatchLoop:
                 # offset that exists (AIOKAFKA-NOTES.md 14). The log's bounds decide.
                 keeper = self._out_of_range_keeper
                 bounds = (await keeper.bounds([tp], broker_says_out_of_range=True))[tp]
-                logger.info("%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
-                            tp.topic, tp.partition, fetch_offset, bounds.first, bounds.end)
+                logger.info(
+                    "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
+                    tp.topic,
+                    tp.partition,
+                    fetch_offset,
+                    bounds.first,
+                    bounds.end,
+                )
                 resolved = await self._out_of_range_keeper.resolve(tp, claim, bounds)
                 if resolved is None:
                     self._ownership.claims.pop(tp, None)

@@ -53,9 +53,7 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
         if stop.is_set():
             logger.warning("second %s: exiting now", signal.Signals(signum).name)
             os._exit(EXIT_FORCED)
-        logger.info(
-            "%s: finishing the batch in flight, then stopping", signal.Signals(signum).name
-        )
+        logger.info("%s: finishing the batch in flight, then stopping", signal.Signals(signum).name)
         stop.set()
         for callback in on_stop:
             callback()
@@ -88,7 +86,8 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
             refused = None
             if isinstance(error, KafkaConnectionError):
                 refused = await refusal(
-                    settings.bootstrap_servers, settings.security,
+                    settings.bootstrap_servers,
+                    settings.security,
                     max(1.0, deadline - time.monotonic()),
                 )
             if refused:
@@ -140,8 +139,13 @@ async def run(settings: Settings) -> None:
                 logger.info(
                     "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
                     " topics %s; group %s; record parser: %s",
-                    __version__, aiokafka.__version__, aiosqlite.__version__,
-                    sqlite3.sqlite_version, store.path, schema, ", ".join(settings.topics),
+                    __version__,
+                    aiokafka.__version__,
+                    aiosqlite.__version__,
+                    sqlite3.sqlite_version,
+                    store.path,
+                    schema,
+                    ", ".join(settings.topics),
                     settings.group_id,
                     "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
                 )
@@ -168,7 +172,11 @@ async def _consume(
     ownership = Ownership()
     processors = Processors([KeyCounter()])
     keeper = OutOfRangePolicyKeeper(
-        consumer, store, settings.out_of_range, processors.discard, stats,
+        consumer,
+        store,
+        settings.out_of_range,
+        processors.discard,
+        stats,
         settings.isolation_level,
     )
     listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)

@@ -73,9 +73,7 @@ async def positions(
             security or Security(),
             timeout_s,
         )
-    return [
-        PositionReport(p, ends.get(TopicPartition(p.topic, p.partition))) for p in stored
-    ]
+    return [PositionReport(p, ends.get(TopicPartition(p.topic, p.partition))) for p in stored]
 
 
 async def _end_offsets(
@@ -86,8 +84,10 @@ async def _end_offsets(
     timeout_s: float,
 ) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, isolation_level=isolation_level,
-        enable_auto_commit=False, **security_options(security),
+        bootstrap_servers=bootstrap_servers,
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+        **security_options(security),
     )
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)

@@ -95,8 +95,11 @@ async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) 
                 create_conn(host, port, client_id="sqlstate", **security_options(security)),
                 timeout_s,
             )
-        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError,
-                IllegalSaslStateError) as error:
+        except (
+            SaslAuthenticationFailed,
+            UnsupportedSaslMechanismError,
+            IllegalSaslStateError,
+        ) as error:
             return (
                 f"Kafka at {host}:{port} refused the SASL login of {security.sasl_username!r}"
                 f" with {security.sasl_mechanism}: {error}; check --sasl-mechanism,"

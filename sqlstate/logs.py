@@ -43,7 +43,8 @@ class SaslRequestRedactor(logging.Filter):
         if record.name == "aiokafka.conn" and isinstance(record.args, tuple):
             record.args = tuple(
                 f"{type(arg).__name__}(<redacted>)"
-                if type(arg).__name__.startswith("SaslAuthenticateRequest") else arg
+                if type(arg).__name__.startswith("SaslAuthenticateRequest")
+                else arg
                 for arg in record.args
             )
         return True

@@ -59,12 +59,21 @@ class _StateCollector:
             ("records_consumed", stats.records, "Records counted and committed."),
             ("batches_committed", stats.batches, "Batch transactions committed."),
             ("rebalances", stats.rebalances, "Partition assignments received from the group."),
-            ("fenced_batches", stats.fenced_batches,
-             "Partition batches dropped because another owner claimed or moved the partition."),
-            ("out_of_range_resets", stats.out_of_range_resets,
-             "Partitions rebuilt from the earliest offset after their position left the log."),
-            ("database_busy_retries", self._store.busy_retries,
-             "Transactions retried because another connection held the database lock."),
+            (
+                "fenced_batches",
+                stats.fenced_batches,
+                "Partition batches dropped because another owner claimed or moved the partition.",
+            ),
+            (
+                "out_of_range_resets",
+                stats.out_of_range_resets,
+                "Partitions rebuilt from the earliest offset after their position left the log.",
+            ),
+            (
+                "database_busy_retries",
+                self._store.busy_retries,
+                "Transactions retried because another connection held the database lock.",
+            ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
 
@@ -87,12 +96,14 @@ class _StateCollector:
         yield lag
         yield position
         yield GaugeMetricFamily(
-            "sqlstate_assigned_partitions", "Partitions this consumer has claimed.",
+            "sqlstate_assigned_partitions",
+            "Partitions this consumer has claimed.",
             value=len(lags),
         )
         health = self._health()
         yield GaugeMetricFamily(
-            "sqlstate_in_group", "1 while the consumer is a member of its group.",
+            "sqlstate_in_group",
+            "1 while the consumer is a member of its group.",
             value=int(health.in_group),
         )
         yield GaugeMetricFamily(
@@ -174,8 +185,13 @@ class StatusServer:
             status, headers, body, send_body = self._answer(head.decode("latin-1"))
             writer.write(_response(status, headers, body if send_body else b"", len(body)))
             await writer.drain()
-        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError) as error:
+        except (
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as error:
             logger.debug("metrics request dropped: %r", error)
         except Exception:
             # A bug in a collector must not go unseen, nor take the endpoint down.
@@ -197,8 +213,12 @@ class StatusServer:
             if name.strip().lower() == "accept":
                 accept = value.strip()
         if method not in ("GET", "HEAD"):
-            return (HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": "GET, HEAD"},
-                    b"only GET and HEAD\n", True)
+            return (
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                {"Allow": "GET, HEAD"},
+                b"only GET and HEAD\n",
+                True,
+            )
         send_body = method == "GET"
         if path == "/metrics":
             body, content_type = self._metrics.exposition(accept)
@@ -208,8 +228,12 @@ class StatusServer:
             status = HTTPStatus.OK if health.healthy else HTTPStatus.SERVICE_UNAVAILABLE
             body = json.dumps(health.as_json()).encode() + b"\n"
             return status, {"Content-Type": "application/json"}, body, send_body
-        return (HTTPStatus.NOT_FOUND, {"Content-Type": "text/plain"},
-                b"try /metrics or /healthz\n", send_body)
+        return (
+            HTTPStatus.NOT_FOUND,
+            {"Content-Type": "text/plain"},
+            b"try /metrics or /healthz\n",
+            send_body,
+        )
 
 
 def _response(status: HTTPStatus, headers: dict[str, str], body: bytes, length: int) -> bytes:

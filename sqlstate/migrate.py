@@ -85,8 +85,9 @@ async def list_status(store: Store) -> list[MigrationStatus]:
     exists = await store.fetchall("migrations_table_exists")
     applied: dict[str, str] = {}
     if exists[0][0]:
-        applied = {row["name"]: row["applied_at"] for row in await store.fetchall(
-            "applied_migrations")}
+        applied = {
+            row["name"]: row["applied_at"] for row in await store.fetchall("applied_migrations")
+        }
     _check_not_newer(applied, known, store)
     return [MigrationStatus(m.name, applied.get(m.name)) for m in known]
 

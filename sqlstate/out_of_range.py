@@ -94,13 +94,19 @@ class OutOfRangePolicyKeeper:
         ):
             logger.warning(
                 "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
-                tp.topic, tp.partition,
+                tp.topic,
+                tp.partition,
             )
             return None
         self._stats.out_of_range_resets += 1
         logger.warning(
             "%s-%d: stored position %d is outside the log [%d, %d); discarded the partition's"
             " state and restarted it from offset %d",
-            tp.topic, tp.partition, claim.next_offset, bounds.first, bounds.end, bounds.first,
+            tp.topic,
+            tp.partition,
+            claim.next_offset,
+            bounds.first,
+            bounds.end,
+            bounds.first,
         )
         return Claim(bounds.first, claim.epoch)

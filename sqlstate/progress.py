@@ -70,7 +70,9 @@ class ProgressLog:
         unknown = sum(1 for partition in lags.values() if partition.lag is None)
         logger.info(
             "catching up: %.0f records/s, lag %d records over %d partitions%s, %s",
-            rate, lag, len(lags),
+            rate,
+            lag,
+            len(lags),
             f" ({unknown} not fetched yet)" if unknown else "",
             f"about {duration(lag / shrinking)} to go" if shrinking > 0 else "lag not falling",
         )
@@ -80,7 +82,9 @@ class ProgressLog:
         if records > self._behind_records:
             logger.info(
                 "caught up: %d partitions at their log end; %d records in %s",
-                partitions, records - self._behind_records, duration(now - self._behind_since),
+                partitions,
+                records - self._behind_records,
+                duration(now - self._behind_since),
             )
         else:
             logger.info("caught up: %d partitions at their log end", partitions)

@@ -86,7 +86,8 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._claim(assigned)
         except BaseException as error:
             self._on_fatal(
-                error if isinstance(error, SqlstateError)
+                error
+                if isinstance(error, SqlstateError)
                 else RebalanceError(f"claiming partitions {describe(assigned)} failed: {error!r}")
             )
             raise

@@ -115,8 +115,13 @@ class Settings:
             problems.append("--metrics-port must be between 0 and 65535")
         if not self.metrics_host:
             problems.append("--metrics-host must not be empty")
-        for name in ("busy_timeout_s", "connect_timeout_s", "shutdown_timeout_s",
-                     "progress_interval_s", "stall_timeout_s"):
+        for name in (
+            "busy_timeout_s",
+            "connect_timeout_s",
+            "shutdown_timeout_s",
+            "progress_interval_s",
+            "stall_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems

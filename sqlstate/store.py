@@ -40,9 +40,11 @@ def utc_now() -> str:
 def is_busy(error: BaseException) -> bool:
     """Whether a SQLite error only means another connection holds the lock."""
     code = getattr(error, "sqlite_errorcode", None)
-    return isinstance(error, sqlite3.OperationalError) and code is not None and (
-        code & 0xFF
-    ) in _BUSY_CODES
+    return (
+        isinstance(error, sqlite3.OperationalError)
+        and code is not None
+        and (code & 0xFF) in _BUSY_CODES
+    )
 
 
 @dataclass(frozen=True)
@@ -385,8 +387,9 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        return Position(tp.topic, tp.partition, row["next_offset"], row["epoch"], row["owner"],
-                        None, "")
+        return Position(
+            tp.topic, tp.partition, row["next_offset"], row["epoch"], row["owner"], None, ""
+        )
 
     async def commit_batch(
         self, advances: Sequence[PartitionAdvance], prepare: PrepareWrites

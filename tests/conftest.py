@@ -96,9 +96,14 @@ def secure_listeners(kafka_bootstrap: str) -> SecureListeners:
     control = BrokerControl(kafka_bootstrap)
     state = control.load_state()
     if state is None or not (state.sasl_bootstrap and state.ssl_bootstrap and state.tls_dir):
-        whose = "external (not in .run/kafka/state.json)" if state is None else (
-            "run by Docker, whose compose file has no secure listeners; use KAFKA_RUNNER=native"
-            if state.runner == "docker" else "from a harness without secure listeners"
+        whose = (
+            "external (not in .run/kafka/state.json)"
+            if state is None
+            else (
+                "run by Docker, whose compose file has no secure listeners; use KAFKA_RUNNER=native"
+                if state.runner == "docker"
+                else "from a harness without secure listeners"
+            )
         )
         pytest.fail(
             f"the security tests need the SASL_PLAINTEXT and SSL listeners of the broker "

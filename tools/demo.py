@@ -65,9 +65,11 @@ def caught_up(database: Path, topic: str, ends: dict[int, int]) -> bool:
         return False
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-            rows = dict(conn.execute(
-                "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
-            ).fetchall())
+            rows = dict(
+                conn.execute(
+                    "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
+                ).fetchall()
+            )
     except sqlite3.OperationalError:
         return False
     return all(rows.get(partition, -1) >= end for partition, end in ends.items())
@@ -81,8 +83,20 @@ def main() -> int:
     args = parser.parse_args()
     topic = "test"
     ends = asyncio.run(prepare(args.bootstrap, topic, args.messages))
-    command = [sys.executable, "-m", "sqlstate", "run", "--bootstrap-servers", args.bootstrap,
-               "--topic", topic, "--group-id", "sqlstate-demo", "--database", str(args.database)]
+    command = [
+        sys.executable,
+        "-m",
+        "sqlstate",
+        "run",
+        "--bootstrap-servers",
+        args.bootstrap,
+        "--topic",
+        topic,
+        "--group-id",
+        "sqlstate-demo",
+        "--database",
+        str(args.database),
+    ]
     print("$", " ".join(["sqlstate", *command[3:]]))
     daemon = subprocess.Popen(command)
     try:
@@ -96,7 +110,7 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     sqlite3_cli = shutil.which("sqlite3")
-    print(f"\n$ sqlite3 -header -column {args.database} \"{QUERY}\"")
+    print(f'\n$ sqlite3 -header -column {args.database} "{QUERY}"')
     if sqlite3_cli is None:
         print("(the sqlite3 command-line tool is not installed; apt-get install sqlite3)")
         return 1

@@ -397,18 +397,66 @@ def make_tls_files(directory: Path, host: str) -> None:
             raise BrokerError(f"openssl {arguments[0]} failed", result.stderr[-2000:])
 
     days = str(TLS_DAYS)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", days, "-subj", "/CN=sqlstate test CA")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        days,
+        "-subj",
+        "/CN=sqlstate test CA",
+    )
     for name in ("broker", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN=sqlstate test {name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", days, "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=sqlstate test {name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            days,
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
+        )
     broker_pem = [directory / name for name in ("broker.key", "broker.crt", "ca.pem")]
     (directory / "broker.pem").write_text("".join(path.read_text() for path in broker_pem))
     (directory / "client.pem").write_text((directory / "client.crt").read_text())
-    run("pkcs8", "-topk8", "-in", "client.key", "-out", "client-encrypted.key",
-        "-v2", "aes-256-cbc", "-passout", f"pass:{CLIENT_KEY_PASSWORD}")
+    run(
+        "pkcs8",
+        "-topk8",
+        "-in",
+        "client.key",
+        "-out",
+        "client-encrypted.key",
+        "-v2",
+        "aes-256-cbc",
+        "-passout",
+        f"pass:{CLIENT_KEY_PASSWORD}",
+    )
     (directory / "client-encrypted.key").replace(directory / "client.key")
 
 

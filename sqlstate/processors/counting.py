@@ -56,9 +56,7 @@ class KeyCounter:
                         single_rows.append((tp.topic, tp.partition, stored, count))
                 document = _dumps(text_counts) if text_counts else None
             if document is not None:
-                documents.append(
-                    {"topic": tp.topic, "partition": tp.partition, "counts": document}
-                )
+                documents.append({"topic": tp.topic, "partition": tp.partition, "counts": document})
         writes = []
         if documents:
             writes.append(Write("upsert_partition_key_counts", documents))

@@ -20,8 +20,11 @@ DOWN_S = 8.0
 
 
 async def test_broker_kill_and_restart_while_running(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
-    group_id: str, broker_control: AsyncBrokerControl,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    broker_control: AsyncBrokerControl,
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
@@ -53,8 +56,11 @@ async def test_broker_kill_and_restart_while_running(
 
 
 async def test_daemon_started_while_the_broker_is_down_waits_for_it(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
-    group_id: str, broker_control: AsyncBrokerControl,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    broker_control: AsyncBrokerControl,
 ) -> None:
     """A daemon (re)started during a broker restart keeps trying for --connect-timeout."""
     topic = await topic_factory(partitions=2)

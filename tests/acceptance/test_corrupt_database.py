@@ -71,8 +71,12 @@ def test_corrupt_database_is_refused_and_left_unchanged(
 ) -> None:
     database = tmp_path / "state.db"
     sqlstate = [sys.executable, "-m", "sqlstate"]
-    subprocess.run([*sqlstate, "migrate", "--database", str(database)], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*sqlstate, "migrate", "--database", str(database)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     subprocess.run([sys.executable, "-c", POPULATE, str(database), wal], check=True, timeout=60)
     assert Path(f"{database}-wal").exists() == (wal == "keep_wal")
 
@@ -85,9 +89,21 @@ def test_corrupt_database_is_refused_and_left_unchanged(
     before = digests(database)
 
     result = subprocess.run(
-        [*sqlstate, "run", "--bootstrap-servers", kafka_bootstrap, "--topic", "t",
-         "--group-id", "g", "--database", str(database)],
-        capture_output=True, text=True, timeout=60,
+        [
+            *sqlstate,
+            "run",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            "t",
+            "--group-id",
+            "g",
+            "--database",
+            str(database),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 3, result.stderr

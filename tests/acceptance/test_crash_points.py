@@ -38,14 +38,24 @@ async def crashed(victim: Daemon) -> None:
 
 @pytest.mark.parametrize("point", sorted(CYCLE_POINTS))
 async def test_crash_at_a_point_of_the_cycle_then_restart(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
-    group_id: str, point: str,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    point: str,
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
     await produce(kafka_bootstrap, topic, 600, partitions=3, seed=1)
-    victim = daemon(kafka_bootstrap, topic, group_id, database, name="victim",
-                    fault=point, at=CYCLE_POINTS[point]).start()
+    victim = daemon(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        name="victim",
+        fault=point,
+        at=CYCLE_POINTS[point],
+    ).start()
     survivor = daemon(kafka_bootstrap, topic, group_id, database, name="restarted")
     try:
         await crashed(victim)
@@ -65,14 +75,17 @@ async def test_crash_at_a_point_of_the_cycle_then_restart(
 
 
 async def test_crash_inside_the_revoke_callback_then_restart(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
     await produce(kafka_bootstrap, topic, 3000, partitions=3, seed=3)
-    victim = daemon(kafka_bootstrap, topic, group_id, database, name="victim",
-                    fault="in_revoke", at=1).start()
+    victim = daemon(
+        kafka_bootstrap, topic, group_id, database, name="victim", fault="in_revoke", at=1
+    ).start()
     other = daemon(kafka_bootstrap, topic, group_id, database, name="other")
     again = daemon(kafka_bootstrap, topic, group_id, database, name="restarted")
     try:

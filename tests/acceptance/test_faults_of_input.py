@@ -39,15 +39,18 @@ async def catch_up(daemon: Daemon, bootstrap: str, topic: str) -> None:
 
 @pytest.mark.parametrize("policy", ["reset", "fail"])
 async def test_records_deleted_below_the_stored_position(
-    policy: str, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str,
-    tmp_path: Path, daemons: list[Daemon],
+    policy: str,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
     first = keyed_messages(3_000, partitions=3, seed=5)
     await produce_keyed(kafka_bootstrap, topic, first)
     database = tmp_path / "state.db"
-    daemon = Daemon(kafka_bootstrap, [topic], group_id, database,
-                    "--out-of-range", policy).start()
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, "--out-of-range", policy).start()
     daemons.append(daemon)
     await catch_up(daemon, kafka_bootstrap, topic)
     assert await daemon.terminate() == 0
@@ -80,12 +83,16 @@ async def test_records_deleted_below_the_stored_position(
 
 
 async def test_aborted_transactions_are_not_counted(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=2)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap,
-                                transactional_id=f"{group_id}-tx")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{group_id}-tx"
+    )
     await producer.start()
     committed: Counter[tuple[int, str | bytes | None]] = Counter()
     try:
@@ -141,7 +148,8 @@ async def test_not_a_database_and_newer_schema_are_left_untouched(
 
     newer = tmp_path / "newer.db"
     process = await asyncio.create_subprocess_exec(
-        "sqlite3", str(newer),
+        "sqlite3",
+        str(newer),
         "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL);"
         " INSERT INTO schema_migrations VALUES ('0999_future.sql', 'x');",
     )

@@ -41,8 +41,14 @@ async def test_full_disk_stops_cleanly_and_recovers_after_restart(
     topic = await topic_factory(partitions=2)
     database = tmp_path / "state.db"
     await produce_large_keys(kafka_bootstrap, topic, 400, start=0)
-    full = daemon(kafka_bootstrap, topic, group_id, database, name="full",
-                  wrapper_args=["--max-page-count-slack", str(ROOM_PAGES)]).start()
+    full = daemon(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        name="full",
+        wrapper_args=["--max-page-count-slack", str(ROOM_PAGES)],
+    ).start()
     again = daemon(kafka_bootstrap, topic, group_id, database, name="again")
     try:
         assert await full.wait(60) == 3, full.log()[-3000:]

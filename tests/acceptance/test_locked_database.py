@@ -19,7 +19,9 @@ LOCK_HELD_S = 5.0
 
 
 async def test_locked_database_is_waited_for_then_caught_up(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=3)

@@ -34,7 +34,6 @@ OBSERVED = ("--metrics-port", "0")
 SERVING = re.compile(r"serving (http://[0-9.]+:\d+)/metrics")
 
 
-
 async def eventually(
     check: Callable[[], Awaitable[Any]], timeout: float, what: str, daemon: Daemon
 ) -> Any:
@@ -61,7 +60,11 @@ async def endpoint(daemon: Daemon, timeout: float = 30) -> str:
 
 
 async def observed_daemon(
-    kafka_bootstrap: str, topic: str, group_id: str, database: Path, daemons: list[Daemon],
+    kafka_bootstrap: str,
+    topic: str,
+    group_id: str,
+    database: Path,
+    daemons: list[Daemon],
     *extra_args: str,
 ) -> tuple[Daemon, str]:
     """A daemon serving /metrics and /healthz, started and healthy; and its base URL."""
@@ -118,7 +121,10 @@ def lags(samples: Samples) -> dict[str, float]:
 
 
 async def test_metrics_move_and_lag_falls_to_zero(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
@@ -162,15 +168,27 @@ async def test_metrics_move_and_lag_falls_to_zero(
 
 
 async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     """Another connection holds the database's write lock: lag stands still, then moves."""
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
     daemon, base = await observed_daemon(
-        kafka_bootstrap, topic, group_id, database, daemons,
-        "--stall-timeout", "3", "--progress-interval", "1", "--busy-timeout", "0.5",
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        daemons,
+        "--stall-timeout",
+        "3",
+        "--progress-interval",
+        "1",
+        "--busy-timeout",
+        "0.5",
     )
 
     messages = keyed_messages(3_000, partitions=3, odd=False)
@@ -202,7 +220,8 @@ async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
     assert "INFO    sqlstate.health: healthy again: caught up" in log
     assert re.search(
         r"INFO +sqlstate\.progress: catching up: 0 records/s, lag \d+ records over 3"
-        r" partitions, lag not falling", log,
+        r" partitions, lag not falling",
+        log,
     )
     assert re.search(
         r"INFO +sqlstate\.progress: caught up: 3 partitions at their log end; 3000 records in",
@@ -213,8 +232,12 @@ async def test_stalled_positions_turn_healthz_unhealthy_and_progress_is_logged(
 
 
 async def test_healthz_follows_the_broker(
-    kafka_bootstrap: str, broker_control: AsyncBrokerControl, topic_factory: TopicFactory,
-    group_id: str, tmp_path: Path, daemons: list[Daemon],
+    kafka_bootstrap: str,
+    broker_control: AsyncBrokerControl,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
     database = tmp_path / "state.db"
@@ -246,9 +269,17 @@ async def test_healthz_follows_the_broker(
 async def offsets_command(database: Path, bootstrap: str) -> dict[int, dict[str, Any]]:
     """``sqlstate offsets --bootstrap-servers ... --json``, as a user runs it."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sqlstate", "offsets", "--database", str(database),
-        "--bootstrap-servers", bootstrap, "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sqlstate",
+        "offsets",
+        "--database",
+        str(database),
+        "--bootstrap-servers",
+        bootstrap,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
         out, err = await process.communicate()
@@ -268,16 +299,17 @@ def progress_view(database: Path, topic: str) -> dict[int, dict[str, Any]]:
 
 
 async def test_progress_view_matches_the_offsets_command(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=4)
     database = tmp_path / "state.db"
     messages = keyed_messages(20_000, partitions=3, odd=False)  # partition 3 stays empty
     await produce_keyed(kafka_bootstrap, topic, messages)
-    daemon = Daemon(
-        kafka_bootstrap, [topic], group_id, database, "--max-records", "10"
-    ).start()
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, "--max-records", "10").start()
     daemons.append(daemon)
 
     # Frozen half-way (SIGSTOP, so it cannot finish meanwhile): the view knows the lag as of
@@ -320,7 +352,10 @@ async def test_progress_view_matches_the_offsets_command(
 
 
 async def test_a_second_connection_reads_whole_batches_while_the_daemon_writes(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     """In every snapshot a reader takes, the counts add up to exactly the stored positions."""
@@ -360,7 +395,10 @@ async def test_a_second_connection_reads_whole_batches_while_the_daemon_writes(
 
 
 async def test_json_log_lines_parse(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
@@ -386,18 +424,41 @@ async def test_json_log_lines_parse(
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_the_sasl_password_never_appears_in_the_output(
-    log_format: str, kafka_bootstrap: str, topic: str, group_id: str, tmp_path: Path,
+    log_format: str,
+    kafka_bootstrap: str,
+    topic: str,
+    group_id: str,
+    tmp_path: Path,
 ) -> None:
     """SASL against a PLAINTEXT listener fails at once; -vv logs aiokafka's debug lines too."""
     secret = "s3cret-pa55word-7f3a"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sqlstate", "-vv", "--log-format", log_format, "run",
-        "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,
-        "--database", str(tmp_path / "state.db"), "--connect-timeout", "5",
-        "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN",
-        "--sasl-username", "alice",
+        sys.executable,
+        "-m",
+        "sqlstate",
+        "-vv",
+        "--log-format",
+        log_format,
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        topic,
+        "--group-id",
+        group_id,
+        "--database",
+        str(tmp_path / "state.db"),
+        "--connect-timeout",
+        "5",
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "PLAIN",
+        "--sasl-username",
+        "alice",
         env={**os.environ, "SQLSTATE_SASL_PASSWORD": secret},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     async with asyncio.timeout(60):
         out, _ = await process.communicate()

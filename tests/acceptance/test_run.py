@@ -25,7 +25,10 @@ from tests.support.workload import (
 
 
 async def test_counts_and_positions_are_exact(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
@@ -52,8 +55,11 @@ async def test_counts_and_positions_are_exact(
     assert {(row["topic"], json.dumps(row["key"])): row["count"] for row in top} == {
         (topic, json.dumps(output.key_json(key))): count for key, count in totals.items()
     }
-    offsets = json.loads(sqlstate("offsets", "--database", str(database), "--json",
-                                  "--bootstrap-servers", kafka_bootstrap))
+    offsets = json.loads(
+        sqlstate(
+            "offsets", "--database", str(database), "--json", "--bootstrap-servers", kafka_bootstrap
+        )
+    )
     assert {(r["topic"], r["partition"]): r["next_offset"] for r in offsets} == ends
     assert {r["lag"] for r in offsets} == {0}
 
@@ -67,7 +73,11 @@ def sqlstate(*args: str) -> str:
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
 async def test_stopped_mid_stream_and_restarted_is_exact(
-    how: str, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    how: str,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=3)
@@ -91,7 +101,10 @@ async def test_stopped_mid_stream_and_restarted_is_exact(
 
 
 async def test_daemons_sharing_one_database_join_and_leave(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     topic = await topic_factory(partitions=6)
@@ -99,8 +112,9 @@ async def test_daemons_sharing_one_database_join_and_leave(
     database = tmp_path / "state.db"
 
     def member(name: str) -> Daemon:
-        daemon = Daemon(kafka_bootstrap, [topic], group_id, database, "--max-records", "500",
-                        name=name)
+        daemon = Daemon(
+            kafka_bootstrap, [topic], group_id, database, "--max-records", "500", name=name
+        )
         daemons.append(daemon)
         return daemon
 
@@ -124,7 +138,10 @@ async def test_daemons_sharing_one_database_join_and_leave(
 
 
 async def test_reader_never_sees_a_half_applied_batch(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
     """Offsets here have no gaps, so a partition's counts must always add up to its position."""
@@ -134,7 +151,11 @@ async def test_reader_never_sees_a_half_applied_batch(
     daemon = Daemon(kafka_bootstrap, [topic], group_id, database, "--max-records", "300").start()
     daemons.append(daemon)
     reader = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", READER, str(database), topic,
+        sys.executable,
+        "-c",
+        READER,
+        str(database),
+        topic,
         stdout=asyncio.subprocess.PIPE,
     )
     await produce_keyed(kafka_bootstrap, topic, messages, rate=10000)

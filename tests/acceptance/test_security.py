@@ -35,8 +35,14 @@ def assert_secret_absent(output: str, secret: str) -> None:
 
 
 def sasl_args(secure: SecureListeners, mechanism: str) -> list[str]:
-    return ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", mechanism,
-            "--sasl-username", secure.username]
+    return [
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        mechanism,
+        "--sasl-username",
+        secure.username,
+    ]
 
 
 async def sqlstate(
@@ -44,8 +50,13 @@ async def sqlstate(
 ) -> tuple[int, str, str]:
     """Run the sqlstate command; (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sqlstate", *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sqlstate",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(timeout):
         out, err = await process.communicate()
@@ -54,24 +65,39 @@ async def sqlstate(
 
 
 async def consume_exactly(
-    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path,
-    daemons: list[Daemon], bootstrap: str, security: Sequence[str], env: dict[str, str],
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+    bootstrap: str,
+    security: Sequence[str],
+    env: dict[str, str],
 ) -> Daemon:
     """Produce, run the daemon with ``security`` until caught up, stop it, check the counts."""
     topic = await topic_factory(2)
     messages = keyed_messages(400, partitions=2, keys=40)
     await produce_keyed(kafka_bootstrap, topic, messages)
     database = tmp_path / "state.db"
-    daemon = Daemon(bootstrap, [topic], group_id, database, *security, env=env,
-                    options=VERBOSE_JSON)
+    daemon = Daemon(
+        bootstrap, [topic], group_id, database, *security, env=env, options=VERBOSE_JSON
+    )
     daemons.append(daemon.start())
     await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
     assert await daemon.terminate() == 0, daemon.log()[-3000:]
     assert db_counts(database, topic) == expected(messages)
     # `offsets` connects with the same flags and sees the daemon caught up.
     code, output, errors = await sqlstate(
-        ["offsets", "--database", str(database), "--bootstrap-servers", bootstrap, "--json",
-         *security], env,
+        [
+            "offsets",
+            "--database",
+            str(database),
+            "--bootstrap-servers",
+            bootstrap,
+            "--json",
+            *security,
+        ],
+        env,
     )
     assert code == 0, errors
     assert {(row["partition"], row["lag"]) for row in json.loads(output)} == {(0, 0), (1, 0)}
@@ -80,12 +106,22 @@ async def consume_exactly(
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_the_daemon_consumes_exactly_over_sasl(
-    mechanism: str, secure_listeners: SecureListeners, kafka_bootstrap: str,
-    topic_factory: TopicFactory, group_id: str, tmp_path: Path, daemons: list[Daemon],
+    mechanism: str,
+    secure_listeners: SecureListeners,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
 ) -> None:
     daemon = await consume_exactly(
-        kafka_bootstrap, topic_factory, group_id, tmp_path, daemons,
-        secure_listeners.sasl_bootstrap, sasl_args(secure_listeners, mechanism),
+        kafka_bootstrap,
+        topic_factory,
+        group_id,
+        tmp_path,
+        daemons,
+        secure_listeners.sasl_bootstrap,
+        sasl_args(secure_listeners, mechanism),
         {"SQLSTATE_SASL_PASSWORD": secure_listeners.password},
     )
     log = daemon.log()
@@ -96,18 +132,33 @@ async def test_the_daemon_consumes_exactly_over_sasl(
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-cert", "mutual-tls"])
 async def test_the_daemon_consumes_exactly_over_ssl(
-    mutual: bool, secure_listeners: SecureListeners, kafka_bootstrap: str,
-    topic_factory: TopicFactory, group_id: str, tmp_path: Path, daemons: list[Daemon],
+    mutual: bool,
+    secure_listeners: SecureListeners,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
 ) -> None:
     security = ["--security-protocol", "SSL", "--ssl-cafile", str(secure_listeners.ca_file)]
     env: dict[str, str] = {}
     if mutual:
-        security += ["--ssl-certfile", str(secure_listeners.client_cert),
-                     "--ssl-keyfile", str(secure_listeners.client_key)]
+        security += [
+            "--ssl-certfile",
+            str(secure_listeners.client_cert),
+            "--ssl-keyfile",
+            str(secure_listeners.client_key),
+        ]
         env["SQLSTATE_SSL_PASSWORD"] = secure_listeners.client_key_password
     daemon = await consume_exactly(
-        kafka_bootstrap, topic_factory, group_id, tmp_path, daemons,
-        secure_listeners.ssl_bootstrap, security, env,
+        kafka_bootstrap,
+        topic_factory,
+        group_id,
+        tmp_path,
+        daemons,
+        secure_listeners.ssl_bootstrap,
+        security,
+        env,
     )
     if mutual:
         assert_secret_absent(daemon.log(), secure_listeners.client_key_password)
@@ -119,16 +170,31 @@ def error_lines(output: str) -> list[str]:
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_a_wrong_password_exits_4_at_once_with_a_clear_error(
-    mechanism: str, secure_listeners: SecureListeners, topic_factory: TopicFactory,
-    group_id: str, tmp_path: Path,
+    mechanism: str,
+    secure_listeners: SecureListeners,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
 ) -> None:
     topic = await topic_factory(1)
     wrong = "not-the-password-5c1e"
     started = time.monotonic()
     code, out, err = await sqlstate(
-        [*VERBOSE_JSON, "run", "--bootstrap-servers", secure_listeners.sasl_bootstrap,
-         "--topic", topic, "--group-id", group_id, "--database", str(tmp_path / "state.db"),
-         "--connect-timeout", "20", *sasl_args(secure_listeners, mechanism)],
+        [
+            *VERBOSE_JSON,
+            "run",
+            "--bootstrap-servers",
+            secure_listeners.sasl_bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group_id,
+            "--database",
+            str(tmp_path / "state.db"),
+            "--connect-timeout",
+            "20",
+            *sasl_args(secure_listeners, mechanism),
+        ],
         {"SQLSTATE_SASL_PASSWORD": wrong},
     )
     elapsed = time.monotonic() - started
@@ -146,15 +212,29 @@ async def test_a_wrong_password_exits_4_at_once_with_a_clear_error(
 
 
 async def test_an_untrusted_broker_certificate_exits_4_with_a_clear_error(
-    secure_listeners: SecureListeners, topic_factory: TopicFactory, group_id: str,
+    secure_listeners: SecureListeners,
+    topic_factory: TopicFactory,
+    group_id: str,
     tmp_path: Path,
 ) -> None:
     """Without --ssl-cafile only the system's CAs are trusted, and they never signed ours."""
     topic = await topic_factory(1)
     code, _, output = await sqlstate(
-        ["run", "--bootstrap-servers", secure_listeners.ssl_bootstrap, "--topic", topic,
-         "--group-id", group_id, "--database", str(tmp_path / "state.db"),
-         "--connect-timeout", "20", "--security-protocol", "SSL"],
+        [
+            "run",
+            "--bootstrap-servers",
+            secure_listeners.ssl_bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group_id,
+            "--database",
+            str(tmp_path / "state.db"),
+            "--connect-timeout",
+            "20",
+            "--security-protocol",
+            "SSL",
+        ],
         {},
     )
     assert code == 4, output
@@ -165,7 +245,8 @@ async def test_an_untrusted_broker_certificate_exits_4_with_a_clear_error(
 
 
 async def test_offsets_reports_a_refused_login_like_run(
-    secure_listeners: SecureListeners, tmp_path: Path,
+    secure_listeners: SecureListeners,
+    tmp_path: Path,
 ) -> None:
     database = tmp_path / "state.db"
     code, _, output = await sqlstate(["migrate", "--database", str(database)], {})
@@ -179,8 +260,14 @@ async def test_offsets_reports_a_refused_login_like_run(
         )
     conn.close()
     code, _, output = await sqlstate(
-        ["offsets", "--database", str(database), "--bootstrap-servers",
-         secure_listeners.sasl_bootstrap, *sasl_args(secure_listeners, "SCRAM-SHA-256")],
+        [
+            "offsets",
+            "--database",
+            str(database),
+            "--bootstrap-servers",
+            secure_listeners.sasl_bootstrap,
+            *sasl_args(secure_listeners, "SCRAM-SHA-256"),
+        ],
         {"SQLSTATE_SASL_PASSWORD": "wrong-password-9a0b"},
     )
     assert code == 4, output

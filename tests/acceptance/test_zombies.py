@@ -64,14 +64,24 @@ async def resume(process: Daemon) -> None:
 
 
 async def test_zombie_commits_after_the_new_owner_and_is_fenced(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=2)
     database = tmp_path / "state.db"
     await produce(kafka_bootstrap, topic, 2000, partitions=2, seed=1)
-    zombie = daemon(kafka_bootstrap, topic, group_id, database, name="zombie",
-                    fault="before_commit", at=3, action="stop").start()
+    zombie = daemon(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        name="zombie",
+        fault="before_commit",
+        at=3,
+        action="stop",
+    ).start()
     owner = daemon(kafka_bootstrap, topic, group_id, database, name="owner")
     try:
         await wait_stopped(zombie)
@@ -108,16 +118,34 @@ async def test_zombie_commits_after_the_new_owner_and_is_fenced(
 
 
 async def test_zombie_commits_before_the_new_owner_claims(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=2)
     database = tmp_path / "state.db"
     await produce(kafka_bootstrap, topic, 2000, partitions=2, seed=3)
-    zombie = daemon(kafka_bootstrap, topic, group_id, database, name="zombie",
-                    fault="before_commit", at=3, action="stop").start()
-    owner = daemon(kafka_bootstrap, topic, group_id, database, name="owner",
-                   fault="before_claim", at=1, action="stop")
+    zombie = daemon(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        name="zombie",
+        fault="before_commit",
+        at=3,
+        action="stop",
+    ).start()
+    owner = daemon(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        database,
+        name="owner",
+        fault="before_claim",
+        at=1,
+        action="stop",
+    )
     try:
         await wait_stopped(zombie)
         frozen_at = stored_positions(database)
@@ -157,8 +185,9 @@ async def count_range(
     bootstrap: str, tp: TopicPartition, start: int, end: int
 ) -> Counter[str | bytes | None]:
     """Keys of the records [start, end) of one partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     counts: Counter[str | bytes | None] = Counter()
     try:
@@ -174,15 +203,18 @@ async def count_range(
 
 
 async def test_position_moved_under_the_same_epoch_is_followed(
-    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
     group_id: str,
 ) -> None:
     topic = await topic_factory(partitions=1)
     tp = TopicPartition(topic, 0)
     database = tmp_path / "state.db"
     await produce(kafka_bootstrap, topic, 1000, partitions=1, seed=5)
-    sqlstate = daemon(kafka_bootstrap, topic, group_id, database,
-                      fault="before_commit", at=3, action="stop").start()
+    sqlstate = daemon(
+        kafka_bootstrap, topic, group_id, database, fault="before_commit", at=3, action="stop"
+    ).start()
     try:
         await wait_stopped(sqlstate)
         # It holds the records from its position on (its third batch). Another writer with the

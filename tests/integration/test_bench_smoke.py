@@ -17,8 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ("ceiling", "fresh", "two_processes", "big_state_5000")
 FIGURES = (
-    "messages_per_s", "batches_per_s", "commit_ms_p50", "commit_ms_p99", "peak_rss_mib",
-    "cpu_s", "launch_to_first_batch_s", "counts_exact", "records",
+    "messages_per_s",
+    "batches_per_s",
+    "commit_ms_p50",
+    "commit_ms_p99",
+    "peak_rss_mib",
+    "cpu_s",
+    "launch_to_first_batch_s",
+    "counts_exact",
+    "records",
 )
 
 
@@ -26,10 +33,32 @@ FIGURES = (
 def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path: Path) -> None:
     result_file = tmp_path / "bench.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--bootstrap", kafka_bootstrap,
-         "--messages", "3000", "--partitions", "3", "--keys", "500", "--big-state", "5000",
-         "--rounds", "1", "--workdir", str(tmp_path / "work"), "--json", str(result_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--messages",
+            "3000",
+            "--partitions",
+            "3",
+            "--keys",
+            "500",
+            "--big-state",
+            "5000",
+            "--rounds",
+            "1",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(result_file),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads(result_file.read_text())

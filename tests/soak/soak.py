@@ -151,8 +151,11 @@ class Soak:
         rng = random.Random(self.rng.random())
         while not self.stop_traffic.is_set():
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                linger_ms=5, request_timeout_ms=15_000,
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                request_timeout_ms=15_000,
             )
             try:
                 await producer.start()
@@ -160,7 +163,9 @@ class Soak:
                     started = time.monotonic()
                     futures = [
                         await producer.send(
-                            self.topic, b"v", key=rng.choice(KEYS),
+                            self.topic,
+                            b"v",
+                            key=rng.choice(KEYS),
                             partition=rng.randrange(self.options.partitions),
                         )
                         for _ in range(chunk)
@@ -197,8 +202,12 @@ class Soak:
             ]
             try:
                 await produce_transaction(
-                    self.bootstrap, self.topic, messages, commit=commit,
-                    transactional_id=transactional_id, timeout=20,
+                    self.bootstrap,
+                    self.topic,
+                    messages,
+                    commit=commit,
+                    transactional_id=transactional_id,
+                    timeout=20,
                 )
                 if commit:
                     self.tally.tx_committed += 1
@@ -211,8 +220,13 @@ class Soak:
         # Close any transaction a failure left open, so that the log can be read to its end.
         for _ in range(10):
             try:
-                await produce_transaction(self.bootstrap, self.topic, [(b"last", b"tx", 0)],
-                                          transactional_id=transactional_id, timeout=30)
+                await produce_transaction(
+                    self.bootstrap,
+                    self.topic,
+                    [(b"last", b"tx", 0)],
+                    transactional_id=transactional_id,
+                    timeout=30,
+                )
                 self.tally.tx_committed += 1
                 return
             except Exception as error:
@@ -223,9 +237,18 @@ class Soak:
 
     def new_daemon(self, index: int) -> Daemon:
         return Daemon(
-            self.bootstrap, [self.topic], self.group_id, self.database,
-            "--max-records", "500", "--max-poll-interval-ms", "30000", "--connect-timeout", "90",
-            "--client-id", f"soak-{index}",
+            self.bootstrap,
+            [self.topic],
+            self.group_id,
+            self.database,
+            "--max-records",
+            "500",
+            "--max-poll-interval-ms",
+            "30000",
+            "--connect-timeout",
+            "90",
+            "--client-id",
+            f"soak-{index}",
             name=f"daemon-{index}",
         )
 
@@ -289,8 +312,9 @@ class Soak:
         bounce_at = [start + options.duration * (i + 1) / (bounces + 1) for i in range(bounces)]
         end = start + options.duration
         while time.monotonic() < end:
-            await asyncio.sleep(min(self.rng.expovariate(1 / options.interval),
-                                    max(0.0, end - time.monotonic())))
+            await asyncio.sleep(
+                min(self.rng.expovariate(1 / options.interval), max(0.0, end - time.monotonic()))
+            )
             self.restart_exited()
             if time.monotonic() >= end:
                 break
@@ -311,14 +335,19 @@ class Soak:
         while time.monotonic() < deadline:
             self.restart_exited()
             with contextlib.suppress(Exception):
-                ends = await log_end_offsets(self.bootstrap, self.topic,
-                                             isolation_level="read_committed")
+                ends = await log_end_offsets(
+                    self.bootstrap, self.topic, isolation_level="read_committed"
+                )
                 positions = stored_positions(self.database)
                 if all(positions.get((self.topic, p), -1) >= end for p, end in ends.items()):
                     return True
             await asyncio.sleep(1)
-        logger.error("not drained in %.0f s: ends %s, positions %s", DRAIN_TIMEOUT_S, ends,
-                     stored_positions(self.database))
+        logger.error(
+            "not drained in %.0f s: ends %s, positions %s",
+            DRAIN_TIMEOUT_S,
+            ends,
+            stored_positions(self.database),
+        )
         return False
 
     def count_in_logs(self, *patterns: str) -> int:
@@ -328,8 +357,10 @@ class Soak:
     async def run(self) -> Summary:
         await create_topic(self.bootstrap, self.topic, self.options.partitions)
         self.daemons = [self.new_daemon(i).start() for i in range(self.options.daemons)]
-        traffic = [asyncio.create_task(self.plain_traffic()),
-                   asyncio.create_task(self.transactions())]
+        traffic = [
+            asyncio.create_task(self.plain_traffic()),
+            asyncio.create_task(self.transactions()),
+        ]
         verdict: Verdict | None = None
         drained = False
         try:
@@ -349,11 +380,15 @@ class Soak:
             for daemon in self.daemons:
                 await daemon.stop_quietly()
         return Summary(
-            options=self.options, topic=self.topic, workdir=self.workdir, tally=self.tally,
+            options=self.options,
+            topic=self.topic,
+            workdir=self.workdir,
+            tally=self.tally,
             rebalances=self.count_in_logs(r"assigned partitions: \S"),
             fenced=self.count_in_logs(r"fenced on ", r"while we expected \d+; dropped"),
             resets=self.count_in_logs(r"discarded the partition's state"),
-            verdict=verdict, drained=drained,
+            verdict=verdict,
+            drained=drained,
         )
 
 
@@ -371,8 +406,9 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--rate", type=float, default=200.0, help="plain records per second")
-    parser.add_argument("--interval", type=float, default=8.0,
-                        help="mean seconds between daemon faults")
+    parser.add_argument(
+        "--interval", type=float, default=8.0, help="mean seconds between daemon faults"
+    )
     parser.add_argument("--broker-bounces", type=int, help="default: one per 200 s, at least 1")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workdir", type=Path, help="default: .run/soak/<time>")
@@ -386,8 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     control = BrokerControl(os.environ.get("KAFKA_BOOTSTRAP") or None)
     if not control.owned():
-        print(f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker.py,"
-              " so it cannot be killed and restarted; run `make soak`", file=sys.stderr)
+        print(
+            f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker.py,"
+            " so it cannot be killed and restarted; run `make soak`",
+            file=sys.stderr,
+        )
         return 2
     summary = asyncio.run(run_soak(options, AsyncBrokerControl(control)))
     print(summary.text())

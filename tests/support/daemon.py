@@ -32,12 +32,20 @@ class Daemon:
     ) -> None:
         # ``options`` go before ``run``: -v, -vv, --log-format.
         self.args = [
-            sys.executable, *entry, *options, "run",
-            "--bootstrap-servers", bootstrap,
-            "--group-id", group_id,
-            "--database", str(database),
-            "--session-timeout-ms", "6000",
-            "--connect-timeout", "20",
+            sys.executable,
+            *entry,
+            *options,
+            "run",
+            "--bootstrap-servers",
+            bootstrap,
+            "--group-id",
+            group_id,
+            "--database",
+            str(database),
+            "--session-timeout-ms",
+            "6000",
+            "--connect-timeout",
+            "20",
             *[arg for topic in topics for arg in ("--topic", topic)],
             *extra_args,
         ]

@@ -21,9 +21,12 @@ from tests.support.oracle import Verdict, assert_exactly_once
 ROOT = Path(__file__).resolve().parents[2]
 # Short group timings so that a paused or dead member is noticed in seconds, not minutes.
 GROUP_TIMING = (
-    "--session-timeout-ms", "6000",
-    "--max-poll-interval-ms", "20000",
-    "--max-records", "50",
+    "--session-timeout-ms",
+    "6000",
+    "--max-poll-interval-ms",
+    "20000",
+    "--max-records",
+    "50",
 )
 
 
@@ -47,8 +50,15 @@ def daemon(
     # The wrapper lives in tests/, which is not installed: run it from the repository root.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return Daemon(
-        bootstrap, [topic], group_id, database, *GROUP_TIMING, *extra_args,
-        name=name, entry=entry, env={"PYTHONPATH": pythonpath},
+        bootstrap,
+        [topic],
+        group_id,
+        database,
+        *GROUP_TIMING,
+        *extra_args,
+        name=name,
+        entry=entry,
+        env={"PYTHONPATH": pythonpath},
     )
 
 
@@ -76,8 +86,9 @@ async def wait_for_log(daemon: Daemon, text: str, timeout: float = 60.0) -> None
     deadline = time.monotonic() + timeout
     while text not in daemon.log():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {daemon.log_path.name} after {timeout}s:\n"
-                                 f"{daemon.log()[-4000:]}")
+            raise AssertionError(
+                f"{text!r} not in {daemon.log_path.name} after {timeout}s:\n{daemon.log()[-4000:]}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -95,8 +106,9 @@ async def wait_stopped(daemon: Daemon, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while process_state(daemon.pid) != "T":
         if not daemon.running() or time.monotonic() > deadline:
-            raise AssertionError(f"{daemon.log_path.name} did not stop itself:\n"
-                                 f"{daemon.log()[-4000:]}")
+            raise AssertionError(
+                f"{daemon.log_path.name} did not stop itself:\n{daemon.log()[-4000:]}"
+            )
         await asyncio.sleep(0.05)
 
 

@@ -18,7 +18,11 @@ from tests.support.kafka import log_end_offsets
 StoredKey = str | bytes | None
 # Keys that are easy to get wrong: none, empty, not UTF-8, UTF-8 beyond ASCII, very large.
 ODD_KEYS: tuple[bytes | None, ...] = (
-    None, b"", b"\xff\xfe\x00", "ключ-🔑".encode(), b"x" * 100_000
+    None,
+    b"",
+    b"\xff\xfe\x00",
+    "ключ-🔑".encode(),
+    b"x" * 100_000,
 )
 
 

@@ -28,8 +28,7 @@ CRASH_IN_TRANSACTION = textwrap.dedent(
 
 def crash_in_transaction(path: Path) -> bool:
     """Leave a hot journal at ``path``; whether the journal is there."""
-    subprocess.run([sys.executable, "-c", CRASH_IN_TRANSACTION, str(path)], check=True,
-                   timeout=60)
+    subprocess.run([sys.executable, "-c", CRASH_IN_TRANSACTION, str(path)], check=True, timeout=60)
     return Path(f"{path}-journal").exists()
 
 

@@ -124,8 +124,10 @@ def compose_environment() -> dict[str, str]:
 
 def test_scram_users_are_added_in_the_format_tools_syntax() -> None:
     assert scram_arguments() == [
-        "--add-scram", f"SCRAM-SHA-256=[name={SASL_USERNAME},password={SASL_PASSWORD}]",
-        "--add-scram", f"SCRAM-SHA-512=[name={SASL_USERNAME},password={SASL_PASSWORD}]",
+        "--add-scram",
+        f"SCRAM-SHA-256=[name={SASL_USERNAME},password={SASL_PASSWORD}]",
+        "--add-scram",
+        f"SCRAM-SHA-512=[name={SASL_USERNAME},password={SASL_PASSWORD}]",
     ]
 
 
@@ -149,7 +151,8 @@ NATIVE_VALUES = {"listener.security.protocol.map"}
 
 def test_docker_compose_sets_what_server_properties_sets() -> None:
     properties = {
-        name: value for name, value in read_properties(TEMPLATE).items()
+        name: value
+        for name, value in read_properties(TEMPLATE).items()
         if not NATIVE_ONLY.match(name)
     }
     environment = compose_environment()

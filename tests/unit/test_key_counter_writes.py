@@ -20,9 +20,22 @@ from sqlstate.processors.counting import KeyCounter, stored_key
 from sqlstate.store import Store, Transaction
 
 TEXT_KEYS: list[bytes | None] = [
-    b"", b"plain", b"123", b"1.5", b"true", b"null", b" ", b'"quoted"', b"back\\slash",
-    b"\\u0000", b"tab\there", b"line\nbreak", b"\x01\x1f\x7f", "ünïcödé".encode(),
-    "😀 emoji".encode(), b"x" * 1_000_000,
+    b"",
+    b"plain",
+    b"123",
+    b"1.5",
+    b"true",
+    b"null",
+    b" ",
+    b'"quoted"',
+    b"back\\slash",
+    b"\\u0000",
+    b"tab\there",
+    b"line\nbreak",
+    b"\x01\x1f\x7f",
+    "ünïcödé".encode(),
+    "😀 emoji".encode(),
+    b"x" * 1_000_000,
 ]
 NUL_KEYS: list[bytes | None] = [b"\x00", b"a\x00b"]
 OTHER_KEYS: list[bytes | None] = [None, b"\xff\xfe", b"\x80"]
@@ -30,14 +43,23 @@ OTHER_KEYS: list[bytes | None] = [None, b"\xff\xfe", b"\x80"]
 
 def _record(tp: TopicPartition, offset: int, key: bytes | None) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(
-        topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0, timestamp_type=0,
-        key=key, value=b"v", checksum=None, serialized_key_size=len(key or b""),
-        serialized_value_size=1, headers=(),
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=b"v",
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=1,
+        headers=(),
     )
 
 
-async def _stored(path: Path, keys_by_partition: dict[TopicPartition, list[bytes | None]],
-                  times: int) -> list[tuple[object, ...]]:
+async def _stored(
+    path: Path, keys_by_partition: dict[TopicPartition, list[bytes | None]], times: int
+) -> list[tuple[object, ...]]:
     store = await Store.open(path)
     try:
         await migrate.apply_pending(store)
@@ -64,8 +86,9 @@ async def _stored(path: Path, keys_by_partition: dict[TopicPartition, list[bytes
         )
 
 
-def _expected(keys_by_partition: dict[TopicPartition, list[bytes | None]],
-              times: int) -> list[tuple[object, ...]]:
+def _expected(
+    keys_by_partition: dict[TopicPartition, list[bytes | None]], times: int
+) -> list[tuple[object, ...]]:
     rows = []
     for tp, keys in keys_by_partition.items():
         for key, count in Counter(keys).items():

@@ -32,7 +32,10 @@ class Daemon:
         self.lags: dict[TopicPartition, PartitionLag] = {}
         self.health = Health(True, "caught up", True, 0, 0)
         self.metrics = Metrics(
-            self.stats, cast(Store, self.store), self.commit_seconds, self.get_lags,
+            self.stats,
+            cast(Store, self.store),
+            self.commit_seconds,
+            self.get_lags,
             self.get_health,
         )
 
@@ -134,7 +137,11 @@ async def test_healthz(served: tuple[Daemon, int]) -> None:
     assert headers["content-type"] == "application/json"
     answer: dict[str, Any] = json.loads(body)
     assert answer == {
-        "healthy": True, "reason": "caught up", "in_group": True, "partitions": 0, "lag": 0
+        "healthy": True,
+        "reason": "caught up",
+        "in_group": True,
+        "partitions": 0,
+        "lag": 0,
     }
     daemon.health = Health(False, "positions of orders-0 have not moved", True, 1, 9)
     status, _, body = await get(port, "/healthz?verbose=1")

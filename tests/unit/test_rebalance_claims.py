@@ -72,5 +72,3 @@ def test_log_bounds() -> None:
     stable = LogBounds(5, 10, end_is_log_end=False)
     assert stable.holds(11)
     assert not stable.holds(4)
-
-

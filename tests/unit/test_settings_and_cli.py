@@ -14,9 +14,14 @@ from sqlstate.settings import Security, Settings
 
 def test_password_never_in_repr() -> None:
     settings = Settings(
-        topics=("t",), group_id="g",
-        security=Security(protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u",
-                          sasl_password="hunter2"),
+        topics=("t",),
+        group_id="g",
+        security=Security(
+            protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username="u",
+            sasl_password="hunter2",
+        ),
     )
     assert "hunter2" not in repr(settings)
 
@@ -66,8 +71,17 @@ def test_offsets_checks_the_security_flags_like_run(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, ["migrate", "--database", str(database)]).exit_code == 0
     result = CliRunner().invoke(
         main,
-        ["offsets", "--database", str(database), "--bootstrap-servers", "127.0.0.1:1",
-         "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN"],
+        [
+            "offsets",
+            "--database",
+            str(database),
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--security-protocol",
+            "SASL_SSL",
+            "--sasl-mechanism",
+            "PLAIN",
+        ],
         env={"SQLSTATE_SASL_PASSWORD": None},
     )
     assert result.exit_code == 2, result.output

@@ -80,8 +80,9 @@ async def test_odd_keys_are_counted_distinctly(tmp_path: Path) -> None:
         advance = PartitionAdvance(TP, claim.epoch, 0, len(keys), None, records)
         assert await store.commit_batch([advance], KeyCounter().writes) == []
         # A second batch adds to the same rows, including the NULL key's row.
-        advance2 = PartitionAdvance(TP, claim.epoch, len(keys), len(keys) + 1, None,
-                                    [record(len(keys), None)])
+        advance2 = PartitionAdvance(
+            TP, claim.epoch, len(keys), len(keys) + 1, None, [record(len(keys), None)]
+        )
         assert await store.commit_batch([advance2], KeyCounter().writes) == []
     finally:
         await store.close()

@@ -49,9 +49,7 @@ async def test_a_batch_commits_positions_and_counts_together(tmp_path: Path) -> 
     finally:
         await store.close()
     assert fenced == []
-    assert _state(tmp_path / "x.db") == (
-        [(0, 2, 1), (1, 1, 1)], [(0, "k", 2), (1, "j", 1)]
-    )
+    assert _state(tmp_path / "x.db") == ([(0, 2, 1), (1, 1, 1)], [(0, "k", 2), (1, "j", 1)])
 
 
 async def test_a_fenced_partition_is_left_out_and_the_others_commit(tmp_path: Path) -> None:
