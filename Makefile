@@ -64,9 +64,9 @@ soak: install
 soak-short: install
 	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
 
-## bench: issue #5's benchmark: produce 1,000,000 messages once, then measure a bare aiokafka
-## consumer, sqlstate, two sqlstate processes and sqlstate on a database already holding
-## 1,000,000 keys, on the broker `make test` would use. Prints a table and writes
+## bench: produce 1,000,000 messages once, then measure a bare aiokafka consumer, sqlstate,
+## two sqlstate processes and sqlstate on a database already holding 1,000,000 and 10,000,000
+## keys (whose first batch is the restart time), on the broker `make test` would use. Prints a table and writes
 ## bench-results.json. Options: make bench BENCH_ARGS="--zipf 1.1 --big-state 10000000"
 ## (see python -m bench.run --help). `make test` runs only a 3,000-message smoke of it.
 BENCH_ARGS ?=

@@ -60,6 +60,10 @@ class Options:
     daemon_args: tuple[str, ...]
 
 
+# The restart row the README promises is the one at 10,000,000 keys.
+DEFAULT_BIG_STATES = (1_000_000, 10_000_000)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -87,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         action="append",
         metavar="KEYS",
         help="distinct keys already in the database for run (d); repeat for"
-        " several sizes, 0 to skip (default: 1000000)",
+        " several sizes, 0 to skip (default: 1000000 and 10000000)",
     )
     parser.add_argument(
         "--big-state-layout",
@@ -120,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="extra argument for every `sqlstate run` (repeat)",
     )
     args = parser.parse_args(argv)
-    big_states = tuple(n for n in (args.big_state or [1_000_000]) if n > 0)
+    big_states = tuple(n for n in (args.big_state or DEFAULT_BIG_STATES) if n > 0)
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sqlstate-bench-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, Off
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate.kafka import consumed_position, log_end
-from sqlstate.out_of_range import OutOfRangePolicyKeeper
+from sqlstate.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.processors.base import Processors, Records
-from sqlstate.rebalance import Ownership
+from sqlstate.rebalance import Ownership, describe
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Claim, PartitionAdvance, Store
+from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +54,13 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
-        out_of_range_keeper: OutOfRangePolicyKeeper,
     ) -> None:
-        self._out_of_range_keeper = out_of_range_keeper
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
         self._processors = processors
         self._settings = settings
         self._stats = stats
-        self.commit_seconds: list[float] = []  # recent commit latencies, drained by observers
 
     async def run(self, stop: asyncio.Event) -> None:
         committing: asyncio.Task[set[TopicPartition]] | None = None
@@ -105,7 +102,7 @@ class BatchLoop:
             # any, seen), never left running behind the loop. Failing, it must not wait forever
             # for a locked database either.
             if not stop.is_set():
-                self._store.stop_retrying()
+                self._store.database.stop_retrying()
             await self._settled(committing)
 
     @staticmethod
@@ -134,8 +131,9 @@ class BatchLoop:
         batch: Batch,
         positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
-    ) -> list[PartitionAdvance]:
-        """Each claimed partition that moved: its unseen records and its new position.
+    ) -> list[PartitionBatch]:
+        """Each claimed partition that moved: its new position and the statements for its
+        unseen records.
 
         A partition can move with no records, stepping over transaction markers or aborted
         records. ``refetch``: partitions the previous commit found fenced and re-seeked; this
@@ -153,19 +151,19 @@ class BatchLoop:
                 continue
             records = unseen(batch.get(tp, ()), claim.next_offset)
             advances.append(
-                PartitionAdvance(
+                PartitionBatch(
                     tp=tp,
-                    epoch=claim.epoch,
-                    expected_offset=claim.next_offset,
+                    claim=claim,
                     next_offset=position,
                     log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
-                    records=records,
+                    records=len(records),
+                    statements=self._processors.statements(tp, records),
                 )
             )
         return advances
 
     async def _commit_in_turn(
-        self, generation: int, advances: list[PartitionAdvance]
+        self, generation: int, advances: list[PartitionBatch]
     ) -> set[TopicPartition]:
         """Commit under the ownership lock, unless a rebalance came since the batch was fetched.
 
@@ -179,19 +177,20 @@ class BatchLoop:
                 return set()
             return await self._commit(advances)
 
-    async def _commit(self, advances: list[PartitionAdvance]) -> set[TopicPartition]:
+    async def _commit(self, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
-        fenced = await self._store.commit_batch(advances, self._processors.writes)
+        outcomes = await self._store.commit_batch(advances)
         commit_seconds = time.perf_counter() - started
-        self.commit_seconds.append(commit_seconds)
-        claims = self._ownership.claims
+        self._stats.commit_seconds.append(commit_seconds)
         committed = 0
-        for advance in advances:
-            if advance.tp in fenced:
-                await self._fenced(advance)
-                continue
-            claims[advance.tp] = Claim(advance.next_offset, advance.epoch)
-            committed += len(advance.records)
+        fenced: set[TopicPartition] = set()
+        for outcome in outcomes:
+            if isinstance(outcome, Committed):
+                self._ownership.claims[outcome.tp] = outcome.claim
+                committed += outcome.records
+            else:
+                self._fenced(outcome)
+                fenced.add(outcome.tp)
         self._stats.records += committed
         self._stats.batches += 1
         logger.debug(
@@ -200,14 +199,14 @@ class BatchLoop:
             len(advances),
             commit_seconds * 1000,
         )
-        return set(fenced)
+        return fenced
 
-    async def _fenced(self, advance: PartitionAdvance) -> None:
+    def _fenced(self, outcome: Fenced) -> None:
         """Our compare-and-set failed: someone else claimed or moved the partition."""
         self._stats.fenced_batches += 1
-        tp = advance.tp
-        row = await self._store.read_position(tp)
-        if row is not None and row.epoch == advance.epoch:
+        tp, row = outcome.tp, outcome.holder
+        claim = self._ownership.claims[tp]
+        if row is not None and row.epoch == claim.epoch:
             # Same epoch, different offset: the position moved under us. Follow the database.
             logger.warning(
                 "position of %s-%d moved to %d while we expected %d; dropped %d records and"
@@ -215,8 +214,8 @@ class BatchLoop:
                 tp.topic,
                 tp.partition,
                 row.next_offset,
-                advance.expected_offset,
-                len(advance.records),
+                claim.next_offset,
+                outcome.records,
             )
             self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
             self._consumer.seek(tp, row.next_offset)
@@ -229,8 +228,8 @@ class BatchLoop:
             tp.partition,
             row.owner if row else "nobody",
             row.epoch if row else "-",
-            advance.epoch,
-            len(advance.records),
+            claim.epoch,
+            outcome.records,
         )
         self._ownership.claims.pop(tp, None)
         self._consumer.pause(tp)
@@ -238,7 +237,10 @@ class BatchLoop:
     async def _reseek(self, tp: TopicPartition) -> None:
         """The fetcher looked for a Kafka-committed offset before our listener seeked.
 
-        Our positions live in the database (AIOKAFKA-NOTES.md 4): seek to the claimed one.
+        aiokafka gives every partition a fresh state without a position on each rebalance, and
+        with ``auto_offset_reset="none"`` and nothing committed in Kafka it raises
+        NoOffsetForPartitionError for a partition it reaches first. Our positions live in the
+        database: seek to the claimed one.
         """
         async with self._ownership.lock:
             claim = self._ownership.claims.get(tp)
@@ -247,29 +249,48 @@ class BatchLoop:
                 self._consumer.seek(tp, claim.next_offset)
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """The fetcher found a position gone from the log while running."""
-        async with self._ownership.lock:
-            for tp, fetch_offset in offsets.items():
-                claim = self._ownership.claims.get(tp)
-                if claim is None:
-                    logger.debug("ignored out-of-range for unclaimed %s", tp)
+        """The fetcher found a position gone from the log while running.
+
+        The log's bounds are read first, without the ownership lock (a revoke must never wait
+        for a network call); the reset then runs under it, only if the claim is still the one
+        the error was about.
+        """
+        for tp, fetch_offset in offsets.items():
+            claim = self._ownership.claims.get(tp)
+            if claim is None:
+                logger.debug("ignored out-of-range for unclaimed %s", describe([tp]))
+                continue
+            bounds = (
+                await read_bounds(self._consumer, [tp], self._settings.isolation_level, True)
+            )[tp]
+            logger.info(
+                "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
+                tp.topic,
+                tp.partition,
+                fetch_offset,
+                bounds.first,
+                bounds.end,
+            )
+            async with self._ownership.lock:
+                if self._ownership.claims.get(tp) != claim:
+                    continue  # a rebalance or a commit came first: its seek stands
+                if bounds.holds(claim.next_offset):
+                    self._consumer.seek(tp, claim.next_offset)
                     continue
-                # Don't trust the error alone: a lagging replica can answer out-of-range for an
-                # offset that exists (AIOKAFKA-NOTES.md 14). The log's bounds decide.
-                keeper = self._out_of_range_keeper
-                bounds = (await keeper.bounds([tp], broker_says_out_of_range=True))[tp]
-                logger.info(
-                    "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
-                    tp.topic,
-                    tp.partition,
-                    fetch_offset,
-                    bounds.first,
-                    bounds.end,
-                )
-                resolved = await self._out_of_range_keeper.resolve(tp, claim, bounds)
-                if resolved is None:
+                if self._settings.out_of_range == "fail":
+                    raise refusal(tp, claim.next_offset, bounds)
+                reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
+                if reset is None:
+                    logger.warning(
+                        "%s-%d: out of range, but another consumer claimed it meanwhile;"
+                        " leaving it",
+                        tp.topic,
+                        tp.partition,
+                    )
                     self._ownership.claims.pop(tp, None)
                     self._consumer.pause(tp)
                     continue
-                self._ownership.claims[tp] = resolved
-                self._consumer.seek(tp, resolved.next_offset)
+                self._stats.out_of_range_resets += 1
+                log_reset(tp, claim.next_offset, bounds)
+                self._ownership.claims[tp] = reset
+                self._consumer.seek(tp, reset.next_offset)

@@ -23,10 +23,15 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
-from sqlstate.errors import AuthenticationError, BrokerError, TopicNotFoundError
+from sqlstate.database import Database
+from sqlstate.errors import (
+    AuthenticationError,
+    BrokerError,
+    SqlstateError,
+    TopicNotFoundError,
+)
 from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
-from sqlstate.out_of_range import OutOfRangePolicyKeeper
 from sqlstate.processors.base import Processors
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.rebalance import Listener, Ownership
@@ -124,66 +129,92 @@ async def run(settings: Settings) -> None:
     stop = asyncio.Event()
     # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
     with stop_on_signals(stop) as on_stop:
-        store = await Store.open(
+        stats = Stats()
+        fatal: list[BaseException] = []
+
+        def on_fatal(error: BaseException) -> None:
+            logger.error("stopping: %s", error)
+            fatal.append(error)
+            stop.set()
+
+        database = await Database.open(
             settings.database,
             busy_timeout_s=settings.busy_timeout_s,
             check_integrity=settings.check_integrity,
+            stats=stats,
+            on_corrupt=on_fatal,
         )
-        on_stop.append(store.stop_retrying)
+        on_stop.append(database.stop_retrying)
         try:
-            await migrate.apply_pending(store)
-            schema = await migrate.schema_version(store)
-            consumer = build_consumer(settings)
-            try:
-                await _start_consumer(consumer, settings)
-                logger.info(
-                    "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-                    " topics %s; group %s; record parser: %s",
-                    __version__,
-                    aiokafka.__version__,
-                    aiosqlite.__version__,
-                    sqlite3.sqlite_version,
-                    store.path,
-                    schema,
-                    ", ".join(settings.topics),
-                    settings.group_id,
-                    "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
-                )
-                if not stop.is_set():
-                    await _consume(consumer, store, settings, stop)
-            finally:
-                await _stop_consumer(consumer, settings.shutdown_timeout_s)
+            await _run_on(database, settings, stats, stop, on_fatal)
+        except SqlstateError:
+            # A fatal error (a corrupt file found beside start-up, say) explains whatever
+            # failed after it.
+            if fatal:
+                raise fatal[0] from None
+            raise
         finally:
-            await store.close()
+            await database.close()
+        if fatal:
+            raise fatal[0]
     logger.info("stopped")
 
 
-async def _consume(
-    consumer: AIOKafkaConsumer, store: Store, settings: Settings, stop: asyncio.Event
+async def _run_on(
+    database: Database,
+    settings: Settings,
+    stats: Stats,
+    stop: asyncio.Event,
+    on_fatal: Callable[[BaseException], None],
 ) -> None:
-    fatal: list[BaseException] = []
+    """Migrate, join the group and consume until ``stop``."""
+    await migrate.apply_pending(database)
+    schema = await migrate.schema_version(database)
+    consumer = build_consumer(settings)
+    try:
+        await _start_consumer(consumer, settings)
+        logger.info(
+            "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
+            " topics %s; group %s; record parser: %s",
+            __version__,
+            aiokafka.__version__,
+            aiosqlite.__version__,
+            sqlite3.sqlite_version,
+            database.path,
+            schema,
+            ", ".join(settings.topics),
+            settings.group_id,
+            "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
+        )
+        if not stop.is_set():
+            await _consume(consumer, Store(database), settings, stats, stop, on_fatal)
+    finally:
+        await _stop_consumer(consumer, settings.shutdown_timeout_s)
 
-    def on_fatal(error: BaseException) -> None:
-        logger.error("stopping: %s", error)
-        fatal.append(error)
-        stop.set()
 
-    stats = Stats()
+async def _consume(
+    consumer: AIOKafkaConsumer,
+    store: Store,
+    settings: Settings,
+    stats: Stats,
+    stop: asyncio.Event,
+    on_fatal: Callable[[BaseException], None],
+) -> None:
     ownership = Ownership()
     processors = Processors([KeyCounter()])
-    keeper = OutOfRangePolicyKeeper(
+    listener = Listener(
         consumer,
         store,
-        settings.out_of_range,
-        processors.discard,
+        ownership,
+        settings.owner,
         stats,
+        settings.out_of_range,
         settings.isolation_level,
+        processors.forget,
+        on_fatal,
     )
-    listener = Listener(consumer, store, ownership, settings.owner, stats, keeper, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, keeper)
-    monitor = Monitor(consumer, ownership, stats, store, loop.commit_seconds, settings)
+    loop = BatchLoop(consumer, store, ownership, processors, settings, stats)
+    monitor = Monitor(consumer, ownership, stats, settings)
     async with monitor.running():
         await loop.run(stop)
-    if fatal:
-        raise fatal[0]

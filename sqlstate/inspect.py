@@ -14,9 +14,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import migrate
+from sqlstate.database import Database
 from sqlstate.errors import AuthenticationError, BrokerError
 from sqlstate.kafka import refusal, security_options
-from sqlstate.settings import Security
+from sqlstate.settings import Security, Settings
 from sqlstate.store import Position, Store
 
 
@@ -39,13 +40,21 @@ class PositionReport:
         return max(self.end_offset - self.position.next_offset, 0)
 
 
+async def _open_read_only(path: Path) -> Store:
+    return Store(
+        await Database.open(
+            path, busy_timeout_s=Settings.busy_timeout_s, read_only=True, check_integrity=False
+        )
+    )
+
+
 async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyCount]:
-    store = await Store.open(database, read_only=True, check_integrity=False)
+    store = await _open_read_only(database)
     try:
-        rows = await store.fetchall("top_counts", {"topic": topic, "limit": limit})
+        rows = await store.top_counts(topic, limit)
     finally:
-        await store.close()
-    return [KeyCount(row["topic"], row["key"], row["count"]) for row in rows]
+        await store.database.close()
+    return [KeyCount(*row) for row in rows]
 
 
 async def positions(
@@ -59,11 +68,11 @@ async def positions(
     ``security``, PLAINTEXT by default)."""
     # Bad security flags are an error even when there is nothing to look up yet.
     security = (security or Security()).validated() if bootstrap_servers else security
-    store = await Store.open(database, read_only=True, check_integrity=False)
+    store = await _open_read_only(database)
     try:
         stored = await store.positions()
     finally:
-        await store.close()
+        await store.database.close()
     ends: dict[TopicPartition, int] = {}
     if bootstrap_servers and stored:
         ends = await _end_offsets(
@@ -109,9 +118,9 @@ async def _end_offsets(
 
 async def migrations(database: Path, apply: bool) -> tuple[list[str], list[Any]]:
     """Apply pending migrations (unless only listing); return (applied now, status of each)."""
-    store = await Store.open(database, read_only=not apply)
+    db = await Database.open(database, busy_timeout_s=Settings.busy_timeout_s, read_only=not apply)
     try:
-        applied = await migrate.apply_pending(store) if apply else []
-        return applied, await migrate.list_status(store)
+        applied = await migrate.apply_pending(db) if apply else []
+        return applied, await migrate.list_status(db)
     finally:
-        await store.close()
+        await db.close()

@@ -1,9 +1,9 @@
 """Prometheus metrics and the small HTTP server that serves ``/metrics`` and ``/healthz``.
 
-The batch loop never touches a metric: counters are read from ``Stats`` and the store when
-Prometheus scrapes, lag is computed then from the consumer, and commit latencies are drained from
-the loop's list into the histogram once a tick and on each scrape. A private registry keeps the
-metrics of a process that embeds sqlstate (or of a test running several daemons) apart.
+The batch loop never touches a metric: counters are read from ``Stats`` when Prometheus scrapes,
+lag is computed then from the consumer, and commit latencies are drained from
+``Stats.commit_seconds`` into the histogram once a tick and on each scrape. A private registry
+keeps the metrics of a process that embeds sqlstate (or of a test running several daemons) apart.
 
 prometheus_client's own server cannot serve a second path, and a thread would be the only
 non-asyncio code in the daemon, so this is a minimal HTTP/1.1 responder on ``asyncio.start_server``:
@@ -32,7 +32,6 @@ from sqlstate import __version__
 from sqlstate.errors import ConfigError
 from sqlstate.health import Health, Lags
 from sqlstate.stats import Stats
-from sqlstate.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +45,9 @@ class _StateCollector:
     """Reads the daemon's counters and lags at scrape time."""
 
     def __init__(
-        self, stats: Stats, store: Store, lags: Callable[[], Lags], health: Callable[[], Health]
+        self, stats: Stats, lags: Callable[[], Lags], health: Callable[[], Health]
     ) -> None:
         self._stats = stats
-        self._store = store
         self._lags = lags
         self._health = health
 
@@ -71,7 +69,7 @@ class _StateCollector:
             ),
             (
                 "database_busy_retries",
-                self._store.busy_retries,
+                stats.busy_retries,
                 "Transactions retried because another connection held the database lock.",
             ),
         ):
@@ -120,20 +118,18 @@ class Metrics:
     def __init__(
         self,
         stats: Stats,
-        store: Store,
-        commit_seconds: list[float],
         lags: Callable[[], Lags],
         health: Callable[[], Health],
     ) -> None:
         self.registry = CollectorRegistry()
-        self._commit_seconds = commit_seconds
+        self._commit_seconds = stats.commit_seconds
         self._commit_histogram = Histogram(
             "sqlstate_commit_duration_seconds",
             "Time to commit one batch transaction, lock waits and retries included.",
             buckets=COMMIT_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(stats, store, lags, health))
+        self.registry.register(_StateCollector(stats, lags, health))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 

@@ -7,14 +7,17 @@ several daemons starting at once on a new file apply each migration exactly once
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
+from sqlstate.database import Database, utc_now
 from sqlstate.errors import SchemaTooNewError
-from sqlstate.store import Store, Transaction, utc_now
+from sqlstate.queries import sql
 
 logger = logging.getLogger(__name__)
 
@@ -64,62 +67,68 @@ def statements(script: str) -> list[str]:
     return result
 
 
-async def _applied(tx: Transaction) -> dict[str, str]:
-    await tx.execute("create_migrations_table")
-    rows = await tx.fetchall("applied_migrations")
-    return {row["name"]: row["applied_at"] for row in rows}
+def _applied(conn: sqlite3.Connection) -> dict[str, str]:
+    """The applied migrations, {name: applied_at}; none when the bookkeeping table is missing."""
+    if not conn.execute(sql("migrations_table_exists")).fetchone()[0]:
+        return {}
+    return {row["name"]: row["applied_at"] for row in conn.execute(sql("applied_migrations"))}
 
 
-def _check_not_newer(applied: dict[str, str], known: list[Migration], store: Store) -> None:
+def _check_not_newer(applied: dict[str, str], known: list[Migration], path: Path) -> None:
     unknown = sorted(set(applied) - {migration.name for migration in known})
     if unknown:
         raise SchemaTooNewError(
-            f"database {store.path} has schema migration {unknown[-1]} that this sqlstate does not"
+            f"database {path} has schema migration {unknown[-1]} that this sqlstate does not"
             " know: it was written by a newer sqlstate; upgrade sqlstate (the file was not changed)"
         )
 
 
-async def list_status(store: Store) -> list[MigrationStatus]:
-    """Every known migration, applied or pending, without changing the database."""
-    known = available()
-    exists = await store.fetchall("migrations_table_exists")
-    applied: dict[str, str] = {}
-    if exists[0][0]:
-        applied = {
-            row["name"]: row["applied_at"] for row in await store.fetchall("applied_migrations")
-        }
-    _check_not_newer(applied, known, store)
+def _status(conn: sqlite3.Connection, known: list[Migration], path: Path) -> list[MigrationStatus]:
+    applied = _applied(conn)
+    _check_not_newer(applied, known, path)
     return [MigrationStatus(m.name, applied.get(m.name)) for m in known]
 
 
-async def apply_pending(store: Store) -> list[str]:
+def _apply(
+    conn: sqlite3.Connection, migration: Migration, known: list[Migration], path: Path
+) -> bool:
+    """In one transaction: apply ``migration`` and record it, unless it already is. The applied
+    set is read again here, so that of several daemons starting at once only one applies it."""
+    conn.execute(sql("create_migrations_table"))
+    applied = _applied(conn)
+    _check_not_newer(applied, known, path)
+    if migration.name in applied:
+        return False
+    for statement in statements(migration.script):
+        conn.execute(statement)
+    conn.execute(sql("record_migration"), {"name": migration.name, "applied_at": utc_now()})
+    return True
+
+
+async def list_status(database: Database) -> list[MigrationStatus]:
+    """Every known migration, applied or pending, without changing the database."""
+    known = available()
+    return await database.read(functools.partial(_status, known=known, path=database.path))
+
+
+async def apply_pending(database: Database) -> list[str]:
     """Apply every pending migration, each in its own transaction; return the names applied.
 
     Also switches the database to WAL: every writer comes through here first.
     """
-    await list_status(store)  # refuses a newer schema before anything is written
-    await store.prepare_for_writing()
+    await list_status(database)  # refuses a newer schema before anything is written
+    await database.prepare_for_writing()
     known = available()
     done: list[str] = []
     for migration in known:
-
-        async def apply(tx: Transaction, migration: Migration = migration) -> bool:
-            applied = await _applied(tx)
-            _check_not_newer(applied, known, store)
-            if migration.name in applied:
-                return False
-            for statement in statements(migration.script):
-                await tx.execute_script_statement(statement)
-            await tx.execute("record_migration", {"name": migration.name, "applied_at": utc_now()})
-            return True
-
-        if await store.in_transaction(apply):
-            logger.info("applied schema migration %s to %s", migration.name, store.path)
+        apply = functools.partial(_apply, migration=migration, known=known, path=database.path)
+        if await database.transaction(apply):
+            logger.info("applied schema migration %s to %s", migration.name, database.path)
             done.append(migration.name)
     return done
 
 
-async def schema_version(store: Store) -> str:
+async def schema_version(database: Database) -> str:
     """The newest applied migration, e.g. ``0001_initial``, or ``none``."""
-    statuses = [s for s in await list_status(store) if s.applied_at is not None]
+    statuses = [s for s in await list_status(database) if s.applied_at is not None]
     return statuses[-1].name.removesuffix(".sql") if statuses else "none"

@@ -23,7 +23,6 @@ from sqlstate.progress import ProgressLog
 from sqlstate.rebalance import Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ class Monitor:
         consumer: AIOKafkaConsumer,
         ownership: Ownership,
         stats: Stats,
-        store: Store,
-        commit_seconds: list[float],
         settings: Settings,
     ) -> None:
         self._consumer = consumer
@@ -46,7 +43,7 @@ class Monitor:
         self._settings = settings
         self.watchdog = Watchdog(settings.stall_timeout_s)
         self._progress = ProgressLog(settings.progress_interval_s)
-        self.metrics = Metrics(stats, store, commit_seconds, self.lags, self.health)
+        self.metrics = Metrics(stats, self.lags, self.health)
 
     def lags(self) -> Lags:
         """Each claimed partition's committed position and the log end last fetched."""

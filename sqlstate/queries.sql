@@ -31,20 +31,15 @@ PRAGMA cache_size = -8192;
 -- Take the write lock at BEGIN, where the busy timeout applies, rather than at the first write.
 BEGIN IMMEDIATE;
 
+-- name: begin
+-- A read transaction: its statements all see one snapshot; it never takes the write lock.
+BEGIN;
+
 -- name: commit
 COMMIT;
 
 -- name: rollback
 ROLLBACK;
-
--- name: savepoint_positions
-SAVEPOINT positions;
-
--- name: rollback_to_positions
-ROLLBACK TO positions;
-
--- name: release_positions
-RELEASE positions;
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -88,7 +83,8 @@ SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :
 WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 
 -- name: read_position
-SELECT next_offset, epoch, owner FROM positions WHERE topic = :topic AND partition = :partition;
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+FROM positions WHERE topic = :topic AND partition = :partition;
 
 -- name: upsert_key_counts
 INSERT INTO key_counts (topic, partition, key, count) VALUES (?, ?, ?, ?)

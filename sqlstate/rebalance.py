@@ -1,7 +1,9 @@
 """The rebalance listener and the record of which partitions this consumer may write.
 
-aiokafka runs the listener in its coordinator task, concurrently with the batch loop (see
-AIOKAFKA-NOTES.md 1-5). ``Ownership.lock`` is held around "process + commit" of a batch and
+aiokafka runs the listener in its coordinator task, concurrently with the batch loop: the revoke
+is awaited before JoinGroup, the assign after the new assignment is installed, when the fetcher
+may already be starting, and a batch that ``getmany()`` already returned may still be in flight
+during either. ``Ownership.lock`` is held around "process + commit" of a batch and
 around each callback, never around ``getmany()``, so a revoke waits for at most one batch.
 Each callback also bumps ``generation``: a batch fetched before a rebalance is dropped, since the
 rebalance re-seeked its partitions from the database.
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from sqlstate.errors import RebalanceError, SqlstateError
-from sqlstate.out_of_range import OutOfRangePolicyKeeper
+from sqlstate.out_of_range import LogBounds, log_reset, read_bounds
+from sqlstate.settings import OutOfRangePolicy
 from sqlstate.stats import Stats
-from sqlstate.store import Claim, Store
+from sqlstate.store import Claim, Forget, Store
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,8 @@ class Ownership:
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Claims partitions from the database on assignment; releases them on revoke.
 
-    aiokafka logs and swallows whatever a listener raises (AIOKAFKA-NOTES.md 5), which would leave
-    partitions unpositioned. So a failure is handed to ``on_fatal``, which stops the daemon; the
+    aiokafka logs and swallows whatever a listener raises, which would leave partitions
+    unpositioned. So a failure is handed to ``on_fatal``, which stops the daemon; the
     partitions stay unclaimed meanwhile, so none of their records are counted.
     """
 
@@ -58,10 +61,14 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         ownership: Ownership,
         owner: str,
         stats: Stats,
-        out_of_range_keeper: OutOfRangePolicyKeeper,
+        policy: OutOfRangePolicy,
+        isolation_level: str,
+        forget: Forget,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
-        self._out_of_range_keeper = out_of_range_keeper
+        self._policy = policy
+        self._isolation_level = isolation_level
+        self._forget = forget
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
@@ -82,8 +89,11 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         try:
+            # The log's bounds come first, before the lock: a network call must never hold up
+            # the batch loop's commit.
+            bounds = await read_bounds(self._consumer, assigned, self._isolation_level)
             async with self._ownership.lock:
-                await self._claim(assigned)
+                await self._claim(assigned, bounds)
         except BaseException as error:
             self._on_fatal(
                 error
@@ -92,45 +102,31 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             raise
 
-    async def _claim(self, assigned: set[TopicPartition]) -> None:
+    async def _claim(
+        self, assigned: set[TopicPartition], bounds: dict[TopicPartition, LogBounds]
+    ) -> None:
         self._ownership.release(list(self._ownership.claims))
         self._stats.rebalances += 1
         if not assigned:
             logger.info("assigned no partitions")
             return
-        keeper = self._out_of_range_keeper
-        bounds = await keeper.bounds(assigned)
-        # Under --out-of-range fail, refuse before claiming: the database stays untouched.
-        for tp in assigned:
-            stored = await self._store.read_position(tp)
-            if stored is not None:
-                keeper.refuse_if_failing(tp, stored.next_offset, bounds[tp])
-        # A partition never seen before starts at the earliest offset Kafka still has.
-        claimed = await self._store.claim(
-            {tp: b.first for tp, b in bounds.items()},
-            self._owner,
-            {tp: b.end for tp, b in bounds.items()},
-        )
-        claims = {}
-        for tp, claim in claimed.items():
-            resolved = await keeper.resolve(tp, claim, bounds[tp])
-            if resolved is None:
-                # Claimed by another consumer meanwhile: not ours to fetch until Kafka says so.
-                self._consumer.pause(tp)
-                continue
-            claims[tp] = resolved
+        # One transaction: every claim, every position, every out-of-range reset; under
+        # --out-of-range fail, nothing at all.
+        claimed = await self._store.claim(bounds, self._owner, self._policy, self._forget)
+        for reset in claimed.resets:
+            self._stats.out_of_range_resets += 1
+            log_reset(reset.tp, reset.stored_offset, reset.bounds)
         # Seek and record the claims together, with no await between: aiokafka fetches a
         # partition as soon as it has a position, and records fetched from a position the batch
-        # loop does not know yet would be passed over, never counted.
-        for tp, claim in claims.items():
-            # Every partition, including ones kept through the rebalance: aiokafka forgets all
-            # positions on each rebalance (AIOKAFKA-NOTES.md 4).
+        # loop does not know yet would be passed over, never counted. Every partition, including
+        # ones kept through the rebalance: aiokafka forgets all positions on each rebalance.
+        for tp, claim in claimed.claims.items():
             self._consumer.seek(tp, claim.next_offset)
-        self._ownership.claims.update(claims)
+        self._ownership.claims.update(claimed.claims)
         logger.info(
             "assigned partitions: %s",
             ", ".join(
                 f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
-                for tp, claim in sorted(claims.items())
+                for tp, claim in sorted(claimed.claims.items())
             ),
         )

@@ -1,14 +1,18 @@
-"""Counters of what the daemon has done, for progress logs, metrics and tests."""
+"""Every counter the daemon keeps, in one place: the hot path only increments them; the progress
+log, the metrics endpoint and the tests read them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class Stats:
-    records: int = 0
-    batches: int = 0
-    rebalances: int = 0
-    fenced_batches: int = 0
-    out_of_range_resets: int = 0
+    records: int = 0  # records counted and committed
+    batches: int = 0  # batch transactions committed
+    rebalances: int = 0  # assignments received from the group
+    fenced_batches: int = 0  # partition batches dropped: another owner claimed or moved it
+    out_of_range_resets: int = 0  # partitions rebuilt from the log's first offset
+    busy_retries: int = 0  # transactions retried because another connection held the lock
+    # Latencies of the batch commits since the metrics last drained them, in seconds.
+    commit_seconds: list[float] = field(default_factory=list)

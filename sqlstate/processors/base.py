@@ -1,47 +1,63 @@
 """The processor interface: how a kind of state plugs into the batch transaction.
 
-A processor is handed, per partition, the records that the batch commits for it, and returns the
-statements that update its tables with them; the store runs them inside the batch's transaction.
-The loop, positions and fencing stay outside: whatever a processor writes commits or rolls back
-together with the positions. Preparing statements rather than running them lets the store hand
-the whole transaction to the database thread in one call.
+A processor only *prepares statements*. Given one partition's records of a batch, it returns the
+statements that fold them into its tables; given a partition to forget (its position is being
+reset, because Kafka no longer holds it), the statements that delete what was derived from it.
+The store runs them inside the same transaction that moves the partition's position, so state
+and position commit or roll back together. A processor never sees a connection, a position or an
+epoch: fencing, positions and transactions are the store's.
+
+The contract that makes it exact: the statements depend only on the records given (no clock, no
+randomness, no reads of other systems), so replaying the same records after a crash, a reset or
+on another host produces the same rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.store import Transaction, Write
-
 Records = Sequence[ConsumerRecord[bytes, bytes]]
+Parameters = Sequence[Any] | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement and the rows of parameters to run it with (one ``executemany``)."""
+
+    sql: str
+    rows: Sequence[Parameters]
 
 
 class Processor(Protocol):
     """A kind of derived state kept in the database."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name, unique among the daemon's processors (it prefixes their tables)."""
 
-    def writes(self, batch: Mapping[TopicPartition, Records]) -> Sequence[Write]:
-        """The statements that update state with the batch's records. Must not touch the
-        database itself: the store runs them in the batch's transaction."""
+    def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
+        """The statements that fold ``records`` (one partition's share of a batch, in offset
+        order, never empty) into this processor's tables."""
 
-    async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
-        """Forget everything derived from one partition (its position is being reset)."""
+    def forget(self, tp: TopicPartition) -> Sequence[Statement]:
+        """The statements that delete everything derived from partition ``tp``."""
 
 
 class Processors:
-    """All processors of a daemon, their statements run in order inside the same transaction."""
+    """All processors of a daemon; their statements run in order in the same transaction."""
 
     def __init__(self, members: Sequence[Processor]) -> None:
         self.members = tuple(members)
 
-    def writes(self, batch: Mapping[TopicPartition, Records]) -> list[Write]:
-        return [write for processor in self.members for write in processor.writes(batch)]
+    def statements(self, tp: TopicPartition, records: Records) -> list[Statement]:
+        if not records:
+            return []
+        return [s for processor in self.members for s in processor.statements(tp, records)]
 
-    async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
-        for processor in self.members:
-            await processor.discard(tx, tp)
+    def forget(self, tp: TopicPartition) -> list[Statement]:
+        return [s for processor in self.members for s in processor.forget(tp)]

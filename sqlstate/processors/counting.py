@@ -15,8 +15,8 @@ from operator import attrgetter
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors.base import Records
-from sqlstate.store import Transaction, Write
+from sqlstate.processors.base import Records, Statement
+from sqlstate.queries import sql
 
 _key = attrgetter("key")
 
@@ -36,36 +36,38 @@ class KeyCounter:
 
     name = "key_counts"
 
-    def writes(self, batch: Mapping[TopicPartition, Records]) -> Sequence[Write]:
+    def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         # Aggregate first: the database sees each distinct key once per batch. Text keys, nearly
-        # always all of them, go as one JSON object per partition, one statement each; null and
-        # BLOB keys, and text with NUL characters (which SQLite's JSON functions cut short), go
-        # one row each.
-        documents: list[dict[str, object]] = []
+        # always all of them, go as one JSON object, one statement; null and BLOB keys, and text
+        # with NUL characters (which SQLite's JSON functions cut short), go one row each.
+        counts = Counter(map(_key, records))
+        document = _as_json_object(counts)
         single_rows: list[tuple[str, int, str | bytes | None, int]] = []
-        for tp, records in batch.items():
-            counts = Counter(map(_key, records))
-            document = _as_json_object(counts)
-            if document is None:
-                text_counts: dict[str, int] = {}
-                for key, count in counts.items():
-                    stored = stored_key(key)
-                    if isinstance(stored, str) and "\x00" not in stored:
-                        text_counts[stored] = count
-                    else:
-                        single_rows.append((tp.topic, tp.partition, stored, count))
-                document = _dumps(text_counts) if text_counts else None
-            if document is not None:
-                documents.append({"topic": tp.topic, "partition": tp.partition, "counts": document})
-        writes = []
-        if documents:
-            writes.append(Write("upsert_partition_key_counts", documents))
+        if document is None:
+            text_counts: dict[str, int] = {}
+            for key, count in counts.items():
+                stored = stored_key(key)
+                if isinstance(stored, str) and "\x00" not in stored:
+                    text_counts[stored] = count
+                else:
+                    single_rows.append((tp.topic, tp.partition, stored, count))
+            document = _dumps(text_counts) if text_counts else None
+        statements = []
+        if document is not None:
+            statements.append(
+                Statement(
+                    sql("upsert_partition_key_counts"),
+                    [{"topic": tp.topic, "partition": tp.partition, "counts": document}],
+                )
+            )
         if single_rows:
-            writes.append(Write("upsert_key_counts", single_rows))
-        return writes
+            statements.append(Statement(sql("upsert_key_counts"), single_rows))
+        return statements
 
-    async def discard(self, tx: Transaction, tp: TopicPartition) -> None:
-        await tx.execute("delete_key_counts", {"topic": tp.topic, "partition": tp.partition})
+    def forget(self, tp: TopicPartition) -> Sequence[Statement]:
+        return [
+            Statement(sql("delete_key_counts"), [{"topic": tp.topic, "partition": tp.partition}])
+        ]
 
 
 def _as_json_object(counts: Mapping[bytes | None, int]) -> str | None:

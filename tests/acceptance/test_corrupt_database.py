@@ -1,5 +1,8 @@
 """A corrupt database: ``sqlstate run`` refuses to start, says so, and leaves every byte alone.
 
+A file this small is checked before anything is written (a large one is checked beside start-up:
+tests/unit/test_database.py).
+
 Starting over silently would recount from wherever Kafka's retention now begins and hide the loss,
 so refusing is the only safe answer. The files are compared byte for byte, the WAL included: a
 read-write SQLite connection checkpoints the WAL into the main file when it closes, which would

@@ -54,7 +54,7 @@ async def test_full_disk_stops_cleanly_and_recovers_after_restart(
         assert await full.wait(60) == 3, full.log()[-3000:]
         log = full.log()
         assert "database or disk is full" in log
-        assert "the batch was rolled back" in log
+        assert "the transaction was rolled back" in log
         assert "Traceback" not in log.split("sqlstate: error:")[-1]
         # What was committed before the disk filled is whole: state and positions agree.
         stopped_at = await assert_exactly_once(kafka_bootstrap, database, topic)

@@ -21,24 +21,26 @@ import argparse
 import functools
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlstate import cli, migrate
 from sqlstate.consumer import BatchLoop
-from sqlstate.processors.base import Processors
+from sqlstate.database import Database
+from sqlstate.processors.base import Processors, Statement
 from sqlstate.rebalance import Listener
-from sqlstate.store import Store, Transaction, Write
+from sqlstate.store import Store
 
 # point: (class, method, where the fault fires, which hits count)
-POINTS: dict[str, tuple[type, str, str, str]] = {
+POINTS: dict[str, tuple[Any, str, str, str]] = {
     # A batch was fetched and gated; the transaction has not begun.
     "after_fetch": (BatchLoop, "_commit", "before", "any"),
-    # Inside the batch transaction: positions moved, counts upserted, COMMIT not yet run.
+    # Inside the batch transaction: a position moved, its counts upserted, COMMIT not yet run.
     # The processors' statements run in the database thread, so the fault rides on their rows:
-    # it fires when the database has pulled the last row of the batch's last statement.
-    "after_upsert": (Processors, "writes", "after", "any"),
+    # it fires when the database has pulled the last row of a partition's last statement.
+    "after_upsert": (Processors, "statements", "after", "any"),
     # The batch transaction committed; the in-memory claims are not yet advanced.
     "after_commit": (Store, "commit_batch", "after", "any"),
     # Just before the batch transaction begins (the zombie's pause point).
@@ -50,7 +52,7 @@ POINTS: dict[str, tuple[type, str, str, str]] = {
     # Inside the assign callback: the claim (epoch bump) committed, no partition seeked yet.
     "after_claim": (Store, "claim", "after", "any"),
     # In the middle of a migration's transaction, after one of its statements ran.
-    "in_migration": (Transaction, "execute_script_statement", "after", "any"),
+    "in_migration": (migrate, "statements", "after", "any"),
 }
 
 
@@ -88,17 +90,32 @@ def install(point: str, at: int, action: str) -> None:
 
     if point == "after_upsert":
 
-        def writes(self: Processors, batch: Any) -> list[Write]:
+        def statements(self: Processors, tp: Any, records: Any) -> list[Statement]:
             nonlocal hits
-            result: list[Write] = original(self, batch)
+            result: list[Statement] = original(self, tp, records)
             if result:
                 hits += 1
                 if hits == at:
                     last = result[-1]
-                    result = [*result[:-1], Write(last.query, _FiringRows(last.rows, fire))]
+                    result = [*result[:-1], Statement(last.sql, _FiringRows(last.rows, fire))]
             return result
 
-        setattr(owner, name, writes)
+        setattr(owner, name, statements)
+        return
+
+    if point == "in_migration":
+
+        def split(script: str) -> Iterator[str]:
+            nonlocal hits
+            for statement in original(script):
+                yield statement
+                # Asked for the next statement: the one before it has run, inside the
+                # migration's transaction.
+                hits += 1
+                if hits == at:
+                    fire()
+
+        setattr(owner, name, split)
         return
 
     @functools.wraps(original)
@@ -120,18 +137,21 @@ def install(point: str, at: int, action: str) -> None:
 
 def limit_pages(slack: int) -> None:
     """Let the daemon's connection grow the file by only ``slack`` pages: a full disk."""
-    original = Store.open.__func__  # type: ignore[attr-defined]
+    original = Database.open.__func__  # type: ignore[attr-defined]
 
-    async def open_limited(cls: type[Store], *args: Any, **kwargs: Any) -> Store:
-        store: Store = await original(cls, *args, **kwargs)
-        conn = store._conn
+    async def open_limited(cls: type[Database], *args: Any, **kwargs: Any) -> Database:
+        database: Database = await original(cls, *args, **kwargs)
         # Migrate first so that the limit leaves room for batches, not for the schema.
-        await migrate.apply_pending(store)
-        (pages,) = await (await conn.execute("PRAGMA page_count")).fetchone()  # type: ignore[misc]
-        await conn.execute(f"PRAGMA max_page_count = {int(pages) + slack}")
-        return store
+        await migrate.apply_pending(database)
 
-    Store.open = classmethod(open_limited)  # type: ignore[method-assign, assignment]
+        def limit(conn: sqlite3.Connection) -> None:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {int(pages) + slack}")
+
+        await database.setting(limit)
+        return database
+
+    Database.open = classmethod(open_limited)  # type: ignore[method-assign, assignment]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

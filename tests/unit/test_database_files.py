@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sqlstate import migrate
+from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, SchemaTooNewError
-from sqlstate.store import Store
 
 
 def digest(path: Path) -> str:
@@ -20,7 +20,7 @@ def digest(path: Path) -> str:
 
 async def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="does not exist"):
-        await Store.open(tmp_path / "nope" / "s.db")
+        await Database.open(tmp_path / "nope" / "s.db", busy_timeout_s=5.0)
     assert not (tmp_path / "nope").exists()
 
 
@@ -29,21 +29,21 @@ async def test_not_a_database_is_left_alone(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite\n" * 200)
     before = digest(path)
     with pytest.raises(DatabaseError, match="not a usable SQLite database"):
-        await Store.open(path)
+        await Database.open(path, busy_timeout_s=5.0)
     assert digest(path) == before
     assert not await asyncio.to_thread(Path(f"{path}-wal").exists)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = await Store.open(path)
+    store = await Database.open(path, busy_timeout_s=5.0)
     await migrate.apply_pending(store)
     await store.close()
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x')")
     conn.close()
     before = digest(path)
-    store = await Store.open(path)
+    store = await Database.open(path, busy_timeout_s=5.0)
     try:
         with pytest.raises(SchemaTooNewError, match="9999_future"):
             await migrate.apply_pending(store)
@@ -54,7 +54,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 async def test_migrations_apply_once_and_list(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = await Store.open(path)
+    store = await Database.open(path, busy_timeout_s=5.0)
     try:
         assert [s.applied_at for s in await migrate.list_status(store)] == [None] * len(
             migrate.available()

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sqlstate.store import Store
+from sqlstate.database import Database
 
 # A write transaction in rollback-journal mode, killed before COMMIT: a hot journal stays behind.
 CRASH_IN_TRANSACTION = textwrap.dedent(
@@ -38,9 +38,9 @@ async def test_hot_rollback_journal_is_replayed_not_refused(tmp_path: Path) -> N
 
     # The read-only integrity check cannot replay the journal; the open must not refuse the
     # file for that, but let SQLite's own recovery roll the crashed transaction back.
-    store = await Store.open(path)
+    store = await Database.open(path, busy_timeout_s=5.0)
     try:
-        assert await store.fetchall("check_readable")
+        assert await store.read(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone())
     finally:
         await store.close()
     conn = sqlite3.connect(path)

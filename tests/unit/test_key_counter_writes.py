@@ -16,8 +16,10 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate import migrate
+from sqlstate.database import Database
 from sqlstate.processors.counting import KeyCounter, stored_key
-from sqlstate.store import Store, Transaction
+from sqlstate.queries import sql
+from tests.support.db import query
 
 TEXT_KEYS: list[bytes | None] = [
     b"",
@@ -60,30 +62,28 @@ def _record(tp: TopicPartition, offset: int, key: bytes | None) -> ConsumerRecor
 async def _stored(
     path: Path, keys_by_partition: dict[TopicPartition, list[bytes | None]], times: int
 ) -> list[tuple[object, ...]]:
-    store = await Store.open(path)
+    database = await Database.open(path, busy_timeout_s=5.0)
     try:
-        await migrate.apply_pending(store)
-        batch = {
-            tp: [_record(tp, offset, key) for offset, key in enumerate(keys)]
+        await migrate.apply_pending(database)
+        statements = [
+            statement
             for tp, keys in keys_by_partition.items()
-        }
-        writes = KeyCounter().writes(batch)
+            for statement in KeyCounter().statements(
+                tp, [_record(tp, offset, key) for offset, key in enumerate(keys)]
+            )
+        ]
 
-        async def work(tx: Transaction) -> None:
-            for write in writes:
-                await tx.write(write)
+        def work(conn: sqlite3.Connection) -> None:
+            for statement in statements:
+                conn.executemany(statement.sql, statement.rows)
 
         for _ in range(times):
-            await store.in_transaction(work)
+            await database.transaction(work)
     finally:
-        await store.close()
-    with sqlite3.connect(path) as conn:
-        return sorted(
-            conn.execute(
-                "SELECT topic, partition, key, typeof(key), count FROM key_counts"
-            ).fetchall(),
-            key=repr,
-        )
+        await database.close()
+    return sorted(
+        query(path, "SELECT topic, partition, key, typeof(key), count FROM key_counts"), key=repr
+    )
 
 
 def _expected(
@@ -110,7 +110,5 @@ async def test_every_kind_of_key_is_counted_exactly(tmp_path: Path) -> None:
 
 async def test_text_keys_of_a_partition_go_as_one_statement() -> None:
     tp = TopicPartition("t", 0)
-    writes = KeyCounter().writes({tp: [_record(tp, i, b"k%d" % (i % 7)) for i in range(100)]})
-    assert [(write.query, len(write.rows)) for write in writes] == [
-        ("upsert_partition_key_counts", 1)
-    ]
+    statements = KeyCounter().statements(tp, [_record(tp, i, b"k%d" % (i % 7)) for i in range(100)])
+    assert [(s.sql, len(s.rows)) for s in statements] == [(sql("upsert_partition_key_counts"), 1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -15,11 +15,6 @@ from sqlstate.errors import ConfigError
 from sqlstate.health import Health, Lags, PartitionLag
 from sqlstate.metrics import Metrics, StatusServer
 from sqlstate.stats import Stats
-from sqlstate.store import Store
-
-
-class FakeStore:
-    busy_retries = 0
 
 
 class Daemon:
@@ -27,17 +22,9 @@ class Daemon:
 
     def __init__(self) -> None:
         self.stats = Stats()
-        self.store = FakeStore()
-        self.commit_seconds: list[float] = []
         self.lags: dict[TopicPartition, PartitionLag] = {}
         self.health = Health(True, "caught up", True, 0, 0)
-        self.metrics = Metrics(
-            self.stats,
-            cast(Store, self.store),
-            self.commit_seconds,
-            self.get_lags,
-            self.get_health,
-        )
+        self.metrics = Metrics(self.stats, self.get_lags, self.get_health)
 
     def get_lags(self) -> Lags:
         return self.lags
@@ -86,8 +73,8 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 async def test_metrics_are_read_at_scrape_time(served: tuple[Daemon, int]) -> None:
     daemon, port = served
     daemon.stats.records, daemon.stats.batches, daemon.stats.rebalances = 1500, 3, 1
-    daemon.store.busy_retries = 2
-    daemon.commit_seconds.extend([0.002, 0.004, 0.2])
+    daemon.stats.busy_retries = 2
+    daemon.stats.commit_seconds.extend([0.002, 0.004, 0.2])
     daemon.lags = {
         TopicPartition("orders", 0): PartitionLag(100, 160),
         TopicPartition("orders", 1): PartitionLag(7, None),
@@ -111,7 +98,7 @@ async def test_metrics_are_read_at_scrape_time(served: tuple[Daemon, int]) -> No
     assert values[("sqlstate_partition_next_offset", orders_1)] == 7
     assert values[("sqlstate_assigned_partitions", ())] == 2
     assert values[("sqlstate_healthy", ())] == 1
-    assert daemon.commit_seconds == []  # drained into the histogram
+    assert daemon.stats.commit_seconds == []  # drained into the histogram
 
     daemon.stats.records += 500
     values = samples((await get(port, "/metrics"))[2])
@@ -175,9 +162,7 @@ async def test_a_failing_collector_answers_500_and_is_logged(
         raise RuntimeError("bug")
 
     daemon.get_lags = broken  # type: ignore[method-assign]
-    daemon.metrics = Metrics(
-        daemon.stats, cast(Store, daemon.store), daemon.commit_seconds, broken, daemon.get_health
-    )
+    daemon.metrics = Metrics(daemon.stats, broken, daemon.get_health)
     server = StatusServer(daemon.metrics, daemon.get_health)
     _host, broken_port = await server.start("127.0.0.1", 0)
     try:

@@ -7,10 +7,12 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from sqlstate import migrate
-from sqlstate.out_of_range import LogBounds, OutOfRangePolicyKeeper
+from sqlstate.database import Database
+from sqlstate.out_of_range import LogBounds
+from sqlstate.processors.base import Statement
 from sqlstate.rebalance import Listener, Ownership
 from sqlstate.stats import Stats
-from sqlstate.store import Store, Transaction
+from sqlstate.store import Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -37,26 +39,30 @@ class StandInConsumer:
 async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: Path) -> None:
     """aiokafka fetches a partition as soon as it is seeked; a seek before the loop knows the
     claim would let the loop pass over the records fetched meanwhile."""
-    store = await Store.open(tmp_path / "s.db")
-    await migrate.apply_pending(store)
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
     consumer = StandInConsumer()
-    seeks_seen_by_discard: list[int] = []
+    seeks_seen_by_forget: list[int] = []
 
-    async def discard(tx: Transaction, tp: TopicPartition) -> None:
-        seeks_seen_by_discard.append(len(consumer.seeks))
+    def forget(tp: TopicPartition) -> list[Statement]:
+        seeks_seen_by_forget.append(len(consumer.seeks))
+        return []
 
     try:
-        await store.claim({A: 10, B: 10}, "earlier")  # stored positions now below the log
+        # Stored positions now below the log.
+        await store.claim({A: LogBounds(10, 10), B: LogBounds(10, 10)}, "earlier", "reset", forget)
         ownership = Ownership()
         stats = Stats()
-        keeper = OutOfRangePolicyKeeper(consumer, store, "reset", discard, stats)
         fatal: list[BaseException] = []
-        listener = Listener(consumer, store, ownership, "me", stats, keeper, fatal.append)
+        listener = Listener(
+            consumer, store, ownership, "me", stats, "reset", "read_committed", forget, fatal.append
+        )
         await listener.on_partitions_assigned({A, B})
     finally:
-        await store.close()
+        await database.close()
     assert fatal == []
-    assert seeks_seen_by_discard == [0, 0]
+    assert seeks_seen_by_forget == [0, 0]
     assert sorted(consumer.seeks) == [(A, 50), (B, 50)]
     assert {tp: claim.next_offset for tp, claim in ownership.claims.items()} == {A: 50, B: 50}
     assert stats.out_of_range_resets == 2

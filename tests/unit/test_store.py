@@ -1,9 +1,9 @@
-"""The store and the counting processor on a real SQLite file: claims, compare-and-set, keys."""
+"""The store and the counting processor on a real SQLite file: claims, compare-and-set, resets,
+odd keys, and each transaction committing all of itself or nothing."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,61 +12,131 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate import migrate
-from sqlstate.errors import DatabaseError
+from sqlstate.database import Database
+from sqlstate.errors import DatabaseError, OutOfRangeError
+from sqlstate.out_of_range import LogBounds
+from sqlstate.processors.base import Processors, Statement
 from sqlstate.processors.counting import KeyCounter, stored_key
-from sqlstate.store import PartitionAdvance, Store, Write
+from sqlstate.queries import sql
+from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
+from tests.support.db import query
 
 TP = TopicPartition("orders", 0)
+OTHER = TopicPartition("orders", 1)
+COUNTER = Processors([KeyCounter()])
 
 
 def record(offset: int, key: bytes | None, tp: TopicPartition = TP) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, b"v", None, 0, 1, [])
 
 
+def batch(
+    tp: TopicPartition, claim: Claim, keys: Sequence[bytes | None], *extra: Statement
+) -> PartitionBatch:
+    """The share of a batch that counts ``keys`` from the claimed position on."""
+    records = [record(claim.next_offset + i, key, tp) for i, key in enumerate(keys)]
+    return PartitionBatch(
+        tp=tp,
+        claim=claim,
+        next_offset=claim.next_offset + len(keys),
+        log_end_offset=None,
+        records=len(records),
+        statements=[*COUNTER.statements(tp, records), *extra],
+    )
+
+
 async def open_store(path: Path) -> Store:
-    store = await Store.open(path)
-    await migrate.apply_pending(store)
-    return store
+    database = await Database.open(path, busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    return Store(database)
+
+
+def bounds(
+    *tps: TopicPartition, first: int = 0, end: int = 1_000
+) -> dict[TopicPartition, LogBounds]:
+    return {tp: LogBounds(first, end) for tp in tps}
 
 
 def counts(path: Path) -> dict[object, int]:
-    with sqlite3.connect(path) as conn:
-        return {key: n for key, n in conn.execute("SELECT key, count FROM counts")}
+    return {key: n for key, n in query(path, "SELECT key, count FROM counts")}
+
+
+def state(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    positions = query(path, "SELECT partition, next_offset, epoch FROM positions ORDER BY 1")
+    key_counts = query(path, "SELECT partition, key, count FROM key_counts ORDER BY 1, 2")
+    return positions, key_counts
 
 
 async def test_claim_bumps_epoch_and_keeps_position(tmp_path: Path) -> None:
     store = await open_store(tmp_path / "s.db")
     try:
-        first = await store.claim({TP: 7}, "a", {TP: 9})
+        first = await store.claim(bounds(TP, first=7, end=9), "a", "reset", COUNTER.forget)
+        assert first.claims == {TP: Claim(7, 1)}
         assert [p.log_end_offset for p in await store.positions()] == [9]
-        assert (first[TP].next_offset, first[TP].epoch) == (7, 1)
-        second = await store.claim({TP: 0}, "b")  # start offset only applies to a new row
-        assert (second[TP].next_offset, second[TP].epoch) == (7, 2)
-        position = await store.read_position(TP)
+        # The log's first offset only applies to a partition never seen before.
+        second = await store.claim(bounds(TP), "b", "reset", COUNTER.forget)
+        assert (second.claims, second.resets) == ({TP: Claim(7, 2)}, [])
+        position = await store.position(TP)
         assert position is not None
-        assert position.owner == "b"
+        assert (position.owner, position.log_end_offset) == ("b", 1_000)
     finally:
-        await store.close()
+        await store.database.close()
 
 
-async def test_commit_from_a_stale_epoch_is_fenced_and_changes_nothing(tmp_path: Path) -> None:
+async def test_a_batch_commits_positions_and_counts_together(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await open_store(path)
-    counter = KeyCounter()
     try:
-        old = (await store.claim({TP: 0}, "zombie"))[TP]
-        new = (await store.claim({TP: 0}, "owner"))[TP]
-        stale = PartitionAdvance(TP, old.epoch, 0, 2, None, [record(0, b"a"), record(1, b"a")])
-        assert await store.commit_batch([stale], counter.writes) == [TP]
-        assert counts(path) == {}
-        fresh = PartitionAdvance(TP, new.epoch, 0, 1, 5, [record(0, b"a")])
-        assert await store.commit_batch([fresh], counter.writes) == []
-        assert counts(path) == {"a": 1}
-        # The same batch again: its expected offset no longer matches.
-        assert await store.commit_batch([fresh], counter.writes) == [TP]
-        assert counts(path) == {"a": 1}
+        claims = (await store.claim(bounds(TP, OTHER), "me", "reset", COUNTER.forget)).claims
+        outcomes = await store.commit_batch(
+            [batch(TP, claims[TP], [b"k", b"k"]), batch(OTHER, claims[OTHER], [b"j"])]
+        )
     finally:
-        await store.close()
+        await store.database.close()
+    assert outcomes == [Committed(TP, Claim(2, 1), 2), Committed(OTHER, Claim(1, 1), 1)]
+    assert state(path) == ([(0, 2, 1), (1, 1, 1)], [(0, "k", 2), (1, "j", 1)])
+
+
+async def test_a_fenced_partition_is_left_out_with_the_row_that_fenced_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_store(path)
+    try:
+        mine = (await store.claim(bounds(TP, OTHER), "me", "reset", COUNTER.forget)).claims
+        # Another consumer claims OTHER: we are a zombie for it.
+        await store.claim(bounds(OTHER), "someone else", "reset", COUNTER.forget)
+        outcomes = await store.commit_batch(
+            [batch(TP, mine[TP], [b"k"]), batch(OTHER, mine[OTHER], [b"j"])]
+        )
+    finally:
+        await store.database.close()
+    assert outcomes[0] == Committed(TP, Claim(1, 1), 1)
+    fenced = outcomes[1]
+    assert isinstance(fenced, Fenced)
+    assert fenced.holder is not None
+    assert (fenced.tp, fenced.records) == (OTHER, 1)
+    assert (fenced.holder.owner, fenced.holder.epoch, fenced.holder.next_offset) == (
+        "someone else",
+        2,
+        0,
+    )
+    assert state(path) == ([(0, 1, 1), (1, 0, 2)], [(0, "k", 1)])
+
+
+async def test_a_replayed_batch_is_fenced(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_store(path)
+    try:
+        claim = (await store.claim(bounds(TP), "a", "reset", COUNTER.forget)).claims[TP]
+        once = batch(TP, claim, [b"a"])
+        assert isinstance((await store.commit_batch([once]))[0], Committed)
+        # The same batch again: its expected offset no longer matches (same epoch, moved).
+        again = (await store.commit_batch([once]))[0]
+        assert isinstance(again, Fenced)
+        assert again.holder is not None
+        assert (again.holder.epoch, again.holder.next_offset) == (claim.epoch, 1)
+    finally:
+        await store.database.close()
+    assert counts(path) == {"a": 1}
 
 
 async def test_odd_keys_are_counted_distinctly(tmp_path: Path) -> None:
@@ -75,20 +145,15 @@ async def test_odd_keys_are_counted_distinctly(tmp_path: Path) -> None:
     big = b"k" * 100_000
     keys: list[bytes | None] = [None, b"", b"\xff\xfe", "é".encode(), big, None, b"", b"\xff\xfe"]
     try:
-        claim = (await store.claim({TP: 0}, "a"))[TP]
-        records = [record(i, key) for i, key in enumerate(keys)]
-        advance = PartitionAdvance(TP, claim.epoch, 0, len(keys), None, records)
-        assert await store.commit_batch([advance], KeyCounter().writes) == []
+        claim = (await store.claim(bounds(TP), "a", "reset", COUNTER.forget)).claims[TP]
+        first = await store.commit_batch([batch(TP, claim, keys)])
+        assert first == [Committed(TP, Claim(len(keys), 1), len(keys))]
         # A second batch adds to the same rows, including the NULL key's row.
-        advance2 = PartitionAdvance(
-            TP, claim.epoch, len(keys), len(keys) + 1, None, [record(len(keys), None)]
-        )
-        assert await store.commit_batch([advance2], KeyCounter().writes) == []
+        await store.commit_batch([batch(TP, Claim(len(keys), 1), [None])])
     finally:
-        await store.close()
+        await store.database.close()
     assert counts(path) == {None: 3, "": 2, b"\xff\xfe": 2, "é": 1, big.decode(): 1}
-    with sqlite3.connect(path) as conn:
-        kinds = dict(conn.execute("SELECT typeof(key), count(*) FROM key_counts GROUP BY 1"))
+    kinds = dict(query(path, "SELECT typeof(key), count(*) FROM key_counts GROUP BY 1"))
     assert kinds == {"null": 1, "text": 3, "blob": 1}
 
 
@@ -99,47 +164,77 @@ def test_stored_key() -> None:
     assert stored_key(b"\x80") == b"\x80"
 
 
-async def test_reset_discards_only_that_partition(tmp_path: Path) -> None:
+async def test_reset_discards_only_that_partition_and_only_for_its_holder(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    other = TopicPartition("orders", 1)
     store = await open_store(path)
-    counter = KeyCounter()
     try:
-        claims = await store.claim({TP: 0, other: 0}, "a")
+        claims = (await store.claim(bounds(TP, OTHER), "a", "reset", COUNTER.forget)).claims
         await store.commit_batch(
-            [
-                PartitionAdvance(TP, claims[TP].epoch, 0, 1, None, [record(0, b"x")]),
-                PartitionAdvance(other, claims[other].epoch, 0, 1, None, [record(0, b"x", other)]),
-            ],
-            counter.writes,
+            [batch(TP, claims[TP], [b"x"]), batch(OTHER, claims[OTHER], [b"x"])]
         )
-        assert await store.reset_partition(TP, claims[TP].epoch, 50, counter.discard)
-        assert not await store.reset_partition(TP, claims[TP].epoch + 1, 60, counter.discard)
-        position = await store.read_position(TP)
+        log = LogBounds(50, 60)
+        assert await store.reset(TP, claims[TP], log, COUNTER.forget) == Claim(50, 1)
+        stale = Claim(0, claims[TP].epoch + 1)  # an epoch the row does not hold
+        assert await store.reset(TP, stale, LogBounds(70, 80), COUNTER.forget) is None
+        position = await store.position(TP)
         assert position is not None
         assert position.next_offset == 50
     finally:
-        await store.close()
-    assert counts(path) == {"x": 1}
+        await store.database.close()
+    assert state(path)[1] == [(1, "x", 1)]
 
 
-async def test_failed_transaction_rolls_back_everything(tmp_path: Path) -> None:
+async def test_a_claim_out_of_range_resets_in_the_same_transaction(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await open_store(path)
-
-    def explode(batch: Mapping[TopicPartition, Sequence[Any]]) -> list[Write]:
-        # The counts, then a statement that fails after the positions and counts were written.
-        return [*KeyCounter().writes(batch), Write("upsert_key_counts", [("too", "few")])]
-
     try:
-        claim = (await store.claim({TP: 0}, "a"))[TP]
-        with pytest.raises(DatabaseError):
-            await store.commit_batch(
-                [PartitionAdvance(TP, claim.epoch, 0, 1, None, [record(0, b"x")])], explode
-            )
-        position = await store.read_position(TP)
-        assert position is not None
-        assert position.next_offset == 0
+        claims = (await store.claim(bounds(TP, OTHER), "a", "reset", COUNTER.forget)).claims
+        await store.commit_batch(
+            [batch(TP, claims[TP], [b"x"] * 5), batch(OTHER, claims[OTHER], [b"y"])]
+        )
+        # TP's records [0, 5) were deleted: the log now starts at 8. OTHER's log still holds 1.
+        log = {TP: LogBounds(8, 20), OTHER: LogBounds(0, 1)}
+        claimed = await store.claim(log, "b", "reset", COUNTER.forget)
     finally:
-        await store.close()
-    assert counts(path) == {}
+        await store.database.close()
+    assert claimed.claims == {TP: Claim(8, 2), OTHER: Claim(1, 2)}
+    assert [(r.tp, r.stored_offset, r.bounds) for r in claimed.resets] == [(TP, 5, log[TP])]
+    assert state(path) == ([(0, 8, 2), (1, 1, 2)], [(1, "y", 1)])
+
+
+async def test_a_claim_out_of_range_under_fail_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_store(path)
+    try:
+        claims = (await store.claim(bounds(TP, OTHER), "a", "reset", COUNTER.forget)).claims
+        await store.commit_batch([batch(TP, claims[TP], [b"x"] * 5)])
+        before = state(path)
+        with pytest.raises(OutOfRangeError, match="outside the log"):
+            await store.claim(
+                {TP: LogBounds(8, 20), OTHER: LogBounds(0, 0)}, "b", "fail", COUNTER.forget
+            )
+        # A partition never seen before is claimed with the others, or not at all.
+        new = TopicPartition("orders", 2)
+        with pytest.raises(OutOfRangeError):
+            await store.claim(
+                {new: LogBounds(0, 0), TP: LogBounds(8, 20)}, "b", "fail", COUNTER.forget
+            )
+    finally:
+        await store.database.close()
+    assert state(path) == before
+
+
+async def test_a_failed_statement_rolls_back_the_whole_batch(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_store(path)
+    try:
+        claims = (await store.claim(bounds(TP, OTHER), "a", "reset", COUNTER.forget)).claims
+        # OTHER's counts, then a statement that fails after TP's position and counts were written.
+        broken = Statement(sql("upsert_key_counts"), [("too", "few")])
+        with pytest.raises(DatabaseError, match="rolled back"):
+            await store.commit_batch(
+                [batch(TP, claims[TP], [b"x"]), batch(OTHER, claims[OTHER], [b"y"], broken)]
+            )
+    finally:
+        await store.database.close()
+    assert state(path) == ([(0, 0, 1), (1, 0, 1)], [])
