@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sqlstate import __version__, daemon, inspect, logs, output
+from sqlstate import __version__, daemon, logs, lookups, output
 from sqlstate.errors import SqlstateError
 from sqlstate.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Security, Settings
 
@@ -293,7 +293,7 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
 @reports_errors
 def migrate(database: Path, list_only: bool, as_json: bool) -> None:
     """Apply pending schema migrations (``run`` also does this at start)."""
-    applied, statuses = asyncio.run(inspect.migrations(database, apply=not list_only))
+    applied, statuses = asyncio.run(lookups.migrations(database, apply=not list_only))
     rows = [{"name": s.name, "applied_at": s.applied_at} for s in statuses]
     if as_json:
         click.echo(output.as_json(rows))
@@ -325,7 +325,7 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
 @reports_errors
 def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
     """Show the highest message counts per key (from the ``counts`` view)."""
-    rows = asyncio.run(inspect.top_counts(database, topic, top))
+    rows = asyncio.run(lookups.top_counts(database, topic, top))
     if as_json:
         click.echo(
             output.as_json(
@@ -368,7 +368,7 @@ def offsets(
     """Show each partition's stored position, owner and last update."""
     connection = _security(security)
     reports = asyncio.run(
-        inspect.positions(database, bootstrap_servers, isolation_level, connection)
+        lookups.positions(database, bootstrap_servers, isolation_level, connection)
     )
     rows = [
         {

@@ -50,7 +50,7 @@ async def test_counts_and_positions_are_exact(
     assert "record parser: C extension" in log
     assert "Traceback" not in log
 
-    # The inspect commands read the same numbers.
+    # The read-only commands read the same numbers.
     top = json.loads(sqlstate("counts", "--database", str(database), "--top", "400", "--json"))
     assert {(row["topic"], json.dumps(row["key"])): row["count"] for row in top} == {
         (topic, json.dumps(output.key_json(key))): count for key, count in totals.items()

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import migrate
 from sqlstate.errors import AuthenticationError, BrokerError
-from sqlstate.kafka import refusal, security_options
+from sqlstate.kafka import build_offsets_consumer, refusal
 from sqlstate.settings import Security
 from sqlstate.store import Position, Store
 
@@ -83,12 +83,7 @@ async def _end_offsets(
     security: Security,
     timeout_s: float,
 ) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        isolation_level=isolation_level,
-        enable_auto_commit=False,
-        **security_options(security),
-    )
+    consumer = build_offsets_consumer(bootstrap_servers, isolation_level, security)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
         ends: dict[TopicPartition, int] = await asyncio.wait_for(
