@@ -16,8 +16,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlstate import migrate
 from sqlstate.errors import AuthenticationError, BrokerError
 from sqlstate.kafka import build_offsets_consumer, refusal
-from sqlstate.settings import Security
+from sqlstate.settings import Security, default
 from sqlstate.store import Position, Store
+
+# These commands have no flags for them: they wait as long as ``run`` does by default.
+BUSY_TIMEOUT_S: float = default("busy_timeout_s")
+CONNECT_TIMEOUT_S: float = default("connect_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class PositionReport:
 
 
 async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyCount]:
-    store = await Store.open(database, read_only=True, check_integrity=False)
+    store = await Store.open(
+        database, read_only=True, check_integrity=False, busy_timeout_s=BUSY_TIMEOUT_S
+    )
     try:
         rows = await store.fetchall("top_counts", {"topic": topic, "limit": limit})
     finally:
@@ -53,13 +59,15 @@ async def positions(
     bootstrap_servers: str | None,
     isolation_level: str,
     security: Security | None = None,
-    timeout_s: float = 30.0,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> list[PositionReport]:
     """Stored positions; with ``bootstrap_servers`` also the end offsets (connecting per
     ``security``, PLAINTEXT by default)."""
     # Bad security flags are an error even when there is nothing to look up yet.
     security = (security or Security()).validated() if bootstrap_servers else security
-    store = await Store.open(database, read_only=True, check_integrity=False)
+    store = await Store.open(
+        database, read_only=True, check_integrity=False, busy_timeout_s=BUSY_TIMEOUT_S
+    )
     try:
         stored = await store.positions()
     finally:
@@ -104,7 +112,7 @@ async def _end_offsets(
 
 async def migrations(database: Path, apply: bool) -> tuple[list[str], list[Any]]:
     """Apply pending migrations (unless only listing); return (applied now, status of each)."""
-    store = await Store.open(database, read_only=not apply)
+    store = await Store.open(database, read_only=not apply, busy_timeout_s=BUSY_TIMEOUT_S)
     try:
         applied = await migrate.apply_pending(store) if apply else []
         return applied, await migrate.list_status(store)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from sqlstate.cli import main
+from sqlstate.cli import main, run
 from sqlstate.errors import ConfigError
-from sqlstate.settings import Security, Settings
+from sqlstate.settings import Security, Settings, default
 
 
 def test_password_never_in_repr() -> None:
@@ -86,3 +88,51 @@ def test_offsets_checks_the_security_flags_like_run(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "SQLSTATE_SASL_PASSWORD" in result.output
+
+
+def readme_flag_table() -> list[tuple[str, str, str]]:
+    """(flag, variable, default) of each row of the README's table of ``run``'s flags."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    header = "| flag | variable | default | meaning |\n|---|---|---|---|\n"
+    block = text.split(header, 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in block.splitlines():
+        # A cell may hold an escaped bar (`reset\|fail`), which does not end it.
+        flag, variable, default, _meaning = re.split(r"(?<!\\)\|", line)[1:-1]
+        rows.append((flag.strip(), variable.strip().strip("`"), default.strip()))
+    return rows
+
+
+def documented_default(option: click.Parameter) -> str:
+    """How the README's table writes ``option``'s default."""
+    if option.required:
+        return "required"
+    if option.default is True:
+        return "on"
+    if not isinstance(option.default, str | int | float | Path):  # None, or click's "unset"
+        return "off" if option.name == "metrics_port" else ""
+    return f"`{option.default}`"
+
+
+def test_the_readme_flag_table_matches_run() -> None:
+    options = {str(p.envvar): p for p in run.params if isinstance(p, click.Option)}
+    rows = readme_flag_table()
+    environment_only = {"SQLSTATE_SASL_PASSWORD", "SQLSTATE_SSL_PASSWORD"}
+
+    assert {variable for _flag, variable, _default in rows} == set(options) | environment_only
+    for flag, variable, written in rows:
+        if variable in environment_only:
+            assert flag == "(no flag)"
+            continue
+        option = options[variable]
+        assert set(re.findall(r"--?[a-z][a-z-]*", flag)) == {
+            *option.opts,
+            *option.secondary_opts,
+        }, variable
+        assert written == documented_default(option), variable
+
+
+def test_every_default_of_run_is_the_settings_default() -> None:
+    for option in run.params:
+        if option.name in Settings.__dataclass_fields__ and not option.required:
+            assert option.default == default(option.name), option.name
