@@ -214,6 +214,14 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     help="Kafka max poll interval.",
 )
 @_setting(
+    "--metadata-max-age",
+    field="metadata_max_age_s",
+    env="METADATA_MAX_AGE",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between refreshes of the topics' metadata: partitions added to a topic are"
+    " counted from the next refresh on.",
+)
+@_setting(
     "--busy-timeout",
     field="busy_timeout_s",
     env="BUSY_TIMEOUT",

@@ -57,6 +57,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
         fetch_max_bytes=settings.fetch_max_bytes,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
         # The roundrobin assignor: aiokafka's sticky assignor can give one partition to two
         # members (aio-libs/aiokafka#1175); fencing would keep counts exact, but churn is waste.
         **security_options(settings.security),

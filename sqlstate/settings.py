@@ -80,6 +80,10 @@ class Settings:
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     rebalance_timeout_ms: int | None = None
+    # How often the consumer refreshes the topics' metadata: partitions added to a topic are noticed
+    # (and counted, after the rebalance they cause) only at a refresh. aiokafka's own default is
+    # 5 minutes; a Metadata request every 30 s costs the broker next to nothing.
+    metadata_max_age_s: float = 30.0
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 1_048_576
     busy_timeout_s: float = 5.0
@@ -124,6 +128,7 @@ class Settings:
             "busy_timeout_s",
             "connect_timeout_s",
             "shutdown_timeout_s",
+            "metadata_max_age_s",
             "progress_interval_s",
             "stall_timeout_s",
         ):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from sqlstate.cli import main, run
 from sqlstate.errors import ConfigError
+from sqlstate.kafka import build_consumer
 from sqlstate.settings import Security, Settings, default
 
 
@@ -136,3 +137,25 @@ def test_every_default_of_run_is_the_settings_default() -> None:
     for option in run.params:
         if option.name in Settings.__dataclass_fields__ and not option.required:
             assert option.default == default(option.name), option.name
+
+
+async def test_new_partitions_are_noticed_within_a_minute_by_default() -> None:
+    # aiokafka refreshes metadata every 5 minutes unless told otherwise; partitions added to a
+    # topic are assigned and counted only after a refresh has noticed them.
+    assert 0 < default("metadata_max_age_s") <= 60
+    consumer = build_consumer(Settings(topics=("t",), group_id="g"))
+    try:
+        assert consumer._client._metadata_max_age_ms == default("metadata_max_age_s") * 1000
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_metadata_max_age_must_be_a_positive_number(value: str) -> None:
+    result = CliRunner().invoke(main, ["run", "-t", "t", "-g", "g", "--metadata-max-age", value])
+    assert result.exit_code == 2, result.output
+    assert "--metadata-max-age" in result.output
+    from_environment = CliRunner().invoke(
+        main, ["run", "-t", "t", "-g", "g"], env={"SQLSTATE_METADATA_MAX_AGE": value}
+    )
+    assert from_environment.exit_code == 2, from_environment.output
