@@ -30,7 +30,7 @@ from tools.kafka_broker.config import (
 )
 from tools.kafka_broker.control import ROOT, BrokerControl, State, docker_engine_answers
 from tools.kafka_broker.errors import BrokerError
-from tools.kafka_broker.processes import pid_alive, pid_runs, spawn_detached
+from tools.kafka_broker.processes import pid_alive, pid_runs, spawn_detached, wait_exit
 from tools.kafka_broker.protocol import (
     decode_api_versions_v0,
     decode_metadata_brokers,
@@ -369,15 +369,6 @@ def fake_broker(tmp_path: Path, *extra: str) -> tuple[BrokerControl, int]:
     return control, pid
 
 
-def wait_dead(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("fault", ["stop", "kill"])
 def test_stop_and_kill_signal_exactly_the_recorded_broker(tmp_path: Path, fault: str) -> None:
     control, pid = fake_broker(
@@ -387,7 +378,7 @@ def test_stop_and_kill_signal_exactly_the_recorded_broker(tmp_path: Path, fault:
         assert pid_runs(pid, "kafka.Kafka")
         assert control.is_running()
         getattr(control, fault)()
-        assert wait_dead(pid)
+        assert wait_exit(pid, 10)
         assert not control.is_running()
         state = control.load_state()
         assert state is not None
@@ -407,13 +398,13 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
         assert pid_alive(pid)
     finally:
         os.kill(pid, signal.SIGKILL)
-        assert wait_dead(pid)
+        assert wait_exit(pid, 10)
 
 
 def test_the_broker_is_detached_from_its_starter(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
     pid = spawn_detached([sys.executable, "-c", "print('hello', flush=True)"], log, tmp_path)
-    assert wait_dead(pid)
+    assert wait_exit(pid, 10)
     assert log.read_text() == "hello\n"
     # Not our child: nothing for us to reap, so it can never linger as our zombie.
     with pytest.raises(ChildProcessError):

@@ -26,7 +26,7 @@ from tools.kafka_broker.config import (
     scram_arguments,
 )
 from tools.kafka_broker.errors import BrokerError
-from tools.kafka_broker.processes import LOG_TAIL_LINES, pid_alive, pid_runs, spawn_detached, tail
+from tools.kafka_broker.processes import LOG_TAIL_LINES, pid_runs, spawn_detached, tail, wait_exit
 from tools.kafka_broker.protocol import (
     READY_TIMEOUT,
     Probe,
@@ -418,10 +418,10 @@ class BrokerControl:
             return
         if state.pid is not None and self._is_our_java(state.pid):
             os.kill(state.pid, signal.SIGTERM)
-            if not self._wait_exit(state.pid, timeout):
+            if not wait_exit(state.pid, timeout):
                 say(f"the broker (pid {state.pid}) ignored SIGTERM for {timeout:.0f} s; killing")
                 os.kill(state.pid, signal.SIGKILL)
-                self._wait_exit(state.pid, 10)
+                wait_exit(state.pid, 10)
         self._save_state(dataclasses.replace(state, pid=None))
 
     def kill(self) -> None:
@@ -432,7 +432,7 @@ class BrokerControl:
             return
         if state.pid is not None and self._is_our_java(state.pid):
             os.kill(state.pid, signal.SIGKILL)
-            if not self._wait_exit(state.pid, 10):
+            if not wait_exit(state.pid, 10):
                 raise BrokerError(f"the broker (pid {state.pid}) survived SIGKILL")
         self._save_state(dataclasses.replace(state, pid=None))
 
@@ -458,19 +458,10 @@ class BrokerControl:
             # Failed or interrupted: leave nothing half-started behind.
             if state.pid is not None and self._is_our_java(state.pid):
                 os.kill(state.pid, signal.SIGKILL)
-                self._wait_exit(state.pid, 10)
+                wait_exit(state.pid, 10)
             self._save_state(dataclasses.replace(state, pid=None))
             raise
         say(f"broker ready at {self.bootstrap} (pid {state.pid}; {probe_result.detail})")
-
-    @staticmethod
-    def _wait_exit(pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
 
 
 def say(message: str) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def pid_alive(pid: int) -> bool:
         return True
     fields = _proc_fields(pid)
     return fields is None or fields[0] != "Z"
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to exit; whether it did."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def pid_runs(pid: int, *needles: str) -> bool:
