@@ -2,7 +2,7 @@
 #
 # `make test` needs a Kafka broker: it uses the one answering at KAFKA_BOOTSTRAP
 # (default 127.0.0.1:9092) or, when nothing answers, starts a throw-away broker for the
-# run and stops it afterwards, also when the tests fail (tools/kafka_broker.py).
+# run and stops it afterwards, also when the tests fail (tools/kafka_broker/).
 # The Kafka version is pinned in broker/VERSION only.
 
 SHELL := /bin/bash
@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The broker tool is standard library only, so it runs before the venv exists.
-BROKER := $(PYTHON) tools/kafka_broker.py
+BROKER := $(PYTHON) -m tools.kafka_broker
 # Where the code lives; bench/ joins once it exists.
 PACKAGES := sqlstate tests tools $(wildcard bench)
 PYTEST_ARGS ?=

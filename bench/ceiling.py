@@ -72,7 +72,9 @@ async def consume(
                     timeout_ms=settings.poll_timeout_ms, max_records=settings.max_records
                 )
             except NoOffsetForPartitionError as error:
-                # Fetched before the listener's seek landed (AIOKAFKA-NOTES.md 4).
+                # A rebalance leaves every partition without a position, and the fetcher may ask
+                # for the group's committed offset before the listener's seek lands; with
+                # auto_offset_reset="none" and nothing committed that raises this error.
                 await consumer.seek_to_beginning(error.args[0])
                 continue
             records = 0

@@ -20,9 +20,17 @@ from typing import Any, TypeVar
 
 import click
 
-from sqlstate import __version__, daemon, inspect, logs, output
+from sqlstate import __version__, daemon, logs, lookups, output
 from sqlstate.errors import SqlstateError
-from sqlstate.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Security, Settings
+from sqlstate.settings import (
+    ISOLATION_LEVELS,
+    OUT_OF_RANGE_POLICIES,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    Security,
+    Settings,
+    default,
+)
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,12 +56,16 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=f"SQLSTATE_{env}", show_envvar=True, **kwargs)
 
 
-database_option = _option(
+def _setting(*names: str, field: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    """An option that sets the ``Settings`` field ``field``, with that field's default."""
+    return _option(*names, field, env=env, default=default(field), show_default=True, **kwargs)
+
+
+database_option = _setting(
     "--database",
+    field="database",
     env="DATABASE",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("sqlstate.db"),
-    show_default=True,
     help="SQLite database file.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -64,7 +76,7 @@ _security_options = [
         "--security-protocol",
         env="SECURITY_PROTOCOL",
         type=click.Choice(SECURITY_PROTOCOLS),
-        default="PLAINTEXT",
+        default=default("protocol", Security),
         show_default=True,
         help="Kafka security protocol.",
     ),
@@ -141,12 +153,11 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 
 
 @main.command()
-@_option(
+@_setting(
     "--bootstrap-servers",
     "-b",
+    field="bootstrap_servers",
     env="BOOTSTRAP_SERVERS",
-    default="127.0.0.1:9092",
-    show_default=True,
     help="Kafka bootstrap servers, comma-separated.",
 )
 @_option(
@@ -160,126 +171,117 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 )
 @_option("--group-id", "-g", env="GROUP_ID", required=True, help="Kafka consumer group.")
 @database_option
-@_option(
+@_setting(
     "--out-of-range",
+    field="out_of_range",
     env="OUT_OF_RANGE",
-    type=click.Choice(["reset", "fail"]),
-    default="reset",
-    show_default=True,
+    type=click.Choice(OUT_OF_RANGE_POLICIES),
     help="When a stored position is gone from Kafka: rebuild that partition from the earliest"
     " offset, or stop with exit code 5.",
 )
-@_option(
+@_setting(
     "--isolation-level",
+    field="isolation_level",
     env="ISOLATION_LEVEL",
-    type=click.Choice(["read_committed", "read_uncommitted"]),
-    default="read_committed",
-    show_default=True,
+    type=click.Choice(ISOLATION_LEVELS),
     help="read_committed never counts records of aborted transactions.",
 )
-@_option(
+@_setting(
     "--max-records",
+    field="max_records",
     env="MAX_RECORDS",
     type=click.IntRange(min=1),
-    default=30_000,
-    show_default=True,
     help="Most records per batch (one transaction each).",
 )
-@_option(
+@_setting(
     "--client-id",
+    field="client_id",
     env="CLIENT_ID",
-    default="sqlstate",
-    show_default=True,
     help="Kafka client id; also names the owner in the positions table.",
 )
-@_option(
+@_setting(
     "--session-timeout-ms",
+    field="session_timeout_ms",
     env="SESSION_TIMEOUT_MS",
     type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
     help="Kafka group session timeout.",
 )
-@_option(
+@_setting(
     "--max-poll-interval-ms",
+    field="max_poll_interval_ms",
     env="MAX_POLL_INTERVAL_MS",
     type=click.IntRange(min=1),
-    default=300_000,
-    show_default=True,
     help="Kafka max poll interval.",
 )
-@_option(
+@_setting(
+    "--metadata-max-age",
+    field="metadata_max_age_s",
+    env="METADATA_MAX_AGE",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between refreshes of the topics' metadata: partitions added to a topic are"
+    " counted from the next refresh on.",
+)
+@_setting(
     "--busy-timeout",
+    field="busy_timeout_s",
     env="BUSY_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
     help="Seconds to wait for a locked database each try.",
 )
-@_option(
+@_setting(
     "--connect-timeout",
+    field="connect_timeout_s",
     env="CONNECT_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
     help="Seconds to reach Kafka at start.",
 )
-@_option(
+@_setting(
     "--shutdown-timeout",
+    field="shutdown_timeout_s",
     env="SHUTDOWN_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
     help="Seconds to leave the group on stop.",
 )
-@_option(
+@_setting(
     "--integrity-check/--no-integrity-check",
+    field="check_integrity",
     env="INTEGRITY_CHECK",
-    default=True,
-    show_default=True,
     help="Run PRAGMA quick_check on the database at start.",
 )
 @security_options
-@_option(
+@_setting(
     "--metrics-port",
+    field="metrics_port",
     env="METRICS_PORT",
     type=click.IntRange(0, 65535),
     help="Serve Prometheus /metrics and /healthz on this port (0: any free port).",
 )
-@_option(
+@_setting(
     "--metrics-host",
+    field="metrics_host",
     env="METRICS_HOST",
-    default="127.0.0.1",
-    show_default=True,
     help="Address for --metrics-port; 0.0.0.0 for every interface.",
 )
-@_option(
+@_setting(
     "--progress-interval",
+    field="progress_interval_s",
     env="PROGRESS_INTERVAL",
     type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
     help="Seconds between progress lines while catching up.",
 )
-@_option(
+@_setting(
     "--stall-timeout",
+    field="stall_timeout_s",
     env="STALL_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
     help="Seconds of lag without progress, or out of the group, before /healthz fails.",
 )
 @reports_errors
 def run(topics: tuple[str, ...], **options: Any) -> None:
     """Consume TOPICs into the database until SIGTERM or SIGINT."""
+    # Each option is named after its Settings field, so the parsed values go straight in.
     settings = Settings(
         topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
-        check_integrity=options.pop("integrity_check"),
-        busy_timeout_s=options.pop("busy_timeout"),
-        connect_timeout_s=options.pop("connect_timeout"),
-        shutdown_timeout_s=options.pop("shutdown_timeout"),
-        progress_interval_s=options.pop("progress_interval"),
-        stall_timeout_s=options.pop("stall_timeout"),
         security=_security(options),
         **options,
     )
@@ -293,7 +295,7 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
 @reports_errors
 def migrate(database: Path, list_only: bool, as_json: bool) -> None:
     """Apply pending schema migrations (``run`` also does this at start)."""
-    applied, statuses = asyncio.run(inspect.migrations(database, apply=not list_only))
+    applied, statuses = asyncio.run(lookups.migrations(database, apply=not list_only))
     rows = [{"name": s.name, "applied_at": s.applied_at} for s in statuses]
     if as_json:
         click.echo(output.as_json(rows))
@@ -325,7 +327,7 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
 @reports_errors
 def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
     """Show the highest message counts per key (from the ``counts`` view)."""
-    rows = asyncio.run(inspect.top_counts(database, topic, top))
+    rows = asyncio.run(lookups.top_counts(database, topic, top))
     if as_json:
         click.echo(
             output.as_json(
@@ -350,8 +352,8 @@ def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
 )
 @click.option(
     "--isolation-level",
-    type=click.Choice(["read_committed", "read_uncommitted"]),
-    default="read_committed",
+    type=click.Choice(ISOLATION_LEVELS),
+    default=default("isolation_level"),
     show_default=True,
     help="End offsets as seen this way.",
 )
@@ -368,7 +370,7 @@ def offsets(
     """Show each partition's stored position, owner and last update."""
     connection = _security(security)
     reports = asyncio.run(
-        inspect.positions(database, bootstrap_servers, isolation_level, connection)
+        lookups.positions(database, bootstrap_servers, isolation_level, connection)
     )
     rows = [
         {

@@ -1,9 +1,11 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
-aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
-assignment check and ``in_group``) are checked by the tests against the real broker. The security
-options and ``refusal`` serve every client sqlstate builds (``run`` and ``offsets``); they are
-tested against the test broker's SASL and SSL listeners (tests/acceptance/test_security.py).
+Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``)
+and the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``). aiokafka is
+pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s assignment check
+and ``in_group``) are checked by the tests against the real broker. The security options and
+``refusal`` serve every client; they are tested against the test broker's SASL and SSL listeners
+(tests/acceptance/test_security.py).
 """
 
 from __future__ import annotations
@@ -55,9 +57,25 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
         fetch_max_bytes=settings.fetch_max_bytes,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
         # The roundrobin assignor: aiokafka's sticky assignor can give one partition to two
         # members (aio-libs/aiokafka#1175); fencing would keep counts exact, but churn is waste.
         **security_options(settings.security),
+    )
+
+
+def build_offsets_consumer(
+    bootstrap_servers: str, isolation_level: str, security: Security
+) -> AIOKafkaConsumer:
+    """A consumer outside any group, for end-offset lookups only (``sqlstate offsets``).
+
+    No group and no auto commit: it only asks, so it never joins or moves the daemon's group.
+    """
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+        **security_options(security),
     )
 
 

@@ -1,22 +1,27 @@
 """Settings of a ``sqlstate run``: one frozen dataclass, built from flags and SQLSTATE_* variables.
 
-The CLI declares each option once with its environment variable; this module validates the result.
-Secrets are excluded from ``repr`` so a logged settings object never shows a password. ``Security``
-is the part that ``sqlstate offsets`` shares with ``run``: how to connect to Kafka.
+Every default is written here once, as a field's default: the CLI declares each option with its
+environment variable and takes its default from the field (``default``), and the read-only
+commands take theirs from here too. This module validates the result. Secrets are excluded from
+``repr`` so a logged settings object never shows a password. ``Security`` is the part that
+``sqlstate offsets`` shares with ``run``: how to connect to Kafka.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from sqlstate.errors import ConfigError
 
 OutOfRangePolicy = Literal["reset", "fail"]
 IsolationLevel = Literal["read_committed", "read_uncommitted"]
+OUT_OF_RANGE_POLICIES: tuple[str, ...] = get_args(OutOfRangePolicy)
+ISOLATION_LEVELS: tuple[str, ...] = get_args(IsolationLevel)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -75,6 +80,10 @@ class Settings:
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     rebalance_timeout_ms: int | None = None
+    # How often the consumer refreshes the topics' metadata: partitions added to a topic are noticed
+    # (and counted, after the rebalance they cause) only at a refresh. aiokafka's own default is
+    # 5 minutes; a Metadata request every 30 s costs the broker next to nothing.
+    metadata_max_age_s: float = 30.0
     fetch_max_bytes: int = 52_428_800
     max_partition_fetch_bytes: int = 1_048_576
     busy_timeout_s: float = 5.0
@@ -106,10 +115,10 @@ class Settings:
             problems.append("give the bootstrap servers (--bootstrap-servers)")
         if self.max_records < 1:
             problems.append("--max-records must be at least 1")
-        if self.out_of_range not in ("reset", "fail"):
-            problems.append("--out-of-range must be reset or fail")
-        if self.isolation_level not in ("read_committed", "read_uncommitted"):
-            problems.append("--isolation-level must be read_committed or read_uncommitted")
+        if self.out_of_range not in OUT_OF_RANGE_POLICIES:
+            problems.append(f"--out-of-range must be {' or '.join(OUT_OF_RANGE_POLICIES)}")
+        if self.isolation_level not in ISOLATION_LEVELS:
+            problems.append(f"--isolation-level must be {' or '.join(ISOLATION_LEVELS)}")
         problems += self.security.problems()
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append("--metrics-port must be between 0 and 65535")
@@ -119,6 +128,7 @@ class Settings:
             "busy_timeout_s",
             "connect_timeout_s",
             "shutdown_timeout_s",
+            "metadata_max_age_s",
             "progress_interval_s",
             "stall_timeout_s",
         ):
@@ -130,3 +140,15 @@ class Settings:
     def owner(self) -> str:
         """Who claims partitions in the positions table: client id, host and process."""
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
+
+
+def default(name: str, of: type[Settings] | type[Security] = Settings) -> Any:
+    """The default of the field ``name`` of ``Settings`` (or ``Security``), where it is written."""
+    for candidate in dataclasses.fields(of):
+        if candidate.name == name:
+            if candidate.default is not dataclasses.MISSING:
+                return candidate.default
+            if candidate.default_factory is not dataclasses.MISSING:
+                return candidate.default_factory()
+            raise KeyError(f"{of.__name__}.{name} has no default")
+    raise KeyError(f"{of.__name__} has no field {name}")

@@ -1,7 +1,7 @@
 """Fixtures for tests against a real Kafka broker.
 
 The broker is whatever answers at ``KAFKA_BOOTSTRAP`` (default 127.0.0.1:9092):
-``make test`` starts one for the run when nothing answers (tools/kafka_broker.py).
+``make test`` starts one for the run when nothing answers (tools/kafka_broker).
 A missing broker stops the run with an error and the broker's log; it never skips
 tests, so a green run always means the broker-backed tests ran.
 
@@ -92,7 +92,7 @@ async def broker_control(kafka_bootstrap: str) -> AsyncIterator[AsyncBrokerContr
 
 @pytest.fixture(scope="session")
 def secure_listeners(kafka_bootstrap: str) -> SecureListeners:
-    """The secure listeners that tools/kafka_broker.py recorded for the broker it started."""
+    """The secure listeners that tools/kafka_broker recorded for the broker it started."""
     control = BrokerControl(kafka_bootstrap)
     state = control.load_state()
     if state is None or not (state.sasl_bootstrap and state.ssl_bootstrap and state.tls_dir):

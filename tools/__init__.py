@@ -1,1 +1,1 @@
-"""Developer tools: the test broker harness (kafka_broker.py)."""
+"""Developer tools: the test broker harness (the ``kafka_broker`` package) and the demo."""

@@ -13,7 +13,8 @@ import pytest
 
 from sqlstate import output
 from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
-from tests.support.kafka import TopicFactory
+from tests.support.kafka import TopicFactory, add_partitions
+from tests.support.oracle import assert_exactly_once
 from tests.support.workload import (
     db_counts,
     db_totals,
@@ -50,7 +51,7 @@ async def test_counts_and_positions_are_exact(
     assert "record parser: C extension" in log
     assert "Traceback" not in log
 
-    # The inspect commands read the same numbers.
+    # The read-only commands read the same numbers.
     top = json.loads(sqlstate("counts", "--database", str(database), "--top", "400", "--json"))
     assert {(row["topic"], json.dumps(row["key"])): row["count"] for row in top} == {
         (topic, json.dumps(output.key_json(key))): count for key, count in totals.items()
@@ -62,6 +63,38 @@ async def test_counts_and_positions_are_exact(
     )
     assert {(r["topic"], r["partition"]): r["next_offset"] for r in offsets} == ends
     assert {r["lag"] for r in offsets} == {0}
+
+
+async def test_partitions_added_to_a_topic_are_counted_within_seconds(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    topic = await topic_factory(partitions=2)
+    before = keyed_messages(3_000, partitions=2, seed=5)
+    await produce_keyed(kafka_bootstrap, topic, before)
+    database = tmp_path / "state.db"
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, "--metadata-max-age", "3").start()
+    daemons.append(daemon)
+    ends = await end_offsets(kafka_bootstrap, topic)
+    await wait_for_positions(database, ends, timeout=60, daemons=[daemon])
+
+    await add_partitions(kafka_bootstrap, topic, total=4)
+    # Keys on every partition, the two new ones (2 and 3) included.
+    after = keyed_messages(3_000, partitions=4, seed=6)
+    await produce_keyed(kafka_bootstrap, topic, after)
+    ends = await end_offsets(kafka_bootstrap, topic)
+    assert set(ends) == {(topic, partition) for partition in range(4)}
+    # The daemon notices the new partitions at its next metadata refresh (3 s here), rebalances
+    # and counts them from their first record; aiokafka alone would wait 5 minutes.
+    await wait_for_positions(database, ends, timeout=20, daemons=[daemon])
+
+    assert db_counts(database, topic) == expected(before + after)
+    await assert_exactly_once(kafka_bootstrap, database, topic)
+    assert await daemon.terminate() == 0
+    assert "Traceback" not in daemon.log()
 
 
 def sqlstate(*args: str) -> str:

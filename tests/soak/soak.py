@@ -15,7 +15,7 @@ the end of the log, and applies the exactly-once oracle (``tests/support/oracle.
 summary and exits 1 unless lost = 0, duplicated = 0 and ``quick_check`` is ok.
 
 Bounded in time (duration plus a bounded drain) and traffic (``--rate``), loopback only. It needs
-the broker started by the test harness (``tools/kafka_broker.py``), which it may kill and restart.
+the broker started by the test harness (``tools.kafka_broker``), which it may kill and restart.
 """
 
 from __future__ import annotations
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     control = BrokerControl(os.environ.get("KAFKA_BOOTSTRAP") or None)
     if not control.owned():
         print(
-            f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker.py,"
+            f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker,"
             " so it cannot be killed and restarted; run `make soak`",
             file=sys.stderr,
         )

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
 from aiokafka.errors import for_code
 
 DEFAULT_TIMEOUT = 30.0
@@ -130,14 +130,29 @@ async def create_topic(
             if error_code:
                 message = rest[0] if rest and isinstance(rest[0], str) else ""
                 raise for_code(error_code)(f"creating topic {topic}: {message}")
-        # The controller has the topic; wait until the broker's metadata shows it led,
-        # so that the first produce or assign does not race the metadata update.
-        while True:
-            (described,) = await admin.describe_topics([name])
-            led = [p for p in described["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
-            if described["error_code"] == 0 and len(led) == partitions:
-                return name
-            await asyncio.sleep(0.05)
+        await _wait_until_led(admin, name, partitions)
+    return name
+
+
+async def add_partitions(
+    bootstrap: str, topic: str, total: int, timeout: float = DEFAULT_TIMEOUT
+) -> None:
+    """Grow ``topic`` to ``total`` partitions, as an operator would, and wait until all are led."""
+    async with asyncio.timeout(timeout), admin_client(bootstrap) as admin:
+        # Raises when the broker refuses (e.g. fewer partitions than the topic has).
+        await admin.create_partitions({topic: NewPartitions(total)})
+        await _wait_until_led(admin, topic, total)
+
+
+async def _wait_until_led(admin: Any, topic: str, partitions: int) -> None:
+    """The controller has the partitions; wait until the broker's metadata shows them led, so
+    that the first produce or assign does not race the metadata update."""
+    while True:
+        (described,) = await admin.describe_topics([topic])
+        led = [p for p in described["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
+        if described["error_code"] == 0 and len(led) == partitions:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def delete_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> None:

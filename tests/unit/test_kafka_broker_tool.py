@@ -1,4 +1,4 @@
-"""tools/kafka_broker.py without a Kafka broker: configuration, protocol, processes."""
+"""The tools.kafka_broker package without a Kafka broker: configuration, protocol, processes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -18,29 +19,26 @@ from pathlib import Path
 
 import pytest
 
-from tools.kafka_broker import (
-    ROOT,
+from tools.kafka_broker.config import (
     SASL_PASSWORD,
     SASL_USERNAME,
-    BrokerControl,
-    BrokerError,
-    State,
-    decode_api_versions_v0,
-    decode_metadata_brokers,
-    docker_engine_answers,
     docker_env_name,
-    encode_request,
     new_cluster_id,
-    parse_bootstrap,
-    pid_alive,
-    pid_runs,
-    port_is_free,
-    probe,
     read_properties,
     render_server_properties,
-    same_address,
     scram_arguments,
-    spawn_detached,
+)
+from tools.kafka_broker.control import ROOT, BrokerControl, State, docker_engine_answers
+from tools.kafka_broker.errors import BrokerError
+from tools.kafka_broker.processes import pid_alive, pid_runs, spawn_detached, wait_exit
+from tools.kafka_broker.protocol import (
+    decode_api_versions_v0,
+    decode_metadata_brokers,
+    encode_request,
+    parse_bootstrap,
+    port_is_free,
+    probe,
+    same_address,
 )
 
 TEMPLATE = (ROOT / "broker" / "server.properties").read_text()
@@ -180,15 +178,17 @@ def test_new_cluster_ids_are_what_kafka_storage_accepts() -> None:
 def test_the_kafka_version_is_pinned_in_broker_version_only() -> None:
     version = (ROOT / "broker" / "VERSION").read_text().strip()
     assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    harness = sorted((ROOT / "tools" / "kafka_broker").glob("*.py"))
+    assert harness
     for path in (
-        "Makefile",
-        "docker-compose.yml",
-        ".ci/run",
-        "broker/pom.xml",
-        "broker/server.properties",
-        "tools/kafka_broker.py",
+        ROOT / "Makefile",
+        ROOT / "docker-compose.yml",
+        ROOT / ".ci" / "run",
+        ROOT / "broker" / "pom.xml",
+        ROOT / "broker" / "server.properties",
+        *harness,
     ):
-        assert version not in (ROOT / path).read_text(), path
+        assert version not in path.read_text(), path
 
 
 # --------------------------------------------------------------------------------------
@@ -325,6 +325,34 @@ def test_up_accepts_an_external_broker_and_starts_nothing(
         control.kill()
 
 
+def harness_command(bootstrap: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python3 -m tools.kafka_broker`` as the Makefile runs it, without site-packages (-S):
+    the harness runs before the venv exists, so the standard library must be enough."""
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "tools.kafka_broker", *arguments],
+        cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_command_line_runs_on_the_standard_library_alone(
+    serve: Callable[[type[socketserver.BaseRequestHandler]], str],
+) -> None:
+    ready = harness_command(serve(FakeKafka), "status")
+    assert ready.returncode == 0, ready.stderr
+    assert "Kafka broker ready" in ready.stdout
+    nothing = harness_command(f"127.0.0.1:{free_port()}", "status")
+    assert nothing.returncode == 3, nothing.stderr
+    assert "nothing answers" in nothing.stdout
+    usage = harness_command("127.0.0.1:1", "run")
+    assert usage.returncode == 2
+    assert "run needs a command" in usage.stderr
+
+
 # --------------------------------------------------------------------------------------
 # Processes: a stand-in for the JVM whose command line looks like our broker's
 
@@ -341,15 +369,6 @@ def fake_broker(tmp_path: Path, *extra: str) -> tuple[BrokerControl, int]:
     return control, pid
 
 
-def wait_dead(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("fault", ["stop", "kill"])
 def test_stop_and_kill_signal_exactly_the_recorded_broker(tmp_path: Path, fault: str) -> None:
     control, pid = fake_broker(
@@ -359,7 +378,7 @@ def test_stop_and_kill_signal_exactly_the_recorded_broker(tmp_path: Path, fault:
         assert pid_runs(pid, "kafka.Kafka")
         assert control.is_running()
         getattr(control, fault)()
-        assert wait_dead(pid)
+        assert wait_exit(pid, 10)
         assert not control.is_running()
         state = control.load_state()
         assert state is not None
@@ -379,13 +398,13 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
         assert pid_alive(pid)
     finally:
         os.kill(pid, signal.SIGKILL)
-        assert wait_dead(pid)
+        assert wait_exit(pid, 10)
 
 
 def test_the_broker_is_detached_from_its_starter(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
     pid = spawn_detached([sys.executable, "-c", "print('hello', flush=True)"], log, tmp_path)
-    assert wait_dead(pid)
+    assert wait_exit(pid, 10)
     assert log.read_text() == "hello\n"
     # Not our child: nothing for us to reap, so it can never linger as our zombie.
     with pytest.raises(ChildProcessError):

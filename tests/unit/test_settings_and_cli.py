@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from sqlstate.cli import main
+from sqlstate.cli import main, run
 from sqlstate.errors import ConfigError
-from sqlstate.settings import Security, Settings
+from sqlstate.kafka import build_consumer
+from sqlstate.settings import Security, Settings, default
 
 
 def test_password_never_in_repr() -> None:
@@ -86,3 +89,73 @@ def test_offsets_checks_the_security_flags_like_run(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "SQLSTATE_SASL_PASSWORD" in result.output
+
+
+def readme_flag_table() -> list[tuple[str, str, str]]:
+    """(flag, variable, default) of each row of the README's table of ``run``'s flags."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    header = "| flag | variable | default | meaning |\n|---|---|---|---|\n"
+    block = text.split(header, 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in block.splitlines():
+        # A cell may hold an escaped bar (`reset\|fail`), which does not end it.
+        flag, variable, default, _meaning = re.split(r"(?<!\\)\|", line)[1:-1]
+        rows.append((flag.strip(), variable.strip().strip("`"), default.strip()))
+    return rows
+
+
+def documented_default(option: click.Parameter) -> str:
+    """How the README's table writes ``option``'s default."""
+    if option.required:
+        return "required"
+    if option.default is True:
+        return "on"
+    if not isinstance(option.default, str | int | float | Path):  # None, or click's "unset"
+        return "off" if option.name == "metrics_port" else ""
+    return f"`{option.default}`"
+
+
+def test_the_readme_flag_table_matches_run() -> None:
+    options = {str(p.envvar): p for p in run.params if isinstance(p, click.Option)}
+    rows = readme_flag_table()
+    environment_only = {"SQLSTATE_SASL_PASSWORD", "SQLSTATE_SSL_PASSWORD"}
+
+    assert {variable for _flag, variable, _default in rows} == set(options) | environment_only
+    for flag, variable, written in rows:
+        if variable in environment_only:
+            assert flag == "(no flag)"
+            continue
+        option = options[variable]
+        assert set(re.findall(r"--?[a-z][a-z-]*", flag)) == {
+            *option.opts,
+            *option.secondary_opts,
+        }, variable
+        assert written == documented_default(option), variable
+
+
+def test_every_default_of_run_is_the_settings_default() -> None:
+    for option in run.params:
+        if option.name in Settings.__dataclass_fields__ and not option.required:
+            assert option.default == default(option.name), option.name
+
+
+async def test_new_partitions_are_noticed_within_a_minute_by_default() -> None:
+    # aiokafka refreshes metadata every 5 minutes unless told otherwise; partitions added to a
+    # topic are assigned and counted only after a refresh has noticed them.
+    assert 0 < default("metadata_max_age_s") <= 60
+    consumer = build_consumer(Settings(topics=("t",), group_id="g"))
+    try:
+        assert consumer._client._metadata_max_age_ms == default("metadata_max_age_s") * 1000
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_metadata_max_age_must_be_a_positive_number(value: str) -> None:
+    result = CliRunner().invoke(main, ["run", "-t", "t", "-g", "g", "--metadata-max-age", value])
+    assert result.exit_code == 2, result.output
+    assert "--metadata-max-age" in result.output
+    from_environment = CliRunner().invoke(
+        main, ["run", "-t", "t", "-g", "g"], env={"SQLSTATE_METADATA_MAX_AGE": value}
+    )
+    assert from_environment.exit_code == 2, from_environment.output

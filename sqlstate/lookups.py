@@ -10,15 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import migrate
 from sqlstate.database import Database
 from sqlstate.errors import AuthenticationError, BrokerError
-from sqlstate.kafka import refusal, security_options
-from sqlstate.settings import Security, Settings
+from sqlstate.kafka import build_offsets_consumer, refusal
+from sqlstate.settings import Security, default
 from sqlstate.store import Position, Store
+
+# These commands have no flags for them: they wait as long as ``run`` does by default.
+BUSY_TIMEOUT_S: float = default("busy_timeout_s")
+CONNECT_TIMEOUT_S: float = default("connect_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class PositionReport:
 async def _open_read_only(path: Path) -> Store:
     return Store(
         await Database.open(
-            path, busy_timeout_s=Settings.busy_timeout_s, read_only=True, check_integrity=False
+            path, busy_timeout_s=BUSY_TIMEOUT_S, read_only=True, check_integrity=False
         )
     )
 
@@ -62,7 +66,7 @@ async def positions(
     bootstrap_servers: str | None,
     isolation_level: str,
     security: Security | None = None,
-    timeout_s: float = 30.0,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> list[PositionReport]:
     """Stored positions; with ``bootstrap_servers`` also the end offsets (connecting per
     ``security``, PLAINTEXT by default)."""
@@ -92,12 +96,7 @@ async def _end_offsets(
     security: Security,
     timeout_s: float,
 ) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        isolation_level=isolation_level,
-        enable_auto_commit=False,
-        **security_options(security),
-    )
+    consumer = build_offsets_consumer(bootstrap_servers, isolation_level, security)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
         ends: dict[TopicPartition, int] = await asyncio.wait_for(
@@ -118,7 +117,7 @@ async def _end_offsets(
 
 async def migrations(database: Path, apply: bool) -> tuple[list[str], list[Any]]:
     """Apply pending migrations (unless only listing); return (applied now, status of each)."""
-    db = await Database.open(database, busy_timeout_s=Settings.busy_timeout_s, read_only=not apply)
+    db = await Database.open(database, busy_timeout_s=BUSY_TIMEOUT_S, read_only=not apply)
     try:
         applied = await migrate.apply_pending(db) if apply else []
         return applied, await migrate.list_status(db)
