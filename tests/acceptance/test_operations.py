@@ -410,6 +410,7 @@ async def test_json_log_lines_parse(
     ).start()
     daemons.append(daemon)
     await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 60, [daemon])
+    await daemon.wait_for_log('"event": "caught_up"')  # the progress log's next tick
     assert await daemon.terminate() == 0
     lines = [line for line in daemon.log().splitlines() if not line.startswith("--- start")]
     entries = [json.loads(line) for line in lines]
@@ -420,6 +421,28 @@ async def test_json_log_lines_parse(
     )
     assert any(entry["level"] == "DEBUG" for entry in entries)  # -v: batch lines too
     assert entries[-1]["message"] == "stopped"
+
+    # The event's data as fields, beside the message.
+    events = [entry for entry in entries if "event" in entry]
+    (started,) = [entry for entry in events if entry["event"] == "started"]
+    assert started["logger"] == "sqlstate.daemon"
+    assert started["topics"] == [topic]
+    assert started["group_id"] == group_id
+    assert started["database"] == str(database)
+    assert started["schema"] == started["message"].split(" schema ")[1].split(";")[0]
+    assert started["record_parser"] in {"c", "python"}
+    caught_up = [entry for entry in events if entry["event"] == "caught_up"]
+    assert caught_up, "no caught-up line"
+    assert caught_up[0]["partitions"] == 3
+    assert caught_up[0]["records"] == len(messages)
+    assert caught_up[0]["catch_up_s"] >= 0
+    assert entries[-1]["event"] == "stopped"
+    # Every line of the modules that log events carries one.
+    assert all(
+        "event" in entry
+        for entry in entries
+        if entry["logger"] in {"sqlstate.daemon", "sqlstate.progress", "sqlstate.health"}
+    )
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
