@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import grafana
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import connect_read_only, query
@@ -264,6 +265,50 @@ async def test_healthz_follows_the_broker(
     assert daemon.running()
     assert await daemon.terminate() == 0
     assert db_counts(database, topic) == expected(first + second)
+
+
+async def test_every_metric_of_the_grafana_dashboard_is_served(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """docs/grafana-dashboard.json reads only metrics /metrics serves, and shows every one."""
+    topic = await topic_factory(partitions=3)
+    database = tmp_path / "state.db"
+    messages = keyed_messages(600, partitions=3, odd=False)
+    await produce_keyed(kafka_bootstrap, topic, messages)
+    # Healthy and caught up: every partition fetched, so the lag gauges have their samples.
+    daemon, base = await observed_daemon(kafka_bootstrap, topic, group_id, database, daemons)
+    status, body = await asyncio.to_thread(_get, f"{base}/metrics")
+    assert status == 200
+    families = {
+        family.name: {sample.name for sample in family.samples}
+        for family in text_string_to_metric_families(body.decode())
+    }
+    served = set().union(*families.values())
+    assert ("sqlstate_records_consumed_total", ()) in (await scrape(base))
+    assert any(name.startswith("sqlstate_partition_lag") for name in served)
+
+    dashboard = grafana.load()
+    assert grafana.unserved(dashboard, served) == {}
+    used = {name for expr in grafana.expressions(dashboard) for name in grafana.metric_names(expr)}
+    # The text format serves a histogram's creation time as a gauge family of its own.
+    unshown = sorted(
+        family
+        for family, samples in families.items()
+        if family.startswith("sqlstate_") and not family.endswith("_created") and not samples & used
+    )
+    assert not unshown, f"metrics the dashboard does not show: {unshown}"
+
+    # The check finds a panel that names a metric that does not exist.
+    misspelt = json.loads(
+        json.dumps(dashboard).replace("sqlstate_rebalances_total", "sqlstate_rebalance_total")
+    )
+    assert grafana.unserved(misspelt, served) == {"sqlstate_rebalance_total": ["Rebalances"]}
+    assert await daemon.terminate() == 0
+    assert db_counts(database, topic) == expected(messages)
 
 
 async def offsets_command(database: Path, bootstrap: str) -> dict[int, dict[str, Any]]:
