@@ -265,7 +265,7 @@ def run_sqlstate(
         peak_rss_kib=[d.peak_rss_kib for d in daemons],
         counts_exact=exact,
         cpu_s=[d.cpu_s for d in daemons],
-        c_parser=all("record parser: C extension" in "\n".join(d.lines) for d in daemons),
+        c_parser=all(d.c_parser() for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
     )
 

@@ -2,8 +2,11 @@
 
 What is measured comes from two places the daemon already offers:
 
-- its log, at ``-v``: one DEBUG line per committed batch, with the records it counted and the
-  time its transaction took; the line's timestamp is when the batch was committed;
+- its log, at ``-v`` and in JSON (``--log-format json``), read by its fields, never by the
+  wording of its messages: one ``batch_committed`` event per committed batch, with the records
+  it counted and the time its transaction took, whose ``time`` is when the batch was committed;
+  ``partitions_assigned`` for each assignment, ``database_busy`` for each retry on a locked
+  database and ``started`` for the record parser in use;
 - its database, read-only, polled until every partition's stored position reaches the log end:
   that, and not a log line, is what says the topic has been consumed.
 
@@ -12,7 +15,7 @@ Peak memory (``VmHWM``) and CPU time come from ``/proc``, read just before SIGTE
 
 from __future__ import annotations
 
-import re
+import json
 import signal
 import sqlite3
 import subprocess
@@ -22,16 +25,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bench.procfs import cpu_seconds, peak_rss_kib
 
-_COMMITTED = re.compile(
-    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG\s+sqlstate\.consumer: committed"
-    r" (?P<records>\d+) records over \d+ partitions in (?P<ms>[\d.]+) ms$"
-)
-_LOCKED = re.compile(r"database .* is locked by another connection")
-_ASSIGNED = re.compile(r"sqlstate\.rebalance: assigned (?:partitions: (?P<tps>.*)|no partitions)$")
 _POLL_S = 0.05
 _STOP_TIMEOUT_S = 30.0
 
@@ -57,43 +54,53 @@ class DaemonProcess:
     popen: subprocess.Popen[str]
     launched_at: float
     lines: list[str] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # the lines that are JSON
     reader: threading.Thread | None = None
     peak_rss_kib: int | None = None
     cpu_s: float | None = None
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The log lines of the event ``name``, oldest first."""
+        # A copy: the reader thread appends meanwhile.
+        return [entry for entry in list(self.entries) if entry.get("event") == name]
+
     def committed(self) -> list[Committed]:
-        batches = []
-        for line in self.lines:
-            match = _COMMITTED.match(line)
-            if match:
-                at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                batches.append(Committed(at, int(match["records"]), float(match["ms"])))
-        return batches
+        return [
+            Committed(
+                datetime.fromisoformat(entry["time"]).timestamp(),
+                entry["records"],
+                entry["commit_s"] * 1000,
+            )
+            for entry in self.events("batch_committed")
+        ]
 
     def assignment(self) -> set[int] | None:
         """The partitions of its latest assignment; None before the first."""
-        for line in reversed(self.lines):
-            match = _ASSIGNED.search(line)
-            if match:
-                described = match["tps"] or ""
-                # "topic-3@0 (epoch 2), topic-5@0 (epoch 2)"
-                return {
-                    int(item.split("@")[0].rsplit("-", 1)[1])
-                    for item in described.split(", ")
-                    if item
-                }
-        return None
+        assignments = self.events("partitions_assigned")
+        if not assignments:
+            return None
+        return {claim["partition"] for claim in assignments[-1]["assigned"]}
 
     def busy_retries(self) -> int:
-        return sum(1 for line in self.lines if _LOCKED.search(line))
+        return len(self.events("database_busy"))
+
+    def c_parser(self) -> bool:
+        """Whether it parsed records with aiokafka's C extension, as it said at start."""
+        return any(entry["record_parser"] == "c" for entry in self.events("started"))
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.lines[-lines:])
 
 
-def _read_lines(stream: IO[str], into: list[str]) -> None:
+def _read_lines(stream: IO[str], lines: list[str], entries: list[dict[str, Any]]) -> None:
     for line in stream:
-        into.append(line.rstrip("\n"))
+        lines.append(line.rstrip("\n"))
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # not a log line: the CLI's one-line error, say
+        if isinstance(entry, dict):
+            entries.append(entry)
 
 
 def launch(
@@ -107,6 +114,8 @@ def launch(
     command = [
         *sqlstate_command(),
         "-v",
+        "--log-format",
+        "json",
         "run",
         "-b",
         bootstrap,
@@ -131,7 +140,7 @@ def launch(
     process = DaemonProcess(name, popen, launched_at)
     assert popen.stderr is not None
     process.reader = threading.Thread(
-        target=_read_lines, args=(popen.stderr, process.lines), daemon=True
+        target=_read_lines, args=(popen.stderr, process.lines, process.entries), daemon=True
     )
     process.reader.start()
     return process
@@ -238,7 +247,10 @@ def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout
                     f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
                 )
         if time.monotonic() > give_up:
-            raise TimeoutError(f"the group did not settle within {timeout_s:g}s: {assignments}")
+            raise TimeoutError(
+                f"the group did not settle within {timeout_s:g}s: the partitions of each"
+                f" process's latest partitions_assigned event: {assignments}"
+            )
         time.sleep(_POLL_S)
 
 

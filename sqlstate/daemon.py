@@ -55,10 +55,17 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
     on_stop: list[Callable[[], None]] = []
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if stop.is_set():
-            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            logger.warning(
+                "second %s: exiting now", name, extra={"event": "forced_exit", "signal": name}
+            )
             os._exit(EXIT_FORCED)
-        logger.info("%s: finishing the batch in flight, then stopping", signal.Signals(signum).name)
+        logger.info(
+            "%s: finishing the batch in flight, then stopping",
+            name,
+            extra={"event": "stop_requested", "signal": name},
+        )
         stop.set()
         for callback in on_stop:
             callback()
@@ -103,7 +110,14 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
                     f" {settings.connect_timeout_s:g}s: {error!r}"
                 ) from error
             logger.warning(
-                "cannot reach Kafka at %s yet (%r); retrying", settings.bootstrap_servers, error
+                "cannot reach Kafka at %s yet (%r); retrying",
+                settings.bootstrap_servers,
+                error,
+                extra={
+                    "event": "kafka_unreachable",
+                    "bootstrap_servers": settings.bootstrap_servers,
+                    "reason": repr(error),
+                },
             )
             await asyncio.sleep(_CONNECT_RETRY_PAUSE_S)
     missing = sorted(set(settings.topics) - set(existing))
@@ -119,9 +133,17 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     try:
         await asyncio.wait_for(consumer.stop(), timeout_s)
     except TimeoutError:
-        logger.warning("the Kafka consumer did not stop within %gs; exiting anyway", timeout_s)
+        logger.warning(
+            "the Kafka consumer did not stop within %gs; exiting anyway",
+            timeout_s,
+            extra={"event": "consumer_stop_timed_out", "timeout_s": timeout_s},
+        )
     except KafkaError as error:
-        logger.warning("stopping the Kafka consumer failed: %r", error)
+        logger.warning(
+            "stopping the Kafka consumer failed: %r",
+            error,
+            extra={"event": "consumer_stop_failed", "reason": repr(error)},
+        )
 
 
 async def run(settings: Settings) -> None:
@@ -133,7 +155,9 @@ async def run(settings: Settings) -> None:
         fatal: list[BaseException] = []
 
         def on_fatal(error: BaseException) -> None:
-            logger.error("stopping: %s", error)
+            logger.error(
+                "stopping: %s", error, extra={"event": "fatal_error", "reason": str(error)}
+            )
             fatal.append(error)
             stop.set()
 
@@ -157,7 +181,36 @@ async def run(settings: Settings) -> None:
             await database.close()
         if fatal:
             raise fatal[0]
-    logger.info("stopped")
+    logger.info("stopped", extra={"event": "stopped"})
+
+
+def _log_started(settings: Settings, database: Database, schema: str) -> None:
+    c_parser = c_parser_loaded()
+    logger.info(
+        "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
+        " topics %s; group %s; record parser: %s",
+        __version__,
+        aiokafka.__version__,
+        aiosqlite.__version__,
+        sqlite3.sqlite_version,
+        database.path,
+        schema,
+        ", ".join(settings.topics),
+        settings.group_id,
+        "C extension" if c_parser else "pure Python (about 20x slower)",
+        extra={
+            "event": "started",
+            "version": __version__,
+            "aiokafka_version": aiokafka.__version__,
+            "aiosqlite_version": aiosqlite.__version__,
+            "sqlite_version": sqlite3.sqlite_version,
+            "database": str(database.path),
+            "schema": schema,
+            "topics": list(settings.topics),
+            "group_id": settings.group_id,
+            "record_parser": "c" if c_parser else "python",
+        },
+    )
 
 
 async def _run_on(
@@ -173,19 +226,7 @@ async def _run_on(
     consumer = build_consumer(settings)
     try:
         await _start_consumer(consumer, settings)
-        logger.info(
-            "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-            " topics %s; group %s; record parser: %s",
-            __version__,
-            aiokafka.__version__,
-            aiosqlite.__version__,
-            sqlite3.sqlite_version,
-            database.path,
-            schema,
-            ", ".join(settings.topics),
-            settings.group_id,
-            "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
-        )
+        _log_started(settings, database, schema)
         if not stop.is_set():
             await _consume(consumer, Store(database), settings, stats, stop, on_fatal)
     finally:

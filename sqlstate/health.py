@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from sqlstate.logs import partition_fields
 from sqlstate.rebalance import describe
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,12 @@ class Watchdog:
         if self._out_of_group_since is not None:
             away = now - self._out_of_group_since
             if away >= self._stall_timeout_s:
-                alarms["group"] = (
+                alarms["out_of_group"] = (
                     f"not in the consumer group for {away:.0f}s"
                     " (Kafka unreachable, or a rebalance that does not finish)"
                 )
         if stalled:
-            alarms["stall"] = (
+            alarms["stalled"] = (
                 f"positions of {describe(stalled)} have not moved for at least"
                 f" {self._stall_timeout_s:g}s while behind the log end"
             )
@@ -122,7 +123,7 @@ class Watchdog:
             health = Health(True, "caught up", in_group, len(lags), lag)
         else:
             health = Health(True, "catching up", in_group, len(lags), lag)
-        self._log_changes(set(alarms), health)
+        self._log_changes(set(alarms), health, {tp: lags[tp] for tp in stalled})
         self.health = health
         return health
 
@@ -139,9 +140,29 @@ class Watchdog:
                 stalled.append(tp)
         return stalled
 
-    def _log_changes(self, alarms: set[str], health: Health) -> None:
+    def _log_changes(self, alarms: set[str], health: Health, stalled: Lags) -> None:
+        fields = {
+            "reason": health.reason,
+            "in_group": health.in_group,
+            "partitions": health.partitions,
+            "lag": health.lag,
+        }
         if alarms - self._alarms:
-            logger.warning("unhealthy: %s", health.reason)
+            logger.warning(
+                "unhealthy: %s",
+                health.reason,
+                extra={
+                    "event": "unhealthy",
+                    **fields,
+                    "causes": sorted(alarms),
+                    "stalled": [
+                        partition_fields(tp, next_offset=lag.next_offset)
+                        for tp, lag in sorted(stalled.items())
+                    ],
+                },
+            )
         elif self._alarms and not alarms:
-            logger.info("healthy again: %s", health.reason)
+            logger.info(
+                "healthy again: %s", health.reason, extra={"event": "healthy_again", **fields}
+            )
         self._alarms = alarms

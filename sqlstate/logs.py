@@ -1,26 +1,111 @@
 """Logging set-up: plain text for people, one JSON object per line for log shippers.
 
+Structured events: a log call passes the event's data with ``extra``, beside the message::
+
+    logger.info(
+        "caught up: %d partitions at their log end",
+        partitions,
+        extra={"event": "caught_up", "partitions": partitions},
+    )
+
+The JSON format writes every such field at the top level of the line, so a log pipeline filters
+on ``event`` and the data instead of parsing the message; the text format ignores them. The
+conventions, so that one field name means one thing with one type in every line (a log store such
+as Elasticsearch maps a name to a single type):
+
+- ``event``: a stable snake_case name of what happened (``batch_committed``, ``caught_up``).
+  Every line sqlstate logs carries one; aiokafka's lines carry none.
+- ``topic`` (text) and ``partition`` (integer): the partition the event is about.
+- Offsets are integers named after Kafka's: ``next_offset`` (a stored position, the next offset to
+  consume), ``log_end_offset``, ``log_start_offset``, ``fetch_offset``, ``expected_offset``.
+- Counts are integers named after what is counted: ``records``, ``partitions``, ``lag``
+  (records behind).
+- ``reason``: why, in words, for a warning or a change of health.
+- Durations are seconds, as a number, in a name ending with ``_s``; rates end with ``_per_s``.
+  Rounded to what the number means (a catch-up to the millisecond, a commit to the microsecond).
+- Several partitions: a list of objects made by ``partition_fields`` (``topic``, ``partition``
+  and that partition's data), named after what they are (``assigned``, ``revoked``,
+  ``stalled``); ``partitions`` stays their count.
+
+Never pass settings or a secret as a field: fields bypass the redaction below.
+
 Secrets never reach the output: see ``SaslRequestRedactor``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
+import math
 import sys
-from datetime import UTC, datetime
-from typing import Literal
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Literal, Protocol
 
 LogFormat = Literal["text", "json"]
 
 _TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
+# The attributes every LogRecord has (``taskName`` since Python 3.12): whatever else a record
+# carries was passed with ``extra``.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+)
+# Deeper than any event's data; what lies below is written as text rather than walked.
+_MAX_DEPTH = 6
+
+
+class _Partition(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+
+def partition_fields(tp: _Partition, **data: object) -> dict[str, object]:
+    """The fields naming one partition (a ``TopicPartition``), and its ``data``."""
+    return {"topic": tp.topic, "partition": tp.partition, **data}
+
+
+def jsonable(value: object, depth: int = 0) -> object:
+    """``value`` as something ``json.dumps`` writes as valid JSON, whatever it was.
+
+    Named tuples (``TopicPartition``) and dataclasses become objects, other sequences and sets
+    lists, bytes text (undecodable bytes as ``\\xNN``), infinities and NaN (not JSON) text, and
+    anything else its ``str()``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= _MAX_DEPTH:
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, depth + 1)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    elif isinstance(value, tuple) and hasattr(value, "_asdict"):
+        value = value._asdict()
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(item, depth + 1) for item in value]
+    return str(value)
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, and the traceback if any."""
+    """One JSON object per record: time, level, logger, message, the traceback if any, and the
+    event's fields passed with ``extra``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -28,6 +113,13 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        for name, value in vars(record).items():
+            if name in _RECORD_ATTRIBUTES:
+                continue
+            # A field named like one of the line's own keys must not replace it, nor vanish.
+            while name in entry:
+                name += "_"
+            entry[name] = jsonable(value)
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -188,10 +188,16 @@ class StatusServer:
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
         ) as error:
-            logger.debug("metrics request dropped: %r", error)
+            logger.debug(
+                "metrics request dropped: %r",
+                error,
+                extra={"event": "metrics_request_dropped", "reason": repr(error)},
+            )
         except Exception:
             # A bug in a collector must not go unseen, nor take the endpoint down.
-            logger.exception("answering a metrics request failed")
+            logger.exception(
+                "answering a metrics request failed", extra={"event": "metrics_request_failed"}
+            )
             with contextlib.suppress(ConnectionError):
                 writer.write(_response(HTTPStatus.INTERNAL_SERVER_ERROR, {}, b"", 0))
         finally:

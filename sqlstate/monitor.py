@@ -72,7 +72,12 @@ class Monitor:
             host, port = await server.start(
                 self._settings.metrics_host, self._settings.metrics_port
             )
-            logger.info("serving http://%s:%d/metrics and /healthz", host, port)
+            logger.info(
+                "serving http://%s:%d/metrics and /healthz",
+                host,
+                port,
+                extra={"event": "metrics_serving", "host": host, "port": port},
+            )
         task = asyncio.create_task(self._tick_forever(), name="sqlstate-monitor")
         try:
             yield
@@ -90,4 +95,4 @@ class Monitor:
                 self.tick()
             except Exception:
                 # A bug here must not stop consuming; it is logged every tick, so it is seen.
-                logger.exception("monitor tick failed")
+                logger.exception("monitor tick failed", extra={"event": "monitor_tick_failed"})

@@ -68,23 +68,40 @@ class ProgressLog:
         rate = (records - self._last_records) / elapsed
         shrinking = (self._last_lag - lag) / elapsed
         unknown = sum(1 for partition in lags.values() if partition.lag is None)
+        remaining_s = lag / shrinking if shrinking > 0 else None
         logger.info(
             "catching up: %.0f records/s, lag %d records over %d partitions%s, %s",
             rate,
             lag,
             len(lags),
             f" ({unknown} not fetched yet)" if unknown else "",
-            f"about {duration(lag / shrinking)} to go" if shrinking > 0 else "lag not falling",
+            "lag not falling" if remaining_s is None else f"about {duration(remaining_s)} to go",
+            extra={
+                "event": "catching_up",
+                "records_per_s": round(rate, 1),
+                "lag": lag,
+                "partitions": len(lags),
+                "unfetched_partitions": unknown,
+                # null while the lag is not falling
+                "remaining_s": None if remaining_s is None else round(remaining_s, 3),
+            },
         )
         self._last_time, self._last_records, self._last_lag = now, records, lag
 
     def _log_caught_up(self, now: float, records: int, partitions: int) -> None:
+        fields = {"event": "caught_up", "partitions": partitions}
         if records > self._behind_records:
+            catch_up_s = now - self._behind_since
             logger.info(
                 "caught up: %d partitions at their log end; %d records in %s",
                 partitions,
                 records - self._behind_records,
-                duration(now - self._behind_since),
+                duration(catch_up_s),
+                extra={
+                    **fields,
+                    "records": records - self._behind_records,
+                    "catch_up_s": round(catch_up_s, 3),
+                },
             )
         else:
-            logger.info("caught up: %d partitions at their log end", partitions)
+            logger.info("caught up: %d partitions at their log end", partitions, extra=fields)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import grafana
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import connect_read_only, query
@@ -266,6 +267,50 @@ async def test_healthz_follows_the_broker(
     assert db_counts(database, topic) == expected(first + second)
 
 
+async def test_every_metric_of_the_grafana_dashboard_is_served(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """docs/grafana-dashboard.json reads only metrics /metrics serves, and shows every one."""
+    topic = await topic_factory(partitions=3)
+    database = tmp_path / "state.db"
+    messages = keyed_messages(600, partitions=3, odd=False)
+    await produce_keyed(kafka_bootstrap, topic, messages)
+    # Healthy and caught up: every partition fetched, so the lag gauges have their samples.
+    daemon, base = await observed_daemon(kafka_bootstrap, topic, group_id, database, daemons)
+    status, body = await asyncio.to_thread(_get, f"{base}/metrics")
+    assert status == 200
+    families = {
+        family.name: {sample.name for sample in family.samples}
+        for family in text_string_to_metric_families(body.decode())
+    }
+    served = set().union(*families.values())
+    assert ("sqlstate_records_consumed_total", ()) in (await scrape(base))
+    assert any(name.startswith("sqlstate_partition_lag") for name in served)
+
+    dashboard = grafana.load()
+    assert grafana.unserved(dashboard, served) == {}
+    used = {name for expr in grafana.expressions(dashboard) for name in grafana.metric_names(expr)}
+    # The text format serves a histogram's creation time as a gauge family of its own.
+    unshown = sorted(
+        family
+        for family, samples in families.items()
+        if family.startswith("sqlstate_") and not family.endswith("_created") and not samples & used
+    )
+    assert not unshown, f"metrics the dashboard does not show: {unshown}"
+
+    # The check finds a panel that names a metric that does not exist.
+    misspelt = json.loads(
+        json.dumps(dashboard).replace("sqlstate_rebalances_total", "sqlstate_rebalance_total")
+    )
+    assert grafana.unserved(misspelt, served) == {"sqlstate_rebalance_total": ["Rebalances"]}
+    assert await daemon.terminate() == 0
+    assert db_counts(database, topic) == expected(messages)
+
+
 async def offsets_command(database: Path, bootstrap: str) -> dict[int, dict[str, Any]]:
     """``sqlstate offsets --bootstrap-servers ... --json``, as a user runs it."""
     process = await asyncio.create_subprocess_exec(
@@ -410,6 +455,7 @@ async def test_json_log_lines_parse(
     ).start()
     daemons.append(daemon)
     await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 60, [daemon])
+    await daemon.wait_for_log('"event": "caught_up"')  # the progress log's next tick
     assert await daemon.terminate() == 0
     lines = [line for line in daemon.log().splitlines() if not line.startswith("--- start")]
     entries = [json.loads(line) for line in lines]
@@ -420,6 +466,28 @@ async def test_json_log_lines_parse(
     )
     assert any(entry["level"] == "DEBUG" for entry in entries)  # -v: batch lines too
     assert entries[-1]["message"] == "stopped"
+
+    # The event's data as fields, beside the message.
+    events = [entry for entry in entries if "event" in entry]
+    (started,) = [entry for entry in events if entry["event"] == "started"]
+    assert started["logger"] == "sqlstate.daemon"
+    assert started["topics"] == [topic]
+    assert started["group_id"] == group_id
+    assert started["database"] == str(database)
+    assert started["schema"] == started["message"].split(" schema ")[1].split(";")[0]
+    assert started["record_parser"] in {"c", "python"}
+    caught_up = [entry for entry in events if entry["event"] == "caught_up"]
+    assert caught_up, "no caught-up line"
+    assert caught_up[0]["partitions"] == 3
+    assert caught_up[0]["records"] == len(messages)
+    assert caught_up[0]["catch_up_s"] >= 0
+    assert entries[-1]["event"] == "stopped"
+    # Every line of the modules that log events carries one.
+    assert all(
+        "event" in entry
+        for entry in entries
+        if entry["logger"] in {"sqlstate.daemon", "sqlstate.progress", "sqlstate.health"}
+    )
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

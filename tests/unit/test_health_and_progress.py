@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.health import PartitionLag, Watchdog
+from sqlstate.logs import JsonFormatter
 from sqlstate.progress import ProgressLog, duration
 
 A = TopicPartition("orders", 0)
 B = TopicPartition("orders", 1)
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The event's fields, as the JSON log line carries them."""
+    entry: dict[str, Any] = json.loads(JsonFormatter().format(record))
+    for key in ("time", "level", "logger", "message"):
+        del entry[key]
+    return entry
 
 
 class Clock:
@@ -79,6 +90,24 @@ def test_stall_while_behind_turns_unhealthy_and_recovers(
     assert len(messages) == 2
     assert messages[0].startswith("unhealthy: positions of orders-0")
     assert messages[1] == "healthy again: caught up"
+    unhealthy, healthy_again = (fields(record) for record in caplog.records)
+    assert unhealthy == {
+        "event": "unhealthy",
+        "reason": unhealthy["reason"],
+        "causes": ["stalled"],
+        "stalled": [{"topic": "orders", "partition": 0, "next_offset": 40}],
+        "in_group": True,
+        "partitions": 2,
+        "lag": 60,
+    }
+    assert unhealthy["reason"] == messages[0].removeprefix("unhealthy: ")
+    assert healthy_again == {
+        "event": "healthy_again",
+        "reason": "caught up",
+        "in_group": True,
+        "partitions": 2,
+        "lag": 0,
+    }
 
 
 def test_unknown_log_end_counts_as_behind() -> None:
@@ -125,6 +154,17 @@ def test_progress_lines_while_catching_up_then_one_when_caught_up(
         "catching up: 2000 records/s, lag 10000 records over 2 partitions, about 5s to go",
         "caught up: 2 partitions at their log end; 20000 records in 7s",
     ]
+    assert [fields(record) for record in caplog.records] == [
+        {
+            "event": "catching_up",
+            "records_per_s": 2000.0,
+            "lag": 10_000,
+            "partitions": 2,
+            "unfetched_partitions": 0,
+            "remaining_s": 5.0,
+        },
+        {"event": "caught_up", "partitions": 2, "records": 20_000, "catch_up_s": 7.0},
+    ]
 
 
 def test_progress_when_the_lag_does_not_fall(caplog: pytest.LogCaptureFixture) -> None:
@@ -140,3 +180,5 @@ def test_progress_when_the_lag_does_not_fall(caplog: pytest.LogCaptureFixture) -
         "catching up: 0 records/s, lag 50 records over 2 partitions (1 not fetched yet),"
         " lag not falling",
     ]
+    not_falling = fields(caplog.records[1])
+    assert (not_falling["unfetched_partitions"], not_falling["remaining_s"]) == (1, None)

@@ -1,13 +1,145 @@
-"""What the log output must never contain, checked without a broker."""
+"""The log output: the fields of a JSON line, the text format, and what must never appear.
+
+Checked without a broker.
+"""
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.protocol.admin import SaslAuthenticateRequest_v1
 
 from sqlstate import logs
+
+
+class Policy(enum.Enum):
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Claim:
+    next_offset: int
+    epoch: int
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "<opaque>"
+
+
+def emit(
+    log_format: logs.LogFormat,
+    capsys: pytest.CaptureFixture[str],
+    message: str,
+    *args: object,
+    **extra: object,
+) -> str:
+    """Configure the format, log one INFO line of sqlstate with ``extra``, return the output."""
+    logs.configure(0, log_format)
+    try:
+        logging.getLogger("sqlstate.test").info(message, *args, extra=extra)
+    finally:
+        logging.getLogger().handlers.clear()
+    return capsys.readouterr().err
+
+
+def test_a_json_line_carries_every_field_passed_with_extra(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output = emit(
+        "json",
+        capsys,
+        "committed %d records over %d partitions",
+        300,
+        2,
+        event="batch_committed",
+        topic="orders",
+        partition=3,
+        next_offset=1_200,
+        records=300,
+        commit_s=0.0042,
+        reason=None,
+        in_group=True,
+    )
+    (line,) = output.splitlines()
+    entry = json.loads(line)
+    assert entry == {
+        "time": entry["time"],
+        "level": "INFO",
+        "logger": "sqlstate.test",
+        "message": "committed 300 records over 2 partitions",
+        "event": "batch_committed",
+        "topic": "orders",
+        "partition": 3,
+        "next_offset": 1_200,
+        "records": 300,
+        "commit_s": 0.0042,
+        "reason": None,
+        "in_group": True,
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"])
+
+
+def test_values_json_cannot_write_are_converted(capsys: pytest.CaptureFixture[str]) -> None:
+    tp = TopicPartition("orders", 3)
+    output = emit(
+        "json",
+        capsys,
+        "odd values",
+        event="odd",
+        tp=tp,
+        claims={tp: Claim(7, 2)},
+        key=b"caf\xc3\xa9 \xff",
+        lag=float("nan"),
+        remaining_s=float("inf"),
+        policy=Policy.RESET,
+        partitions={5},
+        database=Path("/var/lib/sqlstate/state.db"),
+        error=ValueError("bad"),
+        opaque=Opaque(),
+    )
+    entry = json.loads(output)  # valid JSON: NaN and Infinity would not be
+    assert entry["tp"] == {"topic": "orders", "partition": 3}
+    assert entry["claims"] == {str(tp): {"next_offset": 7, "epoch": 2}}
+    assert entry["key"] == "café \\xff"
+    assert (entry["lag"], entry["remaining_s"]) == ("nan", "inf")
+    assert entry["policy"] == "reset"
+    assert entry["partitions"] == [5]
+    assert entry["database"] == "/var/lib/sqlstate/state.db"
+    assert entry["error"] == "bad"
+    assert entry["opaque"] == "<opaque>"
+
+
+def test_a_field_named_like_a_key_of_the_line_is_kept_beside_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entry = json.loads(emit("json", capsys, "hello", event="clash", time=5, level="x"))
+    assert entry["message"] == "hello"
+    assert entry["level"] == "INFO"
+    assert (entry["time_"], entry["level_"]) == (5, "x")
+
+
+def test_a_value_nested_without_end_is_cut_as_text() -> None:
+    nested: list[object] = []
+    nested.append(nested)
+    converted = logs.jsonable({"a": nested})
+    json.dumps(converted)  # terminates, and is JSON
+    assert "[...]" in json.dumps(converted)
+
+
+def test_the_text_format_ignores_the_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    output = emit("text", capsys, "caught up: %d partitions", 3, event="caught_up", partitions=3)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    sqlstate\.test: caught up: 3 partitions\n",
+        output,
+    )
 
 
 def test_the_sasl_login_in_aiokafka_debug_lines_is_redacted(
