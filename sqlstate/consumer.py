@@ -24,6 +24,7 @@ from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, Off
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate.kafka import consumed_position, log_end
+from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.processors.base import Processors, Records
 from sqlstate.rebalance import Ownership, describe
@@ -173,7 +174,10 @@ class BatchLoop:
             if generation != self._ownership.generation:
                 # A rebalance re-seeked the partitions from the database while this batch
                 # waited; its records will be fetched again from there.
-                logger.debug("dropped a batch fetched before a rebalance")
+                logger.debug(
+                    "dropped a batch fetched before a rebalance",
+                    extra={"event": "stale_batch_dropped"},
+                )
                 return set()
             return await self._commit(advances)
 
@@ -198,6 +202,12 @@ class BatchLoop:
             committed,
             len(advances),
             commit_seconds * 1000,
+            extra={
+                "event": "batch_committed",
+                "records": committed,
+                "partitions": len(advances),
+                "commit_s": round(commit_seconds, 6),
+            },
         )
         return fenced
 
@@ -216,6 +226,13 @@ class BatchLoop:
                 row.next_offset,
                 claim.next_offset,
                 outcome.records,
+                extra={
+                    "event": "position_moved",
+                    **partition_fields(tp),
+                    "next_offset": row.next_offset,
+                    "expected_offset": claim.next_offset,
+                    "dropped_records": outcome.records,
+                },
             )
             self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
             self._consumer.seek(tp, row.next_offset)
@@ -230,6 +247,14 @@ class BatchLoop:
             row.epoch if row else "-",
             claim.epoch,
             outcome.records,
+            extra={
+                "event": "batch_fenced",
+                **partition_fields(tp),
+                "owner": row.owner if row else None,
+                "owner_epoch": row.epoch if row else None,
+                "epoch": claim.epoch,
+                "dropped_records": outcome.records,
+            },
         )
         self._ownership.claims.pop(tp, None)
         self._consumer.pause(tp)
@@ -245,7 +270,17 @@ class BatchLoop:
         async with self._ownership.lock:
             claim = self._ownership.claims.get(tp)
             if claim is not None:
-                logger.debug("re-seeking %s-%d to %d", tp.topic, tp.partition, claim.next_offset)
+                logger.debug(
+                    "re-seeking %s-%d to %d",
+                    tp.topic,
+                    tp.partition,
+                    claim.next_offset,
+                    extra={
+                        "event": "reseeked",
+                        **partition_fields(tp),
+                        "next_offset": claim.next_offset,
+                    },
+                )
                 self._consumer.seek(tp, claim.next_offset)
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -258,7 +293,11 @@ class BatchLoop:
         for tp, fetch_offset in offsets.items():
             claim = self._ownership.claims.get(tp)
             if claim is None:
-                logger.debug("ignored out-of-range for unclaimed %s", describe([tp]))
+                logger.debug(
+                    "ignored out-of-range for unclaimed %s",
+                    describe([tp]),
+                    extra={"event": "out_of_range_ignored", **partition_fields(tp)},
+                )
                 continue
             bounds = (
                 await read_bounds(self._consumer, [tp], self._settings.isolation_level, True)
@@ -270,6 +309,13 @@ class BatchLoop:
                 fetch_offset,
                 bounds.first,
                 bounds.end,
+                extra={
+                    "event": "out_of_range_reported",
+                    **partition_fields(tp),
+                    "fetch_offset": fetch_offset,
+                    "log_start_offset": bounds.first,
+                    "log_end_offset": bounds.end,
+                },
             )
             async with self._ownership.lock:
                 if self._ownership.claims.get(tp) != claim:
@@ -286,6 +332,11 @@ class BatchLoop:
                         " leaving it",
                         tp.topic,
                         tp.partition,
+                        extra={
+                            "event": "out_of_range_left",
+                            **partition_fields(tp),
+                            "reason": "claimed by another consumer",
+                        },
                     )
                     self._ownership.claims.pop(tp, None)
                     self._consumer.pause(tp)

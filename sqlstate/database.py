@@ -271,8 +271,16 @@ class Database:
         if problem is None:
             self._checker = None
             await checker.close()
+            seconds = time.perf_counter() - started
             logger.info(
-                "integrity check of %s: ok (%.2f s)", self.path, time.perf_counter() - started
+                "integrity check of %s: ok (%.2f s)",
+                self.path,
+                seconds,
+                extra={
+                    "event": "integrity_check_passed",
+                    "database": str(self.path),
+                    "check_s": round(seconds, 3),
+                },
             )
             return
         # The checker stays open until ``close``: while it is, closing our read-write connection
@@ -340,6 +348,11 @@ class Database:
                         "database %s is locked by another connection (attempt %d); retrying",
                         self.path,
                         tries,
+                        extra={
+                            "event": "database_busy",
+                            "database": str(self.path),
+                            "attempt": tries,
+                        },
                     )
                     self._stats.busy_retries += 1
                     await asyncio.sleep(_RETRY_PAUSE_S)

@@ -123,7 +123,16 @@ async def apply_pending(database: Database) -> list[str]:
     for migration in known:
         apply = functools.partial(_apply, migration=migration, known=known, path=database.path)
         if await database.transaction(apply):
-            logger.info("applied schema migration %s to %s", migration.name, database.path)
+            logger.info(
+                "applied schema migration %s to %s",
+                migration.name,
+                database.path,
+                extra={
+                    "event": "migration_applied",
+                    "migration": migration.name,
+                    "database": str(database.path),
+                },
+            )
             done.append(migration.name)
     return done
 

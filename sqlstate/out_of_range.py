@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.errors import OutOfRangeError
+from sqlstate.logs import partition_fields
 
 logger = logging.getLogger(__name__)
 
@@ -80,4 +81,12 @@ def log_reset(tp: TopicPartition, stored_offset: int, bounds: LogBounds) -> None
         bounds.first,
         bounds.end,
         bounds.first,
+        extra={
+            "event": "out_of_range_reset",
+            **partition_fields(tp),
+            "next_offset": stored_offset,
+            "log_start_offset": bounds.first,
+            "log_end_offset": bounds.end,
+            "reset_offset": bounds.first,
+        },
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from sqlstate.errors import RebalanceError, SqlstateError
+from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import LogBounds, log_reset, read_bounds
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.stats import Stats
@@ -82,7 +83,15 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             # every committed batch is already durable.
             async with self._ownership.lock:
                 self._ownership.release(revoked)
-            logger.info("revoked partitions: %s", describe(revoked))
+            logger.info(
+                "revoked partitions: %s",
+                describe(revoked),
+                extra={
+                    "event": "partitions_revoked",
+                    "partitions": len(revoked),
+                    "revoked": [partition_fields(tp) for tp in sorted(revoked)],
+                },
+            )
         except BaseException as error:
             self._on_fatal(RebalanceError(f"releasing partitions failed: {error!r}"))
             raise
@@ -108,7 +117,10 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._ownership.release(list(self._ownership.claims))
         self._stats.rebalances += 1
         if not assigned:
-            logger.info("assigned no partitions")
+            logger.info(
+                "assigned no partitions",
+                extra={"event": "partitions_assigned", "partitions": 0, "assigned": []},
+            )
             return
         # One transaction: every claim, every position, every out-of-range reset; under
         # --out-of-range fail, nothing at all.
@@ -129,4 +141,12 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
                 for tp, claim in sorted(claimed.claims.items())
             ),
+            extra={
+                "event": "partitions_assigned",
+                "partitions": len(claimed.claims),
+                "assigned": [
+                    partition_fields(tp, next_offset=claim.next_offset, epoch=claim.epoch)
+                    for tp, claim in sorted(claimed.claims.items())
+                ],
+            },
         )

@@ -482,12 +482,15 @@ async def test_json_log_lines_parse(
     assert caught_up[0]["records"] == len(messages)
     assert caught_up[0]["catch_up_s"] >= 0
     assert entries[-1]["event"] == "stopped"
-    # Every line of the modules that log events carries one.
-    assert all(
-        "event" in entry
-        for entry in entries
-        if entry["logger"] in {"sqlstate.daemon", "sqlstate.progress", "sqlstate.health"}
-    )
+    assert all("event" in entry for entry in entries if entry["logger"].startswith("sqlstate."))
+    (assigned,) = [entry for entry in events if entry["event"] == "partitions_assigned"]
+    assert assigned["assigned"] == [
+        {"topic": topic, "partition": partition, "next_offset": 0, "epoch": 1}
+        for partition in range(3)
+    ]
+    committed = [entry for entry in events if entry["event"] == "batch_committed"]
+    assert sum(entry["records"] for entry in committed) == len(messages)
+    assert all(entry["commit_s"] > 0 for entry in committed)
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
