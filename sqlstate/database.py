@@ -261,6 +261,9 @@ class Database:
     async def _check_beside(self, on_corrupt: Callable[[DatabaseError], None]) -> None:
         started = time.perf_counter()
         checker = await Database._connect(self.path, self._busy_timeout_s, True, Stats())
+        if self._closing:  # closed while connecting: nothing to check any more
+            await checker.close()
+            return
         self._checker = checker
         try:
             problem = await checker.read(_quick_check)
