@@ -8,7 +8,6 @@ path (null, not UTF-8), in the same batch and partition.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlstate import migrate
 from sqlstate.processors.counting import KeyCounter, stored_key
 from sqlstate.store import Store, Transaction
+from tests.support.db import query
 
 TEXT_KEYS: list[bytes | None] = [
     b"",
@@ -77,13 +77,9 @@ async def _stored(
             await store.in_transaction(work)
     finally:
         await store.close()
-    with sqlite3.connect(path) as conn:
-        return sorted(
-            conn.execute(
-                "SELECT topic, partition, key, typeof(key), count FROM key_counts"
-            ).fetchall(),
-            key=repr,
-        )
+    return sorted(
+        query(path, "SELECT topic, partition, key, typeof(key), count FROM key_counts"), key=repr
+    )
 
 
 def _expected(

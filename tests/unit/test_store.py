@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from sqlstate import migrate
 from sqlstate.errors import DatabaseError
 from sqlstate.processors.counting import KeyCounter, stored_key
 from sqlstate.store import PartitionAdvance, Store, Write
+from tests.support.db import query
 
 TP = TopicPartition("orders", 0)
 
@@ -30,8 +30,7 @@ async def open_store(path: Path) -> Store:
 
 
 def counts(path: Path) -> dict[object, int]:
-    with sqlite3.connect(path) as conn:
-        return {key: n for key, n in conn.execute("SELECT key, count FROM counts")}
+    return {key: n for key, n in query(path, "SELECT key, count FROM counts")}
 
 
 async def test_claim_bumps_epoch_and_keeps_position(tmp_path: Path) -> None:
@@ -87,8 +86,7 @@ async def test_odd_keys_are_counted_distinctly(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert counts(path) == {None: 3, "": 2, b"\xff\xfe": 2, "é": 1, big.decode(): 1}
-    with sqlite3.connect(path) as conn:
-        kinds = dict(conn.execute("SELECT typeof(key), count(*) FROM key_counts GROUP BY 1"))
+    kinds = dict(query(path, "SELECT typeof(key), count(*) FROM key_counts GROUP BY 1"))
     assert kinds == {"null": 1, "text": 3, "blob": 1}
 
 

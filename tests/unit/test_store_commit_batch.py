@@ -3,7 +3,6 @@ fails, falls back to committing only the partitions that were not fenced."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from aiokafka import TopicPartition
 
 from sqlstate import migrate
 from sqlstate.store import PartitionAdvance, Store, Write
+from tests.support.db import query
 
 A = TopicPartition("t", 0)
 B = TopicPartition("t", 1)
@@ -27,13 +27,10 @@ def _advance(tp: TopicPartition, epoch: int, start: int, keys: list[str]) -> Par
 
 
 def _state(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    with sqlite3.connect(path) as conn:
-        positions = conn.execute(
-            "SELECT partition, next_offset, epoch FROM positions ORDER BY partition"
-        ).fetchall()
-        counts = conn.execute(
-            "SELECT partition, key, count FROM key_counts ORDER BY partition, key"
-        ).fetchall()
+    positions = query(
+        path, "SELECT partition, next_offset, epoch FROM positions ORDER BY partition"
+    )
+    counts = query(path, "SELECT partition, key, count FROM key_counts ORDER BY partition, key")
     return positions, counts
 
 
