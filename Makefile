@@ -78,9 +78,11 @@ bench: install
 	$(BROKER) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)
 
 ## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
-## it has caught up, then the top counts through the sqlite3 tool
+## it has caught up, then the top counts through the sqlite3 tool. Another topic:
+## make demo DEMO_ARGS="--topic clicks" (see python tools/demo.py --help)
+DEMO_ARGS ?=
 demo: install
-	$(BROKER) run -- $(BIN)/python tools/demo.py
+	$(BROKER) run -- $(BIN)/python tools/demo.py $(DEMO_ARGS)
 
 broker-up:
 	$(BROKER) up
