@@ -109,6 +109,44 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
         )
 
 
+async def _start_unless_stopped(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    stop: asyncio.Event,
+    on_stop: list[Callable[[], None]],
+) -> bool:
+    """``_start_consumer``, given up at the first signal: whether it started.
+
+    The connect retries can last ``--connect-timeout``; a SIGTERM meanwhile is an operator's
+    clean stop (exit 0), not a reason to wait that long and then fail. Cancelling the start is
+    safe: it only touches the network, never the database.
+    """
+    if stop.is_set():
+        return False
+    starting = asyncio.create_task(_start_consumer(consumer, settings))
+
+    def cancel_start() -> None:
+        starting.cancel()
+
+    on_stop.append(cancel_start)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        # Our own cancellation goes on; the signal's ends the start quietly.
+        if not stop.is_set() or _cancelling():
+            raise
+        logger.info("stopped while connecting to Kafka")
+        return False
+    finally:
+        on_stop.remove(cancel_start)
+    return True
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     # stop() leaves the group; it has been seen to hang (aio-libs/aiokafka#773), so bound it.
     try:
@@ -135,20 +173,21 @@ async def run(settings: Settings) -> None:
             schema = await migrate.schema_version(store)
             consumer = build_consumer(settings)
             try:
-                await _start_consumer(consumer, settings)
-                logger.info(
-                    "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-                    " topics %s; group %s; record parser: %s",
-                    __version__,
-                    aiokafka.__version__,
-                    aiosqlite.__version__,
-                    sqlite3.sqlite_version,
-                    store.path,
-                    schema,
-                    ", ".join(settings.topics),
-                    settings.group_id,
-                    "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
-                )
+                # Not started only when a signal came first: then stop is set.
+                if await _start_unless_stopped(consumer, settings, stop, on_stop):
+                    logger.info(
+                        "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
+                        " topics %s; group %s; record parser: %s",
+                        __version__,
+                        aiokafka.__version__,
+                        aiosqlite.__version__,
+                        sqlite3.sqlite_version,
+                        store.path,
+                        schema,
+                        ", ".join(settings.topics),
+                        settings.group_id,
+                        "C extension" if c_parser_loaded() else "pure Python (about 20x slower)",
+                    )
                 if not stop.is_set():
                     await _consume(consumer, store, settings, stop)
             finally:
