@@ -128,6 +128,46 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
         )
 
 
+async def _start_unless_stopped(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    stop: asyncio.Event,
+    on_stop: list[Callable[[], None]],
+) -> bool:
+    """``_start_consumer``, given up at the first signal: whether it started.
+
+    The connect retries can last ``--connect-timeout``; a SIGTERM meanwhile is an operator's
+    clean stop (exit 0), not a reason to wait that long and then fail. Cancelling the start is
+    safe: it only touches the network, never the database.
+    """
+    if stop.is_set():
+        return False
+    starting = asyncio.create_task(_start_consumer(consumer, settings))
+
+    def cancel_start() -> None:
+        starting.cancel()
+
+    on_stop.append(cancel_start)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        # Our own cancellation goes on; the signal's ends the start quietly.
+        if not stop.is_set() or _cancelling():
+            raise
+        logger.info(
+            "stopped while connecting to Kafka", extra={"event": "stopped_while_connecting"}
+        )
+        return False
+    finally:
+        on_stop.remove(cancel_start)
+    return True
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     # stop() leaves the group; it has been seen to hang (aio-libs/aiokafka#773), so bound it.
     try:
@@ -170,7 +210,7 @@ async def run(settings: Settings) -> None:
         )
         on_stop.append(database.stop_retrying)
         try:
-            await _run_on(database, settings, stats, stop, on_fatal)
+            await _run_on(database, settings, stats, stop, on_stop, on_fatal)
         except SqlstateError:
             # A fatal error (a corrupt file found beside start-up, say) explains whatever
             # failed after it.
@@ -218,6 +258,7 @@ async def _run_on(
     settings: Settings,
     stats: Stats,
     stop: asyncio.Event,
+    on_stop: list[Callable[[], None]],
     on_fatal: Callable[[BaseException], None],
 ) -> None:
     """Migrate, join the group and consume until ``stop``."""
@@ -225,8 +266,9 @@ async def _run_on(
     schema = await migrate.schema_version(database)
     consumer = build_consumer(settings)
     try:
-        await _start_consumer(consumer, settings)
-        _log_started(settings, database, schema)
+        # Not started only when a signal came first: then stop is set.
+        if await _start_unless_stopped(consumer, settings, stop, on_stop):
+            _log_started(settings, database, schema)
         if not stop.is_set():
             await _consume(consumer, Store(database), settings, stats, stop, on_fatal)
     finally:

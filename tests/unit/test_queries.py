@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -16,18 +17,17 @@ def test_parse_rejects_duplicates() -> None:
 
 
 def test_every_query_compiles() -> None:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    for migration in migrate.available():
-        conn.executescript(migration.script)
-    conn.execute(queries.sql("create_migrations_table"))
-    transaction_control = {"begin_immediate", "commit", "rollback"}
-    for name, statement in queries._all().items():
-        if name in transaction_control or statement.upper().startswith(
-            ("PRAGMA", "SAVEPOINT", "ROLLBACK", "RELEASE")
-        ):
-            continue
-        conn.execute(f"EXPLAIN {statement}", _dummy_params(statement))
-    conn.close()
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        for migration in migrate.available():
+            conn.executescript(migration.script)
+        conn.execute(queries.sql("create_migrations_table"))
+        transaction_control = {"begin_immediate", "commit", "rollback"}
+        for name, statement in queries._all().items():
+            if name in transaction_control or statement.upper().startswith(
+                ("PRAGMA", "SAVEPOINT", "ROLLBACK", "RELEASE")
+            ):
+                continue
+            conn.execute(f"EXPLAIN {statement}", _dummy_params(statement))
 
 
 def _dummy_params(statement: str) -> dict[str, None] | tuple[None, ...]:
