@@ -248,6 +248,13 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     env="INTEGRITY_CHECK",
     help="Run PRAGMA quick_check on the database at start.",
 )
+@_setting(
+    "--commit-offsets-to-kafka/--no-commit-offsets-to-kafka",
+    field="commit_offsets_to_kafka",
+    env="COMMIT_OFFSETS_TO_KAFKA",
+    help="Also commit each committed position to the group's offsets in Kafka, for lag tools"
+    " (informational: positions are only ever read from the database).",
+)
 @security_options
 @_setting(
     "--metrics-port",

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import consumed_position, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
@@ -55,6 +56,7 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
+        offsets: GroupOffsets,
     ) -> None:
         self._consumer = consumer
         self._store = store
@@ -62,6 +64,7 @@ class BatchLoop:
         self._processors = processors
         self._settings = settings
         self._stats = stats
+        self._offsets = offsets
 
     async def run(self, stop: asyncio.Event) -> None:
         committing: asyncio.Task[set[TopicPartition]] | None = None
@@ -187,14 +190,18 @@ class BatchLoop:
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
         committed = 0
+        moved: dict[TopicPartition, Claim] = {}
         fenced: set[TopicPartition] = set()
         for outcome in outcomes:
             if isinstance(outcome, Committed):
                 self._ownership.claims[outcome.tp] = outcome.claim
+                moved[outcome.tp] = outcome.claim
                 committed += outcome.records
             else:
                 self._fenced(outcome)
                 fenced.add(outcome.tp)
+        # Only now, with the transaction committed: Kafka's copy never runs ahead of it.
+        self._offsets.publish(moved)
         self._stats.records += committed
         self._stats.batches += 1
         logger.debug(
@@ -236,6 +243,7 @@ class BatchLoop:
             )
             self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
             self._consumer.seek(tp, row.next_offset)
+            self._offsets.publish({tp: self._ownership.claims[tp]})
             return
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
@@ -263,9 +271,10 @@ class BatchLoop:
         """The fetcher looked for a Kafka-committed offset before our listener seeked.
 
         aiokafka gives every partition a fresh state without a position on each rebalance, and
-        with ``auto_offset_reset="none"`` and nothing committed in Kafka it raises
-        NoOffsetForPartitionError for a partition it reaches first. Our positions live in the
-        database: seek to the claimed one.
+        with ``auto_offset_reset="none"`` and nothing committed in Kafka (a new group, or
+        ``--no-commit-offsets-to-kafka``) it raises NoOffsetForPartitionError for a partition it
+        reaches first. (With an offset committed there, it starts from that instead, until the
+        listener's seek replaces it.) Our positions live in the database: seek to the claimed one.
         """
         async with self._ownership.lock:
             claim = self._ownership.claims.get(tp)
@@ -345,3 +354,4 @@ class BatchLoop:
                 log_reset(tp, claim.next_offset, bounds)
                 self._ownership.claims[tp] = reset
                 self._consumer.seek(tp, reset.next_offset)
+                self._offsets.publish({tp: reset})

@@ -30,6 +30,7 @@ from sqlstate.errors import (
     SqlstateError,
     TopicNotFoundError,
 )
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
 from sqlstate.processors.base import Processors
@@ -285,6 +286,7 @@ async def _consume(
 ) -> None:
     ownership = Ownership()
     processors = Processors([KeyCounter()])
+    offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
     listener = Listener(
         consumer,
         store,
@@ -295,9 +297,15 @@ async def _consume(
         settings.isolation_level,
         processors.forget,
         on_fatal,
+        offsets.publish,
     )
     consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, processors, settings, stats)
+    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, offsets)
     monitor = Monitor(consumer, ownership, stats, settings)
-    async with monitor.running():
-        await loop.run(stop)
+    try:
+        async with monitor.running():
+            await loop.run(stop)
+    finally:
+        # Before leaving the group: the last batch's positions, so that Kafka's tools show
+        # where the daemon stopped. Bounded; a failure is only counted.
+        await offsets.close(settings.shutdown_timeout_s)

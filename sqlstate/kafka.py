@@ -3,7 +3,8 @@
 Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``)
 and the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``). aiokafka is
 pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s assignment check
-and ``in_group``) are checked by the tests against the real broker. The security options and
+and ``in_group``) and the one request sent around aiokafka's API (``commit_group_offsets``) are
+checked by the tests against the real broker. The security options and
 ``refusal`` serve every client; they are tested against the test broker's SASL and SSL listeners
 (tests/acceptance/test_security.py).
 """
@@ -13,17 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import ConnectionGroup
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
     KafkaError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
+    for_code,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.record import default_records
 
 from sqlstate.settings import Security, Settings
@@ -192,3 +198,53 @@ def in_group(consumer: AIOKafkaConsumer) -> bool:
         and bool(getattr(coordinator, "member_id", ""))
         and not coordinator.need_rejoin(subscription)
     )
+
+
+async def commit_group_offsets(
+    consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int], metadata: str
+) -> list[TopicPartition]:
+    """Commit ``offsets`` to the consumer's group in Kafka: one OffsetCommit request, sent in
+    the generation the consumer is a member of right now. Returns the partitions sent.
+
+    Nothing is sent (an empty list) when the consumer is not a member of its group at this
+    moment, and only partitions of its current assignment are. The generation and member id are
+    read and the request built with no await in between, so the request carries the membership
+    that was checked; the coordinator rejects it if that generation is over by the time it
+    arrives (UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError), so a
+    member that lost a partition can never overwrite what its new owner committed.
+
+    Not ``consumer.commit()``: that retries a failed commit by itself, each time with whatever
+    generation the consumer holds by then, which may be a later one in which the partition
+    belongs to another member (and with generation -1, after a reset, the coordinator accepts a
+    commit whenever the group happens to be empty). It also resets the member's generation
+    or marks the coordinator dead on some errors; this request changes nothing in the consumer,
+    whose heartbeat finds out about its membership by itself. Raises the first error the
+    coordinator answered for a partition, or the KafkaError of a failed request.
+    """
+    if not in_group(consumer):
+        return []
+    coordinator = consumer._coordinator
+    assignment = consumer._subscription.subscription.assignment
+    by_topic: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    sent = []
+    for tp, offset in sorted(offsets.items()):
+        if tp in assignment.tps:
+            by_topic[tp.topic].append((tp.partition, offset, metadata))
+            sent.append(tp)
+    if not sent:
+        return []
+    request = OffsetCommitRequest(
+        coordinator.group_id,
+        coordinator.generation,
+        coordinator.member_id,
+        OffsetCommitRequest.DEFAULT_RETENTION_TIME,
+        list(by_topic.items()),
+    )
+    response = await consumer._client.send(
+        coordinator.coordinator_id, request, group=ConnectionGroup.COORDINATION
+    )
+    for topic, partitions in response.topics:
+        for partition, error_code in partitions:
+            if error_code:
+                raise for_code(error_code)(f"committing the offset of {topic}-{partition}")
+    return sent

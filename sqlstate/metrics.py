@@ -72,6 +72,17 @@ class _StateCollector:
                 stats.busy_retries,
                 "Transactions retried because another connection held the database lock.",
             ),
+            (
+                "kafka_offset_commits",
+                stats.kafka_offset_commits,
+                "Informational commits of the positions to the group's offsets in Kafka.",
+            ),
+            (
+                "kafka_offset_commit_failures",
+                stats.kafka_offset_commit_failures,
+                "Informational commits to the group's offsets in Kafka that failed"
+                " (the positions in the database are unaffected).",
+            ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
 

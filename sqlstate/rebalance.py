@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -53,6 +53,9 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     aiokafka logs and swallows whatever a listener raises, which would leave partitions
     unpositioned. So a failure is handed to ``on_fatal``, which stops the daemon; the
     partitions stay unclaimed meanwhile, so none of their records are counted.
+
+    ``on_claimed`` gets the claims once their transaction has committed and they are sought
+    (the daemon copies them to the group's offsets in Kafka); it must not wait.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         isolation_level: str,
         forget: Forget,
         on_fatal: Callable[[BaseException], None],
+        on_claimed: Callable[[Mapping[TopicPartition, Claim]], None],
     ) -> None:
         self._policy = policy
         self._isolation_level = isolation_level
@@ -76,6 +80,7 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
         self._stats = stats
         self._on_fatal = on_fatal
+        self._on_claimed = on_claimed
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         try:
@@ -135,6 +140,7 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp, claim in claimed.claims.items():
             self._consumer.seek(tp, claim.next_offset)
         self._ownership.claims.update(claimed.claims)
+        self._on_claimed(claimed.claims)
         logger.info(
             "assigned partitions: %s",
             ", ".join(

@@ -91,6 +91,9 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     poll_timeout_ms: int = 500
     check_integrity: bool = True
+    # Copy each committed position to the group's offsets in Kafka, for operators' lag tools.
+    # Informational only: positions are read from the database, never from there.
+    commit_offsets_to_kafka: bool = True
     security: Security = field(default_factory=Security)
     metrics_port: int | None = None
     # Loopback by default: the endpoint names topics, hosts and lag. The container image sets

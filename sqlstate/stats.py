@@ -14,5 +14,7 @@ class Stats:
     fenced_batches: int = 0  # partition batches dropped: another owner claimed or moved it
     out_of_range_resets: int = 0  # partitions rebuilt from the log's first offset
     busy_retries: int = 0  # transactions retried because another connection held the lock
+    kafka_offset_commits: int = 0  # positions copied to the group's offsets in Kafka
+    kafka_offset_commit_failures: int = 0  # such copies that failed (the database is unaffected)
     # Latencies of the batch commits since the metrics last drained them, in seconds.
     commit_seconds: list[float] = field(default_factory=list)

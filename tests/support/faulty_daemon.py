@@ -29,6 +29,7 @@ from typing import Any
 from sqlstate import cli, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.processors.base import Processors, Statement
 from sqlstate.rebalance import Listener
 from sqlstate.store import Store
@@ -51,6 +52,9 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     "before_claim": (Store, "claim", "before", "any"),
     # Inside the assign callback: the claim (epoch bump) committed, no partition seeked yet.
     "after_claim": (Store, "claim", "after", "any"),
+    # The positions to copy to the group's offsets in Kafka passed the ownership check; the
+    # commit request is not built yet (a zombie's pause point for Kafka's offsets).
+    "before_kafka_commit": (GroupOffsets, "_commit", "before", "any"),
     # In the middle of a migration's transaction, after one of its statements ran.
     "in_migration": (migrate, "statements", "after", "any"),
 }

@@ -266,6 +266,20 @@ async def _offsets(bootstrap: str, topic: str, isolation_level: str, end: bool) 
     return {tp.partition: offset for tp, offset in offsets.items()}
 
 
+async def committed_offsets(
+    bootstrap: str, group_id: str, topic: str
+) -> dict[int, tuple[int, str]]:
+    """{partition: (offset, metadata)} that group ``group_id`` has committed in Kafka for
+    ``topic``, as Kafka's tools read them; partitions with nothing committed are left out."""
+    async with asyncio.timeout(DEFAULT_TIMEOUT), admin_client(bootstrap) as admin:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    return {
+        tp.partition: (committed.offset, committed.metadata)
+        for tp, committed in offsets.items()
+        if tp.topic == topic and committed.offset >= 0
+    }
+
+
 async def delete_records(bootstrap: str, topic: str, before: Mapping[int, int]) -> dict[int, int]:
     """Delete the records before ``before[partition]``, as retention would; return the
     new {partition: log start offset}."""

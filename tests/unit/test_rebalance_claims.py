@@ -12,7 +12,7 @@ from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Statement
 from sqlstate.rebalance import Listener, Ownership
 from sqlstate.stats import Stats
-from sqlstate.store import Store
+from sqlstate.store import Claim, Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -55,8 +55,18 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
         ownership = Ownership()
         stats = Stats()
         fatal: list[BaseException] = []
+        published: list[dict[TopicPartition, Claim]] = []
         listener = Listener(
-            consumer, store, ownership, "me", stats, "reset", "read_committed", forget, fatal.append
+            consumer,
+            store,
+            ownership,
+            "me",
+            stats,
+            "reset",
+            "read_committed",
+            forget,
+            fatal.append,
+            lambda claims: published.append(dict(claims)),
         )
         await listener.on_partitions_assigned({A, B})
     finally:
@@ -65,6 +75,8 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
     assert seeks_seen_by_forget == [0, 0]
     assert sorted(consumer.seeks) == [(A, 50), (B, 50)]
     assert {tp: claim.next_offset for tp, claim in ownership.claims.items()} == {A: 50, B: 50}
+    # The claims go to the copy in Kafka's group offsets once committed and sought.
+    assert published == [ownership.claims]
     assert stats.out_of_range_resets == 2
 
 
