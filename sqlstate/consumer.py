@@ -10,6 +10,10 @@ N+1 is fetched and parsed in the event loop, so the two overlap on two cores. Ba
 against the positions batch N commits and is handed to the store only once that commit is done;
 the compare-and-set still guards every commit, so a batch can only commit on top of the one
 before it.
+
+Between two batches, with no commit in flight, the loop handles what the fetcher or the topic
+watch reported: a position out of range, a partition without a position, a topic deleted and
+created again (its partitions are claimed again, ``Claimer.reclaim``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from sqlstate.kafka import consumed_position, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.processors.base import Processors, Records
-from sqlstate.rebalance import Ownership, describe
+from sqlstate.rebalance import Claimer, Ownership, describe
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
+from sqlstate.topic_watch import TopicWatch
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
+        claimer: Claimer,
+        watch: TopicWatch,
         offsets: GroupOffsets,
     ) -> None:
         self._consumer = consumer
@@ -64,12 +71,19 @@ class BatchLoop:
         self._processors = processors
         self._settings = settings
         self._stats = stats
+        self._claimer = claimer
+        self._watch = watch
         self._offsets = offsets
 
     async def run(self, stop: asyncio.Event) -> None:
         committing: asyncio.Task[set[TopicPartition]] | None = None
         try:
             while not stop.is_set():
+                if self._watch.recreated:
+                    await self._settled(committing)
+                    committing = None
+                    await self._claimer.reclaim(self._watch.take())
+                    continue
                 try:
                     batch: Batch = await self._consumer.getmany(
                         timeout_ms=self._settings.poll_timeout_ms,
@@ -295,9 +309,10 @@ class BatchLoop:
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
         """The fetcher found a position gone from the log while running.
 
-        The log's bounds are read first, without the ownership lock (a revoke must never wait
-        for a network call); the reset then runs under it, only if the claim is still the one
-        the error was about.
+        The topic's ID and the log's bounds are read first, without the ownership lock (a
+        revoke must never wait for a network call); the reset then runs under it, only if the
+        claim is still the one the error was about. A topic with a new ID was deleted and
+        created again: all of it is claimed again instead, as the topic watch would.
         """
         for tp, fetch_offset in offsets.items():
             claim = self._ownership.claims.get(tp)
@@ -308,9 +323,10 @@ class BatchLoop:
                     extra={"event": "out_of_range_ignored", **partition_fields(tp)},
                 )
                 continue
-            bounds = (
-                await read_bounds(self._consumer, [tp], self._settings.isolation_level, True)
-            )[tp]
+            if await self._watch.changed([tp.topic]):
+                await self._claimer.reclaim({tp.topic})
+                continue
+            bounds = (await read_bounds(self._consumer, [tp], self._settings.isolation_level))[tp]
             logger.info(
                 "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
                 tp.topic,

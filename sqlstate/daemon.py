@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,10 +36,11 @@ from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
 from sqlstate.processors.base import Processors
 from sqlstate.processors.counting import KeyCounter
-from sqlstate.rebalance import Listener, Ownership
+from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Store
+from sqlstate.store import Store, isolation_refusal
+from sqlstate.topic_watch import TopicWatch
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +221,12 @@ async def run(settings: Settings) -> None:
                 raise fatal[0] from None
             raise
         finally:
-            await database.close()
+            failure = fatal[0] if fatal else sys.exc_info()[1]
+            # An error that promises the file unchanged (exit 5, a refused isolation level):
+            # closing must not checkpoint the WAL into the main file either.
+            await database.close(
+                checkpoint=not getattr(failure, "leaves_database_unchanged", False)
+            )
         if fatal:
             raise fatal[0]
     logger.info("stopped", extra={"event": "stopped"})
@@ -265,13 +272,18 @@ async def _run_on(
     """Migrate, join the group and consume until ``stop``."""
     await migrate.apply_pending(database)
     schema = await migrate.schema_version(database)
+    store = Store(database)
+    # Refused before joining the group; the claim checks it again, in its transaction.
+    recorded = await store.isolation_level()
+    if recorded is not None and recorded != settings.isolation_level:
+        raise isolation_refusal(database.path, recorded, settings.isolation_level)
     consumer = build_consumer(settings)
     try:
         # Not started only when a signal came first: then stop is set.
         if await _start_unless_stopped(consumer, settings, stop, on_stop):
             _log_started(settings, database, schema)
         if not stop.is_set():
-            await _consume(consumer, Store(database), settings, stats, stop, on_fatal)
+            await _consume(consumer, store, settings, stats, stop, on_fatal)
     finally:
         await _stop_consumer(consumer, settings.shutdown_timeout_s)
 
@@ -287,7 +299,7 @@ async def _consume(
     ownership = Ownership()
     processors = Processors([KeyCounter()])
     offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
-    listener = Listener(
+    claimer = Claimer(
         consumer,
         store,
         ownership,
@@ -296,14 +308,18 @@ async def _consume(
         settings.out_of_range,
         settings.isolation_level,
         processors.forget,
-        on_fatal,
         offsets.publish,
     )
-    consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, offsets)
+    consumer.subscribe(
+        topics=list(settings.topics), listener=Listener(claimer, ownership, on_fatal)
+    )
+    watch = TopicWatch(consumer, ownership)
+    loop = BatchLoop(
+        consumer, store, ownership, processors, settings, stats, claimer, watch, offsets
+    )
     monitor = Monitor(consumer, ownership, stats, settings)
     try:
-        async with monitor.running():
+        async with monitor.running(), watch.running():
             await loop.run(stop)
     finally:
         # Before leaving the group: the last batch's positions, so that Kafka's tools show

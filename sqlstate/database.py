@@ -297,8 +297,14 @@ class Database:
         )
         on_corrupt(self._corruption)
 
-    async def close(self) -> None:
-        """Close the connection (and a background integrity check still running)."""
+    async def close(self, checkpoint: bool = True) -> None:
+        """Close the connection (and a background integrity check still running).
+
+        ``checkpoint=False`` leaves the file and its WAL byte for byte as they are (a run that
+        promises to change nothing): SQLite's last read-write connection to close copies the
+        WAL into the main file and deletes it, so a read-only connection is held open across
+        the close. It is then the last one, and a read-only connection never checkpoints.
+        """
         self._closing = True
         checker = self._checker
         if checker is not None and self._corruption is None:
@@ -310,9 +316,26 @@ class Database:
         if self._checker is not None and self._corruption is None:
             await self._checker.close()  # first, so that ours is the last close: it checkpoints
             self._checker = None
+        # After damage was found, the checker stays open for the same reason.
+        holder = self._checker
+        if holder is None and not checkpoint:
+            holder = await self._reader()
         await self._conn.close()
-        if self._checker is not None:
-            await self._checker.close()
+        if holder is not None:
+            await holder.close()
+
+    async def _reader(self) -> Database | None:
+        """A read-only connection that has read the file (and so holds it open)."""
+        try:
+            reader = await Database._connect(self.path, self._busy_timeout_s, True, Stats())
+        except DatabaseError:
+            return None
+        try:
+            await reader.read(_check_readable)
+        except DatabaseError:
+            await reader.close()
+            return None
+        return reader
 
     def stop_retrying(self) -> None:
         """Make a transaction waiting on a locked database give up (used at shutdown)."""

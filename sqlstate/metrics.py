@@ -65,7 +65,8 @@ class _StateCollector:
             (
                 "out_of_range_resets",
                 stats.out_of_range_resets,
-                "Partitions rebuilt from the earliest offset after their position left the log.",
+                "Partitions rebuilt from the earliest offset after their position left the log"
+                " or their topic was deleted and created again.",
             ),
             (
                 "database_busy_retries",

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
-from aiokafka.errors import for_code
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -158,6 +158,22 @@ async def _wait_until_led(admin: Any, topic: str, partitions: int) -> None:
 async def delete_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout), admin_client(bootstrap) as admin:
         await admin.delete_topics(names)
+
+
+async def recreate_topic(
+    bootstrap: str, name: str, partitions: int = 3, timeout: float = DEFAULT_TIMEOUT
+) -> None:
+    """Delete ``name`` and create it again, as an operator would: a new, empty topic under the
+    old name (with a new topic ID). The broker refuses the creation until the deletion is done,
+    so it is retried until then."""
+    await delete_topics(bootstrap, [name])
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await create_topic(bootstrap, name, partitions)
+                return
+            except TopicAlreadyExistsError:
+                await asyncio.sleep(0.1)
 
 
 async def partitions_of(bootstrap: str, topic: str) -> list[int]:

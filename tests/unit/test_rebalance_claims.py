@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
+from sqlstate import migrate, rebalance
 from sqlstate.database import Database
 from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Statement
-from sqlstate.rebalance import Listener, Ownership
+from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+TOPIC_IDS: dict[str, str | None] = {"t": "AAAAAAAAAAAAAAAAAAAAAQ"}
 
 
 class StandInConsumer:
@@ -36,13 +39,23 @@ class StandInConsumer:
         raise AssertionError("nothing here is claimed by another consumer")
 
 
-async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: Path) -> None:
+async def topic_ids(
+    consumer: object, topics: Iterable[str], all_exist: bool = False
+) -> dict[str, str | None]:
+    """The listener's Metadata request, answered without a broker."""
+    return {topic: TOPIC_IDS[topic] for topic in topics}
+
+
+async def test_no_partition_is_seeked_before_every_claim_is_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """aiokafka fetches a partition as soon as it is seeked; a seek before the loop knows the
     claim would let the loop pass over the records fetched meanwhile."""
     database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
     await migrate.apply_pending(database)
     store = Store(database)
     consumer = StandInConsumer()
+    monkeypatch.setattr(rebalance, "topic_ids", topic_ids)
     seeks_seen_by_forget: list[int] = []
 
     def forget(tp: TopicPartition) -> list[Statement]:
@@ -51,24 +64,30 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
 
     try:
         # Stored positions now below the log.
-        await store.claim({A: LogBounds(10, 10), B: LogBounds(10, 10)}, "earlier", "reset", forget)
+        await store.claim(
+            {A: LogBounds(10, 10), B: LogBounds(10, 10)},
+            "earlier",
+            "reset",
+            forget,
+            topic_ids=TOPIC_IDS,
+            isolation_level="read_uncommitted",
+        )
         ownership = Ownership()
         stats = Stats()
         fatal: list[BaseException] = []
         published: list[dict[TopicPartition, Claim]] = []
-        listener = Listener(
+        claimer = Claimer(
             consumer,
             store,
             ownership,
             "me",
             stats,
             "reset",
-            "read_committed",
+            "read_uncommitted",
             forget,
-            fatal.append,
             lambda claims: published.append(dict(claims)),
         )
-        await listener.on_partitions_assigned({A, B})
+        await Listener(claimer, ownership, fatal.append).on_partitions_assigned({A, B})
     finally:
         await database.close()
     assert fatal == []
@@ -86,7 +105,8 @@ def test_log_bounds() -> None:
     assert exact.holds(10)
     assert not exact.holds(4)
     assert not exact.holds(11)
-    # Under read_committed the end is the last stable offset: the log may reach further.
-    stable = LogBounds(5, 10, end_is_log_end=False)
-    assert stable.holds(11)
+    # Under read_committed the end is the last stable offset: the log reaches to its own end.
+    stable = LogBounds(5, 10, log_end=12)
+    assert stable.holds(12)
+    assert not stable.holds(13)
     assert not stable.holds(4)
