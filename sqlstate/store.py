@@ -131,15 +131,18 @@ class Store:
         owner: str,
         policy: OutOfRangePolicy,
         forget: Forget,
+        lock_wait_s: float | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
         owner, read where it stands, and apply the out-of-range policy against ``bounds`` (read
         from Kafka just before). Under ``fail`` a position outside its log raises
-        ``OutOfRangeError`` and nothing at all is written."""
+        ``OutOfRangeError`` and nothing at all is written. With ``lock_wait_s``, a database
+        locked longer than that raises ``DatabaseBusyError`` and nothing is written."""
         return await self.database.transaction(
             functools.partial(
                 _claim, bounds=bounds, owner=owner, policy=policy, forget=forget, now=utc_now()
-            )
+            ),
+            lock_wait_s,
         )
 
     async def reset(
