@@ -15,24 +15,35 @@ before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    ConsumerStoppedError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.kafka import consumed_position, log_end
+from sqlstate.errors import DatabaseBusyError
+from sqlstate.kafka import absent_topics, consumed_position, in_group, log_end
+from sqlstate.kafka_errors import Retrying, permanent, topic_gone
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.processors.base import Processors, Records
-from sqlstate.rebalance import Ownership, describe
+from sqlstate.rebalance import Listener, Ownership, describe, hold
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
 
 logger = logging.getLogger(__name__)
+
+# How often a topic missing from the consumer's metadata is looked up again in Kafka's own list.
+_TOPIC_CHECK_PAUSE_S = 5.0
 
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
@@ -55,6 +66,7 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
+        listener: Listener,
     ) -> None:
         self._consumer = consumer
         self._store = store
@@ -62,11 +74,19 @@ class BatchLoop:
         self._processors = processors
         self._settings = settings
         self._stats = stats
+        self._listener = listener
+        self._retrying = Retrying()
+        self._stop = asyncio.Event()
+        self._topics_checked_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         committing: asyncio.Task[set[TopicPartition]] | None = None
         try:
             while not stop.is_set():
+                if self._ownership.held:
+                    await self._claim_held()
+                await self._check_topics()
                 try:
                     batch: Batch = await self._consumer.getmany(
                         timeout_ms=self._settings.poll_timeout_ms,
@@ -84,6 +104,12 @@ class BatchLoop:
                     continue
                 except ConsumerStoppedError:
                     return
+                except KafkaError as error:
+                    # Raised before getmany() handed out any record: nothing to lose by waiting.
+                    await self._wait_out(error, "fetching records")
+                    continue
+                if self._retrying.active and in_group(self._consumer):
+                    self._retrying.recovered()
                 generation = self._ownership.generation
                 positions = self._positions()
                 refetch: set[TopicPartition] = set()
@@ -105,6 +131,50 @@ class BatchLoop:
             if not stop.is_set():
                 self._store.database.stop_retrying()
             await self._settled(committing)
+
+    async def _wait_out(self, error: BaseException, during: str) -> None:
+        """A Kafka error: stop on a permanent one; wait a transient one out with backoff."""
+        stop = permanent(error)
+        if stop is not None:
+            raise stop from error
+        backoff_s = self._retrying.failed(error, during)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff_s)
+
+    async def _claim_held(self) -> None:
+        """Claim the partitions a rebalance could not claim in time, now if it can be done."""
+        try:
+            await self._listener.claim_held()
+        except DatabaseBusyError:
+            pass  # still locked: they stay held, and the next round tries again
+        except (KafkaError, TimeoutError) as error:
+            await self._wait_out(error, "looking up the log's bounds of held partitions")
+        else:
+            self._retrying.recovered()
+
+    async def _check_topics(self) -> None:
+        """Stop if a topic was deleted while running.
+
+        aiokafka takes a deleted topic out of the assignment at the next rebalance and says
+        nothing more: the daemon would sit idle on it forever. A topic missing from the
+        consumer's metadata is looked up in Kafka's own list of topics before it counts as gone.
+        """
+        if self._stats.rebalances == 0:
+            return  # the consumer has no metadata of its topics before its first assignment
+        missing = absent_topics(self._consumer, self._settings.topics)
+        if not missing or time.monotonic() < self._topics_checked_at + _TOPIC_CHECK_PAUSE_S:
+            return
+        self._topics_checked_at = time.monotonic()
+        try:
+            listed = await asyncio.wait_for(
+                self._consumer.topics(), self._settings.rebalance_budget_s
+            )
+        except (KafkaError, TimeoutError) as error:
+            await self._wait_out(error, "checking that the topics still exist")
+            return
+        for topic, unauthorized in missing:
+            if topic not in listed:
+                raise topic_gone(topic, unauthorized)
 
     @staticmethod
     async def _settled(
@@ -179,22 +249,30 @@ class BatchLoop:
                     extra={"event": "stale_batch_dropped"},
                 )
                 return set()
-            return await self._commit(advances)
+            return await self._commit(generation, advances)
 
-    async def _commit(self, advances: list[PartitionBatch]) -> set[TopicPartition]:
+    async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
         outcomes = await self._store.commit_batch(advances)
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
-        committed = 0
+        committed = sum(outcome.records for outcome in outcomes if isinstance(outcome, Committed))
         fenced: set[TopicPartition] = set()
-        for outcome in outcomes:
-            if isinstance(outcome, Committed):
-                self._ownership.claims[outcome.tp] = outcome.claim
-                committed += outcome.records
-            else:
-                self._fenced(outcome)
-                fenced.add(outcome.tp)
+        if generation != self._ownership.generation:
+            # A revoke stopped waiting for this commit (the database was locked): the partitions
+            # are no longer ours to move, seek or pause. What committed stays committed, and the
+            # next claim of each partition reads it.
+            logger.debug(
+                "a rebalance came while a batch committed; its outcome is left to the next claim",
+                extra={"event": "stale_batch_committed"},
+            )
+        else:
+            for outcome in outcomes:
+                if isinstance(outcome, Committed):
+                    self._ownership.claims[outcome.tp] = outcome.claim
+                else:
+                    self._fenced(outcome)
+                    fenced.add(outcome.tp)
         self._stats.records += committed
         self._stats.batches += 1
         logger.debug(
@@ -257,7 +335,7 @@ class BatchLoop:
             },
         )
         self._ownership.claims.pop(tp, None)
-        self._consumer.pause(tp)
+        hold(self._consumer, tp, row.next_offset if row else claim.next_offset)
 
     async def _reseek(self, tp: TopicPartition) -> None:
         """The fetcher looked for a Kafka-committed offset before our listener seeked.
@@ -299,9 +377,19 @@ class BatchLoop:
                     extra={"event": "out_of_range_ignored", **partition_fields(tp)},
                 )
                 continue
-            bounds = (
-                await read_bounds(self._consumer, [tp], self._settings.isolation_level, True)
-            )[tp]
+            try:
+                bounds = (
+                    await asyncio.wait_for(
+                        read_bounds(self._consumer, [tp], self._settings.isolation_level, True),
+                        self._settings.rebalance_budget_s,
+                    )
+                )[tp]
+            except (KafkaError, TimeoutError) as error:
+                # The partition keeps its position: the fetcher reports it out of range again
+                # at its next fetch, and the bounds are asked for again then.
+                await self._wait_out(error, f"looking up the log's bounds of {describe([tp])}")
+                continue
+            self._retrying.recovered()
             logger.info(
                 "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
                 tp.topic,
@@ -325,7 +413,16 @@ class BatchLoop:
                     continue
                 if self._settings.out_of_range == "fail":
                     raise refusal(tp, claim.next_offset, bounds)
+                generation = self._ownership.generation
                 reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
+                if generation != self._ownership.generation:
+                    # A revoke stopped waiting for this reset (the database was locked): the
+                    # partition is no longer ours to seek. Its next claim reads the reset, or
+                    # fences it.
+                    if reset is not None:
+                        self._stats.out_of_range_resets += 1
+                        log_reset(tp, claim.next_offset, bounds)
+                    continue
                 if reset is None:
                     logger.warning(
                         "%s-%d: out of range, but another consumer claimed it meanwhile;"
@@ -339,7 +436,7 @@ class BatchLoop:
                         },
                     )
                     self._ownership.claims.pop(tp, None)
-                    self._consumer.pause(tp)
+                    hold(self._consumer, tp, claim.next_offset)
                     continue
                 self._stats.out_of_range_resets += 1
                 log_reset(tp, claim.next_offset, bounds)

@@ -144,6 +144,17 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
             error,
             extra={"event": "consumer_stop_failed", "reason": repr(error)},
         )
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # Not ours: aiokafka's fetcher, closing, cancels a fetch that is pausing after a failed
+        # request (the broker is down) and lets that cancellation out of stop().
+        logger.warning(
+            "stopping the Kafka consumer failed: %r (a fetch was retrying)",
+            error,
+            extra={"event": "consumer_stop_failed", "reason": repr(error)},
+        )
 
 
 async def run(settings: Settings) -> None:
@@ -243,19 +254,9 @@ async def _consume(
 ) -> None:
     ownership = Ownership()
     processors = Processors([KeyCounter()])
-    listener = Listener(
-        consumer,
-        store,
-        ownership,
-        settings.owner,
-        stats,
-        settings.out_of_range,
-        settings.isolation_level,
-        processors.forget,
-        on_fatal,
-    )
+    listener = Listener(consumer, store, ownership, settings, stats, processors.forget, on_fatal)
     consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, processors, settings, stats)
+    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, listener)
     monitor = Monitor(consumer, ownership, stats, settings)
     async with monitor.running():
         await loop.run(stop)
