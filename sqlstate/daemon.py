@@ -49,18 +49,24 @@ EXIT_FORCED = 130
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
     """First SIGTERM/SIGINT: set ``stop`` and call the callbacks the caller adds to the yielded
-    list. Second: exit at once. The old handlers are restored on leaving."""
+    list. Second: exit at once. The old handlers are restored on leaving.
+
+    A signal is second only after a first signal: a fatal error also sets ``stop``, and the
+    operator's SIGTERM after it must still leave the group and exit with the error's code.
+    """
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     on_stop: list[Callable[[], None]] = []
+    received: list[str] = []
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
+        if received:
             logger.warning(
                 "second %s: exiting now", name, extra={"event": "forced_exit", "signal": name}
             )
             os._exit(EXIT_FORCED)
+        received.append(name)
         logger.info(
             "%s: finishing the batch in flight, then stopping",
             name,
@@ -171,6 +177,10 @@ async def run(settings: Settings) -> None:
             )
             fatal.append(error)
             stop.set()
+            # As a signal does: a transaction waiting for a locked database gives up at its
+            # next busy timeout, so that the daemon exits with the error's code promptly.
+            for callback in on_stop:
+                callback()
 
         database = await Database.open(
             settings.database,
