@@ -52,18 +52,24 @@ EXIT_FORCED = 130
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
     """First SIGTERM/SIGINT: set ``stop`` and call the callbacks the caller adds to the yielded
-    list. Second: exit at once. The old handlers are restored on leaving."""
+    list. Second: exit at once. The old handlers are restored on leaving.
+
+    A signal is second only after a first signal: a fatal error also sets ``stop``, and the
+    operator's SIGTERM after it must still leave the group and exit with the error's code.
+    """
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     on_stop: list[Callable[[], None]] = []
+    received: list[str] = []
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
+        if received:
             logger.warning(
                 "second %s: exiting now", name, extra={"event": "forced_exit", "signal": name}
             )
             os._exit(EXIT_FORCED)
+        received.append(name)
         logger.info(
             "%s: finishing the batch in flight, then stopping",
             name,
@@ -187,6 +193,17 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
             error,
             extra={"event": "consumer_stop_failed", "reason": repr(error)},
         )
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # Not ours: aiokafka's fetcher, closing, cancels a fetch that is pausing after a failed
+        # request (the broker is down) and lets that cancellation out of stop().
+        logger.warning(
+            "stopping the Kafka consumer failed: %r (a fetch was retrying)",
+            error,
+            extra={"event": "consumer_stop_failed", "reason": repr(error)},
+        )
 
 
 async def run(settings: Settings) -> None:
@@ -203,6 +220,10 @@ async def run(settings: Settings) -> None:
             )
             fatal.append(error)
             stop.set()
+            # As a signal does: a transaction waiting for a locked database gives up at its
+            # next busy timeout, so that the daemon exits with the error's code promptly.
+            for callback in on_stop:
+                callback()
 
         database = await Database.open(
             settings.database,
@@ -300,18 +321,11 @@ async def _consume(
     processors = Processors([KeyCounter()])
     offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
     claimer = Claimer(
-        consumer,
-        store,
-        ownership,
-        settings.owner,
-        stats,
-        settings.out_of_range,
-        settings.isolation_level,
-        processors.forget,
-        offsets.publish,
+        consumer, store, ownership, settings, stats, processors.forget, offsets.publish
     )
     consumer.subscribe(
-        topics=list(settings.topics), listener=Listener(claimer, ownership, on_fatal)
+        topics=list(settings.topics),
+        listener=Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal),
     )
     watch = TopicWatch(consumer, ownership)
     loop = BatchLoop(

@@ -10,7 +10,9 @@ one. It owns everything around the work:
 - ``COMMIT``, or ``ROLLBACK`` on any failure, in the database thread before the call returns:
   no transaction is ever left open, whatever happens to the task that awaits it.
 - While another connection holds the write lock past the busy timeout: a warning, a pause and
-  the whole transaction again, until it succeeds or ``stop_retrying`` is called (shutdown).
+  the whole transaction again, until it succeeds or ``stop_retrying`` is called (shutdown). A
+  caller with a deadline (a rebalance callback) gives its own lock wait instead, and is told at
+  once when the lock did not come (``transaction``'s ``lock_wait_s``).
 - SQLite's errors become ``DatabaseError`` (exit code 3) with the file's name and one line.
 - Cancellation: the work is handed to the connection's one thread, where nothing can stop it
   half-way. A task cancelled before its work began (say, while ``BEGIN IMMEDIATE`` waits for
@@ -338,19 +340,27 @@ class Database:
         return reader
 
     def stop_retrying(self) -> None:
-        """Make a transaction waiting on a locked database give up (used at shutdown)."""
+        """Make a transaction waiting on a locked database give up (at shutdown, whether asked
+        for by a signal or by a fatal error)."""
         self._stopping = True
 
     # ---- the one way to run SQL ---------------------------------------------------------------
 
-    async def transaction(self, work: Work[T]) -> T:
+    async def transaction(self, work: Work[T], lock_wait_s: float | None = None) -> T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
 
         A locked database is waited for (busy timeout) and then retried with a warning, the
         whole transaction again, until it succeeds or shutdown begins. Any other failure rolls
         back and raises: nothing of a failed transaction is ever committed.
+
+        With ``lock_wait_s``, for a caller with a deadline (a rebalance callback): the write
+        lock is waited for that long instead, once, and a database still locked then raises
+        ``DatabaseBusyError`` with nothing run.
         """
-        return await self._call(functools.partial(self._run, work, "begin_immediate"), True)
+        if lock_wait_s is None:
+            return await self._call(functools.partial(self._run, work, "begin_immediate"), True)
+        run = functools.partial(self._run, work, "begin_immediate", lock_wait_s=lock_wait_s)
+        return await self._call(run, False)
 
     async def read(self, work: Work[T]) -> T:
         """Run ``work`` in one read transaction: every statement sees the same snapshot.
@@ -428,13 +438,23 @@ class Database:
             task.cancel()
         return future.result()
 
-    def _run(self, work: Work[T], begin: str | None, call: _Call, conn: sqlite3.Connection) -> T:
+    def _run(
+        self,
+        work: Work[T],
+        begin: str | None,
+        call: _Call,
+        conn: sqlite3.Connection,
+        lock_wait_s: float | None = None,
+    ) -> T:
         """In the database thread: BEGIN, the work, COMMIT; or ROLLBACK, whatever fails."""
         if call.abandoned:
             raise _Abandoned
         if begin is None:
             return work(conn)
-        conn.execute(sql(begin))
+        if lock_wait_s is None:
+            conn.execute(sql(begin))
+        else:
+            self._begin_within(conn, begin, lock_wait_s)
         try:
             if call.abandoned:  # gave up while BEGIN waited for the lock
                 raise _Abandoned
@@ -450,6 +470,15 @@ class Database:
             if conn.in_transaction:
                 conn.execute(sql("rollback"))
             raise
+
+    def _begin_within(self, conn: sqlite3.Connection, begin: str, seconds: float) -> None:
+        """BEGIN with the connection's busy timeout set to ``seconds`` for this BEGIN only."""
+        conn.execute(sql("busy_timeout").format(milliseconds=max(1, round(seconds * 1000))))
+        try:
+            conn.execute(sql(begin))
+        finally:
+            default_ms = round(self._busy_timeout_s * 1000)
+            conn.execute(sql("busy_timeout").format(milliseconds=default_ms))
 
 
 def _check_readable(conn: sqlite3.Connection) -> None:

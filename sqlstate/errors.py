@@ -79,3 +79,9 @@ class RebalanceError(SqlstateError):
     """Partitions could not be claimed or released during a rebalance."""
 
     exit_code = 6
+
+
+class KafkaRefusedError(SqlstateError):
+    """Kafka answered with an error that retrying will not fix."""
+
+    exit_code = 7

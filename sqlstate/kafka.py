@@ -201,6 +201,33 @@ def log_end(consumer: AIOKafkaConsumer, tp: TopicPartition, isolation_level: str
     return end if end is not None and end >= 0 else None
 
 
+def absent_topics(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[tuple[str, bool]]:
+    """The topics of ``topics`` that the consumer's metadata does not list now, each with
+    whether Kafka said it is not authorized; no network call.
+
+    A topic is missing from it once a metadata refresh no longer found it (deleted, or no longer
+    authorized), but also for a moment when a refresh caught it without a leader: ask Kafka
+    before taking it as gone.
+    """
+    cluster = consumer._client.cluster
+    unauthorized: set[str] = cluster.unauthorized_topics
+    return [
+        (topic, topic in unauthorized)
+        for topic in topics
+        if topic in unauthorized or not cluster.partitions_for_topic(topic)
+    ]
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int | None:
+    """The generation of the group join the consumer last completed; None before the first.
+
+    Inside ``on_partitions_assigned`` it is the generation of that assignment: a member expelled
+    and rejoined, or a group that rebalanced once more, shows as a generation further on.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", -1)
+    return generation if isinstance(generation, int) and generation >= 0 else None
+
+
 def in_group(consumer: AIOKafkaConsumer) -> bool:
     """Whether the consumer is a member of its group right now, by aiokafka's coordinator state.
 

@@ -27,6 +27,11 @@ SELECT json_valid('{}');
 -- and cost 35-55 MiB more memory on large databases).
 PRAGMA cache_size = -8192;
 
+-- name: busy_timeout
+-- How long the next BEGIN IMMEDIATE waits for another connection's write lock. A PRAGMA takes no
+-- bound parameters: {milliseconds} is an integer that database.py formats in.
+PRAGMA busy_timeout = {milliseconds};
+
 -- name: begin_immediate
 -- Take the write lock at BEGIN, where the busy timeout applies, rather than at the first write.
 BEGIN IMMEDIATE;

@@ -140,6 +140,20 @@ class Settings:
         return problems
 
     @property
+    def rebalance_budget_s(self) -> float:
+        """How long a rebalance callback may wait: for the batch in flight, for Kafka's offsets,
+        for the database's write lock.
+
+        aiokafka sends no heartbeat from JoinGroup until ``on_partitions_assigned`` returns, and
+        the first one only a heartbeat interval after; and the group waits for a member's revoke
+        only up to the rebalance timeout. Half of what the shorter of the two leaves after one
+        heartbeat interval keeps the member in its group however long the database stays
+        locked: 3.5 s with the defaults.
+        """
+        window = min(self.session_timeout_ms, self.rebalance_timeout_ms or self.session_timeout_ms)
+        return max(0.1, (window - self.heartbeat_interval_ms) / 2000)
+
+    @property
     def owner(self) -> str:
         """Who claims partitions in the positions table: client id, host and process."""
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"

@@ -156,13 +156,15 @@ class Store:
         *,
         topic_ids: Mapping[str, str | None],
         isolation_level: str,
+        lock_wait_s: float | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
         owner, read where it stands, and apply the out-of-range policy against ``bounds`` and
         ``topic_ids`` (read from Kafka just before; an ID of None is not checked). Under
         ``fail`` a position outside its log or a topic whose ID changed raises
         ``OutOfRangeError``, and another isolation level than the recorded one
-        ``IsolationLevelError``; nothing at all is written then."""
+        ``IsolationLevelError``; nothing at all is written then. With ``lock_wait_s``, a
+        database locked longer than that raises ``DatabaseBusyError`` and nothing is written."""
         return await self.database.transaction(
             functools.partial(
                 _claim,
@@ -173,7 +175,8 @@ class Store:
                 isolation_level=isolation_level,
                 forget=forget,
                 now=utc_now(),
-            )
+            ),
+            lock_wait_s,
         )
 
     async def isolation_level(self) -> str | None:
