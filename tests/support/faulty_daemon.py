@@ -34,7 +34,7 @@ from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.group_offsets import GroupOffsets
 from sqlstate.processors.base import Processors, Statement
-from sqlstate.rebalance import Listener
+from sqlstate.rebalance import Claimer, Listener
 from sqlstate.store import Store
 
 # point: (class, method, where the fault fires, which hits count)
@@ -63,6 +63,8 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     # The log's bounds of an assignment, asked of Kafka before its claim (in the assign callback,
     # or in the batch loop for partitions held since a rebalance).
     "claim_bounds": (rebalance, "read_bounds", "before", "any"),
+    # Inside the assign callback, as it begins (each assignment is a hit, an empty one too).
+    "in_assign": (Claimer, "assign", "before", "any"),
     # The log's bounds of a partition the fetcher found out of range while running.
     "out_of_range_bounds": (consumer, "read_bounds", "before", "any"),
 }
