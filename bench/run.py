@@ -4,6 +4,8 @@ Runs, one after another on the same data, each with a fresh consumer group:
 
 (a) ``ceiling``: a bare aiokafka consumer with sqlstate's fetch settings, iterating records;
 (b) ``fresh``: ``sqlstate run`` into a new database;
+(b') ``no_kafka_offsets``: the same with ``--no-commit-offsets-to-kafka``, to show what the
+    informational copy of the positions in Kafka's group offsets costs;
 (c) ``two_processes``: two ``sqlstate run`` processes in one group sharing one new database;
 (d) ``big_state_<N>``: ``sqlstate run`` into a database already holding N distinct keys
     (``--big-state``, repeatable).
@@ -219,10 +221,11 @@ def run_sqlstate(
     group_id: str,
     processes: int = 1,
     existing: bigstate.BigState | None = None,
+    run_args: tuple[str, ...] = (),
 ) -> RunResult:
     """``sqlstate run`` until the topic is consumed; with several processes, started together
     (see ``bench/joiner.py``) and measured from the moment they are let go."""
-    extra_args = options.daemon_args
+    extra_args = (*options.daemon_args, *run_args)
     if options.max_records:
         extra_args = ("--max-records", str(options.max_records), *extra_args)
     if processes > 1:
@@ -369,6 +372,18 @@ def _measure_runs(
                 group("fresh"),
             )
         )
+        step("(b') sqlstate run, fresh database, no copy of the positions in Kafka")
+        keep(
+            run_sqlstate(
+                options,
+                produced,
+                "no_kafka_offsets",
+                "(b') no Kafka offsets",
+                folder / "no-kafka-offsets.db",
+                group("no_kafka_offsets"),
+                run_args=("--no-commit-offsets-to-kafka",),
+            )
+        )
         step("(c) two sqlstate run processes, one group, one database")
         keep(
             run_sqlstate(
@@ -410,8 +425,13 @@ def _results(
 ) -> dict[str, Any]:
     summaries = {name: summarize_rounds(rounds) for name, rounds in runs.items()}
     ceiling, fresh = summaries["ceiling"], summaries["fresh"]
-    ratios = {"b/a": ratio(fresh, ceiling), "c/b": ratio(summaries["two_processes"], fresh)}
+    ratios = {
+        "b/a": ratio(fresh, ceiling),
+        "b'/a": ratio(summaries["no_kafka_offsets"], ceiling),
+        "c/b": ratio(summaries["two_processes"], fresh),
+    }
     fresh["ratio"] = ("b/a", ratios["b/a"])
+    summaries["no_kafka_offsets"]["ratio"] = ("b'/a", ratios["b'/a"])
     summaries["two_processes"]["ratio"] = ("c/b", ratios["c/b"])
     restart: dict[str, float | None] = {}
     for state in states:
