@@ -23,7 +23,7 @@ one. It owns everything around the work:
 aiosqlite is how the event loop reaches that thread: one connection, one worker thread, one
 FIFO queue. Each call through it costs about 100 microseconds against under one for the sqlite3
 module, which is why a whole transaction is one call. aiosqlite 0.22 has no public call that
-runs a function in its thread; ``_execute`` is what each of its own methods uses, and the
+runs a function in its thread; ``_submit`` puts it on the queue its own methods use, and the
 package is pinned to 0.22.x for it.
 """
 
@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 import aiosqlite
 
@@ -414,8 +414,7 @@ class Database:
     async def _hand_off(self, run: Callable[[_Call, sqlite3.Connection], T]) -> T:
         """Run ``run`` in the connection's thread and report its outcome as it is."""
         call = _Call()
-        execute = cast(Callable[..., Any], self._conn._execute)
-        future: asyncio.Future[T] = asyncio.ensure_future(execute(run, call, self._conn._conn))
+        future: asyncio.Future[T] = self._submit(functools.partial(run, call, self._conn._conn))
         cancels = 0
         while not future.done():
             try:
@@ -437,6 +436,23 @@ class Database:
             task.uncancel()
             task.cancel()
         return future.result()
+
+    def _submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``function`` for the connection's thread at once, and return its future.
+
+        At once, not at the loop's next turn (as a task running aiosqlite's own ``_execute``
+        would): the batch loop hands a commit over and goes straight on to parse the next batch,
+        which may not yield for a while, and the database thread must be working on the commit
+        meanwhile. This is aiosqlite 0.22's own hand-off (its ``_execute``): a future and the
+        function on the connection's queue; its thread sets the result with
+        ``call_soon_threadsafe``.
+        """
+        connection = self._conn
+        if not connection._running or connection._connection is None:
+            raise DatabaseError(f"database {self.path} is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        connection._tx.put_nowait((future, function))
+        return future
 
     def _run(
         self,
