@@ -23,10 +23,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
+from sqlstate.decoding import BadRecords
 from sqlstate.kafka import consumed_position, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
-from sqlstate.processors.base import Processors, Records
+from sqlstate.processors.base import Records
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Ownership, describe
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -55,6 +57,7 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
+        bad_records: BadRecords,
     ) -> None:
         self._consumer = consumer
         self._store = store
@@ -62,11 +65,13 @@ class BatchLoop:
         self._processors = processors
         self._settings = settings
         self._stats = stats
+        self._bad_records = bad_records
 
     async def run(self, stop: asyncio.Event) -> None:
         committing: asyncio.Task[set[TopicPartition]] | None = None
         try:
             while not stop.is_set():
+                decoded_so_far = self._bad_records.mark()
                 try:
                     batch: Batch = await self._consumer.getmany(
                         timeout_ms=self._settings.poll_timeout_ms,
@@ -92,7 +97,7 @@ class BatchLoop:
                     # against the positions it moved.
                     previous, committing = committing, None
                     refetch = await previous
-                advances = self._advances(batch, positions, refetch)
+                advances = self._advances(batch, positions, refetch, decoded_so_far)
                 if advances:
                     committing = asyncio.create_task(self._commit_in_turn(generation, advances))
                     # Let it run up to handing the transaction to the database thread: the
@@ -132,14 +137,16 @@ class BatchLoop:
         batch: Batch,
         positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
+        decoded_so_far: int,
     ) -> list[PartitionBatch]:
         """Each claimed partition that moved: its new position and the statements for its
-        unseen records.
+        unseen records, those that do not decode sorted out by ``--on-bad-record``.
 
         A partition can move with no records, stepping over transaction markers or aborted
         records. ``refetch``: partitions the previous commit found fenced and re-seeked; this
         batch may hold their records from before or after that seek, so they are dropped and
-        the partition is sought to its stored position again.
+        the partition is sought to its stored position again. ``decoded_so_far``: the decoding
+        failures counted before this batch's ``getmany()``.
         """
         advances = []
         for tp, claim in self._ownership.claims.items():
@@ -151,6 +158,7 @@ class BatchLoop:
             if position is None or position <= claim.next_offset:
                 continue
             records = unseen(batch.get(tp, ()), claim.next_offset)
+            records, rejected, bad = self._bad_records.sort(tp, records, decoded_so_far)
             advances.append(
                 PartitionBatch(
                     tp=tp,
@@ -158,7 +166,8 @@ class BatchLoop:
                     next_offset=position,
                     log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
                     records=len(records),
-                    statements=self._processors.statements(tp, records),
+                    statements=[*rejected, *self._processors.statements(tp, records)],
+                    bad_records=bad,
                 )
             )
         return advances
@@ -188,10 +197,13 @@ class BatchLoop:
         self._stats.commit_seconds.append(commit_seconds)
         committed = 0
         fenced: set[TopicPartition] = set()
+        bad_records = {part.tp: part.bad_records for part in advances}
         for outcome in outcomes:
             if isinstance(outcome, Committed):
                 self._ownership.claims[outcome.tp] = outcome.claim
                 committed += outcome.records
+                self._stats.count_processors(outcome.counters)
+                self._stats.bad_records += bad_records[outcome.tp]
             else:
                 self._fenced(outcome)
                 fenced.add(outcome.tp)

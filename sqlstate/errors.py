@@ -68,3 +68,13 @@ class RebalanceError(SqlstateError):
     """Partitions could not be claimed or released during a rebalance."""
 
     exit_code = 6
+
+
+class ProcessorError(ConfigError):
+    """A processor cannot be loaded, or would break the processor contract."""
+
+
+class BadRecordError(SqlstateError):
+    """A record could not be decoded and ``--on-bad-record`` is ``fail``."""
+
+    exit_code = 7

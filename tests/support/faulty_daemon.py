@@ -29,7 +29,8 @@ from typing import Any
 from sqlstate import cli, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
-from sqlstate.processors.base import Processors, Statement
+from sqlstate.processors.base import Statement
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Listener
 from sqlstate.store import Store
 

@@ -15,8 +15,9 @@ from sqlstate import migrate
 from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, OutOfRangeError
 from sqlstate.out_of_range import LogBounds
-from sqlstate.processors.base import Processors, Statement
+from sqlstate.processors.base import Statement
 from sqlstate.processors.counting import KeyCounter, stored_key
+from sqlstate.processors.registry import Processors
 from sqlstate.queries import sql
 from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
 from tests.support.db import query
