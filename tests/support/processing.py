@@ -14,8 +14,9 @@ from aiokafka.structs import ConsumerRecord
 
 from sqlstate import migrate
 from sqlstate.database import Database
+from sqlstate.decoding import BadRecords
 from sqlstate.out_of_range import LogBounds
-from sqlstate.processors.base import Processor, Record
+from sqlstate.processors.base import Processor, Record, Statement
 from sqlstate.processors.registry import Processors
 from sqlstate.store import Committed, PartitionBatch, Store
 
@@ -49,10 +50,14 @@ async def open_store(path: Path, processors: Processors) -> Store:
 
 
 async def fold(
-    path: Path, members: Sequence[Processor], batches: Sequence[Sequence[Record]]
+    path: Path,
+    members: Sequence[Processor],
+    batches: Sequence[Sequence[Record]],
+    bad_records: BadRecords | None = None,
 ) -> Counter[str]:
     """Commit ``batches`` (records of any partitions, in offset order per partition) as the
-    daemon would; return the processors' counters."""
+    daemon would, records that did not decode sorted out by ``bad_records``; return the
+    processors' counters."""
     processors = Processors.checked(members)
     try:
         store = await open_store(path, processors)
@@ -67,18 +72,24 @@ async def fold(
         for batch in batches:
             parts = []
             for tp in tps:
-                records = [r for r in batch if (r.topic, r.partition) == tp]
-                if records:
-                    parts.append(
-                        PartitionBatch(
-                            tp=tp,
-                            claim=claims[tp],
-                            next_offset=records[-1].offset + 1,
-                            log_end_offset=None,
-                            records=len(records),
-                            statements=processors.statements(tp, records),
-                        )
+                records: Sequence[Record] = [r for r in batch if (r.topic, r.partition) == tp]
+                if not records:
+                    continue
+                next_offset = records[-1].offset + 1
+                rejected: Sequence[Statement] = ()
+                if bad_records is not None:
+                    # -1: as if the failure counter moved during this batch's fetch.
+                    records, rejected, _ = bad_records.sort(tp, records, -1)
+                parts.append(
+                    PartitionBatch(
+                        tp=tp,
+                        claim=claims[tp],
+                        next_offset=next_offset,
+                        log_end_offset=None,
+                        records=len(records),
+                        statements=[*rejected, *processors.statements(tp, records)],
                     )
+                )
             for outcome in await store.commit_batch(parts):
                 assert isinstance(outcome, Committed), outcome
                 claims[outcome.tp] = outcome.claim
