@@ -60,6 +60,11 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
+# One decoder for every value: json.loads with any option builds a new decoder at each call,
+# which costs more than parsing a small document.
+_JSON = json.JSONDecoder(parse_constant=_not_json)
+
+
 class Decoding:
     """The deserializers of one consumer, and how many records they could not decode."""
 
@@ -90,7 +95,7 @@ class Decoding:
                 )
             if as_json:
                 try:
-                    json.loads(text, parse_constant=_not_json)
+                    _JSON.decode(text)
                 except (ValueError, RecursionError) as error:
                     self.failures += 1
                     return Undecodable(raw, f"{what} is not JSON ({error})")

@@ -33,9 +33,8 @@ import hashlib
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,23 @@ def _headers(record: Record) -> str:
     )
 
 
-#: What each parameter of the record statement is bound to, from the record.
-RECORD_PARAMETERS: dict[str, Callable[[Record], Any]] = {
-    "topic": attrgetter("topic"),
-    "partition": attrgetter("partition"),
-    "offset": attrgetter("offset"),
-    "timestamp": attrgetter("timestamp"),
-    "key": lambda record: stored_key(record.key),
-    "value": lambda record: stored_key(record.value),
-    "headers": _headers,
+def _stored(parts: Iterable[Any]) -> list[Any]:
+    # Text (decoded by --key-format/--value-format) and None pass as they are.
+    return [part if part is None or type(part) is str else stored_key(part) for part in parts]
+
+
+#: What each parameter of the record statement is bound to: one value per record, for a batch.
+RECORD_PARAMETERS: dict[str, Callable[[Records], list[Any]]] = {
+    "topic": lambda records: [record.topic for record in records],
+    "partition": lambda records: [record.partition for record in records],
+    "offset": lambda records: [record.offset for record in records],
+    "timestamp": lambda records: [record.timestamp for record in records],
+    "key": lambda records: _stored(record.key for record in records),
+    "value": lambda records: _stored(record.value for record in records),
+    "headers": lambda records: [_headers(record) for record in records],
 }
+# The same for every record of a partition's batch: bound once, copied into each row.
+_CONSTANT = ("topic", "partition")
 FORGET_PARAMETERS = ("topic", "partition")
 
 
@@ -111,7 +117,10 @@ class SqlFileProcessor:
         self.name = name
         self.migrations: Sequence[Migration] = (schema,)
         self._record = record
-        self._getters = tuple((name, RECORD_PARAMETERS[name]) for name in parameters)
+        self._constant = tuple(name for name in parameters if name in _CONSTANT)
+        self._columns = tuple(
+            (name, RECORD_PARAMETERS[name]) for name in parameters if name not in _CONSTANT
+        )
         self._forget = tuple(forget)
 
     @classmethod
@@ -162,8 +171,14 @@ class SqlFileProcessor:
         )
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
-        getters = self._getters
-        rows = [{name: get(record) for name, get in getters} for record in records]
+        # A row per record, filled a parameter at a time: a third of the cost of calling a
+        # function per parameter and record, and this is the per-record part of the work.
+        partition = {"topic": tp.topic, "partition": tp.partition}
+        constant = {name: partition[name] for name in self._constant}
+        rows = [constant.copy() for _ in records]
+        for name, column in self._columns:
+            for row, value in zip(rows, column(records), strict=True):
+                row[name] = value
         return [Statement(self._record, rows)]
 
     def forget(self, tp: TopicPartition) -> Sequence[Statement]:

@@ -22,6 +22,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -32,6 +33,7 @@ from sqlstate.processors.counting import split_keys
 from sqlstate.queries import sql
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_key = attrgetter("key")
 
 
 def window_start(timestamp_ms: int, window_ms: int) -> int:
@@ -70,25 +72,29 @@ class WindowedCounts:
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         window, retention = self.window_ms, self.retention_ms
         timestamps = [record.timestamp for record in records]
-        highest = max(timestamps)
-        starts = [t - t % window for t in timestamps]
+        lowest, highest = min(timestamps), max(timestamps)
+        first = lowest - lowest % window
         too_old = 0
-        if min(starts) + window > highest - retention:
-            # The usual case: the batch spans less than the retention, so no record of it makes
-            # another one too old. Count in one pass.
-            counts = Counter(zip(starts, (record.key for record in records), strict=True))
+        by_window: dict[int, Counter[Any]]
+        if highest < first + window:
+            # The usual case: the whole batch falls in one window, which the batch cannot
+            # make too old (it ends after the batch's highest timestamp).
+            by_window = {first: Counter(map(_key, records))}
+        elif first + window > highest - retention:
+            # The batch spans less than the retention: no record of it makes another too old.
+            by_window = defaultdict(Counter)
+            for timestamp, record in zip(timestamps, records, strict=True):
+                by_window[timestamp - timestamp % window][record.key] += 1
         else:
-            counts = Counter()
+            by_window = defaultdict(Counter)
             seen = timestamps[0]  # the highest timestamp so far, this record's included
-            for start, timestamp, record in zip(starts, timestamps, records, strict=True):
+            for timestamp, record in zip(timestamps, records, strict=True):
                 seen = max(seen, timestamp)
+                start = timestamp - timestamp % window
                 if start + window <= seen - retention:
                     too_old += 1
                 else:
-                    counts[(start, record.key)] += 1
-        by_window: defaultdict[int, Counter[Any]] = defaultdict(Counter)
-        for (start, key), count in counts.items():
-            by_window[start][key] = count
+                    by_window[start][record.key] += 1
         partition = {"topic": tp.topic, "partition": tp.partition}
         statements = [
             Statement(
