@@ -73,11 +73,6 @@ class Decoding:
         self.key_deserializer = self._deserializer("key", key_format)
         self.value_deserializer = self._deserializer("value", value_format)
 
-    @property
-    def active(self) -> bool:
-        """Whether anything is decoded at all (not for ``bytes`` alone)."""
-        return self.key_deserializer is not None or self.value_deserializer is not None
-
     def _deserializer(self, what: str, format: Format) -> Deserializer | None:
         if format == "bytes":
             return None

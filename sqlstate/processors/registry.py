@@ -102,6 +102,15 @@ def from_settings(settings: Settings) -> list[Processor]:
     """Every processor of ``settings``, in order: ``--processor`` ones, then ``--sql`` files."""
     processors = [load(spec, settings) for spec in settings.processor_specs]
     processors += [SqlFileProcessor.load(path) for path in settings.sql_files]
+    for spec, processor in zip(
+        [*settings.processor_specs, *map(str, settings.sql_files)], processors, strict=True
+    ):
+        if spec not in BUILT_INS and processor.name in BUILT_INS:
+            # A built-in's name carries its rights: counts writes sqlstate's key_counts.
+            raise ProcessorError(
+                f"{spec}: the name {processor.name} belongs to a built-in processor; choose"
+                " another (for a --sql file, rename the file)"
+            )
     names = [processor.name for processor in processors]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -146,7 +155,16 @@ class Processors:
             return []
         prepared = []
         for member in self.members:
-            for statement in member.statements(tp, records):
+            try:
+                statements = member.statements(tp, records)
+            except Exception as error:
+                # Its batch is not committed; a restart would meet the same records again.
+                raise ProcessorError(
+                    f"processor {member.name} failed on {tp.topic}-{tp.partition} offsets"
+                    f" {records[0].offset}-{records[-1].offset}: {error!r}; nothing of the"
+                    " batch was committed"
+                ) from error
+            for statement in statements:
                 if not statement.rows:
                     continue
                 if self._guard is not None:

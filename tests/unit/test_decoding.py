@@ -53,11 +53,7 @@ def test_what_decodes(raw: bytes | None, text: Any, as_json: Any) -> None:
 
 def test_bytes_decode_nothing() -> None:
     decoding = Decoding("bytes", "bytes")
-    assert (decoding.key_deserializer, decoding.value_deserializer, decoding.active) == (
-        None,
-        None,
-        False,
-    )
+    assert (decoding.key_deserializer, decoding.value_deserializer) == (None, None)
 
 
 def batch() -> list[Any]:

@@ -263,6 +263,12 @@ async def test_a_database_of_the_release_before_processors_keeps_counting(
     conn.close()
 
 
+def test_a_processor_that_raises_is_reported_by_name() -> None:
+    processors = Processors([OrderTotals()])
+    with pytest.raises(ProcessorError, match=r"order-totals failed on orders-0 offsets 3-4: JSON"):
+        processors.statements(TP, [record(TP, 3, b"k", "{}"), record(TP, 4, b"k", "not json")])
+
+
 async def test_processor_counters_come_back_with_the_commit(tmp_path: Path) -> None:
     windowed = WindowedCounts(window_ms=1_000, retention_ms=10_000)
     times = [50_000, 100, 60_000, 200]

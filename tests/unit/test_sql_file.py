@@ -11,7 +11,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.errors import ProcessorError, SchemaTooNewError
+from sqlstate.processors.registry import from_settings
 from sqlstate.processors.sql_file import SqlFileProcessor
+from sqlstate.settings import Settings
 from tests.support.db import query
 from tests.support.processing import fold, order, record
 
@@ -100,6 +102,13 @@ def test_a_file_without_its_sections_or_name_is_refused(
 ) -> None:
     with pytest.raises(ProcessorError, match=reason):
         SqlFileProcessor.load(write(tmp_path, text, name))
+
+
+def test_a_file_may_not_take_a_built_in_name(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD, name="counts")
+    settings = Settings(topics=("t",), group_id="g", sql_files=(path,))
+    with pytest.raises(ProcessorError, match="the name counts belongs to a built-in"):
+        from_settings(settings)
 
 
 async def test_every_parameter_is_bound_from_the_record(tmp_path: Path) -> None:
