@@ -4,13 +4,17 @@
 # (default 127.0.0.1:9092) or, when nothing answers, starts a throw-away broker for the
 # run and stops it afterwards, also when the tests fail (tools/kafka_broker/).
 # The Kafka version is pinned in broker/VERSION only.
+#
+# Another Python: `PYTHON=python3.13 make test` (any target) works in a venv of its own,
+# .venv-python3.13, so the default .venv (python3) stays as it is.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 
 PYTHON ?= python3
-VENV := .venv
+# The default interpreter keeps .venv; any other gets a venv named after it.
+VENV := $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The broker tool is standard library only, so it runs before the venv exists.
@@ -27,8 +31,8 @@ export KAFKA_VERSION := $(shell cat broker/VERSION)
 
 all: lint typecheck test
 
-## install: create .venv and install sqlstate with its test extras (again when
-## pyproject.toml changes)
+## install: create the venv (.venv, or .venv-<python> for another PYTHON) and install
+## sqlstate with its test extras (again when pyproject.toml changes)
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -74,9 +78,11 @@ bench: install
 	$(BROKER) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)
 
 ## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
-## it has caught up, then the top counts through the sqlite3 tool
+## it has caught up, then the top counts through the sqlite3 tool. Another topic:
+## make demo DEMO_ARGS="--topic clicks" (see python tools/demo.py --help)
+DEMO_ARGS ?=
 demo: install
-	$(BROKER) run -- $(BIN)/python tools/demo.py
+	$(BROKER) run -- $(BIN)/python tools/demo.py $(DEMO_ARGS)
 
 broker-up:
 	$(BROKER) up
@@ -93,8 +99,8 @@ broker-logs:
 ## clean: stop our broker first, so that deleting .run/ never orphans a running one
 clean: broker-down
 	rm -rf .run .mypy_cache .ruff_cache .pytest_cache build dist
-	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
 
-## distclean: also the venv and the cached broker jars
+## distclean: also the venvs (every Python's) and the cached broker jars
 distclean: clean
-	rm -rf $(VENV) .cache
+	rm -rf .venv .venv-* .cache

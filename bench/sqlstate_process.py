@@ -15,6 +15,7 @@ Peak memory (``VmHWM``) and CPU time come from ``/proc``, read just before SIGTE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -215,21 +216,19 @@ def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None
         check=True,
         capture_output=True,
     )
-    with sqlite3.connect(database) as conn:
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
         conn.executemany(
             "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
             " updated_at) VALUES (?, ?, ?, 0, 'bench', ?, '')",
             [(topic, partition, end, end) for partition, end in end_offsets.items()],
         )
-    conn.close()
 
 
 def release_to_start(database: Path, topic: str) -> None:
     """Move every stored position of ``topic`` back to offset 0 (the bench's topics keep all
     their records). The daemons holding the partitions read it at their next claim."""
-    with sqlite3.connect(database, timeout=30) as conn:
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as conn, conn:
         conn.execute("UPDATE positions SET next_offset = 0 WHERE topic = ?", (topic,))
-    conn.close()
 
 
 def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout_s: float) -> None:

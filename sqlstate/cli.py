@@ -3,8 +3,9 @@
 Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database unusable (not
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
-5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 a record that
-does not decode with ``--on-bad-record fail``; 130 forced exit on a second signal.
+5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 130 forced
+exit on a second signal.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     field="on_bad_record",
     env="ON_BAD_RECORD",
     type=click.Choice(BAD_RECORD_POLICIES),
-    help="A record that does not decode: exit with code 7 before committing its batch, leave it"
+    help="A record that does not decode: exit with code 8 before committing its batch, leave it"
     " out (counted and logged), or keep it in rejected_records.",
 )
 @_setting(
@@ -299,6 +300,13 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     field="check_integrity",
     env="INTEGRITY_CHECK",
     help="Run PRAGMA quick_check on the database at start.",
+)
+@_setting(
+    "--commit-offsets-to-kafka/--no-commit-offsets-to-kafka",
+    field="commit_offsets_to_kafka",
+    env="COMMIT_OFFSETS_TO_KAFKA",
+    help="Also commit each committed position to the group's offsets in Kafka, for lag tools"
+    " (informational: positions are only ever read from the database).",
 )
 @security_options
 @_setting(

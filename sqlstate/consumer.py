@@ -10,31 +10,48 @@ N+1 is fetched and parsed in the event loop, so the two overlap on two cores. Ba
 against the positions batch N commits and is handed to the store only once that commit is done;
 the compare-and-set still guards every commit, so a batch can only commit on top of the one
 before it.
+
+Between two batches, with no commit in flight, the loop handles what the fetcher or the topic
+watch reported: a position out of range, a partition without a position, a topic deleted and
+created again (its partitions are claimed again, ``Claimer.reclaim``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    ConsumerStoppedError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate.decoding import BadRecords
-from sqlstate.kafka import consumed_position, log_end
+from sqlstate.errors import DatabaseBusyError
+from sqlstate.group_offsets import GroupOffsets
+from sqlstate.kafka import absent_topics, consumed_position, in_group, log_end
+from sqlstate.kafka_errors import Retrying, permanent, topic_gone
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Ownership, describe
+from sqlstate.rebalance import Claimer, Ownership, describe, hold
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
+from sqlstate.topic_watch import TopicWatch
 
 logger = logging.getLogger(__name__)
+
+# How often a topic missing from the consumer's metadata is looked up again in Kafka's own list.
+_TOPIC_CHECK_PAUSE_S = 5.0
 
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
@@ -57,6 +74,9 @@ class BatchLoop:
         processors: Processors,
         settings: Settings,
         stats: Stats,
+        claimer: Claimer,
+        watch: TopicWatch,
+        offsets: GroupOffsets,
         bad_records: BadRecords,
     ) -> None:
         self._consumer = consumer
@@ -65,12 +85,27 @@ class BatchLoop:
         self._processors = processors
         self._settings = settings
         self._stats = stats
+        self._claimer = claimer
+        self._watch = watch
+        self._offsets = offsets
         self._bad_records = bad_records
+        self._retrying = Retrying()
+        self._stop = asyncio.Event()
+        self._topics_checked_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         committing: asyncio.Task[set[TopicPartition]] | None = None
         try:
             while not stop.is_set():
+                if self._watch.recreated:
+                    await self._settled(committing)
+                    committing = None
+                    await self._claimer.reclaim(self._watch.take())
+                    continue
+                if self._ownership.held:
+                    await self._claim_held()
+                await self._check_topics()
                 decoded_so_far = self._bad_records.mark()
                 try:
                     batch: Batch = await self._consumer.getmany(
@@ -89,6 +124,12 @@ class BatchLoop:
                     continue
                 except ConsumerStoppedError:
                     return
+                except KafkaError as error:
+                    # Raised before getmany() handed out any record: nothing to lose by waiting.
+                    await self._wait_out(error, "fetching records")
+                    continue
+                if self._retrying.active and in_group(self._consumer):
+                    self._retrying.recovered()
                 generation = self._ownership.generation
                 positions = self._positions()
                 refetch: set[TopicPartition] = set()
@@ -110,6 +151,50 @@ class BatchLoop:
             if not stop.is_set():
                 self._store.database.stop_retrying()
             await self._settled(committing)
+
+    async def _wait_out(self, error: BaseException, during: str) -> None:
+        """A Kafka error: stop on a permanent one; wait a transient one out with backoff."""
+        stop = permanent(error)
+        if stop is not None:
+            raise stop from error
+        backoff_s = self._retrying.failed(error, during)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff_s)
+
+    async def _claim_held(self) -> None:
+        """Claim the partitions a rebalance could not claim in time, now if it can be done."""
+        try:
+            await self._claimer.claim_held()
+        except DatabaseBusyError:
+            pass  # still locked: they stay held, and the next round tries again
+        except (KafkaError, TimeoutError) as error:
+            await self._wait_out(error, "looking up the log's bounds of held partitions")
+        else:
+            self._retrying.recovered()
+
+    async def _check_topics(self) -> None:
+        """Stop if a topic was deleted while running.
+
+        aiokafka takes a deleted topic out of the assignment at the next rebalance and says
+        nothing more: the daemon would sit idle on it forever. A topic missing from the
+        consumer's metadata is looked up in Kafka's own list of topics before it counts as gone.
+        """
+        if self._stats.rebalances == 0:
+            return  # the consumer has no metadata of its topics before its first assignment
+        missing = absent_topics(self._consumer, self._settings.topics)
+        if not missing or time.monotonic() < self._topics_checked_at + _TOPIC_CHECK_PAUSE_S:
+            return
+        self._topics_checked_at = time.monotonic()
+        try:
+            listed = await asyncio.wait_for(
+                self._consumer.topics(), self._settings.rebalance_budget_s
+            )
+        except (KafkaError, TimeoutError) as error:
+            await self._wait_out(error, "checking that the topics still exist")
+            return
+        for topic, unauthorized in missing:
+            if topic not in listed:
+                raise topic_gone(topic, unauthorized)
 
     @staticmethod
     async def _settled(
@@ -188,25 +273,40 @@ class BatchLoop:
                     extra={"event": "stale_batch_dropped"},
                 )
                 return set()
-            return await self._commit(advances)
+            return await self._commit(generation, advances)
 
-    async def _commit(self, advances: list[PartitionBatch]) -> set[TopicPartition]:
+    async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
         outcomes = await self._store.commit_batch(advances)
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
-        committed = 0
-        fenced: set[TopicPartition] = set()
+        committed = sum(outcome.records for outcome in outcomes if isinstance(outcome, Committed))
         bad_records = {part.tp: part.bad_records for part in advances}
         for outcome in outcomes:
             if isinstance(outcome, Committed):
-                self._ownership.claims[outcome.tp] = outcome.claim
-                committed += outcome.records
+                # Committed, whoever owns the partition by now: count what the batch did.
                 self._stats.count_processors(outcome.counters)
                 self._stats.bad_records += bad_records[outcome.tp]
-            else:
-                self._fenced(outcome)
-                fenced.add(outcome.tp)
+        fenced: set[TopicPartition] = set()
+        if generation != self._ownership.generation:
+            # A revoke stopped waiting for this commit (the database was locked): the partitions
+            # are no longer ours to move, seek or pause. What committed stays committed, and the
+            # next claim of each partition reads it.
+            logger.debug(
+                "a rebalance came while a batch committed; its outcome is left to the next claim",
+                extra={"event": "stale_batch_committed"},
+            )
+        else:
+            moved: dict[TopicPartition, Claim] = {}
+            for outcome in outcomes:
+                if isinstance(outcome, Committed):
+                    self._ownership.claims[outcome.tp] = outcome.claim
+                    moved[outcome.tp] = outcome.claim
+                else:
+                    self._fenced(outcome)
+                    fenced.add(outcome.tp)
+            # Only now, with the transaction committed: Kafka's copy never runs ahead of it.
+            self._offsets.publish(moved)
         self._stats.records += committed
         self._stats.batches += 1
         logger.debug(
@@ -248,6 +348,7 @@ class BatchLoop:
             )
             self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
             self._consumer.seek(tp, row.next_offset)
+            self._offsets.publish({tp: self._ownership.claims[tp]})
             return
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
@@ -269,15 +370,16 @@ class BatchLoop:
             },
         )
         self._ownership.claims.pop(tp, None)
-        self._consumer.pause(tp)
+        hold(self._consumer, tp, row.next_offset if row else claim.next_offset)
 
     async def _reseek(self, tp: TopicPartition) -> None:
         """The fetcher looked for a Kafka-committed offset before our listener seeked.
 
         aiokafka gives every partition a fresh state without a position on each rebalance, and
-        with ``auto_offset_reset="none"`` and nothing committed in Kafka it raises
-        NoOffsetForPartitionError for a partition it reaches first. Our positions live in the
-        database: seek to the claimed one.
+        with ``auto_offset_reset="none"`` and nothing committed in Kafka (a new group, or
+        ``--no-commit-offsets-to-kafka``) it raises NoOffsetForPartitionError for a partition it
+        reaches first. (With an offset committed there, it starts from that instead, until the
+        listener's seek replaces it.) Our positions live in the database: seek to the claimed one.
         """
         async with self._ownership.lock:
             claim = self._ownership.claims.get(tp)
@@ -298,9 +400,10 @@ class BatchLoop:
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
         """The fetcher found a position gone from the log while running.
 
-        The log's bounds are read first, without the ownership lock (a revoke must never wait
-        for a network call); the reset then runs under it, only if the claim is still the one
-        the error was about.
+        The topic's ID and the log's bounds are read first, without the ownership lock (a
+        revoke must never wait for a network call); the reset then runs under it, only if the
+        claim is still the one the error was about. A topic with a new ID was deleted and
+        created again: all of it is claimed again instead, as the topic watch would.
         """
         for tp, fetch_offset in offsets.items():
             claim = self._ownership.claims.get(tp)
@@ -311,9 +414,24 @@ class BatchLoop:
                     extra={"event": "out_of_range_ignored", **partition_fields(tp)},
                 )
                 continue
-            bounds = (
-                await read_bounds(self._consumer, [tp], self._settings.isolation_level, True)
-            )[tp]
+            try:
+                if await asyncio.wait_for(
+                    self._watch.changed([tp.topic]), self._settings.rebalance_budget_s
+                ):
+                    await self._claimer.reclaim({tp.topic})
+                    continue
+                bounds = (
+                    await asyncio.wait_for(
+                        read_bounds(self._consumer, [tp], self._settings.isolation_level),
+                        self._settings.rebalance_budget_s,
+                    )
+                )[tp]
+            except (KafkaError, TimeoutError) as error:
+                # The partition keeps its position: the fetcher reports it out of range again
+                # at its next fetch, and the bounds are asked for again then.
+                await self._wait_out(error, f"looking up the log's bounds of {describe([tp])}")
+                continue
+            self._retrying.recovered()
             logger.info(
                 "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
                 tp.topic,
@@ -337,7 +455,16 @@ class BatchLoop:
                     continue
                 if self._settings.out_of_range == "fail":
                     raise refusal(tp, claim.next_offset, bounds)
+                generation = self._ownership.generation
                 reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
+                if generation != self._ownership.generation:
+                    # A revoke stopped waiting for this reset (the database was locked): the
+                    # partition is no longer ours to seek. Its next claim reads the reset, or
+                    # fences it.
+                    if reset is not None:
+                        self._stats.out_of_range_resets += 1
+                        log_reset(tp, claim.next_offset, bounds)
+                    continue
                 if reset is None:
                     logger.warning(
                         "%s-%d: out of range, but another consumer claimed it meanwhile;"
@@ -351,9 +478,10 @@ class BatchLoop:
                         },
                     )
                     self._ownership.claims.pop(tp, None)
-                    self._consumer.pause(tp)
+                    hold(self._consumer, tp, claim.next_offset)
                     continue
                 self._stats.out_of_range_resets += 1
                 log_reset(tp, claim.next_offset, bounds)
                 self._ownership.claims[tp] = reset
                 self._consumer.seek(tp, reset.next_offset)
+                self._offsets.publish({tp: reset})

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -31,14 +32,16 @@ from sqlstate.errors import (
     SqlstateError,
     TopicNotFoundError,
 )
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
 from sqlstate.processors import registry
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Listener, Ownership
+from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Store
+from sqlstate.store import Store, isolation_refusal
+from sqlstate.topic_watch import TopicWatch
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +53,24 @@ EXIT_FORCED = 130
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
     """First SIGTERM/SIGINT: set ``stop`` and call the callbacks the caller adds to the yielded
-    list. Second: exit at once. The old handlers are restored on leaving."""
+    list. Second: exit at once. The old handlers are restored on leaving.
+
+    A signal is second only after a first signal: a fatal error also sets ``stop``, and the
+    operator's SIGTERM after it must still leave the group and exit with the error's code.
+    """
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     on_stop: list[Callable[[], None]] = []
+    received: list[str] = []
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
+        if received:
             logger.warning(
                 "second %s: exiting now", name, extra={"event": "forced_exit", "signal": name}
             )
             os._exit(EXIT_FORCED)
+        received.append(name)
         logger.info(
             "%s: finishing the batch in flight, then stopping",
             name,
@@ -129,6 +138,46 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
         )
 
 
+async def _start_unless_stopped(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    stop: asyncio.Event,
+    on_stop: list[Callable[[], None]],
+) -> bool:
+    """``_start_consumer``, given up at the first signal: whether it started.
+
+    The connect retries can last ``--connect-timeout``; a SIGTERM meanwhile is an operator's
+    clean stop (exit 0), not a reason to wait that long and then fail. Cancelling the start is
+    safe: it only touches the network, never the database.
+    """
+    if stop.is_set():
+        return False
+    starting = asyncio.create_task(_start_consumer(consumer, settings))
+
+    def cancel_start() -> None:
+        starting.cancel()
+
+    on_stop.append(cancel_start)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        # Our own cancellation goes on; the signal's ends the start quietly.
+        if not stop.is_set() or _cancelling():
+            raise
+        logger.info(
+            "stopped while connecting to Kafka", extra={"event": "stopped_while_connecting"}
+        )
+        return False
+    finally:
+        on_stop.remove(cancel_start)
+    return True
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     # stop() leaves the group; it has been seen to hang (aio-libs/aiokafka#773), so bound it.
     try:
@@ -142,6 +191,17 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     except KafkaError as error:
         logger.warning(
             "stopping the Kafka consumer failed: %r",
+            error,
+            extra={"event": "consumer_stop_failed", "reason": repr(error)},
+        )
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # Not ours: aiokafka's fetcher, closing, cancels a fetch that is pausing after a failed
+        # request (the broker is down) and lets that cancellation out of stop().
+        logger.warning(
+            "stopping the Kafka consumer failed: %r (a fetch was retrying)",
             error,
             extra={"event": "consumer_stop_failed", "reason": repr(error)},
         )
@@ -163,6 +223,10 @@ async def run(settings: Settings) -> None:
             )
             fatal.append(error)
             stop.set()
+            # As a signal does: a transaction waiting for a locked database gives up at its
+            # next busy timeout, so that the daemon exits with the error's code promptly.
+            for callback in on_stop:
+                callback()
 
         database = await Database.open(
             settings.database,
@@ -173,7 +237,7 @@ async def run(settings: Settings) -> None:
         )
         on_stop.append(database.stop_retrying)
         try:
-            await _run_on(database, processors, settings, stats, stop, on_fatal)
+            await _run_on(database, processors, settings, stats, stop, on_stop, on_fatal)
         except SqlstateError:
             # A fatal error (a corrupt file found beside start-up, say) explains whatever
             # failed after it.
@@ -181,7 +245,12 @@ async def run(settings: Settings) -> None:
                 raise fatal[0] from None
             raise
         finally:
-            await database.close()
+            failure = fatal[0] if fatal else sys.exc_info()[1]
+            # An error that promises the file unchanged (exit 5, a refused isolation level):
+            # closing must not checkpoint the WAL into the main file either.
+            await database.close(
+                checkpoint=not getattr(failure, "leaves_database_unchanged", False)
+            )
         if fatal:
             raise fatal[0]
     logger.info("stopped", extra={"event": "stopped"})
@@ -226,11 +295,16 @@ async def _run_on(
     settings: Settings,
     stats: Stats,
     stop: asyncio.Event,
+    on_stop: list[Callable[[], None]],
     on_fatal: Callable[[BaseException], None],
 ) -> None:
     """Migrate, join the group and consume until ``stop``."""
     await migrate.apply_pending(database)
     store = Store(database)
+    # Refused before joining the group; the claim checks it again, in its transaction.
+    recorded = await store.isolation_level()
+    if recorded is not None and recorded != settings.isolation_level:
+        raise isolation_refusal(database.path, recorded, settings.isolation_level)
     # Before the processors' own migrations: a refused set leaves their tables out of the file.
     await store.record_processors(settings.topics, processors.names)
     await migrate.apply_processor_migrations(database, processors.members)
@@ -242,8 +316,9 @@ async def _run_on(
         value_deserializer=decoding.value_deserializer,
     )
     try:
-        await _start_consumer(consumer, settings)
-        _log_started(settings, database, schema, processors)
+        # Not started only when a signal came first: then stop is set.
+        if await _start_unless_stopped(consumer, settings, stop, on_stop):
+            _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
             await _consume(
@@ -264,19 +339,32 @@ async def _consume(
     on_fatal: Callable[[BaseException], None],
 ) -> None:
     ownership = Ownership()
-    listener = Listener(
+    offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
+    claimer = Claimer(
+        consumer, store, ownership, settings, stats, processors.forget, offsets.publish
+    )
+    consumer.subscribe(
+        topics=list(settings.topics),
+        listener=Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal),
+    )
+    watch = TopicWatch(consumer, ownership)
+    loop = BatchLoop(
         consumer,
         store,
         ownership,
-        settings.owner,
+        processors,
+        settings,
         stats,
-        settings.out_of_range,
-        settings.isolation_level,
-        processors.forget,
-        on_fatal,
+        claimer,
+        watch,
+        offsets,
+        bad_records,
     )
-    consumer.subscribe(topics=list(settings.topics), listener=listener)
-    loop = BatchLoop(consumer, store, ownership, processors, settings, stats, bad_records)
     monitor = Monitor(consumer, ownership, stats, settings)
-    async with monitor.running():
-        await loop.run(stop)
+    try:
+        async with monitor.running(), watch.running():
+            await loop.run(stop)
+    finally:
+        # Before leaving the group: the last batch's positions, so that Kafka's tools show
+        # where the daemon stopped. Bounded; a failure is only counted.
+        await offsets.close(settings.shutdown_timeout_s)

@@ -10,7 +10,9 @@ one. It owns everything around the work:
 - ``COMMIT``, or ``ROLLBACK`` on any failure, in the database thread before the call returns:
   no transaction is ever left open, whatever happens to the task that awaits it.
 - While another connection holds the write lock past the busy timeout: a warning, a pause and
-  the whole transaction again, until it succeeds or ``stop_retrying`` is called (shutdown).
+  the whole transaction again, until it succeeds or ``stop_retrying`` is called (shutdown). A
+  caller with a deadline (a rebalance callback) gives its own lock wait instead, and is told at
+  once when the lock did not come (``transaction``'s ``lock_wait_s``).
 - SQLite's errors become ``DatabaseError`` (exit code 3) with the file's name and one line.
 - Cancellation: the work is handed to the connection's one thread, where nothing can stop it
   half-way. A task cancelled before its work began (say, while ``BEGIN IMMEDIATE`` waits for
@@ -31,7 +33,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -261,9 +266,12 @@ class Database:
     async def _check_beside(self, on_corrupt: Callable[[DatabaseError], None]) -> None:
         started = time.perf_counter()
         checker = await Database._connect(self.path, self._busy_timeout_s, True, Stats())
+        if self._closing:  # closed while connecting: nothing to check any more
+            await checker.close()
+            return
         self._checker = checker
         try:
-            problem = await checker.read(_quick_check)
+            problem = await checker.read(_quick_check_in_background)
         except DatabaseError as error:
             problem = str(error.__cause__ or error)
         if self._closing:  # interrupted by ``close``: no verdict
@@ -291,8 +299,14 @@ class Database:
         )
         on_corrupt(self._corruption)
 
-    async def close(self) -> None:
-        """Close the connection (and a background integrity check still running)."""
+    async def close(self, checkpoint: bool = True) -> None:
+        """Close the connection (and a background integrity check still running).
+
+        ``checkpoint=False`` leaves the file and its WAL byte for byte as they are (a run that
+        promises to change nothing): SQLite's last read-write connection to close copies the
+        WAL into the main file and deletes it, so a read-only connection is held open across
+        the close. It is then the last one, and a read-only connection never checkpoints.
+        """
         self._closing = True
         checker = self._checker
         if checker is not None and self._corruption is None:
@@ -304,24 +318,49 @@ class Database:
         if self._checker is not None and self._corruption is None:
             await self._checker.close()  # first, so that ours is the last close: it checkpoints
             self._checker = None
+        # After damage was found, the checker stays open for the same reason.
+        holder = self._checker
+        if holder is None and not checkpoint:
+            holder = await self._reader()
         await self._conn.close()
-        if self._checker is not None:
-            await self._checker.close()
+        if holder is not None:
+            await holder.close()
+
+    async def _reader(self) -> Database | None:
+        """A read-only connection that has read the file (and so holds it open)."""
+        try:
+            reader = await Database._connect(self.path, self._busy_timeout_s, True, Stats())
+        except DatabaseError:
+            return None
+        try:
+            await reader.read(_check_readable)
+        except DatabaseError:
+            await reader.close()
+            return None
+        return reader
 
     def stop_retrying(self) -> None:
-        """Make a transaction waiting on a locked database give up (used at shutdown)."""
+        """Make a transaction waiting on a locked database give up (at shutdown, whether asked
+        for by a signal or by a fatal error)."""
         self._stopping = True
 
     # ---- the one way to run SQL ---------------------------------------------------------------
 
-    async def transaction(self, work: Work[T]) -> T:
+    async def transaction(self, work: Work[T], lock_wait_s: float | None = None) -> T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
 
         A locked database is waited for (busy timeout) and then retried with a warning, the
         whole transaction again, until it succeeds or shutdown begins. Any other failure rolls
         back and raises: nothing of a failed transaction is ever committed.
+
+        With ``lock_wait_s``, for a caller with a deadline (a rebalance callback): the write
+        lock is waited for that long instead, once, and a database still locked then raises
+        ``DatabaseBusyError`` with nothing run.
         """
-        return await self._call(functools.partial(self._run, work, "begin_immediate"), True)
+        if lock_wait_s is None:
+            return await self._call(functools.partial(self._run, work, "begin_immediate"), True)
+        run = functools.partial(self._run, work, "begin_immediate", lock_wait_s=lock_wait_s)
+        return await self._call(run, False)
 
     async def read(self, work: Work[T]) -> T:
         """Run ``work`` in one read transaction: every statement sees the same snapshot.
@@ -399,13 +438,23 @@ class Database:
             task.cancel()
         return future.result()
 
-    def _run(self, work: Work[T], begin: str | None, call: _Call, conn: sqlite3.Connection) -> T:
+    def _run(
+        self,
+        work: Work[T],
+        begin: str | None,
+        call: _Call,
+        conn: sqlite3.Connection,
+        lock_wait_s: float | None = None,
+    ) -> T:
         """In the database thread: BEGIN, the work, COMMIT; or ROLLBACK, whatever fails."""
         if call.abandoned:
             raise _Abandoned
         if begin is None:
             return work(conn)
-        conn.execute(sql(begin))
+        if lock_wait_s is None:
+            conn.execute(sql(begin))
+        else:
+            self._begin_within(conn, begin, lock_wait_s)
         try:
             if call.abandoned:  # gave up while BEGIN waited for the lock
                 raise _Abandoned
@@ -422,6 +471,15 @@ class Database:
                 conn.execute(sql("rollback"))
             raise
 
+    def _begin_within(self, conn: sqlite3.Connection, begin: str, seconds: float) -> None:
+        """BEGIN with the connection's busy timeout set to ``seconds`` for this BEGIN only."""
+        conn.execute(sql("busy_timeout").format(milliseconds=max(1, round(seconds * 1000))))
+        try:
+            conn.execute(sql(begin))
+        finally:
+            default_ms = round(self._busy_timeout_s * 1000)
+            conn.execute(sql("busy_timeout").format(milliseconds=default_ms))
+
 
 def _check_readable(conn: sqlite3.Connection) -> None:
     conn.execute(sql("check_readable")).fetchall()
@@ -431,6 +489,18 @@ def _quick_check(conn: sqlite3.Connection) -> str | None:
     """The first problem ``PRAGMA quick_check`` reports, or None for a sound file."""
     problems = [row[0] for row in conn.execute(sql("quick_check")) if row[0] != "ok"]
     return problems[0] if problems else None
+
+
+def _quick_check_in_background(conn: sqlite3.Connection) -> str | None:
+    """``_quick_check`` at the lowest CPU priority: it shares the machine with the batches.
+
+    The checking connection has a thread of its own, which ends with it; on Linux a thread's
+    nice value is its own, so only the check yields the CPU to the batch loop and its commits.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    return _quick_check(conn)
 
 
 def _require_json_functions(conn: sqlite3.Connection) -> None:

@@ -12,7 +12,7 @@ in place of its key or value, and the ``failures`` counter moves. The batch loop
 the batch (only when the counter moved during its ``getmany()``) and applies
 ``--on-bad-record``:
 
-- ``fail``: stop with exit code 7 before the batch is handed to the store: nothing of it is
+- ``fail``: stop with exit code 8 before the batch is handed to the store: nothing of it is
   committed, and the next start fetches it again;
 - ``skip``: leave the record out of the state, count it (``sqlstate_bad_records_total``) and
   log it;

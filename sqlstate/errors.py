@@ -2,6 +2,8 @@
 
 The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; the traceback is shown
 only with ``-v``. ``retriable`` says whether trying the same thing again later may succeed.
+``leaves_database_unchanged``: the error promises that the run wrote nothing, so the daemon closes
+the database without letting SQLite checkpoint its WAL (which would rewrite the main file).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ class SqlstateError(Exception):
 
     exit_code = 1
     retriable = False
+    leaves_database_unchanged = False
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -21,6 +24,12 @@ class ConfigError(SqlstateError):
     """The settings are not valid."""
 
     exit_code = 2
+
+
+class IsolationLevelError(ConfigError):
+    """The counts were made with another isolation level than this run's."""
+
+    leaves_database_unchanged = True
 
 
 class DatabaseError(SqlstateError):
@@ -59,9 +68,11 @@ class TopicNotFoundError(BrokerError):
 
 
 class OutOfRangeError(SqlstateError):
-    """A stored position no longer exists in Kafka and the policy is ``fail``."""
+    """A stored position no longer exists in Kafka, or its topic was deleted and created again,
+    and the policy is ``fail``."""
 
     exit_code = 5
+    leaves_database_unchanged = True
 
 
 class RebalanceError(SqlstateError):
@@ -74,7 +85,13 @@ class ProcessorError(ConfigError):
     """A processor cannot be loaded, or would break the processor contract."""
 
 
+class KafkaRefusedError(SqlstateError):
+    """Kafka answered with an error that retrying will not fix."""
+
+    exit_code = 7
+
+
 class BadRecordError(SqlstateError):
     """A record could not be decoded and ``--on-bad-record`` is ``fail``."""
 
-    exit_code = 7
+    exit_code = 8

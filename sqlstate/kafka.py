@@ -3,33 +3,61 @@
 Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``)
 and the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``). aiokafka is
 pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s assignment check
-and ``in_group``) are checked by the tests against the real broker. The security options and
+and ``in_group``) and the one request sent around aiokafka's API (``commit_group_offsets``) are
+checked by the tests against the real broker. The security options and
 ``refusal`` serve every client; they are tested against the test broker's SASL and SSL listeners
 (tests/acceptance/test_security.py).
+
+Two requests aiokafka has no public call for are sent over the consumer's own connections:
+Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
+``kafka_protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
+level (``high_watermarks``). Both are retried like aiokafka's own lookups (tests/integration/
+test_topic_ids.py runs them against the real broker); ``on_metadata_update`` hears of each
+metadata refresh of the consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
-from collections.abc import Callable
-from typing import Any
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import ConnectionGroup
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
+    KafkaConnectionError,
     KafkaError,
+    LeaderNotAvailableError,
     SaslAuthenticationFailed,
+    StaleMetadata,
+    UnknownTopicOrPartitionError,
     UnsupportedSaslMechanismError,
+    for_code,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
+from sqlstate.kafka_protocol import TopicsRequest, topics_of
 from sqlstate.settings import Security, Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# ListOffsets: the offset after the last record; isolation level 0, read_uncommitted.
+_LATEST = -1
+_READ_UNCOMMITTED = 0
+# Whether the warning that the brokers give no topic IDs was logged: once a process is enough.
+_no_topic_ids_said: list[bool] = []
 
 
 def c_parser_loaded() -> bool:
@@ -180,6 +208,33 @@ def log_end(consumer: AIOKafkaConsumer, tp: TopicPartition, isolation_level: str
     return end if end is not None and end >= 0 else None
 
 
+def absent_topics(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[tuple[str, bool]]:
+    """The topics of ``topics`` that the consumer's metadata does not list now, each with
+    whether Kafka said it is not authorized; no network call.
+
+    A topic is missing from it once a metadata refresh no longer found it (deleted, or no longer
+    authorized), but also for a moment when a refresh caught it without a leader: ask Kafka
+    before taking it as gone.
+    """
+    cluster = consumer._client.cluster
+    unauthorized: set[str] = cluster.unauthorized_topics
+    return [
+        (topic, topic in unauthorized)
+        for topic in topics
+        if topic in unauthorized or not cluster.partitions_for_topic(topic)
+    ]
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int | None:
+    """The generation of the group join the consumer last completed; None before the first.
+
+    Inside ``on_partitions_assigned`` it is the generation of that assignment: a member expelled
+    and rejoined, or a group that rebalanced once more, shows as a generation further on.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", -1)
+    return generation if isinstance(generation, int) and generation >= 0 else None
+
+
 def in_group(consumer: AIOKafkaConsumer) -> bool:
     """Whether the consumer is a member of its group right now, by aiokafka's coordinator state.
 
@@ -200,3 +255,175 @@ def in_group(consumer: AIOKafkaConsumer) -> bool:
         and bool(getattr(coordinator, "member_id", ""))
         and not coordinator.need_rejoin(subscription)
     )
+
+
+async def commit_group_offsets(
+    consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int], metadata: str
+) -> list[TopicPartition]:
+    """Commit ``offsets`` to the consumer's group in Kafka: one OffsetCommit request, sent in
+    the generation the consumer is a member of right now. Returns the partitions sent.
+
+    Nothing is sent (an empty list) when the consumer is not a member of its group at this
+    moment, and only partitions of its current assignment are. The generation and member id are
+    read and the request built with no await in between, so the request carries the membership
+    that was checked; the coordinator rejects it if that generation is over by the time it
+    arrives (UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError), so a
+    member that lost a partition can never overwrite what its new owner committed.
+
+    Not ``consumer.commit()``: that retries a failed commit by itself, each time with whatever
+    generation the consumer holds by then, which may be a later one in which the partition
+    belongs to another member (and with generation -1, after a reset, the coordinator accepts a
+    commit whenever the group happens to be empty). It also resets the member's generation
+    or marks the coordinator dead on some errors; this request changes nothing in the consumer,
+    whose heartbeat finds out about its membership by itself. Raises the first error the
+    coordinator answered for a partition, or the KafkaError of a failed request.
+    """
+    if not in_group(consumer):
+        return []
+    coordinator = consumer._coordinator
+    assignment = consumer._subscription.subscription.assignment
+    by_topic: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    sent = []
+    for tp, offset in sorted(offsets.items()):
+        if tp in assignment.tps:
+            by_topic[tp.topic].append((tp.partition, offset, metadata))
+            sent.append(tp)
+    if not sent:
+        return []
+    request = OffsetCommitRequest(
+        coordinator.group_id,
+        coordinator.generation,
+        coordinator.member_id,
+        OffsetCommitRequest.DEFAULT_RETENTION_TIME,
+        list(by_topic.items()),
+    )
+    response = await consumer._client.send(
+        coordinator.coordinator_id, request, group=ConnectionGroup.COORDINATION
+    )
+    for topic, partitions in response.topics:
+        for partition, error_code in partitions:
+            if error_code:
+                raise for_code(error_code)(f"committing the offset of {topic}-{partition}")
+    return sent
+
+
+async def topic_ids(
+    consumer: AIOKafkaConsumer, topics: Iterable[str], *, all_exist: bool = False
+) -> dict[str, str | None]:
+    """Each of ``topics`` that exists, with its topic ID as Kafka writes it.
+
+    A topic deleted and created again under the same name has a new ID. The ID is None for
+    every topic when the brokers are older than Kafka 2.8, which have no topic IDs. Asked of any
+    broker with a Metadata request of version 10 or later, over the consumer's connections.
+    ``all_exist``: the topics are known to exist (they were just assigned), so a broker that
+    does not know one yet is asked again, like any retriable error, until the request timeout.
+    """
+    names = sorted(set(topics))
+    if not names:
+        return {}
+    client = consumer._client
+    request = TopicsRequest(names)
+
+    async def ask() -> dict[str, str | None]:
+        node = client.get_random_node()
+        if node is None:
+            raise KafkaConnectionError("no broker is known yet")
+        try:
+            response = await client.send(node, request)
+        except NotImplementedError:  # the broker speaks Metadata only below version 10
+            if not _no_topic_ids_said:
+                _no_topic_ids_said.append(True)
+                logger.warning(
+                    "Kafka gives no topic IDs (brokers older than 2.8): a topic deleted and"
+                    " created again is noticed only when a stored position falls outside its"
+                    " new log",
+                    extra={"event": "topic_ids_unsupported"},
+                )
+            return dict.fromkeys(names)
+        found = topics_of(response)
+        missing = set(names) - set(found)
+        if all_exist and missing:
+            raise UnknownTopicOrPartitionError(f"topic {', '.join(sorted(missing))}")
+        return found
+
+    return await _retried(client, ask)
+
+
+async def high_watermarks(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The end of each partition's log, whatever the consumer's isolation level: the offset
+    after its last replicated record (the high watermark), as a read_uncommitted consumer reads
+    to. Under read_committed, ``end_offsets()`` answers the last stable offset instead, which
+    stops before an open transaction. Asked of each partition's leader."""
+    tps = sorted(set(tps))
+    if not tps:
+        return {}
+    client = consumer._client
+
+    async def ask() -> dict[TopicPartition, int]:
+        by_leader: dict[int, dict[str, list[tuple[int, int]]]] = collections.defaultdict(
+            lambda: collections.defaultdict(list)
+        )
+        for tp in tps:
+            leader = client.cluster.leader_for_partition(tp)
+            if leader is None:
+                client.add_topic(tp.topic)
+                raise StaleMetadata(tp)
+            if leader == -1:
+                raise LeaderNotAvailableError(tp)
+            by_leader[leader][tp.topic].append((tp.partition, _LATEST))
+        answers = await asyncio.gather(
+            *(
+                client.send(leader, OffsetRequest(-1, _READ_UNCOMMITTED, list(topics.items())))
+                for leader, topics in by_leader.items()
+            )
+        )
+        ends: dict[TopicPartition, int] = {}
+        for response in answers:
+            for topic, partitions in response.topics:
+                for partition, error_code, *answer in partitions:
+                    if error_code:
+                        raise for_code(error_code)(TopicPartition(topic, partition))
+                    # Version 0 answers a list of offsets; later ones (timestamp, offset).
+                    ends[TopicPartition(topic, partition)] = (
+                        answer[0][0] if response.API_VERSION == 0 else answer[-1]
+                    )
+        return ends
+
+    return await _retried(client, ask)
+
+
+async def _retried(client: Any, ask: Callable[[], Awaitable[T]]) -> T:
+    """``ask()`` again after a retriable Kafka error (a broker not reachable for a moment, a
+    leader that moved), refreshing the metadata when it is stale, up to the client's request
+    timeout: how aiokafka retries its own offset lookups."""
+    deadline = time.monotonic() + client._request_timeout_ms / 1000
+    while True:
+        try:
+            return await ask()
+        except KafkaError as error:
+            if not error.retriable or time.monotonic() >= deadline:
+                raise
+            if error.invalid_metadata:
+                client.force_metadata_update()
+            await asyncio.sleep(client._retry_backoff)
+
+
+def on_metadata_update(
+    consumer: AIOKafkaConsumer, callback: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``callback`` after each refresh of the consumer's metadata; returns the call that
+    stops it.
+
+    aiokafka refreshes every ``metadata_max_age_ms`` and at once after a fetch fails with an
+    unknown topic or partition, or a leader that moved: the moments a topic deleted and created
+    again can show. The callback runs inside aiokafka's refresh, so it must only take note.
+    """
+    cluster = consumer._client.cluster
+
+    def listener(_cluster: Any) -> None:
+        callback()
+
+    cluster.add_listener(listener)
+    return lambda: cluster.remove_listener(listener)

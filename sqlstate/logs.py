@@ -1,5 +1,9 @@
 """Logging set-up: plain text for people, one JSON object per line for log shippers.
 
+By default a person sees sqlstate's own lines and the warnings and errors of the libraries
+(aiokafka), less the ones that only describe a normal start (see ``CoordinatorLookupRetries``);
+``-v`` adds sqlstate's debug lines and aiokafka's info lines, ``-vv`` shows everything.
+
 Structured events: a log call passes the event's data with ``extra``, beside the message::
 
     logger.info(
@@ -43,6 +47,8 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Literal, Protocol
+
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 LogFormat = Literal["text", "json"]
 
@@ -142,14 +148,42 @@ class SaslRequestRedactor(logging.Filter):
         return True
 
 
+class CoordinatorLookupRetries(logging.Filter):
+    """Turn aiokafka's "coordinator not available" lookup errors into debug lines.
+
+    aiokafka logs every failed coordinator lookup at ERROR and retries it after its retry
+    backoff. A fresh group on a fresh broker always fails a few lookups while Kafka creates
+    ``__consumer_offsets`` and elects its leader, and a coordinator move during a broker restart
+    does the same: nothing the operator must act on. A coordinator that stays away is still
+    reported, by sqlstate itself: the watchdog's "unhealthy: not in the consumer group" warning.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.name == "aiokafka.consumer.group_coordinator"
+            and record.levelno > logging.DEBUG
+            and isinstance(record.args, tuple)
+            and any(isinstance(arg, GroupCoordinatorNotAvailableError) for arg in record.args)
+        ):
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure(verbosity: int, log_format: LogFormat) -> None:
-    """``verbosity``: -1 quiet (warnings), 0 info, 1 debug for sqlstate, 2 debug for everything."""
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    """``verbosity``: -1 quiet (warnings and errors); 0 sqlstate's info lines and the libraries'
+    warnings; 1 sqlstate's debug lines and aiokafka's info lines; 2 debug for everything."""
+    own_level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    # aiokafka's info lines (every join, sync and assignment, in its own words) repeat what
+    # sqlstate says in one line per rebalance; they are for -v.
+    libraries_level = {-1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO}.get(
+        verbosity, logging.DEBUG
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
     handler.addFilter(SaslRequestRedactor())
+    handler.addFilter(CoordinatorLookupRetries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level if verbosity >= 2 else max(level, logging.INFO))
-    # -v is debug for sqlstate only; aiokafka's debug output is only wanted with -vv.
-    logging.getLogger("sqlstate").setLevel(level)
+    root.setLevel(libraries_level)
+    logging.getLogger("sqlstate").setLevel(own_level)

@@ -65,7 +65,8 @@ class _StateCollector:
             (
                 "out_of_range_resets",
                 stats.out_of_range_resets,
-                "Partitions rebuilt from the earliest offset after their position left the log.",
+                "Partitions rebuilt from the earliest offset after their position left the log"
+                " or their topic was deleted and created again.",
             ),
             (
                 "database_busy_retries",
@@ -77,6 +78,17 @@ class _StateCollector:
                 stats.bad_records,
                 "Records that did not decode, left out (--on-bad-record skip) or written to"
                 " rejected_records (dead-letter), in committed batches.",
+            ),
+            (
+                "kafka_offset_commits",
+                stats.kafka_offset_commits,
+                "Informational commits of the positions to the group's offsets in Kafka.",
+            ),
+            (
+                "kafka_offset_commit_failures",
+                stats.kafka_offset_commit_failures,
+                "Informational commits to the group's offsets in Kafka that failed"
+                " (the positions in the database are unaffected).",
             ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)

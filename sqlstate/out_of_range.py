@@ -6,17 +6,22 @@ exit code 5 and writes nothing. It is checked in two places, both through the st
 partition is claimed (``Store.claim``, against the bounds read here just before) and when the
 fetcher raises OffsetOutOfRangeError while running (``Store.reset``). The log's bounds are read
 from Kafka before the transaction, never while holding a lock or a transaction open.
+
+A topic deleted and created again is a new log under the old name, with a new topic ID: a stored
+position may well fall inside it, so the ID tells. It is the same case for the whole topic: the
+same policy decides, for every partition of the topic at once (``Store.claim``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.errors import OutOfRangeError
+from sqlstate.kafka import high_watermarks
 from sqlstate.logs import partition_fields
 
 logger = logging.getLogger(__name__)
@@ -24,47 +29,51 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LogBounds:
-    """The offsets a partition's log holds now: [first, end)."""
+    """The offsets a partition's log holds now: [first, last)."""
 
     first: int
+    # Where this consumer's isolation level reads to, what lag is measured against: the log's
+    # end, or under read_committed the last stable offset, which stops before an open
+    # transaction.
     end: int
-    # Under read_committed, ``end`` is the last stable offset: the log may reach further (a
-    # transaction still open), and a position there, stored by an earlier read_uncommitted run,
-    # is valid. Past such an end, only the broker's own out-of-range answer is proof.
-    end_is_log_end: bool = True
+    # The log's end when ``end`` is the last stable offset: a position between the two, stored
+    # by a read_uncommitted run (or before a transaction was opened), is still in the log.
+    log_end: int | None = None
+
+    @property
+    def last(self) -> int:
+        return self.end if self.log_end is None else self.log_end
 
     def holds(self, position: int) -> bool:
         # A position equal to the end is valid: it is where the next record will be written.
-        return self.first <= position and (position <= self.end or not self.end_is_log_end)
+        return self.first <= position <= self.last
 
 
 async def read_bounds(
-    consumer: AIOKafkaConsumer,
-    tps: Iterable[TopicPartition],
-    isolation_level: str,
-    broker_says_out_of_range: bool = False,
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], isolation_level: str
 ) -> dict[TopicPartition, LogBounds]:
-    """The log's bounds now. After the broker answered out-of-range, its end is taken as the end
-    of the log whatever the isolation level.
+    """The log's bounds now, asked of each partition's leader.
 
     Never trust an out-of-range answer alone: with ``client_rack`` set, aiokafka fetches from a
-    follower, and a lagging follower answers out-of-range for offsets the leader has. The bounds,
-    asked of the leader, decide.
+    follower, and a lagging follower answers out-of-range for offsets the leader has. The bounds
+    decide.
     """
     tps = list(tps)
     if not tps:
         return {}
     firsts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
-    exact_end = broker_says_out_of_range or isolation_level == "read_uncommitted"
-    return {tp: LogBounds(firsts[tp], ends[tp], exact_end) for tp in tps}
+    if isolation_level == "read_uncommitted":
+        return {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
+    log_ends = await high_watermarks(consumer, tps)
+    return {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}
 
 
 def refusal(tp: TopicPartition, position: int, bounds: LogBounds) -> OutOfRangeError:
     """The error of ``--out-of-range fail``, raised before anything is written."""
     return OutOfRangeError(
         f"stored position {position} of {tp.topic}-{tp.partition} is outside the log"
-        f" [{bounds.first}, {bounds.end}) (records deleted or topic recreated); the"
+        f" [{bounds.first}, {bounds.last}) (records deleted or topic recreated); the"
         " database was left unchanged. Rerun with --out-of-range reset to rebuild this"
         " partition from the earliest offset"
     )
@@ -79,14 +88,55 @@ def log_reset(tp: TopicPartition, stored_offset: int, bounds: LogBounds) -> None
         tp.partition,
         stored_offset,
         bounds.first,
-        bounds.end,
+        bounds.last,
         bounds.first,
         extra={
             "event": "out_of_range_reset",
             **partition_fields(tp),
             "next_offset": stored_offset,
             "log_start_offset": bounds.first,
-            "log_end_offset": bounds.end,
+            "log_end_offset": bounds.last,
             "reset_offset": bounds.first,
+        },
+    )
+
+
+def describe_positions(topic: str, stored: Mapping[int, int]) -> str:
+    """``orders-0@1000, orders-1@400``: a topic's stored positions, for messages."""
+    return ", ".join(f"{topic}-{p}@{offset}" for p, offset in sorted(stored.items())) or "none"
+
+
+def recreated_refusal(
+    topic: str, old_id: str, new_id: str, stored: Mapping[int, int]
+) -> OutOfRangeError:
+    """The error of ``--out-of-range fail`` for a topic deleted and created again."""
+    return OutOfRangeError(
+        f"topic {topic} was deleted and created again: its ID is {new_id}, the counts were made"
+        f" from {old_id}, and its stored positions ({describe_positions(topic, stored)}) belong"
+        " to the old topic; the database was left unchanged. Rerun with --out-of-range reset to"
+        " discard the topic's counts and rebuild them from the new topic's earliest offsets"
+    )
+
+
+def log_topic_reset(topic: str, old_id: str, new_id: str, stored: Mapping[int, int]) -> None:
+    """The warning of ``--out-of-range reset`` for a recreated topic, once the reset committed."""
+    logger.warning(
+        "topic %s was deleted and created again (ID %s, was %s): discarded the state of its %d"
+        " stored partitions (%s) and restarted them from the new log's first offsets",
+        topic,
+        new_id,
+        old_id,
+        len(stored),
+        describe_positions(topic, stored),
+        extra={
+            "event": "topic_recreated_reset",
+            "topic": topic,
+            "topic_id": new_id,
+            "old_topic_id": old_id,
+            "partitions": len(stored),
+            "discarded": [
+                partition_fields(TopicPartition(topic, p), next_offset=offset)
+                for p, offset in sorted(stored.items())
+            ],
         },
     )

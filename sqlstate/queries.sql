@@ -27,6 +27,11 @@ SELECT json_valid('{}');
 -- and cost 35-55 MiB more memory on large databases).
 PRAGMA cache_size = -8192;
 
+-- name: busy_timeout
+-- How long the next BEGIN IMMEDIATE waits for another connection's write lock. A PRAGMA takes no
+-- bound parameters: {milliseconds} is an integer that database.py formats in.
+PRAGMA busy_timeout = {milliseconds};
+
 -- name: begin_immediate
 -- Take the write lock at BEGIN, where the busy timeout applies, rather than at the first write.
 BEGIN IMMEDIATE;
@@ -209,3 +214,30 @@ DELETE FROM windowed_key_counts WHERE topic = :topic AND partition = :partition;
 
 -- name: forget_window_clock
 DELETE FROM window_clocks WHERE topic = :topic AND partition = :partition;
+-- name: read_topic_id
+SELECT topic_id FROM topics WHERE topic = :topic;
+
+-- name: record_topic_id
+-- The topic's ID at its first claim, or its new one once a recreated topic's state was discarded.
+INSERT INTO topics (topic, topic_id, recorded_at) VALUES (:topic, :topic_id, :now)
+ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, recorded_at = excluded.recorded_at;
+
+-- name: topic_positions
+SELECT partition, next_offset FROM positions WHERE topic = :topic ORDER BY partition;
+
+-- name: restart_topic_partition
+-- A partition of a topic deleted and created again: its new log starts over. The epoch is bumped
+-- so that whoever holds the partition now cannot commit a batch it read before the reset.
+UPDATE positions
+SET next_offset = :next_offset, epoch = epoch + 1, log_end_offset = :log_end_offset,
+    updated_at = :now
+WHERE topic = :topic AND partition = :partition;
+
+-- name: read_state_setting
+SELECT value FROM state_settings WHERE name = :name;
+
+-- name: record_state_setting
+INSERT INTO state_settings (name, value, recorded_at) VALUES (:name, :value, :now);
+
+-- name: database_file
+SELECT file FROM pragma_database_list WHERE name = 'main';

@@ -1,31 +1,57 @@
-"""The rebalance listener and the record of which partitions this consumer may write.
+"""The rebalance listener, the claims, and the record of which partitions this consumer may write.
 
 aiokafka runs the listener in its coordinator task, concurrently with the batch loop: the revoke
 is awaited before JoinGroup, the assign after the new assignment is installed, when the fetcher
 may already be starting, and a batch that ``getmany()`` already returned may still be in flight
-during either. ``Ownership.lock`` is held around "process + commit" of a batch and
-around each callback, never around ``getmany()``, so a revoke waits for at most one batch.
-Each callback also bumps ``generation``: a batch fetched before a rebalance is dropped, since the
-rebalance re-seeked its partitions from the database.
+during either. ``Ownership.lock`` is held around "process + commit" of a batch and around each
+claim, never around ``getmany()`` or a call to Kafka, so a revoke waits for at most one batch.
+Each claim and release also bumps ``generation``: a batch fetched before is dropped, since the
+claim re-seeked its partitions from the database.
+
+``Claimer`` claims partitions, always through the one claim transaction (``Store.claim``):
+every assigned one at each assignment (the listener); the partitions an assignment could not
+claim in time (the batch loop, ``claim_held``); and, while running, the assigned partitions of a
+topic found deleted and created again (the batch loop, told by ``TopicWatch``).
+
+Both callbacks are bounded by ``Settings.rebalance_budget_s``. aiokafka sends no heartbeat from
+JoinGroup until ``on_partitions_assigned`` returns, and the group waits for a member's revoke
+only up to the rebalance timeout: a callback that waits longer gets the member expelled, and its
+rejoin starts the same wait again. So:
+
+- a revoke that cannot take the lock in time (the batch in flight waits for a database another
+  process holds locked) releases the partitions without it. That batch's outcome is then not
+  applied (the generation moved), and its commit is fenced by the next claim of its partitions,
+  or read by that claim, whichever takes the database's lock first;
+- an assignment that cannot be claimed in time (the lock, Kafka's ListOffsets or Metadata, the
+  database's write lock) is *held*: each partition paused at a placeholder position, never
+  counted, and claimed from the batch loop (``claim_held``) as soon as it can be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
-from sqlstate.errors import RebalanceError, SqlstateError
+from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
+from sqlstate.kafka import group_generation, topic_ids
+from sqlstate.kafka_errors import permanent
 from sqlstate.logs import partition_fields
-from sqlstate.out_of_range import LogBounds, log_reset, read_bounds
-from sqlstate.settings import OutOfRangePolicy
+from sqlstate.out_of_range import LogBounds, log_reset, log_topic_reset, read_bounds
+from sqlstate.settings import Settings
 from sqlstate.stats import Stats
 from sqlstate.store import Claim, Forget, Store
 
 logger = logging.getLogger(__name__)
+
+# Where a held partition waits. Any offset would do: a paused partition is never fetched, and its
+# claim seeks it to its stored position before resuming it.
+_PLACEHOLDER_OFFSET = 0
 
 
 def describe(tps: Iterable[TopicPartition]) -> str:
@@ -33,18 +59,293 @@ def describe(tps: Iterable[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
 
 
+def hold(consumer: AIOKafkaConsumer, tp: TopicPartition, position: int) -> None:
+    """Stop fetching ``tp``, at ``position``, until it is sought and resumed.
+
+    Never leave an assigned partition without a position, paused or not: aiokafka's fetcher then
+    asks Kafka for the partition's committed offset every round and, meanwhile, fetches nothing
+    from the broker that leads it, so every other partition there stalls. Seek, then pause, with
+    no await between.
+    """
+    consumer.seek(tp, position)
+    consumer.pause(tp)
+
+
+async def acquire_within(lock: asyncio.Lock, seconds: float) -> bool:
+    """Take ``lock`` if it comes free within ``seconds``; whether it was taken.
+
+    A free lock is taken even when no time is left. (An acquire that completes as the timeout
+    fires is returned as taken, never left held.)
+    """
+    try:
+        await asyncio.wait_for(lock.acquire(), max(seconds, 0.001))
+    except TimeoutError:
+        return False
+    return True
+
+
 @dataclass
 class Ownership:
     """The partitions this consumer has claimed, where each stands, and the batch lock."""
 
     claims: dict[TopicPartition, Claim] = field(default_factory=dict)
+    # Assigned by the group but not claimed yet (``Claimer.claim_held``): paused, never counted.
+    held: set[TopicPartition] = field(default_factory=set)
+    # Each claimed topic's ID in Kafka when it was claimed (None: Kafka gives none). Another ID
+    # later means the topic was deleted and created again since.
+    topic_ids: dict[str, str | None] = field(default_factory=dict)
     generation: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def release(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self.claims.pop(tp, None)
+            self.held.discard(tp)
         self.generation += 1
+
+    def release_all(self) -> None:
+        self.release([*self.claims, *self.held])
+        self.topic_ids.clear()
+
+
+class Claimer:
+    """Claims partitions from the database and seeks the consumer to their positions.
+
+    ``on_claimed`` gets the claims once their transaction has committed and they are sought
+    (the daemon copies them to the group's offsets in Kafka); it must not wait.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        store: Store,
+        ownership: Ownership,
+        settings: Settings,
+        stats: Stats,
+        forget: Forget,
+        on_claimed: Callable[[Mapping[TopicPartition, Claim]], None],
+    ) -> None:
+        self._consumer = consumer
+        self._store = store
+        self._ownership = ownership
+        self._settings = settings
+        self._budget_s = settings.rebalance_budget_s
+        self._stats = stats
+        self._forget = forget
+        self._on_claimed = on_claimed
+        self._held_since = 0.0
+
+    async def assign(self, assigned: set[TopicPartition]) -> None:
+        """A new assignment: forget every earlier claim and claim ``assigned``, within the
+        rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
+        self._stats.rebalances += 1
+        if not assigned:
+            self._ownership.release_all()
+            _log_claims("partitions_assigned", "assigned no partitions", {}, self._consumer)
+            return
+        unclaimed = await self._claim_within(assigned, time.monotonic() + self._budget_s)
+        if unclaimed is not None:
+            self._hold(assigned, unclaimed)
+
+    async def _claim_within(self, assigned: set[TopicPartition], deadline: float) -> str | None:
+        """Claim ``assigned`` by ``deadline``; None once claimed, else why it could not be."""
+        # What Kafka says of the logs comes first, before the lock: a network call must never
+        # hold up the batch loop's commit.
+        try:
+            bounds, ids = await asyncio.wait_for(self._read(assigned), deadline - time.monotonic())
+        except (KafkaError, TimeoutError) as error:
+            stop = permanent(error)
+            if stop is not None:
+                raise stop from error
+            return f"Kafka did not give the log's bounds in time ({error!r})"
+        if not await acquire_within(self._ownership.lock, deadline - time.monotonic()):
+            return "the batch in flight is still committing"
+        try:
+            self._ownership.release_all()
+            try:
+                claims = await self._claim(bounds, ids, deadline - time.monotonic())
+            except DatabaseBusyError:
+                return "the database is locked by another connection"
+        finally:
+            self._ownership.lock.release()
+        _log_claims("partitions_assigned", "assigned partitions", claims, self._consumer)
+        return None
+
+    def _hold(self, assigned: set[TopicPartition], reason: str) -> None:
+        """Keep ``assigned`` unclaimed, paused, for the batch loop to claim."""
+        self._ownership.release_all()
+        for tp in assigned:
+            hold(self._consumer, tp, _PLACEHOLDER_OFFSET)
+        self._ownership.held = set(assigned)
+        self._held_since = time.monotonic()
+        generation = group_generation(self._consumer)
+        logger.warning(
+            "assigned partitions: %s; not claimed within %gs: %s. They wait, paused, and are"
+            " claimed as soon as possible; generation %s",
+            describe(assigned),
+            self._budget_s,
+            reason,
+            generation,
+            extra={
+                "event": "claim_deferred",
+                "partitions": len(assigned),
+                "assigned": [partition_fields(tp) for tp in sorted(assigned)],
+                "reason": reason,
+                "generation": generation,
+            },
+        )
+
+    async def claim_held(self) -> None:
+        """Claim the held partitions that are still assigned (called by the batch loop).
+
+        Raises ``DatabaseBusyError`` when the database stays locked, and Kafka's errors or
+        ``TimeoutError`` when the logs' bounds do not come: the partitions stay held, to be
+        claimed again later. Its waits are bounded as a callback's, so that a revoke coming
+        meanwhile still takes the lock in time.
+        """
+        generation = self._ownership.generation
+        held = self._ownership.held & self._consumer.assignment()
+        if not held:
+            return
+        bounds, ids = await asyncio.wait_for(self._read(held), self._budget_s)
+        # Bounded, so that the bounds are fresh when the claim checks positions against them.
+        if not await acquire_within(self._ownership.lock, self._budget_s / 2):
+            return  # a batch is still committing: next round
+        try:
+            if generation != self._ownership.generation:
+                return  # a rebalance came: it decided anew what this consumer holds
+            claims = await self._claim(bounds, ids, self._budget_s / 2)
+            self._ownership.held.clear()
+        finally:
+            self._ownership.lock.release()
+        seconds = time.monotonic() - self._held_since
+        logger.info(
+            "claimed partitions held since the rebalance %.1fs ago: %s",
+            seconds,
+            _claims_text(claims),
+            extra={
+                "event": "partitions_claimed",
+                "partitions": len(claims),
+                "assigned": _claim_fields(claims),
+                "held_s": round(seconds, 3),
+            },
+        )
+
+    async def reclaim(self, topics: set[str]) -> None:
+        """Topics found deleted and created again while running: claim their assigned
+        partitions again, as at an assignment, so that the claim transaction applies the
+        ``--out-of-range`` policy to the topic's new ID.
+
+        Every assigned partition of the topics, including ones this consumer stopped fetching
+        because another consumer's reset of the topic fenced it. A rebalance that comes
+        meanwhile claims everything again itself, with the topics' IDs: then nothing is done.
+        """
+        generation = self._ownership.generation
+        # A topic deleted and not yet created again is left out: the rebalance that follows
+        # takes it away.
+        ids = await topic_ids(self._consumer, topics)
+        assigned = {tp for tp in self._consumer.assignment() if tp.topic in ids}
+        bounds = await read_bounds(self._consumer, assigned, self._settings.isolation_level)
+        async with self._ownership.lock:
+            if generation != self._ownership.generation or not bounds:
+                return
+            self._ownership.release(bounds)
+            claims = await self._claim(bounds, ids, None)
+        _log_claims(
+            "partitions_reclaimed",
+            f"claimed again the partitions of {', '.join(sorted(ids))}",
+            claims,
+            self._consumer,
+        )
+
+    async def _read(
+        self, tps: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, LogBounds], dict[str, str | None]]:
+        """The logs' bounds, then the topics' IDs: a topic recreated between the two reads
+        shows as recreated. The topics were just assigned: each must exist."""
+        bounds = await read_bounds(self._consumer, tps, self._settings.isolation_level)
+        ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
+        return bounds, ids
+
+    async def _claim(
+        self,
+        bounds: dict[TopicPartition, LogBounds],
+        ids: dict[str, str | None],
+        lock_wait_s: float | None,
+    ) -> dict[TopicPartition, Claim]:
+        """Under the ownership lock: one transaction for every claim, every position, every
+        reset; under --out-of-range fail, nothing at all. Then seek. With ``lock_wait_s``, its
+        wait for the database's write lock is bounded too (``DatabaseBusyError``).
+
+        Nothing is sought or recorded (no claims are returned) if a revoke stopped waiting for
+        the transaction meanwhile: the partitions are no longer this consumer's, and the epochs
+        it took fence nobody but itself.
+        """
+        generation = self._ownership.generation
+        claimed = await self._store.claim(
+            bounds,
+            self._settings.owner,
+            self._settings.out_of_range,
+            self._forget,
+            topic_ids=ids,
+            isolation_level=self._settings.isolation_level,
+            lock_wait_s=None if lock_wait_s is None else max(lock_wait_s, 0.001),
+        )
+        for recreated in claimed.recreated:
+            self._stats.out_of_range_resets += len(recreated.stored)
+            log_topic_reset(recreated.topic, recreated.old_id, recreated.new_id, recreated.stored)
+        for reset in claimed.resets:
+            self._stats.out_of_range_resets += 1
+            log_reset(reset.tp, reset.stored_offset, reset.bounds)
+        if generation != self._ownership.generation:
+            return {}
+        # Seek and record the claims together, with no await between: aiokafka fetches a
+        # partition as soon as it has a position, and records fetched from a position the batch
+        # loop does not know yet would be passed over, never counted. Every partition, including
+        # ones kept through the rebalance: aiokafka forgets all positions on each rebalance.
+        for tp, claim in claimed.claims.items():
+            self._consumer.seek(tp, claim.next_offset)
+            self._consumer.resume(tp)  # a held or fenced partition was paused; others are not
+        self._ownership.claims.update(claimed.claims)
+        self._ownership.topic_ids.update(ids)
+        self._on_claimed(claimed.claims)
+        return claimed.claims
+
+
+def _claims_text(claims: Mapping[TopicPartition, Claim]) -> str:
+    """``t-0@12 (epoch 3), ...``"""
+    return ", ".join(
+        f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
+        for tp, claim in sorted(claims.items())
+    )
+
+
+def _claim_fields(claims: Mapping[TopicPartition, Claim]) -> list[dict[str, object]]:
+    return [
+        partition_fields(tp, next_offset=claim.next_offset, epoch=claim.epoch)
+        for tp, claim in sorted(claims.items())
+    ]
+
+
+def _log_claims(
+    event: str, what: str, claims: Mapping[TopicPartition, Claim], consumer: AIOKafkaConsumer
+) -> None:
+    """One line for the claims made: ``assigned partitions: t-0@12 (epoch 3), ...; generation
+    N``, the group generation they were claimed in (a member expelled and rejoined shows as a
+    generation further on)."""
+    generation = group_generation(consumer)
+    logger.info(
+        "%s: %s; generation %s",
+        what,
+        _claims_text(claims) or "none",
+        generation,
+        extra={
+            "event": event,
+            "partitions": len(claims),
+            "assigned": _claim_fields(claims),
+            "generation": generation,
+        },
+    )
 
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -57,32 +358,34 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
-        store: Store,
+        claimer: Claimer,
         ownership: Ownership,
-        owner: str,
-        stats: Stats,
-        policy: OutOfRangePolicy,
-        isolation_level: str,
-        forget: Forget,
+        budget_s: float,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
-        self._policy = policy
-        self._isolation_level = isolation_level
-        self._forget = forget
-        self._consumer = consumer
-        self._store = store
+        self._claimer = claimer
         self._ownership = ownership
-        self._owner = owner
-        self._stats = stats
+        self._budget_s = budget_s
         self._on_fatal = on_fatal
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         try:
             # Waiting for the lock waits for the batch in flight to commit. Nothing to flush:
             # every committed batch is already durable.
-            async with self._ownership.lock:
+            if await acquire_within(self._ownership.lock, self._budget_s):
+                try:
+                    self._ownership.release(revoked)
+                finally:
+                    self._ownership.lock.release()
+            else:
                 self._ownership.release(revoked)
+                logger.warning(
+                    "revoking without waiting for the batch in flight: it is still committing"
+                    " after %gs (the database is locked?); its commit is fenced or read by the"
+                    " next claim of its partitions",
+                    self._budget_s,
+                    extra={"event": "revoke_unwaited", "wait_s": self._budget_s},
+                )
             logger.info(
                 "revoked partitions: %s",
                 describe(revoked),
@@ -98,11 +401,7 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         try:
-            # The log's bounds come first, before the lock: a network call must never hold up
-            # the batch loop's commit.
-            bounds = await read_bounds(self._consumer, assigned, self._isolation_level)
-            async with self._ownership.lock:
-                await self._claim(assigned, bounds)
+            await self._claimer.assign(assigned)
         except BaseException as error:
             self._on_fatal(
                 error
@@ -110,43 +409,3 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 else RebalanceError(f"claiming partitions {describe(assigned)} failed: {error!r}")
             )
             raise
-
-    async def _claim(
-        self, assigned: set[TopicPartition], bounds: dict[TopicPartition, LogBounds]
-    ) -> None:
-        self._ownership.release(list(self._ownership.claims))
-        self._stats.rebalances += 1
-        if not assigned:
-            logger.info(
-                "assigned no partitions",
-                extra={"event": "partitions_assigned", "partitions": 0, "assigned": []},
-            )
-            return
-        # One transaction: every claim, every position, every out-of-range reset; under
-        # --out-of-range fail, nothing at all.
-        claimed = await self._store.claim(bounds, self._owner, self._policy, self._forget)
-        for reset in claimed.resets:
-            self._stats.out_of_range_resets += 1
-            log_reset(reset.tp, reset.stored_offset, reset.bounds)
-        # Seek and record the claims together, with no await between: aiokafka fetches a
-        # partition as soon as it has a position, and records fetched from a position the batch
-        # loop does not know yet would be passed over, never counted. Every partition, including
-        # ones kept through the rebalance: aiokafka forgets all positions on each rebalance.
-        for tp, claim in claimed.claims.items():
-            self._consumer.seek(tp, claim.next_offset)
-        self._ownership.claims.update(claimed.claims)
-        logger.info(
-            "assigned partitions: %s",
-            ", ".join(
-                f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
-                for tp, claim in sorted(claimed.claims.items())
-            ),
-            extra={
-                "event": "partitions_assigned",
-                "partitions": len(claimed.claims),
-                "assigned": [
-                    partition_fields(tp, next_offset=claim.next_offset, epoch=claim.epoch)
-                    for tp, claim in sorted(claimed.claims.items())
-                ],
-            },
-        )

@@ -100,6 +100,9 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     poll_timeout_ms: int = 500
     check_integrity: bool = True
+    # Copy each committed position to the group's offsets in Kafka, for operators' lag tools.
+    # Informational only: positions are read from the database, never from there.
+    commit_offsets_to_kafka: bool = True
     security: Security = field(default_factory=Security)
     metrics_port: int | None = None
     # Loopback by default: the endpoint names topics, hosts and lag. The container image sets
@@ -180,6 +183,20 @@ class Settings:
         if self.processors or self.sql_files:
             return self.processors
         return DEFAULT_PROCESSORS
+
+    @property
+    def rebalance_budget_s(self) -> float:
+        """How long a rebalance callback may wait: for the batch in flight, for Kafka's offsets,
+        for the database's write lock.
+
+        aiokafka sends no heartbeat from JoinGroup until ``on_partitions_assigned`` returns, and
+        the first one only a heartbeat interval after; and the group waits for a member's revoke
+        only up to the rebalance timeout. Half of what the shorter of the two leaves after one
+        heartbeat interval keeps the member in its group however long the database stays
+        locked: 3.5 s with the defaults.
+        """
+        window = min(self.session_timeout_ms, self.rebalance_timeout_ms or self.session_timeout_ms)
+        return max(0.1, (window - self.heartbeat_interval_ms) / 2000)
 
     @property
     def owner(self) -> str:

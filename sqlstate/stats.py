@@ -14,9 +14,12 @@ class Stats:
     batches: int = 0  # batch transactions committed
     rebalances: int = 0  # assignments received from the group
     fenced_batches: int = 0  # partition batches dropped: another owner claimed or moved it
-    out_of_range_resets: int = 0  # partitions rebuilt from the log's first offset
+    # partitions rebuilt from their log's first offset: out of range, or their topic recreated
+    out_of_range_resets: int = 0
     busy_retries: int = 0  # transactions retried because another connection held the lock
     bad_records: int = 0  # records that did not decode, skipped or dead-lettered, committed
+    kafka_offset_commits: int = 0  # positions copied to the group's offsets in Kafka
+    kafka_offset_commit_failures: int = 0  # such copies that failed (the database is unaffected)
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
     # Latencies of the batch commits since the metrics last drained them, in seconds.

@@ -18,6 +18,12 @@ How a batch becomes a transaction (``commit_batch``): for each partition of the 
 
 So a partition's state and its position always change together, and only the partition's
 current owner, from the position it last read, can change them.
+
+How an assignment becomes a transaction (``claim``): the isolation level and each topic's ID,
+read from Kafka just before, are checked against the ones the state was counted with (and
+recorded, at the first claim); a topic whose ID changed was deleted and created again, and under
+``--out-of-range reset`` every partition of it is forgotten and starts over. Then each partition
+is claimed and its position checked against its log, as above.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 
 from sqlstate.database import Database, utc_now
-from sqlstate.errors import ProcessorError
-from sqlstate.out_of_range import LogBounds, refusal
+from sqlstate.errors import IsolationLevelError, ProcessorError
+from sqlstate.out_of_range import LogBounds, recreated_refusal, refusal
 from sqlstate.processors.base import Statement
 from sqlstate.queries import sql
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
+
+ISOLATION_LEVEL = "isolation_level"  # its name in the state_settings table
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,24 @@ class Reset:
 
 
 @dataclass(frozen=True)
+class TopicReset:
+    """A topic found deleted and created again: its ID changed. Every partition's state was
+    discarded; the claimed ones restart at their new log's first offset, the others at 0, the
+    first offset of a new log, until they are claimed."""
+
+    topic: str
+    old_id: str
+    new_id: str
+    stored: dict[int, int]  # each partition's position before the reset
+
+
+@dataclass(frozen=True)
 class Claimed:
     """The result of claiming an assignment: each partition's claim, and the resets it took."""
 
     claims: dict[TopicPartition, Claim]
     resets: list[Reset]
+    recreated: list[TopicReset]
 
 
 class Store:
@@ -136,16 +157,35 @@ class Store:
         owner: str,
         policy: OutOfRangePolicy,
         forget: Forget,
+        *,
+        topic_ids: Mapping[str, str | None],
+        isolation_level: str,
+        lock_wait_s: float | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
-        owner, read where it stands, and apply the out-of-range policy against ``bounds`` (read
-        from Kafka just before). Under ``fail`` a position outside its log raises
-        ``OutOfRangeError`` and nothing at all is written."""
+        owner, read where it stands, and apply the out-of-range policy against ``bounds`` and
+        ``topic_ids`` (read from Kafka just before; an ID of None is not checked). Under
+        ``fail`` a position outside its log or a topic whose ID changed raises
+        ``OutOfRangeError``, and another isolation level than the recorded one
+        ``IsolationLevelError``; nothing at all is written then. With ``lock_wait_s``, a
+        database locked longer than that raises ``DatabaseBusyError`` and nothing is written."""
         return await self.database.transaction(
             functools.partial(
-                _claim, bounds=bounds, owner=owner, policy=policy, forget=forget, now=utc_now()
-            )
+                _claim,
+                bounds=bounds,
+                topic_ids=topic_ids,
+                owner=owner,
+                policy=policy,
+                isolation_level=isolation_level,
+                forget=forget,
+                now=utc_now(),
+            ),
+            lock_wait_s,
         )
+
+    async def isolation_level(self) -> str | None:
+        """The isolation level the counts were made with; None before the first claim."""
+        return await self.database.read(functools.partial(_state_setting, name=ISOLATION_LEVEL))
 
     async def reset(
         self, tp: TopicPartition, claim: Claim, bounds: LogBounds, forget: Forget
@@ -215,11 +255,21 @@ def _commit_batch(
 def _claim(
     conn: sqlite3.Connection,
     bounds: Mapping[TopicPartition, LogBounds],
+    topic_ids: Mapping[str, str | None],
     owner: str,
     policy: OutOfRangePolicy,
+    isolation_level: str,
     forget: Forget,
     now: str,
 ) -> Claimed:
+    _check_isolation_level(conn, isolation_level, now)
+    recreated = []
+    for topic in sorted({tp.topic for tp in bounds}):
+        topic_id = topic_ids.get(topic)
+        if topic_id is not None:
+            reset = _check_topic_id(conn, topic, topic_id, bounds, policy, forget, now)
+            if reset is not None:
+                recreated.append(reset)
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
     for tp, log in sorted(bounds.items()):
@@ -243,7 +293,72 @@ def _claim(
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
-    return Claimed(claims, resets)
+    return Claimed(claims, resets, recreated)
+
+
+def _check_isolation_level(conn: sqlite3.Connection, level: str, now: str) -> None:
+    """Record the isolation level at the first claim; refuse any other one after it."""
+    recorded = _state_setting(conn, ISOLATION_LEVEL)
+    if recorded is None:
+        conn.execute(
+            sql("record_state_setting"), {"name": ISOLATION_LEVEL, "value": level, "now": now}
+        )
+    elif recorded != level:
+        raise isolation_refusal(_file_name(conn), recorded, level)
+
+
+def _check_topic_id(
+    conn: sqlite3.Connection,
+    topic: str,
+    topic_id: str,
+    bounds: Mapping[TopicPartition, LogBounds],
+    policy: OutOfRangePolicy,
+    forget: Forget,
+    now: str,
+) -> TopicReset | None:
+    """Record a topic's ID at its first claim. A different one means the topic was deleted and
+    created again: under ``fail`` raise; under ``reset`` forget every partition of it (the
+    claimed ones restart at their log's first offset) and record the new ID."""
+    row = conn.execute(sql("read_topic_id"), {"topic": topic}).fetchone()
+    old_id = None if row is None else row["topic_id"]
+    if old_id == topic_id:
+        return None
+    if old_id is None:  # the first claim, or a database made before topic IDs were recorded
+        conn.execute(sql("record_topic_id"), {"topic": topic, "topic_id": topic_id, "now": now})
+        return None
+    stored = {
+        partition: next_offset
+        for partition, next_offset in conn.execute(sql("topic_positions"), {"topic": topic})
+    }
+    if policy == "fail":
+        raise recreated_refusal(topic, old_id, topic_id, stored)
+    for partition in stored:
+        tp = TopicPartition(topic, partition)
+        log = bounds.get(tp)
+        conn.execute(
+            sql("restart_topic_partition"),
+            {
+                "topic": topic,
+                "partition": partition,
+                "next_offset": 0 if log is None else log.first,
+                "log_end_offset": None if log is None else log.end,
+                "now": now,
+            },
+        )
+        _run(conn, forget(tp))
+    conn.execute(sql("record_topic_id"), {"topic": topic, "topic_id": topic_id, "now": now})
+    return TopicReset(topic, old_id, topic_id, stored)
+
+
+def isolation_refusal(database: object, recorded: str, wanted: str) -> IsolationLevelError:
+    """The error of a run with another isolation level than the counts were made with."""
+    return IsolationLevelError(
+        f"the counts in {database} were made with --isolation-level {recorded}, and this run"
+        f" asks for {wanted}: read_uncommitted counts the records of aborted transactions and"
+        f" read_committed does not, so the two cannot be mixed; the database was left"
+        f" unchanged. Run with --isolation-level {recorded}, or move {database} away (with its"
+        f" -wal) to rebuild the counts from Kafka with {wanted}"
+    )
 
 
 def _reset(
@@ -329,6 +444,16 @@ def _record_processors(
             " below them, and one left out would fall behind unseen. Run with the same"
             " processors, or start the new set on a new database file"
         )
+
+
+def _file_name(conn: sqlite3.Connection) -> str:
+    """The file of the connection's main database, for messages."""
+    return str(conn.execute(sql("database_file")).fetchone()["file"])
+
+
+def _state_setting(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute(sql("read_state_setting"), {"name": name}).fetchone()
+    return None if row is None else str(row["value"])
 
 
 def _position(conn: sqlite3.Connection, tp: TopicPartition) -> Position | None:

@@ -11,7 +11,6 @@ change the very file the daemon claims to leave as it was.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.support.workload import database_digests
 
 # Fills the schema with enough rows to span many pages, then (``keep_wal``) commits once more and
 # exits without closing, as a killed daemon would: the last commit stays in the -wal file.
@@ -42,14 +43,6 @@ POPULATE = textwrap.dedent(
     os._exit(0)
     """
 )
-
-
-def digests(database: Path) -> dict[str, str]:
-    return {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in (database, Path(f"{database}-wal"))
-        if path.exists()
-    }
 
 
 def quick_check_of_copy(database: Path, tmp_path: Path) -> str:
@@ -89,7 +82,7 @@ def test_corrupt_database_is_refused_and_left_unchanged(
         file.seek((size // 2) // 4096 * 4096)
         file.write(b"\xde\xad\xbe\xef" * 1024)
     assert quick_check_of_copy(database, tmp_path) != "ok"
-    before = digests(database)
+    before = database_digests(database)
 
     result = subprocess.run(
         [
@@ -113,8 +106,4 @@ def test_corrupt_database_is_refused_and_left_unchanged(
     assert "is corrupt" in result.stderr
     assert "left as it is" in result.stderr
     assert "Traceback" not in result.stderr
-    after = digests(database)
-    # SQLite may create an empty -wal beside a WAL-mode file it merely reads: no content changed.
-    if "state.db-wal" not in before and after.get("state.db-wal") == hashlib.sha256().hexdigest():
-        del after["state.db-wal"]
-    assert after == before
+    assert database_digests(database) == before

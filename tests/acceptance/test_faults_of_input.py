@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -126,6 +129,33 @@ async def test_unreachable_broker_fails_fast(tmp_path: Path) -> None:
     assert await daemon.wait(30) == 4
     assert time.monotonic() - started < 25
     assert "cannot reach Kafka" in daemon.log()
+
+
+async def test_sigterm_while_kafka_is_unreachable_stops_at_once(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A signal during the start-up connect retries is a clean stop, not a wait for
+    --connect-timeout and exit 4; the database stays as it was."""
+    database = tmp_path / "s.db"
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "sqlstate", "migrate", "--database", str(database)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    before = file_digest(database)
+    # Nothing listens on port 1: every connect is refused, and retried.
+    daemon = Daemon("127.0.0.1:1", ["t"], "g", database, "--connect-timeout", "120")
+    daemons.append(daemon.start())
+    await daemon.wait_for_log("cannot reach Kafka at 127.0.0.1:1 yet", timeout=30)
+    await asyncio.sleep(2)
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert await daemon.wait(30) == 0, daemon.log()
+    assert time.monotonic() - signalled < 2, daemon.log()
+    assert file_digest(database) == before
 
 
 async def test_missing_topic(kafka_bootstrap: str, group_id: str, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ decode under ``dead-letter`` (none under ``skip``).
   expels it (a zombie, fenced when it resumes), another killed and restarted (``dead-letter``);
 - records deleted below a stored position while the daemon is down: the out-of-range reset
   forgets that partition in every processor and rebuilds it (``dead-letter``);
-- ``fail``: exit code 7 at the first bad record, its batch not committed; the state up to the
+- ``fail``: exit code 8 at the first bad record, its batch not committed; the state up to the
   stored positions still exact; a restart with ``skip`` carries on;
 - a database made by the release before processors: counting goes on unchanged.
 """
@@ -173,7 +173,7 @@ async def test_fail_stops_before_the_bad_batch_and_a_restart_can_skip_it(
     )
     try:
         strict.start()
-        assert await strict.wait(60) == 7
+        assert await strict.wait(60) == 8
         assert "--on-bad-record fail" in strict.log()
         # What was committed before the bad batch is exact, and no bad record is below the
         # stored positions.

@@ -203,7 +203,7 @@ async def test_reader_never_sees_a_half_applied_batch(
 
 # Runs in its own process, as any SQLite client would: each read is one snapshot.
 READER = """
-import signal, sqlite3, sys, time
+import contextlib, signal, sqlite3, sys, time
 stop = False
 def on_term(*_):
     global stop
@@ -213,15 +213,14 @@ database, topic = sys.argv[1], sys.argv[2]
 reads = torn = 0
 while not stop:
     try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        conn.execute("BEGIN")
-        positions = dict(conn.execute(
-            "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)))
-        sums = dict(conn.execute(
-            "SELECT partition, sum(count) FROM key_counts WHERE topic = ? GROUP BY partition",
-            (topic,)))
-        conn.execute("COMMIT")
-        conn.close()
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            conn.execute("BEGIN")
+            positions = dict(conn.execute(
+                "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)))
+            sums = dict(conn.execute(
+                "SELECT partition, sum(count) FROM key_counts WHERE topic = ? GROUP BY partition",
+                (topic,)))
+            conn.execute("COMMIT")
     except sqlite3.OperationalError:
         time.sleep(0.01)
         continue

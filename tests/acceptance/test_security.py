@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import pytest
 
 from tests.support.broker import SecureListeners
 from tests.support.daemon import Daemon, wait_for_positions
+from tests.support.db import writing
 from tests.support.kafka import TopicFactory
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
 
@@ -252,13 +252,11 @@ async def test_offsets_reports_a_refused_login_like_run(
     code, _, output = await sqlstate(["migrate", "--database", str(database)], {})
     assert code == 0, output
     # An empty database asks Kafka nothing, so give it a position to look up.
-    conn = sqlite3.connect(database)
-    with conn:
+    with writing(database) as conn:
         conn.execute(
             "INSERT INTO positions (topic, partition, next_offset, epoch, owner, updated_at)"
             " VALUES ('some-topic', 0, 0, 1, 'test', '2026-01-01T00:00:00Z')"
         )
-    conn.close()
     code, _, output = await sqlstate(
         [
             "offsets",

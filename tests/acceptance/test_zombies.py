@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.support.daemon import (
     wait_for_positions,
     wait_for_progress,
 )
+from tests.support.db import writing
 from tests.support.faults import (
     caught_up,
     daemon,
@@ -222,7 +222,7 @@ async def test_position_moved_under_the_same_epoch_is_followed(
         held_from = stored_positions(database)[(topic, 0)]
         moved_to = held_from + 20
         counts = await count_range(kafka_bootstrap, tp, held_from, moved_to)
-        with sqlite3.connect(database, isolation_level=None) as conn:
+        with writing(database, isolation_level=None) as conn:
             conn.execute("BEGIN IMMEDIATE")
             (epoch,) = conn.execute("SELECT epoch FROM positions").fetchone()
             changed = conn.execute(
@@ -237,7 +237,6 @@ async def test_position_moved_under_the_same_epoch_is_followed(
                 [(topic, key, count) for key, count in counts.items()],
             )
             conn.execute("COMMIT")
-        conn.close()
 
         await resume(sqlstate)
         await wait_for_log(

@@ -1,9 +1,16 @@
-"""Read a sqlstate database the way its users do: any SQLite client, read-only."""
+"""Read a sqlstate database the way its users do: any SQLite client, read-only; and change
+one behind the daemon's back, as some tests must.
+
+Every connection opened here is closed when its block ends: ``with sqlite3.connect(...)``
+alone commits but leaves the connection open, which Python 3.13 reports as a
+ResourceWarning (an error in this suite).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +40,15 @@ def query_value(path: Path | str, sql: str, parameters: Sequence[Any] = ()) -> A
     if len(rows) != 1 or len(rows[0]) != 1:
         raise AssertionError(f"expected one value from {sql!r}, got {rows!r}")
     return rows[0][0]
+
+
+@contextlib.contextmanager
+def writing(path: Path | str, **options: Any) -> Iterator[sqlite3.Connection]:
+    """A read-write connection for one block (``options`` go to ``sqlite3.connect``): what
+    the block did is committed unless it raised, then the connection is closed."""
+    connection = sqlite3.connect(path, **options)
+    try:
+        with connection:
+            yield connection
+    finally:
+        connection.close()

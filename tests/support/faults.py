@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from tests.support.daemon import Daemon, wait_for_positions
-from tests.support.kafka import log_end_offsets
+from tests.support.daemon import Daemon, stored_positions, wait_for_positions
+from tests.support.kafka import MessageLike, delete_records, log_end_offsets
+from tests.support.kafka import produce as produce_messages
 from tests.support.oracle import COUNTS, Model, Verdict, assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +42,13 @@ def daemon(
     fault: str | None = None,
     at: int = 1,
     action: str = "kill",
+    seconds: float = 8.0,
     wrapper_args: Sequence[str] = (),
 ) -> Daemon:
     """A ``sqlstate run`` through the fault wrapper (a plain run when ``fault`` is None)."""
     entry = ["-m", "tests.support.faulty_daemon", *wrapper_args]
     if fault is not None:
-        entry += ["--fault", fault, "--at", str(at), "--action", action]
+        entry += ["--fault", fault, "--at", str(at), "--action", action, "--seconds", str(seconds)]
     entry.append("--")
     # The wrapper lives in tests/, which is not installed: run it from the repository root.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -127,3 +130,25 @@ async def caught_up(
         database, {(topic, p): end for p, end in ends.items()}, timeout, daemons
     )
     return await assert_exactly_once(bootstrap, database, topic, models)
+
+
+async def out_of_range_while_running(
+    bootstrap: str, topic: str, database: Path, daemon: Daemon, messages: Sequence[MessageLike]
+) -> int:
+    """Make the running daemon's next fetch of partition 0 out of range; the offset cut at.
+
+    The daemon is frozen for a moment, shorter than its session timeout, while ``messages``
+    arrive (some to partition 0) and the log of partition 0 loses everything up to 50 records
+    past its stored position.
+    """
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        # The broker answers the fetch the daemon left waiting (fetch_max_wait_ms, 500 ms) with
+        # no records before any arrive: its next fetch starts from its position.
+        await asyncio.sleep(1)
+        await produce_messages(bootstrap, topic, messages)
+        cut = stored_positions(database)[(topic, 0)] + 50
+        await delete_records(bootstrap, topic, {0: cut})
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    return cut

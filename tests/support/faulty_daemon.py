@@ -8,8 +8,10 @@ branch and a run without ``--fault`` is exactly ``sqlstate``. At the ``--at``-th
 reached (counting only hits that carry work, see ``POINTS``) the process either kills itself with
 SIGKILL (``--action kill``, the default: nothing is flushed, no ``finally`` runs, exactly a kill -9)
 or stops itself with SIGSTOP (``--action stop``: frozen, as a paused VM or a long GC would leave it,
-until someone sends SIGCONT; then it carries on from that very point). Before acting it prints
-``FAULT <point> <hit>`` on stderr so a test knows the point was reached.
+until someone sends SIGCONT; then it carries on from that very point). ``--action raise`` makes the
+point raise ``RuntimeError`` (an unexpected failure of that step), ``--action sleep`` makes it
+take ``--seconds`` longer (a slow network call). Before acting it prints ``FAULT <point> <hit>``
+on stderr so a test knows the point was reached.
 
 ``--max-page-count-slack N`` makes the database "full" N pages beyond its size at start, through
 ``PRAGMA max_page_count`` on the daemon's own connection (the pragma is per connection).
@@ -18,6 +20,7 @@ until someone sends SIGCONT; then it carries on from that very point). Before ac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import signal
@@ -26,12 +29,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlstate import cli, migrate
+from sqlstate import cli, consumer, migrate, rebalance
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.processors.base import Statement
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Listener
+from sqlstate.rebalance import Claimer, Listener
 from sqlstate.store import Store
 
 # point: (class, method, where the fault fires, which hits count)
@@ -52,9 +56,21 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     "before_claim": (Store, "claim", "before", "any"),
     # Inside the assign callback: the claim (epoch bump) committed, no partition seeked yet.
     "after_claim": (Store, "claim", "after", "any"),
+    # The positions to copy to the group's offsets in Kafka passed the ownership check; the
+    # commit request is not built yet (a zombie's pause point for Kafka's offsets).
+    "before_kafka_commit": (GroupOffsets, "_commit", "before", "any"),
     # In the middle of a migration's transaction, after one of its statements ran.
     "in_migration": (migrate, "statements", "after", "any"),
+    # The log's bounds of an assignment, asked of Kafka before its claim (in the assign callback,
+    # or in the batch loop for partitions held since a rebalance).
+    "claim_bounds": (rebalance, "read_bounds", "before", "any"),
+    # Inside the assign callback, as it begins (each assignment is a hit, an empty one too).
+    "in_assign": (Claimer, "assign", "before", "any"),
+    # The log's bounds of a partition the fetcher found out of range while running.
+    "out_of_range_bounds": (consumer, "read_bounds", "before", "any"),
 }
+# Points that are not awaited (they run in the database thread or a generator): no sleep there.
+_NOT_AWAITED = {"after_upsert", "in_migration"}
 
 
 def _counts(point: str, args: Sequence[Any]) -> bool:
@@ -78,16 +94,22 @@ class _FiringRows(list[Any]):
         self._fire()
 
 
-def install(point: str, at: int, action: str) -> None:
-    """Wrap the method behind ``point`` so that its ``at``-th hit kills or stops this process."""
+def install(point: str, at: int, action: str, seconds: float = 8.0) -> None:
+    """Wrap the method behind ``point`` so that its ``at``-th hit kills or stops this process,
+    raises, or sleeps ``seconds``."""
     owner, name, where, _ = POINTS[point]
     original: Callable[..., Any] = getattr(owner, name)
     hits = 0
+    if action == "sleep" and point in _NOT_AWAITED:
+        raise SystemExit(f"--action sleep needs a point that is awaited, not {point}")
 
     def fire() -> None:
         sys.stderr.write(f"FAULT {point} {hits}\n")
         sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+        if action == "raise":
+            raise RuntimeError(f"fault injected at {point}")
+        if action in ("kill", "stop"):
+            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 
     if point == "after_upsert":
 
@@ -128,6 +150,8 @@ def install(point: str, at: int, action: str) -> None:
             hit = hits == at
         if hit and where == "before":
             fire()
+            if action == "sleep":
+                await asyncio.sleep(seconds)
         result = await original(*args, **kwargs)
         if hit and where == "after":
             fire()
@@ -159,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--fault", choices=sorted(POINTS))
     parser.add_argument("--at", type=int, default=1, help="fire at this hit (1 = the first)")
-    parser.add_argument("--action", choices=["kill", "stop"], default="kill")
+    parser.add_argument("--action", choices=["kill", "stop", "raise", "sleep"], default="kill")
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long --action sleep is")
     parser.add_argument("--max-page-count-slack", type=int)
     parser.add_argument("sqlstate_args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
@@ -167,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     if options.fault:
-        install(options.fault, options.at, options.action)
+        install(options.fault, options.at, options.action, options.seconds)
     if options.max_page_count_slack is not None:
         limit_pages(options.max_page_count_slack)
     cli.main(rest, prog_name="sqlstate")

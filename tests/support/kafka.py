@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
-from aiokafka.errors import for_code
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -160,6 +160,22 @@ async def delete_topics(bootstrap: str, names: list[str], timeout: float = 10.0)
         await admin.delete_topics(names)
 
 
+async def recreate_topic(
+    bootstrap: str, name: str, partitions: int = 3, timeout: float = DEFAULT_TIMEOUT
+) -> None:
+    """Delete ``name`` and create it again, as an operator would: a new, empty topic under the
+    old name (with a new topic ID). The broker refuses the creation until the deletion is done,
+    so it is retried until then."""
+    await delete_topics(bootstrap, [name])
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await create_topic(bootstrap, name, partitions)
+                return
+            except TopicAlreadyExistsError:
+                await asyncio.sleep(0.1)
+
+
 async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     async with admin_client(bootstrap) as admin:
         (described,) = await admin.describe_topics([topic])
@@ -264,6 +280,20 @@ async def _offsets(bootstrap: str, topic: str, isolation_level: str, end: bool) 
         else:
             offsets = await consumer.beginning_offsets(partitions)
     return {tp.partition: offset for tp, offset in offsets.items()}
+
+
+async def committed_offsets(
+    bootstrap: str, group_id: str, topic: str
+) -> dict[int, tuple[int, str]]:
+    """{partition: (offset, metadata)} that group ``group_id`` has committed in Kafka for
+    ``topic``, as Kafka's tools read them; partitions with nothing committed are left out."""
+    async with asyncio.timeout(DEFAULT_TIMEOUT), admin_client(bootstrap) as admin:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    return {
+        tp.partition: (committed.offset, committed.metadata)
+        for tp, committed in offsets.items()
+        if tp.topic == topic and committed.offset >= 0
+    }
 
 
 async def delete_records(bootstrap: str, topic: str, before: Mapping[int, int]) -> dict[int, int]:

@@ -68,7 +68,16 @@ async def fold(
     try:
         tps = sorted({TopicPartition(r.topic, r.partition) for batch in batches for r in batch})
         bounds = {tp: LogBounds(0, 1_000_000) for tp in tps}
-        claims = (await store.claim(bounds, "test", "reset", processors.forget)).claims
+        claims = (
+            await store.claim(
+                bounds,
+                "test",
+                "reset",
+                processors.forget,
+                topic_ids={},
+                isolation_level="read_committed",
+            )
+        ).claims
         for batch in batches:
             parts = []
             for tp in tps:

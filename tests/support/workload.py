@@ -90,3 +90,15 @@ async def end_offsets(
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def database_digests(database: Path) -> dict[str, str]:
+    """sha256 of the database file and of its -wal: what "left byte for byte as it was" compares.
+
+    An empty -wal is left out: SQLite may create one beside a WAL-mode file it merely reads, and
+    it holds nothing. A read-write connection's last close copies the WAL into the main file and
+    deletes it, which this tells apart.
+    """
+    wal = Path(f"{database}-wal")
+    files = [database] + ([wal] if wal.exists() and wal.stat().st_size else [])
+    return {path.name: file_digest(path) for path in files}

@@ -87,7 +87,16 @@ async def test_a_reset_forgets_one_partition_of_each_processor(tmp_path: Path) -
     processors = Processors(members)
     store = await open_store(path, processors)
     try:
-        claims = (await store.claim({TP: LogBounds(0, 5)}, "me", "reset", processors.forget)).claims
+        claims = (
+            await store.claim(
+                {TP: LogBounds(0, 5)},
+                "me",
+                "reset",
+                processors.forget,
+                topic_ids={},
+                isolation_level="read_committed",
+            )
+        ).claims
         assert await store.reset(TP, claims[TP], LogBounds(1, 5), processors.forget) is not None
     finally:
         await store.database.close()

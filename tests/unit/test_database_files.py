@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from sqlstate import migrate
 from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, SchemaTooNewError
+from tests.support.db import query_value, writing
 
 
 def digest(path: Path) -> str:
@@ -39,9 +39,8 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     store = await Database.open(path, busy_timeout_s=5.0)
     await migrate.apply_pending(store)
     await store.close()
-    with sqlite3.connect(path) as conn:
+    with writing(path) as conn:
         conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x')")
-    conn.close()
     before = digest(path)
     store = await Database.open(path, busy_timeout_s=5.0)
     try:
@@ -64,9 +63,7 @@ async def test_migrations_apply_once_and_list(tmp_path: Path) -> None:
         assert all(s.applied_at for s in await migrate.list_status(store))
     finally:
         await store.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    assert query_value(path, "PRAGMA journal_mode") == "wal"
 
 
 def test_migration_file_names() -> None:

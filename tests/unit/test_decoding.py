@@ -87,7 +87,7 @@ def test_fail_stops_before_the_batch_is_committed() -> None:
     policy = BadRecords(decoding, "fail")
     with pytest.raises(BadRecordError, match=r"t-2 offset 11: key is not UTF-8 text") as error:
         policy.sort(TP, batch(), policy.mark() - 1)
-    assert error.value.exit_code == 7
+    assert error.value.exit_code == 8
 
 
 def test_skip_leaves_bad_records_out_and_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -205,7 +205,14 @@ async def test_the_processors_of_a_topic_with_positions_cannot_change(tmp_path: 
         # No positions yet: the set may change freely.
         await store.record_processors(["a", "b"], ["counts"])
         await store.record_processors(["a", "b"], ["latest", "counts"])
-        await store.claim({TopicPartition("a", 0): LogBounds(0, 10)}, "me", "reset", _none)
+        await store.claim(
+            {TopicPartition("a", 0): LogBounds(0, 10)},
+            "me",
+            "reset",
+            _none,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
         await store.record_processors(["a", "b"], ["counts", "latest"])
         for other in (["counts"], ["counts", "latest", "windowed-counts"]):
             with pytest.raises(ProcessorError, match=r"topic a .* counts, latest, and this run"):
@@ -238,7 +245,16 @@ async def test_a_database_of_the_release_before_processors_keeps_counting(
         await store.record_processors(["orders"], ["counts"])
         bounds = {TopicPartition("orders", p): LogBounds(0, 200) for p in range(3)}
         counter = Processors([KeyCounter()])
-        claims = (await store.claim(bounds, "new", "reset", counter.forget)).claims
+        claims = (
+            await store.claim(
+                bounds,
+                "new",
+                "reset",
+                counter.forget,
+                topic_ids={},
+                isolation_level="read_committed",
+            )
+        ).claims
         assert {tp.partition: claim.next_offset for tp, claim in claims.items()} == {
             0: 100,
             1: 100,

@@ -1,20 +1,47 @@
-"""The assignment callback against a real database and a stand-in consumer (no broker)."""
+"""The rebalance callbacks against a real database and a stand-in consumer (no broker)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
+from sqlstate import migrate, rebalance, topic_watch
+from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
+from sqlstate.decoding import BadRecords, Decoding
+from sqlstate.errors import DatabaseBusyError
+from sqlstate.group_offsets import GroupOffsets
 from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Statement
-from sqlstate.rebalance import Listener, Ownership
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.registry import Processors
+from sqlstate.rebalance import Claimer, Listener, Ownership
+from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Store
+from sqlstate.store import Claim, Forget, Store
+from sqlstate.topic_watch import TopicWatch
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+TOPIC_IDS: dict[str, str | None] = {"t": "AAAAAAAAAAAAAAAAAAAAAQ"}
+
+
+async def topic_ids(
+    consumer: object, topics: Iterable[str], all_exist: bool = False
+) -> dict[str, str | None]:
+    """The claim's Metadata request, answered without a broker."""
+    return {topic: TOPIC_IDS[topic] for topic in topics}
+
+
+@pytest.fixture(autouse=True)
+def no_broker_for_topic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rebalance, "topic_ids", topic_ids)
+    monkeypatch.setattr(topic_watch, "topic_ids", topic_ids)
 
 
 class StandInConsumer:
@@ -22,9 +49,15 @@ class StandInConsumer:
 
     def __init__(self) -> None:
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.asked = asyncio.Event()  # set when the log's bounds are asked for
+        self.answer = asyncio.Event()  # cleared: the bounds do not come until it is set
+        self.answer.set()
+        self.first = 50
 
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: 50 for tp in tps}
+        self.asked.set()
+        await self.answer.wait()
+        return {tp: self.first for tp in tps}
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: 100 for tp in tps}
@@ -34,6 +67,74 @@ class StandInConsumer:
 
     def pause(self, tp: TopicPartition) -> None:
         raise AssertionError("nothing here is claimed by another consumer")
+
+    def resume(self, tp: TopicPartition) -> None:
+        pass  # not paused: a no-op, as aiokafka's
+
+    def assignment(self) -> set[TopicPartition]:
+        return {A, B}
+
+
+class HoldingConsumer(StandInConsumer):
+    """Records pauses and resumes, with the position each partition had when paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: dict[TopicPartition, int] = {}
+        self.paused: dict[TopicPartition, int | None] = {}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        super().seek(tp, offset)
+        self.positions[tp] = offset
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused[tp] = self.positions.get(tp)
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.paused.pop(tp, None)
+
+
+# The stand-in answers ListOffsets as a read_uncommitted consumer would: its end is the log's.
+SETTINGS = Settings(topics=("t",), group_id="g", client_id="me", isolation_level="read_uncommitted")
+# Session 2 s, heartbeat 1 s: each callback may wait 0.5 s.
+QUICK = Settings(
+    topics=("t",),
+    group_id="g",
+    client_id="me",
+    isolation_level="read_uncommitted",
+    session_timeout_ms=2000,
+    heartbeat_interval_ms=1000,
+)
+
+
+def callbacks(
+    consumer: StandInConsumer,
+    store: Store,
+    ownership: Ownership,
+    settings: Settings,
+    stats: Stats,
+    forget: Forget,
+    on_fatal: Callable[[BaseException], None],
+    published: list[dict[TopicPartition, Claim]] | None = None,
+) -> tuple[Claimer, Listener]:
+    """The claimer and the listener a daemon builds, on the stand-in consumer."""
+    claimer = Claimer(
+        consumer,
+        store,
+        ownership,
+        settings,
+        stats,
+        forget,
+        lambda claims: (published if published is not None else []).append(dict(claims)),
+    )
+    return claimer, Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal)
+
+
+async def claim(store: Store, bounds: dict[TopicPartition, LogBounds], forget: Forget) -> None:
+    """Claims by an earlier owner."""
+    await store.claim(
+        bounds, "earlier", "reset", forget, topic_ids=TOPIC_IDS, isolation_level="read_uncommitted"
+    )
 
 
 async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: Path) -> None:
@@ -51,12 +152,13 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
 
     try:
         # Stored positions now below the log.
-        await store.claim({A: LogBounds(10, 10), B: LogBounds(10, 10)}, "earlier", "reset", forget)
+        await claim(store, {A: LogBounds(10, 10), B: LogBounds(10, 10)}, forget)
         ownership = Ownership()
         stats = Stats()
         fatal: list[BaseException] = []
-        listener = Listener(
-            consumer, store, ownership, "me", stats, "reset", "read_committed", forget, fatal.append
+        published: list[dict[TopicPartition, Claim]] = []
+        _, listener = callbacks(
+            consumer, store, ownership, SETTINGS, stats, forget, fatal.append, published
         )
         await listener.on_partitions_assigned({A, B})
     finally:
@@ -65,6 +167,8 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
     assert seeks_seen_by_forget == [0, 0]
     assert sorted(consumer.seeks) == [(A, 50), (B, 50)]
     assert {tp: claim.next_offset for tp, claim in ownership.claims.items()} == {A: 50, B: 50}
+    # The claims go to the copy in Kafka's group offsets once committed and sought.
+    assert published == [ownership.claims]
     assert stats.out_of_range_resets == 2
 
 
@@ -74,7 +178,124 @@ def test_log_bounds() -> None:
     assert exact.holds(10)
     assert not exact.holds(4)
     assert not exact.holds(11)
-    # Under read_committed the end is the last stable offset: the log may reach further.
-    stable = LogBounds(5, 10, end_is_log_end=False)
-    assert stable.holds(11)
+    # Under read_committed the end is the last stable offset: the log reaches to its own end.
+    stable = LogBounds(5, 10, log_end=12)
+    assert stable.holds(12)
     assert not stable.holds(4)
+
+
+def no_statements(tp: TopicPartition) -> list[Statement]:
+    return []
+
+
+async def test_a_revoke_waits_for_the_batch_in_flight_only_within_its_budget(
+    tmp_path: Path,
+) -> None:
+    """A batch that cannot commit (the database locked) must not keep the revoke past the
+    rebalance timeout: the partitions are released without the lock, and the generation moves,
+    so the batch loop applies nothing of that commit when it ends."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    ownership = Ownership()
+    _, listener = callbacks(
+        StandInConsumer(), Store(database), ownership, QUICK, Stats(), no_statements, print
+    )
+    try:
+        await listener.on_partitions_assigned({A, B})
+        generation = ownership.generation
+        async with ownership.lock:  # the batch in flight
+            started = time.monotonic()
+            await listener.on_partitions_revoked({A, B})
+            took = time.monotonic() - started
+    finally:
+        await database.close()
+    assert QUICK.rebalance_budget_s <= took < QUICK.rebalance_budget_s + 0.3
+    assert ownership.claims == {}
+    assert ownership.generation > generation
+
+
+async def test_an_assignment_that_cannot_be_claimed_in_time_is_held_then_claimed(
+    tmp_path: Path,
+) -> None:
+    """The database locked by another process across an assignment: the callback returns within
+    its budget with each partition paused at a position (never without one), and the batch
+    loop's claim later seeks each to its stored position and resumes it."""
+    path = tmp_path / "s.db"
+    database = await Database.open(path, busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    await claim(store, {A: LogBounds(50, 100), B: LogBounds(50, 100)}, no_statements)
+    consumer = HoldingConsumer()
+    ownership = Ownership()
+    fatal: list[BaseException] = []
+    claimer, listener = callbacks(
+        consumer, store, ownership, QUICK, Stats(), no_statements, fatal.append
+    )
+    locker = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        await listener.on_partitions_assigned({A, B})
+        took = time.monotonic() - started
+        assert took < QUICK.rebalance_budget_s + 0.3
+        assert ownership.claims == {}
+        assert ownership.held == {A, B}
+        assert consumer.paused == {A: 0, B: 0}  # paused, each with a position
+        with pytest.raises(DatabaseBusyError):
+            await claimer.claim_held()
+        assert ownership.held == {A, B}
+        locker.execute("ROLLBACK")
+        await claimer.claim_held()
+    finally:
+        locker.close()
+        await database.close()
+    assert fatal == []
+    assert ownership.held == set()
+    assert consumer.paused == {}
+    assert {tp: claim.next_offset for tp, claim in ownership.claims.items()} == {A: 50, B: 50}
+    assert {tp: claim.epoch for tp, claim in ownership.claims.items()} == {A: 2, B: 2}
+    assert consumer.positions == {A: 50, B: 50}
+
+
+async def test_an_out_of_range_lookup_is_made_outside_the_ownership_lock(tmp_path: Path) -> None:
+    """The log's bounds of a partition found out of range come from the network: a revoke must
+    be able to take the lock meanwhile, and the reset then leaves alone a partition this
+    consumer no longer holds."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = StandInConsumer()
+    ownership = Ownership()
+    stats = Stats()
+    claimer, listener = callbacks(consumer, store, ownership, QUICK, stats, no_statements, print)
+    loop = BatchLoop(
+        consumer,
+        store,
+        ownership,
+        Processors([KeyCounter()]),
+        QUICK,
+        stats,
+        claimer,
+        TopicWatch(consumer, ownership),
+        GroupOffsets(consumer, ownership, stats, enabled=False),
+        BadRecords(Decoding("bytes", "bytes"), "fail"),
+    )
+    try:
+        await listener.on_partitions_assigned({A, B})
+        consumer.first = 60  # records deleted past the stored position, 50
+        consumer.asked.clear()
+        consumer.answer.clear()
+        lookup = asyncio.create_task(loop._out_of_range({A: 10}))
+        await consumer.asked.wait()
+        assert not ownership.lock.locked()
+        async with asyncio.timeout(0.1):
+            await listener.on_partitions_revoked({A, B})
+        consumer.answer.set()
+        await lookup
+        position = await store.position(A)
+    finally:
+        await database.close()
+    # Released meanwhile: not reset by this consumer; the next claim of A decides.
+    assert position is not None
+    assert position.next_offset == 50
+    assert stats.out_of_range_resets == 0

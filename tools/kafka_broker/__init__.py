@@ -22,6 +22,9 @@ Two ways to run the broker, chosen by ``up``:
              (the official apache/kafka image)
     native   otherwise: Maven fetches the broker's jars once into .cache/kafka-<version>/,
              and a JVM runs them from a fresh data directory under .run/kafka/
+Kafka's command-line tools (kafka-tools: the consumer-group command the tests run) are not
+among the broker's jars: ``BrokerControl.fetch_tool_jars`` fetches them with Maven on first
+use into .cache/kafka-<version>/tools/ (broker/tools-pom.xml), whichever way the broker runs.
 KAFKA_RUNNER=docker|native|auto (default auto) forces one.
 
 The Kafka version is pinned in broker/VERSION and nowhere else. Everything the harness

@@ -112,6 +112,11 @@ class BrokerControl:
         return self.root / ".cache" / f"kafka-{self.kafka_version}" / "libs"
 
     @property
+    def tools_dir(self) -> Path:
+        """Kafka's command-line tools and their dependencies (``fetch_tool_jars``)."""
+        return self.root / ".cache" / f"kafka-{self.kafka_version}" / "tools"
+
+    @property
     def controller_port(self) -> int:
         return int(os.environ.get("KAFKA_CONTROLLER_PORT") or self.port + 1)
 
@@ -322,27 +327,47 @@ class BrokerControl:
 
     def fetch_jars(self) -> Path:
         """Download the broker's jars with Maven, once; later runs reuse the cache."""
-        libs = self.libs_dir
-        if any(libs.glob(f"kafka_2.13-{self.kafka_version}.jar")):
-            return libs
+        return self._fetch_with_maven(
+            "pom.xml", self.libs_dir, f"kafka_2.13-{self.kafka_version}.jar", "broker"
+        )
+
+    def fetch_tool_jars(self) -> Path:
+        """Download Kafka's command-line tools (kafka-tools: the consumer-group command) and
+        their runtime dependencies with Maven, once, beside the broker's jars."""
+        return self._fetch_with_maven(
+            "tools-pom.xml", self.tools_dir, f"kafka-tools-{self.kafka_version}.jar", "tools"
+        )
+
+    def _fetch_with_maven(self, pom: str, target: Path, marker: str, what: str) -> Path:
+        """Copy the runtime dependencies of ``pom`` into ``target`` unless ``marker`` is there.
+
+        The cache may be shared by several checkouts (a symbolic link): a complete directory is
+        only ever replaced by a complete one, and nothing else in the cache is touched.
+        """
+        if (target / marker).is_file():
+            return target
         mvn = os.environ.get("MVN") or shutil.which("mvn")
         if mvn is None:
-            raise BrokerError("mvn not found: install Maven to fetch the Kafka broker's jars")
-        say(f"fetching the jars of Kafka {self.kafka_version} with Maven into {libs.parent}")
+            raise BrokerError(f"mvn not found: install Maven to fetch Kafka's {what} jars")
+        say(f"fetching the {what} jars of Kafka {self.kafka_version} with Maven into {target}")
         # Into a scratch directory first, so that an interrupted download never looks
         # like a complete cache.
-        scratch = libs.with_name(f"libs.partial-{os.getpid()}")
+        scratch = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(scratch, ignore_errors=True)
-        command = [mvn, "-q", "-B", "-f", str(self.broker_dir / "pom.xml")]
+        command = [mvn, "-q", "-B", "-f", str(self.broker_dir / pom)]
         command += ["dependency:copy-dependencies", "-DincludeScope=runtime"]
         command += [f"-Dkafka.version={self.kafka_version}", f"-DoutputDirectory={scratch}"]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             shutil.rmtree(scratch, ignore_errors=True)
-            raise BrokerError("Maven could not fetch the Kafka jars", result.stdout[-4000:])
-        shutil.rmtree(libs, ignore_errors=True)
-        scratch.replace(libs)
-        return libs
+            raise BrokerError(f"Maven could not fetch the Kafka {what} jars", result.stdout[-4000:])
+        if (target / marker).is_file():
+            # Another checkout sharing the cache finished first: keep its copy.
+            shutil.rmtree(scratch, ignore_errors=True)
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy, never a complete one
+        scratch.replace(target)
+        return target
 
     def _java_command(self) -> list[str]:
         java = os.environ.get("JAVA") or shutil.which("java") or "java"

@@ -1,0 +1,115 @@
+"""Notices, while the daemon runs, a topic deleted and created again under the same name.
+
+The fetcher reads a topic by name: once the old topic is gone and a new one has its name, it
+reads the new log from the old positions, and nothing fails unless a position falls outside the
+new log. The topic's ID tells: it is new. So at each refresh of the consumer's metadata (every
+``--metadata-max-age``, and at once after a fetch failed on an unknown topic or a leader that
+moved), one Metadata request asks for the claimed topics' IDs; a topic whose ID differs from the
+one it was claimed under goes into ``recreated``, and the batch loop claims its partitions again
+between two batches (``Claimer.reclaim``), where the ``--out-of-range`` policy decides. That costs
+one small request per refresh and nothing per batch.
+
+Until that refresh, records of the new topic read from the old positions may be committed; the
+reset discards them with the rest of the old topic's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from sqlstate.kafka import on_metadata_update, topic_ids
+from sqlstate.rebalance import Ownership
+
+logger = logging.getLogger(__name__)
+
+
+class TopicWatch:
+    """Compares the claimed topics' IDs with Kafka's at each metadata refresh."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, ownership: Ownership) -> None:
+        self._consumer = consumer
+        self._ownership = ownership
+        self._refreshed = asyncio.Event()
+        # topic -> the new ID Kafka gave, for topics claimed under another one
+        self._recreated: dict[str, str] = {}
+
+    @property
+    def recreated(self) -> bool:
+        """Whether a claimed topic was found with a new ID (read by the batch loop)."""
+        return bool(self._recreated)
+
+    def take(self) -> set[str]:
+        """The topics found recreated that are still claimed under their old ID, forgotten
+        here: the caller claims them again."""
+        found, self._recreated = self._recreated, {}
+        return {
+            topic
+            for topic, topic_id in found.items()
+            if self._ownership.topic_ids.get(topic, topic_id) != topic_id
+        }
+
+    async def changed(self, topics: Iterable[str]) -> dict[str, str]:
+        """Of ``topics``, those claimed under an ID Kafka no longer gives them, with the new
+        one. A topic that does not exist right now is not among them: the rebalance that
+        follows its deletion takes it away."""
+        claimed = {
+            topic: topic_id
+            for topic in topics
+            if (topic_id := self._ownership.topic_ids.get(topic)) is not None
+        }
+        if not claimed:
+            return {}
+        now = await topic_ids(self._consumer, claimed)
+        return {
+            topic: new_id
+            for topic, old_id in claimed.items()
+            if (new_id := now.get(topic)) is not None and new_id != old_id
+        }
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Watch while the batch loop runs."""
+        stop_listening = on_metadata_update(self._consumer, self._refreshed.set)
+        task = asyncio.create_task(self._watch(), name="sqlstate-topic-watch")
+        try:
+            yield
+        finally:
+            stop_listening()
+            task.cancel()
+            # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
+            await asyncio.wait([task])
+
+    async def _watch(self) -> None:
+        while True:
+            await self._refreshed.wait()
+            self._refreshed.clear()
+            try:
+                found = await self.changed(list(self._ownership.topic_ids))
+            except KafkaError as error:
+                # The next refresh asks again; a broker that stays away stops the batch loop.
+                logger.debug(
+                    "could not ask Kafka for the topics' IDs: %r",
+                    error,
+                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
+                )
+                continue
+            for topic, new_id in sorted(found.items()):
+                logger.info(
+                    "topic %s has a new ID %s (claimed under %s); claiming its partitions again",
+                    topic,
+                    new_id,
+                    self._ownership.topic_ids.get(topic),
+                    extra={
+                        "event": "topic_recreated",
+                        "topic": topic,
+                        "topic_id": new_id,
+                        "old_topic_id": self._ownership.topic_ids.get(topic),
+                    },
+                )
+            self._recreated.update(found)
