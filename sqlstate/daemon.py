@@ -305,9 +305,8 @@ async def _run_on(
     recorded = await store.isolation_level()
     if recorded is not None and recorded != settings.isolation_level:
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
-    # Before the processors' own migrations: a refused set leaves their tables out of the file.
-    await store.record_processors(settings.topics, processors.names)
-    await migrate.apply_processor_migrations(database, processors.members)
+    # Refused before Kafka is asked anything; recorded only once it answered, below.
+    await store.check_processors(settings.topics, processors.names)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)
     consumer = build_consumer(
@@ -318,6 +317,10 @@ async def _run_on(
     try:
         # Not started only when a signal came first: then stop is set.
         if await _start_unless_stopped(consumer, settings, stop, on_stop):
+            # Only once Kafka answered: a stop while connecting leaves the file as it was. The
+            # set first: a refused one leaves the processors' tables out of the file.
+            await store.record_processors(settings.topics, processors.names)
+            await migrate.apply_processor_migrations(database, processors.members)
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)

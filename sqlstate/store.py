@@ -198,6 +198,12 @@ class Store:
             )
         )
 
+    async def check_processors(self, topics: Sequence[str], processors: Sequence[str]) -> None:
+        """Refuse (``ProcessorError``) what ``record_processors`` would refuse, writing nothing."""
+        await self.database.read(
+            functools.partial(_processor_changes, topics=topics, processors=processors)
+        )
+
     async def record_processors(self, topics: Sequence[str], processors: Sequence[str]) -> None:
         """Record which processors keep each topic's state, or refuse (``ProcessorError``) a
         set that differs from the one recorded for a topic that already has positions: a
@@ -416,25 +422,31 @@ def _run(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[s
 def _record_processors(
     conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str], now: str
 ) -> None:
+    for topic, recorded in _processor_changes(conn, topics, processors).items():
+        conn.execute(sql("forget_recorded_processors"), {"topic": topic})
+        for processor in recorded:
+            conn.execute(
+                sql("record_processor"), {"topic": topic, "processor": processor, "now": now}
+            )
+
+
+def _processor_changes(
+    conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str]
+) -> dict[str, list[str]]:
+    """The processors to record for each topic whose record is not the one wanted, or
+    ``ProcessorError`` for a topic with positions and another set."""
     wanted = sorted(processors)
+    changes: dict[str, list[str]] = {}
     for topic in topics:
         recorded = [row[0] for row in conn.execute(sql("recorded_processors"), {"topic": topic})]
         if recorded == wanted:
             continue
         if not conn.execute(sql("topic_has_positions"), {"topic": topic}).fetchone()[0]:
-            conn.execute(sql("forget_recorded_processors"), {"topic": topic})
-            for processor in wanted:
-                conn.execute(
-                    sql("record_processor"), {"topic": topic, "processor": processor, "now": now}
-                )
+            changes[topic] = wanted
             continue
         if not recorded:
             # Counted before sqlstate recorded its processors: the counts are all there is.
-            recorded = list(DEFAULT_PROCESSORS)
-            for processor in recorded:
-                conn.execute(
-                    sql("record_processor"), {"topic": topic, "processor": processor, "now": now}
-                )
+            recorded = changes[topic] = list(DEFAULT_PROCESSORS)
             if recorded == wanted:
                 continue
         raise ProcessorError(
@@ -444,6 +456,7 @@ def _record_processors(
             " below them, and one left out would fall behind unseen. Run with the same"
             " processors, or start the new set on a new database file"
         )
+    return changes
 
 
 def _file_name(conn: sqlite3.Connection) -> str:

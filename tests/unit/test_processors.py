@@ -202,7 +202,9 @@ async def test_the_processors_of_a_topic_with_positions_cannot_change(tmp_path: 
     path = tmp_path / "s.db"
     store = await _store(path)
     try:
-        # No positions yet: the set may change freely.
+        # Checking writes nothing; no positions yet: the set may change freely.
+        await store.check_processors(["a", "b"], ["counts"])
+        assert query(path, "SELECT * FROM topic_processors") == []
         await store.record_processors(["a", "b"], ["counts"])
         await store.record_processors(["a", "b"], ["latest", "counts"])
         await store.claim(
@@ -215,6 +217,8 @@ async def test_the_processors_of_a_topic_with_positions_cannot_change(tmp_path: 
         )
         await store.record_processors(["a", "b"], ["counts", "latest"])
         for other in (["counts"], ["counts", "latest", "windowed-counts"]):
+            with pytest.raises(ProcessorError, match=r"topic a .* counts, latest, and this run"):
+                await store.check_processors(["a"], other)
             with pytest.raises(ProcessorError, match=r"topic a .* counts, latest, and this run"):
                 await store.record_processors(["a"], other)
         await store.record_processors(["b"], ["windowed-counts"])
