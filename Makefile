@@ -20,7 +20,7 @@ INSTALLED := $(VENV)/.installed
 # The broker tool is standard library only, so it runs before the venv exists.
 BROKER := $(PYTHON) -m tools.kafka_broker
 # Where the code lives; bench/ joins once it exists.
-PACKAGES := sqlstate tests tools $(wildcard bench)
+PACKAGES := sqlstate tests tools $(wildcard bench) $(wildcard examples)
 PYTEST_ARGS ?=
 
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092

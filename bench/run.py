@@ -8,11 +8,18 @@ Runs, one after another on the same data, each with a fresh consumer group:
     informational copy of the positions in Kafka's group offsets costs;
 (c) ``two_processes``: two ``sqlstate run`` processes in one group sharing one new database;
 (d) ``big_state_<N>``: ``sqlstate run`` into a database already holding N distinct keys
-    (``--big-state``, repeatable).
+    (``--big-state``, repeatable);
+(e) ``latest``, (f) ``windowed_counts``: ``sqlstate run --processor latest`` (``windowed-counts``)
+    into a new database;
+(g) ``sql``: ``sqlstate run --sql examples/customer_totals.sql --value-format json``, a
+    per-record SQL statement summing a JSON field per customer, into a new database.
+
+(e), (f) and (g) are each reported as a ratio of (a), the bare consumer of the same run.
 
 Prints a table and writes every figure, and every batch, to a JSON file. The bench checks after
-each sqlstate run that every key's stored count equals what was produced; a mismatch fails the
-run with exit code 1, whatever the speed.
+each sqlstate run that its state equals what was produced (each key's count; for (e) each key's
+last value, for (f) each key's count over its windows, for (g) each customer's total); a
+mismatch fails the run with exit code 1, whatever the speed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +50,7 @@ from bench import bigstate, sqlstate_process, workload
 from bench.report import Batch, RunResult, ratio, summarize_rounds, table
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+SQL_PROCESSOR = Path(__file__).resolve().parents[1] / "examples" / "customer_totals.sql"
 RUN_TIMEOUT_S = 900.0
 SETTLE_S = 1.0  # between runs: let the broker finish the previous group's leave
 SETTLE_TIMEOUT_S = 60.0  # for two processes to split a topic's partitions between them
@@ -60,6 +68,7 @@ class Options:
     max_records: int | None  # None: sqlstate's default, for the ceiling and the daemon alike
     rounds: int
     daemon_args: tuple[str, ...]
+    processors: bool  # measure (e), (f) and (g)
 
 
 # The restart row the README promises is the one at 10,000,000 keys.
@@ -119,6 +128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         " fastest round (default: %(default)s)",
     )
     parser.add_argument(
+        "--no-processors",
+        dest="processors",
+        action="store_false",
+        help="skip the runs of the latest, windowed-counts and SQL processors",
+    )
+    parser.add_argument(
         "--daemon-arg",
         action="append",
         default=[],
@@ -141,6 +156,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         max_records=args.max_records,
         rounds=max(1, args.rounds),
         daemon_args=tuple(args.daemon_arg),
+        processors=args.processors,
     )
     return options, own_workdir
 
@@ -221,11 +237,14 @@ def run_sqlstate(
     group_id: str,
     processes: int = 1,
     existing: bigstate.BigState | None = None,
+    processor: Processor | None = None,
     run_args: tuple[str, ...] = (),
 ) -> RunResult:
     """``sqlstate run`` until the topic is consumed; with several processes, started together
-    (see ``bench/joiner.py``) and measured from the moment they are let go."""
-    extra_args = (*options.daemon_args, *run_args)
+    (see ``bench/joiner.py``) and measured from the moment they are let go. ``processor``: the
+    arguments that choose the state, and the check of that state (default: the counts);
+    ``run_args``: more arguments for this run."""
+    extra_args = (*(processor.args if processor else ()), *options.daemon_args, *run_args)
     if options.max_records:
         extra_args = ("--max-records", str(options.max_records), *extra_args)
     if processes > 1:
@@ -255,9 +274,12 @@ def run_sqlstate(
         if joiner is not None:
             joiner.terminate()
             joiner.wait(30)
-    stored = sqlstate_process.stored_counts(database, produced.topic)
-    live = {key: count for key, count in stored.items() if "/" not in key}
-    exact = live == produced.counts
+    if processor is not None:
+        exact = processor.exact(database, produced)
+    else:
+        stored = sqlstate_process.stored_counts(database, produced.topic)
+        live = {key: count for key, count in stored.items() if "/" not in key}
+        exact = live == produced.counts
     if existing is not None:
         exact = exact and bigstate.existing_keys_intact(existing)
     return RunResult(
@@ -271,6 +293,60 @@ def run_sqlstate(
         c_parser=all(d.c_parser() for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
     )
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A run of one processor: its label, its arguments and how to check its state."""
+
+    name: str
+    label: str
+    args: tuple[str, ...]
+    exact: Callable[[Path, workload.Produced], bool]
+
+
+def _state(database: Path, sql: str, topic: str) -> dict[str, object]:
+    return sqlstate_process.stored_state(database, sql, topic)
+
+
+PROCESSORS = (
+    Processor(
+        "latest",
+        "(e) --processor latest",
+        ("--processor", "latest"),
+        lambda database, produced: (
+            _state(database, "SELECT key, value FROM latest WHERE topic = ?", produced.topic)
+            == produced.latest
+        ),
+    ),
+    Processor(
+        "windowed_counts",
+        "(f) --processor windowed-counts",
+        ("--processor", "windowed-counts", "--window", "1m", "--retention", "7d"),
+        lambda database, produced: (
+            _state(
+                database,
+                "SELECT key, sum(count) FROM window_counts WHERE topic = ? GROUP BY key",
+                produced.topic,
+            )
+            == produced.counts
+        ),
+    ),
+    Processor(
+        "sql",
+        "(g) --sql, JSON values",
+        ("--sql", str(SQL_PROCESSOR), "--value-format", "json"),
+        lambda database, produced: (
+            _state(
+                database,
+                "SELECT customer, sum(amount_cents) FROM customer_amounts WHERE topic = ?"
+                " GROUP BY customer",
+                produced.topic,
+            )
+            == produced.amounts
+        ),
+    ),
+)
 
 
 def _join(options: Options, topic: str, group_id: str) -> subprocess.Popen[str]:
@@ -412,6 +488,19 @@ def _measure_runs(
                 )
             )
             database.unlink()
+        for processor in PROCESSORS if options.processors else ():
+            step(f"{processor.label}, fresh database")
+            keep(
+                run_sqlstate(
+                    options,
+                    produced,
+                    processor.name,
+                    processor.label,
+                    folder / f"{processor.name}.db",
+                    group(processor.name),
+                    processor=processor,
+                )
+            )
     return runs
 
 
@@ -433,6 +522,12 @@ def _results(
     fresh["ratio"] = ("b/a", ratios["b/a"])
     summaries["no_kafka_offsets"]["ratio"] = ("b'/a", ratios["b'/a"])
     summaries["two_processes"]["ratio"] = ("c/b", ratios["c/b"])
+    letter = {processor.name: processor.label[1] for processor in PROCESSORS}
+    for processor in PROCESSORS:
+        if processor.name in summaries:
+            name = f"{letter[processor.name]}/a"
+            ratios[name] = ratio(summaries[processor.name], ceiling)
+            summaries[processor.name]["ratio"] = (name, ratios[name])
     restart: dict[str, float | None] = {}
     for state in states:
         summary = summaries[f"big_state_{state.keys}"]

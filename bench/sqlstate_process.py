@@ -263,3 +263,13 @@ def stored_counts(database: Path, topic: str) -> dict[str, int]:
     finally:
         conn.close()
     return {str(key): int(count) for key, count in rows}
+
+
+def stored_state(database: Path, sql: str, topic: str) -> dict[str, object]:
+    """``{key: value}`` of a two-column query over ``topic``'s committed state."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(sql, (topic,)).fetchall()
+    finally:
+        conn.close()
+    return {str(key): value for key, value in rows}

@@ -2,10 +2,13 @@
 
 Keys are ``key-0000042``-style ASCII, drawn uniformly or from a Zipf distribution with a fixed
 seed, so a run is repeatable and the bench knows the exact count of every key to check the
-database against. Values are 100 bytes. Records are placed with aiokafka's default partitioner
-(murmur2 of the key), as a producer would place them, and sent as whole record batches per
-partition: producing a million records one ``send()`` at a time would take longer than all
-the measurements together.
+database against. Values are 100-byte JSON orders of the key as customer,
+``{"customer":"key-0000042","amount_cents":1234,"sequence":17,"pad":"..."}``, so that the
+processors that read values (``latest``, the SQL example summing ``amount_cents``) run on the
+same topic; the bench knows each customer's total and each key's last value too. Records are
+placed with aiokafka's default partitioner (murmur2 of the key), as a producer would place
+them, and sent as whole record batches per partition: producing a million records one
+``send()`` at a time would take longer than all the measurements together.
 """
 
 from __future__ import annotations
@@ -50,6 +53,22 @@ class Produced:
     end_offsets: dict[int, int]
     counts: dict[str, int]  # key (as stored: UTF-8 text) -> messages
     seconds: float
+    amounts: dict[str, int]  # customer (the key) -> sum of amount_cents
+    latest: dict[str, str]  # key -> its last value, as text
+
+
+def order_value(name: bytes, sequence: int) -> bytes:
+    """A JSON order of ``VALUE_BYTES`` bytes; its amount follows from the sequence number."""
+    head = b'{"customer":"%s","amount_cents":%d,"sequence":%d,"pad":"' % (
+        name,
+        amount_cents(sequence),
+        sequence,
+    )
+    return head + b"." * (VALUE_BYTES - len(head) - 2) + b'"}'
+
+
+def amount_cents(sequence: int) -> int:
+    return sequence * 7919 % 10_000
 
 
 def key_name(index: int) -> bytes:
@@ -146,7 +165,14 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
     if ends != expected:
         raise RuntimeError(f"topic {topic} ends at {ends}, expected {expected}")
     counts = {names[i].decode(): n for i, n in Counter(indices).items()}
-    return Produced(topic, ends, counts, seconds)
+    amounts: Counter[str] = Counter()
+    latest: dict[str, str] = {}
+    for keys in per_partition:  # a key lives in one partition: its records in offset order
+        for sequence, index in enumerate(keys):
+            name = names[index].decode()
+            amounts[name] += amount_cents(sequence)
+            latest[name] = order_value(names[index], sequence).decode()
+    return Produced(topic, ends, counts, seconds, dict(amounts), latest)
 
 
 async def _produce_partition(
@@ -156,7 +182,7 @@ async def _produce_partition(
     deliveries = []
     batch = producer.create_batch()
     for sequence, index in enumerate(keys):
-        value = b"%010d" % sequence + b"." * (VALUE_BYTES - 10)
+        value = order_value(names[index], sequence)
         while batch.append(key=names[index], value=value, timestamp=None) is None:
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
             batch = producer.create_batch()

@@ -3,8 +3,9 @@
 Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database unusable (not
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
-5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 130 forced exit
-on a second signal.
+5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 130 forced
+exit on a second signal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import click
 from sqlstate import __version__, daemon, logs, lookups, output
 from sqlstate.errors import SqlstateError
 from sqlstate.settings import (
+    BAD_RECORD_POLICIES,
+    FORMATS,
     ISOLATION_LEVELS,
     OUT_OF_RANGE_POLICIES,
     SASL_MECHANISMS,
@@ -185,6 +188,56 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     env="ISOLATION_LEVEL",
     type=click.Choice(ISOLATION_LEVELS),
     help="read_committed never counts records of aborted transactions.",
+)
+@_setting(
+    "--processor",
+    field="processors",
+    env="PROCESSOR",
+    multiple=True,
+    help="State to keep (repeat): a built-in (counts, latest, windowed-counts) or"
+    " PACKAGE.MODULE:NAME of your own. Default: counts, unless --sql is given.",
+)
+@_setting(
+    "--sql",
+    field="sql_files",
+    env="SQL",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='A processor written in SQL (repeat); see README, "Your own state".',
+)
+@_setting(
+    "--key-format",
+    field="key_format",
+    env="KEY_FORMAT",
+    type=click.Choice(FORMATS),
+    help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
+)
+@_setting(
+    "--value-format",
+    field="value_format",
+    env="VALUE_FORMAT",
+    type=click.Choice(FORMATS),
+    help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
+)
+@_setting(
+    "--on-bad-record",
+    field="on_bad_record",
+    env="ON_BAD_RECORD",
+    type=click.Choice(BAD_RECORD_POLICIES),
+    help="A record that does not decode: exit with code 8 before committing its batch, leave it"
+    " out (counted and logged), or keep it in rejected_records.",
+)
+@_setting(
+    "--window",
+    field="window",
+    env="WINDOW",
+    help="windowed-counts: the tumbling window of record time (500ms, 30s, 1m, 2h, 1d, 1w).",
+)
+@_setting(
+    "--retention",
+    field="retention",
+    env="RETENTION",
+    help="windowed-counts: keep windows this long behind each partition's newest record.",
 )
 @_setting(
     "--max-records",

@@ -33,13 +33,15 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
+from sqlstate.decoding import BadRecords
 from sqlstate.errors import DatabaseBusyError
 from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka_errors import Retrying, permanent, topic_gone
 from sqlstate.logs import partition_fields
 from sqlstate.out_of_range import log_reset, read_bounds, refusal
-from sqlstate.processors.base import Processors, Records
+from sqlstate.processors.base import Records
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Ownership, describe, hold
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -75,6 +77,7 @@ class BatchLoop:
         claimer: Claimer,
         watch: TopicWatch,
         offsets: GroupOffsets,
+        bad_records: BadRecords,
     ) -> None:
         self._consumer = consumer
         self._store = store
@@ -85,6 +88,7 @@ class BatchLoop:
         self._claimer = claimer
         self._watch = watch
         self._offsets = offsets
+        self._bad_records = bad_records
         self._retrying = Retrying()
         self._stop = asyncio.Event()
         self._topics_checked_at = 0.0
@@ -102,6 +106,7 @@ class BatchLoop:
                 if self._ownership.held:
                     await self._claim_held()
                 await self._check_topics()
+                decoded_so_far = self._bad_records.mark()
                 try:
                     batch: Batch = await self._consumer.getmany(
                         timeout_ms=self._settings.poll_timeout_ms,
@@ -133,7 +138,7 @@ class BatchLoop:
                     # against the positions it moved.
                     previous, committing = committing, None
                     refetch = await previous
-                advances = self._advances(batch, positions, refetch)
+                advances = self._advances(batch, positions, refetch, decoded_so_far)
                 if advances:
                     committing = asyncio.create_task(self._commit_in_turn(generation, advances))
                     # Let it run up to handing the transaction to the database thread: the
@@ -217,14 +222,16 @@ class BatchLoop:
         batch: Batch,
         positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
+        decoded_so_far: int,
     ) -> list[PartitionBatch]:
         """Each claimed partition that moved: its new position and the statements for its
-        unseen records.
+        unseen records, those that do not decode sorted out by ``--on-bad-record``.
 
         A partition can move with no records, stepping over transaction markers or aborted
         records. ``refetch``: partitions the previous commit found fenced and re-seeked; this
         batch may hold their records from before or after that seek, so they are dropped and
-        the partition is sought to its stored position again.
+        the partition is sought to its stored position again. ``decoded_so_far``: the decoding
+        failures counted before this batch's ``getmany()``.
         """
         advances = []
         for tp, claim in self._ownership.claims.items():
@@ -236,6 +243,7 @@ class BatchLoop:
             if position is None or position <= claim.next_offset:
                 continue
             records = unseen(batch.get(tp, ()), claim.next_offset)
+            records, rejected, bad = self._bad_records.sort(tp, records, decoded_so_far)
             advances.append(
                 PartitionBatch(
                     tp=tp,
@@ -243,7 +251,8 @@ class BatchLoop:
                     next_offset=position,
                     log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
                     records=len(records),
-                    statements=self._processors.statements(tp, records),
+                    statements=[*rejected, *self._processors.statements(tp, records)],
+                    bad_records=bad,
                 )
             )
         return advances
@@ -272,6 +281,12 @@ class BatchLoop:
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
         committed = sum(outcome.records for outcome in outcomes if isinstance(outcome, Committed))
+        bad_records = {part.tp: part.bad_records for part in advances}
+        for outcome in outcomes:
+            if isinstance(outcome, Committed):
+                # Committed, whoever owns the partition by now: count what the batch did.
+                self._stats.count_processors(outcome.counters)
+                self._stats.bad_records += bad_records[outcome.tp]
         fenced: set[TopicPartition] = set()
         if generation != self._ownership.generation:
             # A revoke stopped waiting for this commit (the database was locked): the partitions

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlstate import __version__, migrate
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
+from sqlstate.decoding import BadRecords, Decoding
 from sqlstate.errors import (
     AuthenticationError,
     BrokerError,
@@ -34,8 +35,8 @@ from sqlstate.errors import (
 from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
 from sqlstate.monitor import Monitor
-from sqlstate.processors.base import Processors
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors import registry
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -209,8 +210,10 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
 async def run(settings: Settings) -> None:
     """Run until a signal (returns) or a fatal error (raises a SqlstateError)."""
     stop = asyncio.Event()
+    # Every processor is loaded and checked before the database is opened.
+    processors = Processors.checked(registry.from_settings(settings))
     # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
-    with stop_on_signals(stop) as on_stop:
+    with stop_on_signals(stop) as on_stop, contextlib.closing(processors):
         stats = Stats()
         fatal: list[BaseException] = []
 
@@ -234,7 +237,7 @@ async def run(settings: Settings) -> None:
         )
         on_stop.append(database.stop_retrying)
         try:
-            await _run_on(database, settings, stats, stop, on_stop, on_fatal)
+            await _run_on(database, processors, settings, stats, stop, on_stop, on_fatal)
         except SqlstateError:
             # A fatal error (a corrupt file found beside start-up, say) explains whatever
             # failed after it.
@@ -253,11 +256,13 @@ async def run(settings: Settings) -> None:
     logger.info("stopped", extra={"event": "stopped"})
 
 
-def _log_started(settings: Settings, database: Database, schema: str) -> None:
+def _log_started(
+    settings: Settings, database: Database, schema: str, processors: Processors
+) -> None:
     c_parser = c_parser_loaded()
     logger.info(
         "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-        " topics %s; group %s; record parser: %s",
+        " topics %s; group %s; processors %s; record parser: %s",
         __version__,
         aiokafka.__version__,
         aiosqlite.__version__,
@@ -266,6 +271,7 @@ def _log_started(settings: Settings, database: Database, schema: str) -> None:
         schema,
         ", ".join(settings.topics),
         settings.group_id,
+        ", ".join(processors.names),
         "C extension" if c_parser else "pure Python (about 20x slower)",
         extra={
             "event": "started",
@@ -277,6 +283,7 @@ def _log_started(settings: Settings, database: Database, schema: str) -> None:
             "schema": schema,
             "topics": list(settings.topics),
             "group_id": settings.group_id,
+            "processors": processors.names,
             "record_parser": "c" if c_parser else "python",
         },
     )
@@ -284,6 +291,7 @@ def _log_started(settings: Settings, database: Database, schema: str) -> None:
 
 async def _run_on(
     database: Database,
+    processors: Processors,
     settings: Settings,
     stats: Stats,
     stop: asyncio.Event,
@@ -292,19 +300,33 @@ async def _run_on(
 ) -> None:
     """Migrate, join the group and consume until ``stop``."""
     await migrate.apply_pending(database)
-    schema = await migrate.schema_version(database)
     store = Store(database)
     # Refused before joining the group; the claim checks it again, in its transaction.
     recorded = await store.isolation_level()
     if recorded is not None and recorded != settings.isolation_level:
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
-    consumer = build_consumer(settings)
+    # Refused before Kafka is asked anything; recorded only once it answered, below.
+    await store.check_processors(settings.topics, processors.names)
+    schema = await migrate.schema_version(database)
+    decoding = Decoding(settings.key_format, settings.value_format)
+    consumer = build_consumer(
+        settings,
+        key_deserializer=decoding.key_deserializer,
+        value_deserializer=decoding.value_deserializer,
+    )
     try:
         # Not started only when a signal came first: then stop is set.
         if await _start_unless_stopped(consumer, settings, stop, on_stop):
-            _log_started(settings, database, schema)
+            # Only once Kafka answered: a stop while connecting leaves the file as it was. The
+            # set first: a refused one leaves the processors' tables out of the file.
+            await store.record_processors(settings.topics, processors.names)
+            await migrate.apply_processor_migrations(database, processors.members)
+            _log_started(settings, database, schema, processors)
         if not stop.is_set():
-            await _consume(consumer, store, settings, stats, stop, on_fatal)
+            bad_records = BadRecords(decoding, settings.on_bad_record)
+            await _consume(
+                consumer, store, processors, bad_records, settings, stats, stop, on_fatal
+            )
     finally:
         await _stop_consumer(consumer, settings.shutdown_timeout_s)
 
@@ -312,13 +334,14 @@ async def _run_on(
 async def _consume(
     consumer: AIOKafkaConsumer,
     store: Store,
+    processors: Processors,
+    bad_records: BadRecords,
     settings: Settings,
     stats: Stats,
     stop: asyncio.Event,
     on_fatal: Callable[[BaseException], None],
 ) -> None:
     ownership = Ownership()
-    processors = Processors([KeyCounter()])
     offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
     claimer = Claimer(
         consumer, store, ownership, settings, stats, processors.forget, offsets.publish
@@ -329,7 +352,16 @@ async def _consume(
     )
     watch = TopicWatch(consumer, ownership)
     loop = BatchLoop(
-        consumer, store, ownership, processors, settings, stats, claimer, watch, offsets
+        consumer,
+        store,
+        ownership,
+        processors,
+        settings,
+        stats,
+        claimer,
+        watch,
+        offsets,
+        bad_records,
     )
     monitor = Monitor(consumer, ownership, stats, settings)
     try:

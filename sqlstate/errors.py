@@ -81,7 +81,17 @@ class RebalanceError(SqlstateError):
     exit_code = 6
 
 
+class ProcessorError(ConfigError):
+    """A processor cannot be loaded, or would break the processor contract."""
+
+
 class KafkaRefusedError(SqlstateError):
     """Kafka answered with an error that retrying will not fix."""
 
     exit_code = 7
+
+
+class BadRecordError(SqlstateError):
+    """A record could not be decoded and ``--on-bad-record`` is ``fail``."""
+
+    exit_code = 8

@@ -66,14 +66,21 @@ def c_parser_loaded() -> bool:
     return "._crecords" in module
 
 
-def build_consumer(settings: Settings) -> AIOKafkaConsumer:
+def build_consumer(
+    settings: Settings,
+    key_deserializer: Callable[[bytes | None], Any] | None = None,
+    value_deserializer: Callable[[bytes | None], Any] | None = None,
+) -> AIOKafkaConsumer:
     """A group consumer whose positions come only from the database.
 
     No auto commit and ``auto_offset_reset="none"``: a stored position that Kafka no longer has
     must raise OffsetOutOfRangeError so our policy decides, never silently jump. Keys and values
-    stay raw bytes: counting keys needs no deserializer.
+    stay raw bytes unless deserializers are given (``--key-format``/``--value-format``):
+    counting keys needs none. aiokafka calls them for every record, a null key or value included.
     """
     return AIOKafkaConsumer(
+        key_deserializer=key_deserializer,
+        value_deserializer=value_deserializer,
         bootstrap_servers=settings.bootstrap_servers,
         group_id=settings.group_id,
         client_id=settings.client_id,

@@ -74,6 +74,12 @@ class _StateCollector:
                 "Transactions retried because another connection held the database lock.",
             ),
             (
+                "bad_records",
+                stats.bad_records,
+                "Records that did not decode, left out (--on-bad-record skip) or written to"
+                " rejected_records (dead-letter), in committed batches.",
+            ),
+            (
                 "kafka_offset_commits",
                 stats.kafka_offset_commits,
                 "Informational commits of the positions to the group's offsets in Kafka.",
@@ -86,6 +92,16 @@ class _StateCollector:
             ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
+        processor_records = CounterMetricFamily(
+            "sqlstate_processor_records",
+            "Records a processor counted in committed batches, by what it counted (for"
+            " windowed-counts, too_old: records for windows already past retention).",
+            labels=["processor", "counter"],
+        )
+        for key, value in sorted(stats.processor_counters.items()):
+            processor, _, counter = key.partition(":")
+            processor_records.add_metric([processor, counter], value)
+        yield processor_records
 
         lags = self._lags()
         lag = GaugeMetricFamily(

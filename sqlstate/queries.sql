@@ -118,6 +118,102 @@ WHERE :topic IS NULL OR topic = :topic
 ORDER BY count DESC, topic, key
 LIMIT :limit;
 
+-- name: schema_objects
+-- Every table, view, index and trigger: the processor guard's record of who made what.
+SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%';
+
+-- name: recorded_processors
+SELECT processor FROM topic_processors WHERE topic = :topic ORDER BY processor;
+
+-- name: topic_has_positions
+SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic);
+
+-- name: forget_recorded_processors
+DELETE FROM topic_processors WHERE topic = :topic;
+
+-- name: record_processor
+INSERT INTO topic_processors (topic, processor, added_at) VALUES (:topic, :processor, :now);
+
+-- name: insert_rejected_record
+INSERT INTO rejected_records (topic, partition, offset, key, value, error)
+VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: delete_rejected_records
+DELETE FROM rejected_records WHERE topic = :topic AND partition = :partition;
+
+-- name: upsert_latest
+-- Processor "latest": a batch's last value of each key (earlier ones in the batch are passed
+-- over), one row per distinct key.
+INSERT INTO latest (topic, partition, key, value, offset, timestamp) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
+    SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
+
+-- name: delete_latest
+-- A tombstone: the key's last record in the batch has a null value.
+DELETE FROM latest WHERE topic = ? AND partition = ? AND ifnull(key, 0) = ifnull(?, 0);
+
+-- name: forget_latest
+DELETE FROM latest WHERE topic = :topic AND partition = :partition;
+
+-- name: count_too_old
+-- Processor "windowed-counts", before its counts move: how many of the batch's records fall in
+-- windows that the partition's retention already passed, as the batch began (:windows, a JSON
+-- object {window_start_ms: records}), plus those the batch itself made too old (:too_old).
+SELECT :too_old + coalesce((
+    SELECT sum(batch.value)
+    FROM json_each(:windows) AS batch, window_clocks AS clock
+    WHERE clock.topic = :topic AND clock.partition = :partition
+      AND CAST(batch.key AS INTEGER) + :window_ms <= clock.max_timestamp - :retention_ms
+), 0);
+
+-- name: upsert_partition_window_counts
+-- One window's counts of a partition's batch, :counts a JSON object {"key": count} of text keys
+-- (as upsert_partition_key_counts), unless the window is already past retention.
+INSERT INTO windowed_key_counts
+    (topic, partition, key, window_start_ms, window_end_ms, window_start, window_end, count)
+SELECT :topic, :partition, key, :window_start_ms, :window_end_ms, :window_start, :window_end,
+       value
+FROM json_each(:counts)
+WHERE NOT EXISTS (
+    SELECT 1 FROM window_clocks
+    WHERE topic = :topic AND partition = :partition
+      AND :window_end_ms <= max_timestamp - :retention_ms
+)
+ON CONFLICT (topic, partition, ifnull(key, 0), window_start_ms, window_end_ms)
+    DO UPDATE SET count = count + excluded.count;
+
+-- name: upsert_window_counts
+-- The same for one key (null, BLOB, or text with NUL) and window.
+INSERT INTO windowed_key_counts
+    (topic, partition, key, window_start_ms, window_end_ms, window_start, window_end, count)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+WHERE NOT EXISTS (
+    SELECT 1 FROM window_clocks
+    WHERE topic = ?1 AND partition = ?2 AND ?5 <= max_timestamp - ?9
+)
+ON CONFLICT (topic, partition, ifnull(key, 0), window_start_ms, window_end_ms)
+    DO UPDATE SET count = count + excluded.count;
+
+-- name: advance_window_clock
+INSERT INTO window_clocks (topic, partition, max_timestamp)
+VALUES (:topic, :partition, :max_timestamp)
+ON CONFLICT (topic, partition) DO UPDATE
+    SET max_timestamp = max(max_timestamp, excluded.max_timestamp);
+
+-- name: expire_windows
+-- Retention: the partition's windows that ended at or before its highest timestamp minus
+-- :retention_ms (a range of windowed_key_counts_by_end).
+DELETE FROM windowed_key_counts
+WHERE topic = :topic AND partition = :partition
+  AND window_end_ms <= (
+      SELECT max_timestamp FROM window_clocks WHERE topic = :topic AND partition = :partition
+  ) - :retention_ms;
+
+-- name: forget_window_counts
+DELETE FROM windowed_key_counts WHERE topic = :topic AND partition = :partition;
+
+-- name: forget_window_clock
+DELETE FROM window_clocks WHERE topic = :topic AND partition = :partition;
 -- name: read_topic_id
 SELECT topic_id FROM topics WHERE topic = :topic;
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,14 @@ OutOfRangePolicy = Literal["reset", "fail"]
 IsolationLevel = Literal["read_committed", "read_uncommitted"]
 OUT_OF_RANGE_POLICIES: tuple[str, ...] = get_args(OutOfRangePolicy)
 ISOLATION_LEVELS: tuple[str, ...] = get_args(IsolationLevel)
+# How keys and values reach the processors (sqlstate/decoding.py), and what a record that does
+# not decode does.
+Format = Literal["bytes", "text", "json"]
+FORMATS: tuple[str, ...] = get_args(Format)
+BadRecordPolicy = Literal["fail", "skip", "dead-letter"]
+BAD_RECORD_POLICIES: tuple[str, ...] = get_args(BadRecordPolicy)
+# The processors run when neither --processor nor --sql is given.
+DEFAULT_PROCESSORS = ("counts",)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -102,6 +111,17 @@ class Settings:
     progress_interval_s: float = 5.0
     # How long lag may stand still, or the consumer be out of its group, before /healthz says 503.
     stall_timeout_s: float = 60.0
+    # The state kept: built-in processors by short name and PACKAGE.MODULE:NAME, and SQL files.
+    # Neither given: DEFAULT_PROCESSORS (see ``processor_specs``).
+    processors: tuple[str, ...] = ()
+    sql_files: tuple[Path, ...] = ()
+    key_format: Format = "bytes"
+    value_format: Format = "bytes"
+    on_bad_record: BadRecordPolicy = "fail"
+    # The windowed-counts processor: tumbling windows of record time, and how long they are kept
+    # behind each partition's highest timestamp.
+    window: str = "1m"
+    retention: str = "7d"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -127,6 +147,24 @@ class Settings:
             problems.append("--metrics-port must be between 0 and 65535")
         if not self.metrics_host:
             problems.append("--metrics-host must not be empty")
+        for flag, format in (
+            ("--key-format", self.key_format),
+            ("--value-format", self.value_format),
+        ):
+            if format not in FORMATS:
+                problems.append(f"{flag} must be one of {', '.join(FORMATS)}")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            problems.append(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}")
+        if len(set(self.processors)) != len(self.processors):
+            problems.append(f"a --processor is given twice: {' '.join(self.processors)}")
+        for path in self.sql_files:
+            if not path.is_file():
+                problems.append(f"--sql {path}: no such file")
+        for flag, value in (("--window", self.window), ("--retention", self.retention)):
+            try:
+                duration_ms(value)
+            except ValueError as error:
+                problems.append(f"{flag}: {error}")
         for name in (
             "busy_timeout_s",
             "connect_timeout_s",
@@ -138,6 +176,13 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems
+
+    @property
+    def processor_specs(self) -> tuple[str, ...]:
+        """The ``--processor`` values, or the default when neither those nor ``--sql`` are given."""
+        if self.processors or self.sql_files:
+            return self.processors
+        return DEFAULT_PROCESSORS
 
     @property
     def rebalance_budget_s(self) -> float:
@@ -157,6 +202,19 @@ class Settings:
     def owner(self) -> str:
         """Who claims partitions in the positions table: client id, host and process."""
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(text: str) -> int:
+    """``"90s"``, ``"1m"``, ``"7d"`` ... as milliseconds (units ms, s, m, h, d, w); ValueError
+    for anything else, zero included."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 1m, 2h, 7d or 1w")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def default(name: str, of: type[Settings] | type[Security] = Settings) -> Any:

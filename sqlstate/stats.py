@@ -3,6 +3,8 @@ log, the metrics endpoint and the tests read them."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -15,7 +17,14 @@ class Stats:
     # partitions rebuilt from their log's first offset: out of range, or their topic recreated
     out_of_range_resets: int = 0
     busy_retries: int = 0  # transactions retried because another connection held the lock
+    bad_records: int = 0  # records that did not decode, skipped or dead-lettered, committed
     kafka_offset_commits: int = 0  # positions copied to the group's offsets in Kafka
     kafka_offset_commit_failures: int = 0  # such copies that failed (the database is unaffected)
+    # What processors counted in committed batches, by "processor:counter".
+    processor_counters: Counter[str] = field(default_factory=Counter)
     # Latencies of the batch commits since the metrics last drained them, in seconds.
     commit_seconds: list[float] = field(default_factory=list)
+
+    def count_processors(self, counters: Mapping[str, int]) -> None:
+        if counters:
+            self.processor_counters.update(counters)

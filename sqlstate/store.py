@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
 from sqlstate.database import Database, utc_now
-from sqlstate.errors import IsolationLevelError
+from sqlstate.errors import IsolationLevelError, ProcessorError
 from sqlstate.out_of_range import LogBounds, recreated_refusal, refusal
 from sqlstate.processors.base import Statement
 from sqlstate.queries import sql
-from sqlstate.settings import OutOfRangePolicy
+from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
 
@@ -78,6 +79,7 @@ class PartitionBatch:
     log_end_offset: int | None  # the log end the fetch saw, for the lag
     records: int  # how many records the statements fold in
     statements: Sequence[Statement]
+    bad_records: int = 0  # records left out or dead-lettered: they did not decode
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Committed:
     tp: TopicPartition
     claim: Claim  # the new position, same epoch
     records: int
+    # What the statements that carry a ``counter`` returned, by counter name.
+    counters: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,23 @@ class Store:
             )
         )
 
+    async def check_processors(self, topics: Sequence[str], processors: Sequence[str]) -> None:
+        """Refuse (``ProcessorError``) what ``record_processors`` would refuse, writing nothing."""
+        await self.database.read(
+            functools.partial(_processor_changes, topics=topics, processors=processors)
+        )
+
+    async def record_processors(self, topics: Sequence[str], processors: Sequence[str]) -> None:
+        """Record which processors keep each topic's state, or refuse (``ProcessorError``) a
+        set that differs from the one recorded for a topic that already has positions: a
+        processor added there would miss the records below them, one removed would fall
+        behind them unseen."""
+        await self.database.transaction(
+            functools.partial(
+                _record_processors, topics=topics, processors=processors, now=utc_now()
+            )
+        )
+
     async def positions(self) -> list[Position]:
         return await self.database.read(_positions)
 
@@ -230,8 +251,10 @@ def _commit_batch(
         if moved != 1:
             outcomes.append(Fenced(part.tp, _position(conn, part.tp), part.records))
             continue
-        _run(conn, part.statements)
-        outcomes.append(Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records))
+        counters = _run(conn, part.statements)
+        outcomes.append(
+            Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
+        )
     return outcomes
 
 
@@ -384,9 +407,56 @@ def _restart(
     return True
 
 
-def _run(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+def _run(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:
+    """Run prepared statements in order; return what the counting ones returned."""
+    counters: Counter[str] = Counter()
     for statement in statements:
-        conn.executemany(statement.sql, statement.rows)
+        if statement.counter is None:
+            conn.executemany(statement.sql, statement.rows)
+            continue
+        for row in statement.rows:
+            counters[statement.counter] += int(conn.execute(statement.sql, row).fetchone()[0] or 0)
+    return counters
+
+
+def _record_processors(
+    conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str], now: str
+) -> None:
+    for topic, recorded in _processor_changes(conn, topics, processors).items():
+        conn.execute(sql("forget_recorded_processors"), {"topic": topic})
+        for processor in recorded:
+            conn.execute(
+                sql("record_processor"), {"topic": topic, "processor": processor, "now": now}
+            )
+
+
+def _processor_changes(
+    conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str]
+) -> dict[str, list[str]]:
+    """The processors to record for each topic whose record is not the one wanted, or
+    ``ProcessorError`` for a topic with positions and another set."""
+    wanted = sorted(processors)
+    changes: dict[str, list[str]] = {}
+    for topic in topics:
+        recorded = [row[0] for row in conn.execute(sql("recorded_processors"), {"topic": topic})]
+        if recorded == wanted:
+            continue
+        if not conn.execute(sql("topic_has_positions"), {"topic": topic}).fetchone()[0]:
+            changes[topic] = wanted
+            continue
+        if not recorded:
+            # Counted before sqlstate recorded its processors: the counts are all there is.
+            recorded = changes[topic] = list(DEFAULT_PROCESSORS)
+            if recorded == wanted:
+                continue
+        raise ProcessorError(
+            f"the state of topic {topic} in this database is kept by processors"
+            f" {', '.join(recorded)}, and this run has {', '.join(wanted) or 'none'}: a"
+            " processor added to a topic that already has positions would miss the records"
+            " below them, and one left out would fall behind unseen. Run with the same"
+            " processors, or start the new set on a new database file"
+        )
+    return changes
 
 
 def _file_name(conn: sqlite3.Connection) -> str:

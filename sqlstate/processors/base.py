@@ -1,44 +1,92 @@
-"""The processor interface: how a kind of state plugs into the batch transaction.
+"""The processor API: how a kind of state plugs into the batch transaction.
 
 A processor only *prepares statements*. Given one partition's records of a batch, it returns the
 statements that fold them into its tables; given a partition to forget (its position is being
 reset, because Kafka no longer holds it), the statements that delete what was derived from it.
 The store runs them inside the same transaction that moves the partition's position, so state
 and position commit or roll back together. A processor never sees a connection, a position or an
-epoch: fencing, positions and transactions are the store's.
+epoch: fencing, positions and transactions are sqlstate's.
 
-The contract that makes it exact: the statements depend only on the records given (no clock, no
-randomness, no reads of other systems), so replaying the same records after a crash, a reset or
-on another host produces the same rows.
+A processor also owns its tables: ``migrations`` creates them. sqlstate applies each migration
+once, in its own transaction, and records it in ``schema_migrations`` as ``<name>/<migration>``,
+so two processors never collide and ``sqlstate migrate --list`` shows them.
+
+The contract that makes it exact:
+
+- the statements depend only on the records given (no clock, no randomness, no reads of other
+  systems, no memory of earlier batches), so replaying the same records after a crash, a reset
+  or on another consumer produces the same rows;
+- what is derived from a partition can be forgotten on its own: keep the partition in your rows
+  (a view can sum across partitions), and ``forget`` deletes those rows;
+- the statements write only the processor's own tables, never sqlstate's (``positions``,
+  ``key_counts``, ``schema_migrations``, ...); sqlstate refuses a processor that does.
+
+See README.md ("Your own state") for a worked example.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-Records = Sequence[ConsumerRecord[bytes, bytes]]
-Parameters = Sequence[Any] | Mapping[str, Any]
+#: One record as a processor gets it: aiokafka's ``ConsumerRecord`` (``topic``, ``partition``,
+#: ``offset``, ``timestamp`` in milliseconds since the epoch, ``key``, ``value``, ``headers``),
+#: with ``key`` and ``value`` as ``--key-format`` and ``--value-format`` decode them: ``bytes``
+#: (the default), ``str`` for ``text``, or the JSON text as ``str`` for ``json``. A null key or
+#: value (a tombstone) is ``None`` in every format.
+Record: TypeAlias = ConsumerRecord[Any, Any]
+Records: TypeAlias = Sequence[Record]
+#: The parameters of one execution of a statement: a tuple for ``?``, a mapping for ``:name``.
+Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
+
+#: A processor's name: it prefixes its recorded migrations and labels its metrics.
+NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+#: A migration's name: ``NNNN_what`` (the order is the name's).
+MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
 class Statement:
-    """One SQL statement and the rows of parameters to run it with (one ``executemany``)."""
+    """One SQL statement and the rows of parameters to run it with (one ``executemany``).
+
+    ``counter``: when set, the statement is instead a query returning one integer (run once per
+    row of parameters); once the batch commits, the numbers are added to the processor's
+    counter of that name, exported as ``sqlstate_processor_records_total{processor, counter}``.
+    A counter is for people watching; it never feeds back into state.
+    """
 
     sql: str
     rows: Sequence[Parameters]
+    counter: str | None = None
 
 
+@dataclass(frozen=True)
+class Migration:
+    """One step of a processor's schema: ``name`` as ``NNNN_what``; ``script`` one or more
+    SQL statements, applied in one transaction together with its record."""
+
+    name: str
+    script: str
+
+
+@runtime_checkable
 class Processor(Protocol):
     """A kind of derived state kept in the database."""
 
     @property
     def name(self) -> str:
-        """A short name, unique among the daemon's processors (it prefixes their tables)."""
+        """A short name, unique among the daemon's processors: lowercase letters, digits, ``_``
+        and ``-`` (``NAME``). It namespaces the processor's recorded migrations, so keep it."""
+
+    @property
+    def migrations(self) -> Sequence[Migration]:
+        """The processor's own schema, in order: its tables, indexes and views. Applied once
+        each before the daemon joins its group; never edit one that was applied, add another."""
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         """The statements that fold ``records`` (one partition's share of a batch, in offset
@@ -46,18 +94,3 @@ class Processor(Protocol):
 
     def forget(self, tp: TopicPartition) -> Sequence[Statement]:
         """The statements that delete everything derived from partition ``tp``."""
-
-
-class Processors:
-    """All processors of a daemon; their statements run in order in the same transaction."""
-
-    def __init__(self, members: Sequence[Processor]) -> None:
-        self.members = tuple(members)
-
-    def statements(self, tp: TopicPartition, records: Records) -> list[Statement]:
-        if not records:
-            return []
-        return [s for processor in self.members for s in processor.statements(tp, records)]
-
-    def forget(self, tp: TopicPartition) -> list[Statement]:
-        return [s for processor in self.members for s in processor.forget(tp)]

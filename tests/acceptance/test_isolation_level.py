@@ -65,12 +65,15 @@ async def test_another_isolation_level_is_refused(
 
 
 def as_made_by_the_previous_release(database: Path) -> None:
-    """Take away what the previous release's schema does not have: no topic IDs, no level."""
+    """Take away what the previous release's schema does not have: no topic IDs, no level, no
+    record of processors."""
     conn = sqlite3.connect(database)
     try:
         with conn:
             conn.execute("DROP TABLE topics")
             conn.execute("DROP TABLE state_settings")
+            conn.execute("DROP TABLE topic_processors")
+            conn.execute("DROP TABLE rejected_records")
             conn.execute("DELETE FROM schema_migrations WHERE name != '0001_initial.sql'")
     finally:
         conn.close()

@@ -279,8 +279,12 @@ async def test_every_metric_of_the_grafana_dashboard_is_served(
     database = tmp_path / "state.db"
     messages = keyed_messages(600, partitions=3, odd=False)
     await produce_keyed(kafka_bootstrap, topic, messages)
-    # Healthy and caught up: every partition fetched, so the lag gauges have their samples.
-    daemon, base = await observed_daemon(kafka_bootstrap, topic, group_id, database, daemons)
+    # Healthy and caught up: every partition fetched, so the lag gauges have their samples; and
+    # windowed-counts beside the counts, so that the processors' counter has one.
+    daemon, base = await observed_daemon(
+        kafka_bootstrap, topic, group_id, database, daemons, "--processor", "counts",
+        "--processor", "windowed-counts",
+    )  # fmt: skip
     status, body = await asyncio.to_thread(_get, f"{base}/metrics")
     assert status == 200
     families = {

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.kafka import MessageLike, delete_records, log_end_offsets
 from tests.support.kafka import produce as produce_messages
-from tests.support.oracle import Verdict, assert_exactly_once
+from tests.support.oracle import COUNTS, Model, Verdict, assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short group timings so that a paused or dead member is noticed in seconds, not minutes.
@@ -121,13 +121,15 @@ async def caught_up(
     topic: str,
     daemons: Sequence[Daemon],
     timeout: float = 90.0,
+    models: Sequence[Model] = COUNTS,
 ) -> Verdict:
-    """Wait until every partition's position reaches the end of the log, then apply the oracle."""
+    """Wait until every partition's position reaches the end of the log, then apply the oracle
+    (to the counts, or to each processor's state ``models`` describe)."""
     ends = await log_end_offsets(bootstrap, topic, isolation_level="read_committed")
     await wait_for_positions(
         database, {(topic, p): end for p, end in ends.items()}, timeout, daemons
     )
-    return await assert_exactly_once(bootstrap, database, topic)
+    return await assert_exactly_once(bootstrap, database, topic, models)
 
 
 async def out_of_range_while_running(

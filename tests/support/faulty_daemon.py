@@ -33,7 +33,8 @@ from sqlstate import cli, consumer, migrate, rebalance
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.group_offsets import GroupOffsets
-from sqlstate.processors.base import Processors, Statement
+from sqlstate.processors.base import Statement
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Listener
 from sqlstate.store import Store
 

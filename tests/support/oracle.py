@@ -1,41 +1,225 @@
 """The exactly-once oracle: one check that every fault test and the soak apply at the end.
 
-For every partition of a topic, the counts in the database must equal exactly the count, per key,
-of the records in ``[first offset, stored position)`` that a ``read_committed`` consumer reads, and
-``PRAGMA quick_check`` must say ``ok``. Counts missing from the database are *lost*, counts beyond
-what Kafka holds are *duplicated*; the two are reported separately so a failure says which promise
-broke. A partition the database has no position for must have no counts either.
+For every partition of a topic, each processor's state in the database must equal exactly what
+its definition makes of the records in ``[first offset, stored position)`` that a
+``read_committed`` consumer reads, and ``PRAGMA quick_check`` must say ``ok``. A *model* says,
+for one processor, what the state must be (from the records) and what it is (from the database),
+both as a ``Counter`` of rows: for the counts, ``(partition, key) -> count``; for a table of
+values, each row once. State missing from the database is *lost*, state beyond what the records
+make is *duplicated*; the two are reported separately so a failure says which promise broke. A
+partition the database has no position for must have no state either.
 
-The first offset is the log start Kafka reports now; the fault tests never delete records, so it is
-the offset the daemon started from.
+The first offset is the log start Kafka reports now: the fault tests delete records only
+below a stored position, so it is the offset the daemon (re)started the partition from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from sqlstate.processors.base import Record
 from sqlstate.processors.counting import stored_key
+from sqlstate.processors.windowed import iso_utc, window_start
+from tests.support.db import connect_read_only
 
 StoredKey = str | bytes | None
-PartitionKey = tuple[int, StoredKey]
+Row = tuple[Any, ...]
+
+
+class Model(Protocol):
+    """One processor's state: what the records make of it, and what the database holds."""
+
+    name: str
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        """The state that ``records`` (one topic, in offset order per partition, only those
+        below the stored positions) must give."""
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        """The state in the database, read in the oracle's read transaction."""
+
+
+Decodes = Callable[[Record], bool]
+
+
+def always(record: Record) -> bool:
+    return True
+
+
+def json_value(record: Record) -> bool:
+    """Whether the value decodes under ``--value-format json`` (a null value does)."""
+    if record.value is None:
+        return True
+    try:
+        json.loads(record.value.decode("utf-8"), parse_constant=_not_json)
+    except ValueError:
+        return False
+    return True
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(constant)
+
+
+@dataclass
+class Counts:
+    """``counts``: (partition, key) -> records (that decode)."""
+
+    decodes: Decodes = always
+    name: str = "counts"
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        return Counter((r.partition, stored_key(r.key)) for r in records if self.decodes(r))
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        counts: Counter[Row] = Counter()
+        rows = conn.execute(
+            "SELECT partition, key, count FROM key_counts WHERE topic = ?", (topic,)
+        )
+        for partition, key, count in rows:
+            counts[(partition, key)] += count
+        return counts
+
+
+@dataclass
+class Latest:
+    """``latest``: each key's last value per partition; a null value deletes the key."""
+
+    decodes: Decodes = always
+    name: str = "latest"
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        last: dict[tuple[int, StoredKey], Record] = {}
+        for r in records:
+            if self.decodes(r):
+                last[(r.partition, stored_key(r.key))] = r
+        return Counter(
+            (partition, key, stored_key(r.value), r.offset, r.timestamp)
+            for (partition, key), r in last.items()
+            if r.value is not None
+        )
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        rows = conn.execute(
+            "SELECT partition, key, value, offset, timestamp FROM latest WHERE topic = ?", (topic,)
+        )
+        return Counter(tuple(row) for row in rows)
+
+
+@dataclass
+class WindowedCounts:
+    """``windowed-counts``: per partition, a record counts in its window unless the window
+    ended at or before the highest timestamp so far (its own included) minus the retention;
+    windows ended at or before the partition's highest timestamp minus it are gone."""
+
+    window_ms: int
+    retention_ms: int
+    decodes: Decodes = always
+    name: str = "windowed-counts"
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        counts: Counter[tuple[int, StoredKey, int]] = Counter()
+        highest: dict[int, int] = {}
+        for r in records:
+            if not self.decodes(r):
+                continue
+            highest[r.partition] = max(highest.get(r.partition, r.timestamp), r.timestamp)
+            start = window_start(r.timestamp, self.window_ms)
+            if start + self.window_ms > highest[r.partition] - self.retention_ms:
+                counts[(r.partition, stored_key(r.key), start)] += 1
+        return Counter(
+            {
+                (partition, key, iso_utc(start)): n
+                for (partition, key, start), n in counts.items()
+                if start + self.window_ms > highest[partition] - self.retention_ms
+            }
+        )
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        rows = conn.execute(
+            "SELECT partition, key, window_start, count FROM windowed_key_counts WHERE topic = ?",
+            (topic,),
+        )
+        return Counter({(p, key, start): n for p, key, start, n in rows})
+
+
+@dataclass
+class CustomerAmounts:
+    """``examples/customer_totals.sql``: per partition, the sum of ``amount_cents`` per
+    ``customer`` of the values that are such orders."""
+
+    decodes: Decodes = always
+    name: str = "customer_totals"
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        amounts: Counter[Row] = Counter()
+        for r in records:
+            if r.value is None or not self.decodes(r):
+                continue
+            order = json.loads(r.value)
+            if not isinstance(order, dict):
+                continue
+            customer, cents = order.get("customer"), order.get("amount_cents")
+            if isinstance(customer, str) and type(cents) is int:
+                amounts[(r.partition, customer)] += cents
+        return amounts
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        rows = conn.execute(
+            "SELECT partition, customer, amount_cents FROM customer_amounts WHERE topic = ?",
+            (topic,),
+        )
+        return Counter({(p, customer): cents for p, customer, cents in rows})
+
+
+@dataclass
+class Rejected:
+    """``rejected_records``: with ``--on-bad-record dead-letter``, every record that does not
+    decode, once; with ``skip``, none."""
+
+    decodes: Decodes
+    dead_letter: bool
+    name: str = "rejected_records"
+
+    def expected(self, records: Sequence[Record]) -> Counter[Row]:
+        if not self.dead_letter:
+            return Counter()
+        return Counter(
+            (r.partition, r.offset, stored_key(r.key), stored_key(r.value))
+            for r in records
+            if not self.decodes(r)
+        )
+
+    def stored(self, conn: sqlite3.Connection, topic: str) -> Counter[Row]:
+        rows = conn.execute(
+            "SELECT partition, offset, key, value FROM rejected_records WHERE topic = ?",
+            (topic,),
+        )
+        return Counter(tuple(row) for row in rows)
+
+
+COUNTS: Sequence[Model] = (Counts(),)
 
 
 @dataclass
 class Verdict:
-    """What the oracle found for one topic."""
+    """What the oracle found for one topic. ``lost`` and ``duplicated`` are keyed by
+    ``(model, *row)``: ``("counts", partition, key)`` for the counts."""
 
     topic: str
     positions: dict[int, int]
-    read_back: int  # records the read_committed consumer counted below the stored positions
-    lost: Counter[PartitionKey] = field(default_factory=Counter)
-    duplicated: Counter[PartitionKey] = field(default_factory=Counter)
+    read_back: int  # records the read_committed consumer read below the stored positions
+    lost: Counter[Row] = field(default_factory=Counter)
+    duplicated: Counter[Row] = field(default_factory=Counter)
     quick_check: str = "ok"
 
     @property
@@ -51,9 +235,11 @@ class Verdict:
         return not self.lost and not self.duplicated and self.quick_check == "ok"
 
     def describe(self) -> str:
-        def sample(counter: Counter[PartitionKey]) -> str:
+        def sample(counter: Counter[Row]) -> str:
             items = sorted(counter.items(), key=repr)[:10]
-            return ", ".join(f"p{p} {key!r:.40}: {n}" for (p, key), n in items)
+            return ", ".join(
+                f"{' '.join(repr(part)[:40] for part in row)}: {n}" for row, n in items
+            )
 
         return (
             f"topic {self.topic}: positions {self.positions}, {self.read_back} records read back;"
@@ -63,37 +249,35 @@ class Verdict:
         )
 
 
-def read_database(database: Path, topic: str) -> tuple[dict[int, int], Counter[PartitionKey], str]:
-    """(positions, counts, quick_check) read as any SQLite client would, read-only."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+def read_database(
+    database: Any, topic: str, models: Sequence[Model] = COUNTS
+) -> tuple[dict[int, int], dict[str, Counter[Row]], str]:
+    """(positions, each model's stored state, quick_check) read as any SQLite client would."""
+    conn = connect_read_only(database)
     try:
-        # One read transaction, so positions and counts come from the same committed batch.
+        # One read transaction, so positions and state come from the same committed batch.
         conn.execute("BEGIN")
         positions = dict(
             conn.execute(
                 "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
             ).fetchall()
         )
-        counts: Counter[PartitionKey] = Counter()
-        for partition, key, count in conn.execute(
-            "SELECT partition, key, count FROM key_counts WHERE topic = ?", (topic,)
-        ):
-            counts[(partition, key)] += count
+        stored = {model.name: model.stored(conn, topic) for model in models}
         conn.execute("COMMIT")
         problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
     finally:
         conn.close()
-    return positions, counts, "ok" if problems == ["ok"] else "; ".join(problems[:3])
+    return positions, stored, "ok" if problems == ["ok"] else "; ".join(problems[:3])
 
 
-async def read_committed_counts(
+async def read_committed(
     bootstrap: str, topic: str, until: dict[int, int], timeout: float = 60.0
-) -> tuple[Counter[PartitionKey], int]:
-    """Count keys of the records below ``until[partition]`` that a read_committed reader sees."""
-    counts: Counter[PartitionKey] = Counter()
+) -> list[Record]:
+    """The records below ``until[partition]`` that a read_committed reader sees, raw, in offset
+    order per partition."""
     tps = [TopicPartition(topic, p) for p, end in until.items() if end > 0]
     if not tps:
-        return counts, 0
+        return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -103,7 +287,7 @@ async def read_committed_counts(
         fetch_max_bytes=50_000_000,
     )
     await consumer.start()
-    read = 0
+    records: list[Record] = []
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -117,36 +301,36 @@ async def read_committed_counts(
                     f" stuck at {positions}"
                 )
             batch = await consumer.getmany(*pending, timeout_ms=500, max_records=20_000)
-            for tp, records in batch.items():
-                end = until[tp.partition]
-                for record in records:
-                    if record.offset < end:
-                        counts[(tp.partition, stored_key(record.key))] += 1
-                        read += 1
+            for tp, fetched in batch.items():
+                records += [r for r in fetched if r.offset < until[tp.partition]]
             for tp in list(pending):
                 if await consumer.position(tp) >= until[tp.partition]:
                     pending.discard(tp)
     finally:
         await consumer.stop()
-    return counts, read
+    return records
 
 
-async def check(bootstrap: str, database: Path, topic: str) -> Verdict:
+async def check(
+    bootstrap: str, database: Any, topic: str, models: Sequence[Model] = COUNTS
+) -> Verdict:
     """Apply the oracle to ``topic`` as the database stands now."""
-    positions, stored, quick_check = await asyncio.to_thread(read_database, database, topic)
-    expected, read = await read_committed_counts(bootstrap, topic, positions)
-    return Verdict(
-        topic=topic,
-        positions=positions,
-        read_back=read,
-        lost=expected - stored,
-        duplicated=stored - expected,
-        quick_check=quick_check,
-    )
+    positions, stored, quick_check = await asyncio.to_thread(read_database, database, topic, models)
+    records = await read_committed(bootstrap, topic, positions)
+    verdict = Verdict(topic=topic, positions=positions, read_back=len(records))
+    verdict.quick_check = quick_check
+    for model in models:
+        expected = model.expected(records)
+        lost, duplicated = expected - stored[model.name], stored[model.name] - expected
+        verdict.lost.update({(model.name, *row): n for row, n in lost.items()})
+        verdict.duplicated.update({(model.name, *row): n for row, n in duplicated.items()})
+    return verdict
 
 
-async def assert_exactly_once(bootstrap: str, database: Path, topic: str) -> Verdict:
+async def assert_exactly_once(
+    bootstrap: str, database: Any, topic: str, models: Sequence[Model] = COUNTS
+) -> Verdict:
     """The oracle as an assertion, with a readable failure."""
-    verdict = await check(bootstrap, database, topic)
+    verdict = await check(bootstrap, database, topic, models)
     assert verdict.ok, verdict.describe()
     return verdict

@@ -1,4 +1,5 @@
-"""Every named query parses and compiles against the migrated schema."""
+"""Every named query parses and compiles against the migrated schema (the built-in processors'
+migrations included)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def test_every_query_compiles() -> None:
     with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
         for migration in migrate.available():
             conn.executescript(migration.script)
+        for processor in ("latest", "windowed-counts"):
+            for migration in migrate.bundled(processor):
+                conn.executescript(migration.script)
         conn.execute(queries.sql("create_migrations_table"))
         transaction_control = {"begin_immediate", "commit", "rollback"}
         for name, statement in queries._all().items():
@@ -35,6 +39,6 @@ def test_every_query_compiles() -> None:
 
 def _dummy_params(statement: str) -> dict[str, None] | tuple[None, ...]:
     if "?" in statement:
-        return (None,) * statement.count("?")
-
+        numbered = [int(n) for n in re.findall(r"\?(\d+)", statement)]
+        return (None,) * (max(numbered) if numbered else statement.count("?"))
     return {name: None for name in re.findall(r":(\w+)", statement)}

@@ -14,11 +14,13 @@ from aiokafka import TopicPartition
 from sqlstate import migrate, rebalance, topic_watch
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
+from sqlstate.decoding import BadRecords, Decoding
 from sqlstate.errors import DatabaseBusyError
 from sqlstate.group_offsets import GroupOffsets
 from sqlstate.out_of_range import LogBounds
-from sqlstate.processors.base import Processors, Statement
+from sqlstate.processors.base import Statement
 from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -276,6 +278,7 @@ async def test_an_out_of_range_lookup_is_made_outside_the_ownership_lock(tmp_pat
         claimer,
         TopicWatch(consumer, ownership),
         GroupOffsets(consumer, ownership, stats, enabled=False),
+        BadRecords(Decoding("bytes", "bytes"), "fail"),
     )
     try:
         await listener.on_partitions_assigned({A, B})

@@ -16,8 +16,9 @@ from sqlstate import migrate
 from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, IsolationLevelError, OutOfRangeError
 from sqlstate.out_of_range import LogBounds
-from sqlstate.processors.base import Processors, Statement
+from sqlstate.processors.base import Statement
 from sqlstate.processors.counting import KeyCounter, stored_key
+from sqlstate.processors.registry import Processors
 from sqlstate.queries import sql
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.store import Claim, Claimed, Committed, Fenced, PartitionBatch, Store

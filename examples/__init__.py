@@ -1,0 +1,1 @@
+"""Worked examples of processors of your own (README.md, "Your own state")."""

@@ -1,0 +1,174 @@
+"""Keys and values as ``--key-format``/``--value-format`` say, and records that do not decode.
+
+``bytes`` (the default) leaves them as Kafka has them and costs nothing. ``text`` requires UTF-8
+and gives ``str``; ``json`` also requires a JSON document and gives its text, validated once
+here, as ``str``, ready for SQLite's JSON functions. A null key or value (a tombstone) stays
+``None`` in every format.
+
+Decoding runs inside aiokafka, as its ``key_deserializer``/``value_deserializer``, while it
+builds each record, so a good record costs no second object. A deserializer that raised would
+break the fetch, so these never raise: a record that does not decode gets an ``Undecodable``
+in place of its key or value, and the ``failures`` counter moves. The batch loop then sorts
+the batch (only when the counter moved during its ``getmany()``) and applies
+``--on-bad-record``:
+
+- ``fail``: stop with exit code 8 before the batch is handed to the store: nothing of it is
+  committed, and the next start fetches it again;
+- ``skip``: leave the record out of the state, count it (``sqlstate_bad_records_total``) and
+  log it;
+- ``dead-letter``: write it to ``rejected_records`` in the batch's own transaction.
+
+Either way the record's offset is passed with its batch: never lost, never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from sqlstate.errors import BadRecordError
+from sqlstate.logs import partition_fields
+from sqlstate.processors.base import Record, Records, Statement
+from sqlstate.processors.counting import stored_key
+from sqlstate.queries import sql
+from sqlstate.settings import BadRecordPolicy, Format
+
+logger = logging.getLogger(__name__)
+
+Deserializer = Callable[[bytes | None], Any]
+
+
+class Undecodable:
+    """In place of a key or value that did not decode: the bytes as they came, and why."""
+
+    __slots__ = ("error", "raw")
+
+    def __init__(self, raw: bytes, error: str) -> None:
+        self.raw = raw
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.raw[:40]!r}, {self.error!r})"
+
+
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity; JSON (and SQLite's JSON functions) do not.
+    raise ValueError(f"{constant} is not JSON")
+
+
+# One decoder for every value: json.loads with any option builds a new decoder at each call,
+# which costs more than parsing a small document.
+_JSON = json.JSONDecoder(parse_constant=_not_json)
+
+
+class Decoding:
+    """The deserializers of one consumer, and how many records they could not decode."""
+
+    def __init__(self, key_format: Format, value_format: Format) -> None:
+        self.failures = 0
+        self.key_deserializer = self._deserializer("key", key_format)
+        self.value_deserializer = self._deserializer("value", value_format)
+
+    def _deserializer(self, what: str, format: Format) -> Deserializer | None:
+        if format == "bytes":
+            return None
+        as_json = format == "json"
+
+        def decode(raw: bytes | None) -> Any:
+            if raw is None:
+                return None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                self.failures += 1
+                return Undecodable(
+                    raw, f"{what} is not UTF-8 text ({error.reason} at byte {error.start})"
+                )
+            if as_json:
+                try:
+                    _JSON.decode(text)
+                except (ValueError, RecursionError) as error:
+                    self.failures += 1
+                    return Undecodable(raw, f"{what} is not JSON ({error})")
+            return text
+
+        return decode
+
+
+def sort_out(records: Records) -> tuple[list[Record], list[Record]]:
+    """(the records that decoded, those that did not), each in offset order."""
+    good: list[Record] = []
+    bad: list[Record] = []
+    for record in records:
+        if type(record.key) is Undecodable or type(record.value) is Undecodable:
+            bad.append(record)
+        else:
+            good.append(record)
+    return good, bad
+
+
+def reason(record: Record) -> str:
+    """Why a record did not decode."""
+    return "; ".join(part.error for part in (record.key, record.value) if type(part) is Undecodable)
+
+
+def _raw(part: Any) -> Any:
+    return stored_key(part.raw if type(part) is Undecodable else part)
+
+
+class BadRecords:
+    """Applies ``--on-bad-record`` to each partition's share of a batch."""
+
+    def __init__(self, decoding: Decoding, policy: BadRecordPolicy) -> None:
+        self.decoding = decoding
+        self.policy = policy
+
+    def mark(self) -> int:
+        """Where the failure counter stands; take it just before ``getmany()``."""
+        return self.decoding.failures
+
+    def sort(
+        self, tp: TopicPartition, records: Records, mark: int
+    ) -> tuple[Records, Sequence[Statement], int]:
+        """(the records for the processors, the dead-letter statements, how many records did
+        not decode). Raises ``BadRecordError`` under ``fail``."""
+        if self.decoding.failures == mark or not records:
+            return records, (), 0  # nothing failed to decode in this batch
+        good, bad = sort_out(records)
+        if not bad:
+            return records, (), 0
+        first = bad[0]
+        if self.policy == "fail":
+            raise BadRecordError(
+                f"{tp.topic}-{tp.partition} offset {first.offset}: {reason(first)}; stopped"
+                " before committing its batch (--on-bad-record fail): fix the topic, or run with"
+                " --on-bad-record skip or dead-letter"
+            )
+        kept = "left out" if self.policy == "skip" else "written to rejected_records"
+        logger.warning(
+            "%s-%d: %d records do not decode, %s; first at offset %d: %s",
+            tp.topic,
+            tp.partition,
+            len(bad),
+            kept,
+            first.offset,
+            reason(first),
+            extra={
+                "event": "bad_records",
+                **partition_fields(tp),
+                "records": len(bad),
+                "policy": self.policy,
+                "first_offset": first.offset,
+                "reason": reason(first),
+            },
+        )
+        if self.policy == "skip":
+            return good, (), len(bad)
+        rows = [
+            (tp.topic, tp.partition, r.offset, _raw(r.key), _raw(r.value), reason(r)) for r in bad
+        ]
+        return good, (Statement(sql("insert_rejected_record"), rows),), len(bad)
