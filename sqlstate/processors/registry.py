@@ -134,20 +134,26 @@ class Processors:
     def checked(cls, members: Sequence[Processor]) -> Processors:
         """The processors, with a guard that has already accepted their migrations."""
         guard = Guard()
-        guard.add_sqlstate_schema(migration.script for migration in migrate.available())
-        for member in members:
-            for migration in sorted(member.migrations, key=lambda m: m.name):
-                where = f"migration {migration.name}"
-                try:
-                    migrate.split(migration.script)  # as it will be applied
-                except ValueError as error:
-                    raise ProcessorError(f"processor {member.name} ({where}): {error}") from error
-                guard.apply(member.name, migration.script, where)
-        # Forgetting runs inside the reset's transaction, in the database thread, where the
-        # guard (whose connection the event loop uses) must not run: check it here, once.
-        for member in members:
-            for statement in member.forget(TopicPartition("a-topic", 0)):
-                guard.check(member.name, statement.sql, _first(statement), "forget")
+        try:
+            guard.add_sqlstate_schema(migration.script for migration in migrate.available())
+            for member in members:
+                for migration in sorted(member.migrations, key=lambda m: m.name):
+                    where = f"migration {migration.name}"
+                    try:
+                        migrate.split(migration.script)  # as it will be applied
+                    except ValueError as error:
+                        raise ProcessorError(
+                            f"processor {member.name} ({where}): {error}"
+                        ) from error
+                    guard.apply(member.name, migration.script, where)
+            # Forgetting runs inside the reset's transaction, in the database thread, where the
+            # guard (whose connection the event loop uses) must not run: check it here, once.
+            for member in members:
+                for statement in member.forget(TopicPartition("a-topic", 0)):
+                    guard.check(member.name, statement.sql, _first(statement), "forget")
+        except BaseException:
+            guard.close()  # refused: nobody else will close its scratch connection
+            raise
         return cls(members, guard)
 
     def statements(self, tp: TopicPartition, records: Records) -> list[Statement]:
