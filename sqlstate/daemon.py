@@ -89,7 +89,10 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
             loop.remove_signal_handler(signum)
 
 
-async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+async def _start_consumer(
+    consumer: AIOKafkaConsumer, settings: Settings, stop: asyncio.Event
+) -> bool:
+    """Connect, retrying until ``--connect-timeout``: whether it connected (not when ``stop``)."""
     # A broker that is restarting refuses connections at once, and aiokafka gives up on the first
     # refusal: keep trying until the connect timeout, so that a daemon restarted during a broker
     # restart comes up with it. A failed start() can be repeated: it fails in bootstrap(),
@@ -104,6 +107,10 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
             existing = await asyncio.wait_for(consumer.topics(), deadline - time.monotonic())
             break
         except (TimeoutError, KafkaError, OSError) as error:
+            # The signal's cancellation can be lost: Python 3.11's wait_for returns the inner
+            # result when the inner task is already done as it is cancelled. Look at ``stop`` too.
+            if stop.is_set():
+                return False
             # aiokafka reports a refused login or handshake like an unreachable broker; ask why.
             refused = None
             if isinstance(error, KafkaConnectionError):
@@ -129,13 +136,17 @@ async def _start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> Non
                     "reason": repr(error),
                 },
             )
-            await asyncio.sleep(_CONNECT_RETRY_PAUSE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _CONNECT_RETRY_PAUSE_S)
+            if stop.is_set():
+                return False
     missing = sorted(set(settings.topics) - set(existing))
     if missing:
         raise TopicNotFoundError(
             f"topic {', '.join(missing)} does not exist at {settings.bootstrap_servers};"
             " create it first (sqlstate never creates topics)"
         )
+    return True
 
 
 async def _start_unless_stopped(
@@ -152,25 +163,26 @@ async def _start_unless_stopped(
     """
     if stop.is_set():
         return False
-    starting = asyncio.create_task(_start_consumer(consumer, settings))
+    starting = asyncio.create_task(_start_consumer(consumer, settings, stop))
 
     def cancel_start() -> None:
         starting.cancel()
 
     on_stop.append(cancel_start)
     try:
-        await starting
+        started = await starting
     except asyncio.CancelledError:
         # Our own cancellation goes on; the signal's ends the start quietly.
         if not stop.is_set() or _cancelling():
             raise
+        started = False
+    finally:
+        on_stop.remove(cancel_start)
+    if not started:
         logger.info(
             "stopped while connecting to Kafka", extra={"event": "stopped_while_connecting"}
         )
-        return False
-    finally:
-        on_stop.remove(cancel_start)
-    return True
+    return started
 
 
 def _cancelling() -> bool:
