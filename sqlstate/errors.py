@@ -95,3 +95,17 @@ class BadRecordError(SqlstateError):
     """A record could not be decoded and ``--on-bad-record`` is ``fail``."""
 
     exit_code = 8
+
+
+class ChangelogTopicError(ConfigError):
+    """A changelog topic cannot be named, created or used as sqlstate needs it."""
+
+
+class ChangelogError(BrokerError):
+    """A changelog transaction failed and was not committed: roll back the batch."""
+
+
+class ChangelogFenced(ChangelogError):
+    """Another owner claimed the partition: its producer fenced this one for good."""
+
+    retriable = False

@@ -1,12 +1,13 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
-Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``)
-and the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``). aiokafka is
-pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s assignment check
-and ``in_group``) and the one request sent around aiokafka's API (``commit_group_offsets``) are
-checked by the tests against the real broker. The security options and
-``refusal`` serve every client; they are tested against the test broker's SASL and SSL listeners
-(tests/acceptance/test_security.py).
+Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``),
+the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), and the changelog's
+clients (``build_admin_client``, ``build_changelog_producer``, ``build_changelog_consumer``).
+aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
+assignment check, ``in_group`` and ``transaction_fatal_error``) and the one request sent around
+aiokafka's API (``commit_group_offsets``) are checked by the tests against the real broker. The
+security options and ``refusal`` serve every client; they are tested against the test broker's
+SASL and SSL listeners (tests/acceptance/test_security.py).
 
 Two requests aiokafka has no public call for are sent over the consumer's own connections:
 Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
@@ -27,7 +28,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import ConnectionGroup
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
@@ -58,6 +60,9 @@ _LATEST = -1
 _READ_UNCOMMITTED = 0
 # Whether the warning that the brokers give no topic IDs was logged: once a process is enough.
 _no_topic_ids_said: list[bool] = []
+# A changelog transaction's record batch and produce request (see build_changelog_producer).
+_CHANGELOG_BATCH_BYTES = 1_000_000
+_CHANGELOG_REQUEST_BYTES = 1_048_576
 
 
 def c_parser_loaded() -> bool:
@@ -112,6 +117,62 @@ def build_offsets_consumer(
         isolation_level=isolation_level,
         enable_auto_commit=False,
         **security_options(security),
+    )
+
+
+def build_admin_client(settings: Settings) -> AIOKafkaAdminClient:
+    """An admin client, for creating and checking the changelog topics."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        **security_options(settings.security),
+    )
+
+
+def build_changelog_producer(
+    settings: Settings, transactional_id: str, transaction_timeout_ms: int
+) -> AIOKafkaProducer:
+    """A transactional producer for one changelog partition.
+
+    One transaction per batch goes to one partition, so a batch is one produce request when its
+    records fit in one record batch: aiokafka sends one record batch per partition and request,
+    and waits for its answer before the next, so the default 16 KiB batches would cost a round
+    trip per 16 KiB. 1 MB stays within the broker's default ``message.max.bytes`` (1 MiB + 12).
+    No linger: the commit flushes at once anyway.
+    """
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=transaction_timeout_ms,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=0,
+        max_batch_size=_CHANGELOG_BATCH_BYTES,
+        max_request_size=_CHANGELOG_REQUEST_BYTES,
+        **security_options(settings.security),
+    )
+
+
+def build_changelog_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer outside any group that reads changelog partitions it is assigned by hand.
+
+    read_committed whatever the input's isolation level: an aborted changelog transaction is a
+    batch whose SQLite transaction rolled back (or a zombie's), and must never be applied. No
+    automatic reset: a position Kafka no longer has raises OffsetOutOfRangeError, so the reader
+    decides and says so.
+    """
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        isolation_level="read_committed",
+        fetch_max_bytes=settings.fetch_max_bytes,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
+        **security_options(settings.security),
     )
 
 
@@ -188,6 +249,33 @@ def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | N
         return None
     position: int = state.position
     return position
+
+
+def transaction_fatal_error(producer: AIOKafkaProducer) -> BaseException | None:
+    """The error that ended a transactional producer for good, or None while it can still
+    run transactions.
+
+    When the broker answers that a newer producer took the transactional id (fenced), aiokafka's
+    sender task raises and stops, and every later ``begin_transaction`` or
+    ``abort_transaction`` fails on an internal assertion rather than with that error; this reads
+    it first.
+    """
+    manager = producer._txn_manager
+    if manager is None or not manager.is_fatal_error():
+        return None
+    # The stopped sender failed every queued batch, also setting the error on each batch's
+    # "drained" future, which only aiokafka's own waits read: unread, each would be logged as
+    # "Future exception was never retrieved" (an ERROR line per batch) when collected.
+    for batches in producer._message_accumulator._batches.values():
+        for batch in batches:
+            drained = batch._drain_waiter
+            if drained.done() and not drained.cancelled():
+                drained.exception()
+    waiter = manager.wait_for_transaction_end()
+    error: BaseException | None = None
+    if waiter is not None and waiter.done() and not waiter.cancelled():
+        error = waiter.exception()
+    return error or KafkaError("the transactional producer stopped")
 
 
 def log_end(consumer: AIOKafkaConsumer, tp: TopicPartition, isolation_level: str) -> int | None:

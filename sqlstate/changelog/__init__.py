@@ -1,0 +1,1 @@
+"""The changelog: how state follows its partitions between hosts through Kafka."""

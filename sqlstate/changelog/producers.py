@@ -1,0 +1,305 @@
+"""The owner's side of the changelog: one transactional producer per claimed input partition.
+
+A batch's changes to one partition's state go to that partition's changelog partition in one
+Kafka transaction, the changed rows then the partition's new position, committed before the
+batch's SQLite transaction. The producer's ``transactional_id`` is derived from the group, the
+topic and the partition (``topics.transactional_id``), the same on every host, so:
+
+- ``start()`` (InitProducerId) bumps the id's epoch: every earlier producer of that partition,
+  on any host, is fenced for good, and the transaction it had open is aborted. The broker answers
+  only once that abort is complete, so after ``start()`` the changelog partition's last stable
+  offset is final: whatever an earlier owner committed lies below it, and nothing can be added
+  but by this producer. That is what makes a restore read to that end complete.
+- a fenced producer's ``publish()`` raises ``ChangelogFenced``; its transaction was not
+  committed, so the caller rolls back its SQLite transaction and the zombie changes nothing.
+
+Every other failure aborts the Kafka transaction (or, when the producer cannot even abort, closes
+it) and raises ``ChangelogError``: the caller rolls back too. After ``ChangelogFenced``, or a
+``ChangelogError`` that left ``usable`` False (a timeout, a producer that stopped), the partition
+must be claimed again before it is written: a new producer's ``start()`` and a restore from the
+file's changelog offset (a transaction whose outcome was unknown may have committed). A producer
+is never restarted on its own: starting one fences the current owner, which only a claim may do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from sqlstate.changelog.topics import changelog_topic, transactional_id
+from sqlstate.errors import ChangelogError, ChangelogFenced
+from sqlstate.kafka import build_changelog_producer, transaction_fatal_error
+from sqlstate.logs import partition_fields
+from sqlstate.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: A changelog record as the capture gives it: the row's key, and its full new value or None
+#: (a tombstone: the row was deleted).
+Row: TypeAlias = tuple[bytes, bytes | None]
+
+#: The key of the position record, the last record of every changelog transaction.
+POSITION_KEY = b'["$position"]'
+
+# Kafka aborts a transaction left open longer than this. Ours are open only inside publish();
+# one left open by a process that stopped mid-way holds back every read_committed reader of its
+# partition (the standbys) until it is aborted: by the next owner's start(), normally within the
+# group's session timeout, or at the latest after this.
+TRANSACTION_TIMEOUT_MS = 60_000
+# aiokafka retries InitProducerId, produce and EndTxn without end while the broker is away.
+START_TIMEOUT_S = 30.0
+PUBLISH_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+
+
+def position_value(next_offset: int) -> bytes:
+    """The position record's value: the input partition's next offset after the batch."""
+    return b'{"next_offset":%d}' % next_offset
+
+
+class ChangelogProducer:
+    """The transactional producer of one claimed input partition's changelog partition.
+
+    Use: ``await start()`` at the claim, ``await publish(rows, next_offset)`` per batch, ``await
+    stop()`` at the revoke. Not safe for concurrent ``publish()`` calls: the batch loop makes one
+    at a time per partition.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        partition: int,
+        *,
+        start_timeout_s: float = START_TIMEOUT_S,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS,
+    ) -> None:
+        self.input_tp = TopicPartition(topic, partition)
+        self.tp = TopicPartition(changelog_topic(settings.group_id, topic), partition)
+        self.transactional_id = transactional_id(settings.group_id, topic, partition)
+        self._settings = settings
+        self._start_timeout_s = start_timeout_s
+        self._publish_timeout_s = publish_timeout_s
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._fenced = False
+
+    @property
+    def usable(self) -> bool:
+        """Whether ``publish()`` may be called: started, not fenced, not closed by a failure."""
+        return self._producer is not None and not self._fenced
+
+    @property
+    def fenced(self) -> bool:
+        """Whether a newer producer of this partition fenced this one."""
+        return self._fenced
+
+    async def start(self) -> float:
+        """Start the producer: fence every earlier owner of the partition and abort its open
+        transaction. Returns how long that took, in seconds. Raises ChangelogError when Kafka
+        does not answer within the start timeout."""
+        if self._producer is not None:
+            raise ChangelogError(f"the changelog producer of {self.input_tp} is started already")
+        began = time.monotonic()
+        producer = build_changelog_producer(
+            self._settings, self.transactional_id, self._transaction_timeout_ms
+        )
+        self._producer = producer
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                await producer.start()
+        except BaseException as error:
+            await self._close()
+            if isinstance(error, TimeoutError):
+                raise ChangelogError(
+                    f"the changelog producer of {self.input_tp} did not start within"
+                    f" {self._start_timeout_s:g} s (Kafka's transaction coordinator did not"
+                    " answer)"
+                ) from None
+            if isinstance(error, KafkaError):
+                raise ChangelogError(
+                    f"the changelog producer of {self.input_tp} could not start: {error!r}"
+                ) from error
+            raise
+        init_s = time.monotonic() - began
+        logger.debug(
+            "changelog producer of %s started in %.3f s",
+            self.input_tp,
+            init_s,
+            extra={
+                "event": "changelog_producer_started",
+                **partition_fields(self.input_tp, init_s=round(init_s, 3)),
+            },
+        )
+        return init_s
+
+    async def publish(self, rows: Sequence[Row], next_offset: int) -> int:
+        """Publish ``rows`` then the position record (``next_offset``: the input partition's
+        next offset after the batch) in one committed Kafka transaction; return the next
+        changelog offset, the one after the position record.
+
+        Raises ChangelogFenced when a newer producer of the partition fenced this one, and
+        ChangelogError for any other failure; in both cases nothing was committed, or (a
+        timeout during the commit, ``usable`` False afterwards) the outcome is unknown.
+        """
+        producer = self._producer
+        if self._fenced:
+            raise ChangelogFenced(self._fenced_message())
+        if producer is None:
+            raise ChangelogError(f"the changelog producer of {self.input_tp} is not running")
+        settled = False  # the transaction ended (committed or aborted): the producer is fine
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                self._raise_if_stopped(producer)
+                await producer.begin_transaction()
+                try:
+                    last_offset = await self._send(producer, rows, next_offset)
+                except BaseException:
+                    await self._abort(producer)
+                    settled = True
+                    raise
+                await producer.commit_transaction()
+        except (ProducerFenced, InvalidProducerEpoch) as error:
+            await self._fence()
+            raise ChangelogFenced(self._fenced_message()) from error
+        except TimeoutError:
+            # The commit may still be on its way (aiokafka shields it from cancellation), and the
+            # producer is mid-transaction: only closing it ends that.
+            await self._close()
+            raise ChangelogError(
+                f"the changelog transaction of {self.input_tp} did not complete within"
+                f" {self._publish_timeout_s:g} s; its outcome is unknown and the producer is"
+                " closed: claim the partition again"
+            ) from None
+        except (KafkaError, IllegalOperation) as error:
+            if not settled:
+                await self._close()
+            self._log_failure(error)
+            raise ChangelogError(
+                f"the changelog transaction of {self.input_tp} failed and was not committed:"
+                f" {error!r}"
+            ) from error
+        except asyncio.CancelledError:
+            # Cancelled mid-transaction: which step had run is not known, so nothing more can
+            # be sent with this producer.
+            await asyncio.shield(self._close())
+            raise
+        return last_offset + 1
+
+    async def stop(self) -> None:
+        """Close the producer (at the revoke). Its partition's next owner fences it anyway; a
+        clean stop only saves the broker the wait. Bounded by a timeout."""
+        await self._close()
+
+    async def _send(self, producer: AIOKafkaProducer, rows: Sequence[Row], next_offset: int) -> int:
+        """Queue ``rows`` and the position record as record batches, wait until every one is
+        written, and return the offset of the last.
+
+        aiokafka commits a transaction even when one of its batches failed (its sender does
+        not mark the transaction failed then), so every batch is awaited before the commit.
+        """
+        topic, partition = self.tp
+        futures: list[Any] = []
+        counts: list[int] = []
+        batch = producer.create_batch()
+        for key, value in (*rows, (POSITION_KEY, position_value(next_offset))):
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                # Full: send it and go on in a new one (a first record always fits).
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                counts.append(batch.record_count())
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        counts.append(batch.record_count())
+        # Every batch is awaited, even after one failed, so that no failure goes unretrieved.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        last: int = -1
+        for result, count in zip(results, counts, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            last = result.offset + count - 1
+        return last
+
+    async def _abort(self, producer: AIOKafkaProducer) -> None:
+        """Abort the open transaction, unless the producer already stopped for good (then the
+        broker aborts it: at the next owner's start, or at the transaction timeout)."""
+        if transaction_fatal_error(producer) is not None:
+            return
+        await producer.abort_transaction()
+
+    def _raise_if_stopped(self, producer: AIOKafkaProducer) -> None:
+        error = transaction_fatal_error(producer)
+        if error is not None:
+            raise error
+
+    async def _fence(self) -> None:
+        self._fenced = True
+        logger.warning(
+            "the changelog producer of %s was fenced: another owner claimed the partition",
+            self.input_tp,
+            extra={"event": "changelog_fenced", **partition_fields(self.input_tp)},
+        )
+        await self._close()
+
+    def _fenced_message(self) -> str:
+        return (
+            f"the changelog producer of {self.input_tp} was fenced: another owner claimed the"
+            " partition; its batch is rolled back"
+        )
+
+    def _log_failure(self, error: BaseException) -> None:
+        logger.warning(
+            "the changelog transaction of %s failed: %r",
+            self.input_tp,
+            error,
+            extra={
+                "event": "changelog_publish_failed",
+                **partition_fields(self.input_tp, reason=repr(error), usable=self.usable),
+            },
+        )
+
+    async def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await producer.stop()
+        except (TimeoutError, KafkaError) as error:
+            logger.warning(
+                "the changelog producer of %s did not stop cleanly: %r",
+                self.input_tp,
+                error,
+                extra={
+                    "event": "changelog_producer_stop_failed",
+                    **partition_fields(self.input_tp, reason=repr(error)),
+                },
+            )
+
+
+async def publish_all(
+    work: Iterable[tuple[ChangelogProducer, Sequence[Row], int]],
+) -> list[int | ChangelogError]:
+    """Publish several partitions' batches at once, each in its own transaction: for each
+    ``(producer, rows, next_offset)``, its next changelog offset or the ChangelogError (or
+    ChangelogFenced) it raised, in the same order. One partition's failure does not stop the
+    others: each partition's SQLite transaction then commits or rolls back on its own outcome.
+    """
+    outcomes = await asyncio.gather(
+        *(producer.publish(rows, next_offset) for producer, rows, next_offset in work),
+        return_exceptions=True,
+    )
+    results: list[int | ChangelogError] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ChangelogError | int):
+            results.append(outcome)
+        else:  # not a changelog failure (a bug, a cancellation): not for the caller to sort out
+            raise outcome
+    return results

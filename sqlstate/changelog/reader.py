@@ -1,0 +1,271 @@
+"""Reading the changelog: restores (``ChangelogReader``) and standbys (``ChangelogFollower``).
+
+Both read read_committed only: a changelog transaction that was aborted is a batch whose SQLite
+transaction rolled back, or a zombie's, and must never be applied. Both hand out
+``ChangelogChunk``s: the records, and the partition's next offset after them, the offset to
+record as applied. That offset is the consumer's position, not the last record's offset + 1:
+the commit marker after every transaction, and aborted records, take offsets too.
+
+Out of range. A compacted changelog loses no record to retention, but a position can still fall
+outside its log: ``kafka-delete-records.sh`` was run on it, or the topic was deleted and created
+again (the file's changelog offset is then beyond its end). The readers then start over at the
+log start and mark the chunks ``rewound`` (with a warning). Applying from the log start is still
+correct for every key the log holds: compaction keeps the last value of every key, each record
+is a full value or a tombstone, and applying one again is harmless. What it cannot bring back is
+the rows whose last record was deleted by hand, or the deletions whose tombstones compaction
+dropped after ``delete.retention.ms``; the ``rewound`` flag lets the caller decide (apply the
+chunks although their offsets lie below the file's, or restore the partition from scratch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
+
+from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end
+from sqlstate.logs import partition_fields
+from sqlstate.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Records per chunk of a restore: each chunk is one SQLite transaction of the caller's.
+RESTORE_CHUNK = 10_000
+# How long one fetch of a restore waits for records before asking again.
+_FETCH_WAIT_MS = 500
+
+
+class ChangelogRecord(NamedTuple):
+    """One changelog record: a row's key and its full value, None for a deleted row."""
+
+    key: bytes
+    value: bytes | None
+    offset: int
+
+
+class ChangelogChunk(NamedTuple):
+    """Records of one changelog partition, in offset order, and the partition's next offset
+    after them (what to record as applied). ``rewound``: the reader started this partition over
+    at its log start after an out-of-range position (see the module's docstring)."""
+
+    records: list[ChangelogRecord]
+    next_offset: int
+    rewound: bool = False
+
+
+def _records(batch: Iterable[Any], below: int | None = None) -> list[ChangelogRecord]:
+    return [
+        ChangelogRecord(record.key, record.value, record.offset)
+        for record in batch
+        if below is None or record.offset < below
+    ]
+
+
+class ChangelogReader:
+    """Reads changelog partitions from an offset to their end, one partition at a time (a
+    restore at a claim). ``await start()`` once, ``await stop()`` at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._consumer = build_changelog_consumer(settings)
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def end_offset(self, tp: TopicPartition) -> int:
+        """The last stable offset of changelog partition ``tp``: the end a restore reads to."""
+        ends = await self._consumer.end_offsets([tp])
+        end: int = ends[tp]
+        return end
+
+    async def read_to_end(
+        self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK
+    ) -> AsyncIterator[ChangelogChunk]:
+        """Chunks of at most ``batch_size`` committed records of changelog partition ``tp``,
+        from ``from_offset`` up to its last stable offset as of this call; the last chunk's
+        ``next_offset`` is that end. Nothing when the partition holds nothing from there.
+
+        Call it after the partition's producer started: its end is then final (no earlier
+        owner can commit any more). Reads run one after the other on one reader.
+        """
+        async with self._lock:
+            consumer = self._consumer
+            consumer.assign([tp])
+            end = await self.end_offset(tp)
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            rewound = False
+            if not start <= from_offset <= end:
+                self._say_rewound(tp, from_offset, start, end)
+                from_offset, rewound = start, True
+            consumer.seek(tp, from_offset)
+            position = from_offset
+            while position < end:
+                try:
+                    batches = await consumer.getmany(
+                        tp, timeout_ms=_FETCH_WAIT_MS, max_records=batch_size
+                    )
+                except OffsetOutOfRangeError:
+                    # Records deleted under the read (delete-records while restoring).
+                    start = (await consumer.beginning_offsets([tp]))[tp]
+                    self._say_rewound(tp, position, start, end)
+                    consumer.seek(tp, start)
+                    position, rewound = start, True
+                    continue
+                # Right after getmany, with no await between: the exact position, markers and
+                # aborted records included.
+                now = consumed_position(consumer, tp)
+                records = _records(batches.get(tp, ()), below=end)
+                if now is None or (now == position and not records):
+                    continue
+                position = min(now, end)
+                yield ChangelogChunk(records, position, rewound)
+
+    def _say_rewound(self, tp: TopicPartition, offset: int, start: int, end: int) -> None:
+        _log_rewound(tp, offset, start, end, "restore")
+
+
+class ChangelogFollower:
+    """Follows many changelog partitions at once, for a standby: no group, assigned by hand.
+
+    ``follow()`` adds partitions at given offsets, ``pause()`` stops fetching some (the ones
+    this process owns), ``resume()`` starts them again from given offsets, ``poll()`` returns the
+    new chunks, ``lag()`` how far behind each followed partition is.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._consumer: AIOKafkaConsumer = build_changelog_consumer(settings)
+        self._next: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._rewound: set[TopicPartition] = set()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    @property
+    def followed(self) -> dict[TopicPartition, int]:
+        """Each followed partition and its next offset (the one after the last chunk)."""
+        return dict(self._next)
+
+    @property
+    def paused(self) -> frozenset[TopicPartition]:
+        return frozenset(self._paused)
+
+    def follow(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Follow these partitions from these offsets (also to move a followed one)."""
+        self._next.update(offsets)
+        self._reassign()
+
+    def unfollow(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._next.pop(tp, None)
+            self._paused.discard(tp)
+            self._rewound.discard(tp)
+        self._reassign()
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop fetching these partitions (this process owns them now)."""
+        tps = [tp for tp in tps if tp in self._next]
+        self._paused.update(tps)
+        self._consumer.pause(*tps)
+
+    def resume(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Fetch these paused partitions again, from these offsets (what the file has applied:
+        the owner that held them went on writing meanwhile)."""
+        for tp, offset in offsets.items():
+            if tp not in self._next:
+                continue
+            self._next[tp] = offset
+            self._consumer.seek(tp, offset)
+            self._paused.discard(tp)
+            self._consumer.resume(tp)
+
+    async def poll(
+        self, timeout_ms: int = 500, max_records: int | None = None
+    ) -> dict[TopicPartition, ChangelogChunk]:
+        """The followed, unpaused partitions that moved, with their new records and next
+        offset. Empty when nothing moved within ``timeout_ms``."""
+        if not self._next or len(self._paused) == len(self._next):
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except OffsetOutOfRangeError as error:
+            await self._rewind(error.args[0] if error.args else {})
+            return {}
+        chunks: dict[TopicPartition, ChangelogChunk] = {}
+        # No await from getmany to here: each position is exactly the one after its records.
+        for tp, previous in self._next.items():
+            if tp in self._paused:
+                continue
+            position = consumed_position(self._consumer, tp)
+            records = _records(batches.get(tp, ()))
+            if position is None or (position == previous and not records):
+                continue
+            self._next[tp] = position
+            chunks[tp] = ChangelogChunk(records, position, tp in self._rewound)
+            self._rewound.discard(tp)
+        return chunks
+
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Records each followed partition is behind its last stable offset as of the last
+        fetch; None for a partition not fetched yet, or paused (this process owns it)."""
+        lags: dict[TopicPartition, int | None] = {}
+        for tp, position in self._next.items():
+            end = None if tp in self._paused else log_end(self._consumer, tp, "read_committed")
+            lags[tp] = None if end is None else max(0, end - position)
+        return lags
+
+    def _reassign(self) -> None:
+        # assign() replaces the whole assignment and drops every position and pause: set them
+        # all again at once, with no await between, so that no fetch sees a partition without a
+        # position (with no group and no reset policy it would raise).
+        self._consumer.assign(list(self._next))
+        for tp, offset in self._next.items():
+            self._consumer.seek(tp, offset)
+        if self._paused:
+            self._consumer.pause(*self._paused)
+
+    async def _rewind(self, out_of_range: Mapping[TopicPartition, int]) -> None:
+        for tp, fetch_offset in out_of_range.items():
+            if tp not in self._next or tp in self._paused:
+                continue  # no longer followed, or paused meanwhile: resume() seeks it anyway
+            start = (await self._consumer.beginning_offsets([tp]))[tp]
+            end = (await self._consumer.end_offsets([tp]))[tp]
+            if tp not in self._next or tp in self._paused:
+                continue
+            _log_rewound(tp, fetch_offset, start, end, "standby")
+            self._next[tp] = start
+            self._rewound.add(tp)
+            self._consumer.seek(tp, start)
+
+
+def _log_rewound(tp: TopicPartition, offset: int, start: int, end: int, reader: str) -> None:
+    logger.warning(
+        "changelog %s: offset %d is outside the log [%d, %d); reading it again from %d:"
+        " compaction kept the last value of every key",
+        tp,
+        offset,
+        start,
+        end,
+        start,
+        extra={
+            "event": "changelog_rewound",
+            **partition_fields(
+                tp,
+                fetch_offset=offset,
+                log_start_offset=start,
+                log_end_offset=end,
+                reader=reader,
+            ),
+        },
+    )
