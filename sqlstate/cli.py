@@ -30,6 +30,7 @@ from sqlstate.settings import (
     OUT_OF_RANGE_POLICIES,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
+    STANDBY_MODES,
     Security,
     Settings,
     default,
@@ -238,6 +239,28 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     field="retention",
     env="RETENTION",
     help="windowed-counts: keep windows this long behind each partition's newest record.",
+)
+@_setting(
+    "--changelog/--no-changelog",
+    field="changelog",
+    env="CHANGELOG",
+    help="More hosts: publish each batch's state changes to a compacted changelog topic per"
+    " input topic, so state follows its partitions between hosts (docs/scaling.md).",
+)
+@_setting(
+    "--changelog-replication-factor",
+    field="changelog_replication_factor",
+    env="CHANGELOG_REPLICATION_FACTOR",
+    type=int,
+    help="Replication factor of the changelog topics sqlstate creates; -1: the broker's default.",
+)
+@_option(
+    "--standby",
+    "standby",
+    env="STANDBY",
+    type=click.Choice(STANDBY_MODES),
+    help="With --changelog: all (the default) also applies the changelogs of the partitions"
+    " other hosts own, so this file holds the complete state; none keeps only its own.",
 )
 @_setting(
     "--max-records",

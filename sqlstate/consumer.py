@@ -34,7 +34,7 @@ from aiokafka.errors import (
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate.decoding import BadRecords
-from sqlstate.errors import DatabaseBusyError
+from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.group_offsets import GroupOffsets
 from sqlstate.kafka import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka_errors import Retrying, permanent, topic_gone
@@ -45,7 +45,14 @@ from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Ownership, describe, hold
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Claim, Committed, Fenced, PartitionBatch, Store
+from sqlstate.store import (
+    ChangelogPublishFailed,
+    Claim,
+    Committed,
+    Fenced,
+    PartitionBatch,
+    Store,
+)
 from sqlstate.topic_watch import TopicWatch
 
 logger = logging.getLogger(__name__)
@@ -167,6 +174,11 @@ class BatchLoop:
             await self._claimer.claim_held()
         except DatabaseBusyError:
             pass  # still locked: they stay held, and the next round tries again
+        except ChangelogError as error:
+            # Kafka's transaction coordinator or the changelog did not answer: they stay held.
+            backoff_s = self._retrying.failed(error, "restoring from the changelogs")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff_s)
         except (KafkaError, TimeoutError) as error:
             await self._wait_out(error, "looking up the log's bounds of held partitions")
         else:
@@ -277,7 +289,11 @@ class BatchLoop:
 
     async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
-        outcomes = await self._store.commit_batch(advances)
+        try:
+            outcomes = await self._store.commit_batch(advances)
+        except ChangelogPublishFailed as failed:
+            await self._changelog_failed(failed)
+            return set()
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
         committed = sum(outcome.records for outcome in outcomes if isinstance(outcome, Committed))
@@ -322,6 +338,24 @@ class BatchLoop:
             },
         )
         return fenced
+
+    async def _changelog_failed(self, failed: ChangelogPublishFailed) -> None:
+        """The batch rolled back: its changelog transactions did not all commit."""
+        fenced = [tp for tp, error in failed.failures.items() if isinstance(error, ChangelogFenced)]
+        self._stats.changelog_failures += 1
+        logger.warning(
+            "a batch rolled back: %s. Fenced partitions wait for the rebalance that gave them"
+            " to another member; the others are restored from their changelogs and claimed"
+            " again",
+            failed,
+            extra={
+                "event": "changelog_publish_failed",
+                "partitions": len(failed.partitions),
+                "fenced": [partition_fields(tp) for tp in sorted(fenced)],
+                "reason": str(failed),
+            },
+        )
+        await self._claimer.hold_again(failed.partitions, fenced)
 
     def _fenced(self, outcome: Fenced) -> None:
         """Our compare-and-set failed: someone else claimed or moved the partition."""

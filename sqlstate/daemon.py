@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate import __version__, migrate
+from sqlstate.changelog import mode as changelog_mode
+from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.decoding import BadRecords, Decoding
@@ -319,6 +321,7 @@ async def _run_on(
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
     # Refused before Kafka is asked anything; recorded only once it answered, below.
     await store.check_processors(settings.topics, processors.names)
+    tables = changelog_mode.checked_tables(settings, processors)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)
     consumer = build_consumer(
@@ -333,11 +336,22 @@ async def _run_on(
             # set first: a refused one leaves the processors' tables out of the file.
             await store.record_processors(settings.topics, processors.names)
             await migrate.apply_processor_migrations(database, processors.members)
+            if settings.changelog:
+                await changelog_mode.prepare(settings, database, consumer, tables)
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
+            changelog = changelog_mode.owner_of(settings, store, tables, processors, stats)
             await _consume(
-                consumer, store, processors, bad_records, settings, stats, stop, on_fatal
+                consumer,
+                store,
+                processors,
+                bad_records,
+                settings,
+                stats,
+                stop,
+                on_fatal,
+                changelog,
             )
     finally:
         await _stop_consumer(consumer, settings.shutdown_timeout_s)
@@ -352,11 +366,19 @@ async def _consume(
     stats: Stats,
     stop: asyncio.Event,
     on_fatal: Callable[[BaseException], None],
+    changelog: ChangelogOwner | None,
 ) -> None:
     ownership = Ownership()
     offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
     claimer = Claimer(
-        consumer, store, ownership, settings, stats, processors.forget, offsets.publish
+        consumer,
+        store,
+        ownership,
+        settings,
+        stats,
+        processors.forget,
+        offsets.publish,
+        changelog,
     )
     consumer.subscribe(
         topics=list(settings.topics),
@@ -377,7 +399,11 @@ async def _consume(
     )
     monitor = Monitor(consumer, ownership, stats, settings)
     try:
-        async with monitor.running(), watch.running():
+        async with (
+            monitor.running(),
+            watch.running(),
+            changelog_mode.running(changelog, consumer, stop, on_fatal),
+        ):
             await loop.run(stop)
     finally:
         # Before leaving the group: the last batch's positions, so that Kafka's tools show

@@ -25,6 +25,10 @@ rejoin starts the same wait again. So:
 - an assignment that cannot be claimed in time (the lock, Kafka's ListOffsets or Metadata, the
   database's write lock) is *held*: each partition paused at a placeholder position, never
   counted, and claimed from the batch loop (``claim_held``) as soon as it can be.
+
+Under ``--changelog`` every assignment is held: its claim starts with the partitions'
+changelog producers and a restore from their changelogs (``changelog/owner.py``), which can last
+longer than a callback may, so it is done from the batch loop, before the claim transaction.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
 from sqlstate.kafka import group_generation, topic_ids
 from sqlstate.kafka_errors import permanent
@@ -124,8 +129,10 @@ class Claimer:
         stats: Stats,
         forget: Forget,
         on_claimed: Callable[[Mapping[TopicPartition, Claim]], None],
+        changelog: ChangelogOwner | None = None,
     ) -> None:
         self._consumer = consumer
+        self._changelog = changelog
         self._store = store
         self._ownership = ownership
         self._settings = settings
@@ -134,14 +141,22 @@ class Claimer:
         self._forget = forget
         self._on_claimed = on_claimed
         self._held_since = 0.0
+        # claim_held waits until then (a changelog producer was fenced: see hold_again).
+        self._not_before = 0.0
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
         rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
         self._stats.rebalances += 1
+        if self._changelog is not None:
+            await self._release_producers(self._changelog.owned - assigned)
         if not assigned:
             self._ownership.release_all()
             _log_claims("partitions_assigned", "assigned no partitions", {}, self._consumer)
+            return
+        if self._changelog is not None:
+            self._not_before = 0.0
+            self._hold(assigned, "restoring from the changelogs first", deferred=False)
             return
         unclaimed = await self._claim_within(assigned, time.monotonic() + self._budget_s)
         if unclaimed is not None:
@@ -171,7 +186,23 @@ class Claimer:
         _log_claims("partitions_assigned", "assigned partitions", claims, self._consumer)
         return None
 
-    def _hold(self, assigned: set[TopicPartition], reason: str) -> None:
+    async def _release_producers(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop the changelog producers of partitions no longer assigned, within the budget."""
+        assert self._changelog is not None
+        tps = set(tps)
+        if not tps:
+            return
+        try:
+            await asyncio.wait_for(self._changelog.release(tps), self._budget_s)
+        except TimeoutError:
+            logger.warning(
+                "the changelog producers of %s did not stop within %gs; going on",
+                describe(tps),
+                self._budget_s,
+                extra={"event": "changelog_release_slow", "partitions": len(tps)},
+            )
+
+    def _hold(self, assigned: set[TopicPartition], reason: str, *, deferred: bool = True) -> None:
         """Keep ``assigned`` unclaimed, paused, for the batch loop to claim."""
         self._ownership.release_all()
         for tp in assigned:
@@ -179,6 +210,21 @@ class Claimer:
         self._ownership.held = set(assigned)
         self._held_since = time.monotonic()
         generation = group_generation(self._consumer)
+        if not deferred:
+            logger.info(
+                "assigned partitions: %s; %s; generation %s",
+                describe(assigned),
+                reason,
+                generation,
+                extra={
+                    "event": "partitions_assigned",
+                    "partitions": len(assigned),
+                    "assigned": [partition_fields(tp) for tp in sorted(assigned)],
+                    "reason": reason,
+                    "generation": generation,
+                },
+            )
+            return
         logger.warning(
             "assigned partitions: %s; not claimed within %gs: %s. They wait, paused, and are"
             " claimed as soon as possible; generation %s",
@@ -205,8 +251,15 @@ class Claimer:
         """
         generation = self._ownership.generation
         held = self._ownership.held & self._consumer.assignment()
-        if not held:
+        if not held or time.monotonic() < self._not_before:
             return
+        if self._changelog is not None:
+            # Fence the partitions' earlier owners and restore the file from the changelogs:
+            # as long as that takes. A revoke meanwhile moves the generation: then nothing is
+            # claimed below, and the next assignment stops the producers it no longer needs.
+            await self._changelog.prepare(held)
+            if generation != self._ownership.generation:
+                return
         bounds, ids = await asyncio.wait_for(self._read(held), self._budget_s)
         # Bounded, so that the bounds are fresh when the claim checks positions against them.
         if not await acquire_within(self._ownership.lock, self._budget_s / 2):
@@ -230,6 +283,32 @@ class Claimer:
                 "held_s": round(seconds, 3),
             },
         )
+
+    async def hold_again(
+        self, tps: Iterable[TopicPartition], fenced: Iterable[TopicPartition]
+    ) -> None:
+        """A batch's changelog transactions failed, and its SQLite transaction rolled back.
+
+        ``fenced``: another owner's producer fenced ours, so the group gave them to another
+        member: they are paused until the rebalance that says so reaches this consumer, and
+        their changelogs followed meanwhile. The others are held, to be restored (their Kafka
+        transaction may have committed) and claimed again. Under the ownership lock.
+        """
+        assert self._changelog is not None
+        fenced = set(fenced)
+        tps = set(tps)
+        self._ownership.release(tps)
+        assigned = self._consumer.assignment()
+        for tp in tps & assigned:
+            hold(self._consumer, tp, _PLACEHOLDER_OFFSET)
+        self._ownership.held |= tps & assigned
+        self._held_since = time.monotonic()
+        if fenced:
+            # Should no rebalance come (this member was the one out of date, and is the owner
+            # again), they are taken back after a session timeout: then the group has had
+            # every chance to say otherwise.
+            self._not_before = time.monotonic() + self._settings.session_timeout_ms / 1000
+            await self._release_producers(fenced)
 
     async def reclaim(self, topics: set[str]) -> None:
         """Topics found deleted and created again while running: claim their assigned

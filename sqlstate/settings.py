@@ -29,6 +29,9 @@ Format = Literal["bytes", "text", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
 BadRecordPolicy = Literal["fail", "skip", "dead-letter"]
 BAD_RECORD_POLICIES: tuple[str, ...] = get_args(BadRecordPolicy)
+# --changelog: whether this file also follows the partitions other hosts own (docs/scaling.md).
+Standby = Literal["all", "none"]
+STANDBY_MODES: tuple[str, ...] = get_args(Standby)
 # The processors run when neither --processor nor --sql is given.
 DEFAULT_PROCESSORS = ("counts",)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -122,6 +125,13 @@ class Settings:
     # behind each partition's highest timestamp.
     window: str = "1m"
     retention: str = "7d"
+    # More hosts (docs/scaling.md): each batch's state changes also go to a compacted changelog
+    # topic per input topic, which moves state with its partitions and feeds the standbys.
+    changelog: bool = False
+    # -1: the broker's default.replication.factor.
+    changelog_replication_factor: int = -1
+    # None: "all" under --changelog (every file holds the complete state).
+    standby: Standby | None = None
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -155,6 +165,14 @@ class Settings:
                 problems.append(f"{flag} must be one of {', '.join(FORMATS)}")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             problems.append(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}")
+        if self.standby is not None and self.standby not in STANDBY_MODES:
+            problems.append(f"--standby must be one of {', '.join(STANDBY_MODES)}")
+        if self.standby is not None and not self.changelog:
+            problems.append("--standby needs --changelog: standbys follow the changelog")
+        if self.changelog_replication_factor == 0 or self.changelog_replication_factor < -1:
+            problems.append(
+                "--changelog-replication-factor must be at least 1, or -1 for the broker's default"
+            )
         if len(set(self.processors)) != len(self.processors):
             problems.append(f"a --processor is given twice: {' '.join(self.processors)}")
         for path in self.sql_files:
@@ -183,6 +201,11 @@ class Settings:
         if self.processors or self.sql_files:
             return self.processors
         return DEFAULT_PROCESSORS
+
+    @property
+    def standbys(self) -> bool:
+        """Whether this file follows the changelogs of the partitions it does not own."""
+        return self.changelog and (self.standby or "all") == "all"
 
     @property
     def rebalance_budget_s(self) -> float:

@@ -20,6 +20,10 @@ class Stats:
     bad_records: int = 0  # records that did not decode, skipped or dead-lettered, committed
     kafka_offset_commits: int = 0  # positions copied to the group's offsets in Kafka
     kafka_offset_commit_failures: int = 0  # such copies that failed (the database is unaffected)
+    # --changelog: records restored into this file at claims, and applied by the standby
+    changelog_restored: int = 0
+    changelog_applied: int = 0
+    changelog_failures: int = 0  # batches rolled back because their changelog did not commit
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
     # Latencies of the batch commits since the metrics last drained them, in seconds.

@@ -19,6 +19,13 @@ How a batch becomes a transaction (``commit_batch``): for each partition of the 
 So a partition's state and its position always change together, and only the partition's
 current owner, from the position it last read, can change them.
 
+Under ``--changelog`` (``Store(database, publish)``), each committed partition's changed rows,
+caught by the capture triggers, go to its changelog in a Kafka transaction that must commit
+before the SQLite transaction does, and the changelog offset reached is recorded beside the
+state (``changelog/owner.py`` says why that order). A publish that fails rolls the whole batch
+back (``ChangelogPublishFailed``): partitions whose Kafka transaction did commit are then behind
+their changelog here, and are restored from it before they are written again.
+
 How an assignment becomes a transaction (``claim``): the isolation level and each topic's ID,
 read from Kafka just before, are checked against the ones the state was counted with (and
 recorded, at the first claim); a topic whose ID changed was deleted and created again, and under
@@ -36,14 +43,25 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.capture import discard_changes, take_changes
+from sqlstate.changelog.offsets import record_changelog_offset
 from sqlstate.database import Database, utc_now
-from sqlstate.errors import IsolationLevelError, ProcessorError
+from sqlstate.errors import ChangelogError, IsolationLevelError, ProcessorError
 from sqlstate.out_of_range import LogBounds, recreated_refusal, refusal
 from sqlstate.processors.base import Statement
 from sqlstate.queries import sql
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
+#: A changelog record as the capture makes it: the row's key, its full value or None (deleted).
+Row = tuple[bytes, bytes | None]
+#: Under --changelog: publish each partition's rows and new position, each in its own Kafka
+#: transaction; each partition's next changelog offset, or why its transaction did not commit.
+#: Called in the database thread, inside the batch's transaction.
+Publish = Callable[
+    [Mapping[TopicPartition, tuple[Sequence[Row], int]]],
+    Mapping[TopicPartition, int | ChangelogError],
+]
 
 ISOLATION_LEVEL = "isolation_level"  # its name in the state_settings table
 
@@ -109,6 +127,25 @@ class Fenced:
 Outcome = Committed | Fenced
 
 
+class ChangelogPublishFailed(Exception):
+    """A batch's changelog transactions did not all commit: its SQLite transaction rolled back.
+
+    ``failures``: why, per partition whose Kafka transaction did not commit; ``partitions``:
+    every partition the batch wrote (those not in ``failures`` committed to Kafka, so the file
+    is behind their changelog until they are restored).
+    """
+
+    def __init__(
+        self, failures: Mapping[TopicPartition, ChangelogError], partitions: Sequence[TopicPartition]
+    ) -> None:
+        super().__init__(
+            "changelog transactions failed: "
+            + "; ".join(f"{tp.topic}-{tp.partition}: {error}" for tp, error in failures.items())
+        )
+        self.failures = dict(failures)
+        self.partitions = list(partitions)
+
+
 @dataclass(frozen=True)
 class Reset:
     """A partition found out of range and restarted from the log's first offset."""
@@ -142,13 +179,15 @@ class Claimed:
 class Store:
     """sqlstate's transactions on an open database."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, publish: Publish | None = None) -> None:
         self.database = database
+        self.publish = publish
 
     async def commit_batch(self, batch: Sequence[PartitionBatch]) -> list[Outcome]:
-        """Commit one batch; each partition's outcome comes from the same transaction."""
+        """Commit one batch; each partition's outcome comes from the same transaction. Under
+        --changelog, ``ChangelogPublishFailed`` when it rolled back for the changelog."""
         return await self.database.transaction(
-            functools.partial(_commit_batch, batch=batch, now=utc_now())
+            functools.partial(_commit_batch, batch=batch, now=utc_now(), publish=self.publish)
         )
 
     async def claim(
@@ -179,6 +218,7 @@ class Store:
                 isolation_level=isolation_level,
                 forget=forget,
                 now=utc_now(),
+                publish=self.publish,
             ),
             lock_wait_s,
         )
@@ -194,7 +234,13 @@ class Store:
         transaction, if this consumer still holds it at ``claim.epoch``; None if it does not."""
         return await self.database.transaction(
             functools.partial(
-                _reset, tp=tp, claim=claim, bounds=bounds, forget=forget, now=utc_now()
+                _reset,
+                tp=tp,
+                claim=claim,
+                bounds=bounds,
+                forget=forget,
+                now=utc_now(),
+                publish=self.publish,
             )
         )
 
@@ -232,9 +278,15 @@ class Store:
 
 
 def _commit_batch(
-    conn: sqlite3.Connection, batch: Sequence[PartitionBatch], now: str
+    conn: sqlite3.Connection,
+    batch: Sequence[PartitionBatch],
+    now: str,
+    publish: Publish | None = None,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
+    changes: dict[TopicPartition, tuple[Sequence[Row], int]] = {}
+    if publish is not None:
+        discard_changes(conn)  # only this batch's statements' rows go to the changelog
     for part in batch:
         moved = conn.execute(
             sql("advance_position"),
@@ -252,10 +304,40 @@ def _commit_batch(
             outcomes.append(Fenced(part.tp, _position(conn, part.tp), part.records))
             continue
         counters = _run(conn, part.statements)
+        if publish is not None:
+            rows = take_changes(conn)
+            # A batch that changed no row (only markers or aborted records passed, or upserts
+            # that wrote what was there) needs no transaction: a restore from the changelog's
+            # older position reads those records again, and they change nothing again.
+            if rows:
+                changes[part.tp] = (rows, part.next_offset)
         outcomes.append(
             Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
         )
+    if publish is not None and changes:
+        _publish(conn, publish, changes)
     return outcomes
+
+
+def _publish(
+    conn: sqlite3.Connection,
+    publish: Publish,
+    changes: Mapping[TopicPartition, tuple[Sequence[Row], int]],
+) -> None:
+    """Publish ``changes`` and record each partition's changelog offset; or raise
+    ``ChangelogPublishFailed``, which rolls back the transaction, if any did not commit."""
+    published = publish(changes)
+    failures = {tp: outcome for tp, outcome in published.items() if not isinstance(outcome, int)}
+    if failures:
+        raise ChangelogPublishFailed(failures, list(changes))
+    for tp, next_offset in published.items():
+        assert isinstance(next_offset, int)
+        record_changelog_offset(conn, tp, next_offset)
+
+
+def forget_partition(conn: sqlite3.Connection, tp: TopicPartition, forget: Forget) -> None:
+    """Delete everything derived from ``tp`` (in the caller's transaction)."""
+    _run(conn, forget(tp))
 
 
 def _claim(
@@ -267,17 +349,22 @@ def _claim(
     isolation_level: str,
     forget: Forget,
     now: str,
+    publish: Publish | None = None,
 ) -> Claimed:
     _check_isolation_level(conn, isolation_level, now)
     recreated = []
+    # Under --changelog a recreated topic stops the daemon: its reset would forget partitions
+    # other hosts own, whose changelogs only their owners may write.
+    topic_policy: OutOfRangePolicy = "fail" if publish is not None else policy
     for topic in sorted({tp.topic for tp in bounds}):
         topic_id = topic_ids.get(topic)
         if topic_id is not None:
-            reset = _check_topic_id(conn, topic, topic_id, bounds, policy, forget, now)
+            reset = _check_topic_id(conn, topic, topic_id, bounds, topic_policy, forget, now)
             if reset is not None:
                 recreated.append(reset)
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
+    changes: dict[TopicPartition, tuple[Sequence[Row], int]] = {}
     for tp, log in sorted(bounds.items()):
         # A partition never seen before starts at the earliest offset Kafka still has.
         row = conn.execute(
@@ -295,10 +382,20 @@ def _claim(
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
+            if publish is not None:
+                discard_changes(conn)
             _restart(conn, tp, claim.epoch, log, forget, now)
+            if publish is not None:
+                # The forgotten rows' tombstones go to the changelog too: a standby, or the
+                # next owner's restore, must forget them as this file did.
+                rows = take_changes(conn)
+                if rows:
+                    changes[tp] = (rows, log.first)
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
+    if publish is not None and changes:
+        _publish(conn, publish, changes)
     return Claimed(claims, resets, recreated)
 
 
@@ -374,9 +471,16 @@ def _reset(
     bounds: LogBounds,
     forget: Forget,
     now: str,
+    publish: Publish | None = None,
 ) -> Claim | None:
+    if publish is not None:
+        discard_changes(conn)
     if not _restart(conn, tp, claim.epoch, bounds, forget, now):
         return None
+    if publish is not None:
+        rows = take_changes(conn)
+        if rows:
+            _publish(conn, publish, {tp: (rows, bounds.first)})
     return Claim(bounds.first, claim.epoch)
 
 

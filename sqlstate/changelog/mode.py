@@ -1,0 +1,119 @@
+"""``--changelog`` in the daemon's life: what is checked before Kafka is asked anything, what is
+set up once the database is migrated, and what runs beside the batch loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer
+
+from sqlstate.changelog.capture import install_capture
+from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.standby import Standby
+from sqlstate.changelog.tables import StateTable, state_tables
+from sqlstate.changelog.topics import ensure_changelogs
+from sqlstate.database import Database
+from sqlstate.errors import BrokerError
+from sqlstate.processors.registry import Processors
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def checked_tables(settings: Settings, processors: Processors) -> list[StateTable]:
+    """The state tables whose rows go to the changelog; ``ProcessorError`` for a processor whose
+    rows cannot be keyed. Empty without --changelog. Before Kafka is asked anything."""
+    return state_tables(processors.members) if settings.changelog else []
+
+
+async def prepare(
+    settings: Settings,
+    database: Database,
+    consumer: AIOKafkaConsumer,
+    tables: Sequence[StateTable],
+) -> None:
+    """Once the database is migrated and Kafka answered: the capture triggers on this
+    connection, and the changelog topics, created or grown as the inputs need."""
+    await database.setting(functools.partial(install_capture, tables=tables))
+    partitions = {}
+    for topic in settings.topics:
+        known = consumer.partitions_for_topic(topic)
+        if not known:
+            raise BrokerError(f"Kafka gave no partitions for topic {topic}")
+        partitions[topic] = len(known)
+    names = await ensure_changelogs(settings, partitions, settings.changelog_replication_factor)
+    logger.info(
+        "changelog topics ready: %s; standbys: %s",
+        ", ".join(sorted(names.values())),
+        "all" if settings.standbys else "none",
+        extra={
+            "event": "changelog_ready",
+            "changelogs": sorted(names.values()),
+            "standby": "all" if settings.standbys else "none",
+        },
+    )
+
+
+def owner_of(
+    settings: Settings,
+    store: Store,
+    tables: Sequence[StateTable],
+    processors: Processors,
+    stats: Stats,
+) -> ChangelogOwner | None:
+    """The changelog side of the claims, wired into the store's batch transaction; None without
+    --changelog."""
+    if not settings.changelog:
+        return None
+    standby = (
+        Standby(settings, store.database, tables, processors.forget, stats)
+        if settings.standbys
+        else None
+    )
+    owner = ChangelogOwner(settings, store.database, tables, processors.forget, stats, standby)
+    store.publish = owner.publish_from_thread
+    return owner
+
+
+@contextlib.asynccontextmanager
+async def running(
+    owner: ChangelogOwner | None,
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    on_fatal: Callable[[BaseException], None],
+) -> AsyncIterator[None]:
+    """The changelog reader and the standby, beside the batch loop; all stopped at the end,
+    with every producer (the partitions' last transactions are committed already)."""
+    if owner is None:
+        yield
+        return
+    await owner.start()
+    standby = owner.standby
+    following: asyncio.Task[None] | None = None
+    try:
+        if standby is not None:
+            await standby.start()
+            following = asyncio.create_task(standby.run(consumer, stop))
+            following.add_done_callback(functools.partial(_failed, on_fatal=on_fatal))
+        yield
+    finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if standby is not None:
+            await standby.stop()
+        await owner.stop()
+
+
+def _failed(task: asyncio.Task[None], on_fatal: Callable[[BaseException], None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        assert error is not None
+        on_fatal(error)

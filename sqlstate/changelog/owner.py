@@ -1,0 +1,215 @@
+"""The partitions this process claims under ``--changelog``: their producers, their restore, and
+the publish of each batch before its SQLite transaction commits.
+
+The order that makes it exact on every host (docs/scaling.md):
+
+1. a claim starts the partition's transactional producer first. Its ``transactional_id`` is the
+   same on every host, so starting it fences every earlier owner, anywhere, and aborts the
+   transaction that owner had open; from then on nobody but this producer can add to the
+   partition's changelog;
+2. then the file is brought up to the changelog's end (``restore``), from the changelog offset it
+   has applied: only what it lacks is read, so a standby that followed the partition is ready at
+   once, and a file that never saw it reads the partition's state (compacted), not its history;
+3. only then is the partition claimed in the file and consumed from the restored position;
+4. each batch: the partition's changed rows and its new position go to the changelog in one Kafka
+   transaction, which commits *before* the SQLite transaction holding the same changes, and the
+   SQLite transaction records the changelog offset it reached. A crash between the two leaves the
+   file behind the changelog, which the next claim's restore repairs; a fenced producer's
+   transaction never commits, and its SQLite transaction rolls back: a zombie changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+from aiokafka import TopicPartition
+
+from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
+from sqlstate.changelog.producers import ChangelogProducer, Row, publish_all
+from sqlstate.changelog.reader import ChangelogReader
+from sqlstate.changelog.standby import Standby, apply_chunk
+from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.topics import changelog_topic
+from sqlstate.database import Database, utc_now
+from sqlstate.errors import ChangelogError, ChangelogFenced
+from sqlstate.logs import partition_fields
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Forget
+
+logger = logging.getLogger(__name__)
+
+# Records per restore transaction: bounded, so that a large restore never holds the write lock
+# for long, and shows progress as it goes.
+RESTORE_CHUNK = 10_000
+# How long the database thread waits for a batch's changelog transactions. The producers bound
+# each publish themselves; this only keeps the thread from waiting on a loop that has stopped.
+_PUBLISH_WAIT_S = 60.0
+
+
+class ChangelogOwner:
+    """The changelog side of this process's claims. ``start()`` once, ``stop()`` at the end."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        tables: Sequence[StateTable],
+        forget: Forget,
+        stats: Stats,
+        standby: Standby | None,
+    ) -> None:
+        self._settings = settings
+        self._database = database
+        self._tables = tables
+        self._forget = forget
+        self._stats = stats
+        self._standby = standby
+        self._reader = ChangelogReader(settings)
+        self._producers: dict[TopicPartition, ChangelogProducer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        await self.release(list(self._producers))
+        await self._reader.stop()
+
+    @property
+    def standby(self) -> Standby | None:
+        return self._standby
+
+    @property
+    def owned(self) -> frozenset[TopicPartition]:
+        """The input partitions whose producer is started."""
+        return frozenset(self._producers)
+
+    async def prepare(self, tps: Iterable[TopicPartition]) -> None:
+        """Before claiming ``tps`` in the file: fence their earlier owners, then restore the
+        file from their changelogs. Raises ChangelogError (the claim waits and tries again)."""
+        tps = sorted(tps)
+        if self._standby is not None:
+            # The restore is now the partitions' only writer here; what the standby applied
+            # is where it starts.
+            self._standby.pause(tps)
+        # Always a new producer, even for a partition kept through the rebalance: this member
+        # may have been out of the group meanwhile, and another one's producer fenced ours
+        # without our knowing it yet. Starting one costs a round trip to the coordinator.
+        await self.release([tp for tp in tps if tp in self._producers], follow=False)
+        producers = {tp: ChangelogProducer(self._settings, tp.topic, tp.partition) for tp in tps}
+        started = await asyncio.gather(
+            *(producer.start() for producer in producers.values()), return_exceptions=True
+        )
+        failed: BaseException | None = None
+        for (tp, producer), outcome in zip(producers.items(), started, strict=True):
+            if isinstance(outcome, BaseException):
+                failed = failed or outcome
+            else:
+                self._producers[tp] = producer
+        if failed is not None:
+            raise failed
+        for tp in tps:
+            await self.restore(tp)
+
+    async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
+        """Stop the producers of ``tps`` (revoked, or fenced) and, with a standby, follow their
+        changelogs again from where the file stands."""
+        producers = [self._producers.pop(tp) for tp in tps if tp in self._producers]
+        if producers:
+            await asyncio.gather(*(producer.stop() for producer in producers))
+        if follow and self._standby is not None:
+            released = [producer.input_tp for producer in producers]
+            if released:
+                offsets = await self._database.read(changelog_offsets)
+                self._standby.resume({tp: offsets.get(tp, 0) for tp in released})
+
+    async def restore(self, tp: TopicPartition) -> int:
+        """Apply the changelog of input partition ``tp`` from the file's changelog offset to
+        the changelog's end, in bounded transactions; how many records were applied."""
+        began = time.monotonic()
+        start = await self._database.read(functools.partial(changelog_offset, tp=tp))
+        source = TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
+        end = await self._reader.end_offset(source)
+        if end <= start:
+            return 0
+        logger.info(
+            "restoring %s-%d from its changelog, offsets %d to %d",
+            tp.topic,
+            tp.partition,
+            start,
+            end,
+            extra={
+                "event": "changelog_restore_started",
+                **partition_fields(tp, changelog_offset=start, changelog_end=end),
+            },
+        )
+        applied = 0
+        async for chunk in self._reader.read_to_end(source, start, RESTORE_CHUNK):
+            done = await self._database.transaction(
+                functools.partial(
+                    apply_chunk,
+                    tp=tp,
+                    chunk=chunk,
+                    tables=self._tables,
+                    forget=self._forget,
+                    now=utc_now(),
+                )
+            )
+            applied += done.records
+            self._stats.changelog_restored += done.records
+            logger.info(
+                "restoring %s-%d: at changelog offset %d of %d, %d records applied",
+                tp.topic,
+                tp.partition,
+                done.next_offset,
+                end,
+                applied,
+                extra={
+                    "event": "changelog_restore_progress",
+                    **partition_fields(
+                        tp, changelog_offset=done.next_offset, changelog_end=end, applied=applied
+                    ),
+                },
+            )
+        seconds = time.monotonic() - began
+        logger.info(
+            "restored %s-%d from its changelog: %d records in %.2f s",
+            tp.topic,
+            tp.partition,
+            applied,
+            seconds,
+            extra={
+                "event": "changelog_restored",
+                **partition_fields(tp, records=applied, restore_s=round(seconds, 3)),
+            },
+        )
+        return applied
+
+    def publish_from_thread(
+        self, work: Mapping[TopicPartition, tuple[Sequence[Row], int]]
+    ) -> dict[TopicPartition, int | ChangelogError]:
+        """Publish each partition's changed rows and new position in its own Kafka transaction,
+        all at once; each partition's next changelog offset or its failure.
+
+        Called from the database thread, inside the batch's open SQLite transaction: the
+        transaction must wait for Kafka's commit, and this is the one wait in it.
+        """
+        assert self._loop is not None, "start() first"
+        missing = [tp for tp in work if tp not in self._producers]
+        jobs = [(tp, rows, next_offset) for tp, (rows, next_offset) in work.items()]
+        if missing:
+            gone = ChangelogFenced(f"no changelog producer for {sorted(missing)}: released")
+            return {tp: gone for tp in missing}
+        future = asyncio.run_coroutine_threadsafe(
+            publish_all((self._producers[tp], rows, offset) for tp, rows, offset in jobs),
+            self._loop,
+        )
+        outcomes = future.result(_PUBLISH_WAIT_S)
+        return {tp: outcome for (tp, _, _), outcome in zip(jobs, outcomes, strict=True)}
+

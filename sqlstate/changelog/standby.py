@@ -1,0 +1,160 @@
+"""Standbys (``--standby all``): this file also follows the partitions other hosts own.
+
+One changelog consumer, outside the group, follows every partition of every input topic's
+changelog from the offset this file has applied, and applies what it reads, one transaction per
+poll. The partitions this process owns are paused there: their owner writes them itself. So
+every file converges to the complete state, any SQLite client on any host reads all of it, and a
+partition that moves to this host is restored from almost where it is.
+
+Applying is monotonic (``apply_changes`` skips records below the file's changelog offset), so a
+chunk fetched just before its partition was claimed here changes nothing when it lands after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from sqlstate.changelog.apply import Applied, apply_changes
+from sqlstate.changelog.offsets import changelog_offsets, record_changelog_offset
+from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogRecord
+from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.topics import changelog_topic
+from sqlstate.database import Database, utc_now
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Forget, forget_partition
+
+logger = logging.getLogger(__name__)
+
+_POLL_MS = 500
+_MAX_RECORDS = 30_000
+
+
+class Standby:
+    """Follows the changelogs of the partitions this process does not own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        tables: Sequence[StateTable],
+        forget: Forget,
+        stats: Stats,
+    ) -> None:
+        self._settings = settings
+        self._database = database
+        self._tables = tables
+        self._forget = forget
+        self._stats = stats
+        self._follower = ChangelogFollower(settings)
+        self._paused: set[TopicPartition] = set()  # input partitions this process owns
+
+    def _source(self, tp: TopicPartition) -> TopicPartition:
+        return TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
+
+    async def start(self) -> None:
+        await self._follower.start()
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+
+    async def follow_new(self, consumer: AIOKafkaConsumer) -> None:
+        """Follow every partition of the input topics not followed yet (at start, and when a
+        topic gains partitions), from where this file stands."""
+        wanted = {
+            TopicPartition(topic, partition)
+            for topic in self._settings.topics
+            for partition in consumer.partitions_for_topic(topic) or ()
+        }
+        followed = set(self._follower.followed)
+        new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
+        if not new:
+            return
+        offsets = await self._database.read(changelog_offsets)
+        self._follower.follow({self._source(tp): offsets.get(tp, 0) for tp in new})
+        paused = [self._source(tp) for tp in new if tp in self._paused]
+        if paused:
+            self._follower.pause(paused)
+        logger.info(
+            "following the changelogs of %d partitions",
+            len(new),
+            extra={"event": "standby_following", "partitions": len(new)},
+        )
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """This process owns ``tps`` now: stop applying their changelogs."""
+        tps = list(tps)
+        self._paused.update(tps)
+        self._follower.pause([self._source(tp) for tp in tps])
+
+    def resume(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """``tps`` are no longer this process's: follow them again from these offsets."""
+        self._paused.difference_update(offsets)
+        self._follower.resume({self._source(tp): offset for tp, offset in offsets.items()})
+
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """How many changelog records each followed partition is behind (None: not known yet,
+        or this process owns it)."""
+        inputs = {self._source(tp): tp for tp in self._followed_inputs()}
+        return {inputs[source]: lag for source, lag in self._follower.lag().items() if source in inputs}
+
+    def _followed_inputs(self) -> list[TopicPartition]:
+        by_source = {
+            changelog_topic(self._settings.group_id, topic): topic for topic in self._settings.topics
+        }
+        return [
+            TopicPartition(by_source[source.topic], source.partition)
+            for source in self._follower.followed
+            if source.topic in by_source
+        ]
+
+    async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Apply what the changelogs bring until ``stop``."""
+        inputs = {
+            changelog_topic(self._settings.group_id, topic): topic for topic in self._settings.topics
+        }
+        while not stop.is_set():
+            await self.follow_new(consumer)
+            chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
+            for source, chunk in sorted(chunks.items()):
+                tp = TopicPartition(inputs[source.topic], source.partition)
+                if tp in self._paused:
+                    continue  # claimed here since it was fetched: its owner writes it
+                applied = await self._database.transaction(
+                    functools.partial(
+                        apply_chunk,
+                        tp=tp,
+                        chunk=chunk,
+                        tables=self._tables,
+                        forget=self._forget,
+                        now=utc_now(),
+                    )
+                )
+                self._stats.changelog_applied += applied.records
+
+
+def apply_chunk(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    chunk: ChangelogChunk,
+    tables: Sequence[StateTable],
+    forget: Forget,
+    now: str,
+) -> Applied:
+    """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
+    if chunk.rewound:
+        # The changelog no longer holds what the file applied (deleted or created again): it is
+        # read again from its start, which holds every live row; a row the file kept may have
+        # been deleted since, its tombstone compacted away, so the partition starts empty.
+        forget_partition(conn, tp, forget)
+        record_changelog_offset(conn, tp, 0)
+    records: Sequence[ChangelogRecord] = chunk.records
+    return apply_changes(
+        conn, tp.topic, tp.partition, records, tables, now=now, next_offset=chunk.next_offset
+    )
