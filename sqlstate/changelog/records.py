@@ -2,7 +2,9 @@
 record decoded back into the row it carries.
 
 Row records are encoded by SQLite itself (``table_sql.py``), never here: the canonical text
-comes from one place, and the owner's hot path does not re-encode rows in Python.
+comes from one place, and the owner's hot path does not re-encode rows in Python. (One value
+may not survive: the SQLite 3.40 that sqlstate is tested on writes an infinite REAL as ``Inf``,
+which is not JSON, and such a record is refused here as unreadable.)
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlstate import migrate
-from sqlstate.changelog.table_sql import delete_by_key
+from sqlstate.changelog.table_sql import capture_triggers, delete_by_key
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
 from sqlstate.processors.sql_file import SqlFileProcessor
@@ -69,6 +69,9 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
         tables = [_checked(scratch, "sqlstate", StateTable(DEAD_LETTERS, DEAD_LETTERS_KEY))]
         for processor in processors:
             tables += _tables_of(scratch, processor)
+        for table in tables:
+            # Refused here, at start, rather than when the capture triggers are made.
+            capture_triggers(table, [name for name, _ in table_columns(scratch, table.name)])
     finally:
         scratch.close()
     names = [table.name for table in tables]

@@ -10,7 +10,7 @@ import json
 import random
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -639,6 +639,13 @@ class Declared(Undeclared):
         self.changelog_matches = matches
 
 
+class Wide(Undeclared):
+    name = "wide"
+    columns = ", ".join(f"c{n}" for n in range(64))
+    migrations = (Migration("0001_wide", f"CREATE TABLE wide ({columns}, PRIMARY KEY (c0));"),)
+    changelog_tables: Mapping[str, Sequence[str]] = {"wide": ("c0",)}
+
+
 @pytest.mark.parametrize(
     ("processor", "reason"),
     [
@@ -650,6 +657,7 @@ class Declared(Undeclared):
         (Declared({"t": ("a",)}, {"t": "b = ?1"}), "does not compile"),
         (Declared({"t": ("a",)}, {"u": "a = ?1"}), "names u, which is not"),
         (Declared({"key_counts": ("topic", "partition", "key")}, {}), "declared as state by two"),
+        (Wide(), "table wide has 64 columns"),
     ],
 )
 def test_what_cannot_be_keyed_is_refused(processor: Processor, reason: str) -> None:
