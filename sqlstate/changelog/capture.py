@@ -53,3 +53,8 @@ def take_changes(conn: sqlite3.Connection) -> list[tuple[bytes, bytes | None]]:
     if last:
         conn.execute(sql("clear_changelog_capture"))
     return list(last.items())
+
+
+def discard_changes(conn: sqlite3.Connection) -> None:
+    """Forget what the triggers caught so far: what follows is one partition's alone."""
+    conn.execute(sql("clear_changelog_capture"))
