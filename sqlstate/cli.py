@@ -259,6 +259,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     "standby",
     env="STANDBY",
     type=click.Choice(STANDBY_MODES),
+    default=None,
     help="With --changelog: all (the default) also applies the changelogs of the partitions"
     " other hosts own, so this file holds the complete state; none keeps only its own.",
 )
