@@ -127,6 +127,11 @@ class Standby:
             await self.follow_new(consumer)
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
             lags = self._follower.lag()
+            self._stats.standby_lag = {
+                TopicPartition(inputs[source.topic], source.partition): behind
+                for source, behind in lags.items()
+                if behind is not None and source.topic in inputs
+            }
             for source, chunk in sorted(chunks.items()):
                 behind = lags.get(source)
                 tp = TopicPartition(inputs[source.topic], source.partition)
