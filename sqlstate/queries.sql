@@ -241,3 +241,11 @@ INSERT INTO state_settings (name, value, recorded_at) VALUES (:name, :value, :no
 
 -- name: database_file
 SELECT file FROM pragma_database_list WHERE name = 'main';
+
+-- name: locking_mode_exclusive
+-- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
+-- SQLite refuses while any other connection has it open in WAL mode.
+PRAGMA locking_mode = EXCLUSIVE;
+
+-- name: begin_exclusive
+BEGIN EXCLUSIVE;
