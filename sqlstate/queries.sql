@@ -329,3 +329,11 @@ VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now)
 ON CONFLICT (topic, partition) DO UPDATE
     SET next_offset = excluded.next_offset, owner = 'standby', log_end_offset = NULL,
         updated_at = excluded.updated_at;
+
+-- name: locking_mode_exclusive
+-- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
+-- SQLite refuses while any other connection has it open in WAL mode.
+PRAGMA locking_mode = EXCLUSIVE;
+
+-- name: begin_exclusive
+BEGIN EXCLUSIVE;
