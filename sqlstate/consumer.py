@@ -490,7 +490,13 @@ class BatchLoop:
                 if self._settings.out_of_range == "fail":
                     raise refusal(tp, claim.next_offset, bounds)
                 generation = self._ownership.generation
-                reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
+                try:
+                    reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
+                except ChangelogPublishFailed as failed:
+                    # Rolled back: the partition is restored and claimed again, and its
+                    # position checked against the log once more then.
+                    await self._changelog_failed(failed)
+                    continue
                 if generation != self._ownership.generation:
                     # A revoke stopped waiting for this reset (the database was locked): the
                     # partition is no longer ours to seek. Its next claim reads the reset, or

@@ -322,6 +322,7 @@ async def _run_on(
     # Refused before Kafka is asked anything; recorded only once it answered, below.
     await store.check_processors(settings.topics, processors.names)
     tables = changelog_mode.checked_tables(settings, processors)
+    await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)
     consumer = build_consumer(
@@ -341,7 +342,7 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, store, tables, processors, stats)
+            changelog = changelog_mode.owner_of(settings, store, tables, stats)
             await _consume(
                 consumer,
                 store,

@@ -32,6 +32,10 @@ class IsolationLevelError(ConfigError):
     leaves_database_unchanged = True
 
 
+class ChangelogModeError(ConfigError):
+    """--changelog on a file whose state was made without it, or the other way round."""
+
+
 class DatabaseError(SqlstateError):
     """The database cannot be used."""
 
@@ -73,6 +77,11 @@ class OutOfRangeError(SqlstateError):
 
     exit_code = 5
     leaves_database_unchanged = True
+
+
+class ChangelogLostError(OutOfRangeError):
+    """A changelog no longer holds what this file applied from it: deleted, recreated, or records
+    deleted. Restoring or following it would lose state."""
 
 
 class RebalanceError(SqlstateError):

@@ -128,6 +128,9 @@ SELECT processor FROM topic_processors WHERE topic = :topic ORDER BY processor;
 -- name: topic_has_positions
 SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic);
 
+-- name: has_positions
+SELECT EXISTS (SELECT 1 FROM positions);
+
 -- name: forget_recorded_processors
 DELETE FROM topic_processors WHERE topic = :topic;
 

@@ -46,7 +46,12 @@ from aiokafka import TopicPartition
 from sqlstate.changelog.capture import discard_changes, take_changes
 from sqlstate.changelog.offsets import record_changelog_offset
 from sqlstate.database import Database, utc_now
-from sqlstate.errors import ChangelogError, IsolationLevelError, ProcessorError
+from sqlstate.errors import (
+    ChangelogError,
+    ChangelogModeError,
+    IsolationLevelError,
+    ProcessorError,
+)
 from sqlstate.out_of_range import LogBounds, recreated_refusal, refusal
 from sqlstate.processors.base import Statement
 from sqlstate.queries import sql
@@ -64,6 +69,8 @@ Publish = Callable[
 ]
 
 ISOLATION_LEVEL = "isolation_level"  # its name in the state_settings table
+# Whether the state was made with --changelog ("on") or without ("off"), in state_settings.
+CHANGELOG = "changelog"
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ class Fenced:
 Outcome = Committed | Fenced
 
 
-class ChangelogPublishFailed(Exception):
+class ChangelogPublishFailed(ChangelogError):
     """A batch's changelog transactions did not all commit: its SQLite transaction rolled back.
 
     ``failures``: why, per partition whose Kafka transaction did not commit; ``partitions``:
@@ -224,6 +231,10 @@ class Store:
             ),
             lock_wait_s,
         )
+
+    async def check_changelog(self, on: bool) -> None:
+        """Refuse (``ChangelogModeError``) a run whose --changelog differs from the state's."""
+        await self.database.read(functools.partial(_changelog_refusal, on=on))
 
     async def isolation_level(self) -> str | None:
         """The isolation level the counts were made with; None before the first claim."""
@@ -335,11 +346,6 @@ def _publish(
         record_changelog_offset(conn, tp, next_offset, next_offset)
 
 
-def forget_partition(conn: sqlite3.Connection, tp: TopicPartition, forget: Forget) -> None:
-    """Delete everything derived from ``tp`` (in the caller's transaction)."""
-    _run(conn, forget(tp))
-
-
 def _claim(
     conn: sqlite3.Connection,
     bounds: Mapping[TopicPartition, LogBounds],
@@ -352,6 +358,7 @@ def _claim(
     publish: Publish | None = None,
 ) -> Claimed:
     _check_isolation_level(conn, isolation_level, now)
+    _check_changelog(conn, publish is not None, now)
     recreated = []
     # Under --changelog a recreated topic stops the daemon: its reset would forget partitions
     # other hosts own, whose changelogs only their owners may write.
@@ -408,6 +415,40 @@ def _check_isolation_level(conn: sqlite3.Connection, level: str, now: str) -> No
         )
     elif recorded != level:
         raise isolation_refusal(_file_name(conn), recorded, level)
+
+
+def _changelog_refusal(conn: sqlite3.Connection, on: bool) -> None:
+    """Raise ``ChangelogModeError`` if the state was made in the other mode; a file without
+    positions takes either."""
+    recorded = _state_setting(conn, CHANGELOG)
+    wanted = "on" if on else "off"
+    if recorded == wanted or not conn.execute(sql("has_positions")).fetchone()[0]:
+        return
+    if recorded is None and not on:
+        return  # counted before the changelog existed: without it, as ever
+    file = _file_name(conn)
+    if on:
+        raise ChangelogModeError(
+            f"the state in {file} was made without --changelog: no changelog holds it, so no"
+            " other host could restore or follow it, and a partition moving away would lose"
+            " it. Start --changelog on a new, empty database file (it restores whatever the"
+            " changelogs hold and consumes the rest from the input), or run without --changelog"
+        )
+    raise ChangelogModeError(
+        f"the state in {file} was made with --changelog: running without it would change the"
+        " state without its changelog, and every other host's copy would silently diverge."
+        " Run with --changelog, or move the file away to start over without it"
+    )
+
+
+def _check_changelog(conn: sqlite3.Connection, on: bool, now: str) -> None:
+    """Record the mode at the first claim; refuse the other one after it."""
+    _changelog_refusal(conn, on)
+    if _state_setting(conn, CHANGELOG) is None:
+        conn.execute(
+            sql("record_state_setting"),
+            {"name": CHANGELOG, "value": "on" if on else "off", "now": now},
+        )
 
 
 def _check_topic_id(

@@ -63,19 +63,14 @@ def owner_of(
     settings: Settings,
     store: Store,
     tables: Sequence[StateTable],
-    processors: Processors,
     stats: Stats,
 ) -> ChangelogOwner | None:
     """The changelog side of the claims, wired into the store's batch transaction; None without
     --changelog."""
     if not settings.changelog:
         return None
-    standby = (
-        Standby(settings, store.database, tables, processors.forget, stats)
-        if settings.standbys
-        else None
-    )
-    owner = ChangelogOwner(settings, store.database, tables, processors.forget, stats, standby)
+    standby = Standby(settings, store.database, tables, stats) if settings.standbys else None
+    owner = ChangelogOwner(settings, store.database, tables, stats, standby)
     store.publish = owner.publish_from_thread
     return owner
 

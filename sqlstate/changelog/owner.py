@@ -31,15 +31,14 @@ from aiokafka import TopicPartition
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, Row, publish_all
 from sqlstate.changelog.reader import ChangelogReader
-from sqlstate.changelog.standby import Standby, apply_chunk
+from sqlstate.changelog.standby import Standby, apply_chunk, changelog_lost
 from sqlstate.changelog.tables import StateTable
-from sqlstate.changelog.topics import changelog_topic
+from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.database import Database, utc_now
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Forget
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +58,18 @@ class ChangelogOwner:
         settings: Settings,
         database: Database,
         tables: Sequence[StateTable],
-        forget: Forget,
         stats: Stats,
         standby: Standby | None,
     ) -> None:
         self._settings = settings
         self._database = database
         self._tables = tables
-        self._forget = forget
         self._stats = stats
         self._standby = standby
         self._reader = ChangelogReader(settings)
         self._producers: dict[TopicPartition, ChangelogProducer] = {}
+        # Partitions each changelog is known to have, at least.
+        self._changelog_partitions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -94,6 +93,7 @@ class ChangelogOwner:
         """Before claiming ``tps`` in the file: fence their earlier owners, then restore the
         file from their changelogs. Raises ChangelogError (the claim waits and tries again)."""
         tps = sorted(tps)
+        await self._changelogs_for(tps)
         if self._standby is not None:
             # The restore is now the partitions' only writer here; what the standby applied
             # is where it starts.
@@ -117,6 +117,20 @@ class ChangelogOwner:
         for tp in tps:
             await self.restore(tp)
 
+    async def _changelogs_for(self, tps: Sequence[TopicPartition]) -> None:
+        """Grow a changelog whose input gained partitions while running (the start made the
+        changelogs for the partitions there were then). Asked of Kafka once per topic and
+        whenever a higher partition turns up."""
+        wanted: dict[str, int] = {}
+        for tp in tps:
+            if tp.partition >= self._changelog_partitions.get(tp.topic, 0):
+                wanted[tp.topic] = max(wanted.get(tp.topic, 0), tp.partition + 1)
+        if wanted:
+            await ensure_changelogs(
+                self._settings, wanted, self._settings.changelog_replication_factor
+            )
+            self._changelog_partitions.update(wanted)
+
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
         """Stop the producers of ``tps`` (revoked, or fenced) and, with a standby, follow their
         changelogs again from where the file stands."""
@@ -136,6 +150,8 @@ class ChangelogOwner:
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))
         source = TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
         end = await self._reader.end_offset(source)
+        if start > end:
+            raise changelog_lost(tp, start, end)
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
         if end - start <= 1:
@@ -159,7 +175,6 @@ class ChangelogOwner:
                     tp=tp,
                     chunk=chunk,
                     tables=self._tables,
-                    forget=self._forget,
                     now=utc_now(),
                     log_end_offset=end,
                 )

@@ -21,14 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.changelog.apply import Applied, apply_changes
-from sqlstate.changelog.offsets import changelog_offsets, record_changelog_offset
+from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogRecord
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.database import Database, utc_now
+from sqlstate.errors import ChangelogLostError
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Forget, forget_partition
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,11 @@ class Standby:
         settings: Settings,
         database: Database,
         tables: Sequence[StateTable],
-        forget: Forget,
         stats: Stats,
     ) -> None:
         self._settings = settings
         self._database = database
         self._tables = tables
-        self._forget = forget
         self._stats = stats
         self._follower = ChangelogFollower(settings)
         self._paused: set[TopicPartition] = set()  # input partitions this process owns
@@ -143,7 +141,6 @@ class Standby:
                         tp=tp,
                         chunk=chunk,
                         tables=self._tables,
-                        forget=self._forget,
                         now=utc_now(),
                         log_end_offset=None if behind is None else chunk.next_offset + behind,
                     )
@@ -151,22 +148,30 @@ class Standby:
                 self._stats.changelog_applied += applied.records
 
 
+def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> ChangelogLostError:
+    """The error of a changelog that no longer holds what this file applied from it."""
+    where = "" if end is None else f", and it now ends at offset {end}"
+    return ChangelogLostError(
+        f"this file has applied the changelog of {tp.topic}-{tp.partition} up to offset"
+        f" {applied}, which that changelog no longer holds{where}: the changelog topic was"
+        " deleted, created again or had records deleted, so it lacks rows of the partition's"
+        " state and restoring or following it would lose them. Nothing was written. Changelog"
+        " topics must never be deleted; to start over, run a new group (new changelogs) on new"
+        " database files, which rebuild the state from the input topics"
+    )
+
+
 def apply_chunk(
     conn: sqlite3.Connection,
     tp: TopicPartition,
     chunk: ChangelogChunk,
     tables: Sequence[StateTable],
-    forget: Forget,
     now: str,
     log_end_offset: int | None = None,
 ) -> Applied:
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
-        # The changelog no longer holds what the file applied (deleted or created again): it is
-        # read again from its start, which holds every live row; a row the file kept may have
-        # been deleted since, its tombstone compacted away, so the partition starts empty.
-        forget_partition(conn, tp, forget)
-        record_changelog_offset(conn, tp, 0)
+        raise changelog_lost(tp, changelog_offset(conn, tp))
     records: Sequence[ChangelogRecord] = chunk.records
     return apply_changes(
         conn,

@@ -1,5 +1,5 @@
 """--changelog: a kill -9 between a batch's Kafka commit and its SQLite commit, on either side;
-and a host seeded from a snapshot.
+a host seeded from a snapshot; a changelog deleted under the state.
 
 The fault wrapper kills the daemon inside the batch's SQLite transaction, in the database
 thread: before the changelog transactions begin, or right after they committed (the file is then
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from sqlstate.changelog.topics import changelog_topic
 from tests.acceptance.test_snapshot import take_snapshot
 from tests.support.daemon import Daemon
 from tests.support.db import query
 from tests.support.faults import caught_up, daemon, produce
-from tests.support.kafka import TopicFactory
+from tests.support.kafka import TopicFactory, delete_topics
 
 
 async def _crashed(victim: Daemon) -> None:
@@ -114,3 +115,30 @@ async def test_a_host_seeded_from_a_snapshot_reads_only_what_the_changelog_added
     finally:
         await first.stop_quietly()
         await second.stop_quietly()
+
+
+async def test_a_deleted_changelog_stops_the_daemon_instead_of_losing_state(
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """The changelog topic deleted while the daemon was down: started again, it finds that the
+    changelog no longer holds what its file applied from it, and stops with exit code 5 and a
+    message, changing nothing, rather than restoring or following an incomplete changelog."""
+    topic = await topic_factory(partitions=3)
+    database = tmp_path / "state.db"
+    await produce(kafka_bootstrap, topic, 600, partitions=3, seed=12)
+    first = daemon(kafka_bootstrap, topic, group_id, database, "--changelog", name="first")
+    again = daemon(kafka_bootstrap, topic, group_id, database, "--changelog", name="again")
+    try:
+        first.start()
+        await caught_up(kafka_bootstrap, database, topic, [first])
+        assert await first.terminate() == 0
+        before = query(database, "SELECT * FROM key_counts ORDER BY partition, key")
+        await delete_topics(kafka_bootstrap, [changelog_topic(group_id, topic)])
+
+        again.start()
+        assert await again.wait(60) == 5, again.log()[-3000:]
+        assert "no longer holds" in again.log()
+        assert query(database, "SELECT * FROM key_counts ORDER BY partition, key") == before
+    finally:
+        await first.stop_quietly()
+        await again.stop_quietly()

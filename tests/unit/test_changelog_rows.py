@@ -32,7 +32,7 @@ from sqlstate.changelog.table_sql import delete_by_key
 from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.database import Database, utc_now
 from sqlstate.decoding import BadRecords, Decoding
-from sqlstate.errors import DatabaseError, ProcessorError
+from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
 from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
 from sqlstate.processors.counting import KeyCounter
@@ -696,3 +696,46 @@ def test_a_sql_table_keyed_by_a_unique_constraint_is_accepted(tmp_path: Path) ->
         "-- sqlstate: forget\nDELETE FROM notes WHERE topic = :topic;\n"
     )
     assert state_tables([SqlFileProcessor.load(path)])[-1] == StateTable("notes", ("topic", "body"))
+
+
+@pytest.mark.parametrize("first", [True, False])
+async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bool) -> None:
+    """State made with --changelog is refused without it, and the other way round: either way
+    a changelog would no longer hold every change of the state. A file without positions takes
+    either mode."""
+    members = [KeyCounter()]
+    processors = Processors.checked(members)
+    store = await open_store(tmp_path / "s.db", processors)
+    try:
+        await store.check_changelog(not first)  # nothing claimed yet: either is fine
+
+        def no_kafka(
+            changes: Mapping[TopicPartition, tuple[Sequence[tuple[bytes, bytes | None]], int]],
+        ) -> dict[TopicPartition, int | ChangelogError]:
+            return dict.fromkeys(changes, 0)
+
+        store.publish = no_kafka if first else None
+        await store.claim(
+            {T0: LogBounds(0, 10)},
+            "me",
+            "reset",
+            processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
+        await store.check_changelog(first)
+        with pytest.raises(ChangelogModeError, match="--changelog"):
+            await store.check_changelog(not first)
+        store.publish = None if first else no_kafka
+        with pytest.raises(ChangelogModeError):
+            await store.claim(
+                {T0: LogBounds(0, 10)},
+                "me",
+                "reset",
+                processors.forget,
+                topic_ids={},
+                isolation_level="read_committed",
+            )
+    finally:
+        await store.database.close()
+        processors.close()
