@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import TopicPartition
 
@@ -52,6 +52,10 @@ class OrderTotals:
 
     name = "order-totals"
     migrations: Sequence[Migration] = (Migration("0001_order_totals", SCHEMA),)
+    # Under --changelog each changed row is shipped under its key: the table's PRIMARY KEY.
+    changelog_tables: Mapping[str, Sequence[str]] = {
+        "order_totals": ("topic", "partition", "customer")
+    }
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         # Add up the batch first: the database then sees one row per customer, not per order.

@@ -313,6 +313,14 @@ def absent_topics(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[tup
     ]
 
 
+async def partition_counts(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has, from a metadata request of its own: before
+    the consumer subscribes, its own metadata holds no topic. 0 for a topic Kafka does not
+    list."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in topics}
+
+
 def group_generation(consumer: AIOKafkaConsumer) -> int | None:
     """The generation of the group join the consumer last completed; None before the first.
 

@@ -241,3 +241,85 @@ INSERT INTO state_settings (name, value, recorded_at) VALUES (:name, :value, :no
 
 -- name: database_file
 SELECT file FROM pragma_database_list WHERE name = 'main';
+
+-- ---- the changelog (--changelog): capture, apply, offsets; see sqlstate/changelog/ -------------
+
+-- name: create_changelog_capture
+-- The rows a batch changed, as changelog records, appended by TEMP triggers in the order of
+-- the changes (sqlstate/changelog/capture.py). TEMP: per connection, never in the file, gone at
+-- close. No index: the triggers only append, which is the cheapest write there is.
+CREATE TEMP TABLE IF NOT EXISTS changelog_capture (
+    seq     INTEGER PRIMARY KEY,
+    key     BLOB NOT NULL,
+    value   BLOB
+);
+
+-- name: changelog_capture_installed
+SELECT count(*) FROM sqlite_temp_master WHERE type = 'table' AND name = 'changelog_capture';
+
+-- name: take_changelog_capture
+-- Every change in order; capture.py keeps each row's last. (Done in SQL, with a GROUP BY key,
+-- it took twice as long: the keys are sorted.)
+SELECT key, value FROM temp.changelog_capture ORDER BY seq;
+
+-- name: clear_changelog_capture
+DELETE FROM temp.changelog_capture;
+
+-- name: table_names
+SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%';
+
+-- name: table_columns
+-- A table's columns in declared order; pk is the column's place in the PRIMARY KEY (0: not in
+-- it). Generated columns are not listed: they are computed again wherever the row is written.
+SELECT name, pk FROM pragma_table_info(:table, 'main') ORDER BY cid;
+
+-- name: table_unique_indexes
+-- A table's UNIQUE indexes, full (not partial) and not its PRIMARY KEY, oldest first.
+SELECT index_list.name
+FROM pragma_index_list(:table, 'main') AS index_list
+JOIN sqlite_master AS master ON master.name = index_list.name
+WHERE index_list."unique" AND NOT index_list.partial AND index_list.origin <> 'pk'
+ORDER BY master.rowid;
+
+-- name: index_columns
+-- An index's columns; name is NULL (cid -2) for an expression such as ifnull(key, 0).
+SELECT name FROM pragma_index_info(:index, 'main') ORDER BY seqno;
+
+-- name: main_has_triggers
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger');
+
+-- name: changelog_match_key_counts
+-- How a changelog record finds its key_counts row: ?1 topic, ?2 partition, ?3 key. Written as
+-- the unique index is (ifnull(key, 0)), so that the lookup uses it; "key IS ?3" would scan.
+topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
+
+-- name: changelog_match_latest
+-- The same for latest: ?1 topic, ?2 partition, ?3 key.
+topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
+
+-- name: changelog_match_windowed_key_counts
+-- The same for windowed_key_counts: ?1 topic, ?2 partition, ?3 key, ?4 window_start_ms,
+-- ?5 window_end_ms.
+topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
+    AND window_start_ms = ?4 AND window_end_ms = ?5
+
+-- name: read_changelog_offset
+SELECT next_offset FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
+
+-- name: record_changelog_offset
+-- The owner, in its batch's transaction, or apply: the next changelog offset not yet in the file.
+INSERT INTO changelog_offsets (topic, partition, next_offset)
+VALUES (:topic, :partition, :next_offset)
+ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset;
+
+-- name: list_changelog_offsets
+SELECT topic, partition, next_offset FROM changelog_offsets ORDER BY topic, partition;
+
+-- name: follow_position
+-- A position record from the changelog: where the partition's owner stands. A partition this
+-- file never saw gets a row owned by 'standby' at epoch 0 (any claim bumps it past); a known
+-- one keeps its epoch and owner, so a claim here is never undone by following.
+INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
+VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now)
+ON CONFLICT (topic, partition) DO UPDATE
+    SET next_offset = excluded.next_offset, updated_at = excluded.updated_at;

@@ -136,7 +136,9 @@ class ChangelogPublishFailed(Exception):
     """
 
     def __init__(
-        self, failures: Mapping[TopicPartition, ChangelogError], partitions: Sequence[TopicPartition]
+        self,
+        failures: Mapping[TopicPartition, ChangelogError],
+        partitions: Sequence[TopicPartition],
     ) -> None:
         super().__init__(
             "changelog transactions failed: "

@@ -18,6 +18,7 @@ from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.database import Database
 from sqlstate.errors import BrokerError
+from sqlstate.kafka import partition_counts
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -41,12 +42,10 @@ async def prepare(
     """Once the database is migrated and Kafka answered: the capture triggers on this
     connection, and the changelog topics, created or grown as the inputs need."""
     await database.setting(functools.partial(install_capture, tables=tables))
-    partitions = {}
-    for topic in settings.topics:
-        known = consumer.partitions_for_topic(topic)
-        if not known:
+    partitions = await partition_counts(consumer, settings.topics)
+    for topic, count in partitions.items():
+        if count == 0:
             raise BrokerError(f"Kafka gave no partitions for topic {topic}")
-        partitions[topic] = len(known)
     names = await ensure_changelogs(settings, partitions, settings.changelog_replication_factor)
     logger.info(
         "changelog topics ready: %s; standbys: %s",

@@ -102,11 +102,14 @@ class Standby:
         """How many changelog records each followed partition is behind (None: not known yet,
         or this process owns it)."""
         inputs = {self._source(tp): tp for tp in self._followed_inputs()}
-        return {inputs[source]: lag for source, lag in self._follower.lag().items() if source in inputs}
+        return {
+            inputs[source]: lag for source, lag in self._follower.lag().items() if source in inputs
+        }
 
     def _followed_inputs(self) -> list[TopicPartition]:
         by_source = {
-            changelog_topic(self._settings.group_id, topic): topic for topic in self._settings.topics
+            changelog_topic(self._settings.group_id, topic): topic
+            for topic in self._settings.topics
         }
         return [
             TopicPartition(by_source[source.topic], source.partition)
@@ -117,7 +120,8 @@ class Standby:
     async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Apply what the changelogs bring until ``stop``."""
         inputs = {
-            changelog_topic(self._settings.group_id, topic): topic for topic in self._settings.topics
+            changelog_topic(self._settings.group_id, topic): topic
+            for topic in self._settings.topics
         }
         while not stop.is_set():
             await self.follow_new(consumer)

@@ -21,6 +21,15 @@ The contract that makes it exact:
 - the statements write only the processor's own tables, never sqlstate's (``positions``,
   ``key_counts``, ``schema_migrations``, ...); sqlstate refuses a processor that does.
 
+Under ``--changelog`` (state shipped to other hosts through Kafka, one row at a time) a processor
+also says what identifies a row of each of its tables, with an optional attribute
+``changelog_tables: Mapping[str, Sequence[str]]`` (table -> its key columns, in order), and,
+when the table's unique index is over an expression such as ``ifnull(key, 0)``, with
+``changelog_matches: Mapping[str, str]`` (table -> a SQL condition over ``?1 .. ?n``, the key's
+values, that finds the row through that index). A processor without them is refused under
+``--changelog``; ``--sql`` files need neither (their tables' PRIMARY KEYs say it). See
+``sqlstate/changelog/tables.py``.
+
 See README.md ("Your own state") for a worked example.
 """
 

@@ -66,6 +66,12 @@ class KeyCounter:
 
     name = "counts"
     migrations: Sequence[Migration] = ()
+    # --changelog: what identifies a row, and how to find it through the table's unique index.
+    changelog_tables: Mapping[str, Sequence[str]] = {"key_counts": ("topic", "partition", "key")}
+
+    @property
+    def changelog_matches(self) -> Mapping[str, str]:
+        return {"key_counts": sql("changelog_match_key_counts")}
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         # Aggregate first: the database sees each distinct key once per batch.

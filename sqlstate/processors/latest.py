@@ -11,7 +11,7 @@ Keys and values are stored as ``key_counts`` stores keys: TEXT when valid UTF-8 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import TopicPartition
 
@@ -25,9 +25,15 @@ class Latest:
     """The latest value per key; tombstones delete."""
 
     name = "latest"
+    # --changelog: what identifies a row, and how to find it through the table's unique index.
+    changelog_tables: Mapping[str, Sequence[str]] = {"latest": ("topic", "partition", "key")}
 
     def __init__(self) -> None:
         self.migrations: Sequence[Migration] = migrate.bundled(self.name)
+
+    @property
+    def changelog_matches(self) -> Mapping[str, str]:
+        return {"latest": sql("changelog_match_latest")}
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         last: dict[object, Record] = {record.key: record for record in records}

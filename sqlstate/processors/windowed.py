@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
@@ -60,6 +60,12 @@ class WindowedCounts:
     """Counts per key per tumbling window, with retention on record time."""
 
     name = "windowed-counts"
+    # --changelog: what identifies a row (a window's end is part of it: windows of another
+    # --window size live beside the old ones), and how to find it through the unique index.
+    changelog_tables: Mapping[str, Sequence[str]] = {
+        "windowed_key_counts": ("topic", "partition", "key", "window_start_ms", "window_end_ms"),
+        "window_clocks": ("topic", "partition"),
+    }
 
     def __init__(self, window_ms: int, retention_ms: int) -> None:
         if window_ms <= 0 or retention_ms <= 0:
@@ -68,6 +74,10 @@ class WindowedCounts:
         self.retention_ms = retention_ms
         self.migrations: Sequence[Migration] = migrate.bundled(self.name)
         self._iso: dict[int, str] = {}  # window bounds already formatted; a handful per run
+
+    @property
+    def changelog_matches(self) -> Mapping[str, str]:
+        return {"windowed_key_counts": sql("changelog_match_windowed_key_counts")}
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
         window, retention = self.window_ms, self.retention_ms

@@ -1,0 +1,102 @@
+"""The SQL of the changelog that depends on a table's name and columns, built from its metadata.
+
+The one exception to "SQL lives in queries.sql": a capture trigger, a delete by key and an
+insert name the state table and each of its columns, which only the schema knows (a ``--sql``
+processor's tables are the user's). Every name goes in as a quoted identifier (``"a""b"``) or a
+string literal (``'it''s'``), so no table or column name can change what a statement does.
+
+Capture (AFTER INSERT/UPDATE/DELETE, TEMP, on ``main``): each writes the changed row's record
+into ``temp.changelog_capture``, the key as ``json_array(table, key columns...)`` and the value as
+``json_object(column, value, ...)``, both built by SQLite (canonical text, no Python on the hot
+path) and cast to BLOB so that Python receives the UTF-8 bytes Kafka sends. A BLOB becomes
+``{"$blob": "<hex>"}``: SQLite's JSON functions refuse BLOBs, and a nested ``json_object`` keeps
+its JSON subtype through ``CASE``, so it lands as an object, never as a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlstate.errors import ProcessorError
+
+if TYPE_CHECKING:
+    from sqlstate.changelog.tables import StateTable
+
+# SQLite's default limit of arguments to a function (SQLITE_MAX_FUNCTION_ARG) is 127 before
+# 3.48, and json_object takes two per column.
+MAX_COLUMNS = 63
+
+
+def quoted(name: str) -> str:
+    """``name`` as a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _tagged(ref: str) -> str:
+    """A column reference as a JSON value: BLOBs tagged, everything else as it is."""
+    return f"CASE typeof({ref}) WHEN 'blob' THEN json_object('$blob', hex({ref})) ELSE {ref} END"
+
+
+def capture_triggers(table: StateTable, columns: Sequence[str]) -> list[str]:
+    """The TEMP triggers that record ``table``'s changed rows (``columns``: all of them, in
+    declared order). An UPDATE that moves a row to another key also records a tombstone for the
+    old key: a trigger of its own, ``UPDATE OF`` the key columns, so that SQLite does not even
+    consider it for an UPDATE that sets none of them (an upsert adding to a count)."""
+    if len(columns) > MAX_COLUMNS:
+        raise ProcessorError(
+            f"table {table.name} has {len(columns)} columns; under --changelog a state table has"
+            f" at most {MAX_COLUMNS} (SQLite's json_object takes two arguments per column)"
+        )
+    name = quoted(table.name)
+
+    def key(row: str) -> str:
+        parts = ", ".join(_tagged(f"{row}.{quoted(column)}") for column in table.key)
+        return f"CAST(json_array({_literal(table.name)}, {parts}) AS BLOB)"
+
+    pairs = ", ".join(
+        f"{_literal(column)}, {_tagged(f'NEW.{quoted(column)}')}" for column in columns
+    )
+    new_value = f"CAST(json_object({pairs}) AS BLOB)"
+    key_columns = ", ".join(map(quoted, table.key))
+    moved = " OR ".join(f"OLD.{quoted(c)} IS NOT NEW.{quoted(c)}" for c in table.key)
+    # Unqualified: SQLite refuses "temp." inside a trigger, and finds temp's table first. A plain
+    # append: a conflict clause in a trigger gives way to the one of the statement that fired it
+    # (an upsert's), so rows changed twice are reduced to their last value at the take.
+    capture = "INSERT INTO changelog_capture (key, value)"
+    return [
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_insert_' + table.name)}"
+        f" AFTER INSERT ON main.{name} BEGIN"
+        f" {capture} VALUES ({key('NEW')}, {new_value}); END",
+        # Created before the next one, the old key's tombstone comes before the new value
+        # (SQLite runs a table's triggers in the order they were created; the tests check it):
+        # one chunk of records never holds the new row beside the old.
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_rekey_' + table.name)}"
+        f" AFTER UPDATE OF {key_columns} ON main.{name} WHEN {moved} BEGIN"
+        f" {capture} VALUES ({key('OLD')}, NULL); END",
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_update_' + table.name)}"
+        f" AFTER UPDATE ON main.{name} BEGIN"
+        f" {capture} VALUES ({key('NEW')}, {new_value}); END",
+        f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_delete_' + table.name)}"
+        f" AFTER DELETE ON main.{name} BEGIN"
+        f" {capture} VALUES ({key('OLD')}, NULL); END",
+    ]
+
+
+def delete_by_key(table: StateTable) -> str:
+    """Delete ``table``'s row of one key, bound as ``?1 .. ?n`` in key order."""
+    match = table.match or " AND ".join(
+        f"{quoted(column)} IS ?{place}" for place, column in enumerate(table.key, start=1)
+    )
+    # On lines of their own: a match from queries.sql may start with -- comment lines.
+    return f"DELETE FROM main.{quoted(table.name)} WHERE (\n{match}\n)"
+
+
+def insert_row(table: str, columns: Sequence[str]) -> str:
+    """Insert one row of ``table`` with ``columns`` bound as ``?`` in that order."""
+    names = ", ".join(map(quoted, columns))
+    return f"INSERT INTO main.{quoted(table)} ({names}) VALUES ({', '.join(['?'] * len(columns))})"
