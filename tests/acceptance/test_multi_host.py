@@ -217,15 +217,23 @@ async def test_input_deleted_below_every_position_then_a_host_replaced(cluster: 
     await delete_records(cluster.bootstrap, cluster.topic, ends)
 
     async with cluster.traffic(seed=5).running():
-        # Host 2 is lost with its disk: its partitions move to the others, and a new host with
-        # an empty file takes its place. Its state can only come from the changelogs.
+        # Host 2 is lost with its disk: its partitions move to the others, which follow them.
         await hosts[2].kill()
         lose_file(host_database(cluster.workdir, 2))
         await wait_for_assignments(hosts[:2], cluster.topic, PARTITIONS)
-        hosts[2].start()
-        await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
-    await converged(cluster.bootstrap, cluster.topic, hosts, deleted=deleted)
-    assert all(h.running() for h in hosts), logs(hosts)
+        # A new host with an empty file and no standby takes its place: the partitions it is
+        # given can only be restored from their changelogs.
+        hosts[2] = cluster.host(2, *strict, "--standby", "none").start()
+        owned = (await wait_for_assignments(hosts, cluster.topic, PARTITIONS))[2]
+        assert owned
+    await converged(cluster.bootstrap, cluster.topic, hosts[:2], deleted=deleted)
+    ends = await cluster.ends()
+    await wait_for_positions(
+        hosts[2].database, {tp: end for tp, end in ends.items() if tp[1] in owned}, 60, hosts
+    )
+    await assert_exactly_once(cluster.bootstrap, hosts[2].database, cluster.topic, deleted=deleted)
+    for partition in owned:
+        assert f"restored {cluster.topic}-{partition} from its changelog" in hosts[2].current_log()
     await stop_all(hosts)
 
 
