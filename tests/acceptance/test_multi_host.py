@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,14 @@ class Cluster:
 
     async def ends(self) -> dict[tuple[str, int], int]:
         return await end_offsets(self.bootstrap, self.topic)
+
+    async def wait_at_end(
+        self, host: Daemon, partitions: Collection[int], hosts: Sequence[Daemon]
+    ) -> None:
+        """Wait until ``host``'s file stands at the log's end (now) in ``partitions``."""
+        ends = await self.ends()
+        targets = {tp: end for tp, end in ends.items() if tp[1] in partitions}
+        await wait_for_positions(host.database, targets, 60, hosts)
 
     @property
     def changelog(self) -> str:
@@ -227,10 +235,7 @@ async def test_input_deleted_below_every_position_then_a_host_replaced(cluster: 
         owned = (await wait_for_assignments(hosts, cluster.topic, PARTITIONS))[2]
         assert owned
     await converged(cluster.bootstrap, cluster.topic, hosts[:2], deleted=deleted)
-    ends = await cluster.ends()
-    await wait_for_positions(
-        hosts[2].database, {tp: end for tp, end in ends.items() if tp[1] in owned}, 60, hosts
-    )
+    await cluster.wait_at_end(hosts[2], owned, hosts)
     await assert_exactly_once(cluster.bootstrap, hosts[2].database, cluster.topic, deleted=deleted)
     for partition in owned:
         assert f"restored {cluster.topic}-{partition} from its changelog" in hosts[2].current_log()
@@ -259,25 +264,13 @@ async def test_without_standbys_each_file_holds_what_its_host_claimed(cluster: C
     hosts = [cluster.host(i, "--standby", "none").start() for i in range(3)]
     async with cluster.traffic(seed=7).running():
         before = await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
-        await wait_for_positions(
-            hosts[1].database,
-            {
-                (cluster.topic, p): end
-                for (_, p), end in (await cluster.ends()).items()
-                if p in before[1]
-            },
-            60,
-            hosts,
-        )
+        await cluster.wait_at_end(hosts[1], before[1], hosts)
         await hosts[1].kill()
         moved = await wait_for_assignments([hosts[0], hosts[2]], cluster.topic, PARTITIONS)
         hosts[1].start()
         after = await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
-    ends = await cluster.ends()
     for h, owned in zip(hosts, after, strict=True):
-        await wait_for_positions(
-            h.database, {tp: end for tp, end in ends.items() if tp[1] in owned}, 60, hosts
-        )
+        await cluster.wait_at_end(h, owned, hosts)
     for h in hosts:
         # Only partitions this host claimed, each standing where the file's state stands.
         assert STANDBY not in owners(h.database, cluster.topic).values()
