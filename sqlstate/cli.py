@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sqlstate import __version__, daemon, logs, lookups, output
+from sqlstate import __version__, daemon, logs, lookups, output, snapshot
 from sqlstate.errors import SqlstateError
 from sqlstate.settings import (
     BAD_RECORD_POLICIES,
@@ -259,6 +259,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     "standby",
     env="STANDBY",
     type=click.Choice(STANDBY_MODES),
+    default=None,
     help="With --changelog: all (the default) also applies the changelogs of the partitions"
     " other hosts own, so this file holds the complete state; none keeps only its own.",
 )
@@ -394,6 +395,38 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
     )
     if not list_only:
         click.echo(f"applied {len(applied)} migration(s)", err=True)
+
+
+@main.command("snapshot")
+@database_option
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@json_option
+@reports_errors
+def take_snapshot(database: Path, dest: Path, force: bool, as_json: bool) -> None:
+    """Write a consistent copy of the database to DEST, also while a daemon writes to it."""
+    taken = asyncio.run(snapshot.take(database, dest, force=force))
+    positions = [
+        {"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset}
+        for p in taken.positions
+    ]
+    if as_json:
+        summary = {
+            "database": str(taken.source),
+            "snapshot": str(taken.path),
+            "bytes": taken.size_bytes,
+            "seconds": round(taken.seconds, 3),
+            "quick_check": "ok",
+            "positions": positions,
+        }
+        click.echo(output.as_json([summary]))
+        return
+    click.echo(
+        f"snapshot of {taken.source} written to {taken.path}: {output.size(taken.size_bytes)},"
+        f" quick_check ok, {len(positions)} partition(s), in {taken.seconds:.2f} s"
+    )
+    if positions:
+        click.echo(output.table(list(positions[0]), [list(p.values()) for p in positions]))
 
 
 @main.command()

@@ -90,8 +90,33 @@ class _StateCollector:
                 "Informational commits to the group's offsets in Kafka that failed"
                 " (the positions in the database are unaffected).",
             ),
+            (
+                "changelog_restored_records",
+                stats.changelog_restored,
+                "--changelog: changelog records applied by restores at claims.",
+            ),
+            (
+                "changelog_applied_records",
+                stats.changelog_applied,
+                "--changelog: changelog records of other owners' partitions applied by the"
+                " standby.",
+            ),
+            (
+                "changelog_failures",
+                stats.changelog_failures,
+                "--changelog: batches rolled back because their changelog transactions did not"
+                " all commit.",
+            ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
+        standby_lag = GaugeMetricFamily(
+            "sqlstate_standby_lag",
+            "--standby all: changelog records a followed partition is behind its owner.",
+            labels=["topic", "partition"],
+        )
+        for tp, behind in sorted(stats.standby_lag.items()):
+            standby_lag.add_metric([tp.topic, str(tp.partition)], behind)
+        yield standby_lag
         processor_records = CounterMetricFamily(
             "sqlstate_processor_records",
             "Records a processor counted in committed batches, by what it counted (for"

@@ -23,6 +23,15 @@ def key_json(key: str | bytes | None) -> Any:
     return key
 
 
+def size(size_bytes: int) -> str:
+    """A file size as a person reads it: ``812 KiB``, ``95.7 MiB``, ``8.1 GiB``."""
+    if size_bytes < 2**20:
+        return f"{size_bytes / 2**10:.0f} KiB"
+    if size_bytes < 2**30:
+        return f"{size_bytes / 2**20:.1f} MiB"
+    return f"{size_bytes / 2**30:.1f} GiB"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

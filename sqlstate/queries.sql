@@ -308,18 +308,32 @@ SELECT next_offset FROM changelog_offsets WHERE topic = :topic AND partition = :
 
 -- name: record_changelog_offset
 -- The owner, in its batch's transaction, or apply: the next changelog offset not yet in the file.
-INSERT INTO changelog_offsets (topic, partition, next_offset)
-VALUES (:topic, :partition, :next_offset)
-ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset;
+-- log_end_offset: the changelog's end as the writer knows it (the owner: its own next offset);
+-- NULL keeps the one known.
+INSERT INTO changelog_offsets (topic, partition, next_offset, log_end_offset)
+VALUES (:topic, :partition, :next_offset, :log_end_offset)
+ON CONFLICT (topic, partition) DO UPDATE
+    SET next_offset = excluded.next_offset,
+        log_end_offset = coalesce(excluded.log_end_offset, log_end_offset);
 
 -- name: list_changelog_offsets
 SELECT topic, partition, next_offset FROM changelog_offsets ORDER BY topic, partition;
 
 -- name: follow_position
 -- A position record from the changelog: where the partition's owner stands. A partition this
--- file never saw gets a row owned by 'standby' at epoch 0 (any claim bumps it past); a known
--- one keeps its epoch and owner, so a claim here is never undone by following.
+-- file never saw gets a row at epoch 0 (any claim bumps it past); a known one keeps its epoch,
+-- so a claim here is never undone by following. The owner becomes 'standby' (progress shows
+-- the partition as followed; no decision reads the owner) and the log end its owner's to know.
 INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
 VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now)
 ON CONFLICT (topic, partition) DO UPDATE
-    SET next_offset = excluded.next_offset, updated_at = excluded.updated_at;
+    SET next_offset = excluded.next_offset, owner = 'standby', log_end_offset = NULL,
+        updated_at = excluded.updated_at;
+
+-- name: locking_mode_exclusive
+-- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
+-- SQLite refuses while any other connection has it open in WAL mode.
+PRAGMA locking_mode = EXCLUSIVE;
+
+-- name: begin_exclusive
+BEGIN EXCLUSIVE;

@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from aiokafka import TopicPartition
+
 
 @dataclass
 class Stats:
@@ -24,6 +26,9 @@ class Stats:
     changelog_restored: int = 0
     changelog_applied: int = 0
     changelog_failures: int = 0  # batches rolled back because their changelog did not commit
+    # --standby all: changelog records each followed partition is behind its owner, at the
+    # standby's last poll (a partition not fetched yet is absent).
+    standby_lag: dict[TopicPartition, int] = field(default_factory=dict)
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
     # Latencies of the batch commits since the metrics last drained them, in seconds.

@@ -307,12 +307,10 @@ def _commit_batch(
             continue
         counters = _run(conn, part.statements)
         if publish is not None:
-            rows = take_changes(conn)
-            # A batch that changed no row (only markers or aborted records passed, or upserts
-            # that wrote what was there) needs no transaction: a restore from the changelog's
-            # older position reads those records again, and they change nothing again.
-            if rows:
-                changes[part.tp] = (rows, part.next_offset)
+            # Even with no row changed (the batch stepped over transaction markers or aborted
+            # records only): the position goes to the changelog, so that standbys show the
+            # partition at its log's end rather than one marker behind it for good.
+            changes[part.tp] = (take_changes(conn), part.next_offset)
         outcomes.append(
             Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
         )
@@ -334,7 +332,7 @@ def _publish(
         raise ChangelogPublishFailed(failures, list(changes))
     for tp, next_offset in published.items():
         assert isinstance(next_offset, int)
-        record_changelog_offset(conn, tp, next_offset)
+        record_changelog_offset(conn, tp, next_offset, next_offset)
 
 
 def forget_partition(conn: sqlite3.Connection, tp: TopicPartition, forget: Forget) -> None:

@@ -70,10 +70,12 @@ def apply_changes(
     *,
     now: str,
     next_offset: int | None = None,
+    log_end_offset: int | None = None,
 ) -> Applied:
     """Apply ``records`` (in changelog offset order) of the changelog of input partition
     (``topic``, ``partition``). ``next_offset``: the changelog position after them, as the reader
     knows it (past a transaction marker); by default the last record's offset + 1.
+    ``log_end_offset``: the changelog's end as the reader saw it (None: not known), for progress.
     ``ProcessorError`` for a record of a table not in ``tables`` or one that does not decode."""
     tp = TopicPartition(topic, partition)
     applied = changelog_offset(conn, tp)
@@ -81,7 +83,7 @@ def apply_changes(
     end = max(applied, next_offset or 0, fresh[-1][2] + 1 if fresh else 0)
     if not fresh:
         if end > applied:
-            record_changelog_offset(conn, tp, end)
+            record_changelog_offset(conn, tp, end, log_end_offset)
         return Applied(0, len(records), 0, 0, None, end)
     # Only each key's last record matters: full values, and a tombstone deletes.
     last: dict[bytes, bytes | None] = {key: value for key, value, _ in fresh}
@@ -120,7 +122,7 @@ def apply_changes(
         )
     if conn.execute(sql("changelog_capture_installed")).fetchone()[0]:
         conn.execute(sql("clear_changelog_capture"))  # not this file's owner's changes
-    record_changelog_offset(conn, tp, end)
+    record_changelog_offset(conn, tp, end, log_end_offset)
     written = sum(len(values) for values in inserts.values())
     return Applied(len(fresh), len(records) - len(fresh), written, tombstones, position, end)
 

@@ -15,13 +15,23 @@ from aiokafka import TopicPartition
 from sqlstate.queries import sql
 
 
-def record_changelog_offset(conn: sqlite3.Connection, tp: TopicPartition, next_offset: int) -> None:
+def record_changelog_offset(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    next_offset: int,
+    log_end_offset: int | None = None,
+) -> None:
     """Record that the file holds ``tp``'s changelog below ``next_offset``; in the transaction
     that wrote that state. The owner sets it as it is: after a claim it is the changelog's only
     writer, and a changelog topic created again starts its offsets over."""
     conn.execute(
         sql("record_changelog_offset"),
-        {"topic": tp.topic, "partition": tp.partition, "next_offset": next_offset},
+        {
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "next_offset": next_offset,
+            "log_end_offset": log_end_offset,
+        },
     )
 
 

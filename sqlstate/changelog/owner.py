@@ -161,6 +161,7 @@ class ChangelogOwner:
                     tables=self._tables,
                     forget=self._forget,
                     now=utc_now(),
+                    log_end_offset=end,
                 )
             )
             applied += done.records

@@ -126,7 +126,14 @@ class Standby:
         while not stop.is_set():
             await self.follow_new(consumer)
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
+            lags = self._follower.lag()
+            self._stats.standby_lag = {
+                TopicPartition(inputs[source.topic], source.partition): behind
+                for source, behind in lags.items()
+                if behind is not None and source.topic in inputs
+            }
             for source, chunk in sorted(chunks.items()):
+                behind = lags.get(source)
                 tp = TopicPartition(inputs[source.topic], source.partition)
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
@@ -138,6 +145,7 @@ class Standby:
                         tables=self._tables,
                         forget=self._forget,
                         now=utc_now(),
+                        log_end_offset=None if behind is None else chunk.next_offset + behind,
                     )
                 )
                 self._stats.changelog_applied += applied.records
@@ -150,6 +158,7 @@ def apply_chunk(
     tables: Sequence[StateTable],
     forget: Forget,
     now: str,
+    log_end_offset: int | None = None,
 ) -> Applied:
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
@@ -160,5 +169,12 @@ def apply_chunk(
         record_changelog_offset(conn, tp, 0)
     records: Sequence[ChangelogRecord] = chunk.records
     return apply_changes(
-        conn, tp.topic, tp.partition, records, tables, now=now, next_offset=chunk.next_offset
+        conn,
+        tp.topic,
+        tp.partition,
+        records,
+        tables,
+        now=now,
+        next_offset=chunk.next_offset,
+        log_end_offset=log_end_offset,
     )

@@ -52,3 +52,19 @@ def writing(path: Path | str, **options: Any) -> Iterator[sqlite3.Connection]:
             yield connection
     finally:
         connection.close()
+
+
+def corrupt_file(path: Path) -> None:
+    """A migrated database of a few MB with one page in the middle overwritten."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")  # one commit, not one per row
+        conn.execute("CREATE TABLE filler (x)")
+        conn.executemany("INSERT INTO filler VALUES (?)", (("y" * 100,) for _ in range(30_000)))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        file.seek((size // 2) // 4096 * 4096)
+        file.write(b"\xde\xad\xbe\xef" * 1024)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlstate import cli, consumer, migrate, rebalance
+from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.group_offsets import GroupOffsets
@@ -68,9 +69,16 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     "in_assign": (Claimer, "assign", "before", "any"),
     # The log's bounds of a partition the fetcher found out of range while running.
     "out_of_range_bounds": (consumer, "read_bounds", "before", "any"),
+    # --changelog, in the database thread inside the batch's SQLite transaction: its rows are
+    # captured and the Kafka transactions not begun yet ("before"), or committed ("after",
+    # with the SQLite transaction not committed: the file is behind its changelog).
+    "before_changelog_publish": (ChangelogOwner, "publish_from_thread", "before", "any"),
+    "after_changelog_publish": (ChangelogOwner, "publish_from_thread", "after", "any"),
 }
 # Points that are not awaited (they run in the database thread or a generator): no sleep there.
 _NOT_AWAITED = {"after_upsert", "in_migration"}
+# Points on a plain function that runs in the database thread.
+_IN_THREAD = {"before_changelog_publish", "after_changelog_publish"}
 
 
 def _counts(point: str, args: Sequence[Any]) -> bool:
@@ -100,7 +108,7 @@ def install(point: str, at: int, action: str, seconds: float = 8.0) -> None:
     owner, name, where, _ = POINTS[point]
     original: Callable[..., Any] = getattr(owner, name)
     hits = 0
-    if action == "sleep" and point in _NOT_AWAITED:
+    if action == "sleep" and (point in _NOT_AWAITED or point in _IN_THREAD):
         raise SystemExit(f"--action sleep needs a point that is awaited, not {point}")
 
     def fire() -> None:
@@ -139,6 +147,23 @@ def install(point: str, at: int, action: str, seconds: float = 8.0) -> None:
                     fire()
 
         setattr(owner, name, split)
+        return
+
+    if point in _IN_THREAD:
+
+        @functools.wraps(original)
+        def in_thread(*args: Any, **kwargs: Any) -> Any:
+            nonlocal hits
+            hits += 1
+            hit = hits == at
+            if hit and where == "before":
+                fire()
+            result = original(*args, **kwargs)
+            if hit and where == "after":
+                fire()
+            return result
+
+        setattr(owner, name, in_thread)
         return
 
     @functools.wraps(original)

@@ -436,7 +436,7 @@ async def test_an_owner_ahead_on_the_same_file_wins(tmp_path: Path) -> None:
     assert query(tmp_path / "owner.db", "SELECT value FROM latest") == [("new",)]
 
 
-async def test_a_position_record_creates_a_standby_row_and_keeps_an_owners_epoch(
+async def test_a_position_record_makes_a_standby_row_and_keeps_the_epoch(
     tmp_path: Path,
 ) -> None:
     members = [KeyCounter()]
@@ -459,7 +459,8 @@ async def test_a_position_record_creates_a_standby_row_and_keeps_an_owners_epoch
         await store.database.close()
         processors.close()
     rows = query(tmp_path / "s.db", "SELECT partition, next_offset, epoch, owner FROM positions")
-    assert rows == [(0, 42, 0, "standby"), (1, 77, 2, "me")]
+    # Followed now, whoever claimed it here before: the epoch stays, so a claim is never undone.
+    assert rows == [(0, 42, 0, "standby"), (1, 77, 2, "standby")]
 
 
 async def test_a_row_of_a_table_no_processor_keeps_is_refused(tmp_path: Path) -> None:

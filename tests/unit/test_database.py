@@ -21,7 +21,7 @@ from sqlstate import migrate
 from sqlstate.database import Database
 from sqlstate.errors import DatabaseBusyError, DatabaseError
 from sqlstate.stats import Stats
-from tests.support.db import query
+from tests.support.db import corrupt_file, query
 
 # Takes a lock with the given BEGIN, says so, and keeps it until a line arrives on stdin.
 HOLDER = textwrap.dedent(
@@ -272,20 +272,6 @@ def test_a_file_locked_at_the_journal_mode_pragma_exits_3_with_one_line(tmp_path
     assert lines[0].startswith("sqlstate: error: database")
     assert "locked" in lines[0]
     assert query(path, "PRAGMA journal_mode") == [("delete",)]
-
-
-def corrupt_file(path: Path) -> None:
-    """A migrated database of a few MB with one page in the middle overwritten."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("CREATE TABLE filler (x)")
-        conn.executemany("INSERT INTO filler VALUES (?)", (("y" * 100,) for _ in range(30_000)))
-    finally:
-        conn.close()
-    size = path.stat().st_size
-    with path.open("r+b") as file:
-        file.seek((size // 2) // 4096 * 4096)
-        file.write(b"\xde\xad\xbe\xef" * 1024)
 
 
 async def test_a_large_file_is_checked_beside_and_no_commit_follows_damage(

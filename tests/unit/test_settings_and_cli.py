@@ -110,6 +110,8 @@ def documented_default(option: click.Parameter) -> str:
         return "required"
     if option.default is True:
         return "on"
+    if option.default is False:
+        return "off"
     if not isinstance(option.default, str | int | float | Path):  # None, or click's "unset"
         return "off" if option.name == "metrics_port" else ""
     return f"`{option.default}`"
