@@ -45,7 +45,7 @@ from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions
 from tests.support.hosts import host_database
 from tests.support.kafka import create_topic, log_end_offsets, produce_transaction
-from tests.support.oracle import Verdict, check, data_ends
+from tests.support.oracle import Verdict, check
 from tests.support.workload import STEADY_KEYS, SteadyTraffic
 from tools.kafka_broker import BrokerControl
 
@@ -328,23 +328,15 @@ class Soak:
 
     async def drain(self) -> bool:
         """Every daemon running; wait until the stored positions, in every file, reach the end of
-        the log (the traffic has stopped).
-
-        The multi-host soak waits for the end of the records instead: a file may stop before the
-        transaction markers and aborted records that end a partition, since a batch of only those
-        changes no state and so is not published to the changelog the standbys follow.
-        """
+        the log (the traffic has stopped)."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         ends: dict[int, int] = {}
         while time.monotonic() < deadline:
             self.restart_exited()
             with contextlib.suppress(Exception):
-                if not ends:
-                    ends = await log_end_offsets(
-                        self.bootstrap, self.topic, isolation_level="read_committed"
-                    )
-                    if self.options.hosts:
-                        ends = await data_ends(self.bootstrap, self.topic, ends)
+                ends = await log_end_offsets(
+                    self.bootstrap, self.topic, isolation_level="read_committed"
+                )
                 if all(self.reached(database, ends) for database in self.databases):
                     return True
             await asyncio.sleep(1)

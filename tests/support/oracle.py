@@ -317,12 +317,9 @@ async def read_committed(
 
 async def data_ends(bootstrap: str, topic: str, until: dict[int, int]) -> dict[int, int]:
     """{partition: the offset after the last record below ``until`` that a read_committed
-    reader returns}, or the log start for a partition with none.
-
-    A database holding every record stands at least there. It may stand there and no further:
-    a batch of only transaction markers and aborted records changes no state, and what does not
-    change state is not published to a changelog, so a file following the partition through it
-    does not see its position move past them.
+    reader returns}, or the log start for a partition with none: where the topic's last
+    committed record is, transaction markers and aborted records left out (e.g. whether a
+    changelog gained any committed record).
     """
     records = await read_committed(bootstrap, topic, until)
     starts = await beginning_offsets(bootstrap, topic)
