@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
 
-.PHONY: all install lint format typecheck test soak soak-short bench demo broker-up \
+.PHONY: all install lint format typecheck test soak soak-short soak-multihost bench demo broker-up \
 	broker-down broker-status broker-logs clean distclean
 
 all: lint typecheck test
@@ -59,6 +59,8 @@ test: install
 ## soak: DURATION seconds (default 600) of daemon kills, pauses and broker bounces under
 ## steady traffic, then the exactly-once oracle; prints a summary (tests/soak/soak.py).
 ## It kills and restarts the broker, so it needs one this harness starts.
+# soak-multihost's own default, taken before DURATION gets the soak's.
+MULTIHOST_DURATION := $(if $(filter undefined,$(origin DURATION)),120,$(DURATION))
 DURATION ?= 600
 SOAK_ARGS ?=
 soak: install
@@ -67,6 +69,12 @@ soak: install
 ## soak-short: the two-minute soak that .ci/run runs after the tests
 soak-short: install
 	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
+
+## soak-multihost: the soak with three hosts simulated here, each a daemon with a database file
+## of its own under --changelog, and the same faults; every file must end with the complete
+## state. DURATION defaults to 120 for it.
+soak-multihost: install
+	$(BROKER) run -- $(BIN)/python -m tests.soak --hosts 3 --duration $(MULTIHOST_DURATION) $(SOAK_ARGS)
 
 ## bench: produce 1,000,000 messages once, then measure a bare aiokafka consumer, sqlstate,
 ## two sqlstate processes and sqlstate on a database already holding 1,000,000 and 10,000,000

@@ -1,6 +1,7 @@
 """The fault soak: steady traffic, three daemons on one database, a supervisor that breaks things.
 
     python -m tests.soak --duration 600          (make soak DURATION=600; make soak-short)
+    python -m tests.soak --hosts 3 --duration 120             (make soak-multihost)
 
 A producer writes at a steady rate into a topic of several partitions (plain records, plus small
 transactions of which every third is aborted, so read_committed matters). Three ``sqlstate run``
@@ -10,9 +11,14 @@ timeout (a zombie) and resumes it; a few times it kill -9s the broker and restar
 (sometimes restarting a daemon while the broker is down).
 Any daemon that exits by itself is restarted and its exit code reported.
 
-Then it drains: every daemon resumed and running, the producers stopped, the stored positions at
-the end of the log, and applies the exactly-once oracle (``tests/support/oracle.py``). It prints one
-summary and exits 1 unless lost = 0, duplicated = 0 and ``quick_check`` is ok.
+With ``--hosts N`` it is the multi-host soak instead (docs/scaling.md): N daemons each with a
+database file of its own under ``--changelog`` (standbys on), as N hosts would run, with the same
+faults; every file must end with the complete state.
+
+Then it drains: every daemon resumed and running, the producers stopped, the stored positions (in
+every file) at the end of the log, and applies the exactly-once oracle
+(``tests/support/oracle.py``) to each file. It prints one summary and exits 1 unless lost = 0,
+duplicated = 0 and ``quick_check`` is ok everywhere.
 
 Bounded in time (duration plus a bounded drain) and traffic (``--rate``), loopback only. It needs
 the broker started by the test harness (``tools.kafka_broker``), which it may kill and restart.
@@ -35,12 +41,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions
+from tests.support.hosts import host_database
 from tests.support.kafka import create_topic, log_end_offsets, produce_transaction
 from tests.support.oracle import Verdict, check
+from tests.support.workload import STEADY_KEYS, SteadyTraffic
 from tools.kafka_broker import BrokerControl
 
 logger = logging.getLogger("soak")
@@ -48,8 +54,6 @@ logger = logging.getLogger("soak")
 ROOT = Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT_S = 6.0
 DRAIN_TIMEOUT_S = 240.0
-KEYS: list[bytes | None] = [None, b"", b"\xff\xfe\x00", "ключ-🔑".encode(), b"x" * 10_000]
-KEYS += [f"user-{i}".encode() for i in range(500)]
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Options:
     duration: float = 600.0
     partitions: int = 6
     daemons: int = 3
+    hosts: int = 0  # > 0: the multi-host soak, one daemon and file per host (--daemons unused)
     rate: float = 200.0  # plain records per second
     interval: float = 8.0  # mean seconds between daemon faults
     broker_bounces: int | None = None  # default: one per 200 s, at least one
@@ -86,21 +91,33 @@ class Summary:
     rebalances: int
     fenced: int
     resets: int
-    verdict: Verdict | None
+    restores: int
+    rollbacks: int
+    verdicts: dict[str, Verdict]  # database file name -> the oracle's verdict on it
+    files: int
     drained: bool
 
     @property
     def ok(self) -> bool:
-        return self.drained and self.verdict is not None and self.verdict.ok
+        return (
+            self.drained
+            and len(self.verdicts) == self.files
+            and all(v.ok for v in self.verdicts.values())
+        )
 
     def text(self) -> str:
         t = self.tally
-        v = self.verdict
+        options = self.options
+        processes = (
+            f"{options.hosts} hosts (a daemon and a file each, --changelog)"
+            if options.hosts
+            else f"{options.daemons} daemons"
+        )
         exits = ", ".join(f"code {c}: {n}" for c, n in sorted(t.exits.items())) or "none"
         lines = [
             "soak summary",
             f"  duration:            {self.options.duration:.0f} s; topic {self.topic}"
-            f" ({self.options.partitions} partitions), {self.options.daemons} daemons,"
+            f" ({self.options.partitions} partitions), {processes},"
             f" workdir {self.workdir}",
             f"  messages produced:   {t.produced} acknowledged plain records"
             f" ({t.send_failures} sends failed during bounces); transactions:"
@@ -112,17 +129,24 @@ class Summary:
             f"  rebalances seen:     {self.rebalances}",
             f"  fenced batches:      {self.fenced}",
             f"  out-of-range resets: {self.resets} (a partition's state discarded and rebuilt)",
-            f"  drained:             {'yes' if self.drained else 'NO'}",
         ]
-        if v is not None:
+        if options.hosts:
             lines += [
-                f"  records counted:     {v.read_back} (read_committed, below stored positions)",
-                f"  lost = {v.lost_total}",
-                f"  duplicated = {v.duplicated_total}",
-                f"  quick_check:         {v.quick_check}",
+                f"  changelog restores:  {self.restores} (a partition restored before its claim)",
+                f"  changelog rollbacks: {self.rollbacks} (a batch whose changelog transaction"
+                " failed, rolled back)",
+            ]
+        lines.append(f"  drained:             {'yes' if self.drained else 'NO'}")
+        for name, v in self.verdicts.items():
+            lines += [
+                f"  {name}:",
+                f"    records counted:   {v.read_back} (read_committed, below stored positions)",
+                f"    lost = {v.lost_total}",
+                f"    duplicated = {v.duplicated_total}",
+                f"    quick_check:       {v.quick_check}",
             ]
             if not v.ok:
-                lines.append(f"  details: {v.describe()}")
+                lines.append(f"    details: {v.describe()}")
         lines.append(f"  result:              {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
 
@@ -133,57 +157,26 @@ class Soak:
         self.control = control
         self.bootstrap = control.bootstrap
         self.workdir = workdir
-        self.database = workdir / "state.db"
+        # One file shared by every daemon, or one per host.
+        self.databases = (
+            [host_database(workdir, i) for i in range(options.hosts)]
+            if options.hosts
+            else [workdir / "state.db"]
+        )
         self.rng = random.Random(options.seed)
         self.tally = Tally()
         self.topic = f"soak-{uuid.uuid4().hex[:8]}"
         self.group_id = f"soak-{uuid.uuid4().hex[:8]}"
         self.daemons: list[Daemon] = []
         self.paused: set[int] = set()
-        self.stop_traffic = asyncio.Event()
+        self.traffic = SteadyTraffic(
+            self.bootstrap, self.topic, options.partitions, options.rate, seed=self.rng.random()
+        )
+        # Stops the plain records and the transactions alike.
+        self.stop_traffic = self.traffic.stop
         self.broker_down = asyncio.Event()
 
     # ---- traffic ------------------------------------------------------------------------------
-
-    async def plain_traffic(self) -> None:
-        """About ``rate`` records a second, in 20 chunks, to random partitions."""
-        chunk = max(1, round(self.options.rate / 20))
-        rng = random.Random(self.rng.random())
-        while not self.stop_traffic.is_set():
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                request_timeout_ms=15_000,
-            )
-            try:
-                await producer.start()
-                while not self.stop_traffic.is_set():
-                    started = time.monotonic()
-                    futures = [
-                        await producer.send(
-                            self.topic,
-                            b"v",
-                            key=rng.choice(KEYS),
-                            partition=rng.randrange(self.options.partitions),
-                        )
-                        for _ in range(chunk)
-                    ]
-                    results = await asyncio.gather(*futures, return_exceptions=True)
-                    failed = sum(isinstance(r, BaseException) for r in results)
-                    self.tally.produced += len(results) - failed
-                    self.tally.send_failures += failed
-                    if failed:
-                        break  # start over with a fresh producer
-                    await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - started)))
-            except Exception as error:  # the broker is down: wait and start over
-                logger.info("producer: %r", error)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.stop(), 20)
-            if not self.stop_traffic.is_set():
-                await asyncio.sleep(1)
 
     async def transactions(self) -> None:
         """A small transaction every 2 s; every third one aborted.
@@ -197,7 +190,7 @@ class Soak:
             number += 1
             commit = number % 3 != 0
             messages = [
-                (self.rng.choice(KEYS), b"tx", self.rng.randrange(self.options.partitions))
+                (self.rng.choice(STEADY_KEYS), b"tx", self.rng.randrange(self.options.partitions))
                 for _ in range(self.rng.randrange(1, 20))
             ]
             try:
@@ -236,11 +229,16 @@ class Soak:
     # ---- daemons ------------------------------------------------------------------------------
 
     def new_daemon(self, index: int) -> Daemon:
+        if self.options.hosts:
+            database, name, mode = self.databases[index], f"host-{index}", ["--changelog"]
+        else:
+            database, name, mode = self.databases[0], f"daemon-{index}", []
         return Daemon(
             self.bootstrap,
             [self.topic],
             self.group_id,
-            self.database,
+            database,
+            *mode,
             "--max-records",
             "500",
             "--max-poll-interval-ms",
@@ -249,12 +247,12 @@ class Soak:
             "90",
             "--client-id",
             f"soak-{index}",
-            name=f"daemon-{index}",
+            name=name,
         )
 
     async def kill_daemon(self, index: int) -> None:
         daemon = self.daemons[index]
-        logger.info("kill -9 daemon-%d", index)
+        logger.info("kill -9 %s", daemon.log_path.stem)
         await daemon.kill()
         self.tally.kills += 1
         await asyncio.sleep(self.rng.uniform(0.5, 3))
@@ -263,14 +261,14 @@ class Soak:
     async def pause_daemon(self, index: int) -> None:
         daemon = self.daemons[index]
         assert daemon.process is not None
-        logger.info("SIGSTOP daemon-%d", index)
+        logger.info("SIGSTOP %s", daemon.log_path.stem)
         daemon.process.send_signal(signal.SIGSTOP)
         self.paused.add(index)
         self.tally.pauses += 1
         await asyncio.sleep(SESSION_TIMEOUT_S + self.rng.uniform(2, 5))
         daemon.process.send_signal(signal.SIGCONT)
         self.paused.discard(index)
-        logger.info("SIGCONT daemon-%d", index)
+        logger.info("SIGCONT %s", daemon.log_path.stem)
 
     async def bounce_broker(self) -> None:
         logger.info("kill -9 the broker")
@@ -329,7 +327,8 @@ class Soak:
     # ---- the run ------------------------------------------------------------------------------
 
     async def drain(self) -> bool:
-        """Every daemon running; wait until the stored positions reach the end of the log."""
+        """Every daemon running; wait until the stored positions, in every file, reach the end of
+        the log (the traffic has stopped)."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         ends: dict[int, int] = {}
         while time.monotonic() < deadline:
@@ -338,17 +337,20 @@ class Soak:
                 ends = await log_end_offsets(
                     self.bootstrap, self.topic, isolation_level="read_committed"
                 )
-                positions = stored_positions(self.database)
-                if all(positions.get((self.topic, p), -1) >= end for p, end in ends.items()):
+                if all(self.reached(database, ends) for database in self.databases):
                     return True
             await asyncio.sleep(1)
         logger.error(
             "not drained in %.0f s: ends %s, positions %s",
             DRAIN_TIMEOUT_S,
             ends,
-            stored_positions(self.database),
+            {database.name: stored_positions(database) for database in self.databases},
         )
         return False
+
+    def reached(self, database: Path, ends: dict[int, int]) -> bool:
+        positions = stored_positions(database)
+        return all(positions.get((self.topic, p), -1) >= end for p, end in ends.items())
 
     def count_in_logs(self, *patterns: str) -> int:
         pattern = re.compile("|".join(patterns))
@@ -356,12 +358,13 @@ class Soak:
 
     async def run(self) -> Summary:
         await create_topic(self.bootstrap, self.topic, self.options.partitions)
-        self.daemons = [self.new_daemon(i).start() for i in range(self.options.daemons)]
+        count = self.options.hosts or self.options.daemons
+        self.daemons = [self.new_daemon(i).start() for i in range(count)]
         traffic = [
-            asyncio.create_task(self.plain_traffic()),
+            asyncio.create_task(self.traffic.run()),
             asyncio.create_task(self.transactions()),
         ]
-        verdict: Verdict | None = None
+        verdicts: dict[str, Verdict] = {}
         drained = False
         try:
             await self.supervise()
@@ -372,13 +375,16 @@ class Soak:
             self.stop_traffic.set()
             await asyncio.wait_for(asyncio.gather(*traffic), 120)
             drained = await self.drain()
-            verdict = await check(self.bootstrap, self.database, self.topic)
+            for database in self.databases:
+                verdicts[database.name] = await check(self.bootstrap, database, self.topic)
         finally:
             self.stop_traffic.set()
             for task in traffic:
                 task.cancel()
             for daemon in self.daemons:
                 await daemon.stop_quietly()
+        self.tally.produced = self.traffic.produced
+        self.tally.send_failures = self.traffic.send_failures
         return Summary(
             options=self.options,
             topic=self.topic,
@@ -387,7 +393,10 @@ class Soak:
             rebalances=self.count_in_logs(r"assigned partitions: \S"),
             fenced=self.count_in_logs(r"fenced on ", r"while we expected \d+; dropped"),
             resets=self.count_in_logs(r"discarded the partition's state"),
-            verdict=verdict,
+            restores=self.count_in_logs(r"restored \S+ from its changelog"),
+            rollbacks=self.count_in_logs(r"a batch rolled back"),
+            verdicts=verdicts,
+            files=len(self.databases),
             drained=drained,
         )
 
@@ -404,7 +413,13 @@ def parse(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--daemons", type=int, default=3)
+    parser.add_argument("--daemons", type=int, default=3, help="daemons sharing one file")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="the multi-host soak: this many daemons, each with a file of its own, --changelog",
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="plain records per second")
     parser.add_argument(
         "--interval", type=float, default=8.0, help="mean seconds between daemon faults"

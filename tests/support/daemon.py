@@ -113,6 +113,11 @@ class Daemon:
             self.process.kill()
         await self.wait(10)
 
+    def resume(self) -> None:
+        """SIGCONT: a process frozen with SIGSTOP (by a test, or by itself) carries on."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     async def stop_quietly(self) -> None:
         """Used by fixtures at the end of a test, whatever state the process is in."""
         if self.process is None or self.process.poll() is not None:
