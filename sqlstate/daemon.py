@@ -336,6 +336,7 @@ async def _run_on(
             # Only once Kafka answered: a stop while connecting leaves the file as it was. The
             # set first: a refused one leaves the processors' tables out of the file.
             await store.record_processors(settings.topics, processors.names)
+            await store.record_changelog(settings.changelog)
             await migrate.apply_processor_migrations(database, processors.members)
             if settings.changelog:
                 await changelog_mode.prepare(settings, database, consumer, tables)

@@ -236,6 +236,11 @@ class Store:
         """Refuse (``ChangelogModeError``) a run whose --changelog differs from the state's."""
         await self.database.read(functools.partial(_changelog_refusal, on=on))
 
+    async def record_changelog(self, on: bool) -> None:
+        """Refuse as ``check_changelog``, or record the mode if none is: before anything is
+        restored into the file (a restore writes positions)."""
+        await self.database.transaction(functools.partial(_check_changelog, on=on, now=utc_now()))
+
     async def isolation_level(self) -> str | None:
         """The isolation level the counts were made with; None before the first claim."""
         return await self.database.read(functools.partial(_state_setting, name=ISOLATION_LEVEL))

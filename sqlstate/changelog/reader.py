@@ -106,7 +106,11 @@ class ChangelogReader:
                 from_offset, rewound = start, True
             consumer.seek(tp, from_offset)
             position = from_offset
-            while position < end:
+            # The last offset before the end can only be a transaction marker: only the owners'
+            # transactional producers write to a changelog, and a committed record's marker
+            # comes after it, below the last stable offset. Waiting for a fetch that returns
+            # nothing but that marker would cost a whole fetch wait per partition.
+            while position < end - 1:
                 try:
                     batches = await consumer.getmany(
                         tp, timeout_ms=_FETCH_WAIT_MS, max_records=batch_size
