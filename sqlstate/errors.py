@@ -83,6 +83,10 @@ class ChangelogLostError(OutOfRangeError):
     """A changelog no longer holds what this file applied from it: deleted, recreated, or records
     deleted. Restoring or following it would lose state."""
 
+    # Found at a claim or by the standby, after the run's other transactions: nothing more is
+    # written, but the file may have moved since the start.
+    leaves_database_unchanged = False
+
 
 class RebalanceError(SqlstateError):
     """Partitions could not be claimed or released during a rebalance."""
