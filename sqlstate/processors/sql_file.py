@@ -5,7 +5,7 @@ The file has three sections, each started by a line of its own:
     -- sqlstate: schema
     CREATE TABLE ... ;            -- the processor's tables, indexes, views, triggers
     -- sqlstate: record
-    INSERT ... ;                  -- one statement, run for each record (executemany)
+    INSERT ... ;                  -- one statement, run for each record, in offset order
     -- sqlstate: forget
     DELETE ... ;                  -- what deletes one partition's share of the state
 
@@ -16,6 +16,9 @@ null); ``:timestamp`` is the record's Kafka timestamp in milliseconds since the 
 ``:headers`` a JSON object ``{"name": "value"}`` (a value that is not UTF-8 as
 ``{"hex": ".."}``; a repeated name keeps its last value). The processor's name is the file's
 name without ``.sql``: it namespaces the recorded schema, so keep it.
+
+The record statement runs for a whole batch in one call, as the body of a temporary trigger
+(``batched.py``), or, when it cannot be one, with ``executemany``: the same rows either way.
 
 The schema section is applied once and recorded as ``<name>/0001_schema_<hash of its text>``:
 a database whose recorded schema differs from the file's is refused at start, since sqlstate
