@@ -75,6 +75,8 @@ def measure(processor: Processor, batch: Sequence[Record], repeat: int) -> tuple
         def run() -> None:
             conn.execute("BEGIN")
             for statement in statements:
+                for setup in statement.setup:
+                    conn.execute(setup)
                 if statement.counter is None:
                     conn.executemany(statement.sql, statement.rows)
                 else:

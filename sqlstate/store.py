@@ -561,6 +561,8 @@ def _run(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[s
     """Run prepared statements in order; return what the counting ones returned."""
     counters: Counter[str] = Counter()
     for statement in statements:
+        for setup in statement.setup:
+            conn.execute(setup)
         if statement.counter is None:
             conn.executemany(statement.sql, statement.rows)
             continue

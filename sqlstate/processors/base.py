@@ -72,6 +72,12 @@ class Statement:
     sql: str
     rows: Sequence[Parameters]
     counter: str | None = None
+    #: Statements run just before it, in the same transaction, that create the temporary view
+    #: and trigger it inserts into: ``CREATE TEMP VIEW IF NOT EXISTS`` and ``CREATE TEMP TRIGGER
+    #: IF NOT EXISTS ... INSTEAD OF INSERT ON`` that view, named ``sqlstate_batch_<processor>``
+    #: (and nothing else: the guard refuses other setup). SQL processors use it to run their
+    #: per-record statement over a whole batch in one call (``batched.py``).
+    setup: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ processor's statements there with ``EXPLAIN`` under an authorizer that refuses:
   PRAGMA, virtual tables, temporary objects; and schema changes outside migrations;
 - ``random()`` and ``randomblob()``: state must be a function of the records.
 
+A statement's ``setup`` (``Statement.setup``: how a SQL processor runs its record statement over
+a batch in one call, ``batched.py``) may create only one temporary view and an ``INSTEAD OF``
+trigger on it, both named ``sqlstate_batch_<processor>``; the trigger's statements are then
+checked as the processor's own when the statement that fires them is compiled.
+
 Nothing runs on the real database: ``EXPLAIN`` only compiles. A statement text is checked once,
 the first time a processor returns it.
 """
@@ -21,11 +26,12 @@ the first time a processor returns it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Parameters
+from sqlstate.processors.batched import TEMPORARY_PREFIX
 from sqlstate.queries import sql
 
 SQLSTATE = "sqlstate"
@@ -63,7 +69,16 @@ _NEVER = {
 }
 _UNREPEATABLE_FUNCTIONS = {"random", "randomblob"}
 # SQLite's own bookkeeping, written as a side effect of CREATE and AUTOINCREMENT.
-_INTERNAL_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_sequence"}
+_INTERNAL_TABLES = {
+    "sqlite_master",
+    "sqlite_schema",
+    "sqlite_sequence",
+    "sqlite_temp_master",
+    "sqlite_temp_schema",
+}
+# What a statement's setup may do besides creating its view and trigger: SQLite's own
+# bookkeeping of them.
+_SETUP_BOOKKEEPING = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_READ}
 
 
 class Guard:
@@ -72,9 +87,11 @@ class Guard:
     def __init__(self) -> None:
         self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self._owners: dict[str, str] = {}  # lowercase object name -> its owner
-        self._checked: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, ...]] = set()
         self._who = SQLSTATE
         self._in_migration = False
+        self._in_setup = False
+        self._temporary: set[str] = set()  # the temporary views that setups made
         self._refusal: str | None = None
 
     def close(self) -> None:
@@ -98,15 +115,28 @@ class Guard:
         self._claim_new_objects(processor)
 
     def check(
-        self, processor: str, statement: str, parameters: Parameters | None, where: str
+        self,
+        processor: str,
+        statement: str,
+        parameters: Parameters | None,
+        where: str,
+        setup: Sequence[str] = (),
     ) -> None:
         """Refuse (``ProcessorError``) a run-time statement that ``processor`` may not run.
 
-        ``parameters``: one row it would run with, for the compiler to bind."""
-        if (processor, statement) in self._checked:
+        ``parameters``: one row it would run with, for the compiler to bind; ``setup``: what
+        runs before it (``Statement.setup``), run here on the scratch schema."""
+        checked = (processor, statement, *setup)
+        if checked in self._checked:
             return
+        for text in setup:
+            self._in_setup = True
+            try:
+                self._compile(processor, text, None, False, where)
+            finally:
+                self._in_setup = False
         self._compile(processor, statement, parameters, False, where)
-        self._checked.add((processor, statement))
+        self._checked.add(checked)
 
     def _compile(
         self,
@@ -121,6 +151,8 @@ class Guard:
         try:
             if migration:
                 self._conn.executescript(statement)
+            elif self._in_setup:
+                self._conn.execute(statement)
             else:
                 self._conn.execute(f"EXPLAIN {statement}", () if parameters is None else parameters)
         except (sqlite3.Error, ValueError) as error:
@@ -142,6 +174,8 @@ class Guard:
         return sqlite3.SQLITE_DENY
 
     def _reason(self, action: int, first: str | None, second: str | None) -> str | None:
+        if self._in_setup:
+            return self._setup_reason(action, first, second)
         if action in _NEVER:
             return f"{_NEVER[action]} is not allowed in a processor"
         if action == sqlite3.SQLITE_FUNCTION and (second or "").lower() in _UNREPEATABLE_FUNCTIONS:
@@ -159,6 +193,22 @@ class Guard:
             if action in _DROP:
                 return self._not_owned(f"{_DROP[action]} {first}", (first or "").lower())
         return None
+
+    def _setup_reason(self, action: int, first: str | None, second: str | None) -> str | None:
+        name = (first or "").lower()
+        own = f"{TEMPORARY_PREFIX}{self._who}".lower()
+        if action == sqlite3.SQLITE_CREATE_TEMP_VIEW and name == own and name not in self._owners:
+            self._temporary.add(name)
+            return None
+        if (
+            action == sqlite3.SQLITE_CREATE_TEMP_TRIGGER
+            and name == own
+            and (second or "").lower() in self._temporary
+        ):
+            return None
+        if action in _SETUP_BOOKKEEPING and name in _INTERNAL_TABLES:
+            return None
+        return f"a statement's setup may only create the temporary view {own} and a trigger on it"
 
     def _not_owned(self, what: str, table: str) -> str | None:
         owner = self._owners.get(table)

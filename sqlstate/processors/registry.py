@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from aiokafka import TopicPartition
 
@@ -174,12 +175,16 @@ class Processors:
                 if not statement.rows:
                     continue
                 if self._guard is not None:
-                    self._guard.check(member.name, statement.sql, _first(statement), "a statement")
+                    self._guard.check(
+                        member.name,
+                        statement.sql,
+                        _first(statement),
+                        "a statement",
+                        statement.setup,
+                    )
                 if statement.counter is not None:
                     # Counters are named per processor: "windowed-counts:too_old".
-                    statement = Statement(
-                        statement.sql, statement.rows, f"{member.name}:{statement.counter}"
-                    )
+                    statement = replace(statement, counter=f"{member.name}:{statement.counter}")
                 prepared.append(statement)
         return prepared
 

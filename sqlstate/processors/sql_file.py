@@ -5,7 +5,7 @@ The file has three sections, each started by a line of its own:
     -- sqlstate: schema
     CREATE TABLE ... ;            -- the processor's tables, indexes, views, triggers
     -- sqlstate: record
-    INSERT ... ;                  -- one statement, run for each record (executemany)
+    INSERT ... ;                  -- one statement, run for each record, in offset order
     -- sqlstate: forget
     DELETE ... ;                  -- what deletes one partition's share of the state
 
@@ -16,6 +16,9 @@ null); ``:timestamp`` is the record's Kafka timestamp in milliseconds since the 
 ``:headers`` a JSON object ``{"name": "value"}`` (a value that is not UTF-8 as
 ``{"hex": ".."}``; a repeated name keeps its last value). The processor's name is the file's
 name without ``.sql``: it namespaces the recorded schema, so keep it.
+
+The record statement runs for a whole batch in one call, as the body of a temporary trigger
+(``batched.py``), or, when it cannot be one, with ``executemany``: the same rows either way.
 
 The schema section is applied once and recorded as ``<name>/0001_schema_<hash of its text>``:
 a database whose recorded schema differs from the file's is refused at start, since sqlstate
@@ -44,6 +47,7 @@ from sqlstate import migrate
 from sqlstate.errors import ProcessorError
 from sqlstate.output import key_json
 from sqlstate.processors.base import NAME, Migration, Record, Records, Statement
+from sqlstate.processors.batched import BatchForm
 from sqlstate.processors.counting import stored_key
 from sqlstate.processors.guard import Guard
 
@@ -113,6 +117,7 @@ class SqlFileProcessor:
         record: str,
         parameters: Sequence[str],
         forget: Sequence[str],
+        batch: BatchForm | None = None,
     ) -> None:
         self.name = name
         self.migrations: Sequence[Migration] = (schema,)
@@ -122,6 +127,8 @@ class SqlFileProcessor:
             (name, RECORD_PARAMETERS[name]) for name in parameters if name not in _CONSTANT
         )
         self._forget = tuple(forget)
+        #: The record statement over a whole batch in one call (``batched.py``), if it has one.
+        self.batch = batch
 
     @classmethod
     def load(cls, path: Path) -> SqlFileProcessor:
@@ -152,6 +159,7 @@ class SqlFileProcessor:
             parameters = _parameters(guard, name, path, record[0], tuple(RECORD_PARAMETERS))
             for statement in forget:
                 _parameters(guard, name, path, statement, FORGET_PARAMETERS)
+            batch = _batch_form(guard, name, path, record[0], parameters)
         finally:
             guard.close()
         script = "\n".join(statement.text for statement in schema)
@@ -168,13 +176,19 @@ class SqlFileProcessor:
             record[0].text,
             parameters,
             [statement.text for statement in forget],
+            batch,
         )
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
-        # A row per record, filled a parameter at a time: a third of the cost of calling a
-        # function per parameter and record, and this is the per-record part of the work.
         partition = {"topic": tp.topic, "partition": tp.partition}
         constant = {name: partition[name] for name in self._constant}
+        if self.batch is not None:
+            document = self.batch.document(records)
+            if document is not None:
+                row = {**constant, "records": document}
+                return [Statement(self.batch.sql, [row], setup=self.batch.setup)]
+        # Row by row (executemany). A row per record, filled a parameter at a time: a third of
+        # the cost of calling a function per parameter and record.
         rows = [constant.copy() for _ in records]
         for name, column in self._columns:
             for row, value in zip(rows, column(records), strict=True):
@@ -267,3 +281,25 @@ def _parameters(
             ) from error
         raise
     return tuple(dict.fromkeys(recording.asked))
+
+
+def _batch_form(
+    guard: Guard, name: str, path: Path, statement: _Located, parameters: Sequence[str]
+) -> BatchForm | None:
+    """The record statement's batch form, if SQLite and the guard take it as a trigger."""
+    batch = BatchForm.of(
+        name,
+        statement.text,
+        [p for p in parameters if p in _CONSTANT],
+        [(p, RECORD_PARAMETERS[p]) for p in parameters if p not in _CONSTANT],
+    )
+    if batch is None:
+        return None
+    row = {p: None for p in parameters if p in _CONSTANT} | {"records": "[]"}
+    try:
+        guard.check(name, batch.sql, row, _at(path, statement.line), batch.setup)
+    except ProcessorError:
+        # The statement itself passed the guard: what fails is only its form as a trigger's
+        # body (say, a WITH clause), so it runs with executemany.
+        return None
+    return batch

@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlstate import cli, consumer, migrate, rebalance
@@ -128,7 +129,7 @@ def install(point: str, at: int, action: str, seconds: float = 8.0) -> None:
                 hits += 1
                 if hits == at:
                     last = result[-1]
-                    result = [*result[:-1], Statement(last.sql, _FiringRows(last.rows, fire))]
+                    result = [*result[:-1], replace(last, rows=_FiringRows(last.rows, fire))]
             return result
 
         setattr(owner, name, statements)

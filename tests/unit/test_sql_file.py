@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+from sqlstate import migrate
 from sqlstate.errors import ProcessorError, SchemaTooNewError
+from sqlstate.processors.base import Record
+from sqlstate.processors.batched import as_trigger_body
+from sqlstate.processors.counting import stored_key
+from sqlstate.processors.guard import Guard
 from sqlstate.processors.registry import from_settings
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.settings import Settings
-from tests.support.db import query
+from tests.support.db import query, query_value
 from tests.support.processing import fold, order, record
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "customer_totals.sql"
@@ -154,3 +159,133 @@ async def test_a_changed_schema_section_is_refused_at_start(tmp_path: Path) -> N
     )
     with pytest.raises(SchemaTooNewError, match=r"mine/0001_schema_.* its schema section changed"):
         await fold(path, [SqlFileProcessor.load(first)], [[record(TP, 2, b"k")]])
+
+
+# ---- the record statement over a whole batch in one call (processors/batched.py) -------------
+
+ORDERED = """\
+-- sqlstate: schema
+CREATE TABLE seen (topic, partition, offset, timestamp, key, value, headers, seen_before);
+
+-- sqlstate: record
+-- seen_before depends on the rows before it: the batch form must run them in offset order.
+INSERT INTO seen VALUES (:topic, :partition, :offset, :timestamp, :key, :value, :headers,
+    (SELECT count(*) FROM seen WHERE key = :key));
+
+-- sqlstate: forget
+DELETE FROM seen WHERE topic = :topic AND partition = :partition;
+"""
+
+
+def test_parameters_become_the_new_row_but_quotes_and_comments_stay() -> None:
+    names = ["value", "key"]
+    statement = (
+        "SELECT :value, @key, $value, ':value', \"it's :key\", [:key], `:value`"
+        " -- :value\n /* :key */ 'a''b:value'"
+    )
+    assert as_trigger_body(statement, names) == (
+        'SELECT NEW."value", NEW."key", NEW."value", \':value\', "it\'s :key", [:key],'
+        " `:value` -- :value\n /* :key */ 'a''b:value'"
+    )
+    for unsure in ["SELECT ?", "SELECT :other", "SELECT $value::x", "SELECT 'open", "/* open"]:
+        assert as_trigger_body(unsure, names) is None, unsure
+
+
+def batch_records(offsets: range) -> list[Record]:
+    """Text records, some keys repeated, one with a null key and one a tombstone."""
+    return [
+        record(
+            TP,
+            offset,
+            None if offset % 7 == 0 else f"k{offset % 3}",
+            None if offset % 5 == 0 else json.dumps({"n": offset, "s": 'q"\\\n\u00e9'}),
+            1_700_000_000_000 + offset,
+            [("h", b"x")] if offset % 2 else [],
+        )
+        for offset in offsets
+    ]
+
+
+async def test_the_batch_form_keeps_the_rows_and_their_order_of_executemany(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, ORDERED)
+    batched, row_by_row = SqlFileProcessor.load(path), SqlFileProcessor.load(path)
+    row_by_row.batch = None
+    batches = [batch_records(range(0, 40)), batch_records(range(40, 100))]
+    (statement,) = batched.statements(TP, batches[0])
+    assert statement.setup
+    assert len(statement.rows) == 1  # one call for the batch
+    await fold(tmp_path / "batched.db", [batched], batches)
+    await fold(tmp_path / "rows.db", [row_by_row], batches)
+    everything = "SELECT * FROM seen ORDER BY rowid"
+    assert query(tmp_path / "batched.db", everything) == query(tmp_path / "rows.db", everything)
+    assert query_value(tmp_path / "batched.db", "SELECT max(seen_before) FROM seen") > 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(b"k", b"\xff not UTF-8"), ("k", "NUL \x00 inside"), (b"\xfe", "v")],
+)
+async def test_a_batch_json_cannot_carry_runs_row_by_row(
+    tmp_path: Path, key: object, value: object
+) -> None:
+    processor = SqlFileProcessor.load(write(tmp_path, ORDERED))
+    records = [*batch_records(range(3)), record(TP, 3, key, value)]
+    (statement,) = processor.statements(TP, records)
+    assert not statement.setup
+    assert len(statement.rows) == 4
+    await fold(tmp_path / "s.db", [processor], [records])
+    assert query(tmp_path / "s.db", "SELECT key, value FROM seen WHERE offset = 3") == [
+        (stored_key(key), value)  # type: ignore[arg-type]
+    ]
+
+
+async def test_a_statement_no_trigger_can_hold_runs_row_by_row(tmp_path: Path) -> None:
+    text = (
+        ORDERED.replace("INSERT INTO seen VALUES", "WITH one AS (SELECT 1) INSERT INTO seen SELECT")
+        .replace("(:topic", ":topic")
+        .replace(":key));", ":key) FROM one;")
+    )
+    processor = SqlFileProcessor.load(write(tmp_path, text))
+    assert processor.batch is None
+    await fold(tmp_path / "s.db", [processor], [batch_records(range(10))])
+    assert query_value(tmp_path / "s.db", "SELECT count(*) FROM seen") == 10
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ('CREATE TEMP VIEW "other" AS SELECT 1 AS a', "may only create the temporary view"),
+        (
+            'CREATE TEMP TRIGGER "sqlstate_batch_mine" AFTER INSERT ON positions BEGIN'
+            " DELETE FROM positions; END",
+            "may only create the temporary view",
+        ),
+        ("CREATE TABLE extra (a)", "may only create the temporary view"),
+    ],
+)
+def test_a_setup_may_only_make_its_own_view_and_trigger(setup: str, reason: str) -> None:
+    guard = Guard()
+    try:
+        guard.add_sqlstate_schema(migration.script for migration in migrate.available())
+        with pytest.raises(ProcessorError, match=reason):
+            guard.check("mine", "SELECT 1", None, "a statement", [setup])
+    finally:
+        guard.close()
+
+
+def test_the_trigger_of_a_setup_is_checked_as_the_processor(tmp_path: Path) -> None:
+    guard = Guard()
+    try:
+        guard.add_sqlstate_schema(migration.script for migration in migrate.available())
+        setup = [
+            'CREATE TEMP VIEW "sqlstate_batch_mine" AS SELECT NULL AS "value"',
+            'CREATE TEMP TRIGGER "sqlstate_batch_mine" INSTEAD OF INSERT ON'
+            ' "sqlstate_batch_mine" BEGIN DELETE FROM positions; END',
+        ]
+        insert = 'INSERT INTO temp."sqlstate_batch_mine" ("value") SELECT 1'
+        with pytest.raises(ProcessorError, match="delete from positions, sqlstate's own table"):
+            guard.check("mine", insert, None, "a statement", setup)
+    finally:
+        guard.close()
