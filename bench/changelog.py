@@ -380,6 +380,7 @@ def measure_standby_lag(
         cpu_s=[d.cpu_s for d in daemons],
         c_parser=all(d.c_parser() for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
+        publish_ms=[ms for d in daemons for ms in d.published_ms()],
     )
     return run, figures
 
