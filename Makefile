@@ -79,7 +79,9 @@ soak-multihost: install
 ## bench: produce 1,000,000 messages once, then measure a bare aiokafka consumer, sqlstate,
 ## two sqlstate processes and sqlstate on a database already holding 1,000,000 and 10,000,000
 ## keys (whose first batch is the restart time), on the broker `make test` would use. Prints a table and writes
-## bench-results.json. Options: make bench BENCH_ARGS="--zipf 1.1 --big-state 10000000"
+## bench-results.json. Also --changelog: one process, two processes on two files (with the
+## standby lag), and the restore of a changelog partition of 1,000,000 keys (about 2 minutes;
+## --restore-keys 0 skips it). Options: make bench BENCH_ARGS="--zipf 1.1 --big-state 10000000"
 ## (see python -m bench.run --help). `make test` runs only a 3,000-message smoke of it.
 BENCH_ARGS ?=
 bench: install

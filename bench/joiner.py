@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
 
 from aiokafka import AIOKafkaConsumer
@@ -43,6 +44,34 @@ async def join(bootstrap: str, topic: str, group_id: str) -> None:
             await consumer.getmany(timeout_ms=200)
     finally:
         await consumer.stop()
+
+
+def start(bootstrap: str, topic: str, group_id: str) -> subprocess.Popen[str]:
+    """Start a member that joins ``group_id`` through its own ``topic``; return once it is in.
+    Stop it with ``terminate()``."""
+    member = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.joiner",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group_id,
+        ],
+        # Its client logs every rebalance it causes as a warning: not news here.
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert member.stdout is not None
+    if member.stdout.readline().strip() != "joined":
+        member.kill()
+        raise RuntimeError("the joining group member failed to join")
+    return member
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ class RunResult:
     c_parser: bool | None
     cpu_s: Sequence[float | None] = ()  # one per process, user + system, start-up included
     busy_retries: int = 0
+    # Under --changelog, each batch's wait for its Kafka transactions (part of its commit).
+    publish_ms: Sequence[float] = ()
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -77,6 +79,8 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "counts_exact": run.counts_exact,
         "c_parser": run.c_parser,
         "busy_retries": run.busy_retries,
+        "publish_ms_p50": _rounded(percentile(run.publish_ms, 0.50)),
+        "publish_ms_p99": _rounded(percentile(run.publish_ms, 0.99)),
     }
 
 
@@ -100,6 +104,7 @@ def summarize_rounds(rounds: Sequence[RunResult]) -> dict[str, Any]:
         None,
     )
     commits = [batch.commit_ms for batch in pooled.batches if batch.commit_ms is not None]
+    published = [ms for run in rounds for ms in run.publish_ms]
     best.update(
         rounds=len(each),
         messages_per_s_rounds=[summary["messages_per_s"] for summary in each],
@@ -107,6 +112,8 @@ def summarize_rounds(rounds: Sequence[RunResult]) -> dict[str, Any]:
         commit_ms_p50=_rounded(percentile(commits, 0.50)),
         commit_ms_p99=_rounded(percentile(commits, 0.99)),
         commit_ms_max=_rounded(max(commits) if commits else None),
+        publish_ms_p50=_rounded(percentile(published, 0.50)),
+        publish_ms_p99=_rounded(percentile(published, 0.99)),
         peak_rss_mib=[
             _worst(column) for column in zip(*(s["peak_rss_mib"] for s in each), strict=True)
         ],

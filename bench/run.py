@@ -12,14 +12,24 @@ Runs, one after another on the same data, each with a fresh consumer group:
 (e) ``latest``, (f) ``windowed_counts``: ``sqlstate run --processor latest`` (``windowed-counts``)
     into a new database;
 (g) ``sql``: ``sqlstate run --sql examples/customer_totals.sql --value-format json``, a
-    per-record SQL statement summing a JSON field per customer, into a new database.
+    per-record SQL statement summing a JSON field per customer, into a new database;
+(h) ``changelog``: ``sqlstate run --changelog`` into a new database (standbys on: one process
+    owns every partition, so it follows none), reported as a ratio of (b); (h')
+    ``changelog_no_standby``: the same with ``--standby none``;
+(i) ``changelog_two_hosts``: two ``sqlstate run --changelog`` processes in one group on two new
+    files, each following the partitions the other owns, with the standby lag sampled
+    throughout (``bench/changelog.py``); reported as a ratio of (h).
 
 (e), (f) and (g) are each reported as a ratio of (a), the bare consumer of the same run.
+Once after the rounds (``--restore-keys``), the restore time of a changelog partition holding
+that many distinct keys into an empty file.
 
 Prints a table and writes every figure, and every batch, to a JSON file. The bench checks after
 each sqlstate run that its state equals what was produced (each key's count; for (e) each key's
 last value, for (f) each key's count over its windows, for (g) each customer's total); a
-mismatch fails the run with exit code 1, whatever the speed.
+mismatch fails the run with exit code 1, whatever the speed. After (h) and (h') a second daemon
+in the same group restores a new file from the changelog alone, which must hold the same counts;
+after (i) both files must hold them all.
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ from typing import Any
 import aiokafka
 import aiosqlite
 
-from bench import bigstate, sqlstate_process, workload
+from bench import bigstate, changelog, sqlstate_process, workload
+from bench import joiner as joiners
 from bench.report import Batch, RunResult, ratio, summarize_rounds, table
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -69,6 +80,9 @@ class Options:
     rounds: int
     daemon_args: tuple[str, ...]
     processors: bool  # measure (e), (f) and (g)
+    changelog: bool  # measure (h), (h') and (i)
+    restore_keys: int  # 0: no restore measurement
+    lag_interval_s: float
 
 
 # The restart row the README promises is the one at 10,000,000 keys.
@@ -140,6 +154,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         metavar="ARG",
         help="extra argument for every `sqlstate run` (repeat)",
     )
+    parser.add_argument(
+        "--no-changelog",
+        dest="changelog",
+        action="store_false",
+        help="skip the --changelog runs (h), (h') and (i)",
+    )
+    parser.add_argument(
+        "--restore-keys",
+        type=int,
+        default=1_000_000,
+        metavar="KEYS",
+        help="time the restore of one changelog partition holding KEYS distinct keys, once"
+        " after the rounds; 0 to skip (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lag-interval",
+        type=float,
+        default=changelog.LAG_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often run (i) reads the files' changelog offsets (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     big_states = tuple(n for n in (args.big_state or DEFAULT_BIG_STATES) if n > 0)
     own_workdir = args.workdir is None
@@ -157,6 +192,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         rounds=max(1, args.rounds),
         daemon_args=tuple(args.daemon_arg),
         processors=args.processors,
+        changelog=args.changelog,
+        restore_keys=max(0, args.restore_keys),
+        lag_interval_s=args.lag_interval,
     )
     return options, own_workdir
 
@@ -264,7 +302,7 @@ def run_sqlstate(
             )
             sqlstate_process.release_to_start(database, produced.topic)
             launched_at = time.time()
-            joiner = _join(options, f"{produced.topic}-joiner", group_id)
+            joiner = joiners.start(options.bootstrap, f"{produced.topic}-joiner", group_id)
         sqlstate_process.wait_caught_up(
             database, produced.topic, produced.end_offsets, daemons, RUN_TIMEOUT_S
         )
@@ -292,6 +330,7 @@ def run_sqlstate(
         cpu_s=[d.cpu_s for d in daemons],
         c_parser=all(d.c_parser() for d in daemons),
         busy_retries=sum(d.busy_retries() for d in daemons),
+        publish_ms=[ms for d in daemons for ms in d.published_ms()],
     )
 
 
@@ -349,33 +388,6 @@ PROCESSORS = (
 )
 
 
-def _join(options: Options, topic: str, group_id: str) -> subprocess.Popen[str]:
-    """Start a member that joins ``group_id`` through its own ``topic``; return once in."""
-    joiner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.joiner",
-            "--bootstrap",
-            options.bootstrap,
-            "--topic",
-            topic,
-            "--group-id",
-            group_id,
-        ],
-        # Its client logs every rebalance it causes as a warning: not news here.
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert joiner.stdout is not None
-    if joiner.stdout.readline().strip() != "joined":
-        joiner.kill()
-        raise RuntimeError("the joining group member failed to join")
-    return joiner
-
-
 def measure(options: Options) -> dict[str, Any]:
     spec = options.workload
     topic = f"sqlstate-bench-{uuid.uuid4().hex[:8]}"
@@ -402,22 +414,80 @@ def measure(options: Options) -> dict[str, Any]:
                 )
             )
             log(f"built in {states[-1].seconds:.1f}s")
-        runs = _measure_runs(options, produced, states)
+        extras: Extras = {}
+        runs = _measure_runs(options, produced, states, extras)
+        if options.restore_keys:
+            log(f"restore of one changelog partition holding {options.restore_keys:,} keys")
+            extras["restore"] = [
+                changelog.measure_restore(
+                    options.bootstrap, options.restore_keys, options.workdir, _daemon_args(options)
+                )
+            ]
+            log(f"restore: {extras['restore'][0]}")
     finally:
         if not options.keep_topic:
             asyncio.run(workload.delete_topic(options.bootstrap, topic))
         asyncio.run(workload.delete_topic(options.bootstrap, f"{topic}-joiner"))
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     results = _results(options, produced, states, runs, started_at, finished_at)
+    results.update(extras)
+    results["counts_exact"] = results["counts_exact"] and all(
+        figures.get("exact", True) for rounds in extras.values() for figures in rounds
+    )
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     return results
 
 
+#: Figures beside the table's: per kind, one dict per round (or per measurement).
+Extras = dict[str, list[dict[str, Any]]]
+
+
+def _daemon_args(options: Options) -> tuple[str, ...]:
+    """``--max-records`` and ``--daemon-arg``s, for the runs that launch daemons themselves."""
+    records = ("--max-records", str(options.max_records)) if options.max_records else ()
+    return (*records, *options.daemon_args)
+
+
+def run_changelog(
+    options: Options,
+    produced: workload.Produced,
+    name: str,
+    label: str,
+    folder: Path,
+    group_id: str,
+    run_args: tuple[str, ...],
+    extras: Extras,
+) -> RunResult:
+    """(h) or (h'): ``sqlstate run --changelog`` into a new file, then a second daemon in the
+    same group restoring another new file from the changelog alone; exact only if both hold
+    the counts."""
+    args = (*changelog.CHANGELOG_ARGS, *run_args)
+    try:
+        run = run_sqlstate(
+            options, produced, name, label, folder / f"{name}.db", group_id, run_args=args
+        )
+        restored = changelog.restored_exact(
+            options.bootstrap,
+            produced,
+            group_id,
+            folder / f"{name}-restored.db",
+            (*_daemon_args(options), *args),
+        )
+    finally:
+        changelog.delete_changelog(options.bootstrap, group_id, produced.topic)
+    extras.setdefault(f"{name}_restored", []).append(dataclasses.asdict(restored))
+    return dataclasses.replace(run, counts_exact=bool(run.counts_exact and restored.exact))
+
+
 def _measure_runs(
-    options: Options, produced: workload.Produced, states: list[bigstate.BigState]
+    options: Options,
+    produced: workload.Produced,
+    states: list[bigstate.BigState],
+    extras: Extras,
 ) -> dict[str, list[RunResult]]:
     """Every run, ``options.rounds`` times, interleaved so that a slow spell of the machine
-    spreads over all of them rather than hitting one."""
+    spreads over all of them rather than hitting one. Fills ``extras`` with the changelog
+    runs' other figures."""
     runs: dict[str, list[RunResult]] = {}
     for round_number in range(1, options.rounds + 1):
 
@@ -501,6 +571,50 @@ def _measure_runs(
                     processor=processor,
                 )
             )
+        if not options.changelog:
+            continue
+        step("(h) sqlstate run --changelog, fresh database, then a restore from the changelog")
+        keep(
+            run_changelog(
+                options,
+                produced,
+                "changelog",
+                "(h) --changelog",
+                folder,
+                group("changelog"),
+                (),
+                extras,
+            )
+        )
+        step("(h') the same with --standby none")
+        keep(
+            run_changelog(
+                options,
+                produced,
+                "changelog_no_standby",
+                "(h') --changelog --standby none",
+                folder,
+                group("changelog_no_standby"),
+                ("--standby", "none"),
+                extras,
+            )
+        )
+        step("(i) two sqlstate run --changelog processes, one group, two databases")
+        two_hosts = group("changelog_two_hosts")
+        try:
+            run, lag = changelog.measure_standby_lag(
+                options.bootstrap,
+                produced,
+                options.workload.partitions,
+                two_hosts,
+                folder,
+                _daemon_args(options),
+                options.lag_interval_s,
+            )
+        finally:
+            changelog.delete_changelog(options.bootstrap, two_hosts, produced.topic)
+        keep(run)
+        extras.setdefault("standby_lag", []).append(lag)
     return runs
 
 
@@ -528,6 +642,14 @@ def _results(
             name = f"{letter[processor.name]}/a"
             ratios[name] = ratio(summaries[processor.name], ceiling)
             summaries[processor.name]["ratio"] = (name, ratios[name])
+    for name, of, key in (
+        ("changelog", "fresh", "h/b"),
+        ("changelog_no_standby", "fresh", "h'/b"),
+        ("changelog_two_hosts", "changelog", "i/h"),
+    ):
+        if name in summaries:
+            ratios[key] = ratio(summaries[name], summaries[of])
+            summaries[name]["ratio"] = (key, ratios[key])
     restart: dict[str, float | None] = {}
     for state in states:
         summary = summaries[f"big_state_{state.keys}"]
@@ -595,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"start on a database with {int(keys):,} keys: first batch committed after {seconds} s"
         )
+    for line in changelog.describe(results):
+        print(line)
     options.json_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {options.json_path}")
     if not results["counts_exact"]:

@@ -5,6 +5,8 @@ What is measured comes from two places the daemon already offers:
 - its log, at ``-v`` and in JSON (``--log-format json``), read by its fields, never by the
   wording of its messages: one ``batch_committed`` event per committed batch, with the records
   it counted and the time its transaction took, whose ``time`` is when the batch was committed;
+  under ``--changelog``, ``changelog_published`` (the part of that time spent waiting for
+  Kafka's transactions) and ``changelog_restored`` (a partition restored from its changelog);
   ``partitions_assigned`` for each assignment, ``database_busy`` for each retry on a locked
   database and ``started`` for the record parser in use;
 - its database, read-only, polled until every partition's stored position reaches the log end:
@@ -81,6 +83,11 @@ class DaemonProcess:
         if not assignments:
             return None
         return {claim["partition"] for claim in assignments[-1]["assigned"]}
+
+    def published_ms(self) -> list[float]:
+        """Under --changelog, each batch's wait for its changelog transactions (the
+        ``changelog_published`` lines), in milliseconds."""
+        return [entry["publish_s"] * 1000 for entry in self.events("changelog_published")]
 
     def busy_retries(self) -> int:
         return len(self.events("database_busy"))

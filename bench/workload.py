@@ -152,7 +152,7 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
     try:
         await asyncio.gather(
             *(
-                _produce_partition(producer, topic, partition, keys, names)
+                produce_partition(producer, topic, partition, keys, names)
                 for partition, keys in enumerate(per_partition)
             )
         )
@@ -175,7 +175,7 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
     return Produced(topic, ends, counts, seconds, dict(amounts), latest)
 
 
-async def _produce_partition(
+async def produce_partition(
     producer: AIOKafkaProducer, topic: str, partition: int, keys: list[int], names: list[bytes]
 ) -> None:
     """Send one partition's records as full batches; one batch in flight per partition."""

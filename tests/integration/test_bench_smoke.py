@@ -2,7 +2,8 @@
 
 No timing is asserted (that is what ``make bench`` is for); this only keeps the program from
 rotting: every run happens, every figure is in the JSON file, and every sqlstate run's counts
-equal what was produced (for the processors' runs: their state).
+equal what was produced (for the processors' runs: their state; for the changelog runs, also
+the files rebuilt from the changelog alone, and both files of the two-process run).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ RUNS = (
     "latest",
     "windowed_counts",
     "sql",
+    "changelog",
+    "changelog_no_standby",
+    "changelog_two_hosts",
 )
 FIGURES = (
     "messages_per_s",
@@ -58,6 +62,8 @@ def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path:
             "5000",
             "--rounds",
             "1",
+            "--restore-keys",
+            "2000",
             "--workdir",
             str(tmp_path / "work"),
             "--json",
@@ -90,7 +96,22 @@ def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path:
         "e/a",
         "f/a",
         "g/a",
+        "h/b",
+        "h'/b",
+        "i/h",
     }
     assert results["restart_to_first_commit_s"]["5000"] is not None
+    for name in ("changelog", "changelog_no_standby"):
+        assert summaries[name]["publish_ms_p50"] is not None, name
+        (restored,) = results[f"{name}_restored"]
+        assert restored["exact"] is True, name
+    assert len(summaries["changelog_two_hosts"]["peak_rss_mib"]) == 2
+    (lag,) = results["standby_lag"]
+    assert lag["steps"] > 0  # the owners' files moved, and the other file followed
+    assert lag["seconds_behind_max"] is not None
+    (restore,) = results["restore"]
+    assert restore["exact"] is True
+    assert restore["keys"] == 2000
+    assert restore["restore_s"] is not None
     assert results["counts_exact"] is True
     assert "(a) bare aiokafka consumer" in completed.stdout  # the table
