@@ -35,6 +35,16 @@ SUFFIX = ".changelog"
 _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 _MAX_NAME_LENGTH = 249
 _COMPACT = "compact"
+# How a changelog is created. Kafka never compacts a partition's active segment, so with the
+# broker's defaults (1 GiB or 7 days per segment) a restore would read up to a week of history
+# rather than the live state: an hour per segment bounds that to the last hour's changes on top
+# of the state. Tombstones are kept a week (the default is a day): a standby or a snapshot that
+# catches up from an older offset would keep rows deleted meanwhile.
+_CONFIGS = {
+    "cleanup.policy": _COMPACT,
+    "segment.ms": str(3_600_000),
+    "delete.retention.ms": str(7 * 86_400_000),
+}
 # How long a topic just created or grown may take to show a leader for every partition.
 _LEADERS_TIMEOUT_S = 30.0
 
@@ -132,7 +142,7 @@ async def _create(
         # KIP-464: brokers since Kafka 2.4 read -1 in CreateTopics as their
         # default.replication.factor, also in the v3 request aiokafka sends (tested against
         # the test broker), so the attribute is set after the check.
-        new_topic = NewTopic(name, count, 1, topic_configs={"cleanup.policy": _COMPACT})
+        new_topic = NewTopic(name, count, 1, topic_configs=dict(_CONFIGS))
         new_topic.replication_factor = replication_factor
         new_topics.append(new_topic)
     response = await admin.create_topics(new_topics)
