@@ -210,19 +210,19 @@ class Claimer:
         self._ownership.held = set(assigned)
         self._held_since = time.monotonic()
         generation = group_generation(self._consumer)
+        fields = {
+            "partitions": len(assigned),
+            "assigned": [partition_fields(tp) for tp in sorted(assigned)],
+            "reason": reason,
+            "generation": generation,
+        }
         if not deferred:
             logger.info(
                 "assigned partitions: %s; %s; generation %s",
                 describe(assigned),
                 reason,
                 generation,
-                extra={
-                    "event": "partitions_assigned",
-                    "partitions": len(assigned),
-                    "assigned": [partition_fields(tp) for tp in sorted(assigned)],
-                    "reason": reason,
-                    "generation": generation,
-                },
+                extra={"event": "partitions_assigned", **fields},
             )
             return
         logger.warning(
@@ -232,13 +232,7 @@ class Claimer:
             self._budget_s,
             reason,
             generation,
-            extra={
-                "event": "claim_deferred",
-                "partitions": len(assigned),
-                "assigned": [partition_fields(tp) for tp in sorted(assigned)],
-                "reason": reason,
-                "generation": generation,
-            },
+            extra={"event": "claim_deferred", **fields},
         )
 
     async def claim_held(self) -> None:

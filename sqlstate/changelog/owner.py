@@ -31,10 +31,10 @@ from aiokafka import TopicPartition
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, Row, publish_all
 from sqlstate.changelog.reader import ChangelogReader
-from sqlstate.changelog.standby import Standby, apply_chunk, changelog_lost
+from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
-from sqlstate.database import Database, utc_now
+from sqlstate.database import Database
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
@@ -169,16 +169,7 @@ class ChangelogOwner:
         )
         applied = 0
         async for chunk in self._reader.read_to_end(source, start, RESTORE_CHUNK):
-            done = await self._database.transaction(
-                functools.partial(
-                    apply_chunk,
-                    tp=tp,
-                    chunk=chunk,
-                    tables=self._tables,
-                    now=utc_now(),
-                    log_end_offset=end,
-                )
-            )
+            done = await apply_in(self._database, tp, chunk, self._tables, end)
             applied += done.records
             self._stats.changelog_restored += done.records
             logger.info(

@@ -135,16 +135,8 @@ class Standby:
                 tp = TopicPartition(inputs[source.topic], source.partition)
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
-                applied = await self._database.transaction(
-                    functools.partial(
-                        apply_chunk,
-                        tp=tp,
-                        chunk=chunk,
-                        tables=self._tables,
-                        now=utc_now(),
-                        log_end_offset=None if behind is None else chunk.next_offset + behind,
-                    )
-                )
+                end = None if behind is None else chunk.next_offset + behind
+                applied = await apply_in(self._database, tp, chunk, self._tables, end)
                 self._stats.changelog_applied += applied.records
 
 
@@ -158,6 +150,26 @@ def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> 
         " state and restoring or following it would lose them. Nothing was written. Changelog"
         " topics must never be deleted; to start over, run a new group (new changelogs) on new"
         " database files, which rebuild the state from the input topics"
+    )
+
+
+async def apply_in(
+    database: Database,
+    tp: TopicPartition,
+    chunk: ChangelogChunk,
+    tables: Sequence[StateTable],
+    log_end_offset: int | None,
+) -> Applied:
+    """``apply_chunk`` in a transaction of its own."""
+    return await database.transaction(
+        functools.partial(
+            apply_chunk,
+            tp=tp,
+            chunk=chunk,
+            tables=tables,
+            now=utc_now(),
+            log_end_offset=log_end_offset,
+        )
     )
 
 
