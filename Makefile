@@ -51,10 +51,13 @@ format: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-## test: every test in tests/, against a real broker. pytest's own exit status is
-## make's: 5 (no tests collected) fails like any other.
+## test: every test in tests/, against a real broker, in TEST_WORKERS pytest-xdist workers
+## (most tests wait on Kafka; those that stop the broker run alone: tests/conftest.py).
+## TEST_WORKERS=0 runs them in one process. pytest's own exit status is make's: 5 (no
+## tests collected) fails like any other.
+TEST_WORKERS ?= 4
 test: install
-	$(BROKER) run -- $(BIN)/pytest $(PYTEST_ARGS)
+	$(BROKER) run -- $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## soak: DURATION seconds (default 600) of daemon kills, pauses and broker bounces under
 ## steady traffic, then the exactly-once oracle; prints a summary (tests/soak/soak.py).

@@ -16,6 +16,9 @@ Fixtures:
     secure_listeners (session) SecureListeners: the harness broker's SASL_PLAINTEXT and
                      SSL listeners, users and certificates; fails (never skips) when the
                      broker is external or was started by a harness without them
+
+Tests run in parallel (pytest-xdist, ``make test``): a test that uses the broker shares it with
+the others, one that uses ``broker_control`` has it to itself (tests/support/broker_lock.py).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from pathlib import Path
 
 import pytest
 
 from tests.support.broker import AsyncBrokerControl, SecureListeners
+from tests.support.broker_lock import BrokerLock, BrokerUse
 from tests.support.kafka import TopicFactory, create_topic, delete_topics
 from tools.kafka_broker import (
     CLIENT_KEY_PASSWORD,
@@ -43,10 +47,64 @@ from tools.kafka_broker import (
 )
 
 BROKER_WAIT_SECONDS = 60.0
+LOCK_DIRECTORY = Path(__file__).resolve().parents[1] / ".run" / "test-locks"
+BROKER_LOCK = pytest.StashKey[BrokerLock]()
 
 
 def bootstrap_from_environment() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+
+
+def broker_use(item: pytest.Item) -> BrokerUse:
+    """From the fixtures a test uses, directly or through others."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "broker_control" in fixtures:
+        return BrokerUse.EXCLUSIVE
+    if "kafka_bootstrap" in fixtures:
+        return BrokerUse.SHARED
+    return BrokerUse.NONE
+
+
+# The order tests are handed out in: those that stop the broker first, then those that do not
+# use it (they keep the other workers busy meanwhile), then the rest.
+RUN_ORDER = (BrokerUse.EXCLUSIVE, BrokerUse.NONE, BrokerUse.SHARED)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The tests that stop the broker run in one worker, one after the other: the other
+    # workers then wait for the running tests to finish once, not once per such test.
+    for item in items:
+        if broker_use(item) is BrokerUse.EXCLUSIVE:
+            item.add_marker(pytest.mark.xdist_group("broker_control"))
+    items.sort(key=lambda item: RUN_ORDER.index(broker_use(item)))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-timeout's timer: waiting is no hang
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    lock = item.config.stash.get(BROKER_LOCK, None)
+    if lock is None:
+        lock = item.config.stash[BROKER_LOCK] = BrokerLock(
+            LOCK_DIRECTORY, bootstrap_from_environment()
+        )
+    lock.acquire(broker_use(item))
+    try:
+        return (yield)
+    finally:
+        # An exclusive hold goes on to the next test if that one needs it too. A shared one
+        # never does: a test waiting for the broker to itself would wait for the worker's
+        # whole queue.
+        exclusive = BrokerUse.EXCLUSIVE
+        if not (lock.held is exclusive and nextitem and broker_use(nextitem) is exclusive):
+            lock.release()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lock = config.stash.get(BROKER_LOCK, None)
+    if lock is not None:
+        lock.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

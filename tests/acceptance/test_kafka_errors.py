@@ -172,7 +172,8 @@ async def test_sigterm_while_kafka_is_down_during_a_lookup_stops_at_once(
     sqlstate = await lookup_with_kafka_down(
         kafka_bootstrap, topic, group_id, database, broker_control, daemons
     )
-    await asyncio.sleep(3)
+    # SIGTERM once the lookup has failed and is being retried.
+    await wait_for_log(sqlstate, "retrying with backoff until Kafka answers again", timeout=30)
     started = time.monotonic()
     assert await sqlstate.terminate(timeout=30) == 0, sqlstate.log()[-3000:]
     # The shutdown timeout (3 s) bounds leaving the group; the rest is the interpreter.

@@ -31,7 +31,12 @@ from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query
 from tests.support.faults import caught_up, daemon, produce, wait_for_log, wait_stopped
 from tests.support.kafka import TopicFactory, committed_offsets, started
-from tests.support.kafka_tools import GroupOffset, describe_offsets, reset_offsets
+from tests.support.kafka_tools import (
+    ONE_COMMAND_AT_A_TIME,
+    GroupOffset,
+    describe_offsets,
+    reset_offsets,
+)
 from tests.support.oracle import assert_exactly_once
 from tests.support.workload import produce_keyed
 
@@ -104,6 +109,7 @@ def by_partition(rows: list[GroupOffset], topic: str) -> dict[int, GroupOffset]:
     return {row.partition: row for row in rows}
 
 
+@ONE_COMMAND_AT_A_TIME
 async def test_kafka_tool_shows_the_stored_positions_and_the_lag(
     tmp_path: Path,
     kafka_bootstrap: str,
@@ -168,6 +174,7 @@ async def test_kafka_tool_shows_the_stored_positions_and_the_lag(
     await assert_exactly_once(kafka_bootstrap, database, topic)
 
 
+@ONE_COMMAND_AT_A_TIME
 @pytest.mark.parametrize("moved", ["older", "newer"])
 async def test_a_restart_seeks_from_the_database_whatever_kafka_holds(
     moved: str,

@@ -1,7 +1,12 @@
-"""A short fault soak inside ``make test``: kills, pauses and a broker bounce, then the oracle.
+"""A short fault soak inside ``make test``: daemon kills and pauses under steady traffic, then the
+oracle.
 
-The long one runs with ``make soak DURATION=...`` (and a two-minute one in ``.ci/run``); this one
-keeps every kind of fault in the ordinary test run, in under a minute and a half.
+It keeps the soak program itself from rotting, and the faults together: three daemons on one file
+killed and frozen at random while plain records and transactions (a third of them aborted) arrive.
+The broker is not bounced here: that would stop every other test that runs meanwhile, and the
+broker-bounce tests (tests/acceptance/test_broker_bounce.py) kill it under running daemons already.
+The soak with broker bounces runs with ``make soak DURATION=...``, and for two minutes in
+``.ci/run`` (``make soak-short``).
 """
 
 from __future__ import annotations
@@ -12,15 +17,21 @@ import pytest
 
 from tests.soak.soak import Options, run_soak
 from tests.support.broker import AsyncBrokerControl
+from tests.support.kafka import delete_topics
+from tools.kafka_broker import BrokerControl
 
 
-@pytest.mark.timeout(300)  # 40 s of faults, then a drain bounded by the soak itself
+@pytest.mark.timeout(300)  # 20 s of faults, then a drain bounded by the soak itself
 async def test_short_soak_loses_and_duplicates_nothing(
-    tmp_path: Path, broker_control: AsyncBrokerControl
+    tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    options = Options(duration=40, interval=5, broker_bounces=1, rate=200, workdir=tmp_path)
-    summary = await run_soak(options, broker_control)
+    options = Options(duration=20, interval=4, broker_bounces=0, rate=200, workdir=tmp_path)
+    # With no bounces the soak never stops the broker: any broker will do.
+    summary = await run_soak(options, AsyncBrokerControl(BrokerControl(kafka_bootstrap)))
+    # The soak makes its own topic: deleted here, as the topic fixture does, so that a
+    # long-lived broker does not load it again at every restart.
+    await delete_topics(kafka_bootstrap, [summary.topic])
     print(summary.text())
     assert summary.ok, summary.text()
     assert summary.verdicts["state.db"].read_back > 0
-    assert summary.tally.broker_bounces == 1
+    assert summary.tally.broker_bounces == 0

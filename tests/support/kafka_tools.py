@@ -15,11 +15,20 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tools.kafka_broker import BrokerControl
 
 CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 LOG4J_CONFIG = Path(__file__).resolve().parents[2] / "broker" / "tools-log4j2.properties"
 TIMEOUT_S = 90.0  # a JVM start and an AdminClient's round trips; the first run also fetches jars
+# A short-lived command: the quick compiler only, and one garbage collector thread, start it in
+# about half the CPU time of the JVM's defaults. Its output is the same.
+JVM_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+# Several of these JVMs starting at once on a small machine take many times as long each (and
+# slow every other test meanwhile): the tests that run the command go in one xdist group, whose
+# tests one worker runs one after the other (``make test`` runs --dist loadgroup).
+ONE_COMMAND_AT_A_TIME = pytest.mark.xdist_group("kafka_consumer_groups_command")
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ async def consumer_groups(bootstrap: str, *arguments: str, timeout: float = TIME
         raise AssertionError("no java: Kafka's consumer-group command needs Java 17 or later")
     command = [
         java,
+        *JVM_OPTIONS,
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         "-cp",
         await tool_classpath(bootstrap),
