@@ -314,7 +314,7 @@ def measure_standby_lag(
     """Two processes, two files, one group, standbys on; the run and the lag figures."""
     databases = [folder / f"standby-{i}.db" for i in range(2)]
     for database in databases:
-        sqlstate_process.hold_at_end(database, produced.topic, produced.end_offsets)
+        sqlstate_process.hold_at_end(database, produced.topic, produced.end_offsets, changelog=True)
     args = (*CHANGELOG_ARGS, *daemon_args)
     daemons = [
         sqlstate_process.launch(

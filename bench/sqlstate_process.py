@@ -215,9 +215,13 @@ def stop(process: DaemonProcess) -> None:
         raise RuntimeError(f"{process.name} exited with {code}:\n{process.log_tail()}")
 
 
-def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
+def hold_at_end(
+    database: Path, topic: str, end_offsets: dict[int, int], changelog: bool = False
+) -> None:
     """A database whose positions put every partition of ``topic`` at its end, so that
-    ``sqlstate run`` claims them and then waits, having nothing to consume."""
+    ``sqlstate run`` claims them and then waits, having nothing to consume. ``changelog``: for
+    ``sqlstate run --changelog``, which refuses positions made without it unless the file says
+    they were made with it."""
     subprocess.run(
         [*sqlstate_command(), "-q", "migrate", "--database", str(database)],
         check=True,
@@ -229,6 +233,11 @@ def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None
             " updated_at) VALUES (?, ?, ?, 0, 'bench', ?, '')",
             [(topic, partition, end, end) for partition, end in end_offsets.items()],
         )
+        if changelog:
+            conn.execute(
+                "INSERT INTO state_settings (name, value, recorded_at)"
+                " VALUES ('changelog', 'on', '')"
+            )
 
 
 def release_to_start(database: Path, topic: str) -> None:

@@ -32,7 +32,8 @@ async def refused(daemon: Daemon, recorded: str) -> None:
 
 
 def recorded_level(database: Path) -> list[tuple[str]]:
-    return [(value,) for (value,) in query(database, "SELECT value FROM state_settings")]
+    rows = query(database, "SELECT value FROM state_settings WHERE name = 'isolation_level'")
+    return [(value,) for (value,) in rows]
 
 
 async def test_another_isolation_level_is_refused(
@@ -66,7 +67,7 @@ async def test_another_isolation_level_is_refused(
 
 def as_made_by_the_previous_release(database: Path) -> None:
     """Take away what the previous release's schema does not have: no topic IDs, no level, no
-    record of processors."""
+    record of processors, no changelog offsets."""
     conn = sqlite3.connect(database)
     try:
         with conn:
@@ -74,6 +75,7 @@ def as_made_by_the_previous_release(database: Path) -> None:
             conn.execute("DROP TABLE state_settings")
             conn.execute("DROP TABLE topic_processors")
             conn.execute("DROP TABLE rejected_records")
+            conn.execute("DROP TABLE changelog_offsets")
             conn.execute("DELETE FROM schema_migrations WHERE name != '0001_initial.sql'")
     finally:
         conn.close()
