@@ -25,7 +25,6 @@ from bench.stages import SQL_PROCESSOR, records
 from sqlstate import migrate
 from sqlstate.changelog.apply import apply_changes
 from sqlstate.changelog.capture import install_capture, take_changes
-from sqlstate.changelog.records import ChangelogRecord
 from sqlstate.changelog.tables import state_tables
 from sqlstate.database import utc_now
 from sqlstate.decoding import Decoding
@@ -36,6 +35,9 @@ from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
 from sqlstate.store import _run
+
+# A changelog record as read back: key, value (None: a tombstone), changelog offset.
+Logged = tuple[bytes, bytes | None, int]
 
 TP = TopicPartition("t", 0)
 T = TypeVar("T")
@@ -76,6 +78,7 @@ def in_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> Callable[
 def measure(
     folder: Path, name: str, processor: Processor, batch: Sequence[Record], repeat: int
 ) -> None:
+
     processors = Processors.checked([processor])
     tables = state_tables([processor])
     statements = processors.statements(TP, batch)
@@ -98,9 +101,7 @@ def measure(
 
         with_capture = best(in_transaction(captured, batch_with_capture), repeat)
         changes = in_transaction(captured, batch_with_capture)()
-        log: list[ChangelogRecord] = [
-            (key, value, offset) for offset, (key, value) in enumerate(changes)
-        ]
+        log: list[Logged] = [(key, value, offset) for offset, (key, value) in enumerate(changes)]
         offsets = iter(range(0, 1_000_000_000, len(log)))
 
         def restore() -> object:

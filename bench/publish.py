@@ -34,14 +34,8 @@ from aiokafka import AIOKafkaProducer
 
 from bench.report import percentile
 from bench.workload import create_topic, delete_topic, key_name
-from sqlstate.changelog.producers import (
-    POSITION_KEY,
-    TRANSACTION_TIMEOUT_MS,
-    ChangelogProducer,
-    Row,
-    position_value,
-    publish_all,
-)
+from sqlstate.changelog.producers import TRANSACTION_TIMEOUT_MS, ChangelogProducer, publish_all
+from sqlstate.changelog.records import Row, position_record
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.kafka import build_changelog_producer
 from sqlstate.settings import Settings
@@ -110,7 +104,7 @@ async def steps(
         await producer.begin_transaction()
         futures = []
         batch = producer.create_batch()
-        for key, value in (*work, (POSITION_KEY, position_value(0))):
+        for key, value in (*work, position_record(0)):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 futures.append(await producer.send_batch(batch, target, partition=partition))
                 batch = producer.create_batch()

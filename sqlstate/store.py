@@ -45,6 +45,7 @@ from aiokafka import TopicPartition
 
 from sqlstate.changelog.capture import discard_changes, take_changes
 from sqlstate.changelog.offsets import record_changelog_offset
+from sqlstate.changelog.records import Row
 from sqlstate.database import Database, utc_now
 from sqlstate.errors import (
     ChangelogError,
@@ -58,8 +59,6 @@ from sqlstate.queries import sql
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
-#: A changelog record as the capture makes it: the row's key, its full value or None (deleted).
-Row = tuple[bytes, bytes | None]
 #: Under --changelog: publish each partition's rows and new position, each in its own Kafka
 #: transaction; each partition's next changelog offset, or why its transaction did not commit.
 #: Called in the database thread, inside the batch's transaction.

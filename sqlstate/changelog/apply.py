@@ -35,7 +35,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from sqlstate.changelog.offsets import changelog_offset, record_changelog_offset
-from sqlstate.changelog.records import ChangelogRecord, PositionChange, decode
+from sqlstate.changelog.records import PositionChange, decode
 from sqlstate.changelog.table_sql import delete_by_key, insert_row
 from sqlstate.changelog.tables import StateTable
 from sqlstate.errors import DatabaseError, ProcessorError
@@ -65,7 +65,7 @@ def apply_changes(
     conn: sqlite3.Connection,
     topic: str,
     partition: int,
-    records: Sequence[ChangelogRecord],
+    records: Sequence[tuple[bytes, bytes | None, int]],
     tables: Sequence[StateTable],
     *,
     now: str,

@@ -29,8 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from aiokafka import TopicPartition
 
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
-from sqlstate.changelog.producers import ChangelogProducer, Row, publish_all
+from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogReader
+from sqlstate.changelog.records import Row
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs

@@ -27,11 +27,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 
+from sqlstate.changelog.records import Row, position_record
 from sqlstate.changelog.topics import changelog_topic, transactional_id
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.kafka import build_changelog_producer, transaction_fatal_error
@@ -39,13 +40,6 @@ from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-#: A changelog record as the capture gives it: the row's key, and its full new value or None
-#: (a tombstone: the row was deleted).
-Row: TypeAlias = tuple[bytes, bytes | None]
-
-#: The key of the position record, the last record of every changelog transaction.
-POSITION_KEY = b'["$position"]'
 
 # Kafka aborts a transaction left open longer than this. Ours are open only inside publish();
 # one left open by a process that stopped mid-way holds back every read_committed reader of its
@@ -56,11 +50,6 @@ TRANSACTION_TIMEOUT_MS = 60_000
 START_TIMEOUT_S = 30.0
 PUBLISH_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
-
-
-def position_value(next_offset: int) -> bytes:
-    """The position record's value: the input partition's next offset after the batch."""
-    return b'{"next_offset":%d}' % next_offset
 
 
 class ChangelogProducer:
@@ -209,7 +198,7 @@ class ChangelogProducer:
         futures: list[Any] = []
         counts: list[int] = []
         batch = producer.create_batch()
-        for key, value in (*rows, (POSITION_KEY, position_value(next_offset))):
+        for key, value in (*rows, position_record(next_offset)):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full: send it and go on in a new one (a first record always fits).
                 futures.append(await producer.send_batch(batch, topic, partition=partition))

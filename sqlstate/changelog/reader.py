@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
+from sqlstate.changelog.records import ChangelogRecord
 from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
@@ -37,14 +38,6 @@ logger = logging.getLogger(__name__)
 RESTORE_CHUNK = 10_000
 # How long one fetch of a restore waits for records before asking again.
 _FETCH_WAIT_MS = 500
-
-
-class ChangelogRecord(NamedTuple):
-    """One changelog record: a row's key and its full value, None for a deleted row."""
-
-    key: bytes
-    value: bytes | None
-    offset: int
 
 
 class ChangelogChunk(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from sqlstate.errors import ProcessorError
 
@@ -23,8 +23,18 @@ _TAG = b'{"$blob"'
 # str in: json.loads would first work out the encoding of the bytes, a third of its time here.
 _loads = json.JSONDecoder().decode
 
-#: One record as read from the changelog: key, value (None: a tombstone), changelog offset.
-ChangelogRecord = tuple[bytes, bytes | None, int]
+#: A changelog record as the capture makes it: the row's key, and its full new value or None
+#: (a tombstone: the row was deleted).
+Row: TypeAlias = tuple[bytes, bytes | None]
+
+
+class ChangelogRecord(NamedTuple):
+    """One changelog record as read back: a row's key, its full value (None for a deleted
+    row), and its offset in the changelog."""
+
+    key: bytes
+    value: bytes | None
+    offset: int
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.changelog.apply import Applied, apply_changes
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
-from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogRecord
+from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.database import Database, utc_now
@@ -96,25 +96,6 @@ class Standby:
         self._paused.difference_update(offsets)
         self._follower.resume({self._source(tp): offset for tp, offset in offsets.items()})
 
-    def lag(self) -> dict[TopicPartition, int | None]:
-        """How many changelog records each followed partition is behind (None: not known yet,
-        or this process owns it)."""
-        inputs = {self._source(tp): tp for tp in self._followed_inputs()}
-        return {
-            inputs[source]: lag for source, lag in self._follower.lag().items() if source in inputs
-        }
-
-    def _followed_inputs(self) -> list[TopicPartition]:
-        by_source = {
-            changelog_topic(self._settings.group_id, topic): topic
-            for topic in self._settings.topics
-        }
-        return [
-            TopicPartition(by_source[source.topic], source.partition)
-            for source in self._follower.followed
-            if source.topic in by_source
-        ]
-
     async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Apply what the changelogs bring until ``stop``."""
         inputs = {
@@ -184,7 +165,7 @@ def apply_chunk(
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
         raise changelog_lost(tp, changelog_offset(conn, tp))
-    records: Sequence[ChangelogRecord] = chunk.records
+    records = chunk.records
     return apply_changes(
         conn,
         tp.topic,

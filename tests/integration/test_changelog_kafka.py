@@ -13,14 +13,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import ProducerFenced
 
-from sqlstate.changelog.producers import (
-    POSITION_KEY,
-    ChangelogProducer,
-    Row,
-    position_value,
-    publish_all,
-)
+from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogReader
+from sqlstate.changelog.records import POSITION_KEY, Row, position_record
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs, transactional_id
 from sqlstate.errors import ChangelogFenced, ChangelogTopicError
 from sqlstate.settings import Settings
@@ -143,7 +138,7 @@ async def test_publish_returns_offsets_that_the_reader_reads_back_in_order(
     expected = [
         (key, value)
         for number, batch in enumerate(published)
-        for key, value in (*batch, (POSITION_KEY, position_value(100 * (number + 1))))
+        for key, value in (*batch, position_record(100 * (number + 1)))
     ]
     assert [(r.key, r.value) for r in records] == expected
     offsets = [r.offset for r in records]

@@ -22,7 +22,6 @@ from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets, record_changelog_offset
 from sqlstate.changelog.records import (
     POSITION_KEY,
-    ChangelogRecord,
     PositionChange,
     RowChange,
     decode,
@@ -43,6 +42,9 @@ from sqlstate.processors.windowed import WindowedCounts
 from sqlstate.store import Claim, Committed, PartitionBatch, Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
+
+# A changelog record as read back: key, value (None: a tombstone), changelog offset.
+Logged = tuple[bytes, bytes | None, int]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "customer_totals.sql"
 T0 = TopicPartition("t", 0)
@@ -69,7 +71,7 @@ class Changelog:
     captured records and the position record, whose commit marker takes an offset too."""
 
     def __init__(self) -> None:
-        self.records: dict[TopicPartition, list[ChangelogRecord]] = defaultdict(list)
+        self.records: dict[TopicPartition, list[Logged]] = defaultdict(list)
         self.ends: dict[TopicPartition, int] = defaultdict(int)
 
     def append(
@@ -181,7 +183,7 @@ async def follow(
 async def apply(
     database: Database,
     tp: TopicPartition,
-    records: Sequence[ChangelogRecord],
+    records: Sequence[Logged],
     tables: Sequence[StateTable],
     next_offset: int | None = None,
 ) -> Applied:

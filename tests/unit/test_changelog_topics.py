@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlstate.changelog.producers import POSITION_KEY, position_value
+from sqlstate.changelog.records import POSITION_KEY, position_record
 from sqlstate.changelog.topics import changelog_topic, transactional_id
 from sqlstate.errors import ChangelogTopicError, ConfigError
 
@@ -31,4 +31,4 @@ def test_a_name_longer_than_kafka_allows_is_refused() -> None:
 
 def test_the_position_record_is_canonical_json() -> None:
     assert POSITION_KEY == b'["$position"]'
-    assert position_value(1234) == b'{"next_offset":1234}'
+    assert position_record(1234) == (POSITION_KEY, b'{"next_offset":1234}')
