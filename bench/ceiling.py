@@ -6,6 +6,9 @@ interpreter start-up and are measured the same way. The consumer is built by sql
 isolation level and the poll timeout are the daemon's by construction; only the positions differ:
 a listener seeks every assigned partition to the beginning instead of to a stored position.
 
+With ``--collector sqlstate`` it runs with the garbage collector set as ``sqlstate run`` sets it
+for its batch loop (``sqlstate/collector.py``), to show what that setting alone is worth.
+
 Prints one JSON object on stdout: the time and size of every non-empty batch, and peak RSS.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
@@ -23,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError
 
 from bench.procfs import cpu_seconds, peak_rss_kib
+from sqlstate import collector
 from sqlstate.kafka import build_consumer, c_parser_loaded
 from sqlstate.settings import Settings
 
@@ -103,17 +108,29 @@ def main() -> None:
     parser.add_argument("--messages", type=int, required=True)
     parser.add_argument("--max-records", type=int, help="as `sqlstate run --max-records`")
     parser.add_argument("--deadline", type=float, default=600.0)
-    args = parser.parse_args()
-    result = asyncio.run(
-        consume(
-            args.bootstrap,
-            args.topic,
-            args.group_id,
-            args.messages,
-            args.max_records,
-            args.deadline,
-        )
+    parser.add_argument(
+        "--collector",
+        choices=("python", "sqlstate"),
+        default="python",
+        help="the garbage collector's settings: Python's defaults, or sqlstate run's",
     )
+    args = parser.parse_args()
+    collecting = (
+        collector.tuned(args.max_records or Settings.max_records)
+        if args.collector == "sqlstate"
+        else contextlib.nullcontext()
+    )
+    with collecting:
+        result = asyncio.run(
+            consume(
+                args.bootstrap,
+                args.topic,
+                args.group_id,
+                args.messages,
+                args.max_records,
+                args.deadline,
+            )
+        )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

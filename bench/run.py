@@ -3,6 +3,8 @@
 Runs, one after another on the same data, each with a fresh consumer group:
 
 (a) ``ceiling``: a bare aiokafka consumer with sqlstate's fetch settings, iterating records;
+(a') ``ceiling_collector``: the same with the garbage collector set as ``sqlstate run`` sets it
+    (``sqlstate/collector.py``), reported as a ratio of (a): what that setting alone is worth;
 (b) ``fresh``: ``sqlstate run`` into a new database;
 (b') ``no_kafka_offsets``: the same with ``--no-commit-offsets-to-kafka``, to show what the
     informational copy of the positions in Kafka's group offsets costs;
@@ -228,7 +230,9 @@ def log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_ceiling(options: Options, produced: workload.Produced, group_id: str) -> RunResult:
+def run_ceiling(
+    options: Options, produced: workload.Produced, group_id: str, *, sqlstate_collector: bool
+) -> RunResult:
     launched_at = time.time()
     completed = subprocess.run(
         [
@@ -246,6 +250,7 @@ def run_ceiling(options: Options, produced: workload.Produced, group_id: str) ->
             "--deadline",
             str(RUN_TIMEOUT_S),
             *(["--max-records", str(options.max_records)] if options.max_records else []),
+            *(["--collector", "sqlstate"] if sqlstate_collector else []),
         ],
         capture_output=True,
         text=True,
@@ -255,8 +260,10 @@ def run_ceiling(options: Options, produced: workload.Produced, group_id: str) ->
         raise RuntimeError(f"the ceiling consumer failed:\n{completed.stderr[-3000:]}")
     result = json.loads(completed.stdout)
     return RunResult(
-        name="ceiling",
-        label="(a) bare aiokafka consumer",
+        name="ceiling_collector" if sqlstate_collector else "ceiling",
+        label="(a') bare, sqlstate's GC setting"
+        if sqlstate_collector
+        else "(a) bare aiokafka consumer",
         launched_at=launched_at,
         batches=[Batch(at, records) for at, records in result["batches"]],
         peak_rss_kib=[result["peak_rss_kib"]],
@@ -502,7 +509,23 @@ def _measure_runs(
         folder = options.workdir / f"round-{round_number}"
         folder.mkdir()
         step("(a) bare aiokafka consumer")
-        keep(run_ceiling(options, produced, f"{produced.topic}-ceiling-{round_number}"))
+        keep(
+            run_ceiling(
+                options,
+                produced,
+                f"{produced.topic}-ceiling-{round_number}",
+                sqlstate_collector=False,
+            )
+        )
+        step("(a') bare aiokafka consumer, sqlstate's garbage collector setting")
+        keep(
+            run_ceiling(
+                options,
+                produced,
+                f"{produced.topic}-ceiling-collector-{round_number}",
+                sqlstate_collector=True,
+            )
+        )
 
         def group(name: str, round_number: int = round_number) -> str:
             return f"{produced.topic}-{name}-{round_number}"
@@ -629,10 +652,13 @@ def _results(
     summaries = {name: summarize_rounds(rounds) for name, rounds in runs.items()}
     ceiling, fresh = summaries["ceiling"], summaries["fresh"]
     ratios = {
+        "a'/a": ratio(summaries["ceiling_collector"], ceiling),
         "b/a": ratio(fresh, ceiling),
+        "b/a'": ratio(fresh, summaries["ceiling_collector"]),
         "b'/a": ratio(summaries["no_kafka_offsets"], ceiling),
         "c/b": ratio(summaries["two_processes"], fresh),
     }
+    summaries["ceiling_collector"]["ratio"] = ("a'/a", ratios["a'/a"])
     fresh["ratio"] = ("b/a", ratios["b/a"])
     summaries["no_kafka_offsets"]["ratio"] = ("b'/a", ratios["b'/a"])
     summaries["two_processes"]["ratio"] = ("c/b", ratios["c/b"])
@@ -642,6 +668,7 @@ def _results(
             name = f"{letter[processor.name]}/a"
             ratios[name] = ratio(summaries[processor.name], ceiling)
             summaries[processor.name]["ratio"] = (name, ratios[name])
+            ratios[f"{name}'"] = ratio(summaries[processor.name], summaries["ceiling_collector"])
     for name, of, key in (
         ("changelog", "fresh", "h/b"),
         ("changelog_no_standby", "fresh", "h'/b"),

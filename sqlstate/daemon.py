@@ -22,7 +22,7 @@ import aiosqlite
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from sqlstate import __version__, migrate
+from sqlstate import __version__, collector, migrate
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.consumer import BatchLoop
@@ -406,7 +406,8 @@ async def _consume(
             watch.running(),
             changelog_mode.running(changelog, consumer, stop, on_fatal),
         ):
-            await loop.run(stop)
+            with collector.tuned(settings.max_records):
+                await loop.run(stop)
     finally:
         # Before leaving the group: the last batch's positions, so that Kafka's tools show
         # where the daemon stopped. Bounded; a failure is only counted.
