@@ -151,6 +151,27 @@ INSERT INTO latest (topic, partition, key, value, offset, timestamp) VALUES (?, 
 ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
     SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
 
+-- name: upsert_partition_latest
+-- The same for one partition's whole batch in one statement, as upsert_partition_key_counts
+-- does (one bind and one step, without Python's GIL): :rows is a JSON array of
+-- [key, start, length, offset, timestamp], one per distinct text key, and :values the batch's
+-- values end to end as one BLOB, each row's value its bytes from start (1-based) for length,
+-- stored as TEXT (every one is valid UTF-8). substr() of a BLOB finds a byte position at once;
+-- of TEXT it would count characters from the start for every row.
+INSERT INTO latest (topic, partition, key, value, offset, timestamp)
+SELECT :topic, :partition, row.value ->> 0,
+       CAST(substr(:values, row.value ->> 1, row.value ->> 2) AS TEXT),
+       row.value ->> 3, row.value ->> 4
+FROM json_each(:rows) AS row WHERE true
+ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
+    SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
+
+-- name: delete_partition_latest
+-- The tombstones of one partition's batch in one statement: :keys a JSON array of text keys.
+-- The comparison is the unique index's expression, so each key is one index look-up.
+DELETE FROM latest WHERE topic = :topic AND partition = :partition
+    AND ifnull(key, 0) IN (SELECT value FROM json_each(:keys));
+
 -- name: delete_latest
 -- A tombstone: the key's last record in the batch has a null value.
 DELETE FROM latest WHERE topic = ? AND partition = ? AND ifnull(key, 0) = ifnull(?, 0);

@@ -17,10 +17,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.out_of_range import LogBounds
-from sqlstate.processors.base import Processor, Record
-from sqlstate.processors.latest import Latest
+from sqlstate.processors.base import Processor, Record, Statement
+from sqlstate.processors.latest import BLOB_LIMIT, Latest, _row_by_row
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.windowed import WindowedCounts, iso_utc, window_start
+from sqlstate.queries import sql
 from sqlstate.settings import duration_ms
 from tests.support.db import query
 from tests.support.processing import fold, open_store, record
@@ -78,6 +79,97 @@ async def test_latest_keeps_the_last_value_and_a_tombstone_deletes(tmp_path: Pat
         path = tmp_path / f"{number}.db"
         await fold(path, [Latest()], batches)
         assert sorted(latest_rows(path), key=repr) == sorted(expected, key=repr), batches
+
+
+class RowByRowLatest(Latest):
+    """``latest`` as it was: one upsert or delete row per distinct key, the reference."""
+
+    def statements(self, tp: TopicPartition, records: Sequence[Record]) -> Sequence[Statement]:
+        return _row_by_row(tp, {record.key: record for record in records})
+
+
+def typed_latest(path: Path) -> list[tuple[Any, ...]]:
+    return query(
+        path,
+        "SELECT topic, partition, key, typeof(key), value, typeof(value), offset, timestamp"
+        " FROM latest ORDER BY 1, 2, quote(key)",
+    )
+
+
+# Keys and values of every kind the one-statement path must carry exactly, or hand over.
+ODD_TEXT = ["plain", "", 'quo"te', "back\\slash", "tab\tnew\nline", "é", "日本", "🙂", "\u2028"]
+BATCHES_OF_EVERY_KIND: dict[str, list[tuple[Any, Any]]] = {
+    "ascii bytes": [(b"k%d" % (i % 5), b'{"n": %d}' % i) for i in range(20)],
+    "utf-8 bytes": [(k.encode(), (k + "=" + k).encode()) for k in ODD_TEXT],
+    "text (--key-format/--value-format text)": [(k, "v" + k) for k in ODD_TEXT],
+    "empty and NUL values": [(b"a", b""), (b"b", b"x\x00y"), (b"c", b"\x00")],
+    "tombstones among values": [(b"a", b"1"), (b"b", None), (b"c", b"3"), (b"a", None)],
+    "only tombstones": [(b"a", None), (b"b", None)],
+    "a value not UTF-8": [(b"a", b"ok"), (b"b", b"\xff\xfe")],
+    "a null key": [(b"a", b"1"), (None, b"2")],
+    "a key not UTF-8": [(b"a", b"1"), (b"\xff", b"2")],
+    "a key with NUL": [(b"a", b"1"), (b"n\x00ul", b"2")],
+    "the six characters \\u0000 in a key": [(b"a\\u0000", b"1")],
+}
+
+
+@pytest.mark.parametrize("kind", list(BATCHES_OF_EVERY_KIND))
+async def test_latest_in_one_statement_stores_what_row_by_row_does(
+    tmp_path: Path, kind: str
+) -> None:
+    pairs = BATCHES_OF_EVERY_KIND[kind]
+    earlier = [record(TP, i, key, b"earlier", timestamp=i) for i, (key, _) in enumerate(pairs)]
+    records = [
+        record(TP, len(pairs) + i, key, value, timestamp=7_000 + i)
+        for i, (key, value) in enumerate(pairs)
+    ]
+    for splits in ([[*earlier, *records]], [earlier, records]):
+        await fold(tmp_path / f"{len(splits)}-rows.db", [RowByRowLatest()], splits)
+        await fold(tmp_path / f"{len(splits)}-one.db", [Latest()], splits)
+        expected = typed_latest(tmp_path / f"{len(splits)}-rows.db")
+        assert typed_latest(tmp_path / f"{len(splits)}-one.db") == expected, kind
+
+
+def statement_names(records: Sequence[Record]) -> list[str]:
+    names = {
+        sql(name): name
+        for name in (
+            "upsert_partition_latest",
+            "delete_partition_latest",
+            "upsert_latest",
+            "delete_latest",
+        )
+    }
+    return [names[statement.sql] for statement in Latest().statements(TP, records)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "names"),
+    [
+        ("ascii bytes", ["upsert_partition_latest"]),
+        ("utf-8 bytes", ["upsert_partition_latest"]),
+        ("text (--key-format/--value-format text)", ["upsert_partition_latest"]),
+        ("empty and NUL values", ["upsert_partition_latest"]),
+        ("tombstones among values", ["upsert_partition_latest", "delete_partition_latest"]),
+        ("only tombstones", ["delete_partition_latest"]),
+        ("a value not UTF-8", ["upsert_latest"]),
+        ("a null key", ["upsert_latest"]),
+        ("a key not UTF-8", ["upsert_latest"]),
+        ("a key with NUL", ["upsert_latest"]),
+    ],
+)
+def test_latest_goes_row_by_row_only_for_what_json_cannot_carry(
+    kind: str, names: list[str]
+) -> None:
+    pairs = BATCHES_OF_EVERY_KIND[kind]
+    assert statement_names([record(TP, i, k, v) for i, (k, v) in enumerate(pairs)]) == names
+
+
+def test_latest_goes_row_by_row_above_the_blob_limit() -> None:
+    big = b"x" * (BLOB_LIMIT // 2 + 1)
+    assert statement_names([record(TP, 0, b"a", big), record(TP, 1, b"b", big)]) == [
+        "upsert_latest"
+    ]
 
 
 async def test_a_reset_forgets_one_partition_of_each_processor(tmp_path: Path) -> None:
