@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate.decoding import BadRecords, Decoding, Undecodable, sort_out
+from sqlstate import decoding
+from sqlstate.decoding import BadRecords, Decoding, Undecodable, check_json, sort_out
 from sqlstate.errors import BadRecordError
 from sqlstate.queries import sql
 from tests.support.processing import record
@@ -49,6 +50,46 @@ def test_what_decodes(raw: bytes | None, text: Any, as_json: Any) -> None:
             assert got == (text if want == "same" else want)
     failures = sum(1 for want in (text, as_json) if want is Undecodable)
     assert decoding.failures == failures
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\t\n\r ",
+        "1",
+        " 1",
+        "1 ",
+        ' \n{"a": [1, 2]}\r\n\t',
+        "1 2",
+        "[] x",
+        "  []  ]",
+        "\u00a01",  # a no-break space is not JSON whitespace
+        "1\u00a0",
+        "\ufeff1",  # nor is a byte order mark
+        "[1,",
+        '"open',
+        "NaN",
+        "[-Infinity]",
+        "tru",
+        "true",
+        "null",
+        '{"a": {"b": [null, true, false, -0.5e3, "\\u00e9"]}}',
+    ],
+)
+def test_check_json_agrees_with_pythons_decoder(text: str) -> None:
+    """The check accepts what the decoder it replaced (``JSONDecoder.decode``) accepts, and
+    refuses the rest with the same message, position included."""
+    assert _refusal(check_json, text) == _refusal(decoding._JSON.decode, text)
+
+
+def _refusal(check: Any, text: str) -> str | None:
+    try:
+        check(text)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def test_bytes_decode_nothing() -> None:
