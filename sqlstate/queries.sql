@@ -157,11 +157,14 @@ ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
 -- [key, start, length, offset, timestamp], one per distinct text key, and :values the batch's
 -- values end to end as one BLOB, each row's value its bytes from start (1-based) for length,
 -- stored as TEXT (every one is valid UTF-8). substr() of a BLOB finds a byte position at once;
--- of TEXT it would count characters from the start for every row.
+-- of TEXT it would count characters from the start for every row. substr() of an empty BLOB
+-- (a batch whose values are all empty) is NULL, hence the coalesce. json_extract() rather than
+-- ->>, which needs SQLite 3.38: the same SQL values for these scalars.
 INSERT INTO latest (topic, partition, key, value, offset, timestamp)
-SELECT :topic, :partition, row.value ->> 0,
-       CAST(substr(:values, row.value ->> 1, row.value ->> 2) AS TEXT),
-       row.value ->> 3, row.value ->> 4
+SELECT :topic, :partition, json_extract(row.value, '$[0]'),
+       CAST(coalesce(substr(:values, json_extract(row.value, '$[1]'),
+                            json_extract(row.value, '$[2]')), x'') AS TEXT),
+       json_extract(row.value, '$[3]'), json_extract(row.value, '$[4]')
 FROM json_each(:rows) AS row WHERE true
 ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
     SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
