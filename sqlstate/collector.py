@@ -22,6 +22,9 @@ from collections.abc import Iterator
 #: The young generation's threshold, at least: net allocations of tracked objects between two
 #: collections. Also the most cyclic garbage that can wait for one (a few MiB).
 MIN_THRESHOLD = 100_000
+#: ... and at most: past it, with huge batches, the collector runs while they are in flight
+#: rather than let that much cyclic garbage wait.
+MAX_THRESHOLD = 1_000_000
 #: Tracked objects per record a batch may hold while in flight (the record, and what the
 #: processors make of it), times the two batches of the pipeline.
 _OBJECTS_PER_RECORD_IN_FLIGHT = 8
@@ -29,7 +32,7 @@ _OBJECTS_PER_RECORD_IN_FLIGHT = 8
 
 def young_threshold(max_records: int) -> int:
     """The young generation's threshold for batches of at most ``max_records``."""
-    return max(MIN_THRESHOLD, _OBJECTS_PER_RECORD_IN_FLIGHT * max_records)
+    return min(MAX_THRESHOLD, max(MIN_THRESHOLD, _OBJECTS_PER_RECORD_IN_FLIGHT * max_records))
 
 
 @contextlib.contextmanager

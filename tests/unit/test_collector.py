@@ -13,7 +13,8 @@ from sqlstate import collector
 def test_the_young_threshold_stays_above_the_batches_in_flight() -> None:
     assert collector.young_threshold(1) == collector.MIN_THRESHOLD
     assert collector.young_threshold(30_000) >= 2 * 30_000
-    assert collector.young_threshold(1_000_000) > collector.young_threshold(30_000)
+    assert collector.young_threshold(100_000) > collector.young_threshold(30_000)
+    assert collector.young_threshold(10_000_000) == collector.MAX_THRESHOLD
 
 
 def test_tuned_raises_the_young_threshold_and_restores_every_setting() -> None:
