@@ -362,8 +362,15 @@ def fake_broker(tmp_path: Path, *extra: str) -> tuple[BrokerControl, int]:
     recorded as the harness's native broker."""
     control = BrokerControl("127.0.0.1:1", root=tmp_path)
     control.run_dir.mkdir(parents=True)
-    command = [sys.executable, "-c", "import time; time.sleep(60)", *extra]
+    script = "import time; time.sleep(60)"
+    command = [sys.executable, "-c", script, *extra]
     pid = spawn_detached(command, control.log_file, tmp_path)
+    # On a loaded machine the new process can take a moment to show its own command line in
+    # /proc (one CI run read it too early); the tests below need it shown.
+    deadline = time.monotonic() + 10
+    while not pid_runs(pid, script) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_runs(pid, script), control.log_file.read_text(errors="replace")
     state = State("native", control.bootstrap, "0.0.0", pid=pid)
     control.state_file.write_text(json.dumps(state.__dict__))
     return control, pid
