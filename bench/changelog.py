@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench import joiner, sqlstate_process, workload
-from bench.report import Batch, RunResult, percentile
+from bench.report import RunResult, percentile
 from sqlstate.changelog.offsets import changelog_offsets
 from sqlstate.changelog.topics import changelog_topic
 
@@ -117,13 +118,7 @@ def restored_exact(
     restored = restore(
         bootstrap, produced.topic, group_id, database, produced.end_offsets, extra_args
     )
-    return Restored(
-        _counts_exact(database, produced),
-        restored.records,
-        restored.restore_s,
-        restored.launch_to_restored_s,
-        restored.launch_to_caught_up_s,
-    )
+    return dataclasses.replace(restored, exact=_counts_exact(database, produced))
 
 
 def _epoch(stamp: str) -> float:
@@ -329,7 +324,6 @@ def measure_standby_lag(
     caught_up = 0.0
     try:
         sqlstate_process.wait_for_assignment(daemons, partitions, SETTLE_TIMEOUT_S)
-        owners = _owners(daemons)
         sampler = threading.Thread(
             target=_sample,
             args=(
@@ -370,17 +364,8 @@ def measure_standby_lag(
     figures = lag_figures(samples, owners, min(committed), max(committed))
     figures["interval_s"] = interval_s
     figures["caught_up_after_consumed_s"] = round(caught_up - max(committed), 3)
-    run = RunResult(
-        name="changelog_two_hosts",
-        label="(i) 2 processes, 2 files, --changelog",
-        launched_at=launched_at,
-        batches=[Batch(c.at, c.records, c.commit_ms) for d in daemons for c in d.committed()],
-        peak_rss_kib=[d.peak_rss_kib for d in daemons],
-        counts_exact=exact,
-        cpu_s=[d.cpu_s for d in daemons],
-        c_parser=all(d.c_parser() for d in daemons),
-        busy_retries=sum(d.busy_retries() for d in daemons),
-        publish_ms=[ms for d in daemons for ms in d.published_ms()],
+    run = sqlstate_process.run_result(
+        "changelog_two_hosts", "(i) 2 processes, 2 files, --changelog", launched_at, daemons, exact
     )
     return run, figures
 

@@ -327,18 +327,7 @@ def run_sqlstate(
         exact = live == produced.counts
     if existing is not None:
         exact = exact and bigstate.existing_keys_intact(existing)
-    return RunResult(
-        name=name,
-        label=label,
-        launched_at=launched_at,
-        batches=[Batch(c.at, c.records, c.commit_ms) for d in daemons for c in d.committed()],
-        peak_rss_kib=[d.peak_rss_kib for d in daemons],
-        counts_exact=exact,
-        cpu_s=[d.cpu_s for d in daemons],
-        c_parser=all(d.c_parser() for d in daemons),
-        busy_retries=sum(d.busy_retries() for d in daemons),
-        publish_ms=[ms for d in daemons for ms in d.published_ms()],
-    )
+    return sqlstate_process.run_result(name, label, launched_at, daemons, exact)
 
 
 @dataclass(frozen=True)

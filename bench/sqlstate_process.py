@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.procfs import cpu_seconds, peak_rss_kib
+from bench.report import Batch, RunResult
 
 _POLL_S = 0.05
 _STOP_TIMEOUT_S = 30.0
@@ -98,6 +99,29 @@ class DaemonProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.lines[-lines:])
+
+
+def run_result(
+    name: str,
+    label: str,
+    launched_at: float,
+    daemons: list[DaemonProcess],
+    counts_exact: bool,
+) -> RunResult:
+    """One run of one or more stopped daemons, as the report takes it: every batch each
+    committed, and each one's memory, CPU and log figures."""
+    return RunResult(
+        name=name,
+        label=label,
+        launched_at=launched_at,
+        batches=[Batch(c.at, c.records, c.commit_ms) for d in daemons for c in d.committed()],
+        peak_rss_kib=[d.peak_rss_kib for d in daemons],
+        counts_exact=counts_exact,
+        cpu_s=[d.cpu_s for d in daemons],
+        c_parser=all(d.c_parser() for d in daemons),
+        busy_retries=sum(d.busy_retries() for d in daemons),
+        publish_ms=[ms for d in daemons for ms in d.published_ms()],
+    )
 
 
 def _read_lines(stream: IO[str], lines: list[str], entries: list[dict[str, Any]]) -> None:

@@ -225,15 +225,16 @@ class ChangelogOwner:
         # The part of the batch's commit_s spent waiting for Kafka (the rest is SQLite's, the
         # capture included): what the bench splits a commit into.
         publish_s = time.perf_counter() - began
+        records = sum(len(rows) for _, rows, _ in jobs)
         logger.debug(
             "published %d changelog records of %d partitions in %.3f ms",
-            sum(len(rows) for _, rows, _ in jobs),
+            records,
             len(jobs),
             publish_s * 1000,
             extra={
                 "event": "changelog_published",
                 "partitions": len(jobs),
-                "records": sum(len(rows) for _, rows, _ in jobs),
+                "records": records,
                 "publish_s": round(publish_s, 6),
             },
         )

@@ -165,12 +165,11 @@ def apply_chunk(
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
         raise changelog_lost(tp, changelog_offset(conn, tp))
-    records = chunk.records
     return apply_changes(
         conn,
         tp.topic,
         tp.partition,
-        records,
+        chunk.records,
         tables,
         now=now,
         next_offset=chunk.next_offset,

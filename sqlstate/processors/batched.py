@@ -28,12 +28,12 @@ the next one makes them again.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlstate.processors import json_text
 from sqlstate.processors.base import Records
 from sqlstate.queries import sql
 
@@ -133,14 +133,13 @@ class BatchForm:
             ),
             sql("batch_records_trigger").format(view=view, body=body),
         )
-        per_record = [name for name, _ in columns]
-        if len(per_record) == 1:
+        if len(columns) == 1:
             extracted = ["value"]
         else:
-            extracted = [f"json_extract(value, '$[{index}]')" for index in range(len(per_record))]
+            extracted = [f"json_extract(value, '$[{index}]')" for index in range(len(columns))]
         insert = sql("insert_batch_records").format(
             view=view,
-            names=", ".join(f'"{name}"' for name in [*constants, *per_record]) or '"offset"',
+            names=", ".join(f'"{name}"' for name in view_columns),
             values=", ".join([*(f":{name}" for name in constants), *extracted]) or "NULL",
         )
         return cls(setup, insert, tuple(columns))
@@ -154,10 +153,4 @@ class BatchForm:
             rows = self.columns[0][1](records)
         else:
             rows = list(zip(*(column(records) for _, column in self.columns), strict=True))
-        try:
-            text = json.dumps(rows, ensure_ascii=False, check_circular=False, allow_nan=False)
-        except TypeError:  # bytes: a BLOB key or value
-            return None
-        # json.dumps writes NUL as \u0000, which SQLite's JSON functions end a string at. (Text
-        # holding the six characters \u0000 also matches: it only takes executemany.)
-        return None if "\\u0000" in text else text
+        return json_text.document(rows)

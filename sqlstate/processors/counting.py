@@ -11,7 +11,6 @@ it has no migrations of its own.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
@@ -19,6 +18,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from sqlstate.processors import json_text
 from sqlstate.processors.base import Migration, Records, Statement
 from sqlstate.queries import sql
 
@@ -58,7 +58,7 @@ def split_keys(
             text_counts[stored] = count
         else:
             single_rows.append((stored, count))
-    return (_dumps(text_counts) if text_counts else None), single_rows
+    return (json_text.encode(text_counts) if text_counts else None), single_rows
 
 
 class KeyCounter:
@@ -115,11 +115,4 @@ def _as_json_object(counts: Mapping[Any, int]) -> str | None:
         return None
     if len(text) != len(counts):  # a null key
         return None
-    document = _dumps(text)
-    # json.dumps writes NUL as \u0000, which SQLite's json_each() would cut the key at. (A key
-    # holding the six characters \u0000 also matches: it only takes the slower path.)
-    return None if "\\u0000" in document else document
-
-
-def _dumps(text_counts: Mapping[str, int]) -> str:
-    return json.dumps(text_counts, ensure_ascii=False, check_circular=False)
+    return json_text.document(text)

@@ -19,15 +19,14 @@ UTF-8 (a BLOB), or more values than ``BLOB_LIMIT`` bytes goes row by row, with t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from itertools import accumulate
-from operator import attrgetter
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from sqlstate import migrate
+from sqlstate.processors import json_text
 from sqlstate.processors.base import Migration, Record, Records, Statement
 from sqlstate.processors.counting import stored_key
 from sqlstate.queries import sql
@@ -35,9 +34,6 @@ from sqlstate.queries import sql
 #: Above this many bytes of values a batch goes row by row rather than as one BLOB (which SQLite
 #: caps at 1 GB, and which would double the batch's memory for a moment).
 BLOB_LIMIT = 32 * 1024 * 1024
-
-_VALUE_OFFSET_TIMESTAMP = attrgetter("value", "offset", "timestamp")
-_dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 class Latest:
@@ -96,7 +92,9 @@ def _as_documents(last: Mapping[Any, Record]) -> tuple[str | None, bytes, str | 
         values = [record.value for record in last.values()]
         if None in values:
             dead = [key for key, record in last.items() if record.value is None]
-            tombstones = _dumps(_text_keys(dead))
+            tombstones = json_text.document(_text_keys(dead))
+            if tombstones is None:
+                return None
             last = {key: record for key, record in last.items() if record.value is not None}
             values = [record.value for record in last.values()]
         if values:
@@ -111,12 +109,10 @@ def _as_documents(last: Mapping[Any, Record]) -> tuple[str | None, bytes, str | 
                 [record.timestamp for record in last.values()],
                 strict=True,
             )
-            rows = _dumps(list(columns))
+            rows = json_text.document(list(columns))
+            if rows is None:
+                return None
     except (UnicodeError, TypeError):  # a key or value not UTF-8; a format's types mixed
-        return None
-    # json.dumps writes NUL as \u0000, which SQLite's JSON functions cut a key at. (A key holding
-    # the six characters \u0000 also matches: it only takes the row-by-row path.)
-    if any(document is not None and "\\u0000" in document for document in (rows, tombstones)):
         return None
     return rows, blob, tombstones
 
@@ -138,15 +134,13 @@ def _end_to_end(values: Sequence[bytes | str]) -> tuple[bytes, list[int]]:
         text = "".join(values)  # type: ignore[arg-type]
         if text.isascii():
             return text.encode("ascii"), list(map(len, values))
-        encoded: Sequence[bytes] = [value.encode() for value in values]  # type: ignore[union-attr]
-    else:
-        encoded = values  # type: ignore[assignment]
-        joined = b"".join(encoded)
-        if joined.isascii():
-            return joined, list(map(len, encoded))
-        for value in encoded:
-            value.decode()
-    return b"".join(encoded), list(map(len, encoded))
+        encoded = [value.encode() for value in values]  # type: ignore[union-attr]
+        return b"".join(encoded), list(map(len, encoded))
+    joined = b"".join(values)  # type: ignore[arg-type]
+    if not joined.isascii():
+        for value in values:
+            value.decode()  # type: ignore[union-attr]
+    return joined, list(map(len, values))
 
 
 def _row_by_row(tp: TopicPartition, last: Mapping[Any, Record]) -> Sequence[Statement]:

@@ -18,8 +18,8 @@ from sqlstate.processors.base import Record
 from tests.support.daemon import Daemon, wait_for_positions
 from tests.support.db import query
 from tests.support.faults import daemon
-from tests.support.kafka import log_end_offsets
 from tests.support.oracle import Verdict, check
+from tests.support.workload import end_offsets
 
 # The owner column of a partition this file follows (applies from the changelog) and does not own.
 STANDBY = "standby"
@@ -127,8 +127,7 @@ async def converged(
     """Wait until every host's file stands at the end of the log in every partition (with
     standbys: the complete state), then apply the oracle to each file; fail with every file's
     verdict."""
-    ends = await log_end_offsets(bootstrap, topic, isolation_level="read_committed")
-    targets = {(topic, p): end for p, end in ends.items()}
+    targets = await end_offsets(bootstrap, topic)
     deadline = time.monotonic() + timeout
     for h in hosts:
         await wait_for_positions(h.database, targets, max(1.0, deadline - time.monotonic()), hosts)
