@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 
 from aiokafka import AIOKafkaProducer
 
-# 2026-11-28T09:00:00Z: record times start here and move half a second per record.
-START_MS = 1_795_856_400_000
+HOUR_MS = 3_600_000
+# Record times start a day before this run, on the hour, and move half a second per record:
+# well inside the broker's retention (7 days) on any date, and never in the future, which a
+# broker may refuse. A fixed date would be deleted mid-test a week after it was written.
+START_MS = (time.time_ns() // 1_000_000 // HOUR_MS - 24) * HOUR_MS
 LATE_MS = 12 * 60_000  # late records are this far behind: more than the tests' retention
 WINDOW = "1m"
 RETENTION = "10m"
