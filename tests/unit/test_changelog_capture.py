@@ -5,6 +5,7 @@ Real SQLite files, no Kafka: captured on one file, applied to a second, compared
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -63,13 +64,18 @@ END;
 """
 
 
-def sql_processor(
-    path: Path, schema: str, record_statement: str, forget: str = FORGET
-) -> SqlFileProcessor:
-    path.write_text(
+def sql_file(schema: str, record_statement: str, forget: str = FORGET) -> str:
+    """A ``--sql`` processor file's text."""
+    return (
         f"-- sqlstate: schema\n{schema}\n-- sqlstate: record\n{record_statement}\n"
         f"-- sqlstate: forget\n{forget}\n"
     )
+
+
+def sql_processor(
+    path: Path, schema: str, record_statement: str, forget: str = FORGET
+) -> SqlFileProcessor:
+    path.write_text(sql_file(schema, record_statement, forget))
     return SqlFileProcessor.load(path)
 
 
@@ -82,19 +88,24 @@ def accounts_records(partition: int, start: int, count: int) -> list[Record]:
     ]
 
 
-def expected_accounts(records: list[Record], upsert: bool) -> set[tuple[object, ...]]:
+def _text(part: object) -> str:
+    """A key or value as the processor stores it: raw bytes from Kafka are UTF-8 here."""
+    return part.decode() if isinstance(part, bytes) else str(part)
+
+
+def expected_accounts(records: Sequence[Record], upsert: bool) -> set[tuple[object, ...]]:
     """The oracle: an account takes its email from whichever account held it; under an UPSERT
     an id that has a row only moves its ``since`` (the id's conflict is checked first)."""
     rows: dict[tuple[str, int, str], tuple[str, int]] = {}
     for r in records:
-        key = (r.topic, r.partition, str(r.key))
+        key, value = (r.topic, r.partition, _text(r.key)), _text(r.value)
         if upsert and key in rows:
             rows[key] = (rows[key][0], r.offset)
             continue
         for other, (email, _) in list(rows.items()):
-            if email == r.value and other[:2] == key[:2]:
+            if email == value and other[:2] == key[:2]:
                 del rows[other]
-        rows[key] = (str(r.value), r.offset)
+        rows[key] = (value, r.offset)
     return {(*key, email, since) for key, (email, since) in rows.items()}
 
 
