@@ -61,9 +61,10 @@ class Accounts:
 
 
 def messages(first: int, count: int) -> list[tuple[bytes, bytes, int]]:
-    """Ids a0..a5 taking emails e0..e3 in turn, each partition its own share."""
+    """Round robin over the partitions; in each, ids a0..a5 taking emails e0..e3 in turn, so
+    that most records move an email from one account to another."""
     return [
-        (f"a{n % 6}".encode(), f"e{(n * 7) % 4}".encode(), n % PARTITIONS)
+        (f"a{n // PARTITIONS % 6}".encode(), f"e{n // PARTITIONS * 7 % 4}".encode(), n % PARTITIONS)
         for n in range(first, first + count)
     ]
 
@@ -108,6 +109,10 @@ async def _run_two_hosts(
         verdict = await check(kafka_bootstrap, h.database, topic, models=[Accounts()])
         assert verdict.read_back == RECORDS, h.database.name
         assert verdict.ok, f"{h.database.name}: {verdict.describe()}"
+    # Six ids share four emails in each partition: at least two accounts of each were deleted
+    # by a REPLACE, and more than one is left.
+    accounts = query(host_database(tmp_path, 0), "SELECT count(*) FROM accounts")[0][0]
+    assert PARTITIONS < accounts <= 4 * PARTITIONS
     for table in ("accounts", "members", "sessions"):
         sql = f"SELECT * FROM {table} ORDER BY 1, 2, 3"
         assert query(host_database(tmp_path, 0), sql) == query(host_database(tmp_path, 1), sql)
