@@ -14,7 +14,7 @@ import pytest
 
 from sqlstate.changelog.records import RowChange, decode
 from sqlstate.changelog.tables import state_tables
-from sqlstate.errors import ProcessorError
+from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.processors.base import Processor, Record
 from sqlstate.processors.sql_file import SqlFileProcessor
 from tests.support.db import query
@@ -231,3 +231,32 @@ def test_a_foreign_key_action_is_refused_under_changelog(tmp_path: Path, referen
         state_tables([pets(tmp_path / "pets.sql", reference)])
     restrict = pets(tmp_path / "pets.sql", "REFERENCES owners ON DELETE RESTRICT")
     assert [table.name for table in state_tables([restrict])][-2:] == ["owners", "pets"]
+
+
+CHAIN = """\
+CREATE TABLE chain (topic TEXT NOT NULL, partition INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, n));
+CREATE TRIGGER next AFTER INSERT ON chain {when} BEGIN
+    INSERT INTO chain VALUES (NEW.topic, NEW.partition, NEW.n + 1);
+END;
+"""
+
+
+async def test_a_trigger_that_fires_itself_recurses_until_its_when_stops_it(
+    tmp_path: Path,
+) -> None:
+    """The other side of recursive_triggers, in both modes: a trigger that writes its own table
+    fires again, as its WHEN allows; one that never stops fails the batch (rolled back)."""
+    statement = "INSERT INTO chain VALUES (:topic, :partition, 0);"
+    forget = "DELETE FROM chain WHERE topic = :topic AND partition = :partition;"
+    bounded = sql_processor(
+        tmp_path / "chain.sql", CHAIN.format(when="WHEN NEW.n < 5"), statement, forget
+    )
+    await fold(tmp_path / "bounded.db", [bounded], [[record(T0, 0, "k")]])
+    assert query(tmp_path / "bounded.db", "SELECT n FROM chain ORDER BY n") == [
+        (n,) for n in range(6)
+    ]
+    endless = sql_processor(tmp_path / "chain.sql", CHAIN.format(when=""), statement, forget)
+    with pytest.raises(DatabaseError, match="too many levels of trigger recursion"):
+        await fold(tmp_path / "endless.db", [endless], [[record(T0, 0, "k")]])
+    assert query(tmp_path / "endless.db", "SELECT count(*) FROM chain") == [(0,)]
