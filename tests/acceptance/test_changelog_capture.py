@@ -11,7 +11,6 @@ on the UNIQUE index (exit code 3) at the same changelog offset on every restart.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections import Counter
@@ -103,7 +102,6 @@ async def _run_two_hosts(
     targets = await end_offsets(kafka_bootstrap, topic)
     for h in hosts:
         await wait_for_positions(h.database, targets, 90, hosts)
-    await asyncio.sleep(0.5)  # a host that failed on its last apply has exited by now
     assert all(h.running() for h in hosts), logs(hosts)
     for h in hosts:
         verdict = await check(kafka_bootstrap, h.database, topic, models=[Accounts()])
@@ -117,4 +115,5 @@ async def _run_two_hosts(
         sql = f"SELECT * FROM {table} ORDER BY 1, 2, 3"
         assert query(host_database(tmp_path, 0), sql) == query(host_database(tmp_path, 1), sql)
     for h in hosts:
+        # 0 only for a host that ran until now: one that failed earlier exited with its code.
         assert await h.terminate() == 0, logs(hosts)
