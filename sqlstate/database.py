@@ -248,8 +248,11 @@ class Database:
 
     async def prepare_for_writing(self) -> None:
         """WAL, so readers never block the writer nor see an uncommitted batch; synchronous
-        NORMAL; the page cache. Called only once the file is known to be ours: it rewrites the
-        file header. A locked file fails here like any transaction would (exit code 3)."""
+        NORMAL; the page cache; DELETE triggers for every row a REPLACE deletes (the changelog
+        capture ships them) and foreign key actions off, in both modes, so that a processor's
+        rows are the same with or without --changelog. Called only once the file is known to be
+        ours: it rewrites the file header. A locked file fails here like any transaction would
+        (exit code 3)."""
         await self.setting(_require_json_functions)
         await self.setting(_prepare_for_writing)
 
@@ -530,5 +533,11 @@ def _require_json_functions(conn: sqlite3.Connection) -> None:
 
 
 def _prepare_for_writing(conn: sqlite3.Connection) -> None:
-    for name in ("journal_mode_wal", "synchronous_normal", "cache_size"):
+    for name in (
+        "journal_mode_wal",
+        "synchronous_normal",
+        "cache_size",
+        "recursive_triggers_on",
+        "foreign_keys_off",
+    ):
         conn.execute(sql(name)).fetchall()

@@ -15,6 +15,21 @@ PRAGMA journal_mode = WAL;
 -- Safe here: state and positions are committed together, so a power loss can only roll both back.
 PRAGMA synchronous = NORMAL;
 
+-- name: recursive_triggers_on
+-- A row that a REPLACE deletes (INSERT OR REPLACE, an UPSERT or UPDATE OR REPLACE meeting
+-- another UNIQUE index, a constraint declared ON CONFLICT REPLACE) fires DELETE triggers only with
+-- this on: --changelog's capture triggers need it to ship that row's tombstone, and a processor's
+-- own DELETE triggers see every deleted row. On in both modes, so that a processor's state is the
+-- same with or without --changelog. A trigger may then fire itself: SQLite stops it at depth 1000.
+PRAGMA recursive_triggers = ON;
+
+-- name: foreign_keys_off
+-- SQLite's default, made sure of (a build may change it): a foreign key's ON DELETE/UPDATE action
+-- never runs, on an owner or on a standby. A standby applies a changed row as delete then insert,
+-- and a cascade there would delete rows the changelog never mentioned. A processor that needs a
+-- cascade writes it as a trigger, whose changes the capture sees.
+PRAGMA foreign_keys = OFF;
+
 -- name: json_functions
 -- Batches reach key_counts through json_each(): built into SQLite since 3.38, an option before.
 SELECT json_valid('{}');
@@ -311,6 +326,14 @@ ORDER BY master.rowid;
 -- name: index_columns
 -- An index's columns; name is NULL (cid -2) for an expression such as ifnull(key, 0).
 SELECT name FROM pragma_index_info(:index, 'main') ORDER BY seqno;
+
+-- name: foreign_key_actions
+-- A table's foreign keys that would change rows of it (ON DELETE/ON UPDATE CASCADE, SET NULL,
+-- SET DEFAULT): sqlstate runs with foreign_keys off, so none of them ever runs.
+SELECT DISTINCT "table", on_delete, on_update
+FROM pragma_foreign_key_list(:table, 'main')
+WHERE on_delete NOT IN ('NO ACTION', 'RESTRICT') OR on_update NOT IN ('NO ACTION', 'RESTRICT')
+ORDER BY id;
 
 -- name: main_has_triggers
 SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger');

@@ -9,8 +9,13 @@ without ``--changelog`` nothing is installed and nothing is slower.
 The triggers fire inside the statements that change the rows, so the records are made in the
 batch's own transaction: a rollback takes them back with the rows. Whatever changes a row is
 caught the same way, a processor's statement, a user's trigger, an upsert's UPDATE, a
-retention DELETE or a partition forgotten on reset; except the rows a ``REPLACE`` deletes for
-another key, for which SQLite fires DELETE triggers only under ``PRAGMA recursive_triggers``.
+retention DELETE or a partition forgotten on reset, and the rows a ``REPLACE`` deletes through
+another UNIQUE index (``INSERT OR REPLACE``, an UPSERT or ``UPDATE OR REPLACE``, a constraint
+declared ``ON CONFLICT REPLACE``): SQLite fires DELETE triggers for those only under ``PRAGMA
+recursive_triggers``, which every writing connection turns on (``Database.prepare_for_writing``).
+A foreign key's cascade never runs: ``foreign_keys`` stays off (on a standby, which applies a
+changed row as a delete and an insert, it would delete rows the owner kept), and a state table
+that declares one is refused at start (``table_sql.refuse_uncapturable``).
 
 After one partition's statements ran, ``take_changes`` returns that partition's records and
 empties the table, so the next partition starts empty.

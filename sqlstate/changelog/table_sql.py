@@ -5,6 +5,8 @@ insert name the state table and each of its columns, which only the schema knows
 processor's tables are the user's). Every name goes in as a quoted identifier (``"a""b"``) or a
 string literal (``'it''s'``), so no table or column name can change what a statement does.
 
+What the triggers cannot see is refused before anything runs (``refuse_uncapturable``).
+
 Capture (AFTER INSERT/UPDATE/DELETE, TEMP, on ``main``): each writes the changed row's record
 into ``temp.changelog_capture``, the key as ``json_array(table, key columns...)`` and the value as
 ``json_object(column, value, ...)``, both built by SQLite (canonical text, no Python on the hot
@@ -15,10 +17,12 @@ its JSON subtype through ``CASE``, so it lands as an object, never as a string.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlstate.errors import ProcessorError
+from sqlstate.queries import sql
 
 if TYPE_CHECKING:
     from sqlstate.changelog.tables import StateTable
@@ -85,6 +89,27 @@ def capture_triggers(table: StateTable, columns: Sequence[str]) -> list[str]:
         f" AFTER DELETE ON main.{name} BEGIN"
         f" {capture} VALUES ({key('OLD')}, NULL); END",
     ]
+
+
+def refuse_uncapturable(conn: sqlite3.Connection, table: StateTable) -> None:
+    """``ProcessorError`` if ``table`` declares a change that no trigger would see.
+
+    A foreign key's ON DELETE/ON UPDATE action: sqlstate runs SQLite with foreign_keys off
+    (a standby applies a changed row as a delete and an insert, and a cascade there would delete
+    rows its owner kept), so the declared action never runs on any host, which a schema that
+    declares it does not expect. The same cascade as a trigger runs, and is captured.
+    """
+    actions = conn.execute(sql("foreign_key_actions"), {"table": table.name}).fetchall()
+    if actions:
+        parent, on_delete, on_update = actions[0]
+        action = f"ON DELETE {on_delete}" if on_delete not in ("NO ACTION", "RESTRICT") else ""
+        action = action or f"ON UPDATE {on_update}"
+        raise ProcessorError(
+            f"table {table.name} has a foreign key to {parent} with {action}, which sqlstate"
+            " never runs (SQLite's foreign_keys stays off, on every host): under --changelog"
+            f" write it as a trigger instead, e.g. AFTER DELETE ON {parent} BEGIN DELETE FROM"
+            f" {table.name} WHERE ...; END"
+        )
 
 
 def delete_by_key(table: StateTable) -> str:

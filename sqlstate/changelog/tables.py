@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlstate import migrate
-from sqlstate.changelog.table_sql import capture_triggers, delete_by_key
+from sqlstate.changelog.table_sql import capture_triggers, delete_by_key, refuse_uncapturable
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
 from sqlstate.processors.sql_file import SqlFileProcessor
@@ -72,6 +72,7 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
         for table in tables:
             # Refused here, at start, rather than when the capture triggers are made.
             capture_triggers(table, [name for name, _ in table_columns(scratch, table.name)])
+            refuse_uncapturable(scratch, table)
     finally:
         scratch.close()
     names = [table.name for table in tables]
