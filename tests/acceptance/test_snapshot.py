@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions, wait_for_progress
 from tests.support.db import held_exclusively, writing
 from tests.support.kafka import TopicFactory
@@ -144,38 +146,44 @@ def foreign_wal(database: Path, moved_by: int) -> bytes:
         return Path(f"{database}-wal").read_bytes()
 
 
-async def test_a_wal_planted_beside_dest_during_the_copy_never_reaches_the_snapshot(
-    tmp_path: Path,
-) -> None:
-    """DEST-wal planted while the command waits for the source (after its first look at DEST):
-    without --force it is refused (exit 2, no DEST); with --force it is removed, and the copy
-    holds the source's positions, not the planted ones."""
+@pytest.fixture
+async def source(tmp_path: Path) -> Path:
+    """A database made by ``sqlstate migrate``, with two partitions' positions."""
     database = tmp_path / "state.db"
     migrate = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "sqlstate", "migrate", "--database", str(database)),
         stderr=asyncio.subprocess.PIPE,
     )
-    _, migrate_err = await asyncio.wait_for(migrate.communicate(), 60)
-    assert migrate.returncode == 0, migrate_err.decode()
+    _, err = await asyncio.wait_for(migrate.communicate(), 60)
+    assert migrate.returncode == 0, err.decode()
     with writing(database) as conn:
         conn.executemany(
             "INSERT INTO positions VALUES ('t', ?, ?, 1, 'daemon', NULL, '')",
             [(0, 500), (1, 700)],
         )
-    positions = stored_positions(database)
+    return database
+
+
+async def test_a_wal_planted_beside_dest_during_the_copy_never_reaches_the_snapshot(
+    source: Path, tmp_path: Path
+) -> None:
+    """DEST-wal planted while the command waits for the source (after its first look at DEST):
+    without --force it is refused (exit 2, no DEST); with --force it is removed, and the copy
+    holds the source's positions, not the planted ones."""
+    positions = stored_positions(source)
     older = tmp_path / "older.db"
-    await take_snapshot(database, older)
+    await take_snapshot(source, older)
     planted = foreign_wal(older, moved_by=1_000)
     dest = tmp_path / "copy.db"
     wal = tmp_path / "copy.db-wal"
 
-    code, _out, err = await snapshot_planting(database, dest, planted)
+    code, _out, err = await snapshot_planting(source, dest, wal, planted)
     assert code == 2, err
     assert "copy.db-wal exists (it appeared while the copy was made)" in err
     assert not dest.exists()
     assert wal.read_bytes() == planted  # not ours to remove without --force
 
-    code, out, err = await snapshot_planting(database, dest, planted, "--force")
+    code, out, err = await snapshot_planting(source, dest, wal, planted, "--force")
     assert code == 0, err
     [summary] = json.loads(out)
     assert {row["partition"]: row["next_offset"] for row in summary["positions"]} == {
@@ -186,10 +194,24 @@ async def test_a_wal_planted_beside_dest_during_the_copy_never_reaches_the_snaps
     assert dest.stat().st_mode & 0o777 == 0o600  # it holds record payloads
 
 
+async def test_a_dest_that_appears_during_the_copy_is_replaced_only_with_force(
+    source: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "copy.db"
+    code, _out, err = await snapshot_planting(source, dest, dest, b"another copy")
+    assert code == 2, err
+    assert "copy.db exists (it appeared while the copy was made)" in err
+    assert dest.read_bytes() == b"another copy"
+
+    code, _out, err = await snapshot_planting(source, dest, dest, b"another copy", "--force")
+    assert code == 0, err
+    assert stored_positions(dest) == stored_positions(source)
+
+
 async def snapshot_planting(
-    database: Path, dest: Path, wal: bytes, *options: str
+    database: Path, dest: Path, planted: Path, content: bytes, *options: str
 ) -> tuple[int, str, str]:
-    """The snapshot command, with ``wal`` planted as DEST-wal after its first look at DEST.
+    """The snapshot command, with ``planted`` written after its first look at DEST.
 
     The source is held in an exclusive lock meanwhile: the command has looked at DEST and made
     its temporary file beside it, then waits (busy timeout) for the source."""
@@ -200,7 +222,7 @@ async def snapshot_planting(
                 if await asyncio.to_thread(temporary_copies, dest):
                     break
                 await asyncio.sleep(0.01)
-        await asyncio.to_thread(Path(f"{dest}-wal").write_bytes, wal)
+        await asyncio.to_thread(planted.write_bytes, content)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert not temporary_copies(dest), "the temporary copy was left"
     assert process.returncode is not None
