@@ -122,9 +122,11 @@ def _create_private(path: Path) -> None:
     this one mode covers them all. An empty file is an empty database to SQLite. Created here
     with its mode rather than chmod-ed after SQLite made it, so that no byte is ever written to
     a file others may read; and without ``umask``, which is process-wide and would race with
-    other threads creating files. A file that appeared meanwhile keeps the mode it has.
+    other threads creating files. A file that appeared meanwhile keeps the mode it has. A file
+    that cannot be created (a read-only folder, a full disk) is left for SQLite's own open to
+    report, as it reports any file it cannot open (``DatabaseError``, exit code 3).
     """
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
