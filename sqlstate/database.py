@@ -114,6 +114,22 @@ def _checked_path(path: Path, read_only: bool) -> Path:
     return path
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty and readable by its owner only (0600), before SQLite opens it.
+
+    The file holds record payloads. SQLite would create it 0644 (less the umask), and it gives
+    the ``-wal``, ``-shm`` and ``-journal`` files it creates later the mode of the main file, so
+    this one mode covers them all. An empty file is an empty database to SQLite. Created here
+    with its mode rather than chmod-ed after SQLite made it, so that no byte is ever written to
+    a file others may read; and without ``umask``, which is process-wide and would race with
+    other threads creating files. A file that appeared meanwhile keeps the mode it has. A file
+    that cannot be created (a read-only folder, a full disk) is left for SQLite's own open to
+    report, as it reports any file it cannot open (``DatabaseError``, exit code 3).
+    """
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 def _size(path: Path) -> int:
     """The bytes quick_check would read: the file and its WAL."""
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
@@ -157,8 +173,9 @@ class Database:
         stats: Stats | None = None,
         on_corrupt: Callable[[DatabaseError], None] | None = None,
     ) -> Database:
-        """Open (or, unless ``read_only``, create) the database and check it is a sound SQLite
-        file; with ``check_integrity``, also run ``PRAGMA quick_check`` over every page.
+        """Open (or, unless ``read_only``, create, readable by its owner only) the database and
+        check it is a sound SQLite file; with ``check_integrity``, also run ``PRAGMA
+        quick_check`` over every page.
 
         Nothing is written before the file is known to be a SQLite file, and, unless the check
         runs beside (below), before it passed quick_check: a wrong path, a foreign file or a
@@ -175,6 +192,7 @@ class Database:
             database.check_integrity_beside(on_corrupt)
             return database
         if not read_only and not path.exists():
+            await asyncio.to_thread(_create_private, path)
             return await cls._connect(path, busy_timeout_s, False, stats)
         # Check through a read-only connection: closing the last read-write connection
         # checkpoints the WAL into the main file, which would change a file we refuse to use.

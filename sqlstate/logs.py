@@ -31,9 +31,11 @@ as Elasticsearch maps a name to a single type):
   and that partition's data), named after what they are (``assigned``, ``revoked``,
   ``stalled``); ``partitions`` stays their count.
 
-Never pass settings or a secret as a field: fields bypass the redaction below.
+A dataclass is written without its fields declared with ``repr=False``, as its ``repr`` leaves
+them out: that is how ``Settings`` marks the SASL and SSL passwords, so settings passed as a
+field show no password. A secret passed as a field of its own is not recognized: never do that.
 
-Secrets never reach the output: see ``SaslRequestRedactor``.
+Secrets never reach the output: see also ``SaslRequestRedactor``.
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ def partition_fields(tp: _Partition, **data: object) -> dict[str, object]:
 def jsonable(value: object, depth: int = 0) -> object:
     """``value`` as something ``json.dumps`` writes as valid JSON, whatever it was.
 
-    Named tuples (``TopicPartition``) and dataclasses become objects, other sequences and sets
-    lists, bytes text (undecodable bytes as ``\\xNN``), infinities and NaN (not JSON) text, and
-    anything else its ``str()``.
+    Named tuples (``TopicPartition``) and dataclasses become objects (without the fields a
+    dataclass keeps out of its ``repr``: secrets), other sequences and sets lists, bytes text
+    (undecodable bytes as ``\\xNN``), infinities and NaN (not JSON) text, and anything else its
+    ``str()``.
     """
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -96,7 +99,11 @@ def jsonable(value: object, depth: int = 0) -> object:
     if isinstance(value, datetime | date):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+        value = {
+            field.name: getattr(value, field.name)
+            for field in dataclasses.fields(value)
+            if field.repr
+        }
     elif isinstance(value, tuple) and hasattr(value, "_asdict"):
         value = value._asdict()
     if isinstance(value, Mapping):

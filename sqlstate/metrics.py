@@ -7,7 +7,9 @@ keeps the metrics of a process that embeds sqlstate (or of a test running severa
 
 prometheus_client's own server cannot serve a second path, and a thread would be the only
 non-asyncio code in the daemon, so this is a minimal HTTP/1.1 responder on ``asyncio.start_server``:
-one request per connection, GET or HEAD, closed after the answer.
+one request per connection, GET or HEAD, closed after the answer. A slow or hostile client holds
+nothing for long: the request must arrive, and the answer be taken, within a timeout each, and
+connections beyond ``MAX_CONNECTIONS`` are answered 503 at once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ logger = logging.getLogger(__name__)
 
 # From a fast local SSD (about a millisecond) to a database waiting on a lock (the busy timeout).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_REQUEST_TIMEOUT_S = 5.0
+# Connections answered at once. A Prometheus scraper and a health probe or two need a few; each
+# connection holds a task and its buffers (an answer is the whole exposition, which grows with
+# the partitions), so the ones beyond get a 503 and are closed.
+MAX_CONNECTIONS = 16
+# For the request to arrive, and again for the answer to be taken: a client that sends or reads
+# slowly, or not at all, is cut off then, and its buffered answer dropped.
+TIMEOUT_S = 5.0
 _MAX_REQUEST_BYTES = 16_384
 
 
@@ -204,10 +212,20 @@ class Metrics:
 class StatusServer:
     """Serves ``/metrics`` (Prometheus) and ``/healthz`` (200 healthy, 503 not, JSON body)."""
 
-    def __init__(self, metrics: Metrics, health: Callable[[], Health]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        health: Callable[[], Health],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
         self._metrics = metrics
         self._health = health
         self._server: asyncio.Server | None = None
+        self._max_connections = max_connections
+        self._timeout_s = timeout_s
+        self._connections = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the address actually bound (``port`` 0 picks a free one)."""
@@ -226,14 +244,23 @@ class StatusServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= self._max_connections:
+            await self._refuse(reader, writer)
+            return
+        self._connections += 1
+        answered = False
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+            async with asyncio.timeout(self._timeout_s):
                 head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > _MAX_REQUEST_BYTES:
                 raise ValueError("request head too large")
             status, headers, body, send_body = self._answer(head.decode("latin-1"))
             writer.write(_response(status, headers, body if send_body else b"", len(body)))
-            await writer.drain()
+            # drain() waits as long as the client does not read: without a bound, a client that
+            # never reads would hold this task and the whole answer in memory for good.
+            async with asyncio.timeout(self._timeout_s):
+                await writer.drain()
+            answered = True
         except (
             TimeoutError,
             ValueError,
@@ -253,10 +280,38 @@ class StatusServer:
             )
             with contextlib.suppress(ConnectionError):
                 writer.write(_response(HTTPStatus.INTERNAL_SERVER_ERROR, {}, b"", 0))
+            answered = True
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
+            self._connections -= 1
+            await self._close(writer, answered)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A 503 without reading the request, then the connection closed."""
+        logger.debug(
+            "metrics request refused: %d connections open",
+            self._connections,
+            extra={"event": "metrics_request_refused", "connections": self._connections},
+        )
+        writer.write(_response(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "1"}, b"", 0))
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            writer.write_eof()
+            # The request is read and dropped until the client closes (briefly): closing with
+            # unread bytes makes the kernel reset the connection, and the client would see a
+            # reset instead of the 503.
+            async with asyncio.timeout(min(self._timeout_s, 1.0)):
+                while await reader.read(_MAX_REQUEST_BYTES):
+                    pass
+        await self._close(writer, True)
+
+    async def _close(self, writer: asyncio.StreamWriter, answered: bool) -> None:
+        """Close once the answer is sent; otherwise drop whatever is still buffered for it."""
+        if not answered:
+            writer.transport.abort()
+        writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
                 await writer.wait_closed()
+        writer.transport.abort()  # a client that never took even a small answer
 
     def _answer(self, head: str) -> tuple[HTTPStatus, dict[str, str], bytes, bool]:
         request_line, _, header_lines = head.partition("\r\n")

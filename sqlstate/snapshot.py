@@ -13,7 +13,9 @@ a second per 100 MB copied).
 
 The copy is written to a temporary file beside DEST and renamed into place only once it passed
 ``PRAGMA quick_check``: a crash or a failure never leaves a half copy under DEST's name (at
-worst a ``.DEST.*.snapshot`` file in DEST's folder). The copy is a normal sqlstate database in
+worst a ``.DEST.*.snapshot`` file in DEST's folder). Right before the rename, DEST and its
+side files are looked at again: without ``--force``, one that appeared during the copy is
+refused, never replaced nor left to meet the copy. The copy is a normal sqlstate database in
 WAL mode: positions, epochs and every processor's state, as of one committed batch.
 """
 
@@ -49,6 +51,7 @@ BUSY_TIMEOUT_S: float = default("busy_timeout_s")
 PAGES_PER_STEP = 1024
 # The side files SQLite keeps beside a database file.
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+_MEANWHILE = " (it appeared while the copy was made)"
 
 
 @dataclass(frozen=True)
@@ -144,19 +147,34 @@ def _checked_dest(source: Path, dest: Path, force: bool) -> Path:
         raise DatabaseError(f"cannot write snapshot {dest}: folder {dest.parent} does not exist")
     if source.exists() and dest.exists() and os.path.samefile(source, dest):
         raise ConfigError(f"snapshot destination {dest} is the database itself")
-    # A ``-wal`` without its file counts too: renamed in beside it, the copy would meet a WAL
-    # that is not its own, and SQLite would replay it into the copy.
-    existing = [p for p in (dest, *_side_files(dest)) if p.exists()]
-    if existing and not force:
-        raise ConfigError(
-            f"snapshot destination {existing[0]} exists: give another name, or --force to"
-            " replace it"
-        )
+    if not force:
+        _refuse_existing(dest, "")
     return dest
 
 
+def _refuse_existing(dest: Path, when: str) -> None:
+    """``ConfigError`` if DEST or one of its side files exists (``when``: since when).
+
+    A ``-wal`` (or ``-journal``) without its file counts too: renamed in beside it, the copy
+    would meet a log that is not its own, and SQLite would replay it into the copy, changing
+    its positions and state behind a quick_check that said ok."""
+    # lexists: a symbolic link counts even when it leads nowhere (SQLite would follow it).
+    existing = [p for p in (dest, *_side_files(dest)) if os.path.lexists(p)]
+    if existing:
+        raise _exists(existing[0], when)
+
+
+def _exists(path: Path, when: str) -> ConfigError:
+    return ConfigError(
+        f"snapshot destination {path} exists{when}: give another name, or --force to replace it"
+    )
+
+
 def _temporary_beside(dest: Path) -> Path:
-    """An empty file in DEST's folder, so that the final rename stays within one filesystem."""
+    """An empty file in DEST's folder, so that the final rename stays within one filesystem.
+
+    ``mkstemp`` creates it readable by its owner only (0600), before anything is copied into
+    it, and the copy keeps that mode under DEST's name: it holds record payloads."""
     try:
         handle, name = tempfile.mkstemp(
             dir=dest.parent, prefix=f".{dest.name}.", suffix=".snapshot"
@@ -231,9 +249,13 @@ async def _checked_copy(copy: Path, source: Path, busy_timeout_s: float) -> list
 def _move_into_place(temporary: Path, dest: Path, force: bool, busy_timeout_s: float) -> int:
     """Rename the checked copy to DEST, durably, and return its size.
 
-    With ``force``, an existing DEST is replaced, unless a process has it open (a daemon's
+    DEST and its side files are looked at again here, right before the rename: the copy took a
+    while, and any of them may have appeared meanwhile. Without ``force`` the copy is linked to
+    DEST, which fails if DEST exists even at the last instant (a rename would replace it). With
+    ``force``, an existing DEST is replaced, unless a process has it open (a daemon's
     database); its side files go first, since they must never meet the copy."""
     _sync(temporary)
+    size = temporary.stat().st_size
     if force:
         if dest.exists() and _in_use(dest, busy_timeout_s):
             raise DatabaseError(
@@ -242,10 +264,25 @@ def _move_into_place(temporary: Path, dest: Path, force: bool, busy_timeout_s: f
             )
         for side in _side_files(dest):
             side.unlink(missing_ok=True)
-    size = temporary.stat().st_size
-    os.replace(temporary, dest)
+        os.replace(temporary, dest)
+    else:
+        _refuse_existing(dest, _MEANWHILE)
+        _link_new(temporary, dest)
     _sync(dest.parent)
     return size
+
+
+def _link_new(temporary: Path, dest: Path) -> None:
+    """Give the copy DEST's name only if DEST does not exist: a hard link, unlike a rename,
+    never replaces a file. On a filesystem without hard links, a rename right after the check."""
+    try:
+        os.link(temporary, dest)
+    except FileExistsError as error:
+        raise _exists(dest, _MEANWHILE) from error
+    except OSError:
+        os.replace(temporary, dest)
+        return
+    temporary.unlink()
 
 
 def _in_use(path: Path, busy_timeout_s: float) -> bool:

@@ -2,19 +2,22 @@
 
 ``--processor counts`` (or ``latest``, ``windowed-counts``) names a built-in;
 ``--processor PACKAGE.MODULE:NAME`` imports ``PACKAGE.MODULE`` (the current directory is searched
-first, as ``python -m`` would) and takes ``NAME`` from it: a ``Processor``, or a class or function
-that returns one when called with no arguments. ``--sql FILE`` is a processor written in SQL
-(``sql_file.py``). Everything is loaded and checked before the daemon touches its database:
-a processor that cannot be imported, does not have the ``Processor`` shape, reuses another's
-name, or whose SQL the guard refuses, stops the start with exit code 2.
+first, as ``python -m`` would, for that import only) and takes ``NAME`` from it: a ``Processor``,
+or a class or function that returns one when called with no arguments. ``--sql FILE`` is a
+processor written in SQL (``sql_file.py``). Everything is loaded and checked before the daemon
+touches its database: a processor that cannot be imported, does not have the ``Processor``
+shape, reuses another's name, or whose SQL the guard refuses, stops the start with exit code 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from types import ModuleType
 
 from aiokafka import TopicPartition
 
@@ -55,10 +58,8 @@ def load(spec: str, settings: Settings) -> Processor:
             f"--processor {spec}: name a built-in ({', '.join(BUILT_INS)}) or give"
             " PACKAGE.MODULE:NAME"
         )
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the current directory, as ``python -m`` has it
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_here(module_name)
     except Exception as error:
         raise ProcessorError(
             f"--processor {spec}: cannot import {module_name}: {error!r}"
@@ -72,6 +73,26 @@ def load(spec: str, settings: Settings) -> Processor:
         except Exception as error:
             raise ProcessorError(f"--processor {spec}: {attribute}() failed: {error!r}") from error
     return checked(found, f"--processor {spec}")
+
+
+def _import_from_here(module_name: str) -> ModuleType:
+    """Import ``module_name`` with the current directory first on ``sys.path``, as ``python -m``
+    has it, and take the directory off again right after.
+
+    For this import only: left on the path, the current directory would stay first for every
+    later import of the run, and a file there named like a module imported later (by
+    aiokafka, say, or the standard library's lazy imports) would be run in its place. The
+    module stays imported, and a package found here keeps its own absolute ``__path__`` for
+    its submodules; a module the processor imports only later, from the current directory,
+    is not found (import it at the top of the processor's module)."""
+    here = os.getcwd()
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        # One entry, ours: whatever else the module itself did to sys.path stays.
+        with contextlib.suppress(ValueError):
+            sys.path.remove(here)
 
 
 def checked(candidate: object, source: str) -> Processor:

@@ -271,3 +271,29 @@ async def test_offsets_reports_a_refused_login_like_run(
     assert code == 4, output
     [line] = error_lines(output)
     assert "refused the SASL login" in line, line
+
+
+async def test_the_daemons_database_files_are_readable_by_their_owner_only(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """They hold record payloads: the file the daemon creates, and the -wal and -shm beside it
+    while it runs, are 0600 whatever the umask lets through (0644 with the usual 022)."""
+    topic = await topic_factory(1)
+    messages = keyed_messages(50, partitions=1, keys=5)
+    await produce_keyed(kafka_bootstrap, topic, messages)
+    database = tmp_path / "state.db"
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, env={})
+    daemons.append(daemon.start())
+    await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
+    files = [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {
+        "state.db": 0o600,
+        "state.db-wal": 0o600,
+        "state.db-shm": 0o600,
+    }
+    assert await daemon.terminate() == 0, daemon.log()[-3000:]
+    assert db_counts(database, topic) == expected(messages)

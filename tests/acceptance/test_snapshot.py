@@ -22,7 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions, wait_for_progress
+from tests.support.db import held_exclusively, writing
 from tests.support.kafka import TopicFactory
 from tests.support.oracle import assert_exactly_once
 from tests.support.workload import end_offsets, keyed_messages, produce_keyed
@@ -31,9 +34,9 @@ MESSAGES = 36_000
 RATE = 4_000  # records a second: about 9 s of traffic
 
 
-async def take_snapshot(database: Path, dest: Path) -> dict[str, Any]:
-    """``sqlstate snapshot --json`` as a user runs it; its summary."""
-    process = await asyncio.create_subprocess_exec(
+async def start_snapshot(database: Path, dest: Path, *options: str) -> asyncio.subprocess.Process:
+    """``sqlstate snapshot --json`` as a user runs it."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "sqlstate",
@@ -42,9 +45,15 @@ async def take_snapshot(database: Path, dest: Path) -> dict[str, Any]:
         str(database),
         str(dest),
         "--json",
+        *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def take_snapshot(database: Path, dest: Path, *options: str) -> dict[str, Any]:
+    """``sqlstate snapshot --json`` run to its end; its summary."""
+    process = await start_snapshot(database, dest, *options)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     [summary] = json.loads(out)
@@ -124,3 +133,102 @@ async def test_snapshots_taken_while_the_daemon_writes_are_exact_and_catch_up(
     for file in (database, replica_copy, replacement_copy):
         verdict = await assert_exactly_once(kafka_bootstrap, file, topic)
         assert verdict.read_back == MESSAGES
+
+
+def foreign_wal(database: Path, moved_by: int) -> bytes:
+    """A real WAL for a copy of ``database``: its frames move every position by ``moved_by``.
+
+    A WAL carries its own checksums and salts, nothing that ties it to one database file, so
+    SQLite replays it into any file with the same pages that it finds it beside."""
+    with writing(database, isolation_level=None) as conn:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the frames stay in the WAL
+        conn.execute("UPDATE positions SET next_offset = next_offset + ?", (moved_by,))
+        return Path(f"{database}-wal").read_bytes()
+
+
+@pytest.fixture
+async def source(tmp_path: Path) -> Path:
+    """A database made by ``sqlstate migrate``, with two partitions' positions."""
+    database = tmp_path / "state.db"
+    migrate = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sqlstate", "migrate", "--database", str(database)),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(migrate.communicate(), 60)
+    assert migrate.returncode == 0, err.decode()
+    with writing(database) as conn:
+        conn.executemany(
+            "INSERT INTO positions VALUES ('t', ?, ?, 1, 'daemon', NULL, '')",
+            [(0, 500), (1, 700)],
+        )
+    return database
+
+
+async def test_a_wal_planted_beside_dest_during_the_copy_never_reaches_the_snapshot(
+    source: Path, tmp_path: Path
+) -> None:
+    """DEST-wal planted while the command waits for the source (after its first look at DEST):
+    without --force it is refused (exit 2, no DEST); with --force it is removed, and the copy
+    holds the source's positions, not the planted ones."""
+    positions = stored_positions(source)
+    older = tmp_path / "older.db"
+    await take_snapshot(source, older)
+    planted = foreign_wal(older, moved_by=1_000)
+    dest = tmp_path / "copy.db"
+    wal = tmp_path / "copy.db-wal"
+
+    code, _out, err = await snapshot_planting(source, dest, wal, planted)
+    assert code == 2, err
+    assert "copy.db-wal exists (it appeared while the copy was made)" in err
+    assert not dest.exists()
+    assert wal.read_bytes() == planted  # not ours to remove without --force
+
+    code, out, err = await snapshot_planting(source, dest, wal, planted, "--force")
+    assert code == 0, err
+    [summary] = json.loads(out)
+    assert {row["partition"]: row["next_offset"] for row in summary["positions"]} == {
+        partition: offset for (_topic, partition), offset in positions.items()
+    }
+    assert not wal.exists()
+    assert stored_positions(dest) == positions  # and no planted WAL replayed into it
+    assert dest.stat().st_mode & 0o777 == 0o600  # it holds record payloads
+
+
+async def test_a_dest_that_appears_during_the_copy_is_replaced_only_with_force(
+    source: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "copy.db"
+    code, _out, err = await snapshot_planting(source, dest, dest, b"another copy")
+    assert code == 2, err
+    assert "copy.db exists (it appeared while the copy was made)" in err
+    assert dest.read_bytes() == b"another copy"
+
+    code, _out, err = await snapshot_planting(source, dest, dest, b"another copy", "--force")
+    assert code == 0, err
+    assert stored_positions(dest) == stored_positions(source)
+
+
+async def snapshot_planting(
+    database: Path, dest: Path, planted: Path, content: bytes, *options: str
+) -> tuple[int, str, str]:
+    """The snapshot command, with ``planted`` written after its first look at DEST.
+
+    The source is held in an exclusive lock meanwhile: the command has looked at DEST and made
+    its temporary file beside it, then waits (busy timeout) for the source."""
+    with held_exclusively(database):
+        process = await start_snapshot(database, dest, *options)
+        async with asyncio.timeout(30):
+            while True:
+                if await asyncio.to_thread(temporary_copies, dest):
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(planted.write_bytes, content)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert not temporary_copies(dest), "the temporary copy was left"
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def temporary_copies(dest: Path) -> list[Path]:
+    """The command's temporary copies beside DEST (``.DEST.XXXX.snapshot`` and side files)."""
+    return list(dest.parent.glob(f".{dest.name}.*.snapshot*"))

@@ -54,6 +54,21 @@ def writing(path: Path | str, **options: Any) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
+@contextlib.contextmanager
+def held_exclusively(path: Path | str) -> Iterator[None]:
+    """Keep every other connection out of ``path`` for one block, even readers in WAL mode:
+    a connection in exclusive locking mode keeps its lock after its first write."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE positions SET owner = owner")
+        holder.execute("COMMIT")
+        yield
+    finally:
+        holder.close()
+
+
 def corrupt_file(path: Path) -> None:
     """A migrated database of a few MB with one page in the middle overwritten."""
     conn = sqlite3.connect(path, isolation_level=None)

@@ -66,6 +66,39 @@ async def test_migrations_apply_once_and_list(tmp_path: Path) -> None:
     assert query_value(path, "PRAGMA journal_mode") == "wal"
 
 
+def modes(path: Path) -> dict[str, int]:
+    """The permission bits of the database and of the side files SQLite keeps beside it."""
+    return {
+        p.name: p.stat().st_mode & 0o777
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+        if p.exists()
+    }
+
+
+async def test_a_new_database_and_its_side_files_are_readable_by_their_owner_only(
+    tmp_path: Path,
+) -> None:
+    """They hold record payloads: 0600 whatever the umask lets through (0644 by default). A
+    file that exists keeps the mode its owner gave it, and so do its side files."""
+    path = tmp_path / "s.db"
+    store = await Database.open(path, busy_timeout_s=5.0)
+    try:
+        await migrate.apply_pending(store)
+        open_modes = modes(path)  # while open, in WAL mode: the -wal and -shm exist
+    finally:
+        await store.close()
+    assert open_modes == {"s.db": 0o600, "s.db-wal": 0o600, "s.db-shm": 0o600}
+    assert modes(path) == {"s.db": 0o600}
+
+    path.chmod(0o640)  # a group of readers, say
+    store = await Database.open(path, busy_timeout_s=5.0)
+    try:
+        await migrate.apply_pending(store)
+        assert modes(path) == {"s.db": 0o640, "s.db-wal": 0o640, "s.db-shm": 0o640}
+    finally:
+        await store.close()
+
+
 def test_migration_file_names() -> None:
     names = [m.name for m in migrate.available()]
     assert names, "no migrations found"

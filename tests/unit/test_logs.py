@@ -18,6 +18,7 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaConnectionEr
 from aiokafka.protocol.admin import SaslAuthenticateRequest_v1
 
 from sqlstate import logs
+from sqlstate.settings import Security, Settings
 
 
 class Policy(enum.Enum):
@@ -116,6 +117,40 @@ def test_values_json_cannot_write_are_converted(capsys: pytest.CaptureFixture[st
     assert entry["database"] == "/var/lib/sqlstate/state.db"
     assert entry["error"] == "bad"
     assert entry["opaque"] == "<opaque>"
+
+
+def test_settings_passed_as_a_field_show_no_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """The passwords are the fields ``Settings`` keeps out of its repr; a dataclass written as
+    an object leaves them out the same way, at any depth."""
+    security = Security(
+        protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="sqlstate",
+        sasl_password="sasl-pa55word",
+        ssl_password="key-pa55word",
+    )
+    settings = Settings(topics=("orders",), group_id="g", security=security)
+    output = emit(
+        "json",
+        capsys,
+        "starting with %s",
+        settings,
+        event="starting",
+        settings=settings,
+        security=security,
+        nested={"all": [settings]},
+    )
+    assert "pa55word" not in output  # the message (repr) nor the fields
+    entry = json.loads(output)
+    assert entry["settings"]["security"] == {
+        "protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_username": "sqlstate",
+        "ssl_cafile": None,
+        "ssl_certfile": None,
+        "ssl_keyfile": None,
+    }
+    assert entry["nested"]["all"][0]["group_id"] == "g"
 
 
 def test_a_field_named_like_a_key_of_the_line_is_kept_beside_it(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from sqlstate import metrics
 from sqlstate.errors import ConfigError
 from sqlstate.health import Health, Lags, PartitionLag
 from sqlstate.metrics import Metrics, StatusServer
@@ -172,3 +176,81 @@ async def test_a_failing_collector_answers_500_and_is_logged(
         await server.close()
     assert "answering a metrics request failed" in caplog.text
     assert (await get(port, "/metrics"))[0] == 200
+
+
+async def test_connections_beyond_the_cap_get_503_while_slow_clients_hold_the_others(
+    served: tuple[Daemon, int],
+) -> None:
+    _daemon, port = served
+    cap = metrics.MAX_CONNECTIONS
+    slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap)]
+    try:
+        for _reader, writer in slow:
+            writer.write(b"GET /metrics HTTP/1.1\r\n")  # and the rest never comes
+        status, headers, body = await get(port, "/healthz")
+        assert (status, headers["retry-after"], body) == (503, "1", b"")
+
+        # One slow client gone: its place is free again.
+        _reader, writer = slow.pop()
+        writer.close()
+        await writer.wait_closed()
+        async with asyncio.timeout(5):
+            while True:
+                if (await get(port, "/healthz"))[0] == 200:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for _reader, writer in slow:
+            writer.close()
+            await writer.wait_closed()
+
+
+class HugeAnswer(Metrics):
+    """Metrics whose exposition is 32 MiB, made at once (the real one of that size takes
+    many seconds to make)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon.stats, daemon.get_lags, daemon.get_health)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        return b"#\n" * 16 * 2**20, "text/plain"
+
+
+async def test_a_client_that_never_reads_the_answer_is_cut_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its answer is far larger than the socket buffers (the kernel's grow to a few MB on the
+    loopback), so the server's drain() waits on it; after the timeout the connection is dropped,
+    with what was still buffered for it."""
+    daemon = Daemon()
+    server = StatusServer(HugeAnswer(daemon), daemon.get_health, timeout_s=0.5)
+    _host, port = await server.start("127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+    client.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=client)
+        with caplog.at_level(logging.DEBUG, logger="sqlstate.metrics"):
+            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            async with asyncio.timeout(30):
+                while True:
+                    if "metrics_request_dropped" in [
+                        getattr(r, "event", None) for r in caplog.records
+                    ]:
+                        break
+                    await asyncio.sleep(0.05)
+        assert "TimeoutError" in caplog.text
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(65_536):
+                    received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert len(body) < length
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    finally:
+        await server.close()

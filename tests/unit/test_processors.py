@@ -3,8 +3,11 @@ recorded set of processors per topic, and a database made by the release before 
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sqlite3
+import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +66,42 @@ def test_built_ins_load_by_short_name_and_counts_is_the_default() -> None:
 def test_a_processor_of_your_own_loads_by_import_path() -> None:
     (processor,) = from_settings(settings("examples.order_totals:OrderTotals"))
     assert isinstance(processor, OrderTotals)
+
+
+def test_the_current_directory_is_searched_for_the_processor_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left first on sys.path, the current directory would shadow every module imported later
+    in the run: a file there named like one would be run in its place."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "processor_in_cwd.py").write_text(
+        textwrap.dedent(
+            """
+            from sqlstate.processors import Migration
+
+            class Mine:
+                name = "mine"
+                migrations = (Migration("0001_mine", "CREATE TABLE mine (x);"),)
+
+                def statements(self, tp, records):
+                    return []
+
+                def forget(self, tp):
+                    return []
+            """
+        )
+    )
+    (tmp_path / "imported_later.py").write_text("RAN = True\n")
+    for name in ("processor_in_cwd", "imported_later"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = list(sys.path)
+
+    processor = load("processor_in_cwd:Mine", settings())
+    assert processor.name == "mine"
+    assert sys.path == before
+    assert "processor_in_cwd" in sys.modules  # imported once, and stays so
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("imported_later")
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from sqlstate import migrate, snapshot
 from sqlstate.cli import main
 from sqlstate.database import Database
 from sqlstate.errors import ConfigError, DatabaseBusyError, DatabaseError
-from tests.support.db import corrupt_file, query, writing
+from tests.support.db import corrupt_file, held_exclusively, query, writing
 
 KEYS = 20_000
 
@@ -170,6 +170,53 @@ async def test_a_wal_left_without_its_file_is_an_existing_destination(
     assert rows(dest) == rows(source)
 
 
+@pytest.mark.parametrize("planted", ["copy.db", "copy.db-wal", "copy.db-journal"])
+async def test_a_destination_that_appears_during_the_copy_is_refused_unless_forced(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """Checked when the command starts, DEST may still appear while the copy is made: it is
+    looked at again right before the rename, never replaced nor left beside the copy."""
+    checked_copy = snapshot._checked_copy
+
+    async def planting(*args: object) -> object:
+        positions = await checked_copy(*args)  # type: ignore[arg-type]
+        (tmp_path / planted).write_bytes(b"planted meanwhile")
+        return positions
+
+    monkeypatch.setattr(snapshot, "_checked_copy", planting)
+    dest = tmp_path / "copy.db"
+    with pytest.raises(ConfigError, match=rf"{planted} exists \(it appeared while the copy"):
+        await snapshot.take(source, dest)
+    assert (tmp_path / planted).read_bytes() == b"planted meanwhile"
+    assert files(tmp_path) == {"live", planted}
+
+    (tmp_path / planted).unlink()
+    await snapshot.take(source, dest, force=True)
+    assert files(tmp_path) == {"live", "copy.db"}
+    assert rows(dest) == rows(source)
+    assert dest.stat().st_mode & 0o777 == 0o600  # it holds record payloads
+
+
+async def test_a_destination_that_appears_at_the_last_instant_is_not_replaced(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the last look and the rename: the copy is linked to DEST, which, unlike a
+    rename, fails when DEST exists."""
+    dest = tmp_path / "copy.db"
+    refuse_existing = snapshot._refuse_existing
+
+    def looked_too_early(path: Path, when: str) -> None:
+        refuse_existing(path, when)
+        if when:  # the look right before the rename, not the one at the start
+            dest.write_bytes(b"another copy")
+
+    monkeypatch.setattr(snapshot, "_refuse_existing", looked_too_early)
+    with pytest.raises(ConfigError, match="exists \\(it appeared while the copy was made"):
+        await snapshot.take(source, dest)
+    assert dest.read_bytes() == b"another copy"
+    assert files(tmp_path) == {"live", "copy.db"}
+
+
 async def test_force_refuses_a_destination_another_process_has_open(
     source: Path, tmp_path: Path
 ) -> None:
@@ -225,16 +272,11 @@ async def test_a_source_that_cannot_be_copied_leaves_nothing(
 
 async def test_a_locked_source_is_reported(source: Path, tmp_path: Path) -> None:
     """A connection in exclusive locking mode keeps every reader out, even in WAL mode."""
-    holder = sqlite3.connect(source, isolation_level=None)
-    try:
-        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
-        holder.execute("BEGIN IMMEDIATE")
-        holder.execute("UPDATE positions SET owner = 'holder'")
-        holder.execute("COMMIT")
-        with pytest.raises(DatabaseBusyError, match="is locked by another connection"):
-            await snapshot.take(source, tmp_path / "copy.db", busy_timeout_s=0.2)
-    finally:
-        holder.close()
+    with (
+        held_exclusively(source),
+        pytest.raises(DatabaseBusyError, match="is locked by another connection"),
+    ):
+        await snapshot.take(source, tmp_path / "copy.db", busy_timeout_s=0.2)
     assert files(tmp_path) == {"live"}
 
 
