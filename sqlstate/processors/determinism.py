@@ -14,7 +14,7 @@ statement's text: a call with too few arguments (the time value then defaults to
 ``'now'`` literal beside a date function, and the keywords ``CURRENT_TIMESTAMP``,
 ``CURRENT_DATE`` and ``CURRENT_TIME`` (a column's DEFAULT too) are refused. A time value that
 reaches a date function as data (a record's value that reads ``now``) cannot be seen before it
-runs; that is the processor's own input, documented in docs/reading-state.md.
+runs; that is the processor's own input, documented in docs/guarantees.md.
 """
 
 from __future__ import annotations
