@@ -82,7 +82,10 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
         dead_letters = StateTable(DEAD_LETTERS, DEAD_LETTERS_KEY)
         owned = [("sqlstate", _checked(scratch, "sqlstate", dead_letters))]
         for processor in processors:
-            owned += [(processor.name, table) for table in _tables_of(scratch, processor)]
+            owner = processor.name
+            if isinstance(processor, SqlFileProcessor) and processor.path is not None:
+                owner = f"{owner} (--sql {processor.path})"
+            owned += [(owner, table) for table in _tables_of(scratch, processor)]
         for _, table in owned:
             # Refused here, at start, rather than when the capture triggers are made.
             capture_triggers(table, [name for name, _ in table_columns(scratch, table.name)])

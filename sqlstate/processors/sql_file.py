@@ -119,8 +119,11 @@ class SqlFileProcessor:
         parameters: Sequence[str],
         forget: Sequence[str],
         batch: BatchForm | None = None,
+        path: Path | None = None,
     ) -> None:
         self.name = name
+        #: The file it was loaded from, for people.
+        self.path = path
         self.migrations: Sequence[Migration] = (schema,)
         self._record = record
         self._constant = tuple(name for name in parameters if name in _CONSTANT)
@@ -178,6 +181,7 @@ class SqlFileProcessor:
             parameters,
             [statement.text for statement in forget],
             batch,
+            path,
         )
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:

@@ -89,8 +89,8 @@ async def test_a_table_keyed_without_the_partition_still_counts_on_one_host(
     await refused(
         changelog,
         [
-            "processor totals: under --changelog, table totals (keyed by key) must be keyed by"
-            " the partition too",
+            f"processor totals (--sql {tmp_path / 'totals.sql'}): under --changelog, table totals"
+            " (keyed by key) must be keyed by the partition too",
             "Add a column partition",
         ],
     )

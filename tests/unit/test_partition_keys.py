@@ -5,6 +5,7 @@ partitions' owners would write is refused at start, naming the processor and the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def test_a_sql_table_keyed_without_the_partition_is_refused_under_changelog(
     processor = sql_file(tmp_path, schema)
     with pytest.raises(
         ProcessorError,
-        match=rf"processor totals: under --changelog, table {table} \(keyed by {key}\) must be"
+        match=rf"processor totals \(--sql {re.escape(str(tmp_path))}/totals.sql\): under"
+        rf" --changelog, table {table} \(keyed by {key}\) must be"
         r" keyed by the partition too.*Add a column partition",
     ):
         state_tables([KeyCounter(), processor])
