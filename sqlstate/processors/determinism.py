@@ -11,7 +11,8 @@ The date and time functions are deterministic only when given a time value that 
 ``'now'``: ``date(:timestamp / 1000, 'unixepoch')`` is, ``date()`` and ``date('now')`` read the
 clock. The authorizer reports the call but not its arguments, so ``clock_reading`` reads the
 statement's text: a call with too few arguments (the time value then defaults to now), a
-``'now'`` literal beside a date function, and the keywords ``CURRENT_TIMESTAMP``,
+``'now'`` literal beside a date function, the ``'localtime'`` and ``'utc'`` modifiers (the
+host's time zone), and the keywords ``CURRENT_TIMESTAMP``,
 ``CURRENT_DATE`` and ``CURRENT_TIME`` (a column's DEFAULT too) are refused. A time value that
 reaches a date function as data (a record's value that reads ``now``) cannot be seen before it
 runs; that is the processor's own input, documented in docs/guarantees.md.
@@ -62,6 +63,9 @@ CLOCK_FUNCTIONS = {
     "strftime": 2,
     "timediff": 2,
 }
+#: Date and time modifiers that convert between UTC and the host's time zone: another host, or
+#: the same one after a change of zone or daylight saving rules, makes other rows.
+LOCAL_MODIFIERS = frozenset({"localtime", "utc"})
 #: Keywords that SQLite turns into a reading of the clock (reported as functions of that name).
 CLOCK_KEYWORDS = frozenset({"current_timestamp", "current_date", "current_time"})
 
@@ -112,10 +116,17 @@ def clock_reading(text: str) -> str | None:
                 f"{value}() without a time value reads the clock: {_FOR_STATE}; give it one,"
                 f" such as {value}(:timestamp / 1000, 'unixepoch')"
             )
-    if calls and any(
-        kind == "string" and value[1:-1].strip().lower() == "now" for kind, value in tokens
-    ):
+    if not calls:
+        return None
+    literals = {value[1:-1].strip().lower() for kind, value in tokens if kind == "string"}
+    if "now" in literals:
         return f"'now' reads the clock: {_FOR_STATE}; give date and time functions :timestamp"
+    local = sorted(literals & LOCAL_MODIFIERS)
+    if local:
+        return (
+            f"the '{local[0]}' modifier depends on the host's time zone: {_FOR_STATE}, the same"
+            " on every host; keep times in UTC"
+        )
     return None
 
 

@@ -98,6 +98,8 @@ def test_a_schema_statement_outside_the_processors_rights_is_refused(
             for call, reason in [
                 ("julianday('now')", "'now' reads the clock"),
                 ("datetime('NOW', '+1 day')", "'now' reads the clock"),
+                ("date(:timestamp / 1000, 'unixepoch', 'localtime')", "'localtime' modifier"),
+                ("datetime(:timestamp / 1000, 'unixepoch', 'utc')", "'utc' modifier"),
                 ("CURRENT_TIMESTAMP", "CURRENT_TIMESTAMP reads the clock"),
                 ("CURRENT_DATE", "CURRENT_DATE reads the clock"),
                 ("date()", "without a time value reads the clock"),
