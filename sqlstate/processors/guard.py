@@ -9,6 +9,7 @@ processor's statements there with ``EXPLAIN`` under an authorizer that refuses:
 
 - writing (INSERT, UPDATE, DELETE, also from a trigger) a table another owner created:
   sqlstate's ``positions``, ``key_counts``, ``schema_migrations``, ... or another processor's;
+  reading sqlstate's own tables and views (they hold owners, epochs and times, not records);
   and ``sqlite_sequence``, SQLite's AUTOINCREMENT counters, which every table shares;
 - creating an index or trigger on, dropping or altering an object another owner created;
 - an object named in sqlstate's name space, ``changelog_*`` or ``sqlstate_*``: sqlstate makes
@@ -292,6 +293,12 @@ class Guard:
             if table == self._own_view() or table in _INTERNAL_TABLES:
                 return None
             return f"it would read {table}, a temporary object of sqlstate's"
+        if self._owners.get(table) == SQLSTATE:
+            # Positions, claims and topics: owners, epochs, the times of claims and commits.
+            return (
+                f"it would read {table}, sqlstate's own table, which holds who ran when, not the"
+                " records: state must be a function of the records"
+            )
         if table in _READABLE or not (
             table.startswith(_UNREPEATABLE_PREFIXES) or table in _UNREPEATABLE_TABLES
         ):
