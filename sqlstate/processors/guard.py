@@ -70,9 +70,11 @@ _ON_TABLE = {
     sqlite3.SQLITE_ALTER_TABLE: "alter",
 }
 _DROP = {sqlite3.SQLITE_DROP_TABLE: "drop table", sqlite3.SQLITE_DROP_VIEW: "drop view"}
+_TRANSACTION = "a transaction statement (the batch is sqlstate's transaction)"
+_SAVEPOINT = "a savepoint (the batch is sqlstate's transaction)"
 _NEVER = {
-    sqlite3.SQLITE_TRANSACTION: "a transaction statement (the batch is sqlstate's transaction)",
-    sqlite3.SQLITE_SAVEPOINT: "a savepoint (the batch is sqlstate's transaction)",
+    sqlite3.SQLITE_TRANSACTION: _TRANSACTION,
+    sqlite3.SQLITE_SAVEPOINT: _SAVEPOINT,
     sqlite3.SQLITE_ATTACH: "ATTACH",
     sqlite3.SQLITE_DETACH: "DETACH",
     sqlite3.SQLITE_PRAGMA: "a PRAGMA",
@@ -121,9 +123,8 @@ RESERVED_PREFIXES = ("changelog_", "sqlstate_")
 _RUN_TIME_KINDS = {"select", "insert", "update", "delete", "replace", "with", "values"}
 _MIGRATION_KINDS = _RUN_TIME_KINDS | {"create", "drop", "alter"}
 _SCHEMA_KINDS = _MIGRATION_KINDS - _RUN_TIME_KINDS
-_TRANSACTION = "a transaction statement (the batch is sqlstate's transaction)"
 _KIND_NAMES = {"begin": _TRANSACTION, "commit": _TRANSACTION, "end": _TRANSACTION}
-_KIND_NAMES |= {"rollback": _TRANSACTION, "savepoint": "a savepoint", "release": "a savepoint"}
+_KIND_NAMES |= {"rollback": _TRANSACTION, "savepoint": _SAVEPOINT, "release": _SAVEPOINT}
 _FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]*)", re.DOTALL)
 # What a statement's setup may do besides creating its view and trigger: SQLite's own
 # bookkeeping of them.
