@@ -44,6 +44,7 @@ from sqlstate import migrate
 from sqlstate.changelog.table_sql import capture_triggers, delete_by_key
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
+from sqlstate.processors.guard import WRITES_OF_BUILT_INS
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.queries import sql
 
@@ -81,11 +82,20 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
             scratch.executescript(migration.script)
         dead_letters = StateTable(DEAD_LETTERS, DEAD_LETTERS_KEY)
         owned = [("sqlstate", _checked(scratch, "sqlstate", dead_letters))]
+        sqlstates = _table_names(scratch)
+        not_theirs: list[tuple[str, str]] = []
         for processor in processors:
             owner = processor.name
             if isinstance(processor, SqlFileProcessor) and processor.path is not None:
                 owner = f"{owner} (--sql {processor.path})"
-            owned += [(owner, table) for table in _tables_of(scratch, processor)]
+            theirs = _tables_of(scratch, processor)
+            owned += [(owner, table) for table in theirs]
+            allowed = WRITES_OF_BUILT_INS.get(processor.name, set())
+            not_theirs += [
+                (owner, table.name)
+                for table in theirs
+                if table.name in sqlstates and table.name not in allowed
+            ]
         for _, table in owned:
             # Refused here, at start, rather than when the capture triggers are made.
             capture_triggers(table, [name for name, _ in table_columns(scratch, table.name)])
@@ -98,6 +108,13 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
         raise ProcessorError(
             f"table {twice[0]} is declared as state by two processors: each table's rows"
             " must come from one processor"
+        )
+    if not_theirs:
+        # A standby would apply the rows its changelog_tables ship into sqlstate's table.
+        owner, name = not_theirs[0]
+        raise ProcessorError(
+            f"processor {owner}: changelog_tables names {name}, sqlstate's own table: a"
+            " processor's state tables are the ones its migrations create"
         )
     for owner, table in owned:
         _check_keyed_by_partition(owner, table)

@@ -98,9 +98,14 @@ def test_a_sql_table_keyed_without_the_partition_is_refused_under_changelog(
         processors.close()
 
 
-def test_a_python_processor_declares_the_partition_in_its_key() -> None:
+def test_a_python_processor_declares_the_partition_in_its_key_and_only_its_tables() -> None:
     with pytest.raises(ProcessorError, match=r"table py_totals \(keyed by topic, customer\)"):
         state_tables([Totals(("topic", "customer"))])
+    # sqlstate's positions hold the partition, but a standby would write them from the changelog.
+    positions = Totals(("topic", "partition"))
+    positions.changelog_tables = {"positions": ("topic", "partition")}
+    with pytest.raises(ProcessorError, match="changelog_tables names positions, sqlstate's own"):
+        state_tables([positions])
     # Keyed by the partition, as the example is.
     tables = state_tables([Totals(("topic", "partition", "customer")), OrderTotals()])
     assert [table.key for table in tables[-2:]] == [("topic", "partition", "customer")] * 2
