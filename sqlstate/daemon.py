@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import aiokafka
 import aiosqlite
@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlstate import __version__, collector, migrate
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.tables import StateTable
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.decoding import BadRecords, Decoding
@@ -228,6 +229,8 @@ async def run(settings: Settings) -> None:
     processors = Processors.checked(registry.from_settings(settings))
     # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
     with stop_on_signals(stop) as on_stop, contextlib.closing(processors):
+        # Refused before the database is opened too: a table --changelog cannot ship.
+        tables = changelog_mode.checked_tables(settings, processors)
         stats = Stats()
         fatal: list[BaseException] = []
 
@@ -251,7 +254,7 @@ async def run(settings: Settings) -> None:
         )
         on_stop.append(database.stop_retrying)
         try:
-            await _run_on(database, processors, settings, stats, stop, on_stop, on_fatal)
+            await _run_on(database, processors, tables, settings, stats, stop, on_stop, on_fatal)
         except SqlstateError:
             # A fatal error (a corrupt file found beside start-up, say) explains whatever
             # failed after it.
@@ -306,6 +309,7 @@ def _log_started(
 async def _run_on(
     database: Database,
     processors: Processors,
+    tables: Sequence[StateTable],
     settings: Settings,
     stats: Stats,
     stop: asyncio.Event,
@@ -321,7 +325,6 @@ async def _run_on(
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
     # Refused before Kafka is asked anything; recorded only once it answered, below.
     await store.check_processors(settings.topics, processors.names)
-    tables = changelog_mode.checked_tables(settings, processors)
     await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)

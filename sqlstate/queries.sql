@@ -137,6 +137,10 @@ LIMIT :limit;
 -- Every table, view, index and trigger: the processor guard's record of who made what.
 SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%';
 
+-- name: column_defaults
+-- The DEFAULT expressions of a table's columns, as written: the guard checks their functions.
+SELECT dflt_value FROM pragma_table_info(:table, 'main') WHERE dflt_value IS NOT NULL;
+
 -- name: recorded_processors
 SELECT processor FROM topic_processors WHERE topic = :topic ORDER BY processor;
 

@@ -17,6 +17,17 @@ rows a processor changes must say what identifies a row:
   state table: a file without dead letters has no row there and its triggers never fire, and a
   standby must take the dead letters of an owner run with the option whatever its own settings.
 
+Every state table is keyed by the partition too: its key holds a column named ``partition``,
+which the processor fills with the record's partition (``:partition``; ``tp.partition`` in
+Python), as the built-ins and the examples do. Each input partition has one owner, which ships
+its rows through that partition's changelog; a row keyed without the partition (say
+``totals(customer PRIMARY KEY, n)``) would be written by the owners of several partitions, each
+shipping its own full value, and every standby would keep whichever came last, losing the other
+partitions' shares; forgetting one partition could not take its share out either. So such a
+table is refused at start under ``--changelog``, naming it: keep one row per partition and sum
+them in a view (``examples/customer_totals.sql``). Without ``--changelog`` one file holds every
+partition and nothing is refused.
+
 Rows whose key columns hold NULL in a table that allows it (a rowid table's PRIMARY KEY, or a
 UNIQUE index, treats NULLs as distinct) share one changelog key: declare key columns NOT NULL,
 or key on ``ifnull(column, ...)`` with a match as the built-ins do.
@@ -33,12 +44,15 @@ from sqlstate import migrate
 from sqlstate.changelog.table_sql import capture_triggers, delete_by_key, refuse_uncapturable
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
+from sqlstate.processors.guard import WRITES_OF_BUILT_INS
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.queries import sql
 
 #: sqlstate's own state table: the dead letters.
 DEAD_LETTERS = "rejected_records"
 DEAD_LETTERS_KEY = ("topic", "partition", "offset")
+#: The column that every state table's key holds: the record's partition.
+PARTITION = "partition"
 
 
 @dataclass(frozen=True)
@@ -66,15 +80,29 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
     try:
         for migration in migrate.available():
             scratch.executescript(migration.script)
-        tables = [_checked(scratch, "sqlstate", StateTable(DEAD_LETTERS, DEAD_LETTERS_KEY))]
+        dead_letters = StateTable(DEAD_LETTERS, DEAD_LETTERS_KEY)
+        owned = [("sqlstate", _checked(scratch, "sqlstate", dead_letters))]
+        sqlstates = _table_names(scratch)
+        not_theirs: list[tuple[str, str]] = []
         for processor in processors:
-            tables += _tables_of(scratch, processor)
-        for table in tables:
+            owner = processor.name
+            if isinstance(processor, SqlFileProcessor) and processor.path is not None:
+                owner = f"{owner} (--sql {processor.path})"
+            theirs = _tables_of(scratch, processor)
+            owned += [(owner, table) for table in theirs]
+            allowed = WRITES_OF_BUILT_INS.get(processor.name, set())
+            not_theirs += [
+                (owner, table.name)
+                for table in theirs
+                if table.name in sqlstates and table.name not in allowed
+            ]
+        for _, table in owned:
             # Refused here, at start, rather than when the capture triggers are made.
             capture_triggers(table, [name for name, _ in table_columns(scratch, table.name)])
             refuse_uncapturable(scratch, table)
     finally:
         scratch.close()
+    tables = [table for _, table in owned]
     names = [table.name for table in tables]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -82,7 +110,32 @@ def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
             f"table {twice[0]} is declared as state by two processors: each table's rows"
             " must come from one processor"
         )
+    if not_theirs:
+        # A standby would apply the rows its changelog_tables ship into sqlstate's table.
+        owner, name = not_theirs[0]
+        raise ProcessorError(
+            f"processor {owner}: changelog_tables names {name}, sqlstate's own table: a"
+            " processor's state tables are the ones its migrations create"
+        )
+    for owner, table in owned:
+        _check_keyed_by_partition(owner, table)
     return tables
+
+
+def _check_keyed_by_partition(owner: str, table: StateTable) -> None:
+    """Refuse a table whose rows more than one partition's owner would write (module doc)."""
+    if any(column.lower() == PARTITION for column in table.key):
+        return
+    raise ProcessorError(
+        f"processor {owner}: under --changelog, table {table.name} (keyed by"
+        f" {', '.join(table.key)}) must be keyed by the partition too: each input partition's"
+        " owner ships its rows to other hosts, and a row that several partitions write would be"
+        " shipped by several owners, each standby keeping the last one's value and losing the"
+        f" other partitions' shares. Add a column {PARTITION}, filled with the record's"
+        " partition (:partition in a --sql file), to the table's PRIMARY KEY (and to"
+        " changelog_tables for a Python processor), and sum across partitions in a view as"
+        " examples/customer_totals.sql does; or run without --changelog"
+    )
 
 
 def table_columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, int]]:

@@ -26,8 +26,9 @@ does not know how to change the tables. Everything is checked before the daemon 
 the file, line and reason): the sections, SQL that SQLite does not compile, parameters other
 than the above, more than one record statement (several statements would each run over the
 whole batch, so their result would depend on batch boundaries; update more tables from a
-trigger instead), and whatever the guard refuses (``guard.py``: writing sqlstate's tables, a
-transaction statement, ``random()``, ...).
+trigger instead), and whatever the guard refuses (``guard.py``: writing sqlstate's tables, an
+object in sqlstate's name space, a transaction statement, a function that is not deterministic,
+...).
 """
 
 from __future__ import annotations
@@ -118,8 +119,11 @@ class SqlFileProcessor:
         parameters: Sequence[str],
         forget: Sequence[str],
         batch: BatchForm | None = None,
+        path: Path | None = None,
     ) -> None:
         self.name = name
+        #: The file it was loaded from, for people.
+        self.path = path
         self.migrations: Sequence[Migration] = (schema,)
         self._record = record
         self._constant = tuple(name for name in parameters if name in _CONSTANT)
@@ -177,6 +181,7 @@ class SqlFileProcessor:
             parameters,
             [statement.text for statement in forget],
             batch,
+            path,
         )
 
     def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:

@@ -320,10 +320,13 @@ DERIVED = """\
 -- sqlstate: schema
 CREATE TABLE seen (topic TEXT NOT NULL, partition INTEGER NOT NULL, key, last_offset INTEGER);
 CREATE UNIQUE INDEX seen_key ON seen (topic, partition, key);
-CREATE TABLE seen_totals (topic TEXT NOT NULL, writes INTEGER NOT NULL, PRIMARY KEY (topic));
+CREATE TABLE seen_totals (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, writes INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
 CREATE TRIGGER seen_count AFTER INSERT ON seen BEGIN
-    INSERT INTO seen_totals (topic, writes) VALUES (NEW.topic, 1)
-    ON CONFLICT (topic) DO UPDATE SET writes = writes + 1;
+    INSERT INTO seen_totals (topic, partition, writes) VALUES (NEW.topic, NEW.partition, 1)
+    ON CONFLICT (topic, partition) DO UPDATE SET writes = writes + 1;
 END;
 -- sqlstate: record
 INSERT INTO seen (topic, partition, key, last_offset) VALUES (:topic, :partition, :key, :offset)
@@ -357,7 +360,7 @@ async def test_sql_processors_are_the_same_on_the_standby(tmp_path: Path) -> Non
     # The file's triggers are on again after the apply.
     with sqlite3.connect(tmp_path / "standby.db") as conn:
         conn.execute("INSERT INTO seen VALUES ('t', 9, 'new', 0)")
-        assert conn.execute("SELECT writes FROM seen_totals").fetchall() == [(5,)]
+        assert conn.execute("SELECT sum(writes) FROM seen_totals").fetchall() == [(5,)]
     conn.close()
 
 
@@ -602,7 +605,7 @@ def test_the_built_ins_and_a_sql_file_declare_their_keys(tmp_path: Path) -> None
         ("window_clocks", ("topic", "partition")),
         ("customer_amounts", ("topic", "partition", "customer")),
         ("seen", ("topic", "partition", "key")),
-        ("seen_totals", ("topic",)),
+        ("seen_totals", ("topic", "partition")),
     ]
 
 
@@ -693,11 +696,14 @@ def test_a_sql_table_keyed_by_a_unique_constraint_is_accepted(tmp_path: Path) ->
     path = tmp_path / "notes.sql"
     path.write_text(
         "-- sqlstate: schema\n"
-        "CREATE TABLE notes (topic TEXT, body TEXT, n, UNIQUE (topic, body));\n"
-        "-- sqlstate: record\nINSERT INTO notes (topic, body) VALUES (:topic, :value);\n"
+        "CREATE TABLE notes (topic TEXT, partition INTEGER, body TEXT, n,"
+        " UNIQUE (topic, partition, body));\n-- sqlstate: record\n"
+        "INSERT INTO notes (topic, partition, body) VALUES (:topic, :partition, :value);\n"
         "-- sqlstate: forget\nDELETE FROM notes WHERE topic = :topic;\n"
     )
-    assert state_tables([SqlFileProcessor.load(path)])[-1] == StateTable("notes", ("topic", "body"))
+    assert state_tables([SqlFileProcessor.load(path)])[-1] == StateTable(
+        "notes", ("topic", "partition", "body")
+    )
 
 
 @pytest.mark.parametrize("first", [True, False])
