@@ -207,7 +207,8 @@ def pets(path: Path, reference: str) -> SqlFileProcessor:
     """A processor whose ``pets`` refer to ``owners`` as ``reference`` says."""
     return sql_processor(
         path,
-        "CREATE TABLE owners (id TEXT PRIMARY KEY);\n"
+        "CREATE TABLE owners (topic TEXT NOT NULL, partition INTEGER NOT NULL, id TEXT NOT NULL,"
+        " PRIMARY KEY (topic, partition, id));\n"
         "CREATE TABLE pets (topic TEXT NOT NULL, partition INTEGER NOT NULL, name TEXT NOT NULL,"
         f" owner TEXT {reference}, PRIMARY KEY (topic, partition, name));",
         "INSERT OR REPLACE INTO pets VALUES (:topic, :partition, :key, :value);",
