@@ -37,10 +37,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sqlstate.changelog.records import POSITION_KEY, ChangelogRecord
-from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end
+from sqlstate.errors import ChangelogError
+from sqlstate.kafka import build_changelog_consumer, consumed_position, high_watermarks, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 
@@ -85,6 +86,32 @@ def whole_transactions(
     return ChangelogChunk(records[: last + 1], records[last].offset + 1), records[last + 1 :]
 
 
+class InputEnds:
+    """The log ends of input partitions, which no position record may pass. Kafka is asked
+    only when a position goes past the end known: an owner's positions always lie within."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._known: dict[TopicPartition, int] = {}
+
+    async def at_least(self, tp: TopicPartition, wanted: int) -> int:
+        """Input partition ``tp``'s log end, asked again if the one known is below ``wanted``.
+        The high watermark, whatever the isolation level: an owner that reads uncommitted
+        records may stand past the last stable offset. ``ChangelogError`` if Kafka does not
+        answer (retriable)."""
+        known = self._known.get(tp)
+        if known is None or known < wanted:
+            try:
+                known = (await high_watermarks(self._consumer, [tp]))[tp]
+            except KafkaError as error:
+                raise ChangelogError(
+                    f"cannot ask Kafka where {tp.topic}-{tp.partition} ends, to check a"
+                    f" position of its changelog: {error!r}"
+                ) from error
+            self._known[tp] = known
+        return known
+
+
 class ChangelogReader:
     """Reads changelog partitions from an offset to their end, one partition at a time (a
     restore at a claim). ``await start()`` once, ``await stop()`` at the end."""
@@ -92,6 +119,7 @@ class ChangelogReader:
     def __init__(self, settings: Settings) -> None:
         self._consumer = build_changelog_consumer(settings)
         self._lock = asyncio.Lock()
+        self.input_ends = InputEnds(self._consumer)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -173,6 +201,7 @@ class ChangelogFollower:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer: AIOKafkaConsumer = build_changelog_consumer(settings)
+        self.input_ends = InputEnds(self._consumer)
         self._next: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._rewound: set[TopicPartition] = set()
