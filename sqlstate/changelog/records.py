@@ -148,15 +148,14 @@ def row_problem(
             for column, value in zip(key_columns, change.key, strict=True)
         ):
             return f"its key {change.key!r} is not the key of its row"
-    cells = (
-        change.row if change.row is not None else dict(zip(key_columns, change.key, strict=True))
-    )
     # Every partition's rows come from its own changelog only: a row of another partition (or
-    # topic) there would change state this changelog's owner does not own.
-    if "topic" in cells and cells["topic"] != topic:
-        return f"its row belongs to topic {cells['topic']!r}, not {topic}"
-    if "partition" in cells and cells["partition"] != partition:
-        return f"its row belongs to partition {cells['partition']!r}, not {partition}"
+    # topic) there would change state this changelog's owner does not own. (A table keyed by
+    # its input partition names it so, as the built-in tables and the dead letters do.)
+    key = dict(zip(key_columns, change.key, strict=True))
+    if "topic" in key and key["topic"] != topic:
+        return f"its row belongs to topic {key['topic']!r}, not {topic}"
+    if "partition" in key and key["partition"] != partition:
+        return f"its row belongs to partition {key['partition']!r}, not {partition}"
     return None
 
 
