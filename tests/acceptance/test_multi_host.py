@@ -2,7 +2,9 @@
 database file of its own, in one group, over one input topic of six partitions, under steady
 keyed traffic while a host or the broker fails (docs/scaling.md).
 
-Each scenario ends with the oracle on every file: with standbys (the default) each file must hold
+While each scenario runs, every file is read 20 times a second as a user's SQLite client would
+(``tests.support.snapshot_check``): every committed snapshot must show whole batches. Each
+scenario ends with the oracle on every file: with standbys (the default) each file must hold
 exactly the state the records make, for every partition, stood at the end of the log; with
 ``--standby none`` each host's owned partitions must stand at the end, and every file must hold
 exactly the state of the positions it has (lost = 0, duplicated = 0 everywhere).
@@ -81,6 +83,7 @@ class Cluster:
     group_id: str
     workdir: Path
     made: list[Daemon]
+    snapshots: SnapshotChecker
 
     def host(
         self,
@@ -139,16 +142,21 @@ async def cluster(
     group_id: str,
     daemons: list[Daemon],
 ) -> AsyncIterator[Cluster]:
-    """A topic of six partitions holding a backlog, a group, and the hosts' directory."""
+    """A topic of six partitions holding a backlog, a group, and the hosts' directory; every
+    host's file checked for whole batches throughout."""
     topic = await topic_factory(PARTITIONS)
     await produce(kafka_bootstrap, topic, BACKLOG, partitions=PARTITIONS, seed=1)
-    made = Cluster(kafka_bootstrap, topic, group_id, tmp_path, daemons)
-    yield made
-    for daemon in daemons:
-        await daemon.stop_quietly()
+    files = [host_database(tmp_path, i) for i in range(3)]
+    async with SnapshotChecker(files, [topic]) as snapshots:
+        made = Cluster(kafka_bootstrap, topic, group_id, tmp_path, daemons, snapshots)
+        yield made
+        for daemon in daemons:
+            await daemon.stop_quietly()
     # Changelog topics are not the topic factory's; a long-lived broker should not keep them.
     with contextlib.suppress(Exception):
         await delete_topics(kafka_bootstrap, [made.changelog])
+    assert snapshots.errors == []
+    assert snapshots.violations == [], "\n".join(snapshots.violations[:20])
 
 
 async def stop_all(hosts: Sequence[Daemon]) -> None:
@@ -304,16 +312,16 @@ async def test_every_snapshot_of_every_file_shows_whole_batches(cluster: Cluster
             [(key, b"v", i % PARTITIONS) for i, key in enumerate(keys)],
             timeout=120,
         )
-    files = [host_database(cluster.workdir, i) for i in range(3)]
-    async with SnapshotChecker(files, [cluster.topic]) as checker:
-        # Two hosts share the partitions and follow each other's as standbys...
-        hosts = [cluster.host(i, *LARGE_BATCH).start() for i in range(2)]
-        await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
-        await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
-        # ... then a host with an empty file restores what it claims, in chunks of the changelog.
-        hosts.append(cluster.host(2, *LARGE_BATCH).start())
-        await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
-        await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
+    # Every file is read meanwhile (the cluster's snapshot checker).
+    checker = cluster.snapshots
+    # Two hosts share the partitions and follow each other's as standbys...
+    hosts = [cluster.host(i, *LARGE_BATCH).start() for i in range(2)]
+    await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+    await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
+    # ... then a host with an empty file restores what it claims, in chunks of the changelog.
+    hosts.append(cluster.host(2, *LARGE_BATCH).start())
+    await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+    await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
     assert checker.checked > 100, checker.checked
     assert checker.errors == []
     assert checker.violations == [], "\n".join(checker.violations[:20])
