@@ -46,8 +46,8 @@ from sqlstate.changelog.records import (
     POSITION_KEY,
     PositionChange,
     RowChange,
+    RowCheck,
     decode,
-    row_problem,
 )
 from sqlstate.changelog.table_sql import delete_by_key, insert_row
 from sqlstate.changelog.tables import StateTable, table_columns
@@ -213,7 +213,7 @@ def _checked_changes(
     # Only each key's last record matters: full values, and a tombstone deletes.
     last = {record[0]: record for record in fresh if record[0] != POSITION_KEY}
     by_name = {table.name: table for table in tables}
-    columns: dict[str, frozenset[str]] = {}
+    checks: dict[str, RowCheck] = {}
     changes: list[_Change] = []
     for record in last.values():
         change = _decoded(record, refuse)
@@ -228,9 +228,13 @@ def _checked_changes(
                 " every host must run the same processors",
             )
             continue
-        if table.name not in columns:
-            columns[table.name] = frozenset(name for name, _ in table_columns(conn, table.name))
-        problem = row_problem(change, table.key, columns[table.name], tp.topic, tp.partition)
+        check = checks.get(table.name)
+        if check is None:
+            columns = (name for name, _ in table_columns(conn, table.name))
+            check = checks[table.name] = RowCheck(
+                table.name, table.key, columns, tp.topic, tp.partition
+            )
+        problem = check.problem(change)
         if problem is not None:
             refuse(record, problem)
             continue

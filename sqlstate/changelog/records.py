@@ -16,8 +16,8 @@ set such a record aside rather than write it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from collections.abc import Set as AbstractSet
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
@@ -120,43 +120,61 @@ def highest_position(records: Iterable[tuple[bytes, bytes | None, int]]) -> int 
     return highest
 
 
-def row_problem(
-    change: RowChange,
-    key_columns: Sequence[str],
-    columns: AbstractSet[str],
-    topic: str,
-    partition: int,
-) -> str | None:
-    """What is wrong with ``change`` for its table (keyed by ``key_columns``, with
-    ``columns``) in the changelog of input partition (``topic``, ``partition``); None if
-    nothing. The values' types are left to SQLite, which refuses what it cannot store."""
-    if len(change.key) != len(key_columns):
-        return (
-            f"its key has {len(change.key)} values; table {change.table} is keyed by"
-            f" {len(key_columns)} columns"
+class RowCheck:
+    """Checks row changes against one table (keyed by ``key_columns``, with ``columns``) in the
+    changelog of input partition (``topic``, ``partition``). Built once per table and apply:
+    ``problem`` runs for every row of a restore. The values' types are left to SQLite, which
+    refuses what it cannot store."""
+
+    def __init__(
+        self,
+        table: str,
+        key_columns: Sequence[str],
+        columns: Iterable[str],
+        topic: str,
+        partition: int,
+    ) -> None:
+        self._table = table
+        self._key_columns = tuple(key_columns)
+        self._columns = frozenset(columns)
+        # A row's key columns as a tuple, in C (itemgetter of one column gives a bare value).
+        getter = operator.itemgetter(*self._key_columns)
+        self._key_of: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            getter if len(self._key_columns) > 1 else lambda row: (getter(row),)
         )
-    if change.row is not None:
-        if change.row.keys() != columns:
-            unknown = ", ".join(sorted(map(repr, change.row.keys() - columns))) or "none"
-            missing = ", ".join(sorted(columns - change.row.keys())) or "none"
+        # Every partition's rows come from its own changelog only: a row of another partition
+        # (or topic) there would change state this changelog's owner does not own. A table
+        # keyed by its input partition names it so, as the built-in tables and the dead letters
+        # do; a column of that name outside the key may mean something else.
+        self._placed = [
+            (self._key_columns.index(column), column, expected)
+            for column, expected in (("topic", topic), ("partition", partition))
+            if column in self._key_columns
+        ]
+
+    def problem(self, change: RowChange) -> str | None:
+        """What is wrong with ``change`` for this table; None if nothing."""
+        key, row = change.key, change.row
+        if len(key) != len(self._key_columns):
             return (
-                f"its row does not have the columns of table {change.table}"
-                f" (unknown: {unknown}; missing: {missing})"
+                f"its key has {len(key)} values; table {self._table} is keyed by"
+                f" {len(self._key_columns)} columns"
             )
-        if any(
-            change.row[column] != value or type(change.row[column]) is not type(value)
-            for column, value in zip(key_columns, change.key, strict=True)
-        ):
-            return f"its key {change.key!r} is not the key of its row"
-    # Every partition's rows come from its own changelog only: a row of another partition (or
-    # topic) there would change state this changelog's owner does not own. (A table keyed by
-    # its input partition names it so, as the built-in tables and the dead letters do.)
-    key = dict(zip(key_columns, change.key, strict=True))
-    if "topic" in key and key["topic"] != topic:
-        return f"its row belongs to topic {key['topic']!r}, not {topic}"
-    if "partition" in key and key["partition"] != partition:
-        return f"its row belongs to partition {key['partition']!r}, not {partition}"
-    return None
+        if row is not None:
+            if row.keys() != self._columns:
+                unknown = ", ".join(sorted(map(repr, row.keys() - self._columns))) or "none"
+                missing = ", ".join(sorted(self._columns - row.keys())) or "none"
+                return (
+                    f"its row does not have the columns of table {self._table}"
+                    f" (unknown: {unknown}; missing: {missing})"
+                )
+            # Compared as SQLite compares the key when it deletes the row: 1 and 1.0 are equal.
+            if self._key_of(row) != key:
+                return f"its key {key!r} is not the key of its row"
+        for at, column, expected in self._placed:
+            if key[at] != expected:
+                return f"its row belongs to {column} {key[at]!r}, not {expected}"
+        return None
 
 
 def _untagged(cell: Any) -> Any:
