@@ -24,6 +24,7 @@ from sqlstate.changelog.records import (
     POSITION_KEY,
     PositionChange,
     RowChange,
+    RowCheck,
     decode,
     position_record,
 )
@@ -625,6 +626,18 @@ def test_records_decode() -> None:
     ]:
         with pytest.raises(ProcessorError, match="cannot read"):
             decode(key, value)
+
+
+def test_row_checks_of_a_table_keyed_by_one_column() -> None:
+    check = RowCheck("notes", ("id",), ["id", "body"], "t", 0)
+    assert check.problem(RowChange("notes", (1,), {"id": 1, "body": "x"})) is None
+    assert check.problem(RowChange("notes", (1,), None)) is None
+    assert "not the key of its row" in (
+        check.problem(RowChange("notes", (2,), {"id": 1, "body": "x"})) or ""
+    )
+    # A column named partition outside the key is the table's own business.
+    loose = RowCheck("notes", ("id",), ["id", "partition"], "t", 0)
+    assert loose.problem(RowChange("notes", (1,), {"id": 1, "partition": 5})) is None
 
 
 def test_no_capture_without_changelog_mode(tmp_path: Path) -> None:
