@@ -15,6 +15,7 @@ Becoming unhealthy is logged as a warning once per cause; recovering, as one INF
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -65,15 +66,20 @@ class Health:
     in_group: bool
     partitions: int
     lag: int
+    # Still serving, but something needs an operator: changelog records were set aside.
+    degraded: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "healthy": self.healthy,
             "reason": self.reason,
             "in_group": self.in_group,
             "partitions": self.partitions,
             "lag": self.lag,
         }
+        if self.degraded is not None:
+            answer["degraded"] = self.degraded
+        return answer
 
 
 class Watchdog:
@@ -90,7 +96,8 @@ class Watchdog:
         self._alarms: set[str] = set()
         self.health = Health(False, "starting: not in the consumer group yet", False, 0, 0)
 
-    def check(self, in_group: bool, lags: Lags) -> Health:
+    def check(self, in_group: bool, lags: Lags, degraded: str | None = None) -> Health:
+        """``degraded``: what an operator should look at although the daemon works on."""
         now = self._clock()
         if in_group:
             self._joined_once = True
@@ -123,6 +130,9 @@ class Watchdog:
             health = Health(True, "caught up", in_group, len(lags), lag)
         else:
             health = Health(True, "catching up", in_group, len(lags), lag)
+        if degraded is not None:
+            reason = f"{health.reason}; degraded: {degraded}"
+            health = dataclasses.replace(health, reason=reason, degraded=degraded)
         self._log_changes(set(alarms), health, {tp: lags[tp] for tp in stalled})
         self.health = health
         return health

@@ -115,6 +115,13 @@ class _StateCollector:
                 "--changelog: batches rolled back because their changelog transactions did not"
                 " all commit.",
             ),
+            (
+                "changelog_quarantined_records",
+                stats.changelog_quarantined,
+                "--changelog: changelog records set aside by restores and the standby, not"
+                " applied: not a valid row of a state table of this partition, or a position"
+                " that goes back or past the input's end.",
+            ),
         ):
             yield CounterMetricFamily(f"sqlstate_{name}", text, value=value)
         standby_lag = GaugeMetricFamily(

@@ -56,11 +56,20 @@ class Monitor:
     def health(self) -> Health:
         return self.watchdog.health
 
+    def _degraded(self) -> str | None:
+        stats = self._stats
+        if not stats.changelog_quarantined:
+            return None
+        return (
+            f"{stats.changelog_quarantined} changelog records set aside, the last"
+            f" {stats.changelog_quarantine_last} (see the changelog_record_quarantined log events)"
+        )
+
     def tick(self) -> None:
         # The histogram is drained even when nobody scrapes, so the loop's list stays short.
         self.metrics.drain()
         lags = self.lags()
-        self.watchdog.check(in_group(self._consumer), lags)
+        self.watchdog.check(in_group(self._consumer), lags, self._degraded())
         self._progress.tick(self._stats.records, lags)
 
     @contextlib.asynccontextmanager

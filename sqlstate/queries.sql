@@ -342,6 +342,17 @@ ORDER BY id;
 -- name: main_has_triggers
 SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger');
 
+-- name: savepoint_apply
+-- Inside an apply's transaction: the rows of a changelog chunk, undone together if SQLite
+-- refuses one of them, and then written one by one.
+SAVEPOINT changelog_apply;
+
+-- name: rollback_to_apply
+ROLLBACK TO changelog_apply;
+
+-- name: release_apply
+RELEASE changelog_apply;
+
 -- name: changelog_match_key_counts
 -- How a changelog record finds its key_counts row: ?1 topic, ?2 partition, ?3 key. Written as
 -- the unique index is (ifnull(key, 0)), so that the lookup uses it; "key IS ?3" would scan.

@@ -26,6 +26,10 @@ class Stats:
     changelog_restored: int = 0
     changelog_applied: int = 0
     changelog_failures: int = 0  # batches rolled back because their changelog did not commit
+    # Changelog records set aside by restores and the standby (not a valid row or position),
+    # and what the last one was.
+    changelog_quarantined: int = 0
+    changelog_quarantine_last: str | None = None
     # --standby all: changelog records each followed partition is behind its owner, at the
     # standby's last poll (a partition not fetched yet is absent).
     standby_lag: dict[TopicPartition, int] = field(default_factory=dict)

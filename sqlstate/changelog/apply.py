@@ -6,13 +6,20 @@
 1. compare-and-set on the file's changelog offset for the partition: records below it are
    already in the file (applied before, or written by an owner of the partition on this very
    file) and are skipped, so applying is monotonic and applying twice changes nothing;
-2. the remaining records, last one per key: every touched row is deleted by its key, then each
+2. every remaining record is checked, as input from anyone who can write the topic: a row must
+   name a state table of this run's processors (never positions or another table of sqlstate's),
+   carry exactly its columns, agree with its key, and belong to this changelog's topic and
+   partition; a position must not go back, nor past the input partition's end. What fails is
+   set aside (``Applied.quarantined``) and its offset passed over: one bad record never stops a
+   host, nor keeps it from the records after it;
+3. the remaining rows, last one per key: every touched row is deleted by its key, then each
    one's new value inserted (a tombstone only deletes). Deleting them all first means no insert
    can meet a row that a later record would move away, whatever unique indexes the table has:
-   what is inserted is the owner's state at the end of these records;
-3. the last position record sets the input partition's position (``follow_position`` in
-   queries.sql);
-4. the file's changelog offset moves to the end of these records.
+   what is inserted is the owner's state at the end of these records. A row SQLite refuses (a
+   constraint, an integer past 64 bits) is set aside in the same way;
+4. the last acceptable position record sets the input partition's position (``follow_position``
+   in queries.sql);
+5. the file's changelog offset moves to the end of these records.
 
 The rows arrive complete, so the triggers of the file's own schema (a ``--sql`` processor may
 derive one table from another with them) must not fire again here: the derived table's rows
@@ -30,14 +37,20 @@ import importlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import TopicPartition
 
 from sqlstate.changelog.offsets import changelog_offset, record_changelog_offset
-from sqlstate.changelog.records import PositionChange, decode
+from sqlstate.changelog.records import (
+    POSITION_KEY,
+    PositionChange,
+    RowChange,
+    RowCheck,
+    decode,
+)
 from sqlstate.changelog.table_sql import delete_by_key, insert_row
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.tables import StateTable, table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.queries import sql
 
@@ -47,6 +60,31 @@ _SQLITE_DBCONFIG_ENABLE_TRIGGER = 1003
 # Built once per table (and set of columns): the connection's statement cache keys on the text.
 _delete_sql = functools.cache(delete_by_key)
 _insert_sql = functools.lru_cache(maxsize=1024)(insert_row)
+
+
+#: Bytes of a quarantined record's key and value kept for the report.
+QUARANTINE_KEPT = 1_000
+# What SQLite (or binding a value for it) raises for one row it cannot store: a constraint, an
+# integer past 64 bits, a string that is not Unicode text, an object or array as a value. Not
+# OperationalError: a full disk or a locked file is the database's failure, not the record's.
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    UnicodeEncodeError,
+)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A changelog record set aside instead of applied, and why (the first bytes of it)."""
+
+    offset: int
+    reason: str
+    key: bytes
+    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -59,24 +97,37 @@ class Applied:
     tombstones: int  # distinct rows deleted
     position: int | None  # the input partition's position set, if a position record came
     next_offset: int  # the file's changelog offset for the partition after the transaction
+    quarantined: tuple[Quarantined, ...] = ()  # records passed over, not applied
+
+
+#: A changelog record as ``apply_changes`` takes it: key, value (None: a tombstone), offset.
+ChangelogRecordLike: TypeAlias = tuple[bytes, bytes | None, int]
+# A row change checked against its table, with the record it came from.
+_Change: TypeAlias = tuple[StateTable, RowChange, ChangelogRecordLike]
 
 
 def apply_changes(
     conn: sqlite3.Connection,
     topic: str,
     partition: int,
-    records: Sequence[tuple[bytes, bytes | None, int]],
+    records: Sequence[ChangelogRecordLike],
     tables: Sequence[StateTable],
     *,
     now: str,
     next_offset: int | None = None,
     log_end_offset: int | None = None,
+    input_end: int | None = None,
 ) -> Applied:
     """Apply ``records`` (in changelog offset order) of the changelog of input partition
     (``topic``, ``partition``). ``next_offset``: the changelog position after them, as the reader
     knows it (past a transaction marker); by default the last record's offset + 1.
     ``log_end_offset``: the changelog's end as the reader saw it (None: not known), for progress.
-    ``ProcessorError`` for a record of a table not in ``tables`` or one that does not decode."""
+    ``input_end``: the input partition's log end, which no position may pass (None: not known).
+
+    A record that is not a row of a state table keyed, shaped and placed as its table says, or
+    a position that goes back or past ``input_end``, is not applied but returned in
+    ``Applied.quarantined``; its offset is passed over all the same, so that following goes on.
+    """
     tp = TopicPartition(topic, partition)
     applied = changelog_offset(conn, tp)
     fresh = [record for record in records if record[2] >= applied]
@@ -85,36 +136,17 @@ def apply_changes(
         if end > applied:
             record_changelog_offset(conn, tp, end, log_end_offset)
         return Applied(0, len(records), 0, 0, None, end)
-    # Only each key's last record matters: full values, and a tombstone deletes.
-    last: dict[bytes, bytes | None] = {key: value for key, value, _ in fresh}
-    by_name = {table.name: table for table in tables}
-    deletes: dict[StateTable, list[tuple[Any, ...]]] = {}
-    inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
-    position: int | None = None
-    tombstones = 0
-    for key, value in last.items():
-        change = decode(key, value)
-        if isinstance(change, PositionChange):
-            position = change.next_offset
-            continue
-        table = by_name.get(change.table)
-        if table is None or len(change.key) != len(table.key):
-            raise ProcessorError(
-                f"the changelog of {topic}-{partition} has a row of table {change.table} keyed"
-                f" by {len(change.key)} columns, which none of this run's processors keeps so:"
-                " every host must run the same processors"
-            )
-        deletes.setdefault(table, []).append(change.key)
-        if change.row is None:
-            tombstones += 1
-        else:
-            columns = tuple(change.row)
-            inserts.setdefault((table.name, columns), []).append(tuple(change.row.values()))
+    quarantined: list[Quarantined] = []
+
+    def refuse(record: ChangelogRecordLike, reason: str) -> None:
+        key, value, offset = record
+        kept = None if value is None else value[:QUARANTINE_KEPT]
+        quarantined.append(Quarantined(offset, reason, key[:QUARANTINE_KEPT], kept))
+
+    position = _position(conn, tp, fresh, input_end, refuse)
+    changes = _checked_changes(conn, tp, fresh, tables, refuse)
     with _main_triggers_off(conn):
-        for table, keys in deletes.items():
-            conn.executemany(_delete_sql(table), keys)
-        for (name, columns), rows in inserts.items():
-            conn.executemany(_insert_sql(name, columns), rows)
+        written, tombstones = _write(conn, changes, refuse)
     if position is not None:
         conn.execute(
             sql("follow_position"),
@@ -123,8 +155,173 @@ def apply_changes(
     if conn.execute(sql("changelog_capture_installed")).fetchone()[0]:
         conn.execute(sql("clear_changelog_capture"))  # not this file's owner's changes
     record_changelog_offset(conn, tp, end, log_end_offset)
-    written = sum(len(values) for values in inserts.values())
-    return Applied(len(fresh), len(records) - len(fresh), written, tombstones, position, end)
+    return Applied(
+        len(fresh),
+        len(records) - len(fresh),
+        written,
+        tombstones,
+        position,
+        end,
+        tuple(sorted(quarantined, key=lambda q: q.offset)),
+    )
+
+
+def _position(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    fresh: Sequence[ChangelogRecordLike],
+    input_end: int | None,
+    refuse: Callable[[ChangelogRecordLike, str], None],
+) -> int | None:
+    """The last acceptable position among the position records: one that never goes back
+    (the owner's positions only move forward) and stays within the input's log."""
+    row = conn.execute(
+        sql("read_position"), {"topic": tp.topic, "partition": tp.partition}
+    ).fetchone()
+    floor = 0 if row is None else int(row[2])
+    accepted: int | None = None
+    for record in fresh:
+        if record[0] != POSITION_KEY:
+            continue
+        change = _decoded(record, refuse)
+        if change is None:
+            continue
+        assert isinstance(change, PositionChange)
+        if change.next_offset < floor:
+            refuse(record, f"position {change.next_offset} goes back from {floor}")
+        elif input_end is not None and change.next_offset > input_end:
+            refuse(
+                record,
+                f"position {change.next_offset} lies past the end of {tp.topic}-{tp.partition}"
+                f" ({input_end})",
+            )
+        else:
+            accepted = floor = change.next_offset
+    return accepted
+
+
+def _checked_changes(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    fresh: Sequence[ChangelogRecordLike],
+    tables: Sequence[StateTable],
+    refuse: Callable[[ChangelogRecordLike, str], None],
+) -> list[_Change]:
+    """Each key's last row change, checked against the table it names. Only the state tables
+    of this run's processors (sqlstate's dead letters among them) can be written: never
+    positions, changelog offsets or any other table of sqlstate's, whatever a record names."""
+    # Only each key's last record matters: full values, and a tombstone deletes.
+    last = {record[0]: record for record in fresh if record[0] != POSITION_KEY}
+    by_name = {table.name: table for table in tables}
+    checks: dict[str, RowCheck] = {}
+    changes: list[_Change] = []
+    for record in last.values():
+        change = _decoded(record, refuse)
+        if change is None:
+            continue
+        assert isinstance(change, RowChange)
+        table = by_name.get(change.table)
+        if table is None:
+            refuse(
+                record,
+                f"table {change.table!r} is not a state table of this run's processors:"
+                " every host must run the same processors",
+            )
+            continue
+        check = checks.get(table.name)
+        if check is None:
+            columns = (name for name, _ in table_columns(conn, table.name))
+            check = checks[table.name] = RowCheck(
+                table.name, table.key, columns, tp.topic, tp.partition
+            )
+        problem = check.problem(change)
+        if problem is not None:
+            refuse(record, problem)
+            continue
+        changes.append((table, change, record))
+    return changes
+
+
+def _decoded(
+    record: ChangelogRecordLike, refuse: Callable[[ChangelogRecordLike, str], None]
+) -> RowChange | PositionChange | None:
+    """The change ``record`` carries; None (and the record set aside) if it does not decode."""
+    try:
+        return decode(record[0], record[1])
+    except ProcessorError as error:
+        refuse(record, str(error))
+        return None
+
+
+def _write(
+    conn: sqlite3.Connection,
+    changes: Sequence[_Change],
+    refuse: Callable[[ChangelogRecordLike, str], None],
+) -> tuple[int, int]:
+    """Write ``changes``: every touched row deleted by its key, then each new value inserted
+    (a tombstone only deletes). Deleting them all first means no insert can meet a row that a
+    later record would move away, whatever unique indexes the table has. Rows, tombstones.
+
+    If SQLite refuses a row, everything is undone to a savepoint and written again one change
+    at a time, each in a savepoint of its own: the refused ones are set aside, the rest kept."""
+    deletes: dict[StateTable, list[tuple[Any, ...]]] = {}
+    inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+    for table, change, _ in changes:
+        deletes.setdefault(table, []).append(change.key)
+        if change.row is not None:
+            inserts.setdefault((table.name, tuple(change.row)), []).append(
+                tuple(change.row.values())
+            )
+    try:
+        with _savepoint(conn):
+            for table, keys in deletes.items():
+                conn.executemany(_delete_sql(table), keys)
+            for (name, columns), rows in inserts.items():
+                conn.executemany(_insert_sql(name, columns), rows)
+    except _ROW_ERRORS:
+        return _write_one_by_one(conn, changes, refuse)
+    tombstones = sum(1 for _, change, _ in changes if change.row is None)
+    return sum(len(values) for values in inserts.values()), tombstones
+
+
+def _write_one_by_one(
+    conn: sqlite3.Connection,
+    changes: Sequence[_Change],
+    refuse: Callable[[ChangelogRecordLike, str], None],
+) -> tuple[int, int]:
+    written = tombstones = 0
+    for table, change, record in changes:
+        try:
+            with _savepoint(conn):
+                conn.execute(_delete_sql(table), change.key)
+                if change.row is not None:
+                    conn.execute(
+                        _insert_sql(table.name, tuple(change.row)), tuple(change.row.values())
+                    )
+        except _ROW_ERRORS as error:
+            refuse(record, f"SQLite refused it: {error}")
+            continue
+        if change.row is None:
+            tombstones += 1
+        else:
+            written += 1
+    return written, tombstones
+
+
+@contextlib.contextmanager
+def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+    """A savepoint inside the apply's transaction: undone (and released) if the block raises."""
+    conn.execute(sql("savepoint_apply"))
+    try:
+        yield
+    except BaseException:
+        # After a full disk or an I/O error SQLite may have rolled the whole transaction back,
+        # savepoint included: the original error is the one to raise.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(sql("rollback_to_apply"))
+            conn.execute(sql("release_apply"))
+        raise
+    conn.execute(sql("release_apply"))
 
 
 @contextlib.contextmanager

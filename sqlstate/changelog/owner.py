@@ -170,7 +170,9 @@ class ChangelogOwner:
         )
         applied = 0
         async for chunk in self._reader.read_to_end(source, start, RESTORE_CHUNK):
-            done = await apply_in(self._database, tp, chunk, self._tables, end)
+            done = await apply_in(
+                self._database, tp, chunk, self._tables, end, self._reader.input_ends, self._stats
+            )
             applied += done.records
             self._stats.changelog_restored += done.records
             logger.info(

@@ -3,8 +3,20 @@
 Both read read_committed only: a changelog transaction that was aborted is a batch whose SQLite
 transaction rolled back, or a zombie's, and must never be applied. Both hand out
 ``ChangelogChunk``s: the records, and the partition's next offset after them, the offset to
-record as applied. That offset is the consumer's position, not the last record's offset + 1:
-the commit marker after every transaction, and aborted records, take offsets too.
+record as applied.
+
+Whole transactions only. Every changelog transaction is one owner's batch and ends with exactly
+one position record, but a fetch stops at its byte or record limit wherever that falls, often
+inside a transaction. A chunk therefore ends at the last position record read so far; the records
+after it wait in a buffer for the next fetch. Applied chunk by chunk, a file then only ever
+commits states its owner committed (batch K+1's rows never appear with batch K's position).
+
+The offset to record: with nothing left in the buffer, the consumer's position (past the commit
+marker that follows every transaction, and past aborted records: they take offsets too). With
+records left over, the offset right after the last position record (the marker's own offset): a
+restart there reads the marker and the carried records again, never skipping or re-applying a
+transaction; and, as for an owner's file, "one short of the changelog's end" still means nothing
+to apply.
 
 Out of range. A compacted changelog loses no record to retention, but a position can still fall
 outside its log: ``kafka-delete-records.sh`` was run on it, or the topic was deleted and created
@@ -25,10 +37,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-from sqlstate.changelog.records import ChangelogRecord
-from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end
+from sqlstate.changelog.records import POSITION_KEY, ChangelogRecord
+from sqlstate.errors import ChangelogError
+from sqlstate.kafka import build_changelog_consumer, consumed_position, high_watermarks, log_end
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 
@@ -58,6 +71,47 @@ def _records(batch: Iterable[Any], below: int | None = None) -> list[ChangelogRe
     ]
 
 
+def whole_transactions(
+    records: list[ChangelogRecord], position: int
+) -> tuple[ChangelogChunk | None, list[ChangelogRecord]]:
+    """Split what has been read of a partition, up to consumer position ``position``, into the
+    chunk of whole transactions (None: not one complete yet) and the records carried over."""
+    last = len(records) - 1
+    while last >= 0 and records[last].key != POSITION_KEY:
+        last -= 1
+    if last == len(records) - 1:
+        return ChangelogChunk(records, position), []
+    if last < 0:
+        return None, records
+    return ChangelogChunk(records[: last + 1], records[last].offset + 1), records[last + 1 :]
+
+
+class InputEnds:
+    """The log ends of input partitions, which no position record may pass. Kafka is asked
+    only when a position goes past the end known: an owner's positions always lie within."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._known: dict[TopicPartition, int] = {}
+
+    async def at_least(self, tp: TopicPartition, wanted: int) -> int:
+        """Input partition ``tp``'s log end, asked again if the one known is below ``wanted``.
+        The high watermark, whatever the isolation level: an owner that reads uncommitted
+        records may stand past the last stable offset. ``ChangelogError`` if Kafka does not
+        answer (retriable)."""
+        known = self._known.get(tp)
+        if known is None or known < wanted:
+            try:
+                known = (await high_watermarks(self._consumer, [tp]))[tp]
+            except KafkaError as error:
+                raise ChangelogError(
+                    f"cannot ask Kafka where {tp.topic}-{tp.partition} ends, to check a"
+                    f" position of its changelog: {error!r}"
+                ) from error
+            self._known[tp] = known
+        return known
+
+
 class ChangelogReader:
     """Reads changelog partitions from an offset to their end, one partition at a time (a
     restore at a claim). ``await start()`` once, ``await stop()`` at the end."""
@@ -65,6 +119,7 @@ class ChangelogReader:
     def __init__(self, settings: Settings) -> None:
         self._consumer = build_changelog_consumer(settings)
         self._lock = asyncio.Lock()
+        self.input_ends = InputEnds(self._consumer)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -99,6 +154,7 @@ class ChangelogReader:
                 from_offset, rewound = start, True
             consumer.seek(tp, from_offset)
             position = from_offset
+            carried: list[ChangelogRecord] = []  # the start of a transaction not read whole yet
             # The last offset before the end can only be a transaction marker: only the owners'
             # transactional producers write to a changelog, and a committed record's marker
             # comes after it, below the last stable offset. Waiting for a fetch that returns
@@ -113,7 +169,7 @@ class ChangelogReader:
                     start = (await consumer.beginning_offsets([tp]))[tp]
                     self._say_rewound(tp, position, start, end)
                     consumer.seek(tp, start)
-                    position, rewound = start, True
+                    position, rewound, carried = start, True, []
                     continue
                 # Right after getmany, with no await between: the exact position, markers and
                 # aborted records included.
@@ -122,7 +178,14 @@ class ChangelogReader:
                 if now is None or (now == position and not records):
                     continue
                 position = min(now, end)
-                yield ChangelogChunk(records, position, rewound)
+                chunk, carried = whole_transactions(carried + records, position)
+                if chunk is not None:
+                    yield chunk._replace(rewound=rewound)
+            if carried:
+                # Committed records below the end with no position record after them: not an
+                # owner's transaction (its records are checked one by one when applied). There is
+                # nothing more to wait for.
+                yield ChangelogChunk(carried, position, rewound)
 
     def _say_rewound(self, tp: TopicPartition, offset: int, start: int, end: int) -> None:
         _log_rewound(tp, offset, start, end, "restore")
@@ -138,9 +201,12 @@ class ChangelogFollower:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer: AIOKafkaConsumer = build_changelog_consumer(settings)
+        self.input_ends = InputEnds(self._consumer)
         self._next: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._rewound: set[TopicPartition] = set()
+        # Per partition, the start of a transaction not read whole yet (see the module's docstring).
+        self._carried: dict[TopicPartition, list[ChangelogRecord]] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -160,6 +226,8 @@ class ChangelogFollower:
     def follow(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Follow these partitions from these offsets (also to move a followed one)."""
         self._next.update(offsets)
+        for tp in offsets:
+            self._carried.pop(tp, None)
         self._reassign()
 
     def unfollow(self, tps: Iterable[TopicPartition]) -> None:
@@ -167,6 +235,7 @@ class ChangelogFollower:
             self._next.pop(tp, None)
             self._paused.discard(tp)
             self._rewound.discard(tp)
+            self._carried.pop(tp, None)
         self._reassign()
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
@@ -182,6 +251,7 @@ class ChangelogFollower:
             if tp not in self._next:
                 continue
             self._next[tp] = offset
+            self._carried.pop(tp, None)
             self._consumer.seek(tp, offset)
             self._paused.discard(tp)
             self._consumer.resume(tp)
@@ -189,8 +259,8 @@ class ChangelogFollower:
     async def poll(
         self, timeout_ms: int = 500, max_records: int | None = None
     ) -> dict[TopicPartition, ChangelogChunk]:
-        """The followed, unpaused partitions that moved, with their new records and next
-        offset. Empty when nothing moved within ``timeout_ms``."""
+        """The followed, unpaused partitions that moved, with their new whole transactions and
+        the next offset after them. Empty when nothing moved within ``timeout_ms``."""
         if not self._next or len(self._paused) == len(self._next):
             await asyncio.sleep(timeout_ms / 1000)
             return {}
@@ -209,8 +279,12 @@ class ChangelogFollower:
             if position is None or (position == previous and not records):
                 continue
             self._next[tp] = position
-            chunks[tp] = ChangelogChunk(records, position, tp in self._rewound)
-            self._rewound.discard(tp)
+            chunk, self._carried[tp] = whole_transactions(
+                self._carried.get(tp, []) + records, position
+            )
+            if chunk is not None:
+                chunks[tp] = chunk._replace(rewound=tp in self._rewound)
+                self._rewound.discard(tp)
         return chunks
 
     def lag(self) -> dict[TopicPartition, int | None]:
@@ -242,6 +316,7 @@ class ChangelogFollower:
                 continue
             _log_rewound(tp, fetch_offset, start, end, "standby")
             self._next[tp] = start
+            self._carried.pop(tp, None)
             self._rewound.add(tp)
             self._consumer.seek(tp, start)
 

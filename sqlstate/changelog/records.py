@@ -4,12 +4,20 @@ record decoded back into the row it carries.
 Row records are encoded by SQLite itself (``table_sql.py``), never here: the canonical text
 comes from one place, and the owner's hot path does not re-encode rows in Python. (One value
 may not survive: the SQLite 3.40 that sqlstate is tested on writes an infinite REAL as ``Inf``,
-which is not JSON, and such a record is refused here as unreadable.)
+which is not JSON, and such a record is refused here as unreadable; so are ``NaN`` and
+``Infinity``, which Python's JSON reader would otherwise accept.)
+
+A changelog topic is input like any other: whoever can write to it can write anything there.
+``decode`` refuses what is not a record at all; ``row_problem`` says what is wrong with a row for
+the table it names (its columns, its key, the partition it belongs to), so that the caller can
+set such a record aside rather than write it.
 """
 
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
@@ -20,8 +28,16 @@ _BLOB = "$blob"
 # A tagged BLOB as its bytes begin. Inside a JSON string every '"' is escaped as '\"', so these
 # bytes appear in a record only where a tag is: a record without them needs no untagging.
 _TAG = b'{"$blob"'
+# A SQLite INTEGER is 64 bits: a larger one cannot be stored (a position of 2**64, for one).
+_INTEGER_MAX = 2**63 - 1
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 # str in: json.loads would first work out the encoding of the bytes, a third of its time here.
-_loads = json.JSONDecoder().decode
+_loads = json.JSONDecoder(parse_constant=_not_json).decode
 
 #: A changelog record as the capture makes it: the row's key, and its full new value or None
 #: (a tombstone: the row was deleted).
@@ -67,8 +83,8 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
             if value is None:
                 raise ValueError("a position record without a value")
             next_offset = _loads(value.decode())["next_offset"]
-            if type(next_offset) is not int:
-                raise ValueError("next_offset is not an integer")
+            if type(next_offset) is not int or not 0 <= next_offset <= _INTEGER_MAX:
+                raise ValueError("next_offset is not an offset")
             return PositionChange(next_offset)
         parts = _loads(key.decode())
         if not (isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[0], str)):
@@ -88,6 +104,77 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
         raise ProcessorError(
             f"a changelog record this sqlstate cannot read ({error}): key {key[:200]!r}"
         ) from error
+
+
+def highest_position(records: Iterable[tuple[bytes, bytes | None, int]]) -> int | None:
+    """The highest position that the readable position records among ``records`` carry."""
+    highest: int | None = None
+    for key, value, _ in records:
+        if key == POSITION_KEY:
+            try:
+                change = decode(key, value)
+            except ProcessorError:
+                continue  # set aside when applied
+            assert isinstance(change, PositionChange)
+            highest = max(highest or 0, change.next_offset)
+    return highest
+
+
+class RowCheck:
+    """Checks row changes against one table (keyed by ``key_columns``, with ``columns``) in the
+    changelog of input partition (``topic``, ``partition``). Built once per table and apply:
+    ``problem`` runs for every row of a restore. The values' types are left to SQLite, which
+    refuses what it cannot store."""
+
+    def __init__(
+        self,
+        table: str,
+        key_columns: Sequence[str],
+        columns: Iterable[str],
+        topic: str,
+        partition: int,
+    ) -> None:
+        self._table = table
+        self._key_columns = tuple(key_columns)
+        self._columns = frozenset(columns)
+        # A row's key columns as a tuple, in C (itemgetter of one column gives a bare value).
+        getter = operator.itemgetter(*self._key_columns)
+        self._key_of: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            getter if len(self._key_columns) > 1 else lambda row: (getter(row),)
+        )
+        # Every partition's rows come from its own changelog only: a row of another partition
+        # (or topic) there would change state this changelog's owner does not own. A table
+        # keyed by its input partition names it so, as the built-in tables and the dead letters
+        # do; a column of that name outside the key may mean something else.
+        self._placed = [
+            (self._key_columns.index(column), column, expected)
+            for column, expected in (("topic", topic), ("partition", partition))
+            if column in self._key_columns
+        ]
+
+    def problem(self, change: RowChange) -> str | None:
+        """What is wrong with ``change`` for this table; None if nothing."""
+        key, row = change.key, change.row
+        if len(key) != len(self._key_columns):
+            return (
+                f"its key has {len(key)} values; table {self._table} is keyed by"
+                f" {len(self._key_columns)} columns"
+            )
+        if row is not None:
+            if row.keys() != self._columns:
+                unknown = ", ".join(sorted(map(repr, row.keys() - self._columns))) or "none"
+                missing = ", ".join(sorted(self._columns - row.keys())) or "none"
+                return (
+                    f"its row does not have the columns of table {self._table}"
+                    f" (unknown: {unknown}; missing: {missing})"
+                )
+            # Compared as SQLite compares the key when it deletes the row: 1 and 1.0 are equal.
+            if self._key_of(row) != key:
+                return f"its key {key!r} is not the key of its row"
+        for at, column, expected in self._placed:
+            if key[at] != expected:
+                return f"its row belongs to {column} {key[at]!r}, not {expected}"
+        return None
 
 
 def _untagged(cell: Any) -> Any:

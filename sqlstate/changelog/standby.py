@@ -20,13 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.changelog.apply import Applied, apply_changes
+from sqlstate.changelog.apply import Applied, Quarantined, apply_changes
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
-from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower
+from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
+from sqlstate.changelog.records import highest_position
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.database import Database, utc_now
-from sqlstate.errors import ChangelogLostError
+from sqlstate.errors import ChangelogError, ChangelogLostError
+from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
 
@@ -117,8 +119,35 @@ class Standby:
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
                 end = None if behind is None else chunk.next_offset + behind
-                applied = await apply_in(self._database, tp, chunk, self._tables, end)
+                try:
+                    applied = await apply_in(
+                        self._database,
+                        tp,
+                        chunk,
+                        self._tables,
+                        end,
+                        self._follower.input_ends,
+                        self._stats,
+                    )
+                except ChangelogError as error:
+                    await self._read_again(tp, error)
+                    continue
                 self._stats.changelog_applied += applied.records
+
+    async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
+        """A chunk that could not be checked now (Kafka did not answer): read the partition
+        again from what the file has applied, after a pause."""
+        logger.warning(
+            "standby: %s; reading %s-%d again shortly",
+            error,
+            tp.topic,
+            tp.partition,
+            extra={"event": "standby_retrying", **partition_fields(tp, error=str(error))},
+        )
+        offset = await self._database.read(functools.partial(changelog_offset, tp=tp))
+        if tp not in self._paused:
+            self._follower.follow({self._source(tp): offset})
+        await asyncio.sleep(_POLL_MS / 1000)
 
 
 def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> ChangelogLostError:
@@ -140,9 +169,15 @@ async def apply_in(
     chunk: ChangelogChunk,
     tables: Sequence[StateTable],
     log_end_offset: int | None,
+    input_ends: InputEnds,
+    stats: Stats,
 ) -> Applied:
-    """``apply_chunk`` in a transaction of its own."""
-    return await database.transaction(
+    """``apply_chunk`` in a transaction of its own, with the input's end that its positions
+    must stay within; the records it set aside are counted and logged.
+    ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
+    wanted = highest_position(chunk.records)
+    input_end = None if wanted is None else await input_ends.at_least(tp, wanted)
+    applied = await database.transaction(
         functools.partial(
             apply_chunk,
             tp=tp,
@@ -150,7 +185,36 @@ async def apply_in(
             tables=tables,
             now=utc_now(),
             log_end_offset=log_end_offset,
+            input_end=input_end,
         )
+    )
+    for record in applied.quarantined:
+        report_quarantined(tp, record, stats)
+    return applied
+
+
+def report_quarantined(tp: TopicPartition, record: Quarantined, stats: Stats) -> None:
+    """A changelog record set aside: counted (metric, ``/healthz``) and logged with what it was."""
+    stats.changelog_quarantined += 1
+    stats.changelog_quarantine_last = (
+        f"{tp.topic}-{tp.partition} changelog offset {record.offset}: {record.reason}"
+    )
+    logger.warning(
+        "changelog record of %s-%d at offset %d set aside, not applied: %s; key %r",
+        tp.topic,
+        tp.partition,
+        record.offset,
+        record.reason,
+        record.key[:200],
+        extra={
+            "event": "changelog_record_quarantined",
+            **partition_fields(
+                tp,
+                changelog_offset=record.offset,
+                reason=record.reason,
+                key=record.key[:200].decode(errors="replace"),
+            ),
+        },
     )
 
 
@@ -161,6 +225,7 @@ def apply_chunk(
     tables: Sequence[StateTable],
     now: str,
     log_end_offset: int | None = None,
+    input_end: int | None = None,
 ) -> Applied:
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
@@ -174,4 +239,5 @@ def apply_chunk(
         now=now,
         next_offset=chunk.next_offset,
         log_end_offset=log_end_offset,
+        input_end=input_end,
     )

@@ -2,7 +2,9 @@
 database file of its own, in one group, over one input topic of six partitions, under steady
 keyed traffic while a host or the broker fails (docs/scaling.md).
 
-Each scenario ends with the oracle on every file: with standbys (the default) each file must hold
+While each scenario runs, every file is read 20 times a second as a user's SQLite client would
+(``tests.support.snapshot_check``): every committed snapshot must show whole batches. Each
+scenario ends with the oracle on every file: with standbys (the default) each file must hold
 exactly the state the records make, for every partition, stood at the end of the log; with
 ``--standby none`` each host's owned partitions must stand at the end, and every file must hold
 exactly the state of the positions it has (lost = 0, duplicated = 0 everywhere).
@@ -17,7 +19,10 @@ exactly the state of the positions it has (lost = 0, duplicated = 0 everywhere).
   read from the input's start (``--out-of-range fail`` would stop the daemon);
 - the broker killed with kill -9 and restarted;
 - ``--standby none``: each file holds only what its host claimed, and a partition that moves is
-  restored from its changelog.
+  restored from its changelog;
+- large batches of long keys, whose changelog transactions each span several fetches: every
+  committed snapshot of every file, read while the hosts write, follow and restore, shows whole
+  batches (``tests.support.snapshot_check``).
 """
 
 from __future__ import annotations
@@ -52,13 +57,21 @@ from tests.support.kafka import (
     delete_topics,
     log_end_offsets,
 )
+from tests.support.kafka import produce as produce_messages
 from tests.support.oracle import assert_exactly_once, data_ends, read_committed
+from tests.support.snapshot_check import SnapshotChecker
 from tests.support.workload import SteadyTraffic, end_offsets
 
 PARTITIONS = 6
 RATE = 100.0  # records a second while a scenario runs
 BACKLOG = 600  # records in the topic before the hosts start
 BROKER_DOWN_S = 8.0  # longer than the session timeout (6 s): the group is rebuilt
+# Large batches of distinct 200-byte keys: each changelog record (key and row) takes about 500
+# bytes, so one batch's changelog transaction is several times a fetch's 1 MB per partition.
+LARGE_BATCH = ("--max-records", "20000")
+KEY_BYTES = 200
+BURSTS = 3
+BURST = 24_000
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Cluster:
     group_id: str
     workdir: Path
     made: list[Daemon]
+    snapshots: SnapshotChecker
 
     def host(
         self,
@@ -128,16 +142,21 @@ async def cluster(
     group_id: str,
     daemons: list[Daemon],
 ) -> AsyncIterator[Cluster]:
-    """A topic of six partitions holding a backlog, a group, and the hosts' directory."""
+    """A topic of six partitions holding a backlog, a group, and the hosts' directory; every
+    host's file checked for whole batches throughout."""
     topic = await topic_factory(PARTITIONS)
     await produce(kafka_bootstrap, topic, BACKLOG, partitions=PARTITIONS, seed=1)
-    made = Cluster(kafka_bootstrap, topic, group_id, tmp_path, daemons)
-    yield made
-    for daemon in daemons:
-        await daemon.stop_quietly()
+    files = [host_database(tmp_path, i) for i in range(3)]
+    async with SnapshotChecker(files, [topic]) as snapshots:
+        made = Cluster(kafka_bootstrap, topic, group_id, tmp_path, daemons, snapshots)
+        yield made
+        for daemon in daemons:
+            await daemon.stop_quietly()
     # Changelog topics are not the topic factory's; a long-lived broker should not keep them.
     with contextlib.suppress(Exception):
         await delete_topics(kafka_bootstrap, [made.changelog])
+    assert snapshots.errors == []
+    assert snapshots.violations == [], "\n".join(snapshots.violations[:20])
 
 
 async def stop_all(hosts: Sequence[Daemon]) -> None:
@@ -280,4 +299,30 @@ async def test_without_standbys_each_file_holds_what_its_host_claimed(cluster: C
     for partition in before[1]:
         new_owner = hosts[0] if partition in moved[0] else hosts[2]
         assert f"restored {cluster.topic}-{partition} from its changelog" in new_owner.log()
+    await stop_all(hosts)
+
+
+async def test_every_snapshot_of_every_file_shows_whole_batches(cluster: Cluster) -> None:
+    # A backlog, so that the owners write batches as large as a fetch of the input allows.
+    for burst in range(BURSTS):
+        keys = (b"%0*d" % (KEY_BYTES, burst * BURST + i) for i in range(BURST))
+        await produce_messages(
+            cluster.bootstrap,
+            cluster.topic,
+            [(key, b"v", i % PARTITIONS) for i, key in enumerate(keys)],
+            timeout=120,
+        )
+    # Every file is read meanwhile (the cluster's snapshot checker).
+    checker = cluster.snapshots
+    # Two hosts share the partitions and follow each other's as standbys...
+    hosts = [cluster.host(i, *LARGE_BATCH).start() for i in range(2)]
+    await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+    await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
+    # ... then a host with an empty file restores what it claims, in chunks of the changelog.
+    hosts.append(cluster.host(2, *LARGE_BATCH).start())
+    await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+    await converged(cluster.bootstrap, cluster.topic, hosts, timeout=180)
+    assert checker.checked > 100, checker.checked
+    assert checker.errors == []
+    assert checker.violations == [], "\n".join(checker.violations[:20])
     await stop_all(hosts)

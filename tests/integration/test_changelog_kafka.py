@@ -178,8 +178,11 @@ async def test_a_batch_larger_than_one_record_batch_is_one_transaction(
     assert end == 3001
     async with started(ChangelogReader(settings)) as reader:
         chunks = await read_all(reader, TopicPartition(changelog, 0), batch_size=1000)
-    assert sum(len(chunk.records) for chunk in chunks) == 3001
-    assert max(len(chunk.records) for chunk in chunks) <= 1000, "bounded chunks"
+    # Fetches of 1,000 records stop inside the transaction: the chunk waits for its end, so a
+    # restore never commits part of a batch.
+    assert [len(chunk.records) for chunk in chunks] == [3001]
+    assert chunks[0].records[-1].key == POSITION_KEY
+    assert chunks[0].next_offset == end + 1  # past the commit marker: nothing is carried
 
 
 async def test_a_new_owner_fences_the_old_one_and_aborts_its_open_transaction(
@@ -311,10 +314,15 @@ async def test_the_follower_pauses_resumes_and_reports_its_lag(
         end0 = await owner0.publish(rows("p", 4), next_offset=4)
         end1 = await owner1.publish(rows("q", 4), next_offset=4)
 
-        # One record at a time: the fetch already told the end, so the lag shows.
+        # One record at a time: the fetch already told the end, so the lag shows; each chunk
+        # still holds a whole transaction, its rows and its position record.
         first = await poll_until(follower, lambda polled: bool(polled), max_records=1)
         assert any(lag for lag in follower.lag().values())
-        assert all(len(chunk.records) <= 1 for chunks in first.values() for chunk in chunks)
+        assert all(
+            len(chunk.records) == 5 and chunk.records[-1].key == POSITION_KEY
+            for chunks in first.values()
+            for chunk in chunks
+        )
         await poll_until(follower, lambda _: follower.followed == {tp0: end0 + 1, tp1: end1 + 1})
         assert follower.lag() == {tp0: 0, tp1: 0}
 

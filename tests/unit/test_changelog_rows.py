@@ -24,6 +24,7 @@ from sqlstate.changelog.records import (
     POSITION_KEY,
     PositionChange,
     RowChange,
+    RowCheck,
     decode,
     position_record,
 )
@@ -31,7 +32,7 @@ from sqlstate.changelog.table_sql import delete_by_key
 from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.database import Database, utc_now
 from sqlstate.decoding import BadRecords, Decoding
-from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
+from sqlstate.errors import ChangelogError, ChangelogModeError, ProcessorError
 from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
 from sqlstate.processors.counting import KeyCounter
@@ -186,6 +187,7 @@ async def apply(
     records: Sequence[Logged],
     tables: Sequence[StateTable],
     next_offset: int | None = None,
+    input_end: int | None = None,
 ) -> Applied:
     return await database.transaction(
         functools.partial(
@@ -196,6 +198,7 @@ async def apply(
             tables=tables,
             now=utc_now(),
             next_offset=next_offset,
+            input_end=input_end,
         )
     )
 
@@ -468,30 +471,87 @@ async def test_a_position_record_makes_a_standby_row_and_keeps_the_epoch(
     assert rows == [(0, 42, 0, "standby"), (1, 77, 2, "standby")]
 
 
-async def test_a_row_of_a_table_no_processor_keeps_is_refused(tmp_path: Path) -> None:
+def counted(partition: int, key: str, count: int) -> tuple[bytes, bytes]:
+    """A key_counts row of topic t as its owner's capture writes it."""
+    return (
+        b'["key_counts","t",%d,"%s"]' % (partition, key.encode()),
+        b'{"topic":"t","partition":%d,"key":"%s","count":%d}' % (partition, key.encode(), count),
+    )
+
+
+# Records anyone who can write the changelog topic could write, each set aside with its reason.
+CRAFTED: list[tuple[bytes, bytes | None, str]] = [
+    (b'["latest","t",0,"k"]', b"{}", "table 'latest' is not a state table"),
+    (b'["positions","t",0]', b'{"topic":"t","partition":0}', "table 'positions' is not a state"),
+    (b"not json", None, "cannot read"),
+    (b'["key_counts","t",0,"list"]', b"[1]", "not a JSON object"),
+    (*counted(0, "nan", 1)[:1], b'{"topic":"t","partition":0,"key":"nan","count":NaN}', "NaN"),
+    (
+        counted(0, "huge", 1)[0],
+        b'{"topic":"t","partition":0,"key":"huge","count":18446744073709551616}',
+        "SQLite refused it",
+    ),
+    (
+        counted(0, "nul", 1)[0],
+        b'{"topic":"t","partition":0,"key":"nul","count":1,"c\\u0000":1}',
+        "unknown: 'c\\x00'",
+    ),
+    (counted(0, "other", 1)[0], counted(0, "mine", 1)[1], "is not the key of its row"),
+    (counted(0, "few", 1)[0], b'{"topic":"t","partition":0,"key":"few"}', "missing: count"),
+    (b'["key_counts","t",0]', None, "its key has 2 values"),
+    (
+        b'["key_counts","t",0,"obj"]',
+        b'{"topic":"t","partition":0,"key":"obj","count":{"hex":"ff"}}',
+        "SQLite refused it",
+    ),
+    (*counted(1, "theirs", 5), "belongs to partition 1, not 0"),
+    (
+        b'["rejected_records","t",1,7]',
+        b'{"topic":"t","partition":1,"offset":7,"key":null,"value":null,"error":"x"}',
+        "belongs to partition 1, not 0",
+    ),
+    (
+        b'["rejected_records","u",0,7]',
+        b'{"topic":"u","partition":0,"offset":7,"key":null,"value":null,"error":"x"}',
+        "belongs to topic 'u', not t",
+    ),
+    (b'["$position"]', b'{"next_offset":18446744073709551616}', "cannot read"),
+    (*position_record(5), "position 5 goes back from 10"),
+    (*position_record(1_000), "position 1000 lies past the end of t-0 (100)"),
+]
+
+
+async def test_records_that_are_not_valid_state_are_set_aside_and_the_rest_applied(
+    tmp_path: Path,
+) -> None:
     members = [KeyCounter()]
+    tables = state_tables(members)
     processors = Processors.checked(members)
     store = await open_store(tmp_path / "s.db", processors)
     try:
-        with pytest.raises(ProcessorError, match="table latest"):
-            await apply(
-                store.database, T0, [(b'["latest","t",0,"k"]', b"{}", 0)], state_tables(members)
-            )
-        with pytest.raises(ProcessorError, match="cannot read"):
-            await apply(store.database, T0, [(b"not json", None, 0)], state_tables(members))
-        # An object that is not a tagged BLOB (sqlstate never writes one) is refused by SQLite.
-        foreign = b'{"topic":"t","partition":0,"key":{"hex":"ff"},"count":1}'
-        with pytest.raises(DatabaseError, match="binding parameter"):
-            await apply(
-                store.database,
-                T0,
-                [(b'["key_counts","t",0,"k"]', foreign, 0)],
-                state_tables(members),
-            )
+        await apply(
+            store.database, T0, [(*counted(0, "a", 10), 0), (*position_record(10), 1)], tables
+        )
+        records: list[Logged] = [(key, value, 2 + i) for i, (key, value, _) in enumerate(CRAFTED)]
+        good = len(records) + 2
+        records += [
+            (*counted(0, "a", 11), good),
+            (*counted(0, "b", 1), good + 1),
+            (*position_record(12), good + 2),
+        ]
+        done = await apply(store.database, T0, records, tables, input_end=100)
     finally:
         await store.database.close()
         processors.close()
-    assert query(tmp_path / "s.db", "SELECT * FROM changelog_offsets") == []
+    assert [q.offset for q in done.quarantined] == list(range(2, 2 + len(CRAFTED)))
+    for (key, _, reason), quarantined in zip(CRAFTED, done.quarantined, strict=True):
+        assert reason in quarantined.reason, (key, quarantined.reason)
+    assert (done.position, done.next_offset, done.rows) == (12, good + 3, 2)
+    rows = query(tmp_path / "s.db", "SELECT partition, key, count FROM key_counts ORDER BY key")
+    assert rows == [(0, "a", 11), (0, "b", 1)]
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM rejected_records") == [(0,)]
+    positions = query(tmp_path / "s.db", "SELECT partition, next_offset FROM positions")
+    assert positions == [(0, 12)]
 
 
 # ---- capture on one connection ----------------------------------------------------------------
@@ -569,6 +629,18 @@ def test_records_decode() -> None:
     ]:
         with pytest.raises(ProcessorError, match="cannot read"):
             decode(key, value)
+
+
+def test_row_checks_of_a_table_keyed_by_one_column() -> None:
+    check = RowCheck("notes", ("id",), ["id", "body"], "t", 0)
+    assert check.problem(RowChange("notes", (1,), {"id": 1, "body": "x"})) is None
+    assert check.problem(RowChange("notes", (1,), None)) is None
+    assert "not the key of its row" in (
+        check.problem(RowChange("notes", (2,), {"id": 1, "body": "x"})) or ""
+    )
+    # A column named partition outside the key is the table's own business.
+    loose = RowCheck("notes", ("id",), ["id", "partition"], "t", 0)
+    assert loose.problem(RowChange("notes", (1,), {"id": 1, "partition": 5})) is None
 
 
 def test_no_capture_without_changelog_mode(tmp_path: Path) -> None:

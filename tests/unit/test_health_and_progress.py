@@ -126,6 +126,15 @@ def test_idle_and_caught_up_stays_healthy() -> None:
         clock.now += 60
 
 
+def test_quarantined_changelog_records_degrade_but_do_not_fail_health() -> None:
+    watchdog = Watchdog(10, Clock())
+    assert "degraded" not in watchdog.check(True, {A: PartitionLag(9, 9)}).as_json()
+    health = watchdog.check(True, {A: PartitionLag(9, 9)}, "2 changelog records set aside")
+    assert health.healthy
+    assert health.as_json()["degraded"] == "2 changelog records set aside"
+    assert health.reason == "caught up; degraded: 2 changelog records set aside"
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(0.4, "0s"), (45, "45s"), (185, "3m05s"), (7620, "2h07m")]
 )
