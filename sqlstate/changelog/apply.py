@@ -11,7 +11,7 @@
    can meet a row that a later record would move away, whatever unique indexes the table has:
    what is inserted is the owner's state at the end of these records;
 3. the last position record sets the input partition's position (``follow_position`` in
-   queries.sql);
+   queries.sql), if it counts offsets of the input topic the file counts (``identity.py``);
 4. the file's changelog offset moves to the end of these records.
 
 The rows arrive complete, so the triggers of the file's own schema (a ``--sql`` processor may
@@ -34,6 +34,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.identity import check_position_topic
 from sqlstate.changelog.offsets import changelog_offset, record_changelog_offset
 from sqlstate.changelog.records import PositionChange, decode
 from sqlstate.changelog.table_sql import delete_by_key, insert_row
@@ -95,6 +96,7 @@ def apply_changes(
     for key, value in last.items():
         change = decode(key, value)
         if isinstance(change, PositionChange):
+            check_position_topic(conn, topic, partition, change.topic_id, now)
             position = change.next_offset
             continue
         table = by_name.get(change.table)

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from sqlstate.changelog.records import ChangelogRecord
-from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end
+from sqlstate.kafka import build_changelog_consumer, consumed_position, log_end, topic_ids
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 
@@ -71,6 +71,11 @@ class ChangelogReader:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+
+    async def topic_ids(self, topics: Iterable[str]) -> dict[str, str | None]:
+        """The IDs of ``topics`` in Kafka now (``sqlstate.kafka.topic_ids``): which incarnation
+        of a changelog, or of its input, a restore reads."""
+        return await topic_ids(self._consumer, topics)
 
     async def end_offset(self, tp: TopicPartition) -> int:
         """The last stable offset of changelog partition ``tp``: the end a restore reads to."""
