@@ -384,6 +384,17 @@ ON CONFLICT (topic, partition) DO UPDATE
 -- name: list_changelog_offsets
 SELECT topic, partition, next_offset FROM changelog_offsets ORDER BY topic, partition;
 
+-- name: read_changelog_topic
+-- The changelog topic of input topic :topic this file applied, and its ID then; no row: none yet.
+SELECT changelog, topic_id FROM changelog_topics WHERE topic = :topic;
+
+-- name: record_changelog_topic
+-- The changelog's ID when this file first reads or writes it (a restore or a standby start), or
+-- once Kafka gives one for a changelog recorded without.
+INSERT INTO changelog_topics (topic, changelog, topic_id, recorded_at)
+VALUES (:topic, :changelog, :topic_id, :now)
+ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, recorded_at = excluded.recorded_at;
+
 -- name: follow_position
 -- A position record from the changelog: where the partition's owner stands. A partition this
 -- file never saw gets a row at epoch 0 (any claim bumps it past); a known one keeps its epoch,

@@ -13,7 +13,9 @@ Records (the interface between hosts; docs/scaling.md):
   ``{"$blob": "<hex>"}``, in keys too. Full values, never increments: applying a record twice
   is harmless, and compaction keeps exactly what a restore needs;
 - the partition's position, once per changelog transaction: key ``["$position"]``, value
-  ``{"next_offset": N}``, the input partition's next offset after the batch.
+  ``{"next_offset": N, "topic_id": "<input topic ID>"}``, the input partition's next offset
+  after the batch and the incarnation of the input topic it counts in (a record without
+  ``topic_id``, written before positions carried it, is read as before).
 
 Modules:
 
@@ -23,6 +25,7 @@ Modules:
 - ``records.py``: the record format, the position record, a record decoded back to a row;
 - ``apply.py``: restore and standby side, ``apply_changes``, one transaction of records;
 - ``offsets.py``: each partition's applied changelog offset in the file;
+- ``identity.py``: the changelog's and the input's topic IDs, checked before applying;
 - ``topics.py``: the changelog topics' names, creation and growth;
 - ``producers.py``: one transactional producer per claimed input partition;
 - ``reader.py``: the restore reader and the standby's follower (read_committed);

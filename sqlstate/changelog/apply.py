@@ -18,7 +18,8 @@
    what is inserted is the owner's state at the end of these records. A row SQLite refuses (a
    constraint, an integer past 64 bits) is set aside in the same way;
 4. the last acceptable position record sets the input partition's position (``follow_position``
-   in queries.sql);
+   in queries.sql), if it counts offsets of the input topic the file counts (``identity.py``:
+   another incarnation's position stops the host, exit 5, rather than be set aside);
 5. the file's changelog offset moves to the end of these records.
 
 The rows arrive complete, so the triggers of the file's own schema (a ``--sql`` processor may
@@ -41,6 +42,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.identity import check_position_topic
 from sqlstate.changelog.offsets import changelog_offset, record_changelog_offset
 from sqlstate.changelog.records import (
     POSITION_KEY,
@@ -143,7 +145,7 @@ def apply_changes(
         kept = None if value is None else value[:QUARANTINE_KEPT]
         quarantined.append(Quarantined(offset, reason, key[:QUARANTINE_KEPT], kept))
 
-    position = _position(conn, tp, fresh, input_end, refuse)
+    position = _position(conn, tp, fresh, input_end, refuse, now)
     changes = _checked_changes(conn, tp, fresh, tables, refuse)
     with _main_triggers_off(conn):
         written, tombstones = _write(conn, changes, refuse)
@@ -172,9 +174,12 @@ def _position(
     fresh: Sequence[ChangelogRecordLike],
     input_end: int | None,
     refuse: Callable[[ChangelogRecordLike, str], None],
+    now: str,
 ) -> int | None:
     """The last acceptable position among the position records: one that never goes back
-    (the owner's positions only move forward) and stays within the input's log."""
+    (the owner's positions only move forward) and stays within the input's log. A position of
+    another incarnation of the input topic is no bad record but another log: it stops the host
+    (``ChangelogLostError``, exit 5) before anything is written."""
     row = conn.execute(
         sql("read_position"), {"topic": tp.topic, "partition": tp.partition}
     ).fetchone()
@@ -187,6 +192,7 @@ def _position(
         if change is None:
             continue
         assert isinstance(change, PositionChange)
+        check_position_topic(conn, tp.topic, tp.partition, change.topic_id, now)
         if change.next_offset < floor:
             refuse(record, f"position {change.next_offset} goes back from {floor}")
         elif input_end is not None and change.next_offset > input_end:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogReader
@@ -35,7 +36,7 @@ from sqlstate.changelog.records import Row
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
-from sqlstate.database import Database
+from sqlstate.database import Database, utc_now
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
@@ -95,6 +96,12 @@ class ChangelogOwner:
         file from their changelogs. Raises ChangelogError (the claim waits and tries again)."""
         tps = sorted(tps)
         await self._changelogs_for(tps)
+        # Which incarnation of each input topic and its changelog the claim reads and writes, in
+        # one Metadata request: the restores check them, the position records carry the input's.
+        ids = await self._reader.topic_ids(
+            {tp.topic for tp in tps}
+            | {changelog_topic(self._settings.group_id, tp.topic) for tp in tps}
+        )
         if self._standby is not None:
             # The restore is now the partitions' only writer here; what the standby applied
             # is where it starts.
@@ -103,7 +110,12 @@ class ChangelogOwner:
         # may have been out of the group meanwhile, and another one's producer fenced ours
         # without our knowing it yet. Starting one costs a round trip to the coordinator.
         await self.release([tp for tp in tps if tp in self._producers], follow=False)
-        producers = {tp: ChangelogProducer(self._settings, tp.topic, tp.partition) for tp in tps}
+        producers = {
+            tp: ChangelogProducer(
+                self._settings, tp.topic, tp.partition, input_topic_id=ids.get(tp.topic)
+            )
+            for tp in tps
+        }
         started = await asyncio.gather(
             *(producer.start() for producer in producers.values()), return_exceptions=True
         )
@@ -116,7 +128,7 @@ class ChangelogOwner:
         if failed is not None:
             raise failed
         for tp in tps:
-            await self.restore(tp)
+            await self.restore(tp, ids)
 
     async def _changelogs_for(self, tps: Sequence[TopicPartition]) -> None:
         """Grow a changelog whose input gained partitions while running (the start made the
@@ -144,12 +156,25 @@ class ChangelogOwner:
                 offsets = await self._database.read(changelog_offsets)
                 self._standby.resume({tp: offsets.get(tp, 0) for tp in released})
 
-    async def restore(self, tp: TopicPartition) -> int:
+    async def restore(self, tp: TopicPartition, topic_ids: Mapping[str, str | None]) -> int:
         """Apply the changelog of input partition ``tp`` from the file's changelog offset to
-        the changelog's end, in bounded transactions; how many records were applied."""
+        the changelog's end, in bounded transactions; how many records were applied.
+        ``topic_ids``: the IDs Kafka gave the input topic and its changelog before the
+        producer started; ``ChangelogLostError`` if the changelog is not the one the file
+        applied, before anything is read."""
         began = time.monotonic()
-        start = await self._database.read(functools.partial(changelog_offset, tp=tp))
         source = TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
+        await self._database.transaction(
+            functools.partial(
+                check_identity,
+                topic=tp.topic,
+                changelog=source.topic,
+                changelog_id=topic_ids.get(source.topic),
+                input_id=topic_ids.get(tp.topic),
+                now=utc_now(),
+            )
+        )
+        start = await self._database.read(functools.partial(changelog_offset, tp=tp))
         end = await self._reader.end_offset(source)
         if start > end:
             raise changelog_lost(tp, start, end)

@@ -69,8 +69,11 @@ class ChangelogProducer:
         start_timeout_s: float = START_TIMEOUT_S,
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS,
+        input_topic_id: str | None = None,
     ) -> None:
         self.input_tp = TopicPartition(topic, partition)
+        # Written into every position record: which incarnation of the input its offsets count.
+        self.input_topic_id = input_topic_id
         self.tp = TopicPartition(changelog_topic(settings.group_id, topic), partition)
         self.transactional_id = transactional_id(settings.group_id, topic, partition)
         self._settings = settings
@@ -198,7 +201,7 @@ class ChangelogProducer:
         futures: list[Any] = []
         counts: list[int] = []
         batch = producer.create_batch()
-        for key, value in (*rows, position_record(next_offset)):
+        for key, value in (*rows, position_record(next_offset, self.input_topic_id)):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full: send it and go on in a new one (a first record always fits).
                 futures.append(await producer.send_batch(batch, topic, partition=partition))

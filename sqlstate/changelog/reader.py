@@ -41,7 +41,13 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sqlstate.changelog.records import POSITION_KEY, ChangelogRecord
 from sqlstate.errors import ChangelogError
-from sqlstate.kafka import build_changelog_consumer, consumed_position, high_watermarks, log_end
+from sqlstate.kafka import (
+    build_changelog_consumer,
+    consumed_position,
+    high_watermarks,
+    log_end,
+    topic_ids,
+)
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 
@@ -126,6 +132,11 @@ class ChangelogReader:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+
+    async def topic_ids(self, topics: Iterable[str]) -> dict[str, str | None]:
+        """The IDs of ``topics`` in Kafka now (``sqlstate.kafka.topic_ids``): which incarnation
+        of a changelog, or of its input, a restore reads."""
+        return await topic_ids(self._consumer, topics)
 
     async def end_offset(self, tp: TopicPartition) -> int:
         """The last stable offset of changelog partition ``tp``: the end a restore reads to."""

@@ -64,15 +64,25 @@ class RowChange:
 
 @dataclass(frozen=True)
 class PositionChange:
-    """The input partition's next offset after the owner's batch."""
+    """The input partition's next offset after the owner's batch, and the ID of the input topic
+    it was consumed from (None: a record written before positions carried it, or by an owner
+    whose brokers give no topic IDs)."""
 
     next_offset: int
+    topic_id: str | None = None
 
 
-def position_record(next_offset: int) -> tuple[bytes, bytes]:
-    """The record that carries the input partition's position after a batch."""
+def position_record(next_offset: int, topic_id: str | None = None) -> tuple[bytes, bytes]:
+    """The record that carries the input partition's position after a batch, and the ID of the
+    input topic (``topic_id``) that position counts in: an offset means nothing in another
+    incarnation of the topic."""
     # Compact separators, as SQLite writes the row records.
-    return POSITION_KEY, b'{"next_offset":%d}' % next_offset
+    if topic_id is None:
+        return POSITION_KEY, b'{"next_offset":%d}' % next_offset
+    return POSITION_KEY, b'{"next_offset":%d,"topic_id":%s}' % (
+        next_offset,
+        json.dumps(topic_id).encode(),
+    )
 
 
 def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
@@ -82,10 +92,17 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
         if key == POSITION_KEY:
             if value is None:
                 raise ValueError("a position record without a value")
-            next_offset = _loads(value.decode())["next_offset"]
+            position = _loads(value.decode())
+            if not isinstance(position, dict):
+                raise ValueError("the value is not a JSON object")
+            next_offset = position["next_offset"]
             if type(next_offset) is not int or not 0 <= next_offset <= _INTEGER_MAX:
                 raise ValueError("next_offset is not an offset")
-            return PositionChange(next_offset)
+            # Absent in records written before positions carried it: read as before.
+            topic_id = position.get("topic_id")
+            if topic_id is not None and type(topic_id) is not str:
+                raise ValueError("topic_id is not a string")
+            return PositionChange(next_offset, topic_id)
         parts = _loads(key.decode())
         if not (isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[0], str)):
             raise ValueError('the key is not ["table", key values...]')

@@ -19,8 +19,10 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from sqlstate.changelog.apply import Applied, Quarantined, apply_changes
+from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
@@ -28,6 +30,7 @@ from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.database import Database, utc_now
 from sqlstate.errors import ChangelogError, ChangelogLostError
+from sqlstate.kafka import topic_ids
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
@@ -36,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _POLL_MS = 500
 _MAX_RECORDS = 30_000
+# How long to wait before asking Kafka for the changelogs' IDs again, when it did not answer.
+_RETRY_S = 1.0
 
 
 class Standby:
@@ -54,6 +59,8 @@ class Standby:
         self._stats = stats
         self._follower = ChangelogFollower(settings)
         self._paused: set[TopicPartition] = set()  # input partitions this process owns
+        # Each followed changelog topic's ID, as this file recorded it (None: Kafka gave none).
+        self._changelog_ids: dict[str, str | None] = {}
 
     def _source(self, tp: TopicPartition) -> TopicPartition:
         return TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
@@ -76,6 +83,22 @@ class Standby:
         new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
         if not new:
             return
+        # Before anything of them is read: each changelog must be the one this file applied.
+        changelogs = {changelog_topic(self._settings.group_id, tp.topic): tp.topic for tp in new}
+        ids = await topic_ids(consumer, [*changelogs.values(), *changelogs])
+        now = utc_now()
+        for changelog, topic in sorted(changelogs.items()):
+            await self._database.transaction(
+                functools.partial(
+                    check_identity,
+                    topic=topic,
+                    changelog=changelog,
+                    changelog_id=ids.get(changelog),
+                    input_id=ids.get(topic),
+                    now=now,
+                )
+            )
+            self._changelog_ids[changelog] = ids.get(changelog)
         offsets = await self._database.read(changelog_offsets)
         self._follower.follow({self._source(tp): offsets.get(tp, 0) for tp in new})
         paused = [self._source(tp) for tp in new if tp in self._paused]
@@ -107,6 +130,9 @@ class Standby:
         while not stop.is_set():
             await self.follow_new(consumer)
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
+            fetched = {source.topic for source, chunk in chunks.items() if chunk.records}
+            if fetched and not await self._same_changelogs(consumer, fetched, stop):
+                return  # stopping before Kafka answered: the records are not applied
             lags = self._follower.lag()
             self._stats.standby_lag = {
                 TopicPartition(inputs[source.topic], source.partition): behind
@@ -148,6 +174,36 @@ class Standby:
         if tp not in self._paused:
             self._follower.follow({self._source(tp): offset})
         await asyncio.sleep(_POLL_MS / 1000)
+
+    async def _same_changelogs(
+        self, consumer: AIOKafkaConsumer, changelogs: set[str], stop: asyncio.Event
+    ) -> bool:
+        """Records were just fetched from ``changelogs``: they are of the changelogs this file
+        applied only if those still have the recorded IDs now, after the fetch. The fetcher
+        reads a topic by name, so a changelog deleted and created again while followed is read
+        from the old offsets on, and nothing fails when the new log has grown past them.
+        ``ChangelogLostError`` before anything of them is applied; False if ``stop`` came
+        before Kafka answered. One Metadata request per fetch that brought records; a broker
+        away is waited for (nothing can be fetched meanwhile anyway)."""
+        while True:
+            try:
+                ids = await topic_ids(consumer, changelogs)
+                break
+            except KafkaError as error:
+                if stop.is_set():
+                    return False
+                logger.debug(
+                    "could not ask Kafka for the changelogs' IDs: %r",
+                    error,
+                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
+                )
+                await asyncio.sleep(_RETRY_S)
+        inputs = {changelog_topic(self._settings.group_id, t): t for t in self._settings.topics}
+        for changelog, now_id in sorted(ids.items()):
+            recorded = self._changelog_ids.get(changelog)
+            if not same_id(recorded, now_id):
+                raise changelog_replaced(inputs[changelog], changelog, changelog, recorded, now_id)
+        return True
 
 
 def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> ChangelogLostError:

@@ -67,7 +67,7 @@ async def test_another_isolation_level_is_refused(
 
 def as_made_by_the_previous_release(database: Path) -> None:
     """Take away what the previous release's schema does not have: no topic IDs, no level, no
-    record of processors, no changelog offsets."""
+    record of processors, no changelog offsets or changelog topic IDs."""
     conn = sqlite3.connect(database)
     try:
         with conn:
@@ -76,6 +76,7 @@ def as_made_by_the_previous_release(database: Path) -> None:
             conn.execute("DROP TABLE topic_processors")
             conn.execute("DROP TABLE rejected_records")
             conn.execute("DROP TABLE changelog_offsets")
+            conn.execute("DROP TABLE changelog_topics")
             conn.execute("DELETE FROM schema_migrations WHERE name != '0001_initial.sql'")
     finally:
         conn.close()

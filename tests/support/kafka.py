@@ -161,7 +161,11 @@ async def delete_topics(bootstrap: str, names: list[str], timeout: float = 10.0)
 
 
 async def recreate_topic(
-    bootstrap: str, name: str, partitions: int = 3, timeout: float = DEFAULT_TIMEOUT
+    bootstrap: str,
+    name: str,
+    partitions: int = 3,
+    timeout: float = DEFAULT_TIMEOUT,
+    config: Mapping[str, str] | None = None,
 ) -> None:
     """Delete ``name`` and create it again, as an operator would: a new, empty topic under the
     old name (with a new topic ID). The broker refuses the creation until the deletion is done,
@@ -170,7 +174,7 @@ async def recreate_topic(
     async with asyncio.timeout(timeout):
         while True:
             try:
-                await create_topic(bootstrap, name, partitions)
+                await create_topic(bootstrap, name, partitions, config)
                 return
             except TopicAlreadyExistsError:
                 await asyncio.sleep(0.1)
