@@ -25,8 +25,8 @@ fails with a clear message (run it with ``--no-netns`` there).
 
 Then it drains: every daemon resumed and running, the producers stopped, the stored positions (in
 every file) at the end of the log, and applies the exactly-once oracle
-(``tests/support/oracle.py``) to each file. It prints one summary and exits 1 unless lost = 0,
-duplicated = 0 and ``quick_check`` is ok everywhere.
+(``tests/support/oracle.py``) to each file and topic. It prints one summary and exits 1 unless
+lost = 0, duplicated = 0, no snapshot held half a batch and ``quick_check`` is ok everywhere.
 
 Bounded in time (duration plus a bounded drain) and traffic (``--rate``); loopback only, or the
 namespaces' own subnet. It needs the broker started by the test harness (``tools.kafka_broker``),
