@@ -74,10 +74,18 @@ soak-short: install
 	$(BROKER) run -- $(BIN)/python -m tests.soak --duration 120 $(SOAK_ARGS)
 
 ## soak-multihost: the soak with three hosts simulated here, each a daemon with a database file
-## of its own under --changelog, and the same faults; every file must end with the complete
-## state. DURATION defaults to 120 for it.
+## of its own under --changelog, and the same faults plus network partitions: the broker and
+## each host in a network namespace of its own (root and `ip netns` needed; the soak starts its
+## broker there, on KAFKA_BOOTSTRAP's port); every file must end with the complete state and no
+## snapshot may show half a batch. DURATION defaults to 120 for it. NETNS=0: no namespaces and
+## no partitions, on the usual broker, for machines without them.
+NETNS ?= 1
 soak-multihost: install
-	$(BROKER) run -- $(BIN)/python -m tests.soak --hosts 3 --duration $(MULTIHOST_DURATION) $(SOAK_ARGS)
+ifeq ($(NETNS),0)
+	$(BROKER) run -- $(BIN)/python -m tests.soak --hosts 3 --no-netns --duration $(MULTIHOST_DURATION) $(SOAK_ARGS)
+else
+	$(BIN)/python -m tests.soak --hosts 3 --netns --duration $(MULTIHOST_DURATION) $(SOAK_ARGS)
+endif
 
 ## bench: produce 1,000,000 messages once, then measure a bare aiokafka consumer, sqlstate,
 ## two sqlstate processes and sqlstate on a database already holding 1,000,000 and 10,000,000

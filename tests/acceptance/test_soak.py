@@ -33,5 +33,5 @@ async def test_short_soak_loses_and_duplicates_nothing(
     await delete_topics(kafka_bootstrap, [summary.topic])
     print(summary.text())
     assert summary.ok, summary.text()
-    assert summary.verdicts["state.db"].read_back > 0
+    assert summary.verdicts[f"state.db {summary.topic}"].read_back > 0
     assert summary.tally.broker_bounces == 0

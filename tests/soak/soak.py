@@ -13,15 +13,25 @@ Any daemon that exits by itself is restarted and its exit code reported.
 
 With ``--hosts N`` it is the multi-host soak instead (docs/scaling.md): N daemons each with a
 database file of its own under ``--changelog`` (standbys on), as N hosts would run, with the same
-faults; every file must end with the complete state.
+faults; every file must end with the complete state. Each daemon also runs a second processor,
+``slot_holders.sql`` (a table with a second UNIQUE index, written with INSERT OR REPLACE), checked
+by the oracle too. A second topic of plain records only (contiguous offsets) is read by the same
+daemons, and a snapshot checker reads every file all along: no committed snapshot may hold half a
+batch (``snapshots.py``). Unless ``--no-netns``, the broker and each host run in a network
+namespace of their own (``tests/support/netns.py``), and the supervisor also cuts a host off from
+the broker past the session timeout while its daemon keeps running, then heals the link (a
+network partition: the true zombie). That needs root and ``ip netns``; without them the soak
+fails with a clear message (run it with ``--no-netns`` there).
 
 Then it drains: every daemon resumed and running, the producers stopped, the stored positions (in
 every file) at the end of the log, and applies the exactly-once oracle
-(``tests/support/oracle.py``) to each file. It prints one summary and exits 1 unless lost = 0,
-duplicated = 0 and ``quick_check`` is ok everywhere.
+(``tests/support/oracle.py``) to each file and topic. It prints one summary and exits 1 unless
+lost = 0, duplicated = 0, no snapshot held half a batch and ``quick_check`` is ok everywhere.
 
-Bounded in time (duration plus a bounded drain) and traffic (``--rate``), loopback only. It needs
-the broker started by the test harness (``tools.kafka_broker``), which it may kill and restart.
+Bounded in time (duration plus a bounded drain) and traffic (``--rate``); loopback only, or the
+namespaces' own subnet. It needs the broker started by the test harness (``tools.kafka_broker``),
+which it may kill and restart; with namespaces it starts its own inside the broker's namespace
+(on KAFKA_BOOTSTRAP's port) and removes it at the end.
 """
 
 from __future__ import annotations
@@ -41,13 +51,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.soak.slots import SQL_FILE, SlotHolders
+from tests.soak.snapshots import SnapshotChecker
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions
 from tests.support.hosts import host_database
 from tests.support.kafka import create_topic, log_end_offsets, produce_transaction
-from tests.support.oracle import Verdict, check
+from tests.support.netns import NamespaceBroker, NetnsUnavailable, Network
+from tests.support.oracle import COUNTS, Counts, Model, Verdict, check
 from tests.support.workload import STEADY_KEYS, SteadyTraffic
-from tools.kafka_broker import BrokerControl
+from tools.kafka_broker import DEFAULT_BOOTSTRAP, BrokerControl
+from tools.kafka_broker.protocol import parse_bootstrap
 
 logger = logging.getLogger("soak")
 
@@ -67,6 +81,14 @@ class Options:
     broker_bounces: int | None = None  # default: one per 200 s, at least one
     seed: int | None = None
     workdir: Path | None = None
+    netns: bool | None = None  # network namespaces and partitions; default: with --hosts
+    slot_holders: bool = True  # the multi-host soak's second processor (slot_holders.sql)
+
+
+# The faults the supervisor picks from, and how often (relative) once each has come once. Kills
+# weigh more: a zombie or a partition holds the supervisor 10 to 15 s, and a 30-minute run must
+# give at least 40 kills beside 10 of each.
+FAULTS = {"kill": 5, "zombie": 2, "partition": 2}
 
 
 @dataclass
@@ -78,6 +100,7 @@ class Tally:
     tx_failed: int = 0
     kills: int = 0
     pauses: int = 0
+    partitions: int = 0
     broker_bounces: int = 0
     exits: dict[int, int] = field(default_factory=dict)  # exit code -> times, not our kills
 
@@ -93,16 +116,26 @@ class Summary:
     resets: int
     restores: int
     rollbacks: int
-    verdicts: dict[str, Verdict]  # database file name -> the oracle's verdict on it
-    files: int
+    verdicts: dict[str, Verdict]  # "<database file name> <topic>" -> the oracle's verdict
+    checks: int  # verdicts due: every file, every topic
     drained: bool
+    snapshots: SnapshotChecker | None = None  # the multi-host soak's
+
+    @property
+    def lost(self) -> int:
+        return sum(v.lost_total for v in self.verdicts.values())
+
+    @property
+    def duplicated(self) -> int:
+        return sum(v.duplicated_total for v in self.verdicts.values())
 
     @property
     def ok(self) -> bool:
         return (
             self.drained
-            and len(self.verdicts) == self.files
+            and len(self.verdicts) == self.checks
             and all(v.ok for v in self.verdicts.values())
+            and (self.snapshots is None or not self.snapshots.violations)
         )
 
     def text(self) -> str:
@@ -123,8 +156,11 @@ class Summary:
             f" ({t.send_failures} sends failed during bounces); transactions:"
             f" {t.tx_committed} committed, {t.tx_aborted} aborted, {t.tx_failed} failed",
             f"  kills:               {t.kills} (daemon kill -9, then restart)",
-            f"  pauses:              {t.pauses} (SIGSTOP past the session timeout, then SIGCONT)",
-            f"  broker bounces:      {t.broker_bounces} (broker kill -9, then restart)",
+            f"  zombies:             {t.pauses} (SIGSTOP past the session timeout, then SIGCONT)",
+            f"  network partitions:  {t.partitions} (a host cut off from the broker past the"
+            " session timeout, its daemon running, then healed)"
+            + ("" if options.netns else "; none: --no-netns"),
+            f"  broker kills:        {t.broker_bounces} (broker kill -9, then restart)",
             f"  daemon exits:        {exits} (restarted)",
             f"  rebalances seen:     {self.rebalances}",
             f"  fenced batches:      {self.fenced}",
@@ -136,7 +172,18 @@ class Summary:
                 f"  changelog rollbacks: {self.rollbacks} (a batch whose changelog transaction"
                 " failed, rolled back)",
             ]
-        lines.append(f"  drained:             {'yes' if self.drained else 'NO'}")
+        if self.snapshots is not None:
+            lines += [
+                f"  snapshots checked:   {self.snapshots.checked} (committed snapshots of every"
+                " file, read while the soak ran)",
+                f"  half-batch snapshots: {len(self.snapshots.violations)}",
+                *(f"    {violation}" for violation in self.snapshots.violations[:10]),
+            ]
+        lines += [
+            f"  drained:             {'yes' if self.drained else 'NO'}",
+            f"  lost:                {self.lost} (every file, every topic)",
+            f"  duplicated:          {self.duplicated}",
+        ]
         for name, v in self.verdicts.items():
             lines += [
                 f"  {name}:",
@@ -152,8 +199,15 @@ class Summary:
 
 
 class Soak:
-    def __init__(self, options: Options, control: AsyncBrokerControl, workdir: Path) -> None:
+    def __init__(
+        self,
+        options: Options,
+        control: AsyncBrokerControl,
+        workdir: Path,
+        network: Network | None = None,
+    ) -> None:
         self.options = options
+        self.network = network
         self.control = control
         self.bootstrap = control.bootstrap
         self.workdir = workdir
@@ -175,6 +229,22 @@ class Soak:
         # Stops the plain records and the transactions alike.
         self.stop_traffic = self.traffic.stop
         self.broker_down = asyncio.Event()
+        # The multi-host soak's topic of plain records only, whose offsets are contiguous from
+        # 0, so that the counts of every committed snapshot must add up to its positions.
+        self.plain: SteadyTraffic | None = None
+        self.topics = [self.topic]
+        self.models: tuple[Model, ...] = tuple(COUNTS)
+        if options.hosts:
+            self.plain = SteadyTraffic(
+                self.bootstrap,
+                f"{self.topic}-plain",
+                options.partitions,
+                options.rate / 2,
+                seed=self.rng.random(),
+            )
+            self.plain.stop = self.stop_traffic
+            self.topics.append(self.plain.topic)
+            self.models = (Counts(), SlotHolders()) if options.slot_holders else (Counts(),)
 
     # ---- traffic ------------------------------------------------------------------------------
 
@@ -230,12 +300,15 @@ class Soak:
 
     def new_daemon(self, index: int) -> Daemon:
         if self.options.hosts:
-            database, name, mode = self.databases[index], f"host-{index}", ["--changelog"]
+            database, name = self.databases[index], f"host-{index}"
+            mode = ["--changelog"]
+            if self.options.slot_holders:
+                mode += ["--processor", "counts", "--sql", str(SQL_FILE)]
         else:
             database, name, mode = self.databases[0], f"daemon-{index}", []
-        return Daemon(
+        daemon = Daemon(
             self.bootstrap,
-            [self.topic],
+            self.topics,
             self.group_id,
             database,
             *mode,
@@ -249,6 +322,9 @@ class Soak:
             f"soak-{index}",
             name=name,
         )
+        if self.network is not None:
+            daemon.args = self.network.hosts[index].command(daemon.args)
+        return daemon
 
     async def kill_daemon(self, index: int) -> None:
         daemon = self.daemons[index]
@@ -269,6 +345,19 @@ class Soak:
         daemon.process.send_signal(signal.SIGCONT)
         self.paused.discard(index)
         logger.info("SIGCONT %s", daemon.log_path.stem)
+
+    async def partition_host(self, index: int) -> None:
+        """Cut host ``index`` off from the broker past the session timeout while its daemon
+        runs on (its group membership expires, others claim its partitions and fence its
+        producers), then heal the link."""
+        assert self.network is not None
+        name = self.daemons[index].log_path.stem
+        logger.info("cut %s off the network", name)
+        await asyncio.to_thread(self.network.partition, index)
+        self.tally.partitions += 1
+        await asyncio.sleep(SESSION_TIMEOUT_S + self.rng.uniform(3, 8))
+        await asyncio.to_thread(self.network.heal, index)
+        logger.info("healed %s's link", name)
 
     async def bounce_broker(self) -> None:
         logger.info("kill -9 the broker")
@@ -309,6 +398,10 @@ class Soak:
         start = time.monotonic()
         bounce_at = [start + options.duration * (i + 1) / (bounces + 1) for i in range(bounces)]
         end = start + options.duration
+        kinds = [kind for kind in FAULTS if kind != "partition" or self.network is not None]
+        # Each kind of fault once first (in a random order, before any broker kill), so that a
+        # short run such as CI's has them all.
+        first = self.rng.sample(kinds, len(kinds))
         while time.monotonic() < end:
             await asyncio.sleep(
                 min(self.rng.expovariate(1 / options.interval), max(0.0, end - time.monotonic()))
@@ -316,13 +409,18 @@ class Soak:
             self.restart_exited()
             if time.monotonic() >= end:
                 break
-            if bounce_at and time.monotonic() >= bounce_at[0]:
+            if bounce_at and time.monotonic() >= bounce_at[0] and not first:
                 bounce_at.pop(0)
                 await self.bounce_broker()
-            elif self.rng.random() < 0.5:
-                await self.kill_daemon(self.rng.randrange(len(self.daemons)))
+                continue
+            kind = first.pop() if first else self.rng.choices(kinds, [FAULTS[k] for k in kinds])[0]
+            index = self.rng.randrange(len(self.daemons))
+            if kind == "kill":
+                await self.kill_daemon(index)
+            elif kind == "zombie":
+                await self.pause_daemon(index)
             else:
-                await self.pause_daemon(self.rng.randrange(len(self.daemons)))
+                await self.partition_host(index)
 
     # ---- the run ------------------------------------------------------------------------------
 
@@ -330,13 +428,19 @@ class Soak:
         """Every daemon running; wait until the stored positions, in every file, reach the end of
         the log (the traffic has stopped)."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        ends: dict[int, int] = {}
+        ends: dict[tuple[str, int], int] = {}
         while time.monotonic() < deadline:
             self.restart_exited()
             with contextlib.suppress(Exception):
-                ends = await log_end_offsets(
-                    self.bootstrap, self.topic, isolation_level="read_committed"
-                )
+                ends = {
+                    (topic, partition): end
+                    for topic in self.topics
+                    for partition, end in (
+                        await log_end_offsets(
+                            self.bootstrap, topic, isolation_level="read_committed"
+                        )
+                    ).items()
+                }
                 if all(self.reached(database, ends) for database in self.databases):
                     return True
             await asyncio.sleep(1)
@@ -348,43 +452,55 @@ class Soak:
         )
         return False
 
-    def reached(self, database: Path, ends: dict[int, int]) -> bool:
+    def reached(self, database: Path, ends: dict[tuple[str, int], int]) -> bool:
         positions = stored_positions(database)
-        return all(positions.get((self.topic, p), -1) >= end for p, end in ends.items())
+        return all(positions.get(tp, -1) >= end for tp, end in ends.items())
 
     def count_in_logs(self, *patterns: str) -> int:
         pattern = re.compile("|".join(patterns))
         return sum(len(pattern.findall(d.log())) for d in self.daemons)
 
     async def run(self) -> Summary:
-        await create_topic(self.bootstrap, self.topic, self.options.partitions)
+        for topic in self.topics:
+            await create_topic(self.bootstrap, topic, self.options.partitions)
         count = self.options.hosts or self.options.daemons
         self.daemons = [self.new_daemon(i).start() for i in range(count)]
         traffic = [
             asyncio.create_task(self.traffic.run()),
             asyncio.create_task(self.transactions()),
         ]
+        if self.plain is not None:
+            traffic.append(asyncio.create_task(self.plain.run()))
         verdicts: dict[str, Verdict] = {}
         drained = False
+        snapshots = (
+            SnapshotChecker(self.databases, self.topics[1:]) if self.plain is not None else None
+        )
         try:
-            await self.supervise()
-            logger.info("faults done; draining")
-            for daemon in self.daemons:
-                assert daemon.process is not None
-                daemon.process.send_signal(signal.SIGCONT)
-            self.stop_traffic.set()
-            await asyncio.wait_for(asyncio.gather(*traffic), 120)
-            drained = await self.drain()
+            async with snapshots or contextlib.nullcontext():
+                await self.supervise()
+                logger.info("faults done; draining")
+                await self.heal()
+                self.stop_traffic.set()
+                await asyncio.wait_for(asyncio.gather(*traffic), 120)
+                drained = await self.drain()
             for database in self.databases:
-                verdicts[database.name] = await check(self.bootstrap, database, self.topic)
+                for topic in self.topics:
+                    verdicts[f"{database.name} {topic}"] = await check(
+                        self.bootstrap, database, topic, self.models
+                    )
         finally:
             self.stop_traffic.set()
             for task in traffic:
                 task.cancel()
+            await self.heal()
             for daemon in self.daemons:
                 await daemon.stop_quietly()
         self.tally.produced = self.traffic.produced
         self.tally.send_failures = self.traffic.send_failures
+        if self.plain is not None:
+            self.tally.produced += self.plain.produced
+            self.tally.send_failures += self.plain.send_failures
         return Summary(
             options=self.options,
             topic=self.topic,
@@ -396,17 +512,52 @@ class Soak:
             restores=self.count_in_logs(r"restored \S+ from its changelog"),
             rollbacks=self.count_in_logs(r"a batch rolled back"),
             verdicts=verdicts,
-            files=len(self.databases),
+            checks=len(self.databases) * len(self.topics),
             drained=drained,
+            snapshots=snapshots,
         )
 
+    async def heal(self) -> None:
+        """Every daemon resumed and every host back on the network."""
+        for daemon in self.daemons:
+            if daemon.process is not None:
+                daemon.process.send_signal(signal.SIGCONT)
+        if self.network is not None:
+            await asyncio.to_thread(self.network.heal_all)
 
-async def run_soak(options: Options, control: AsyncBrokerControl) -> Summary:
+
+async def run_soak(options: Options, control: AsyncBrokerControl | None) -> Summary:
+    """The soak on ``control``'s broker; with ``options.netns``, on a network of namespaces and
+    a broker of its own inside it (``control`` unused), both removed at the end."""
     workdir = options.workdir or ROOT / ".run" / "soak" / datetime.now(UTC).strftime(
         "%Y%m%dT%H%M%S"
     )
     workdir.mkdir(parents=True, exist_ok=True)
-    return await Soak(options, control, workdir).run()
+    if not options.netns:
+        assert control is not None
+        return await Soak(options, control, workdir).run()
+    network = await asyncio.to_thread(Network.create, options.hosts)
+    try:
+        # The broker's own namespace: KAFKA_BOOTSTRAP's port is free there whoever uses it here.
+        _, port = parse_bootstrap(os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP)
+        broker = NamespaceBroker(network.broker, port, workdir / "kafka")
+        logger.info("network namespaces made; starting the broker at %s", broker.bootstrap)
+        await broker.up()
+        try:
+            return await Soak(options, broker, workdir, network).run()
+        finally:
+            await broker.down()
+    finally:
+        await asyncio.to_thread(network.remove)
+
+
+async def run_until_terminated(options: Options, control: AsyncBrokerControl | None) -> Summary:
+    """``run_soak`` for the command line: SIGTERM (a CI timeout, `make` interrupted) unwinds it
+    like Ctrl-C, so the daemons are stopped and the broker and the namespaces removed."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_soak(options, control)
 
 
 def parse(argv: list[str] | None) -> Options:
@@ -427,22 +578,49 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--broker-bounces", type=int, help="default: one per 200 s, at least 1")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workdir", type=Path, help="default: .run/soak/<time>")
+    parser.add_argument(
+        "--netns",
+        action=argparse.BooleanOptionalAction,
+        help="the broker and each host in a network namespace of its own, and network"
+        " partitions among the faults (needs root and `ip netns`); default: on with --hosts",
+    )
+    parser.add_argument(
+        "--slot-holders",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --hosts, also run slot_holders.sql (a second UNIQUE index, INSERT OR REPLACE)",
+    )
     args = parser.parse_args(argv)
-    return Options(**vars(args))
+    options = Options(**vars(args))
+    if options.netns is None:
+        options.netns = options.hosts > 0
+    if options.netns and not options.hosts:
+        parser.error("--netns needs --hosts: partitions cut a host off, not a shared file")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s soak: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     options = parse(argv)
-    control = BrokerControl(os.environ.get("KAFKA_BOOTSTRAP") or None)
-    if not control.owned():
-        print(
-            f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker,"
-            " so it cannot be killed and restarted; run `make soak`",
-            file=sys.stderr,
+    control = None
+    if not options.netns:
+        control = BrokerControl(os.environ.get("KAFKA_BOOTSTRAP") or None)
+        if not control.owned():
+            print(
+                f"soak: the broker at {control.bootstrap} was not started by tools/kafka_broker,"
+                " so it cannot be killed and restarted; run `make soak`",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        summary = asyncio.run(
+            run_until_terminated(
+                options, AsyncBrokerControl(control) if control is not None else None
+            )
         )
+    except NetnsUnavailable as error:
+        print(f"soak: {error}", file=sys.stderr)
         return 2
-    summary = asyncio.run(run_soak(options, AsyncBrokerControl(control)))
     print(summary.text())
     return 0 if summary.ok else 1

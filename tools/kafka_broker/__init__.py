@@ -45,6 +45,7 @@ Environment:
     KAFKA_BOOTSTRAP        host:port of the broker (default 127.0.0.1:9092)
     KAFKA_CONTROLLER_PORT  KRaft controller port of a native broker (default: port + 1)
     KAFKA_RUNNER           docker, native or auto (default)
+    KAFKA_RUN_DIR          where a native broker keeps its files (default .run/kafka/)
     JAVA, MVN              the java and mvn executables (default: from PATH)
 
 Modules, one concern each:

@@ -87,12 +87,16 @@ class BrokerControl:
     stopped, killed or restarted; ``up`` also accepts a broker someone else runs.
     """
 
-    def __init__(self, bootstrap: str | None = None, root: Path = ROOT) -> None:
+    def __init__(
+        self, bootstrap: str | None = None, root: Path = ROOT, run_dir: Path | None = None
+    ) -> None:
         self.bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
         self.host, self.port = parse_bootstrap(self.bootstrap)
         self.root = root
         self.broker_dir = root / "broker"
-        self.run_dir = root / ".run" / "kafka"
+        # ``run_dir`` or KAFKA_RUN_DIR: a second broker of this checkout (the multi-host soak's,
+        # in a network namespace) keeps its files apart from the first one's.
+        self.run_dir = run_dir or Path(os.environ.get("KAFKA_RUN_DIR") or root / ".run" / "kafka")
         self.state_file = self.run_dir / "state.json"
         self.pid_file = self.run_dir / "broker.pid"
         self.log_file = self.run_dir / "broker.log"
