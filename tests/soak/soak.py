@@ -17,7 +17,7 @@ faults; every file must end with the complete state. Each daemon also runs a sec
 ``slot_holders.sql`` (a table with a second UNIQUE index, written with INSERT OR REPLACE), checked
 by the oracle too. A second topic of plain records only (contiguous offsets) is read by the same
 daemons, and a snapshot checker reads every file all along: no committed snapshot may hold half a
-batch (``snapshots.py``). Unless ``--no-netns``, the broker and each host run in a network
+batch (``tests/support/snapshot_check.py``). Unless ``--no-netns``, the broker and each host run in a network
 namespace of their own (``tests/support/netns.py``), and the supervisor also cuts a host off from
 the broker past the session timeout while its daemon keeps running, then heals the link (a
 network partition: the true zombie). That needs root and ``ip netns``; without them the soak
@@ -52,13 +52,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.soak.slots import SQL_FILE, SlotHolders
-from tests.soak.snapshots import SnapshotChecker
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions
 from tests.support.hosts import host_database
 from tests.support.kafka import create_topic, log_end_offsets, produce_transaction
 from tests.support.netns import NamespaceBroker, NetnsUnavailable, Network
 from tests.support.oracle import COUNTS, Counts, Model, Verdict, check
+from tests.support.snapshot_check import SnapshotChecker
 from tests.support.workload import STEADY_KEYS, SteadyTraffic
 from tools.kafka_broker import DEFAULT_BOOTSTRAP, BrokerControl
 from tools.kafka_broker.protocol import parse_bootstrap

@@ -21,10 +21,10 @@ from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.sql_file import SqlFileProcessor
 from tests.soak import soak
 from tests.soak.slots import SQL_FILE, SlotHolders
-from tests.soak.snapshots import SnapshotChecker
 from tests.support import netns
 from tests.support.db import connect_read_only, writing
 from tests.support.processing import fold, record
+from tests.support.snapshot_check import SnapshotChecker
 from tests.support.workload import STEADY_KEYS
 
 
