@@ -17,10 +17,10 @@ faults; every file must end with the complete state. Each daemon also runs a sec
 ``slot_holders.sql`` (a table with a second UNIQUE index, written with INSERT OR REPLACE), checked
 by the oracle too. A second topic of plain records only (contiguous offsets) is read by the same
 daemons, and a snapshot checker reads every file all along: no committed snapshot may hold half a
-batch (``tests/support/snapshot_check.py``). Unless ``--no-netns``, the broker and each host run in a network
-namespace of their own (``tests/support/netns.py``), and the supervisor also cuts a host off from
-the broker past the session timeout while its daemon keeps running, then heals the link (a
-network partition: the true zombie). That needs root and ``ip netns``; without them the soak
+batch (``tests/support/snapshot_check.py``). Unless ``--no-netns``, the broker and each host run
+in a network namespace of their own (``tests/support/netns.py``), and the supervisor also cuts a
+host off from the broker past the session timeout while its daemon keeps running, then heals the
+link (a network partition: the true zombie). That needs root and ``ip netns``; without them the soak
 fails with a clear message (run it with ``--no-netns`` there).
 
 Then it drains: every daemon resumed and running, the producers stopped, the stored positions (in
