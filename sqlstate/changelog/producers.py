@@ -147,6 +147,7 @@ class ChangelogProducer:
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 self._raise_if_stopped(producer)
+                await self._know_partition(producer)
                 await producer.begin_transaction()
                 try:
                     last_offset = await self._send(producer, rows, next_offset)
@@ -167,7 +168,9 @@ class ChangelogProducer:
                 f" {self._publish_timeout_s:g} s; its outcome is unknown and the producer is"
                 " closed: claim the partition again"
             ) from None
-        except (KafkaError, IllegalOperation) as error:
+        except (KafkaError, IllegalOperation, AssertionError) as error:
+            # AssertionError: aiokafka's "Unrecognized partition", should its metadata lose the
+            # partition between the check above and the send.
             if not settled:
                 await self._close()
             self._log_failure(error)
@@ -181,6 +184,24 @@ class ChangelogProducer:
             await asyncio.shield(self._close())
             raise
         return last_offset + 1
+
+    async def _know_partition(self, producer: AIOKafkaProducer) -> None:
+        """Make sure the producer's metadata has the changelog partition, before a transaction.
+
+        aiokafka refreshes its metadata only every ``metadata_max_age_ms`` (five minutes), and
+        for a partition its metadata lacks, ``send_batch`` fails on a bare ``AssertionError``
+        ("Unrecognized partition"): so it goes for a changelog grown while running (its input
+        gained partitions). Ask Kafka once more; a partition it still does not show is a
+        ``ChangelogError``, retried at the next claim, never a crash.
+        """
+        topic, partition = self.tp
+        if partition in await producer.partitions_for(topic):
+            return
+        await producer.client.force_metadata_update()
+        if partition not in await producer.partitions_for(topic):
+            raise ChangelogError(
+                f"changelog partition {topic}-{partition} is not in Kafka's metadata yet"
+            )
 
     async def stop(self) -> None:
         """Close the producer (at the revoke). Its partition's next owner fences it anyway; a
