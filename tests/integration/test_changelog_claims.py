@@ -8,7 +8,8 @@ real SQLite file.
   exception out of the transaction;
 - a producer removed (released) while a batch is on its way to it: no KeyError;
 - a changelog partition added while running, which the producer's metadata does not know yet
-  (aiokafka's "Unrecognized partition" assertion).
+  (aiokafka's "Unrecognized partition" assertion);
+- a claim whose producer could not start, released: its changelog is followed again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlstate.changelog import owner as owner_module
 from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.producers import ChangelogProducer
+from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
@@ -196,3 +198,29 @@ async def test_a_changelog_partition_added_while_running(owned: Owned) -> None:
         assert end >= 1
     finally:
         await producer.stop()
+
+
+async def test_a_failed_claim_is_followed_again_when_released(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's producer does not start (here the broker refuses its InitProducerId: a
+    transaction timeout above the broker's maximum, as it would refuse an unauthorized one).
+    The partition was paused in the standby for the claim; released (a rebalance gave it to
+    another member), it must be followed again, not left paused with no producer."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    owner = ChangelogOwner(owned.settings, owned.store.database, [], Stats(), standby)
+    await standby.start()
+    await owner.start()
+    refused = functools.partial(ChangelogProducer, transaction_timeout_ms=10**9)
+    monkeypatch.setattr(owner_module, "ChangelogProducer", refused)
+    try:
+        with pytest.raises(ChangelogError):
+            await owner.prepare([owned.tp])
+        assert owned.tp in standby.paused
+        assert owned.tp in owner.failures  # reported until claimed or released
+        await owner.release([owned.tp])
+        assert standby.paused == frozenset()
+        assert owner.failures == {}
+    finally:
+        await owner.stop()
+        await standby.stop()
