@@ -85,6 +85,8 @@ class ChangelogOwner:
         self._claiming: set[TopicPartition] = set()
         # Why the last claim of a partition failed, until it is claimed or released.
         self._failures: dict[TopicPartition, str] = {}
+        # Releases under way: each runs to its end, whoever stopped waiting for it.
+        self._letting_go: set[asyncio.Future[None]] = set()
         # Partitions each changelog is known to have, at least.
         self._changelog_partitions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +97,8 @@ class ChangelogOwner:
 
     async def stop(self) -> None:
         await self.release(list(self._claiming | set(self._producers)), follow=False)
+        # Releases a rebalance callback stopped waiting for: their producers close too.
+        await asyncio.gather(*self._letting_go)
         await self._reader.stop()
 
     @property
@@ -187,29 +191,46 @@ class ChangelogOwner:
         """Stop the producers of ``tps`` (revoked, fenced, or their claim failed) and, with a
         standby, follow their changelogs again from where the file stands.
 
-        The standby follows them again before the producers stop, and even if the caller is
-        cancelled meanwhile (a rebalance callback's time budget): a partition is never left
-        neither claimed nor followed.
+        The standby follows them again before the producers stop, and both run to their end
+        even if the caller is cancelled meanwhile (a rebalance callback's time budget): a
+        partition is never left neither claimed nor followed, nor a producer half closed.
         """
         tps = set(tps)
         released = sorted(tps & self._claiming)
         self._claiming.difference_update(tps)
         for tp in tps:
             self._failures.pop(tp, None)
-        producers = self._take_producers(tps)
-        if follow and self._standby is not None and released:
-            await asyncio.shield(self._follow_again(released))
-        await _stop_all(producers)
+        letting_go = asyncio.ensure_future(
+            self._let_go(released if follow else [], self._take_producers(tps))
+        )
+        self._letting_go.add(letting_go)
+        letting_go.add_done_callback(self._letting_go.discard)
+        await asyncio.shield(letting_go)
 
     def _take_producers(self, tps: Iterable[TopicPartition]) -> list[ChangelogProducer]:
-        """Remove the producers of ``tps``: no batch publishes through them any more."""
-        return [self._producers.pop(tp).producer for tp in sorted(tps) if tp in self._producers]
+        """Remove the producers of ``tps``: no batch publishes through them any more, also one
+        that looked its producer up already."""
+        producers = [
+            self._producers.pop(tp).producer for tp in sorted(tps) if tp in self._producers
+        ]
+        for producer in producers:
+            producer.retire()
+        return producers
 
-    async def _follow_again(self, tps: Sequence[TopicPartition]) -> None:
-        assert self._standby is not None
-        offsets = await self._database.read(changelog_offsets)
-        # A partition claimed again while the offsets were read stays paused: its claim has it.
-        self._standby.resume({tp: offsets.get(tp, 0) for tp in tps if tp not in self._claiming})
+    async def _let_go(
+        self, released: Sequence[TopicPartition], producers: Sequence[ChangelogProducer]
+    ) -> None:
+        """Follow ``released`` again, then stop ``producers``."""
+        try:
+            if released and self._standby is not None:
+                offsets = await self._database.read(changelog_offsets)
+                # A partition claimed again while the offsets were read stays paused: its
+                # claim has it.
+                self._standby.resume(
+                    {tp: offsets.get(tp, 0) for tp in released if tp not in self._claiming}
+                )
+        finally:
+            await _stop_all(producers)
 
     async def restore(self, tp: TopicPartition, stop: asyncio.Event | None = None) -> int:
         """Apply the changelog of input partition ``tp`` from the file's changelog offset to

@@ -79,11 +79,12 @@ class ChangelogProducer:
         self._transaction_timeout_ms = transaction_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._fenced = False
+        self._retired = False
 
     @property
     def usable(self) -> bool:
         """Whether ``publish()`` may be called: started, not fenced, not closed by a failure."""
-        return self._producer is not None and not self._fenced
+        return self._producer is not None and not self._fenced and not self._retired
 
     @property
     def fenced(self) -> bool:
@@ -141,7 +142,7 @@ class ChangelogProducer:
         producer = self._producer
         if self._fenced:
             raise ChangelogFenced(self._fenced_message())
-        if producer is None:
+        if producer is None or self._retired:
             raise ChangelogError(f"the changelog producer of {self.input_tp} is not running")
         settled = False  # the transaction ended (committed or aborted): the producer is fine
         try:
@@ -202,6 +203,11 @@ class ChangelogProducer:
             raise ChangelogError(
                 f"changelog partition {topic}-{partition} is not in Kafka's metadata yet"
             )
+
+    def retire(self) -> None:
+        """Take no more batches, from now on: its partition is being released (``stop`` closes
+        it). A publish begun before runs to its end."""
+        self._retired = True
 
     async def stop(self) -> None:
         """Close the producer (at the revoke). Its partition's next owner fences it anyway; a

@@ -227,3 +227,29 @@ async def test_a_failed_claim_is_followed_again_when_released(
     finally:
         await owner.stop()
         await standby.stop()
+
+
+async def test_a_release_cut_short_still_follows_again(owned: Owned) -> None:
+    """A rebalance callback's time budget cancels the release half-way: the partition is
+    followed again all the same."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    owner = ChangelogOwner(owned.settings, owned.store.database, [], Stats(), standby)
+    await standby.start()
+    await owner.start()
+    try:
+        assert await owner.prepare([owned.tp])
+        assert owned.tp in standby.paused
+        releasing = asyncio.ensure_future(owner.release([owned.tp]))
+        await asyncio.sleep(0)  # under way, at its first wait
+        releasing.cancel()
+        async with asyncio.timeout(WAIT_S):
+            with contextlib.suppress(asyncio.CancelledError):
+                await releasing
+            while True:  # the follow-up runs on, shielded from the cancellation
+                if owned.tp not in standby.paused:
+                    break
+                await asyncio.sleep(0.05)
+        assert owned.tp not in owner.claiming
+    finally:
+        await owner.stop()
+        await standby.stop()
