@@ -171,7 +171,7 @@ class BatchLoop:
     async def _claim_held(self) -> None:
         """Claim the partitions a rebalance could not claim in time, now if it can be done."""
         try:
-            await self._claimer.claim_held()
+            await self._claimer.claim_held(self._stop)
         except DatabaseBusyError:
             pass  # still locked: they stay held, and the next round tries again
         except ChangelogError as error:
@@ -292,7 +292,17 @@ class BatchLoop:
         try:
             outcomes = await self._store.commit_batch(advances)
         except ChangelogPublishFailed as failed:
-            await self._changelog_failed(failed)
+            if generation == self._ownership.generation:
+                await self._changelog_failed(failed)
+            else:
+                # A revoke stopped waiting for this commit: its partitions were released, and
+                # any claim of them since is not this batch's to hold.
+                self._stats.changelog_failures += 1
+                logger.warning(
+                    "a batch of an earlier claim rolled back: %s",
+                    failed,
+                    extra={"event": "stale_batch_fenced", "reason": str(failed)},
+                )
             return set()
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)

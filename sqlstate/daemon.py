@@ -402,7 +402,7 @@ async def _consume(
         offsets,
         bad_records,
     )
-    monitor = Monitor(consumer, ownership, stats, settings)
+    monitor = Monitor(consumer, ownership, stats, settings, changelog)
     try:
         async with (
             monitor.running(),

@@ -9,6 +9,9 @@ position and the log end the consumer last saw, and the time. It decides:
   stall timeout. A daemon that has never joined is not healthy yet.
 - **Caught up or moving.** A partition behind its log end whose committed position has not moved
   for the stall timeout is stalled. A partition whose log end is not known yet counts as behind.
+- **Every partition kept** (``--changelog``): a partition neither owned, followed nor being
+  restored (``partition_states.py``: a claim that failed, a changelog left paused) makes the
+  daemon unhealthy at once, with the reason: its file goes stale otherwise, unseen.
 
 Becoming unhealthy is logged as a warning once per cause; recovering, as one INFO line.
 """
@@ -19,7 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -68,6 +71,8 @@ class Health:
     lag: int
     # Still serving, but something needs an operator: changelog records were set aside.
     degraded: str | None = None
+    # Partitions neither owned nor followed (--changelog), with why.
+    neither: Mapping[TopicPartition, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -79,6 +84,10 @@ class Health:
         }
         if self.degraded is not None:
             answer["degraded"] = self.degraded
+        if self.neither:
+            answer["neither"] = [
+                partition_fields(tp, reason=reason) for tp, reason in sorted(self.neither.items())
+            ]
         return answer
 
 
@@ -96,8 +105,16 @@ class Watchdog:
         self._alarms: set[str] = set()
         self.health = Health(False, "starting: not in the consumer group yet", False, 0, 0)
 
-    def check(self, in_group: bool, lags: Lags, degraded: str | None = None) -> Health:
-        """``degraded``: what an operator should look at although the daemon works on."""
+    def check(
+        self,
+        in_group: bool,
+        lags: Lags,
+        degraded: str | None = None,
+        neither: Mapping[TopicPartition, str] | None = None,
+    ) -> Health:
+        """``degraded``: what an operator should look at although the daemon works on;
+        ``neither``: the partitions neither owned nor followed, with why (--changelog)."""
+        neither = dict(neither or {})
         now = self._clock()
         if in_group:
             self._joined_once = True
@@ -119,9 +136,15 @@ class Watchdog:
                 f"positions of {describe(stalled)} have not moved for at least"
                 f" {self._stall_timeout_s:g}s while behind the log end"
             )
+        if neither:
+            alarms["neither"] = "neither owned nor followed: " + ", ".join(
+                f"{tp.topic}-{tp.partition} ({why})" for tp, why in sorted(neither.items())
+            )
         lag = total_lag(lags)
         if alarms:
-            health = Health(False, "; ".join(alarms.values()), in_group, len(lags), lag)
+            health = Health(
+                False, "; ".join(alarms.values()), in_group, len(lags), lag, neither=neither
+            )
         elif not in_group:
             # Not an alarm yet: joining at start, or a rebalance or a coordinator move in progress.
             reason = "rejoining the consumer group" if self._joined_once else "joining the group"

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 
+from aiokafka import TopicPartition
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
@@ -33,6 +34,7 @@ from prometheus_client.exposition import choose_encoder
 from sqlstate import __version__
 from sqlstate.errors import ConfigError
 from sqlstate.health import Health, Lags
+from sqlstate.partition_states import STATES, PartitionState
 from sqlstate.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -53,11 +55,16 @@ class _StateCollector:
     """Reads the daemon's counters and lags at scrape time."""
 
     def __init__(
-        self, stats: Stats, lags: Callable[[], Lags], health: Callable[[], Health]
+        self,
+        stats: Stats,
+        lags: Callable[[], Lags],
+        health: Callable[[], Health],
+        states: Callable[[], Mapping[TopicPartition, PartitionState]],
     ) -> None:
         self._stats = stats
         self._lags = lags
         self._health = health
+        self._states = states
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -132,6 +139,7 @@ class _StateCollector:
         for tp, behind in sorted(stats.standby_lag.items()):
             standby_lag.add_metric([tp.topic, str(tp.partition)], behind)
         yield standby_lag
+        yield self._partition_states()
         processor_records = CounterMetricFamily(
             "sqlstate_processor_records",
             "Records a processor counted in committed batches, by what it counted (for"
@@ -179,6 +187,21 @@ class _StateCollector:
         info.add_metric([__version__], 1)
         yield info
 
+    def _partition_states(self) -> Metric:
+        states = GaugeMetricFamily(
+            "sqlstate_partition_state",
+            "--changelog: 1 for each partition's state: owned (claimed here), followed (the"
+            " standby applies its changelog), restoring (being claimed), or neither (a failed"
+            " claim, a changelog left paused: /healthz fails and the log says why).",
+            labels=["topic", "partition", "state"],
+        )
+        for tp, partition in sorted(self._states().items()):
+            for state in STATES:
+                states.add_metric(
+                    [tp.topic, str(tp.partition), state], int(partition.state == state)
+                )
+        return states
+
 
 class Metrics:
     """The registry of one daemon."""
@@ -188,6 +211,7 @@ class Metrics:
         stats: Stats,
         lags: Callable[[], Lags],
         health: Callable[[], Health],
+        states: Callable[[], Mapping[TopicPartition, PartitionState]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         self._commit_seconds = stats.commit_seconds
@@ -197,7 +221,7 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(stats, lags, health))
+        self.registry.register(_StateCollector(stats, lags, health, states))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 

@@ -14,11 +14,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.health import Health, Lags, PartitionLag, Watchdog
 from sqlstate.kafka import in_group, log_end
 from sqlstate.metrics import Metrics, StatusServer
+from sqlstate.partition_states import Facts, PartitionState, classify, neither
 from sqlstate.progress import ProgressLog
 from sqlstate.rebalance import Ownership
 from sqlstate.settings import Settings
@@ -36,14 +38,16 @@ class Monitor:
         ownership: Ownership,
         stats: Stats,
         settings: Settings,
+        changelog: ChangelogOwner | None = None,
     ) -> None:
         self._consumer = consumer
         self._ownership = ownership
         self._stats = stats
         self._settings = settings
+        self._changelog = changelog
         self.watchdog = Watchdog(settings.stall_timeout_s)
         self._progress = ProgressLog(settings.progress_interval_s)
-        self.metrics = Metrics(stats, self.lags, self.health)
+        self.metrics = Metrics(stats, self.lags, self.health, self.partition_states)
 
     def lags(self) -> Lags:
         """Each claimed partition's committed position and the log end last fetched."""
@@ -52,6 +56,24 @@ class Monitor:
             tp: PartitionLag(claim.next_offset, log_end(self._consumer, tp, level))
             for tp, claim in self._ownership.claims.items()
         }
+
+    def partition_states(self) -> dict[TopicPartition, PartitionState]:
+        """Under --changelog, whether each partition is owned, followed, or neither; {} without."""
+        owner = self._changelog
+        if owner is None:
+            return {}
+        standby = owner.standby
+        return classify(
+            Facts(
+                assigned=self._consumer.assignment(),
+                claimed=set(self._ownership.claims),
+                held=self._ownership.held,
+                claiming=owner.claiming,
+                failures=owner.failures,
+                followed=None if standby is None else standby.followed,
+                paused=frozenset() if standby is None else standby.paused,
+            )
+        )
 
     def health(self) -> Health:
         return self.watchdog.health
@@ -69,8 +91,9 @@ class Monitor:
         # The histogram is drained even when nobody scrapes, so the loop's list stays short.
         self.metrics.drain()
         lags = self.lags()
-        self.watchdog.check(in_group(self._consumer), lags, self._degraded())
-        self._progress.tick(self._stats.records, lags)
+        unkept = neither(self.partition_states())
+        self.watchdog.check(in_group(self._consumer), lags, self._degraded(), unkept)
+        self._progress.tick(self._stats.records, lags, unkept)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

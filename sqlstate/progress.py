@@ -4,15 +4,22 @@ A line while behind gives the records committed per second since the last line, 
 an estimate of the time to catch up. The estimate divides the lag by how fast the *lag* fell, not
 by the consumption rate: while producers keep writing, the lag falls slower than records are read.
 Nothing is logged while the daemon is caught up and stays so.
+
+Under ``--changelog``, a partition that is neither owned, followed nor being restored gets a
+WARNING line as soon as it is (with why), and again when the set or a reason changes; one INFO
+line says when every partition is kept again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from aiokafka import TopicPartition
 
 from sqlstate.health import Lags, caught_up, total_lag
+from sqlstate.logs import partition_fields
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +50,13 @@ class ProgressLog:
         self._last_time = 0.0
         self._last_records = 0
         self._last_lag = 0
+        self._neither: dict[TopicPartition, str] = {}
 
-    def tick(self, records: int, lags: Lags) -> None:
+    def tick(
+        self, records: int, lags: Lags, neither: Mapping[TopicPartition, str] | None = None
+    ) -> None:
+        """``neither``: the partitions neither owned nor followed, with why (--changelog)."""
+        self._report_neither(dict(neither or {}))
         if not lags:
             return  # no partition claimed: nothing to catch up with
         now = self._clock()
@@ -87,6 +99,31 @@ class ProgressLog:
             },
         )
         self._last_time, self._last_records, self._last_lag = now, records, lag
+
+    def _report_neither(self, neither: dict[TopicPartition, str]) -> None:
+        if neither == self._neither:
+            return
+        if neither:
+            logger.warning(
+                "neither owned nor followed: %s; this file's state of them goes stale until"
+                " they are",
+                ", ".join(
+                    f"{tp.topic}-{tp.partition} ({why})" for tp, why in sorted(neither.items())
+                ),
+                extra={
+                    "event": "partitions_neither",
+                    "partitions": len(neither),
+                    "neither": [
+                        partition_fields(tp, reason=why) for tp, why in sorted(neither.items())
+                    ],
+                },
+            )
+        else:
+            logger.info(
+                "every partition is owned or followed again",
+                extra={"event": "partitions_kept", "partitions": len(self._neither)},
+            )
+        self._neither = neither
 
     def _log_caught_up(self, now: float, records: int, partitions: int) -> None:
         fields = {"event": "caught_up", "partitions": partitions}

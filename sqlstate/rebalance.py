@@ -149,7 +149,9 @@ class Claimer:
         rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
         self._stats.rebalances += 1
         if self._changelog is not None:
-            await self._release_producers(self._changelog.owned - assigned)
+            # Every partition claimed or being claimed here: one whose claim failed has no
+            # producer, and must be followed again as well.
+            await self._release_producers(self._changelog.claiming - assigned)
         if not assigned:
             self._ownership.release_all()
             _log_claims("partitions_assigned", "assigned no partitions", {}, self._consumer)
@@ -235,8 +237,9 @@ class Claimer:
             extra={"event": "claim_deferred", **fields},
         )
 
-    async def claim_held(self) -> None:
+    async def claim_held(self, stop: asyncio.Event | None = None) -> None:
         """Claim the held partitions that are still assigned (called by the batch loop).
+        Under --changelog a restore that ``stop`` interrupts claims nothing.
 
         Raises ``DatabaseBusyError`` when the database stays locked, and Kafka's errors or
         ``TimeoutError`` when the logs' bounds do not come: the partitions stay held, to be
@@ -251,8 +254,8 @@ class Claimer:
             # Fence the partitions' earlier owners and restore the file from the changelogs:
             # as long as that takes. A revoke meanwhile moves the generation: then nothing is
             # claimed below, and the next assignment stops the producers it no longer needs.
-            await self._changelog.prepare(held)
-            if generation != self._ownership.generation:
+            restored = await self._changelog.prepare(held, stop)
+            if not restored or generation != self._ownership.generation:
                 return
         bounds, ids = await asyncio.wait_for(self._read(held), self._budget_s)
         # Bounded, so that the bounds are fresh when the claim checks positions against them.
@@ -380,6 +383,9 @@ class Claimer:
             self._consumer.seek(tp, claim.next_offset)
             self._consumer.resume(tp)  # a held or fenced partition was paused; others are not
         self._ownership.claims.update(claimed.claims)
+        if self._changelog is not None:
+            # In the same step: a batch of these claims can only be made from here on.
+            self._changelog.bind({tp: claim.epoch for tp, claim in claimed.claims.items()})
         self._ownership.topic_ids.update(ids)
         self._on_claimed(claimed.claims)
         return claimed.claims

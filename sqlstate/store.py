@@ -40,6 +40,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiokafka import TopicPartition
 
@@ -59,11 +60,23 @@ from sqlstate.queries import sql
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
+
+
+class Change(NamedTuple):
+    """What one partition's transaction publishes to its changelog under --changelog."""
+
+    rows: Sequence[Row]  # the changed rows, from the capture
+    next_offset: int  # the partition's new position
+    # The claim whose compare-and-set the batch passed: only that claim's producer may
+    # publish it. None: the claim this very transaction makes (its out-of-range reset).
+    epoch: int | None
+
+
 #: Under --changelog: publish each partition's rows and new position, each in its own Kafka
 #: transaction; each partition's next changelog offset, or why its transaction did not commit.
 #: Called in the database thread, inside the batch's transaction.
 Publish = Callable[
-    [Mapping[TopicPartition, tuple[Sequence[Row], int]]],
+    [Mapping[TopicPartition, Change]],
     Mapping[TopicPartition, int | ChangelogError],
 ]
 
@@ -301,7 +314,7 @@ def _commit_batch(
     publish: Publish | None = None,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    changes: dict[TopicPartition, tuple[Sequence[Row], int]] = {}
+    changes: dict[TopicPartition, Change] = {}
     if publish is not None:
         discard_changes(conn)  # only this batch's statements' rows go to the changelog
     for part in batch:
@@ -325,7 +338,7 @@ def _commit_batch(
             # Even with no row changed (the batch stepped over transaction markers or aborted
             # records only): the position goes to the changelog, so that standbys show the
             # partition at its log's end rather than one marker behind it for good.
-            changes[part.tp] = (take_changes(conn), part.next_offset)
+            changes[part.tp] = Change(take_changes(conn), part.next_offset, part.claim.epoch)
         outcomes.append(
             Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
         )
@@ -337,7 +350,7 @@ def _commit_batch(
 def _publish(
     conn: sqlite3.Connection,
     publish: Publish,
-    changes: Mapping[TopicPartition, tuple[Sequence[Row], int]],
+    changes: Mapping[TopicPartition, Change],
 ) -> None:
     """Publish ``changes`` and record each partition's changelog offset; or raise
     ``ChangelogPublishFailed``, which rolls back the transaction, if any did not commit."""
@@ -375,7 +388,7 @@ def _claim(
                 recreated.append(reset)
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
-    changes: dict[TopicPartition, tuple[Sequence[Row], int]] = {}
+    changes: dict[TopicPartition, Change] = {}
     for tp, log in sorted(bounds.items()):
         # A partition never seen before starts at the earliest offset Kafka still has.
         row = conn.execute(
@@ -401,7 +414,7 @@ def _claim(
                 # next owner's restore, must forget them as this file did.
                 rows = take_changes(conn)
                 if rows:
-                    changes[tp] = (rows, log.first)
+                    changes[tp] = Change(rows, log.first, None)
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
@@ -525,7 +538,7 @@ def _reset(
     if publish is not None:
         rows = take_changes(conn)
         if rows:
-            _publish(conn, publish, {tp: (rows, bounds.first)})
+            _publish(conn, publish, {tp: Change(rows, bounds.first, claim.epoch)})
     return Claim(bounds.first, claim.epoch)
 
 

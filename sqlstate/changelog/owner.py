@@ -24,15 +24,15 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from typing import NamedTuple, cast
 
 from aiokafka import TopicPartition
 
 from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
-from sqlstate.changelog.reader import ChangelogReader
-from sqlstate.changelog.records import Row
+from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
@@ -41,6 +41,7 @@ from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.logs import partition_fields
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
+from sqlstate.store import Change
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ RESTORE_CHUNK = 10_000
 # How long the database thread waits for a batch's changelog transactions. The producers bound
 # each publish themselves; this only keeps the thread from waiting on a loop that has stopped.
 _PUBLISH_WAIT_S = 60.0
+
+
+class _Producer(NamedTuple):
+    """A claimed partition's producer and the claim it serves: the epoch its claim transaction
+    gave the partition in this file, or None until that transaction has committed."""
+
+    producer: ChangelogProducer
+    epoch: int | None
 
 
 class ChangelogOwner:
@@ -69,7 +78,16 @@ class ChangelogOwner:
         self._stats = stats
         self._standby = standby
         self._reader = ChangelogReader(settings)
-        self._producers: dict[TopicPartition, ChangelogProducer] = {}
+        # Replaced whole, never changed in place: the database thread reads an entry with one
+        # dict lookup, and gets a producer and its claim together.
+        self._producers: dict[TopicPartition, _Producer] = {}
+        # Partitions being claimed here or claimed: their changelogs are not followed (the
+        # standby pauses them), until ``release``.
+        self._claiming: set[TopicPartition] = set()
+        # Why the last claim of a partition failed, until it is claimed or released.
+        self._failures: dict[TopicPartition, str] = {}
+        # Releases under way: each runs to its end, whoever stopped waiting for it.
+        self._letting_go: set[asyncio.Future[None]] = set()
         # Partitions each changelog is known to have, at least.
         self._changelog_partitions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,7 +97,9 @@ class ChangelogOwner:
         await self._reader.start()
 
     async def stop(self) -> None:
-        await self.release(list(self._producers))
+        await self.release(list(self._claiming | set(self._producers)), follow=False)
+        # Releases a rebalance callback stopped waiting for: their producers close too.
+        await asyncio.gather(*self._letting_go)
         await self._reader.stop()
 
     @property
@@ -91,10 +111,41 @@ class ChangelogOwner:
         """The input partitions whose producer is started."""
         return frozenset(self._producers)
 
-    async def prepare(self, tps: Iterable[TopicPartition]) -> None:
+    @property
+    def claiming(self) -> frozenset[TopicPartition]:
+        """The input partitions being claimed or claimed here: not followed, until released."""
+        return frozenset(self._claiming)
+
+    @property
+    def failures(self) -> dict[TopicPartition, str]:
+        """Why the last claim of each partition failed, for those not claimed since."""
+        return dict(self._failures)
+
+    def bind(self, claims: Mapping[TopicPartition, int]) -> None:
+        """The claim transaction committed with these epochs: from now on a partition's batches
+        of that epoch, and only those, publish through the producer its ``prepare`` started."""
+        for tp, epoch in claims.items():
+            entry = self._producers.get(tp)
+            if entry is not None:
+                self._producers[tp] = _Producer(entry.producer, epoch)
+            self._failures.pop(tp, None)
+
+    async def prepare(
+        self, tps: Iterable[TopicPartition], stop: asyncio.Event | None = None
+    ) -> bool:
         """Before claiming ``tps`` in the file: fence their earlier owners, then restore the
-        file from their changelogs. Raises ChangelogError (the claim waits and tries again)."""
+        file from their changelogs; whether the restore is complete (not when ``stop`` was set
+        during it: what was restored stays, and the next claim goes on from there). Raises
+        ChangelogError (the claim waits and tries again)."""
         tps = sorted(tps)
+        try:
+            return await self._prepare(tps, stop)
+        except Exception as error:
+            for tp in tps:
+                self._failures[tp] = str(error) or repr(error)
+            raise
+
+    async def _prepare(self, tps: Sequence[TopicPartition], stop: asyncio.Event | None) -> bool:
         await self._changelogs_for(tps)
         # Which incarnation of each input topic and its changelog the claim reads and writes, in
         # one Metadata request: the restores check them, the position records carry the input's.
@@ -102,6 +153,7 @@ class ChangelogOwner:
             {tp.topic for tp in tps}
             | {changelog_topic(self._settings.group_id, tp.topic) for tp in tps}
         )
+        self._claiming.update(tps)
         if self._standby is not None:
             # The restore is now the partitions' only writer here; what the standby applied
             # is where it starts.
@@ -109,7 +161,7 @@ class ChangelogOwner:
         # Always a new producer, even for a partition kept through the rebalance: this member
         # may have been out of the group meanwhile, and another one's producer fenced ours
         # without our knowing it yet. Starting one costs a round trip to the coordinator.
-        await self.release([tp for tp in tps if tp in self._producers], follow=False)
+        await _stop_all(self._take_producers(tps))
         producers = {
             tp: ChangelogProducer(
                 self._settings, tp.topic, tp.partition, input_topic_id=ids.get(tp.topic)
@@ -124,11 +176,14 @@ class ChangelogOwner:
             if isinstance(outcome, BaseException):
                 failed = failed or outcome
             else:
-                self._producers[tp] = producer
+                self._producers[tp] = _Producer(producer, None)
         if failed is not None:
             raise failed
         for tp in tps:
-            await self.restore(tp, ids)
+            await self.restore(tp, ids, stop)
+            if stop is not None and stop.is_set():
+                return False
+        return True
 
     async def _changelogs_for(self, tps: Sequence[TopicPartition]) -> None:
         """Grow a changelog whose input gained partitions while running (the start made the
@@ -145,23 +200,62 @@ class ChangelogOwner:
             self._changelog_partitions.update(wanted)
 
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
-        """Stop the producers of ``tps`` (revoked, or fenced) and, with a standby, follow their
-        changelogs again from where the file stands."""
-        producers = [self._producers.pop(tp) for tp in tps if tp in self._producers]
-        if producers:
-            await asyncio.gather(*(producer.stop() for producer in producers))
-        if follow and self._standby is not None:
-            released = [producer.input_tp for producer in producers]
-            if released:
-                offsets = await self._database.read(changelog_offsets)
-                self._standby.resume({tp: offsets.get(tp, 0) for tp in released})
+        """Stop the producers of ``tps`` (revoked, fenced, or their claim failed) and, with a
+        standby, follow their changelogs again from where the file stands.
 
-    async def restore(self, tp: TopicPartition, topic_ids: Mapping[str, str | None]) -> int:
+        The standby follows them again before the producers stop, and both run to their end
+        even if the caller is cancelled meanwhile (a rebalance callback's time budget): a
+        partition is never left neither claimed nor followed, nor a producer half closed.
+        """
+        tps = set(tps)
+        released = sorted(tps & self._claiming)
+        self._claiming.difference_update(tps)
+        for tp in tps:
+            self._failures.pop(tp, None)
+        letting_go = asyncio.ensure_future(
+            self._let_go(released if follow else [], self._take_producers(tps))
+        )
+        self._letting_go.add(letting_go)
+        letting_go.add_done_callback(self._letting_go.discard)
+        await asyncio.shield(letting_go)
+
+    def _take_producers(self, tps: Iterable[TopicPartition]) -> list[ChangelogProducer]:
+        """Remove the producers of ``tps``: no batch publishes through them any more, also one
+        that looked its producer up already."""
+        producers = [
+            self._producers.pop(tp).producer for tp in sorted(tps) if tp in self._producers
+        ]
+        for producer in producers:
+            producer.retire()
+        return producers
+
+    async def _let_go(
+        self, released: Sequence[TopicPartition], producers: Sequence[ChangelogProducer]
+    ) -> None:
+        """Follow ``released`` again, then stop ``producers``."""
+        try:
+            if released and self._standby is not None:
+                offsets = await self._database.read(changelog_offsets)
+                # A partition claimed again while the offsets were read stays paused: its
+                # claim has it.
+                self._standby.resume(
+                    {tp: offsets.get(tp, 0) for tp in released if tp not in self._claiming}
+                )
+        finally:
+            await _stop_all(producers)
+
+    async def restore(
+        self,
+        tp: TopicPartition,
+        topic_ids: Mapping[str, str | None],
+        stop: asyncio.Event | None = None,
+    ) -> int:
         """Apply the changelog of input partition ``tp`` from the file's changelog offset to
         the changelog's end, in bounded transactions; how many records were applied.
         ``topic_ids``: the IDs Kafka gave the input topic and its changelog before the
         producer started; ``ChangelogLostError`` if the changelog is not the one the file
-        applied, before anything is read."""
+        applied, before anything is read. Once ``stop`` is set, no further transaction begins:
+        each one commits whole, so the next restore goes on from the last."""
         began = time.monotonic()
         source = TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
         await self._database.transaction(
@@ -194,7 +288,15 @@ class ChangelogOwner:
             },
         )
         applied = 0
-        async for chunk in self._reader.read_to_end(source, start, RESTORE_CHUNK):
+        # An async generator: closed at a stop, it lets the reader go at once.
+        chunks = cast(
+            "AsyncGenerator[ChangelogChunk, None]",
+            self._reader.read_to_end(source, start, RESTORE_CHUNK),
+        )
+        async for chunk in chunks:
+            if stop is not None and stop.is_set():
+                await chunks.aclose()  # now, not when collected: it holds the reader
+                return applied
             done = await apply_in(
                 self._database, tp, chunk, self._tables, end, self._reader.input_ends, self._stats
             )
@@ -229,26 +331,55 @@ class ChangelogOwner:
         return applied
 
     def publish_from_thread(
-        self, work: Mapping[TopicPartition, tuple[Sequence[Row], int]]
+        self, work: Mapping[TopicPartition, Change]
     ) -> dict[TopicPartition, int | ChangelogError]:
         """Publish each partition's changed rows and new position in its own Kafka transaction,
         all at once; each partition's next changelog offset or its failure.
+
+        Each goes through the producer of the claim whose compare-and-set it passed (its
+        ``epoch``), or nowhere: a batch of an older claim, or of a partition released since,
+        is refused as fenced. A wait longer than the producers' own bound is a failure of
+        every partition (the outcome unknown), never an exception out of the transaction.
 
         Called from the database thread, inside the batch's open SQLite transaction: the
         transaction must wait for Kafka's commit, and this is the one wait in it.
         """
         assert self._loop is not None, "start() first"
-        missing = [tp for tp in work if tp not in self._producers]
-        jobs = [(tp, rows, next_offset) for tp, (rows, next_offset) in work.items()]
-        if missing:
-            gone = ChangelogFenced(f"no changelog producer for {sorted(missing)}: released")
-            return {tp: gone for tp in missing}
+        producers: dict[TopicPartition, ChangelogProducer] = {}
+        refused: dict[TopicPartition, int | ChangelogError] = {}
+        for tp, change in work.items():
+            entry = self._producers.get(tp)  # one lookup: the producer and its claim together
+            if entry is None:
+                refused[tp] = ChangelogFenced(
+                    f"no changelog producer for {tp.topic}-{tp.partition}: released"
+                )
+            elif entry.epoch != change.epoch:
+                refused[tp] = ChangelogFenced(
+                    f"a batch of {tp.topic}-{tp.partition} made under claim epoch"
+                    f" {change.epoch}, and its producer serves epoch {entry.epoch}: an older"
+                    " claim's batch publishes nowhere"
+                )
+            else:
+                producers[tp] = entry.producer
+        if refused:
+            return refused
+        jobs = [(tp, work[tp].rows, work[tp].next_offset) for tp in producers]
         began = time.perf_counter()
         future = asyncio.run_coroutine_threadsafe(
-            publish_all((self._producers[tp], rows, offset) for tp, rows, offset in jobs),
+            publish_all([(producers[tp], rows, offset) for tp, rows, offset in jobs]),
             self._loop,
         )
-        outcomes = future.result(_PUBLISH_WAIT_S)
+        try:
+            outcomes = future.result(_PUBLISH_WAIT_S)
+        except TimeoutError:
+            # Cancelled, each producer closes itself (its transaction's outcome is unknown):
+            # the partitions are restored and claimed again.
+            future.cancel()
+            late = ChangelogError(
+                f"the changelog transactions did not complete within {_PUBLISH_WAIT_S:g} s;"
+                " their outcome is unknown"
+            )
+            return {tp: late for tp in producers}
         # The part of the batch's commit_s spent waiting for Kafka (the rest is SQLite's, the
         # capture included): what the bench splits a commit into.
         publish_s = time.perf_counter() - began
@@ -266,3 +397,8 @@ class ChangelogOwner:
             },
         )
         return {tp: outcome for (tp, _, _), outcome in zip(jobs, outcomes, strict=True)}
+
+
+async def _stop_all(producers: Sequence[ChangelogProducer]) -> None:
+    if producers:
+        await asyncio.gather(*(producer.stop() for producer in producers))

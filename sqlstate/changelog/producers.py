@@ -82,11 +82,12 @@ class ChangelogProducer:
         self._transaction_timeout_ms = transaction_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._fenced = False
+        self._retired = False
 
     @property
     def usable(self) -> bool:
         """Whether ``publish()`` may be called: started, not fenced, not closed by a failure."""
-        return self._producer is not None and not self._fenced
+        return self._producer is not None and not self._fenced and not self._retired
 
     @property
     def fenced(self) -> bool:
@@ -144,12 +145,13 @@ class ChangelogProducer:
         producer = self._producer
         if self._fenced:
             raise ChangelogFenced(self._fenced_message())
-        if producer is None:
+        if producer is None or self._retired:
             raise ChangelogError(f"the changelog producer of {self.input_tp} is not running")
         settled = False  # the transaction ended (committed or aborted): the producer is fine
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 self._raise_if_stopped(producer)
+                await self._know_partition(producer)
                 await producer.begin_transaction()
                 try:
                     last_offset = await self._send(producer, rows, next_offset)
@@ -170,7 +172,9 @@ class ChangelogProducer:
                 f" {self._publish_timeout_s:g} s; its outcome is unknown and the producer is"
                 " closed: claim the partition again"
             ) from None
-        except (KafkaError, IllegalOperation) as error:
+        except (KafkaError, IllegalOperation, AssertionError) as error:
+            # AssertionError: aiokafka's "Unrecognized partition", should its metadata lose the
+            # partition between the check above and the send.
             if not settled:
                 await self._close()
             self._log_failure(error)
@@ -184,6 +188,29 @@ class ChangelogProducer:
             await asyncio.shield(self._close())
             raise
         return last_offset + 1
+
+    async def _know_partition(self, producer: AIOKafkaProducer) -> None:
+        """Make sure the producer's metadata has the changelog partition, before a transaction.
+
+        aiokafka refreshes its metadata only every ``metadata_max_age_ms`` (five minutes), and
+        for a partition its metadata lacks, ``send_batch`` fails on a bare ``AssertionError``
+        ("Unrecognized partition"): so it goes for a changelog grown while running (its input
+        gained partitions). Ask Kafka once more; a partition it still does not show is a
+        ``ChangelogError``, retried at the next claim, never a crash.
+        """
+        topic, partition = self.tp
+        if partition in await producer.partitions_for(topic):
+            return
+        await producer.client.force_metadata_update()
+        if partition not in await producer.partitions_for(topic):
+            raise ChangelogError(
+                f"changelog partition {topic}-{partition} is not in Kafka's metadata yet"
+            )
+
+    def retire(self) -> None:
+        """Take no more batches, from now on: its partition is being released (``stop`` closes
+        it). A publish begun before runs to its end."""
+        self._retired = True
 
     async def stop(self) -> None:
         """Close the producer (at the revoke). Its partition's next owner fences it anyway; a

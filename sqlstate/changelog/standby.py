@@ -110,6 +110,21 @@ class Standby:
             extra={"event": "standby_following", "partitions": len(new)},
         )
 
+    @property
+    def paused(self) -> frozenset[TopicPartition]:
+        """The input partitions this process claims, or is claiming: not applied here."""
+        return frozenset(self._paused)
+
+    @property
+    def followed(self) -> frozenset[TopicPartition]:
+        """The input partitions whose changelogs are followed, the paused ones included."""
+        inputs = {changelog_topic(self._settings.group_id, t): t for t in self._settings.topics}
+        return frozenset(
+            TopicPartition(inputs[source.topic], source.partition)
+            for source in self._follower.followed
+            if source.topic in inputs
+        )
+
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         """This process owns ``tps`` now: stop applying their changelogs."""
         tps = list(tps)

@@ -8,6 +8,8 @@ loop (a consumer's heartbeat, a daemon under test) keep running meanwhile.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,21 @@ class AsyncBrokerControl:
     async def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start the broker on its data; return once it serves requests again."""
         await asyncio.to_thread(self.sync.start, timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: its connections stay open and nothing is answered, as with a
+        broker in a long pause or cut off. ``resume`` before the test ends."""
+        os.kill(self._pid(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused broker carries on."""
+        os.kill(self._pid(), signal.SIGCONT)
+
+    def _pid(self) -> int:
+        state = self.sync.load_state()
+        if state is None or state.pid is None or not self.sync.is_running():
+            raise AssertionError("pausing needs the native broker this harness started, running")
+        return state.pid
 
     async def is_ready(self) -> bool:
         """Whether the broker serves requests right now."""

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlstate import cli, consumer, migrate, rebalance
 from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.producers import ChangelogProducer
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.group_offsets import GroupOffsets
@@ -75,6 +76,8 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     # with the SQLite transaction not committed: the file is behind its changelog).
     "before_changelog_publish": (ChangelogOwner, "publish_from_thread", "before", "any"),
     "after_changelog_publish": (ChangelogOwner, "publish_from_thread", "after", "any"),
+    # --changelog, a claim: its partitions' standby is paused, their producers not started yet.
+    "changelog_producer_start": (ChangelogProducer, "start", "before", "any"),
 }
 # Points that are not awaited (they run in the database thread or a generator): no sleep there.
 _NOT_AWAITED = {"after_upsert", "in_migration"}

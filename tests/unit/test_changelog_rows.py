@@ -40,7 +40,7 @@ from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
-from sqlstate.store import Claim, Committed, PartitionBatch, Store
+from sqlstate.store import Change, Claim, Committed, PartitionBatch, Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
 
@@ -790,7 +790,7 @@ async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bo
         await store.check_changelog(not first)  # nothing claimed yet: either is fine
 
         def no_kafka(
-            changes: Mapping[TopicPartition, tuple[Sequence[tuple[bytes, bytes | None]], int]],
+            changes: Mapping[TopicPartition, Change],
         ) -> dict[TopicPartition, int | ChangelogError]:
             return dict.fromkeys(changes, 0)
 

@@ -7,11 +7,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from aiokafka import TopicPartition
 
 from sqlstate import migrate, rebalance, topic_watch
+from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.consumer import BatchLoop
 from sqlstate.database import Database
 from sqlstate.decoding import BadRecords, Decoding
@@ -299,3 +301,38 @@ async def test_an_out_of_range_lookup_is_made_outside_the_ownership_lock(tmp_pat
     assert position is not None
     assert position.next_offset == 50
     assert stats.out_of_range_resets == 0
+
+
+class FailedClaimOwner:
+    """The changelog owner as the claimer sees it, after the claim of A failed: its producer
+    did not start, so A has none, and its changelog is paused for the claim."""
+
+    def __init__(self) -> None:
+        self.owned: frozenset[TopicPartition] = frozenset()
+        self.claiming = frozenset({A})
+        self.released: list[set[TopicPartition]] = []
+
+    async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
+        self.released.append(set(tps))
+
+
+async def test_a_failed_claim_moved_away_is_released(tmp_path: Path) -> None:
+    """A rebalance that gives A to another member releases it here, producer or not: the
+    release is what has the standby follow it again."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    owner = FailedClaimOwner()
+    claimer = Claimer(
+        HoldingConsumer(),
+        Store(database),
+        Ownership(),
+        SETTINGS,
+        Stats(),
+        lambda tp: [],
+        lambda claims: None,
+        cast(ChangelogOwner, owner),
+    )
+    try:
+        await claimer.assign({B})
+    finally:
+        await database.close()
+    assert owner.released == [{A}]

@@ -1,0 +1,255 @@
+"""A batch belongs to the claim it was made under, and the changelog path's errors hold the
+partition rather than crash: the changelog owner and the store against the real broker and a
+real SQLite file.
+
+- a batch whose compare-and-set passed under one claim, published after the partition was
+  prepared for a new claim, is fenced: nothing reaches the changelog and the file rolls back;
+- a publish that outlives the database thread's wait is a failure of the batch, not an
+  exception out of the transaction;
+- a producer removed (released) while a batch is on its way to it: no KeyError;
+- a changelog partition added while running, which the producer's metadata does not know yet
+  (aiokafka's "Unrecognized partition" assertion);
+- a claim whose producer could not start, released: its changelog is followed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from sqlstate.changelog import owner as owner_module
+from sqlstate.changelog.capture import install_capture
+from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.producers import ChangelogProducer
+from sqlstate.changelog.standby import Standby
+from sqlstate.changelog.tables import state_tables
+from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
+from sqlstate.errors import ChangelogError, ChangelogFenced
+from sqlstate.out_of_range import LogBounds
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.registry import Processors
+from sqlstate.settings import Settings
+from sqlstate.stats import Stats
+from sqlstate.store import Change, ChangelogPublishFailed, Claim, Committed, PartitionBatch, Store
+from tests.support.db import query
+from tests.support.kafka import TopicFactory, add_partitions, delete_topics, log_end_offsets
+from tests.support.processing import open_store, record
+
+WAIT_S = 30.0
+
+
+@dataclass
+class Owned:
+    """A file with capture on, its store publishing through a started changelog owner."""
+
+    settings: Settings
+    store: Store
+    owner: ChangelogOwner
+    processors: Processors
+    tp: TopicPartition
+    path: Path
+
+    async def claim(self) -> Claim:
+        """Prepare and claim the partition, as the batch loop does (``Claimer.claim_held``)."""
+        assert await self.owner.prepare([self.tp])
+        claimed = await self.store.claim(
+            {self.tp: LogBounds(0, 1_000_000)},
+            "me",
+            "reset",
+            self.processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
+        claim = claimed.claims[self.tp]
+        self.owner.bind({self.tp: claim.epoch})
+        return claim
+
+    def batch(self, claim: Claim, keys: list[str]) -> PartitionBatch:
+        records = [
+            record(self.tp, claim.next_offset + i, key.encode()) for i, key in enumerate(keys)
+        ]
+        return PartitionBatch(
+            tp=self.tp,
+            claim=claim,
+            next_offset=claim.next_offset + len(keys),
+            log_end_offset=None,
+            records=len(keys),
+            statements=self.processors.statements(self.tp, records),
+        )
+
+    async def changelog_end(self) -> int:
+        source = changelog_topic(self.settings.group_id, self.tp.topic)
+        ends = await log_end_offsets(self.settings.bootstrap_servers, source)
+        return ends[self.tp.partition]
+
+    def counted(self) -> int:
+        ((total,),) = query(self.path, "SELECT coalesce(sum(count), 0) FROM counts")
+        return int(total)
+
+
+@pytest.fixture
+async def owned(
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> AsyncIterator[Owned]:
+    topic = await topic_factory(1)
+    settings = Settings(topics=(topic,), group_id=group_id, bootstrap_servers=kafka_bootstrap)
+    await ensure_changelogs(settings, {topic: 1})
+    members = [KeyCounter()]
+    processors = Processors.checked(members)
+    path = tmp_path / "state.db"
+    store = await open_store(path, processors)
+    tables = state_tables(members)
+    await store.database.setting(functools.partial(install_capture, tables=tables))
+    owner = ChangelogOwner(settings, store.database, tables, Stats(), None)
+    store.publish = owner.publish_from_thread
+    await owner.start()
+    try:
+        yield Owned(settings, store, owner, processors, TopicPartition(topic, 0), path)
+    finally:
+        await owner.stop()
+        await store.database.close()
+        processors.close()
+        with contextlib.suppress(Exception):
+            await delete_topics(kafka_bootstrap, [changelog_topic(group_id, topic)])
+
+
+async def test_a_batch_of_an_older_claim_is_fenced(owned: Owned) -> None:
+    """The batch passed its compare-and-set under claim 1; meanwhile the partition was prepared
+    for a new claim (a new producer: another host may have written since). The batch must not
+    publish through that producer, on top of writes its file never saw."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
+    assert isinstance(outcome, Committed)
+    end = await owned.changelog_end()
+
+    stale = owned.batch(outcome.claim, ["c"])
+    assert await owned.owner.prepare([owned.tp])  # the next claim's producer, not bound yet
+    with pytest.raises(ChangelogPublishFailed) as failed:
+        await owned.store.commit_batch([stale])
+    assert isinstance(failed.value.failures[owned.tp], ChangelogFenced)
+    assert await owned.changelog_end() == end
+    assert owned.counted() == 2  # rolled back
+
+    # The new claim's batches publish through the new producer.
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 3
+    assert await owned.changelog_end() > end
+
+
+async def test_a_publish_longer_than_the_wait_fails_the_batch(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim = await owned.claim()
+    monkeypatch.setattr(owner_module, "_PUBLISH_WAIT_S", 0.0001)
+    with pytest.raises(ChangelogPublishFailed) as failed:
+        await owned.store.commit_batch([owned.batch(claim, ["a"])])
+    assert "did not complete" in str(failed.value.failures[owned.tp])
+    assert owned.counted() == 0
+    monkeypatch.undo()
+    # Held, then claimed again, as the batch loop does: the partition goes on.
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 1
+
+
+async def test_a_producer_released_while_a_batch_goes_to_it(owned: Owned) -> None:
+    claim = await owned.claim()
+    work = {owned.tp: Change([], claim.next_offset + 1, claim.epoch)}
+    loop = asyncio.get_running_loop()
+    publishing = loop.run_in_executor(None, owned.owner.publish_from_thread, work)
+    # The event loop blocked while the database thread hands the publish over: it runs only
+    # after the release below has taken the producer away.
+    time.sleep(0.5)  # noqa: ASYNC251
+    releasing = asyncio.ensure_future(owned.owner.release([owned.tp]))
+    async with asyncio.timeout(WAIT_S):
+        outcomes = await publishing
+        await releasing
+    assert isinstance(outcomes[owned.tp], int | ChangelogError), outcomes
+
+
+async def test_a_changelog_partition_added_while_running(owned: Owned) -> None:
+    """The input grew: its changelog too, after the producer of the new partition started. The
+    producer's metadata lacks the partition until it asks again."""
+    settings, tp = owned.settings, owned.tp
+    source = changelog_topic(settings.group_id, tp.topic)
+    # Input partition 1's producer, started while its changelog partition does not exist yet.
+    producer = ChangelogProducer(settings, tp.topic, 1)
+    await producer.start()
+    try:
+        # Not there yet: the batch fails and its partition is held; the producer stays usable.
+        with pytest.raises(ChangelogError, match="not in Kafka's metadata"):
+            await producer.publish([], 7)
+        await add_partitions(settings.bootstrap_servers, source, 2)
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                try:
+                    end = await producer.publish([], 7)
+                    break
+                except ChangelogError:
+                    await asyncio.sleep(0.5)  # not in Kafka's metadata yet: held, tried again
+        assert end >= 1
+    finally:
+        await producer.stop()
+
+
+async def test_a_failed_claim_is_followed_again_when_released(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's producer does not start (here the broker refuses its InitProducerId: a
+    transaction timeout above the broker's maximum, as it would refuse an unauthorized one).
+    The partition was paused in the standby for the claim; released (a rebalance gave it to
+    another member), it must be followed again, not left paused with no producer."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    owner = ChangelogOwner(owned.settings, owned.store.database, [], Stats(), standby)
+    await standby.start()
+    await owner.start()
+    refused = functools.partial(ChangelogProducer, transaction_timeout_ms=10**9)
+    monkeypatch.setattr(owner_module, "ChangelogProducer", refused)
+    try:
+        with pytest.raises(ChangelogError):
+            await owner.prepare([owned.tp])
+        assert owned.tp in standby.paused
+        assert owned.tp in owner.failures  # reported until claimed or released
+        await owner.release([owned.tp])
+        assert standby.paused == frozenset()
+        assert owner.failures == {}
+    finally:
+        await owner.stop()
+        await standby.stop()
+
+
+async def test_a_release_cut_short_still_follows_again(owned: Owned) -> None:
+    """A rebalance callback's time budget cancels the release half-way: the partition is
+    followed again all the same."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    owner = ChangelogOwner(owned.settings, owned.store.database, [], Stats(), standby)
+    await standby.start()
+    await owner.start()
+    try:
+        assert await owner.prepare([owned.tp])
+        assert owned.tp in standby.paused
+        releasing = asyncio.ensure_future(owner.release([owned.tp]))
+        await asyncio.sleep(0)  # under way, at its first wait
+        releasing.cancel()
+        async with asyncio.timeout(WAIT_S):
+            with contextlib.suppress(asyncio.CancelledError):
+                await releasing
+            while True:  # the follow-up runs on, shielded from the cancellation
+                if owned.tp not in standby.paused:
+                    break
+                await asyncio.sleep(0.05)
+        assert owned.tp not in owner.claiming
+    finally:
+        await owner.stop()
+        await standby.stop()
