@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,8 @@ class Watchdog:
         # Per claimed partition: the position last seen and when it last moved (or was at the end).
         self._moved: dict[TopicPartition, tuple[int, float]] = {}
         self._alarms: set[str] = set()
+        # Per partition neither owned nor followed: since when, without a break.
+        self._neither_since: dict[TopicPartition, float] = {}
         self.health = Health(False, "starting: not in the consumer group yet", False, 0, 0)
 
     def check(
@@ -111,11 +113,19 @@ class Watchdog:
         lags: Lags,
         degraded: str | None = None,
         neither: Mapping[TopicPartition, str] | None = None,
+        passing: Set[TopicPartition] = frozenset(),
     ) -> Health:
         """``degraded``: what an operator should look at although the daemon works on;
-        ``neither``: the partitions neither owned nor followed, with why (--changelog)."""
-        neither = dict(neither or {})
+        ``neither``: the partitions neither owned nor followed, with why (--changelog), an
+        alarm at once, except those of ``passing`` (a state every rebalance goes through for a
+        moment): an alarm only once one lasts the stall timeout."""
         now = self._clock()
+        self._neither_since = {tp: self._neither_since.get(tp, now) for tp in neither or {}}
+        neither = {
+            tp: why
+            for tp, why in (neither or {}).items()
+            if tp not in passing or now - self._neither_since[tp] >= self._stall_timeout_s
+        }
         if in_group:
             self._joined_once = True
             self._out_of_group_since = None

@@ -20,7 +20,7 @@ from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.health import Health, Lags, PartitionLag, Watchdog
 from sqlstate.kafka import in_group, log_end
 from sqlstate.metrics import Metrics, StatusServer
-from sqlstate.partition_states import Facts, PartitionState, classify, neither
+from sqlstate.partition_states import Facts, PartitionState, classify, neither, passing
 from sqlstate.progress import ProgressLog
 from sqlstate.rebalance import Ownership
 from sqlstate.settings import Settings
@@ -91,8 +91,11 @@ class Monitor:
         # The histogram is drained even when nobody scrapes, so the loop's list stays short.
         self.metrics.drain()
         lags = self.lags()
-        unkept = neither(self.partition_states())
-        self.watchdog.check(in_group(self._consumer), lags, self._degraded(), unkept)
+        states = self.partition_states()
+        unkept = neither(states)
+        self.watchdog.check(
+            in_group(self._consumer), lags, self._degraded(), unkept, passing(states)
+        )
         self._progress.tick(self._stats.records, lags, unkept)
 
     @contextlib.asynccontextmanager

@@ -27,10 +27,14 @@ STATES = (OWNED, FOLLOWED, RESTORING, NEITHER)
 
 @dataclass(frozen=True)
 class PartitionState:
-    """One partition's state, and for ``neither`` why."""
+    """One partition's state, and for ``neither`` why. ``passing``: a ``neither`` that every
+    rebalance goes through for a moment (revoked and not released yet, released and not
+    followed yet, assigned and not held yet); only one that lasts is an alarm. A failed claim
+    is not passing."""
 
     state: str
     reason: str = ""
+    passing: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,16 @@ def _state(tp: TopicPartition, facts: Facts) -> PartitionState:
     if tp in facts.claiming:
         if tp in facts.assigned:
             return PartitionState(RESTORING)
-        return PartitionState(NEITHER, "paused for a claim, and no longer assigned here")
+        return PartitionState(
+            NEITHER, "paused for a claim, and no longer assigned here", passing=True
+        )
     if tp in facts.assigned:
         # Assigned, neither claimed nor held: released by a fenced batch, until the rebalance.
-        return PartitionState(NEITHER, "assigned here, and not claimed")
+        return PartitionState(NEITHER, "assigned here, and not claimed", passing=True)
     if tp in facts.paused:
-        return PartitionState(NEITHER, "its changelog is paused, and nobody here claims it")
+        return PartitionState(
+            NEITHER, "its changelog is paused, and nobody here claims it", passing=True
+        )
     if facts.followed is not None and tp in facts.followed:
         return PartitionState(FOLLOWED)
     return PartitionState(NEITHER, "not followed")
@@ -81,3 +89,8 @@ def _state(tp: TopicPartition, facts: Facts) -> PartitionState:
 def neither(states: Mapping[TopicPartition, PartitionState]) -> dict[TopicPartition, str]:
     """The partitions neither owned, followed nor being restored, with why."""
     return {tp: s.reason for tp, s in states.items() if s.state == NEITHER}
+
+
+def passing(states: Mapping[TopicPartition, PartitionState]) -> frozenset[TopicPartition]:
+    """The partitions whose ``neither`` a rebalance passes through (``PartitionState``)."""
+    return frozenset(tp for tp, s in states.items() if s.state == NEITHER and s.passing)

@@ -150,8 +150,11 @@ class Claimer:
         self._stats.rebalances += 1
         if self._changelog is not None:
             # Every partition claimed or being claimed here: one whose claim failed has no
-            # producer, and must be followed again as well.
-            await self._release_producers(self._changelog.claiming - assigned)
+            # producer, and must be followed again as well; one whose producer outlived its
+            # claim must have it stopped.
+            await self._release_producers(
+                (self._changelog.claiming | self._changelog.owned) - assigned
+            )
         if not assigned:
             self._ownership.release_all()
             _log_claims("partitions_assigned", "assigned no partitions", {}, self._consumer)

@@ -146,6 +146,13 @@ class ChangelogOwner:
             raise
 
     async def _prepare(self, tps: Sequence[TopicPartition], stop: asyncio.Event | None) -> bool:
+        # Before the first await: a rebalance that revokes them meanwhile must find them being
+        # claimed here, so that it releases them (follows them again, stops their producers).
+        self._claiming.update(tps)
+        if self._standby is not None:
+            # The restore is now the partitions' only writer here; what the standby applied
+            # is where it starts.
+            self._standby.pause(tps)
         await self._changelogs_for(tps)
         # Which incarnation of each input topic and its changelog the claim reads and writes, in
         # one Metadata request: the restores check them, the position records carry the input's.
@@ -153,11 +160,6 @@ class ChangelogOwner:
             {tp.topic for tp in tps}
             | {changelog_topic(self._settings.group_id, tp.topic) for tp in tps}
         )
-        self._claiming.update(tps)
-        if self._standby is not None:
-            # The restore is now the partitions' only writer here; what the standby applied
-            # is where it starts.
-            self._standby.pause(tps)
         # Always a new producer, even for a partition kept through the rebalance: this member
         # may have been out of the group meanwhile, and another one's producer fenced ours
         # without our knowing it yet. Starting one costs a round trip to the coordinator.
@@ -172,14 +174,20 @@ class ChangelogOwner:
             *(producer.start() for producer in producers.values()), return_exceptions=True
         )
         failed: BaseException | None = None
+        released: list[ChangelogProducer] = []
         for (tp, producer), outcome in zip(producers.items(), started, strict=True):
             if isinstance(outcome, BaseException):
                 failed = failed or outcome
+            elif tp not in self._claiming:
+                released.append(producer)  # revoked while it started: nobody would stop it
             else:
                 self._producers[tp] = _Producer(producer, None)
+        await _stop_all(released)
         if failed is not None:
             raise failed
         for tp in tps:
+            if tp not in self._claiming:
+                continue  # revoked meanwhile: the standby follows it again, not this restore
             await self.restore(tp, ids, stop)
             if stop is not None and stop.is_set():
                 return False

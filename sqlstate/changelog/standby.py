@@ -143,7 +143,18 @@ class Standby:
             for topic in self._settings.topics
         }
         while not stop.is_set():
-            await self.follow_new(consumer)
+            try:
+                await self.follow_new(consumer)
+            except KafkaError as error:
+                # Kafka did not answer for the new partitions' topic IDs (a broker away, this
+                # host cut off): they are followed once it does; what is followed goes on.
+                logger.debug(
+                    "could not ask Kafka for the changelogs' IDs: %r",
+                    error,
+                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
+                )
+                await asyncio.sleep(_RETRY_S)
+                continue
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
             fetched = {source.topic for source, chunk in chunks.items() if chunk.records}
             if fetched and not await self._same_changelogs(consumer, fetched, stop):

@@ -253,3 +253,39 @@ async def test_a_release_cut_short_still_follows_again(owned: Owned) -> None:
     finally:
         await owner.stop()
         await standby.stop()
+
+
+async def test_a_claim_revoked_while_it_asks_kafka_is_let_go(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance revokes the partition while its claim still waits for Kafka (here the topic
+    IDs, held back until the release is done). The release must find it being claimed: it is
+    followed again at once, and the producer the claim then starts is stopped, not kept for a
+    partition nobody here claims."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    owner = ChangelogOwner(owned.settings, owned.store.database, [], Stats(), standby)
+    await standby.start()
+    await owner.start()
+    released = asyncio.Event()
+    ask_kafka = owner._reader.topic_ids
+
+    async def after_the_release(topics: set[str]) -> dict[str, str | None]:
+        await released.wait()
+        return await ask_kafka(topics)
+
+    monkeypatch.setattr(owner._reader, "topic_ids", after_the_release)
+    try:
+        claiming = asyncio.ensure_future(owner.prepare([owned.tp]))
+        await asyncio.sleep(0.1)  # the claim waits for Kafka
+        assert owned.tp in owner.claiming
+        await owner.release([owned.tp])
+        assert owned.tp not in standby.paused  # followed again at once
+        released.set()
+        async with asyncio.timeout(WAIT_S):
+            await claiming
+        assert owned.tp not in owner.owned  # its producer was stopped, not kept
+        assert owned.tp not in standby.paused
+        assert owned.tp not in owner.claiming
+    finally:
+        await owner.stop()
+        await standby.stop()

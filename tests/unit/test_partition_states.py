@@ -20,6 +20,7 @@ from sqlstate.partition_states import (
     PartitionState,
     classify,
     neither,
+    passing,
 )
 from sqlstate.progress import ProgressLog
 from sqlstate.stats import Stats
@@ -123,3 +124,37 @@ def test_the_state_metric() -> None:
     assert values[("0", OWNED)] == 1
     assert values[("0", NEITHER)] == 0
     assert values[("1", NEITHER)] == 1
+
+
+def test_a_neither_a_rebalance_passes_through_is_an_alarm_only_once_it_lasts() -> None:
+    """Revoked and not released yet: every rebalance shows it for a moment, so /healthz waits
+    the stall timeout before it calls it an alarm; a failed claim is one at once."""
+    now = [0.0]
+    watchdog = Watchdog(10, lambda: now[0])
+    lags = {A: PartitionLag(5, 5)}
+    revoked = classify(
+        Facts(assigned={A}, claimed={A}, held=set(), claiming={A, B}, failures={}, followed=None)
+    )
+    assert passing(revoked) == {B}
+    assert watchdog.check(True, lags, neither=neither(revoked), passing=passing(revoked)).healthy
+    now[0] = 9.0
+    assert watchdog.check(True, lags, neither=neither(revoked), passing=passing(revoked)).healthy
+    now[0] = 10.0
+    health = watchdog.check(True, lags, neither=neither(revoked), passing=passing(revoked))
+    assert not health.healthy
+    assert "no longer assigned" in health.reason
+    # Released at last: healthy again, and a later passing neither waits its own time.
+    assert watchdog.check(True, lags, neither={}, passing=frozenset()).healthy
+    assert watchdog.check(True, lags, neither=neither(revoked), passing=passing(revoked)).healthy
+    failed = classify(
+        Facts(
+            assigned={A, B},
+            claimed={A},
+            held={B},
+            claiming={A, B},
+            failures={B: "timeout"},
+            followed=None,
+        )
+    )
+    assert passing(failed) == frozenset()
+    assert not watchdog.check(True, lags, neither=neither(failed), passing=passing(failed)).healthy
