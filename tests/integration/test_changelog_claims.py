@@ -21,11 +21,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from sqlstate.changelog import owner as owner_module
+from sqlstate.changelog import standby as standby_module
 from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.producers import ChangelogProducer
@@ -33,6 +36,7 @@ from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
+from sqlstate.kafka import topic_ids as kafka_topic_ids
 from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.registry import Processors
@@ -289,3 +293,48 @@ async def test_a_claim_revoked_while_it_asks_kafka_is_let_go(
     finally:
         await owner.stop()
         await standby.stop()
+
+
+async def test_a_standby_that_cannot_ask_kafka_for_topic_ids_waits(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The standby asks Kafka for the changelogs' topic IDs before it follows new partitions
+    (at start, and when a topic grows). Kafka not answering then (a broker away, this host cut
+    off: here the first two requests fail as aiokafka fails them) is waited out; it never
+    stops the standby, and with it the daemon."""
+    standby = Standby(owned.settings, owned.store.database, [], Stats())
+    consumer = AIOKafkaConsumer(bootstrap_servers=owned.settings.bootstrap_servers)
+    await consumer.start()
+    failures = [KafkaConnectionError("no broker answers"), KafkaConnectionError("still none")]
+    ask_kafka = kafka_topic_ids
+
+    async def unanswered_at_first(*args: Any, **kwargs: Any) -> dict[str, str | None]:
+        if failures:
+            raise failures.pop(0)
+        return await ask_kafka(*args, **kwargs)
+
+    monkeypatch.setattr(standby_module, "topic_ids", unanswered_at_first)
+    await standby.start()
+    stop = asyncio.Event()
+    try:
+        # The input topic's partitions in the consumer's metadata, as the daemon's consumer has
+        # them.
+        consumer.assign([owned.tp])
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                if consumer.partitions_for_topic(owned.tp.topic):
+                    break
+                await asyncio.sleep(0.1)
+        following = asyncio.create_task(standby.run(consumer, stop))
+        async with asyncio.timeout(WAIT_S):
+            while not standby.followed:
+                assert not following.done(), following.exception()
+                await asyncio.sleep(0.1)
+        assert failures == []
+        stop.set()
+        async with asyncio.timeout(WAIT_S):
+            await following
+    finally:
+        stop.set()
+        await standby.stop()
+        await consumer.stop()
