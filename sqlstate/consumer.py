@@ -240,10 +240,10 @@ class BatchLoop:
         unseen records, those that do not decode sorted out by ``--on-bad-record``.
 
         A partition can move with no records, stepping over transaction markers or aborted
-        records. ``refetch``: partitions the previous commit found fenced and re-seeked; this
-        batch may hold their records from before or after that seek, so they are dropped and
-        the partition is sought to its stored position again. ``decoded_so_far``: the decoding
-        failures counted before this batch's ``getmany()``.
+        records. ``refetch``: partitions the previous commit found fenced and re-seeked, or
+        whose batch it dropped or rolled back; this batch may hold their records from before or
+        after that, so they are dropped and the partition is sought to its claim again.
+        ``decoded_so_far``: the decoding failures counted before this batch's ``getmany()``.
         """
         advances = []
         for tp, claim in self._ownership.claims.items():
@@ -272,19 +272,24 @@ class BatchLoop:
     async def _commit_in_turn(
         self, generation: int, advances: list[PartitionBatch]
     ) -> set[TopicPartition]:
-        """Commit under the ownership lock, unless a rebalance came since the batch was fetched.
+        """Commit under the ownership lock, unless the claims changed since the batch was
+        fetched.
 
-        Returns the partitions found fenced.
+        Returns the partitions to fetch again from their claims: those found fenced, and those
+        of a batch dropped or rolled back while they stayed claimed.
         """
         async with self._ownership.lock:
             if generation != self._ownership.generation:
-                # A rebalance re-seeked the partitions from the database while this batch
-                # waited; its records will be fetched again from there.
+                # The claims changed while this batch waited: a rebalance (which re-seeked every
+                # partition it claimed), or a rolled-back batch that held some partitions again
+                # (which re-seeked only those). The consumer's position of every other partition
+                # is past this batch's records, which the file never counted: fetch them again
+                # from the claim, or the next batch would move the position over them.
                 logger.debug(
-                    "dropped a batch fetched before a rebalance",
+                    "dropped a batch fetched before the claims changed",
                     extra={"event": "stale_batch_dropped"},
                 )
-                return set()
+                return self._fetch_again(advances)
             return await self._commit(generation, advances)
 
     async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
@@ -303,6 +308,8 @@ class BatchLoop:
                     failed,
                     extra={"event": "stale_batch_fenced", "reason": str(failed)},
                 )
+                # Rolled back: a partition still claimed is fetched again from its claim.
+                return self._fetch_again(advances)
             return set()
         commit_seconds = time.perf_counter() - started
         self._stats.commit_seconds.append(commit_seconds)
@@ -348,6 +355,16 @@ class BatchLoop:
             },
         )
         return fenced
+
+    def _fetch_again(self, advances: Sequence[PartitionBatch]) -> set[TopicPartition]:
+        """A batch that the file did not take: seek each of its partitions still claimed here
+        back to its claim, now, and return them all, so that the batch fetched meanwhile drops
+        their records too (``_advances``' ``refetch``)."""
+        for part in advances:
+            claim = self._ownership.claims.get(part.tp)
+            if claim is not None and part.tp in self._consumer.assignment():
+                self._consumer.seek(part.tp, claim.next_offset)
+        return {part.tp for part in advances}
 
     async def _changelog_failed(self, failed: ChangelogPublishFailed) -> None:
         """The batch rolled back: its changelog transactions did not all commit."""

@@ -26,7 +26,7 @@ from sqlstate.processors.registry import Processors
 from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
 from sqlstate.stats import Stats
-from sqlstate.store import Claim, Forget, Store
+from sqlstate.store import Claim, Forget, PartitionBatch, Store
 from sqlstate.topic_watch import TopicWatch
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
@@ -336,3 +336,48 @@ async def test_a_failed_claim_moved_away_is_released(tmp_path: Path) -> None:
     finally:
         await database.close()
     assert owner.released == [{A}]
+
+
+async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """Batch N rolls back and holds only its own partitions again (a changelog producer was
+    fenced), which changes the claims' generation; batch N+1, fetched meanwhile with B's records
+    50..59, is then dropped. B stays claimed at 50 while the consumer's position is already 60:
+    B must be sought back to 50, and the batch fetched in between must drop B's records, or
+    the next batch would move B's position from 50 over records the file never counted."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership()
+    claimer, listener = callbacks(consumer, store, ownership, QUICK, Stats(), no_statements, print)
+    loop = BatchLoop(
+        consumer,
+        store,
+        ownership,
+        Processors([KeyCounter()]),
+        QUICK,
+        Stats(),
+        claimer,
+        TopicWatch(consumer, ownership),
+        GroupOffsets(consumer, ownership, Stats(), enabled=False),
+        BadRecords(Decoding("bytes", "bytes"), "fail"),
+    )
+    try:
+        await listener.on_partitions_assigned({A, B})
+        fetched_under = ownership.generation
+        batch = PartitionBatch(B, ownership.claims[B], 60, 100, 10, [])
+        ownership.release({A})  # batch N's partition held again: the generation moves
+        consumer.seeks.clear()
+        refetch = await loop._commit_in_turn(fetched_under, [batch])
+        assert refetch == {B}
+        assert consumer.seeks == [(B, 50)]  # back to its claim at once
+        # The batch fetched before that seek holds B's records from 60 on: not counted.
+        assert loop._advances({}, {B: 70}, refetch, 0) == []
+        assert consumer.seeks == [(B, 50), (B, 50)]
+        position = await store.position(B)
+    finally:
+        await database.close()
+    assert position is not None
+    assert position.next_offset == 50
