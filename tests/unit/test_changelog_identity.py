@@ -104,14 +104,17 @@ async def test_a_position_of_another_incarnation_of_the_input_is_refused(
 ) -> None:
     # The file counts t under OLD_ID (its first claim recorded it), and has applied a batch.
     processors = Processors.checked([KeyCounter()])
-    await store.claim(
-        {T0: LogBounds(0, 0)},
-        "me",
-        "fail",
-        processors.forget,
-        topic_ids={"t": OLD_ID},
-        isolation_level="read_committed",
-    )
+    try:
+        await store.claim(
+            {T0: LogBounds(0, 0)},
+            "me",
+            "fail",
+            processors.forget,
+            topic_ids={"t": OLD_ID},
+            isolation_level="read_committed",
+        )
+    finally:
+        processors.close()
     await apply(store, [ROW, position_record(3, OLD_ID)])
     before = state(tmp_path / "s.db")
 
