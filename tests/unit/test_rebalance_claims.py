@@ -132,6 +132,24 @@ def callbacks(
     return claimer, Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal)
 
 
+def batch_loop(
+    consumer: StandInConsumer, store: Store, ownership: Ownership, claimer: Claimer, stats: Stats
+) -> BatchLoop:
+    """The batch loop a daemon builds, on the stand-in consumer, counting keys."""
+    return BatchLoop(
+        consumer,
+        store,
+        ownership,
+        Processors([KeyCounter()]),
+        QUICK,
+        stats,
+        claimer,
+        TopicWatch(consumer, ownership),
+        GroupOffsets(consumer, ownership, stats, enabled=False),
+        BadRecords(Decoding("bytes", "bytes"), "fail"),
+    )
+
+
 async def claim(store: Store, bounds: dict[TopicPartition, LogBounds], forget: Forget) -> None:
     """Claims by an earlier owner."""
     await store.claim(
@@ -270,18 +288,7 @@ async def test_an_out_of_range_lookup_is_made_outside_the_ownership_lock(tmp_pat
     ownership = Ownership()
     stats = Stats()
     claimer, listener = callbacks(consumer, store, ownership, QUICK, stats, no_statements, print)
-    loop = BatchLoop(
-        consumer,
-        store,
-        ownership,
-        Processors([KeyCounter()]),
-        QUICK,
-        stats,
-        claimer,
-        TopicWatch(consumer, ownership),
-        GroupOffsets(consumer, ownership, stats, enabled=False),
-        BadRecords(Decoding("bytes", "bytes"), "fail"),
-    )
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
     try:
         await listener.on_partitions_assigned({A, B})
         consumer.first = 60  # records deleted past the stored position, 50
@@ -352,18 +359,7 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
     consumer = HoldingConsumer()
     ownership = Ownership()
     claimer, listener = callbacks(consumer, store, ownership, QUICK, Stats(), no_statements, print)
-    loop = BatchLoop(
-        consumer,
-        store,
-        ownership,
-        Processors([KeyCounter()]),
-        QUICK,
-        Stats(),
-        claimer,
-        TopicWatch(consumer, ownership),
-        GroupOffsets(consumer, ownership, Stats(), enabled=False),
-        BadRecords(Decoding("bytes", "bytes"), "fail"),
-    )
+    loop = batch_loop(consumer, store, ownership, claimer, Stats())
     try:
         await listener.on_partitions_assigned({A, B})
         fetched_under = ownership.generation
