@@ -120,6 +120,17 @@ class ChangelogProducer:
                 raise ChangelogError(
                     f"the changelog producer of {self.input_tp} could not start: {error!r}"
                 ) from error
+            if isinstance(error, AssertionError):
+                # aiokafka asserts that its metadata names a broker before it looks up the
+                # transaction coordinator (AIOKafkaClient.coordinator_lookup). A broker that was
+                # fenced by its controller a moment ago (e.g. after a long pause) answers its
+                # first Metadata request with no broker, so a fresh producer's start fails
+                # that way: the claim fails like any other transient start failure, and is
+                # tried again.
+                raise ChangelogError(
+                    f"the changelog producer of {self.input_tp} could not start: Kafka's"
+                    " metadata named no broker yet"
+                ) from error
             raise
         init_s = time.monotonic() - began
         logger.debug(

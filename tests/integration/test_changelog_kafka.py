@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import ProducerFenced
 
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogReader
 from sqlstate.changelog.records import POSITION_KEY, Row, position_record
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs, transactional_id
-from sqlstate.errors import ChangelogFenced, ChangelogTopicError
+from sqlstate.errors import ChangelogError, ChangelogFenced, ChangelogTopicError
 from sqlstate.settings import Settings
 from tests.support.kafka import (
     TopicFactory,
@@ -224,6 +225,32 @@ async def test_a_new_owner_fences_the_old_one_and_aborts_its_open_transaction(
     assert not any(b"late" in key for key in keys)
     assert keys == [b'["t","old0"]', b'["t","old1"]', POSITION_KEY, b'["t","new0"]', POSITION_KEY]
     assert chunks[-1].next_offset == end + 1
+
+
+async def test_a_start_while_kafka_names_no_broker_fails_as_a_changelog_error_then_succeeds(
+    settings: Settings, changelog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker its controller fenced a moment ago (after a long pause, say) answers a fresh
+    client's first Metadata request with no broker; aiokafka then fails the transaction
+    coordinator lookup with an AssertionError. The claim must see a ChangelogError, which it
+    waits out like any other failed start, never an AssertionError that stops the daemon."""
+    (topic,) = settings.topics
+    no_broker_yet = [True]
+    random_node = AIOKafkaClient.get_random_node
+
+    def no_broker_once(client: AIOKafkaClient) -> int | None:
+        if no_broker_yet.pop() if no_broker_yet else False:
+            return None
+        node: int | None = random_node(client)
+        return node
+
+    monkeypatch.setattr(AIOKafkaClient, "get_random_node", no_broker_once)
+    refused = ChangelogProducer(settings, topic, 0)
+    with pytest.raises(ChangelogError, match="named no broker"):
+        await refused.start()
+    assert not refused.usable
+    async with started(ChangelogProducer(settings, topic, 0)) as producer:
+        assert await producer.publish(rows("after", 1), next_offset=1) == 2
 
 
 # --------------------------------------------------------------------------------------

@@ -152,10 +152,14 @@ async def wait_for_positions(
         positions = stored_positions(database)
         if all(positions.get(tp, -1) >= end for tp, end in targets.items()):
             return
-        if time.monotonic() > deadline:
+        # The daemon that writes this file has exited: the positions cannot move any more.
+        writers = [d for d in daemons if d.database == database and d.process is not None]
+        writer_exited = bool(writers) and not any(d.running() for d in writers)
+        if writer_exited or time.monotonic() > deadline:
             logs = "\n".join(f"== {d.log_path.name}\n{d.log()[-3000:]}" for d in daemons)
+            why = "its daemon exited" if writer_exited else f"in {timeout}s"
             raise AssertionError(
-                f"positions {positions} did not reach {dict(targets)} in {timeout}s\n{logs}"
+                f"positions {positions} did not reach {dict(targets)}: {why}\n{logs}"
             )
         await asyncio.sleep(0.2)
 
