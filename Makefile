@@ -43,6 +43,7 @@ $(INSTALLED): pyproject.toml
 lint: install
 	$(BIN)/ruff check $(PACKAGES)
 	$(BIN)/ruff format --check $(PACKAGES)
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format $(PACKAGES)

@@ -22,19 +22,19 @@ from typing import TypeVar
 from aiokafka import TopicPartition
 
 from bench.stages import SQL_PROCESSOR, records
-from sqlstate import migrate
 from sqlstate.changelog.apply import apply_changes
 from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.tables import state_tables
-from sqlstate.database import utc_now
-from sqlstate.decoding import Decoding
+from sqlstate.kafka.decoding import Decoding
 from sqlstate.processors.base import Processor, Record
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
-from sqlstate.store import _run
+from sqlstate.state import migrate
+from sqlstate.state.database import utc_now
+from sqlstate.state.store import _run
 
 # A changelog record as read back: key, value (None: a tombstone), changelog offset.
 Logged = tuple[bytes, bytes | None, int]

@@ -7,7 +7,7 @@ isolation level and the poll timeout are the daemon's by construction; only the 
 a listener seeks every assigned partition to the beginning instead of to a stored position.
 
 With ``--collector sqlstate`` it runs with the garbage collector set as ``sqlstate run`` sets it
-for its batch loop (``sqlstate/collector.py``), to show what that setting alone is worth.
+for its batch loop (``sqlstate/app/collector.py``), to show what that setting alone is worth.
 
 Prints one JSON object on stdout: the time and size of every non-empty batch, and peak RSS.
 """
@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError
 
 from bench.procfs import cpu_seconds, peak_rss_kib
-from sqlstate import collector
-from sqlstate.kafka import build_consumer, c_parser_loaded
+from sqlstate.app import collector
+from sqlstate.kafka.client import build_consumer, c_parser_loaded
 from sqlstate.settings import Settings
 
 

@@ -37,7 +37,7 @@ from bench.workload import create_topic, delete_topic, key_name
 from sqlstate.changelog.producers import TRANSACTION_TIMEOUT_MS, ChangelogProducer, publish_all
 from sqlstate.changelog.records import Row, position_record
 from sqlstate.changelog.topics import changelog_topic
-from sqlstate.kafka import build_changelog_producer
+from sqlstate.kafka.client import build_changelog_producer
 from sqlstate.settings import Settings
 
 

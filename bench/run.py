@@ -4,7 +4,7 @@ Runs, one after another on the same data, each with a fresh consumer group:
 
 (a) ``ceiling``: a bare aiokafka consumer with sqlstate's fetch settings, iterating records;
 (a') ``ceiling_collector``: the same with the garbage collector set as ``sqlstate run`` sets it
-    (``sqlstate/collector.py``), reported as a ratio of (a): what that setting alone is worth;
+    (``sqlstate/app/collector.py``), reported as a ratio of (a): what that setting alone is worth;
 (b) ``fresh``: ``sqlstate run`` into a new database;
 (b') ``no_kafka_offsets``: the same with ``--no-commit-offsets-to-kafka``, to show what the
     informational copy of the positions in Kafka's group offsets costs;

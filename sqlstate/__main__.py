@@ -1,5 +1,5 @@
 """Allow ``python -m sqlstate``."""
 
-from sqlstate.cli import main
+from sqlstate.cli.commands import main
 
 main()

@@ -23,7 +23,7 @@ OutOfRangePolicy = Literal["reset", "fail"]
 IsolationLevel = Literal["read_committed", "read_uncommitted"]
 OUT_OF_RANGE_POLICIES: tuple[str, ...] = get_args(OutOfRangePolicy)
 ISOLATION_LEVELS: tuple[str, ...] = get_args(IsolationLevel)
-# How keys and values reach the processors (sqlstate/decoding.py), and what a record that does
+# How keys and values reach the processors (sqlstate/kafka/decoding.py), and what a record that does
 # not decode does.
 Format = Literal["bytes", "text", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)

@@ -54,7 +54,7 @@ from sqlstate.changelog.records import (
 from sqlstate.changelog.table_sql import delete_by_key, insert_row
 from sqlstate.changelog.tables import StateTable, table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 # sqlite3_db_config's option that switches triggers off (sqlite3.h; Python 3.12 exports it).
 _SQLITE_DBCONFIG_ENABLE_TRIGGER = 1003

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from sqlstate.changelog.table_sql import capture_triggers
 from sqlstate.changelog.tables import StateTable, table_columns
 from sqlstate.errors import ProcessorError
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 
 def install_capture(conn: sqlite3.Connection, tables: Sequence[StateTable]) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 
 from sqlstate.errors import ChangelogLostError
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 _START_OVER = (
     " Nothing was written. To start over, run a new group (new changelogs) on new database"

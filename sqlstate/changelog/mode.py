@@ -16,13 +16,13 @@ from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.changelog.topics import ensure_changelogs
-from sqlstate.database import Database
 from sqlstate.errors import BrokerError
-from sqlstate.kafka import partition_counts
+from sqlstate.kafka.client import partition_counts
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Store
+from sqlstate.state.database import Database
+from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import sqlite3
 
 from aiokafka import TopicPartition
 
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 
 def record_changelog_offset(

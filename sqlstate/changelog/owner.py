@@ -36,12 +36,12 @@ from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
-from sqlstate.database import Database, utc_now
 from sqlstate.errors import ChangelogError, ChangelogFenced
-from sqlstate.logs import partition_fields
+from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Change
+from sqlstate.state.database import Database, utc_now
+from sqlstate.state.store import Change
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, 
 from sqlstate.changelog.records import Row, position_record
 from sqlstate.changelog.topics import changelog_topic, transactional_id
 from sqlstate.errors import ChangelogError, ChangelogFenced
-from sqlstate.kafka import build_changelog_producer, transaction_fatal_error
-from sqlstate.logs import partition_fields
+from sqlstate.kafka.client import build_changelog_producer, transaction_fatal_error
+from sqlstate.observe.logs import partition_fields
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)

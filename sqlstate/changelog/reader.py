@@ -41,14 +41,14 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sqlstate.changelog.records import POSITION_KEY, ChangelogRecord
 from sqlstate.errors import ChangelogError
-from sqlstate.kafka import (
+from sqlstate.kafka.client import (
     build_changelog_consumer,
     consumed_position,
     high_watermarks,
     log_end,
     topic_ids,
 )
-from sqlstate.logs import partition_fields
+from sqlstate.observe.logs import partition_fields
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)

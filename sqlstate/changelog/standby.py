@@ -28,12 +28,12 @@ from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEn
 from sqlstate.changelog.records import highest_position
 from sqlstate.changelog.tables import StateTable
 from sqlstate.changelog.topics import changelog_topic
-from sqlstate.database import Database, utc_now
 from sqlstate.errors import ChangelogError, ChangelogLostError
-from sqlstate.kafka import topic_ids
-from sqlstate.logs import partition_fields
+from sqlstate.kafka.client import topic_ids
+from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
+from sqlstate.state.database import Database, utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlstate.errors import ProcessorError
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 if TYPE_CHECKING:
     from sqlstate.changelog.tables import StateTable

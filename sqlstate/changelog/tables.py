@@ -40,13 +40,13 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlstate import migrate
 from sqlstate.changelog.table_sql import capture_triggers, delete_by_key, refuse_uncapturable
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
 from sqlstate.processors.guard import WRITES_OF_BUILT_INS
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.queries import sql
+from sqlstate.state import migrate
+from sqlstate.state.queries import sql
 
 #: sqlstate's own state table: the dead letters.
 DEAD_LETTERS = "rejected_records"

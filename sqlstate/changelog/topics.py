@@ -25,7 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from sqlstate.errors import ChangelogError, ChangelogTopicError
-from sqlstate.kafka import build_admin_client
+from sqlstate.kafka.client import build_admin_client
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlstate.processors import json_text
 from sqlstate.processors.base import Records
-from sqlstate.queries import sql
+from sqlstate.state.queries import sql
 
 #: Temporary objects of processors: a name with this prefix and the processor's name (guard.py
 #: refuses any other temporary object).

@@ -44,12 +44,12 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlstate import migrate
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Parameters
 from sqlstate.processors.batched import TEMPORARY_PREFIX
 from sqlstate.processors.determinism import clock_reading, function_refusal
-from sqlstate.queries import sql
+from sqlstate.state import migrate
+from sqlstate.state.queries import sql
 
 SQLSTATE = "sqlstate"
 # Tables of sqlstate's schema that a built-in processor writes: the counts are sqlstate's own.

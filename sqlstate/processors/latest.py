@@ -25,11 +25,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
 from sqlstate.processors import json_text
 from sqlstate.processors.base import Migration, Record, Records, Statement
-from sqlstate.processors.counting import stored_key
-from sqlstate.queries import sql
+from sqlstate.processors.keys import stored_key
+from sqlstate.state import migrate
+from sqlstate.state.queries import sql
 
 #: Above this many bytes of values a batch goes row by row rather than as one BLOB (which SQLite
 #: caps at 1 GB, and which would double the batch's memory for a moment).

@@ -21,7 +21,6 @@ from types import ModuleType
 
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import (
     MIGRATION_NAME,
@@ -36,8 +35,9 @@ from sqlstate.processors.guard import Guard
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
-from sqlstate.queries import sql
 from sqlstate.settings import Settings, duration_ms
+from sqlstate.state import migrate
+from sqlstate.state.queries import sql
 
 BUILT_INS: dict[str, Callable[[Settings], Processor]] = {
     "counts": lambda settings: KeyCounter(),

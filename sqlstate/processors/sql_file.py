@@ -44,13 +44,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
 from sqlstate.errors import ProcessorError
-from sqlstate.output import key_json
 from sqlstate.processors.base import NAME, Migration, Record, Records, Statement
 from sqlstate.processors.batched import BatchForm
-from sqlstate.processors.counting import stored_key
 from sqlstate.processors.guard import Guard
+from sqlstate.processors.keys import key_json, stored_key
+from sqlstate.state import migrate
 
 _SECTION = re.compile(r"^--\s*sqlstate:\s*(\S*)\s*$")
 SECTIONS = ("schema", "record", "forget")

@@ -27,10 +27,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
 from sqlstate.processors.base import Migration, Records, Statement
-from sqlstate.processors.counting import split_keys
-from sqlstate.queries import sql
+from sqlstate.processors.keys import split_keys
+from sqlstate.state import migrate
+from sqlstate.state.queries import sql
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _key = attrgetter("key")

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.kafka import TopicFactory
 from tests.support.workload import (

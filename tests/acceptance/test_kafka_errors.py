@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions
 from tests.support.faults import caught_up, daemon, out_of_range_while_running, wait_for_log

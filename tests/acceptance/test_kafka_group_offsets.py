@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from sqlstate.group_offsets import OFFSET_METADATA
+from sqlstate.app.group_offsets import OFFSET_METADATA
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query
 from tests.support.faults import caught_up, daemon, produce, wait_for_log, wait_stopped

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlstate import output
+from sqlstate.cli import output
 from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
 from tests.support.kafka import TopicFactory, add_partitions
 from tests.support.oracle import assert_exactly_once

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from tests.support.daemon import (
     Daemon,
     stored_positions,

@@ -36,13 +36,20 @@ from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
-from sqlstate.kafka import topic_ids as kafka_topic_ids
-from sqlstate.out_of_range import LogBounds
+from sqlstate.kafka.client import topic_ids as kafka_topic_ids
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Change, ChangelogPublishFailed, Claim, Committed, PartitionBatch, Store
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import (
+    Change,
+    ChangelogPublishFailed,
+    Claim,
+    Committed,
+    PartitionBatch,
+    Store,
+)
 from tests.support.db import query
 from tests.support.kafka import TopicFactory, add_partitions, delete_topics, log_end_offsets
 from tests.support.processing import open_store, record

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.group_offsets import OFFSET_METADATA, GroupOffsets
-from sqlstate.kafka import build_consumer, in_group
-from sqlstate.rebalance import Ownership
+from sqlstate.app.claims import Ownership
+from sqlstate.app.group_offsets import OFFSET_METADATA, GroupOffsets
+from sqlstate.kafka.client import build_consumer, in_group
+from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Claim
+from sqlstate.state.store import Claim
 from tests.support.kafka import TopicFactory, committed_offsets, started
 
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError
 
-from sqlstate.kafka import build_consumer
-from sqlstate.rebalance import hold
+from sqlstate.app.claims import hold
+from sqlstate.kafka.client import build_consumer
 from sqlstate.settings import Settings
 from tests.support.kafka import TopicFactory, produce
 

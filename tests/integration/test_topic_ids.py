@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from sqlstate.kafka import high_watermarks, topic_ids
-from sqlstate.kafka_protocol import TopicsRequest, topic_id_uuid, topics_of
+from sqlstate.kafka.client import high_watermarks, topic_ids
+from sqlstate.kafka.protocol import TopicsRequest, topic_id_uuid, topics_of
 from tests.support.kafka import TopicFactory, produce, recreate_topic, started
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlstate.processors.base import Record
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from tests.support.oracle import Row, StoredKey
 
 SQL_FILE = Path(__file__).with_name("slot_holders.sql")

@@ -30,16 +30,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlstate import cli, consumer, migrate, rebalance
+from sqlstate import cli
+from sqlstate.app import batch_loop, claims
+from sqlstate.app.batch_loop import BatchLoop
+from sqlstate.app.claims import Claimer, Listener
+from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.producers import ChangelogProducer
-from sqlstate.consumer import BatchLoop
-from sqlstate.database import Database
-from sqlstate.group_offsets import GroupOffsets
 from sqlstate.processors.base import Statement
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Claimer, Listener
-from sqlstate.store import Store
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.store import Store
 
 # point: (class, method, where the fault fires, which hits count)
 POINTS: dict[str, tuple[Any, str, str, str]] = {
@@ -66,11 +68,11 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     "in_migration": (migrate, "statements", "after", "any"),
     # The log's bounds of an assignment, asked of Kafka before its claim (in the assign callback,
     # or in the batch loop for partitions held since a rebalance).
-    "claim_bounds": (rebalance, "read_bounds", "before", "any"),
+    "claim_bounds": (claims, "read_bounds", "before", "any"),
     # Inside the assign callback, as it begins (each assignment is a hit, an empty one too).
     "in_assign": (Claimer, "assign", "before", "any"),
     # The log's bounds of a partition the fetcher found out of range while running.
-    "out_of_range_bounds": (consumer, "read_bounds", "before", "any"),
+    "out_of_range_bounds": (batch_loop, "read_bounds", "before", "any"),
     # --changelog, in the database thread inside the batch's SQLite transaction: its rows are
     # captured and the Kafka transactions not begun yet ("before"), or committed ("after",
     # with the SQLite transaction not committed: the file is behind its changelog).

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.processors.base import Record
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from sqlstate.processors.windowed import iso_utc, window_start
 from tests.support.db import connect_read_only
 from tests.support.kafka import beginning_offsets

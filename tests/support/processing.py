@@ -12,13 +12,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate import migrate
-from sqlstate.database import Database
-from sqlstate.decoding import BadRecords
-from sqlstate.out_of_range import LogBounds
+from sqlstate.kafka.decoding import BadRecords
 from sqlstate.processors.base import Processor, Record, Statement
 from sqlstate.processors.registry import Processors
-from sqlstate.store import Committed, PartitionBatch, Store
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import Committed, PartitionBatch, Store
 
 
 def record(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from sqlstate.processors.counting import stored_key
+from sqlstate.processors.keys import stored_key
 from tests.support.db import query
 from tests.support.kafka import log_end_offsets
 

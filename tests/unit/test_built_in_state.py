@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Processor, Record, Statement
 from sqlstate.processors.latest import BLOB_LIMIT, Latest, _row_by_row
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.windowed import WindowedCounts, iso_utc, window_start
-from sqlstate.queries import sql
 from sqlstate.settings import duration_ms
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.queries import sql
 from tests.support.db import query
 from tests.support.processing import fold, open_store, record
 

@@ -17,12 +17,12 @@ from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset
 from sqlstate.changelog.records import POSITION_KEY, PositionChange, decode, position_record
 from sqlstate.changelog.tables import state_tables
-from sqlstate.database import utc_now
 from sqlstate.errors import ChangelogLostError, ProcessorError
-from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.registry import Processors
-from sqlstate.store import Store
+from sqlstate.state.database import utc_now
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import open_store
 

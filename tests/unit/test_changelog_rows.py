@@ -30,17 +30,17 @@ from sqlstate.changelog.records import (
 )
 from sqlstate.changelog.table_sql import delete_by_key
 from sqlstate.changelog.tables import StateTable, state_tables
-from sqlstate.database import Database, utc_now
-from sqlstate.decoding import BadRecords, Decoding
 from sqlstate.errors import ChangelogError, ChangelogModeError, ProcessorError
-from sqlstate.out_of_range import LogBounds
+from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
-from sqlstate.store import Change, Claim, Committed, PartitionBatch, Store
+from sqlstate.state.database import Database, utc_now
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import Change, Claim, Committed, PartitionBatch, Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
 

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from sqlstate import collector
+from sqlstate.app import collector
 
 
 def test_the_young_threshold_stays_above_the_batches_in_flight() -> None:

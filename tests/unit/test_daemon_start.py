@@ -11,7 +11,7 @@ from typing import cast
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
 
-from sqlstate.daemon import _start_unless_stopped
+from sqlstate.app.daemon import _start_unless_stopped
 from sqlstate.settings import Settings
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sqlstate import database as database_module
-from sqlstate import migrate
-from sqlstate.database import Database
 from sqlstate.errors import DatabaseBusyError, DatabaseError
-from sqlstate.stats import Stats
+from sqlstate.observe.stats import Stats
+from sqlstate.state import database as database_module
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
 from tests.support.db import corrupt_file, query
 
 # Takes a lock with the given BEGIN, says so, and keeps it until a line arrives on stdin.

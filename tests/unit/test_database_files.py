@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sqlstate import migrate
-from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, SchemaTooNewError
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
 from tests.support.db import query_value, writing
 
 

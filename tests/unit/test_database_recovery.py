@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sqlstate.database import Database
+from sqlstate.state.database import Database
 
 # A write transaction in rollback-journal mode, killed before COMMIT: a hot journal stays behind.
 CRASH_IN_TRANSACTION = textwrap.dedent(

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate import decoding
-from sqlstate.decoding import BadRecords, Decoding, Undecodable, check_json, sort_out
 from sqlstate.errors import BadRecordError
-from sqlstate.queries import sql
+from sqlstate.kafka import decoding
+from sqlstate.kafka.decoding import BadRecords, Decoding, Undecodable, check_json, sort_out
+from sqlstate.state.queries import sql
 from tests.support.processing import record
 
 TP = TopicPartition("t", 2)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate.health import PartitionLag, Watchdog
-from sqlstate.logs import JsonFormatter
-from sqlstate.progress import ProgressLog, duration
+from sqlstate.observe.health import PartitionLag, Watchdog
+from sqlstate.observe.logs import JsonFormatter
+from sqlstate.observe.progress import ProgressLog, duration
 
 A = TopicPartition("orders", 0)
 B = TopicPartition("orders", 1)

@@ -34,7 +34,7 @@ from aiokafka.errors import (
 )
 
 from sqlstate.errors import KafkaRefusedError, SqlstateError
-from sqlstate.kafka_errors import Retrying, permanent, topic_gone
+from sqlstate.kafka.errors import Retrying, permanent, topic_gone
 
 TRANSIENT = [
     KafkaConnectionError(),

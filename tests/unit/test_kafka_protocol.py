@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError, UnknownError
 
-from sqlstate.kafka_protocol import (
+from sqlstate.kafka.protocol import (
     MetadataRequest_v11,
     MetadataRequest_v12,
     MetadataRequest_v13,

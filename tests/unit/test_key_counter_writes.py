@@ -15,10 +15,11 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate import migrate
-from sqlstate.database import Database
-from sqlstate.processors.counting import KeyCounter, stored_key
-from sqlstate.queries import sql
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.keys import stored_key
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.queries import sql
 from tests.support.db import query
 
 TEXT_KEYS: list[bytes | None] = [

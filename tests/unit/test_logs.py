@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaConnectionError
 from aiokafka.protocol.admin import SaslAuthenticateRequest_v1
 
-from sqlstate import logs
+from sqlstate.observe import logs
 from sqlstate.settings import Security, Settings
 
 

@@ -14,11 +14,11 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from sqlstate import metrics
 from sqlstate.errors import ConfigError
-from sqlstate.health import Health, Lags, PartitionLag
-from sqlstate.metrics import Metrics, StatusServer
-from sqlstate.stats import Stats
+from sqlstate.observe import metrics
+from sqlstate.observe.health import Health, Lags, PartitionLag
+from sqlstate.observe.metrics import Metrics, StatusServer
+from sqlstate.observe.stats import Stats
 
 
 class Daemon:

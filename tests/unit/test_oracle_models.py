@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from sqlstate.decoding import BadRecords, Decoding
+from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Processor, Record
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.latest import Latest

@@ -9,9 +9,9 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from sqlstate.health import Health, PartitionLag, Watchdog
-from sqlstate.metrics import Metrics
-from sqlstate.partition_states import (
+from sqlstate.observe.health import Health, PartitionLag, Watchdog
+from sqlstate.observe.metrics import Metrics
+from sqlstate.observe.partition_states import (
     FOLLOWED,
     NEITHER,
     OWNED,
@@ -22,8 +22,8 @@ from sqlstate.partition_states import (
     neither,
     passing,
 )
-from sqlstate.progress import ProgressLog
-from sqlstate.stats import Stats
+from sqlstate.observe.progress import ProgressLog
+from sqlstate.observe.stats import Stats
 
 A = TopicPartition("orders", 0)
 B = TopicPartition("orders", 1)

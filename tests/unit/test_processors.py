@@ -15,17 +15,17 @@ import pytest
 from aiokafka import TopicPartition
 
 from examples.order_totals import OrderTotals
-from sqlstate import migrate
-from sqlstate.database import Database
 from sqlstate.errors import ConfigError, ProcessorError, SchemaTooNewError
-from sqlstate.out_of_range import LogBounds
 from sqlstate.processors import Migration, Processor, Records, Statement
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors, from_settings, load
 from sqlstate.processors.windowed import WindowedCounts
 from sqlstate.settings import Settings
-from sqlstate.store import Claim, Committed, PartitionBatch, Store
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import Claim, Committed, PartitionBatch, Store
 from tests.support.db import query
 from tests.support.processing import fold, order, record
 

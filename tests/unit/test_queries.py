@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
-from sqlstate import migrate, queries
-from sqlstate.queries import parse
+from sqlstate.state import migrate, queries
+from sqlstate.state.queries import parse
 
 
 def test_parse_rejects_duplicates() -> None:

@@ -12,22 +12,23 @@ from typing import cast
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate import migrate, rebalance, topic_watch
+from sqlstate.app import claims, topic_watch
+from sqlstate.app.batch_loop import BatchLoop
+from sqlstate.app.claims import Claimer, Listener, Ownership
+from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.consumer import BatchLoop
-from sqlstate.database import Database
-from sqlstate.decoding import BadRecords, Decoding
 from sqlstate.errors import DatabaseBusyError
-from sqlstate.group_offsets import GroupOffsets
-from sqlstate.out_of_range import LogBounds
+from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
 from sqlstate.processors.counting import KeyCounter
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Claim, Forget, PartitionBatch, Store
-from sqlstate.topic_watch import TopicWatch
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.store import Claim, Forget, PartitionBatch, Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 TOPIC_IDS: dict[str, str | None] = {"t": "AAAAAAAAAAAAAAAAAAAAAQ"}
@@ -42,7 +43,7 @@ async def topic_ids(
 
 @pytest.fixture(autouse=True)
 def no_broker_for_topic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rebalance, "topic_ids", topic_ids)
+    monkeypatch.setattr(claims, "topic_ids", topic_ids)
     monkeypatch.setattr(topic_watch, "topic_ids", topic_ids)
 
 

@@ -9,9 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from sqlstate.cli import main, run
+from sqlstate.cli.commands import main, run
 from sqlstate.errors import ConfigError
-from sqlstate.kafka import build_consumer
+from sqlstate.kafka.client import build_consumer
 from sqlstate.settings import Security, Settings, default
 
 

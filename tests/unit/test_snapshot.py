@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sqlstate import migrate, snapshot
-from sqlstate.cli import main
-from sqlstate.database import Database
+from sqlstate.cli.commands import main
 from sqlstate.errors import ConfigError, DatabaseBusyError, DatabaseError
+from sqlstate.state import migrate, snapshot
+from sqlstate.state.database import Database
 from tests.support.db import corrupt_file, held_exclusively, query, writing
 
 KEYS = 20_000

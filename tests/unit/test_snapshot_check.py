@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from sqlstate import migrate
+from sqlstate.state import migrate
 from tests.support.db import writing
 from tests.support.snapshot_check import SnapshotChecker
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate import migrate
 from sqlstate.errors import ProcessorError, SchemaTooNewError
 from sqlstate.processors.base import Record
 from sqlstate.processors.batched import as_trigger_body
-from sqlstate.processors.counting import stored_key
 from sqlstate.processors.guard import Guard
+from sqlstate.processors.keys import stored_key
 from sqlstate.processors.registry import from_settings
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.settings import Settings
+from sqlstate.state import migrate
 from tests.support.db import query, query_value
 from tests.support.processing import fold, order, record
 

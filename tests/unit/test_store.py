@@ -12,16 +12,17 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate import migrate
-from sqlstate.database import Database
 from sqlstate.errors import DatabaseError, IsolationLevelError, OutOfRangeError
-from sqlstate.out_of_range import LogBounds
 from sqlstate.processors.base import Statement
-from sqlstate.processors.counting import KeyCounter, stored_key
+from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.keys import stored_key
 from sqlstate.processors.registry import Processors
-from sqlstate.queries import sql
 from sqlstate.settings import OutOfRangePolicy
-from sqlstate.store import Claim, Claimed, Committed, Fenced, PartitionBatch, Store
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.queries import sql
+from sqlstate.state.store import Claim, Claimed, Committed, Fenced, PartitionBatch, Store
 from tests.support.db import query
 
 TP = TopicPartition("orders", 0)

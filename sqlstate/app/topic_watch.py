@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Iterable
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from sqlstate.kafka import on_metadata_update, topic_ids
-from sqlstate.rebalance import Ownership
+from sqlstate.app.claims import Ownership
+from sqlstate.kafka.client import on_metadata_update, topic_ids
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.topic_watch")  # its documented name
 
 
 class TopicWatch:

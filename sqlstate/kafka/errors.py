@@ -45,7 +45,7 @@ from aiokafka.errors import (
 
 from sqlstate.errors import KafkaRefusedError, SqlstateError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.kafka_errors")  # its documented name
 
 # Transient although aiokafka does not mark them retriable: a request that ran out of time, no
 # broker reachable for a moment, and the group's own errors, which aiokafka answers by rejoining.

@@ -47,17 +47,17 @@ from aiokafka import TopicPartition
 from sqlstate.changelog.capture import discard_changes, take_changes
 from sqlstate.changelog.offsets import record_changelog_offset
 from sqlstate.changelog.records import Row
-from sqlstate.database import Database, utc_now
 from sqlstate.errors import (
     ChangelogError,
     ChangelogModeError,
     IsolationLevelError,
     ProcessorError,
 )
-from sqlstate.out_of_range import LogBounds, recreated_refusal, refusal
 from sqlstate.processors.base import Statement
-from sqlstate.queries import sql
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
+from sqlstate.state.database import Database, utc_now
+from sqlstate.state.out_of_range import LogBounds, recreated_refusal, refusal
+from sqlstate.state.queries import sql
 
 Forget = Callable[[TopicPartition], Sequence[Statement]]
 

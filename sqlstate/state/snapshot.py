@@ -35,13 +35,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlstate.database import Database, is_busy
 from sqlstate.errors import ConfigError, DatabaseError
-from sqlstate.queries import sql
 from sqlstate.settings import default
-from sqlstate.store import Position, Store
+from sqlstate.state.database import Database, is_busy
+from sqlstate.state.queries import sql
+from sqlstate.state.store import Position, Store
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.snapshot")  # its documented name
 
 # Like the other commands beside a daemon, it waits for a locked file as long as ``run`` does.
 BUSY_TIMEOUT_S: float = default("busy_timeout_s")

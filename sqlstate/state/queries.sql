@@ -1,5 +1,5 @@
 -- Every statement sqlstate runs at run time, by name. Schema changes live in migrations/.
--- Each block starts with "-- name: <name>"; sqlstate/queries.py loads them.
+-- Each block starts with "-- name: <name>"; sqlstate/state/queries.py loads them.
 
 -- name: check_readable
 -- Reads the file header: fails with "file is not a database" on anything that is not SQLite.

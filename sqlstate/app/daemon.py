@@ -22,31 +22,33 @@ import aiosqlite
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from sqlstate import __version__, collector, migrate
+from sqlstate import __version__
+from sqlstate.app import collector
+from sqlstate.app.batch_loop import BatchLoop
+from sqlstate.app.claims import Claimer, Listener, Ownership
+from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.monitor import Monitor
+from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.tables import StateTable
-from sqlstate.consumer import BatchLoop
-from sqlstate.database import Database
-from sqlstate.decoding import BadRecords, Decoding
 from sqlstate.errors import (
     AuthenticationError,
     BrokerError,
     SqlstateError,
     TopicNotFoundError,
 )
-from sqlstate.group_offsets import GroupOffsets
-from sqlstate.kafka import build_consumer, c_parser_loaded, refusal
-from sqlstate.monitor import Monitor
+from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
+from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.observe.stats import Stats
 from sqlstate.processors import registry
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Claimer, Listener, Ownership
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Store, isolation_refusal
-from sqlstate.topic_watch import TopicWatch
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.store import Store, isolation_refusal
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.daemon")  # its documented name
 
 _CONNECT_RETRY_PAUSE_S = 1.0
 

@@ -23,7 +23,7 @@ def parse(text: str) -> dict[str, str]:
 
 @cache
 def _all() -> dict[str, str]:
-    return parse(resources.files("sqlstate").joinpath("queries.sql").read_text("utf-8"))
+    return parse(resources.files("sqlstate.state").joinpath("queries.sql").read_text("utf-8"))
 
 
 def sql(name: str) -> str:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sqlstate.database import Database, utc_now
 from sqlstate.errors import SchemaTooNewError
 from sqlstate.processors.base import Migration, Processor
-from sqlstate.queries import sql
+from sqlstate.state.database import Database, utc_now
+from sqlstate.state.queries import sql
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.migrate")  # its documented name
 
 FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

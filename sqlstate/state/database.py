@@ -46,10 +46,10 @@ from typing import TypeVar
 import aiosqlite
 
 from sqlstate.errors import DatabaseBusyError, DatabaseError
-from sqlstate.queries import sql
-from sqlstate.stats import Stats
+from sqlstate.observe.stats import Stats
+from sqlstate.state.queries import sql
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.database")  # its documented name
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]

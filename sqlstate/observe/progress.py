@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 
-from sqlstate.health import Lags, caught_up, total_lag
-from sqlstate.logs import partition_fields
+from sqlstate.observe.health import Lags, caught_up, total_lag
+from sqlstate.observe.logs import partition_fields
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.progress")  # its documented name
 
 
 def duration(seconds: float) -> str:

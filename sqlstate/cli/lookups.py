@@ -13,12 +13,12 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from sqlstate import migrate
-from sqlstate.database import Database
 from sqlstate.errors import AuthenticationError, BrokerError
-from sqlstate.kafka import build_offsets_consumer, refusal
+from sqlstate.kafka.client import build_offsets_consumer, refusal
 from sqlstate.settings import Security, default
-from sqlstate.store import Position, Store
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.store import Position, Store
 
 # These commands have no flags for them: they wait as long as ``run`` does by default.
 BUSY_TIMEOUT_S: float = default("busy_timeout_s")

@@ -48,10 +48,10 @@ from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
-from sqlstate.kafka_protocol import TopicsRequest, topics_of
+from sqlstate.kafka.protocol import TopicsRequest, topics_of
 from sqlstate.settings import Security, Settings
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.kafka")  # its documented name
 
 T = TypeVar("T")
 

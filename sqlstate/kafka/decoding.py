@@ -32,13 +32,13 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from sqlstate.errors import BadRecordError
-from sqlstate.logs import partition_fields
+from sqlstate.observe.logs import partition_fields
 from sqlstate.processors.base import Record, Records, Statement
-from sqlstate.processors.counting import stored_key
-from sqlstate.queries import sql
+from sqlstate.processors.keys import stored_key
 from sqlstate.settings import BadRecordPolicy, Format
+from sqlstate.state.queries import sql
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.decoding")  # its documented name
 
 Deserializer = Callable[[bytes | None], Any]
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.logs import partition_fields
-from sqlstate.rebalance import describe
+from sqlstate.app.claims import describe
+from sqlstate.observe.logs import partition_fields
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.health")  # its documented name
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.errors import OutOfRangeError
-from sqlstate.kafka import high_watermarks
-from sqlstate.logs import partition_fields
+from sqlstate.kafka.client import high_watermarks
+from sqlstate.observe.logs import partition_fields
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.out_of_range")  # its documented name
 
 
 @dataclass(frozen=True)

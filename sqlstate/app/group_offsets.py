@@ -40,12 +40,12 @@ from aiokafka.errors import (
     UnknownMemberIdError,
 )
 
-from sqlstate.kafka import commit_group_offsets
-from sqlstate.rebalance import Ownership
-from sqlstate.stats import Stats
-from sqlstate.store import Claim
+from sqlstate.app.claims import Ownership
+from sqlstate.kafka.client import commit_group_offsets
+from sqlstate.observe.stats import Stats
+from sqlstate.state.store import Claim
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.group_offsets")  # its documented name
 
 #: What each committed offset says about itself, for whoever reads it in Kafka.
 OFFSET_METADATA = "sqlstate: informational; positions live in the database"

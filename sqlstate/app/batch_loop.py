@@ -33,19 +33,20 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.decoding import BadRecords
+from sqlstate.app.claims import Claimer, Ownership, describe, hold
+from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
-from sqlstate.group_offsets import GroupOffsets
-from sqlstate.kafka import absent_topics, consumed_position, in_group, log_end
-from sqlstate.kafka_errors import Retrying, permanent, topic_gone
-from sqlstate.logs import partition_fields
-from sqlstate.out_of_range import log_reset, read_bounds, refusal
+from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
+from sqlstate.kafka.decoding import BadRecords
+from sqlstate.kafka.errors import Retrying, permanent, topic_gone
+from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
-from sqlstate.rebalance import Claimer, Ownership, describe, hold
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import (
+from sqlstate.state.out_of_range import log_reset, read_bounds, refusal
+from sqlstate.state.store import (
     ChangelogPublishFailed,
     Claim,
     Committed,
@@ -53,9 +54,8 @@ from sqlstate.store import (
     PartitionBatch,
     Store,
 )
-from sqlstate.topic_watch import TopicWatch
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.consumer")  # its documented name
 
 # How often a topic missing from the consumer's metadata is looked up again in Kafka's own list.
 _TOPIC_CHECK_PAUSE_S = 5.0

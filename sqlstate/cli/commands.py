@@ -21,8 +21,11 @@ from typing import Any, TypeVar
 
 import click
 
-from sqlstate import __version__, daemon, logs, lookups, output, snapshot
+from sqlstate import __version__
+from sqlstate.app import daemon
+from sqlstate.cli import lookups, output
 from sqlstate.errors import SqlstateError
+from sqlstate.observe import logs
 from sqlstate.settings import (
     BAD_RECORD_POLICIES,
     FORMATS,
@@ -35,8 +38,9 @@ from sqlstate.settings import (
     Settings,
     default,
 )
+from sqlstate.state import snapshot
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.cli")  # its documented name
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -44,15 +44,15 @@ from aiokafka.errors import KafkaError
 
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
-from sqlstate.kafka import group_generation, topic_ids
-from sqlstate.kafka_errors import permanent
-from sqlstate.logs import partition_fields
-from sqlstate.out_of_range import LogBounds, log_reset, log_topic_reset, read_bounds
+from sqlstate.kafka.client import group_generation, topic_ids
+from sqlstate.kafka.errors import permanent
+from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
-from sqlstate.store import Claim, Forget, Store
+from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, read_bounds
+from sqlstate.state.store import Claim, Forget, Store
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.rebalance")  # its documented name
 
 # Where a held partition waits. Any offset would do: a paused partition is never fetched, and its
 # claim seeks it to its stored position before resuming it.

@@ -6,6 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sqlstate.processors.keys import key_json
+
+__all__ = ["as_json", "key_json", "key_text", "size", "table"]
+
 
 def key_text(key: str | bytes | None) -> str:
     """A key as a person reads it: text as is, bytes as x'..' hex, a missing key as (null)."""
@@ -14,13 +18,6 @@ def key_text(key: str | bytes | None) -> str:
     if isinstance(key, bytes):
         return f"x'{key.hex()}'"
     return key if key.isprintable() else repr(key)
-
-
-def key_json(key: str | bytes | None) -> Any:
-    """A key in JSON: a string, {"hex": ".."} for bytes that are not UTF-8, or null."""
-    if isinstance(key, bytes):
-        return {"hex": key.hex()}
-    return key
 
 
 def size(size_bytes: int) -> str:

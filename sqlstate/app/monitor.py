@@ -16,17 +16,17 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from sqlstate.app.claims import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.health import Health, Lags, PartitionLag, Watchdog
-from sqlstate.kafka import in_group, log_end
-from sqlstate.metrics import Metrics, StatusServer
-from sqlstate.partition_states import Facts, PartitionState, classify, neither, passing
-from sqlstate.progress import ProgressLog
-from sqlstate.rebalance import Ownership
+from sqlstate.kafka.client import in_group, log_end
+from sqlstate.observe.health import Health, Lags, PartitionLag, Watchdog
+from sqlstate.observe.metrics import Metrics, StatusServer
+from sqlstate.observe.partition_states import Facts, PartitionState, classify, neither, passing
+from sqlstate.observe.progress import ProgressLog
+from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.stats import Stats
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sqlstate.monitor")  # its documented name
 
 TICK_S = 1.0
 
