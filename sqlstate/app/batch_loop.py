@@ -12,8 +12,9 @@ the compare-and-set still guards every commit, so a batch can only commit on top
 before it.
 
 Between two batches, with no commit in flight, the loop handles what the fetcher or the topic
-watch reported: a position out of range, a partition without a position, a topic deleted and
-created again (its partitions are claimed again, ``Claimer.reclaim``).
+watch reported: a position out of range (the partition is claimed again, ``Claimer.recover``), a
+partition without a position, a topic deleted and created again (its partitions are claimed
+again, ``Claimer.reclaim``). The claims change only through ``Ownership``.
 """
 
 from __future__ import annotations
@@ -33,19 +34,19 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.app.claims import Claimer, Ownership, describe, hold
+from sqlstate.app.claims import Claimer
 from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka.decoding import BadRecords
 from sqlstate.kafka.errors import Retrying, permanent, topic_gone
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import describe, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.out_of_range import log_reset, read_bounds, refusal
 from sqlstate.state.store import (
     ChangelogPublishFailed,
     Claim,
@@ -245,11 +246,10 @@ class BatchLoop:
         after that, so they are dropped and the partition is sought to its claim again.
         ``decoded_so_far``: the decoding failures counted before this batch's ``getmany()``.
         """
+        self._ownership.rewind(refetch)
         advances = []
         for tp, claim in self._ownership.claims.items():
             if tp in refetch:
-                if tp in self._consumer.assignment():  # else a rebalance will seek it
-                    self._consumer.seek(tp, claim.next_offset)
                 continue
             position = positions.get(tp)
             if position is None or position <= claim.next_offset:
@@ -279,7 +279,7 @@ class BatchLoop:
         of a batch dropped or rolled back while they stayed claimed.
         """
         async with self._ownership.lock:
-            if generation != self._ownership.generation:
+            if self._ownership.is_stale(generation):
                 # The claims changed while this batch waited: a rebalance (which re-seeked every
                 # partition it claimed), or a rolled-back batch that held some partitions again
                 # (which re-seeked only those). The consumer's position of every other partition
@@ -297,7 +297,7 @@ class BatchLoop:
         try:
             outcomes = await self._store.commit_batch(advances)
         except ChangelogPublishFailed as failed:
-            if generation == self._ownership.generation:
+            if not self._ownership.is_stale(generation):
                 await self._changelog_failed(failed)
             else:
                 # A revoke stopped waiting for this commit: its partitions were released, and
@@ -321,7 +321,7 @@ class BatchLoop:
                 self._stats.count_processors(outcome.counters)
                 self._stats.bad_records += bad_records[outcome.tp]
         fenced: set[TopicPartition] = set()
-        if generation != self._ownership.generation:
+        if self._ownership.is_stale(generation):
             # A revoke stopped waiting for this commit (the database was locked): the partitions
             # are no longer ours to move, seek or pause. What committed stays committed, and the
             # next claim of each partition reads it.
@@ -330,14 +330,14 @@ class BatchLoop:
                 extra={"event": "stale_batch_committed"},
             )
         else:
-            moved: dict[TopicPartition, Claim] = {}
+            moved = {o.tp: o.claim for o in outcomes if isinstance(o, Committed)}
+            self._ownership.advance(moved)
             for outcome in outcomes:
-                if isinstance(outcome, Committed):
-                    self._ownership.claims[outcome.tp] = outcome.claim
-                    moved[outcome.tp] = outcome.claim
-                else:
-                    self._fenced(outcome)
+                if isinstance(outcome, Fenced):
                     fenced.add(outcome.tp)
+                    followed = self._fenced(outcome)
+                    if followed is not None:
+                        moved[outcome.tp] = followed
             # Only now, with the transaction committed: Kafka's copy never runs ahead of it.
             self._offsets.publish(moved)
         self._stats.records += committed
@@ -360,11 +360,9 @@ class BatchLoop:
         """A batch that the file did not take: seek each of its partitions still claimed here
         back to its claim, now, and return them all, so that the batch fetched meanwhile drops
         their records too (``_advances``' ``refetch``)."""
-        for part in advances:
-            claim = self._ownership.claims.get(part.tp)
-            if claim is not None and part.tp in self._consumer.assignment():
-                self._consumer.seek(part.tp, claim.next_offset)
-        return {part.tp for part in advances}
+        tps = {part.tp for part in advances}
+        self._ownership.rewind(tps)
+        return tps
 
     async def _changelog_failed(self, failed: ChangelogPublishFailed) -> None:
         """The batch rolled back: its changelog transactions did not all commit."""
@@ -384,8 +382,9 @@ class BatchLoop:
         )
         await self._claimer.hold_again(failed.partitions, fenced)
 
-    def _fenced(self, outcome: Fenced) -> None:
-        """Our compare-and-set failed: someone else claimed or moved the partition."""
+    def _fenced(self, outcome: Fenced) -> Claim | None:
+        """Our compare-and-set failed: someone else claimed or moved the partition. The claim
+        followed, when only its position moved."""
         self._stats.fenced_batches += 1
         tp, row = outcome.tp, outcome.holder
         claim = self._ownership.claims[tp]
@@ -407,10 +406,9 @@ class BatchLoop:
                     "dropped_records": outcome.records,
                 },
             )
-            self._ownership.claims[tp] = Claim(row.next_offset, row.epoch)
-            self._consumer.seek(tp, row.next_offset)
-            self._offsets.publish({tp: self._ownership.claims[tp]})
-            return
+            followed = Claim(row.next_offset, row.epoch)
+            self._ownership.move(tp, followed)
+            return followed
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
         logger.warning(
@@ -430,8 +428,8 @@ class BatchLoop:
                 "dropped_records": outcome.records,
             },
         )
-        self._ownership.claims.pop(tp, None)
-        hold(self._consumer, tp, row.next_offset if row else claim.next_offset)
+        self._ownership.drop_and_hold(tp, row.next_offset if row else claim.next_offset)
+        return None
 
     async def _reseek(self, tp: TopicPartition) -> None:
         """The fetcher looked for a Kafka-committed offset before our listener seeked.
@@ -443,31 +441,31 @@ class BatchLoop:
         listener's seek replaces it.) Our positions live in the database: seek to the claimed one.
         """
         async with self._ownership.lock:
-            claim = self._ownership.claims.get(tp)
-            if claim is not None:
-                logger.debug(
-                    "re-seeking %s-%d to %d",
-                    tp.topic,
-                    tp.partition,
-                    claim.next_offset,
-                    extra={
-                        "event": "reseeked",
-                        **partition_fields(tp),
-                        "next_offset": claim.next_offset,
-                    },
-                )
-                self._consumer.seek(tp, claim.next_offset)
+            claim = self._ownership.rewind([tp]).get(tp)
+        if claim is not None:
+            logger.debug(
+                "re-seeking %s-%d to %d",
+                tp.topic,
+                tp.partition,
+                claim.next_offset,
+                extra={
+                    "event": "reseeked",
+                    **partition_fields(tp),
+                    "next_offset": claim.next_offset,
+                },
+            )
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """The fetcher found a position gone from the log while running.
+        """The fetcher found a position gone from the log while running: the partition is
+        claimed again (``Claimer.recover``), and the claim transaction applies the policy.
 
-        The topic's ID and the log's bounds are read first, without the ownership lock (a
-        revoke must never wait for a network call); the reset then runs under it, only if the
+        The log's bounds and the topic's ID are read first, without the ownership lock (a
+        revoke must never wait for a network call); the claim then runs under it, only if the
         claim is still the one the error was about. A topic with a new ID was deleted and
         created again: all of it is claimed again instead, as the topic watch would.
         """
         for tp, fetch_offset in offsets.items():
-            claim = self._ownership.claims.get(tp)
+            claim = self._ownership.claim_of(tp)
             if claim is None:
                 logger.debug(
                     "ignored out-of-range for unclaimed %s",
@@ -475,18 +473,14 @@ class BatchLoop:
                     extra={"event": "out_of_range_ignored", **partition_fields(tp)},
                 )
                 continue
+            generation = self._ownership.generation
             try:
-                if await asyncio.wait_for(
-                    self._watch.changed([tp.topic]), self._settings.rebalance_budget_s
-                ):
+                bounds, ids = await asyncio.wait_for(
+                    self._claimer.read_logs({tp}), self._settings.rebalance_budget_s
+                )
+                if self._ownership.recreated(ids):
                     await self._claimer.reclaim({tp.topic})
                     continue
-                bounds = (
-                    await asyncio.wait_for(
-                        read_bounds(self._consumer, [tp], self._settings.isolation_level),
-                        self._settings.rebalance_budget_s,
-                    )
-                )[tp]
             except (KafkaError, TimeoutError) as error:
                 # The partition keeps its position: the fetcher reports it out of range again
                 # at its next fetch, and the bounds are asked for again then.
@@ -498,57 +492,24 @@ class BatchLoop:
                 tp.topic,
                 tp.partition,
                 fetch_offset,
-                bounds.first,
-                bounds.end,
+                bounds[tp].first,
+                bounds[tp].end,
                 extra={
                     "event": "out_of_range_reported",
                     **partition_fields(tp),
                     "fetch_offset": fetch_offset,
-                    "log_start_offset": bounds.first,
-                    "log_end_offset": bounds.end,
+                    "log_start_offset": bounds[tp].first,
+                    "log_end_offset": bounds[tp].end,
                 },
             )
-            async with self._ownership.lock:
-                if self._ownership.claims.get(tp) != claim:
-                    continue  # a rebalance or a commit came first: its seek stands
-                if bounds.holds(claim.next_offset):
-                    self._consumer.seek(tp, claim.next_offset)
-                    continue
-                if self._settings.out_of_range == "fail":
-                    raise refusal(tp, claim.next_offset, bounds)
-                generation = self._ownership.generation
-                try:
-                    reset = await self._store.reset(tp, claim, bounds, self._processors.forget)
-                except ChangelogPublishFailed as failed:
-                    # Rolled back: the partition is restored and claimed again, and its
-                    # position checked against the log once more then.
-                    await self._changelog_failed(failed)
-                    continue
-                if generation != self._ownership.generation:
-                    # A revoke stopped waiting for this reset (the database was locked): the
-                    # partition is no longer ours to seek. Its next claim reads the reset, or
-                    # fences it.
-                    if reset is not None:
-                        self._stats.out_of_range_resets += 1
-                        log_reset(tp, claim.next_offset, bounds)
-                    continue
-                if reset is None:
-                    logger.warning(
-                        "%s-%d: out of range, but another consumer claimed it meanwhile;"
-                        " leaving it",
-                        tp.topic,
-                        tp.partition,
-                        extra={
-                            "event": "out_of_range_left",
-                            **partition_fields(tp),
-                            "reason": "claimed by another consumer",
-                        },
-                    )
-                    self._ownership.claims.pop(tp, None)
-                    hold(self._consumer, tp, claim.next_offset)
-                    continue
-                self._stats.out_of_range_resets += 1
-                log_reset(tp, claim.next_offset, bounds)
-                self._ownership.claims[tp] = reset
-                self._consumer.seek(tp, reset.next_offset)
-                self._offsets.publish({tp: reset})
+            if not await self._claimer.recover(tp, claim, generation, bounds, ids):
+                logger.warning(
+                    "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
+                    tp.topic,
+                    tp.partition,
+                    extra={
+                        "event": "out_of_range_left",
+                        **partition_fields(tp),
+                        "reason": "claimed by another consumer",
+                    },
+                )

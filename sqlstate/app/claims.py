@@ -1,17 +1,19 @@
-"""The rebalance listener, the claims, and the record of which partitions this consumer may write.
+"""The rebalance listener and the claims: how partitions become this consumer's to write.
 
 aiokafka runs the listener in its coordinator task, concurrently with the batch loop: the revoke
 is awaited before JoinGroup, the assign after the new assignment is installed, when the fetcher
 may already be starting, and a batch that ``getmany()`` already returned may still be in flight
-during either. ``Ownership.lock`` is held around "process + commit" of a batch and around each
-claim, never around ``getmany()`` or a call to Kafka, so a revoke waits for at most one batch.
-Each claim and release also bumps ``generation``: a batch fetched before is dropped, since the
-claim re-seeked its partitions from the database.
+during either. Both change the claims only through ``Ownership`` (``ownership.py``), under its
+lock; each release moves its generation, so a batch fetched before is dropped, since the claim
+re-seeked its partitions from the database.
 
 ``Claimer`` claims partitions, always through the one claim transaction (``Store.claim``):
 every assigned one at each assignment (the listener); the partitions an assignment could not
 claim in time (the batch loop, ``claim_held``); and, while running, the assigned partitions of a
-topic found deleted and created again (the batch loop, told by ``TopicWatch``).
+topic found deleted and created again (the batch loop, told by ``TopicWatch``), and a partition
+whose position the fetcher found gone from its log (the batch loop, ``recover``). The claim
+transaction applies ``--out-of-range`` in each case: one path, as Kafka Streams re-runs a
+task's normal start-up when its offsets are invalid.
 
 Both callbacks are bounded by ``Settings.rebalance_budget_s``. aiokafka sends no heartbeat from
 JoinGroup until ``on_partitions_assigned`` returns, and the group waits for a member's revoke
@@ -37,43 +39,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
 from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import describe, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, read_bounds
 from sqlstate.state.store import Claim, Forget, Store
 
 logger = logging.getLogger("sqlstate.rebalance")  # its documented name
-
-# Where a held partition waits. Any offset would do: a paused partition is never fetched, and its
-# claim seeks it to its stored position before resuming it.
-_PLACEHOLDER_OFFSET = 0
-
-
-def describe(tps: Iterable[TopicPartition]) -> str:
-    """``orders-0, orders-1`` for logs."""
-    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
-
-
-def hold(consumer: AIOKafkaConsumer, tp: TopicPartition, position: int) -> None:
-    """Stop fetching ``tp``, at ``position``, until it is sought and resumed.
-
-    Never leave an assigned partition without a position, paused or not: aiokafka's fetcher then
-    asks Kafka for the partition's committed offset every round and, meanwhile, fetches nothing
-    from the broker that leads it, so every other partition there stalls. Seek, then pause, with
-    no await between.
-    """
-    consumer.seek(tp, position)
-    consumer.pause(tp)
 
 
 async def acquire_within(lock: asyncio.Lock, seconds: float) -> bool:
@@ -87,30 +68,6 @@ async def acquire_within(lock: asyncio.Lock, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-@dataclass
-class Ownership:
-    """The partitions this consumer has claimed, where each stands, and the batch lock."""
-
-    claims: dict[TopicPartition, Claim] = field(default_factory=dict)
-    # Assigned by the group but not claimed yet (``Claimer.claim_held``): paused, never counted.
-    held: set[TopicPartition] = field(default_factory=set)
-    # Each claimed topic's ID in Kafka when it was claimed (None: Kafka gives none). Another ID
-    # later means the topic was deleted and created again since.
-    topic_ids: dict[str, str | None] = field(default_factory=dict)
-    generation: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def release(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self.claims.pop(tp, None)
-            self.held.discard(tp)
-        self.generation += 1
-
-    def release_all(self) -> None:
-        self.release([*self.claims, *self.held])
-        self.topic_ids.clear()
 
 
 class Claimer:
@@ -172,7 +129,9 @@ class Claimer:
         # What Kafka says of the logs comes first, before the lock: a network call must never
         # hold up the batch loop's commit.
         try:
-            bounds, ids = await asyncio.wait_for(self._read(assigned), deadline - time.monotonic())
+            bounds, ids = await asyncio.wait_for(
+                self.read_logs(assigned), deadline - time.monotonic()
+            )
         except (KafkaError, TimeoutError) as error:
             stop = permanent(error)
             if stop is not None:
@@ -210,9 +169,7 @@ class Claimer:
     def _hold(self, assigned: set[TopicPartition], reason: str, *, deferred: bool = True) -> None:
         """Keep ``assigned`` unclaimed, paused, for the batch loop to claim."""
         self._ownership.release_all()
-        for tp in assigned:
-            hold(self._consumer, tp, _PLACEHOLDER_OFFSET)
-        self._ownership.held = set(assigned)
+        self._ownership.hold(assigned)
         self._held_since = time.monotonic()
         generation = group_generation(self._consumer)
         fields = {
@@ -258,17 +215,16 @@ class Claimer:
             # as long as that takes. A revoke meanwhile moves the generation: then nothing is
             # claimed below, and the next assignment stops the producers it no longer needs.
             restored = await self._changelog.prepare(held, stop)
-            if not restored or generation != self._ownership.generation:
+            if not restored or self._ownership.is_stale(generation):
                 return
-        bounds, ids = await asyncio.wait_for(self._read(held), self._budget_s)
+        bounds, ids = await asyncio.wait_for(self.read_logs(held), self._budget_s)
         # Bounded, so that the bounds are fresh when the claim checks positions against them.
         if not await acquire_within(self._ownership.lock, self._budget_s / 2):
             return  # a batch is still committing: next round
         try:
-            if generation != self._ownership.generation:
+            if self._ownership.is_stale(generation):
                 return  # a rebalance came: it decided anew what this consumer holds
             claims = await self._claim(bounds, ids, self._budget_s / 2)
-            self._ownership.held.clear()
         finally:
             self._ownership.lock.release()
         seconds = time.monotonic() - self._held_since
@@ -287,21 +243,18 @@ class Claimer:
     async def hold_again(
         self, tps: Iterable[TopicPartition], fenced: Iterable[TopicPartition]
     ) -> None:
-        """A batch's changelog transactions failed, and its SQLite transaction rolled back.
+        """Under --changelog, claim ``tps`` again from the batch loop, restored first: a
+        batch's changelog transactions failed, and its SQLite transaction rolled back (their
+        Kafka transaction may have committed), or a position was found out of range.
 
         ``fenced``: another owner's producer fenced ours, so the group gave them to another
         member: they are paused until the rebalance that says so reaches this consumer, and
-        their changelogs followed meanwhile. The others are held, to be restored (their Kafka
-        transaction may have committed) and claimed again. Under the ownership lock.
+        their changelogs followed meanwhile. The others are held, to be restored and claimed
+        again (``claim_held``). Under the ownership lock.
         """
         assert self._changelog is not None
         fenced = set(fenced)
-        tps = set(tps)
-        self._ownership.release(tps)
-        assigned = self._consumer.assignment()
-        for tp in tps & assigned:
-            hold(self._consumer, tp, _PLACEHOLDER_OFFSET)
-        self._ownership.held |= tps & assigned
+        self._ownership.hold(tps)
         self._held_since = time.monotonic()
         if fenced:
             # Should no rebalance come (this member was the one out of date, and is the owner
@@ -326,10 +279,9 @@ class Claimer:
         assigned = {tp for tp in self._consumer.assignment() if tp.topic in ids}
         bounds = await read_bounds(self._consumer, assigned, self._settings.isolation_level)
         async with self._ownership.lock:
-            if generation != self._ownership.generation or not bounds:
+            if self._ownership.is_stale(generation) or not bounds:
                 return
-            self._ownership.release(bounds)
-            claims = await self._claim(bounds, ids, None)
+            claims = await self._claim_again(bounds, ids)
         _log_claims(
             "partitions_reclaimed",
             f"claimed again the partitions of {', '.join(sorted(ids))}",
@@ -337,11 +289,60 @@ class Claimer:
             self._consumer,
         )
 
-    async def _read(
+    async def recover(
+        self,
+        tp: TopicPartition,
+        claim: Claim,
+        generation: int,
+        bounds: dict[TopicPartition, LogBounds],
+        ids: dict[str, str | None],
+    ) -> bool:
+        """The fetcher found ``tp``'s position gone from its log while running: claim it again,
+        as at an assignment, so that the claim transaction applies ``--out-of-range`` (with its
+        tombstones under --changelog) to the position it reads. ``claim`` and ``generation``:
+        what the error was found under; ``bounds`` and ``ids``: read since (``read_logs``),
+        without the lock, which a revoke must never wait for behind a network call.
+
+        Nothing is done if the claim changed meanwhile (a rebalance came first: its seek stands).
+        A position the log still holds is sought again: only the fetch was out of range (a
+        lagging follower answered it, or the log was cut above the position). False, and the
+        partition left paused, if another consumer claimed it in the file since: this one is a
+        zombie for it until the rebalance that says so, and its claim would fence the owner.
+        """
+        async with self._ownership.lock:
+            if self._ownership.is_stale(generation) or self._ownership.claim_of(tp) != claim:
+                return True
+            if bounds[tp].holds(claim.next_offset):
+                self._ownership.rewind([tp])
+                return True
+            row = await self._store.position(tp)
+            if self._ownership.is_stale(generation):
+                return True  # a revoke stopped waiting for the lock: its rebalance decides
+            if row is None or row.epoch != claim.epoch:
+                self._ownership.drop_and_hold(tp, claim.next_offset)
+                return False
+            if self._changelog is not None:
+                # Under --changelog a claim starts with a new producer for the partition and a
+                # restore (``claim_held``): held, as an assignment is, its claim transaction
+                # then publishes the tombstones of what it forgets through that producer.
+                await self.hold_again([tp], [])
+            else:
+                await self._claim_again(bounds, ids)
+            return True
+
+    async def _claim_again(
+        self, bounds: dict[TopicPartition, LogBounds], ids: dict[str, str | None]
+    ) -> dict[TopicPartition, Claim]:
+        """Under the ownership lock: claim partitions this consumer claimed already, while
+        running. Their claims are released first: a batch fetched under them is dropped."""
+        self._ownership.release(bounds)
+        return await self._claim(bounds, ids, None)
+
+    async def read_logs(
         self, tps: set[TopicPartition]
     ) -> tuple[dict[TopicPartition, LogBounds], dict[str, str | None]]:
-        """The logs' bounds, then the topics' IDs: a topic recreated between the two reads
-        shows as recreated. The topics were just assigned: each must exist."""
+        """The logs' bounds, then the topics' IDs, for a claim: a topic recreated between the
+        two reads shows as recreated. The topics are assigned: each must exist."""
         bounds = await read_bounds(self._consumer, tps, self._settings.isolation_level)
         ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
         return bounds, ids
@@ -376,20 +377,13 @@ class Claimer:
         for reset in claimed.resets:
             self._stats.out_of_range_resets += 1
             log_reset(reset.tp, reset.stored_offset, reset.bounds)
-        if generation != self._ownership.generation:
+        if self._ownership.is_stale(generation):
             return {}
-        # Seek and record the claims together, with no await between: aiokafka fetches a
-        # partition as soon as it has a position, and records fetched from a position the batch
-        # loop does not know yet would be passed over, never counted. Every partition, including
-        # ones kept through the rebalance: aiokafka forgets all positions on each rebalance.
-        for tp, claim in claimed.claims.items():
-            self._consumer.seek(tp, claim.next_offset)
-            self._consumer.resume(tp)  # a held or fenced partition was paused; others are not
-        self._ownership.claims.update(claimed.claims)
+        # Recorded and sought at once, with nothing awaited since the transaction committed.
+        self._ownership.claim(claimed.claims, ids)
         if self._changelog is not None:
             # In the same step: a batch of these claims can only be made from here on.
             self._changelog.bind({tp: claim.epoch for tp, claim in claimed.claims.items()})
-        self._ownership.topic_ids.update(ids)
         self._on_claimed(claimed.claims)
         return claimed.claims
 

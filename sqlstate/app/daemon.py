@@ -25,9 +25,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlstate import __version__
 from sqlstate.app import collector
 from sqlstate.app.batch_loop import BatchLoop
-from sqlstate.app.claims import Claimer, Listener, Ownership
+from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.monitor import Monitor
+from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
@@ -375,7 +376,7 @@ async def _consume(
     on_fatal: Callable[[BaseException], None],
     changelog: ChangelogOwner | None,
 ) -> None:
-    ownership = Ownership()
+    ownership = Ownership(consumer)
     offsets = GroupOffsets(consumer, ownership, stats, enabled=settings.commit_offsets_to_kafka)
     claimer = Claimer(
         consumer,

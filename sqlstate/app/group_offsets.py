@@ -6,7 +6,7 @@ Kafka UI, a cloud provider's lag alerts), which read a group's lag from there. S
 
 - **Informational, never read back.** Each offset is committed with metadata that says so
   (``OFFSET_METADATA``). Every assignment still claims each partition in the database and seeks
-  it there (``rebalance.py``). aiokafka looks up a committed offset only for a partition that
+  it there (``claims.py``). aiokafka looks up a committed offset only for a partition that
   has no position yet, that is before that seek; the seek drops whatever it fetched from there
   and discards fetches in flight, and the batch loop takes records only of claimed partitions.
 - **After the fact, off the batch path.** Once a SQLite transaction has committed (a batch, a
@@ -40,7 +40,7 @@ from aiokafka.errors import (
     UnknownMemberIdError,
 )
 
-from sqlstate.app.claims import Ownership
+from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import commit_group_offsets
 from sqlstate.observe.stats import Stats
 from sqlstate.state.store import Claim
@@ -117,7 +117,7 @@ class GroupOffsets:
             claims, self._pending = self._pending, {}
             # Checked now, at the moment of sending, not when the claims were published.
             owned = {
-                tp: claim for tp, claim in claims.items() if self._ownership.claims.get(tp) == claim
+                tp: claim for tp, claim in claims.items() if self._ownership.claim_of(tp) == claim
             }
             if not owned:
                 continue

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.app.claims import Ownership
+from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.kafka.client import in_group, log_end
 from sqlstate.observe.health import Health, Lags, PartitionLag, Watchdog

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from sqlstate.app.claims import Ownership
+from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import on_metadata_update, topic_ids
 
 logger = logging.getLogger("sqlstate.topic_watch")  # its documented name
@@ -48,29 +48,16 @@ class TopicWatch:
         """The topics found recreated that are still claimed under their old ID, forgotten
         here: the caller claims them again."""
         found, self._recreated = self._recreated, {}
-        return {
-            topic
-            for topic, topic_id in found.items()
-            if self._ownership.topic_ids.get(topic, topic_id) != topic_id
-        }
+        return set(self._ownership.recreated(found))
 
     async def changed(self, topics: Iterable[str]) -> dict[str, str]:
         """Of ``topics``, those claimed under an ID Kafka no longer gives them, with the new
         one. A topic that does not exist right now is not among them: the rebalance that
         follows its deletion takes it away."""
-        claimed = {
-            topic: topic_id
-            for topic in topics
-            if (topic_id := self._ownership.topic_ids.get(topic)) is not None
-        }
+        claimed = {topic for topic in topics if self._ownership.topic_ids.get(topic) is not None}
         if not claimed:
             return {}
-        now = await topic_ids(self._consumer, claimed)
-        return {
-            topic: new_id
-            for topic, old_id in claimed.items()
-            if (new_id := now.get(topic)) is not None and new_id != old_id
-        }
+        return self._ownership.recreated(await topic_ids(self._consumer, claimed))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -27,8 +27,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.app.claims import describe
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import describe, partition_fields
 
 logger = logging.getLogger("sqlstate.health")  # its documented name
 

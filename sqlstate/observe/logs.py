@@ -46,7 +46,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Literal, Protocol
 
@@ -194,3 +194,9 @@ def configure(verbosity: int, log_format: LogFormat) -> None:
     root.handlers[:] = [handler]
     root.setLevel(libraries_level)
     logging.getLogger("sqlstate").setLevel(own_level)
+
+
+def describe(tps: Iterable[_Partition]) -> str:
+    """``orders-0, orders-1`` for messages; ``none`` for no partition."""
+    ordered = sorted(tps, key=lambda tp: (tp.topic, tp.partition))
+    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in ordered) or "none"

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.app.claims import Ownership
 from sqlstate.app.group_offsets import OFFSET_METADATA, GroupOffsets
+from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import build_consumer, in_group
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
@@ -54,8 +54,8 @@ def claim(
     ownership: Ownership, offsets: GroupOffsets, tp: TopicPartition, next_offset: int
 ) -> None:
     """What a committed transaction does: the claim moves on, and is published."""
-    ownership.claims[tp] = Claim(next_offset, 1)
-    offsets.publish({tp: ownership.claims[tp]})
+    ownership.advance({tp: Claim(next_offset, 1)})
+    offsets.publish({tp: Claim(next_offset, 1)})
 
 
 def partitions(consumer: AIOKafkaConsumer) -> tuple[TopicPartition, TopicPartition]:
@@ -67,7 +67,7 @@ async def test_the_newest_claims_are_sent_and_a_commit_in_flight_coalesces_the_r
     member: AIOKafkaConsumer, kafka_bootstrap: str, group_id: str
 ) -> None:
     first, second = partitions(member)
-    ownership, stats = Ownership(), Stats()
+    ownership, stats = Ownership(member), Stats()
     offsets = GroupOffsets(member, ownership, stats, enabled=True)
 
     # Published before the sender runs: one request, with the newest claim.
@@ -95,7 +95,7 @@ async def test_only_claims_still_held_when_sending_are_committed(
     member: AIOKafkaConsumer, kafka_bootstrap: str, group_id: str
 ) -> None:
     first, second = partitions(member)
-    ownership, stats = Ownership(), Stats()
+    ownership, stats = Ownership(member), Stats()
     offsets = GroupOffsets(member, ownership, stats, enabled=True)
     claim(ownership, offsets, first, 100)
     claim(ownership, offsets, second, 100)
@@ -108,7 +108,7 @@ async def test_only_claims_still_held_when_sending_are_committed(
     ownership.release([first])
     # Fenced and claimed anew meanwhile (another epoch): the old claim is not sent either.
     offsets.publish({second: Claim(170, 1)})
-    ownership.claims[second] = Claim(160, 2)
+    ownership.claim({second: Claim(160, 2)}, {})
     await offsets.close(10)
     assert stats.kafka_offset_commits == 1
     assert await kafka_offsets(kafka_bootstrap, group_id, member) == {0: 100, 1: 100}
@@ -118,8 +118,8 @@ async def test_nothing_is_committed_when_turned_off_or_stopped(
     member: AIOKafkaConsumer, kafka_bootstrap: str, group_id: str
 ) -> None:
     first, _ = partitions(member)
-    ownership, stats = Ownership(), Stats()
-    ownership.claims[first] = Claim(10, 1)
+    ownership, stats = Ownership(member), Stats()
+    ownership.advance({first: Claim(10, 1)})
     turned_off = GroupOffsets(member, ownership, stats, enabled=False)
     turned_off.publish(dict(ownership.claims))
     await turned_off.close(10)

@@ -3,7 +3,7 @@
 sqlstate holds a partition (stops fetching it without counting it) when another consumer claimed
 it, or when a rebalance could not claim it in time. aiokafka's fetcher, for an assigned partition
 without a position, asks Kafka for its committed offset every round and meanwhile fetches nothing
-from the broker that leads it, paused or not. ``rebalance.hold`` therefore seeks before it
+from the broker that leads it, paused or not. ``ownership.hold`` therefore seeks before it
 pauses. Here a group consumer built as the daemon builds it holds one partition of three on the
 test broker (which leads all three) and must still read the other two at once; the same consumer
 that pauses without a position reads nothing, which shows what the test guards against.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError
 
-from sqlstate.app.claims import hold
+from sqlstate.app.ownership import hold
 from sqlstate.kafka.client import build_consumer
 from sqlstate.settings import Settings
 from tests.support.kafka import TopicFactory, produce

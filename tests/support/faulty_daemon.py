@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlstate import cli
-from sqlstate.app import batch_loop, claims
+from sqlstate.app import claims
 from sqlstate.app.batch_loop import BatchLoop
 from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
@@ -71,8 +71,9 @@ POINTS: dict[str, tuple[Any, str, str, str]] = {
     "claim_bounds": (claims, "read_bounds", "before", "any"),
     # Inside the assign callback, as it begins (each assignment is a hit, an empty one too).
     "in_assign": (Claimer, "assign", "before", "any"),
-    # The log's bounds of a partition the fetcher found out of range while running.
-    "out_of_range_bounds": (batch_loop, "read_bounds", "before", "any"),
+    # A partition the fetcher found out of range while running, before its log's bounds are
+    # asked of Kafka for its claim again.
+    "out_of_range_bounds": (BatchLoop, "_out_of_range", "before", "any"),
     # --changelog, in the database thread inside the batch's SQLite transaction: its rows are
     # captured and the Kafka transactions not begun yet ("before"), or committed ("after",
     # with the SQLite transaction not committed: the file is behind its changelog).

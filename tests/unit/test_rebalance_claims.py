@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -14,11 +15,12 @@ from aiokafka import TopicPartition
 
 from sqlstate.app import claims, topic_watch
 from sqlstate.app.batch_loop import BatchLoop
-from sqlstate.app.claims import Claimer, Listener, Ownership
+from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.errors import DatabaseBusyError
+from sqlstate.errors import DatabaseBusyError, OutOfRangeError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
@@ -174,7 +176,7 @@ async def test_no_partition_is_seeked_before_every_claim_is_resolved(tmp_path: P
     try:
         # Stored positions now below the log.
         await claim(store, {A: LogBounds(10, 10), B: LogBounds(10, 10)}, forget)
-        ownership = Ownership()
+        ownership = Ownership(consumer)
         stats = Stats()
         fatal: list[BaseException] = []
         published: list[dict[TopicPartition, Claim]] = []
@@ -217,9 +219,10 @@ async def test_a_revoke_waits_for_the_batch_in_flight_only_within_its_budget(
     so the batch loop applies nothing of that commit when it ends."""
     database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
     await migrate.apply_pending(database)
-    ownership = Ownership()
+    consumer = StandInConsumer()
+    ownership = Ownership(consumer)
     _, listener = callbacks(
-        StandInConsumer(), Store(database), ownership, QUICK, Stats(), no_statements, print
+        consumer, Store(database), ownership, QUICK, Stats(), no_statements, print
     )
     try:
         await listener.on_partitions_assigned({A, B})
@@ -247,7 +250,7 @@ async def test_an_assignment_that_cannot_be_claimed_in_time_is_held_then_claimed
     store = Store(database)
     await claim(store, {A: LogBounds(50, 100), B: LogBounds(50, 100)}, no_statements)
     consumer = HoldingConsumer()
-    ownership = Ownership()
+    ownership = Ownership(consumer)
     fatal: list[BaseException] = []
     claimer, listener = callbacks(
         consumer, store, ownership, QUICK, Stats(), no_statements, fatal.append
@@ -286,7 +289,7 @@ async def test_an_out_of_range_lookup_is_made_outside_the_ownership_lock(tmp_pat
     await migrate.apply_pending(database)
     store = Store(database)
     consumer = StandInConsumer()
-    ownership = Ownership()
+    ownership = Ownership(consumer)
     stats = Stats()
     claimer, listener = callbacks(consumer, store, ownership, QUICK, stats, no_statements, print)
     loop = batch_loop(consumer, store, ownership, claimer, stats)
@@ -329,10 +332,11 @@ async def test_a_failed_claim_moved_away_is_released(tmp_path: Path) -> None:
     release is what has the standby follow it again."""
     database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
     owner = FailedClaimOwner()
+    consumer = HoldingConsumer()
     claimer = Claimer(
-        HoldingConsumer(),
+        consumer,
         Store(database),
-        Ownership(),
+        Ownership(consumer),
         SETTINGS,
         Stats(),
         lambda tp: [],
@@ -358,7 +362,7 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
     await migrate.apply_pending(database)
     store = Store(database)
     consumer = HoldingConsumer()
-    ownership = Ownership()
+    ownership = Ownership(consumer)
     claimer, listener = callbacks(consumer, store, ownership, QUICK, Stats(), no_statements, print)
     loop = batch_loop(consumer, store, ownership, claimer, Stats())
     try:
@@ -378,3 +382,200 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
         await database.close()
     assert position is not None
     assert position.next_offset == 50
+
+
+def forgetting(forgotten: list[TopicPartition]) -> Forget:
+    """A processor's ``forget`` that notes each partition whose state it forgets."""
+
+    def forget(tp: TopicPartition) -> list[Statement]:
+        forgotten.append(tp)
+        return []
+
+    return forget
+
+
+async def test_a_position_found_out_of_range_while_running_is_claimed_again(
+    tmp_path: Path,
+) -> None:
+    """The log of A loses the records past its stored position (50) while running: A is claimed
+    again through the claim transaction, which forgets its state and restarts it at the log's
+    first offset under a new epoch; then it is sought there and the claim published."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership(consumer)
+    stats = Stats()
+    forgotten: list[TopicPartition] = []
+    published: list[dict[TopicPartition, Claim]] = []
+    claimer, listener = callbacks(
+        consumer, store, ownership, QUICK, stats, forgetting(forgotten), print, published
+    )
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
+    try:
+        await listener.on_partitions_assigned({A, B})
+        generation = ownership.generation
+        consumer.first = 60
+        consumer.seeks.clear()
+        published.clear()
+        await loop._out_of_range({A: 55})
+        position = await store.position(A)
+    finally:
+        await database.close()
+    assert forgotten == [A]
+    assert stats.out_of_range_resets == 1
+    assert ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
+    assert consumer.seeks == [(A, 60)]
+    assert published == [{A: Claim(60, 2)}]
+    assert position is not None
+    assert (position.next_offset, position.epoch) == (60, 2)
+    assert ownership.is_stale(generation), "a batch fetched under the old claim is dropped"
+
+
+async def test_out_of_range_while_running_under_fail_writes_nothing(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership(consumer)
+    stats = Stats()
+    strict = dataclasses.replace(QUICK, out_of_range="fail")
+    claimer, listener = callbacks(consumer, store, ownership, strict, stats, no_statements, print)
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
+    try:
+        await listener.on_partitions_assigned({A, B})
+        consumer.first = 60
+        with pytest.raises(OutOfRangeError, match="stored position 50 of t-0 is outside the log"):
+            await loop._out_of_range({A: 55})
+        position = await store.position(A)
+    finally:
+        await database.close()
+    assert position is not None
+    assert (position.next_offset, position.epoch) == (50, 1)
+    assert stats.out_of_range_resets == 0
+
+
+async def test_out_of_range_of_a_partition_another_consumer_claimed_is_left(
+    tmp_path: Path,
+) -> None:
+    """This consumer is a zombie for A: another one claimed it in the file meanwhile. Its
+    out-of-range must not claim A back (that would fence the owner): A is left paused."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership(consumer)
+    stats = Stats()
+    forgotten: list[TopicPartition] = []
+    claimer, listener = callbacks(
+        consumer, store, ownership, QUICK, stats, forgetting(forgotten), print
+    )
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
+    try:
+        await listener.on_partitions_assigned({A, B})
+        await claim(store, {A: LogBounds(50, 100)}, no_statements)  # the other consumer's
+        consumer.first = 60
+        await loop._out_of_range({A: 55})
+        position = await store.position(A)
+    finally:
+        await database.close()
+    assert ownership.claims == {B: Claim(50, 1)}
+    assert consumer.paused == {A: 50}
+    assert position is not None
+    assert (position.next_offset, position.epoch, position.owner) == (50, 2, "earlier")
+    assert forgotten == []
+    assert stats.out_of_range_resets == 0
+
+
+async def test_a_fetch_out_of_range_above_a_position_the_log_holds_seeks_back(
+    tmp_path: Path,
+) -> None:
+    """Only the fetch was out of range (a lagging follower answered it): the claim stands."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership(consumer)
+    stats = Stats()
+    claimer, listener = callbacks(consumer, store, ownership, QUICK, stats, no_statements, print)
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
+    try:
+        await listener.on_partitions_assigned({A, B})
+        consumer.seeks.clear()
+        await loop._out_of_range({A: 120})
+        position = await store.position(A)
+    finally:
+        await database.close()
+    assert consumer.seeks == [(A, 50)]
+    assert ownership.claims == {A: Claim(50, 1), B: Claim(50, 1)}
+    assert position is not None
+    assert position.epoch == 1
+
+
+class ClaimingOwner:
+    """The changelog owner as the claimer sees it, every restore complete at once."""
+
+    def __init__(self) -> None:
+        self.owned: frozenset[TopicPartition] = frozenset()
+        self.claiming: frozenset[TopicPartition] = frozenset()
+        self.prepared: list[set[TopicPartition]] = []
+        self.bound: list[dict[TopicPartition, int]] = []
+
+    async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
+        pass
+
+    async def prepare(self, tps: Iterable[TopicPartition], stop: object = None) -> bool:
+        self.prepared.append(set(tps))
+        return True
+
+    def bind(self, claims: dict[TopicPartition, int]) -> None:
+        self.bound.append(dict(claims))
+
+
+async def test_out_of_range_under_changelog_is_held_restored_and_claimed(
+    tmp_path: Path,
+) -> None:
+    """Under --changelog a claim starts with the partition's producer and a restore: a
+    partition found out of range is held, as an assignment is, then claimed from the batch
+    loop, whose claim transaction forgets its state."""
+    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
+    await migrate.apply_pending(database)
+    store = Store(database)
+    consumer = HoldingConsumer()
+    ownership = Ownership(consumer)
+    stats = Stats()
+    owner = ClaimingOwner()
+    forgotten: list[TopicPartition] = []
+    claimer = Claimer(
+        consumer,
+        store,
+        ownership,
+        QUICK,
+        stats,
+        forgetting(forgotten),
+        lambda claims: None,
+        cast(ChangelogOwner, owner),
+    )
+    loop = batch_loop(consumer, store, ownership, claimer, stats)
+    try:
+        await claimer.assign({A, B})
+        await claimer.claim_held()
+        consumer.first = 60
+        await loop._out_of_range({A: 55})
+        assert ownership.held == {A}
+        assert ownership.claims == {B: Claim(50, 1)}
+        assert consumer.paused == {A: 0}
+        assert forgotten == []
+        await claimer.claim_held()
+        position = await store.position(A)
+    finally:
+        await database.close()
+    assert owner.prepared == [{A, B}, {A}]
+    assert owner.bound[-1] == {A: 2}
+    assert ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
+    assert ownership.held == set()
+    assert consumer.paused == {}
+    assert forgotten == [A]
+    assert stats.out_of_range_resets == 1
+    assert position is not None
+    assert (position.next_offset, position.epoch) == (60, 2)
