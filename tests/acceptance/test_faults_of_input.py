@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from sqlstate.processors.keys import stored_key
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
-from tests.support.kafka import TopicFactory
+from tests.support.faults import caught_up, daemon, out_of_range_while_running
+from tests.support.kafka import TopicFactory, produce
 from tests.support.workload import (
     db_counts,
     end_offsets,
@@ -83,6 +84,32 @@ async def test_records_deleted_below_the_stored_position(
     survivors = Counter((0, stored_key(key)) for key in in_p0[cut:])
     want = Counter({k: v for k, v in want.items() if k[0] != 0}) + survivors
     assert db_counts(database, topic) == want
+
+
+@pytest.mark.parametrize("mode", [(), ("--changelog",)], ids=["one-file", "changelog"])
+async def test_records_deleted_past_the_position_while_running(
+    mode: tuple[str, ...],
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """The running daemon's next fetch of partition 0 is out of range: the partition is claimed
+    again, and its claim discards its state and rebuilds it from the log's first offset."""
+    topic = await topic_factory(partitions=3)
+    database = tmp_path / "state.db"
+    traffic = [(f"k{i % 20}".encode(), b"v", i % 3) for i in range(600)]
+    await produce(kafka_bootstrap, topic, traffic)
+    sqlstate = daemon(kafka_bootstrap, topic, group_id, database, *mode)
+    daemons.append(sqlstate.start())
+    await caught_up(kafka_bootstrap, database, topic, [sqlstate])
+    await out_of_range_while_running(kafka_bootstrap, topic, database, sqlstate, traffic[:300])
+    await caught_up(kafka_bootstrap, database, topic, [sqlstate])
+    log = sqlstate.log()
+    assert "reported out of range" in log, log[-3000:]
+    assert log.count("discarded the partition's state") == 1, log[-3000:]
+    assert await sqlstate.terminate() == 0
 
 
 async def test_aborted_transactions_are_not_counted(
