@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import cast
 
@@ -121,8 +122,10 @@ def callbacks(
     forget: Forget,
     on_fatal: Callable[[BaseException], None],
     published: list[dict[TopicPartition, Claim]] | None = None,
+    changelog: object = None,
 ) -> tuple[Claimer, Listener]:
-    """The claimer and the listener a daemon builds, on the stand-in consumer."""
+    """The claimer and the listener a daemon builds, on the stand-in consumer; ``changelog``:
+    a stand-in of the changelog owner, for --changelog."""
     claimer = Claimer(
         consumer,
         store,
@@ -131,6 +134,7 @@ def callbacks(
         stats,
         forget,
         lambda claims: (published if published is not None else []).append(dict(claims)),
+        None if changelog is None else cast(ChangelogOwner, changelog),
     )
     return claimer, Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal)
 
@@ -384,134 +388,6 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
     assert position.next_offset == 50
 
 
-def forgetting(forgotten: list[TopicPartition]) -> Forget:
-    """A processor's ``forget`` that notes each partition whose state it forgets."""
-
-    def forget(tp: TopicPartition) -> list[Statement]:
-        forgotten.append(tp)
-        return []
-
-    return forget
-
-
-async def test_a_position_found_out_of_range_while_running_is_claimed_again(
-    tmp_path: Path,
-) -> None:
-    """The log of A loses the records past its stored position (50) while running: A is claimed
-    again through the claim transaction, which forgets its state and restarts it at the log's
-    first offset under a new epoch; then it is sought there and the claim published."""
-    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
-    await migrate.apply_pending(database)
-    store = Store(database)
-    consumer = HoldingConsumer()
-    ownership = Ownership(consumer)
-    stats = Stats()
-    forgotten: list[TopicPartition] = []
-    published: list[dict[TopicPartition, Claim]] = []
-    claimer, listener = callbacks(
-        consumer, store, ownership, QUICK, stats, forgetting(forgotten), print, published
-    )
-    loop = batch_loop(consumer, store, ownership, claimer, stats)
-    try:
-        await listener.on_partitions_assigned({A, B})
-        generation = ownership.generation
-        consumer.first = 60
-        consumer.seeks.clear()
-        published.clear()
-        await loop._out_of_range({A: 55})
-        position = await store.position(A)
-    finally:
-        await database.close()
-    assert forgotten == [A]
-    assert stats.out_of_range_resets == 1
-    assert ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
-    assert consumer.seeks == [(A, 60)]
-    assert published == [{A: Claim(60, 2)}]
-    assert position is not None
-    assert (position.next_offset, position.epoch) == (60, 2)
-    assert ownership.is_stale(generation), "a batch fetched under the old claim is dropped"
-
-
-async def test_out_of_range_while_running_under_fail_writes_nothing(tmp_path: Path) -> None:
-    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
-    await migrate.apply_pending(database)
-    store = Store(database)
-    consumer = HoldingConsumer()
-    ownership = Ownership(consumer)
-    stats = Stats()
-    strict = dataclasses.replace(QUICK, out_of_range="fail")
-    claimer, listener = callbacks(consumer, store, ownership, strict, stats, no_statements, print)
-    loop = batch_loop(consumer, store, ownership, claimer, stats)
-    try:
-        await listener.on_partitions_assigned({A, B})
-        consumer.first = 60
-        with pytest.raises(OutOfRangeError, match="stored position 50 of t-0 is outside the log"):
-            await loop._out_of_range({A: 55})
-        position = await store.position(A)
-    finally:
-        await database.close()
-    assert position is not None
-    assert (position.next_offset, position.epoch) == (50, 1)
-    assert stats.out_of_range_resets == 0
-
-
-async def test_out_of_range_of_a_partition_another_consumer_claimed_is_left(
-    tmp_path: Path,
-) -> None:
-    """This consumer is a zombie for A: another one claimed it in the file meanwhile. Its
-    out-of-range must not claim A back (that would fence the owner): A is left paused."""
-    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
-    await migrate.apply_pending(database)
-    store = Store(database)
-    consumer = HoldingConsumer()
-    ownership = Ownership(consumer)
-    stats = Stats()
-    forgotten: list[TopicPartition] = []
-    claimer, listener = callbacks(
-        consumer, store, ownership, QUICK, stats, forgetting(forgotten), print
-    )
-    loop = batch_loop(consumer, store, ownership, claimer, stats)
-    try:
-        await listener.on_partitions_assigned({A, B})
-        await claim(store, {A: LogBounds(50, 100)}, no_statements)  # the other consumer's
-        consumer.first = 60
-        await loop._out_of_range({A: 55})
-        position = await store.position(A)
-    finally:
-        await database.close()
-    assert ownership.claims == {B: Claim(50, 1)}
-    assert consumer.paused == {A: 50}
-    assert position is not None
-    assert (position.next_offset, position.epoch, position.owner) == (50, 2, "earlier")
-    assert forgotten == []
-    assert stats.out_of_range_resets == 0
-
-
-async def test_a_fetch_out_of_range_above_a_position_the_log_holds_seeks_back(
-    tmp_path: Path,
-) -> None:
-    """Only the fetch was out of range (a lagging follower answered it): the claim stands."""
-    database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
-    await migrate.apply_pending(database)
-    store = Store(database)
-    consumer = HoldingConsumer()
-    ownership = Ownership(consumer)
-    stats = Stats()
-    claimer, listener = callbacks(consumer, store, ownership, QUICK, stats, no_statements, print)
-    loop = batch_loop(consumer, store, ownership, claimer, stats)
-    try:
-        await listener.on_partitions_assigned({A, B})
-        consumer.seeks.clear()
-        await loop._out_of_range({A: 120})
-        position = await store.position(A)
-    finally:
-        await database.close()
-    assert consumer.seeks == [(A, 50)]
-    assert ownership.claims == {A: Claim(50, 1), B: Claim(50, 1)}
-    assert position is not None
-    assert position.epoch == 1
-
-
 class ClaimingOwner:
     """The changelog owner as the claimer sees it, every restore complete at once."""
 
@@ -532,50 +408,134 @@ class ClaimingOwner:
         self.bound.append(dict(claims))
 
 
-async def test_out_of_range_under_changelog_is_held_restored_and_claimed(
-    tmp_path: Path,
-) -> None:
-    """Under --changelog a claim starts with the partition's producer and a restore: a
-    partition found out of range is held, as an assignment is, then claimed from the batch
-    loop, whose claim transaction forgets its state."""
+@dataclasses.dataclass
+class Running:
+    """A consumer running over a real database, as a daemon builds it, with what it did."""
+
+    consumer: HoldingConsumer
+    store: Store
+    ownership: Ownership
+    stats: Stats
+    claimer: Claimer
+    loop: BatchLoop
+    forgotten: list[TopicPartition]  # the partitions whose state the processors forgot
+    published: list[dict[TopicPartition, Claim]]
+
+    async def stored(self, tp: TopicPartition) -> tuple[int, int]:
+        """The partition's position and epoch in the file."""
+        position = await self.store.position(tp)
+        assert position is not None
+        return position.next_offset, position.epoch
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, settings: Settings = QUICK, changelog: ClaimingOwner | None = None
+) -> AsyncIterator[Running]:
+    """A, B assigned and claimed at 50 (epoch 1); under ``changelog``, from the batch loop."""
     database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
     await migrate.apply_pending(database)
     store = Store(database)
     consumer = HoldingConsumer()
     ownership = Ownership(consumer)
     stats = Stats()
-    owner = ClaimingOwner()
     forgotten: list[TopicPartition] = []
-    claimer = Claimer(
-        consumer,
-        store,
-        ownership,
-        QUICK,
-        stats,
-        forgetting(forgotten),
-        lambda claims: None,
-        cast(ChangelogOwner, owner),
+    published: list[dict[TopicPartition, Claim]] = []
+
+    def forget(tp: TopicPartition) -> list[Statement]:
+        forgotten.append(tp)
+        return []
+
+    claimer, _ = callbacks(
+        consumer, store, ownership, settings, stats, forget, print, published, changelog
     )
     loop = batch_loop(consumer, store, ownership, claimer, stats)
     try:
         await claimer.assign({A, B})
         await claimer.claim_held()
-        consumer.first = 60
-        await loop._out_of_range({A: 55})
-        assert ownership.held == {A}
-        assert ownership.claims == {B: Claim(50, 1)}
-        assert consumer.paused == {A: 0}
-        assert forgotten == []
-        await claimer.claim_held()
-        position = await store.position(A)
+        consumer.seeks.clear()
+        published.clear()
+        yield Running(consumer, store, ownership, stats, claimer, loop, forgotten, published)
     finally:
         await database.close()
+
+
+async def test_a_position_found_out_of_range_while_running_is_claimed_again(
+    tmp_path: Path,
+) -> None:
+    """The log of A loses the records past its stored position (50) while running: A is claimed
+    again through the claim transaction, which forgets its state and restarts it at the log's
+    first offset under a new epoch; then it is sought there and the claim published."""
+    async with running(tmp_path) as run:
+        generation = run.ownership.generation
+        run.consumer.first = 60
+        await run.loop._out_of_range({A: 55})
+        assert await run.stored(A) == (60, 2)
+    assert run.forgotten == [A]
+    assert run.stats.out_of_range_resets == 1
+    assert run.ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
+    assert run.consumer.seeks == [(A, 60)]
+    assert run.published == [{A: Claim(60, 2)}]
+    assert run.ownership.is_stale(generation), "a batch fetched under the old claim is dropped"
+
+
+async def test_out_of_range_while_running_under_fail_writes_nothing(tmp_path: Path) -> None:
+    async with running(tmp_path, dataclasses.replace(QUICK, out_of_range="fail")) as run:
+        run.consumer.first = 60
+        with pytest.raises(OutOfRangeError, match="stored position 50 of t-0 is outside the log"):
+            await run.loop._out_of_range({A: 55})
+        assert await run.stored(A) == (50, 1)
+    assert run.forgotten == []
+    assert run.stats.out_of_range_resets == 0
+
+
+async def test_out_of_range_of_a_partition_another_consumer_claimed_is_left(
+    tmp_path: Path,
+) -> None:
+    """This consumer is a zombie for A: another one claimed it in the file meanwhile. Its
+    out-of-range must not claim A back (that would fence the owner): A is left paused."""
+    async with running(tmp_path) as run:
+        await claim(run.store, {A: LogBounds(50, 100)}, no_statements)  # the other consumer's
+        run.consumer.first = 60
+        await run.loop._out_of_range({A: 55})
+        assert await run.stored(A) == (50, 2), "still the other consumer's claim"
+    assert run.ownership.claims == {B: Claim(50, 1)}
+    assert run.consumer.paused == {A: 50}
+    assert run.forgotten == []
+    assert run.stats.out_of_range_resets == 0
+
+
+async def test_a_fetch_out_of_range_above_a_position_the_log_holds_seeks_back(
+    tmp_path: Path,
+) -> None:
+    """Only the fetch was out of range (a lagging follower answered it): the claim stands."""
+    async with running(tmp_path) as run:
+        await run.loop._out_of_range({A: 120})
+        assert await run.stored(A) == (50, 1)
+    assert run.consumer.seeks == [(A, 50)]
+    assert run.ownership.claims == {A: Claim(50, 1), B: Claim(50, 1)}
+
+
+async def test_out_of_range_under_changelog_is_held_restored_and_claimed(
+    tmp_path: Path,
+) -> None:
+    """Under --changelog a claim starts with the partition's producer and a restore: a
+    partition found out of range is held, as an assignment is, then claimed from the batch
+    loop, whose claim transaction forgets its state."""
+    owner = ClaimingOwner()
+    async with running(tmp_path, changelog=owner) as run:
+        run.consumer.first = 60
+        await run.loop._out_of_range({A: 55})
+        assert run.ownership.held == {A}
+        assert run.ownership.claims == {B: Claim(50, 1)}
+        assert run.consumer.paused == {A: 0}
+        assert run.forgotten == []
+        await run.claimer.claim_held()
+        assert await run.stored(A) == (60, 2)
     assert owner.prepared == [{A, B}, {A}]
     assert owner.bound[-1] == {A: 2}
-    assert ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
-    assert ownership.held == set()
-    assert consumer.paused == {}
-    assert forgotten == [A]
-    assert stats.out_of_range_resets == 1
-    assert position is not None
-    assert (position.next_offset, position.epoch) == (60, 2)
+    assert run.ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
+    assert run.ownership.held == set()
+    assert run.consumer.paused == {}
+    assert run.forgotten == [A]
+    assert run.stats.out_of_range_resets == 1
