@@ -18,6 +18,7 @@ from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
 from sqlstate.kafka.client import partition_counts
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
@@ -25,6 +26,13 @@ from sqlstate.state.database import Database
 from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
+_READY = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_ready",
+    "changelog topics ready: %(names)s; standbys: %(standby)s",
+    words=lambda fields: {"names": ", ".join(fields["changelogs"])},
+)
 
 
 def checked_tables(settings: Settings, processors: Processors) -> list[StateTable]:
@@ -47,16 +55,7 @@ async def prepare(
         if count == 0:
             raise BrokerError(f"Kafka gave no partitions for topic {topic}")
     names = await ensure_changelogs(settings, partitions, settings.changelog_replication_factor)
-    logger.info(
-        "changelog topics ready: %s; standbys: %s",
-        ", ".join(sorted(names.values())),
-        "all" if settings.standbys else "none",
-        extra={
-            "event": "changelog_ready",
-            "changelogs": sorted(names.values()),
-            "standby": "all" if settings.standbys else "none",
-        },
-    )
+    _READY.log(changelogs=sorted(names.values()), standby="all" if settings.standbys else "none")
 
 
 def owner_of(

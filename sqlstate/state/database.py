@@ -46,10 +46,24 @@ from typing import TypeVar
 import aiosqlite
 
 from sqlstate.errors import DatabaseBusyError, DatabaseError
+from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.database")  # its documented name
+_CHECK_PASSED = LogEvent(
+    logger,
+    logging.INFO,
+    "integrity_check_passed",
+    "integrity check of %(database)s: ok (%(check_s).2f s)",
+    data={"check_s": rounded(3)},
+)
+_BUSY = LogEvent(
+    logger,
+    logging.WARNING,
+    "database_busy",
+    "database %(database)s is locked by another connection (attempt %(attempt)d); retrying",
+)
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
@@ -301,16 +315,7 @@ class Database:
             self._checker = None
             await checker.close()
             seconds = time.perf_counter() - started
-            logger.info(
-                "integrity check of %s: ok (%.2f s)",
-                self.path,
-                seconds,
-                extra={
-                    "event": "integrity_check_passed",
-                    "database": str(self.path),
-                    "check_s": round(seconds, 3),
-                },
-            )
+            _CHECK_PASSED.log(database=str(self.path), check_s=seconds)
             return
         # The checker stays open until ``close``: while it is, closing our read-write connection
         # is not the last close, so SQLite does not checkpoint the WAL into the damaged file.
@@ -404,16 +409,7 @@ class Database:
                 return await self._hand_off(run)
             except sqlite3.Error as error:
                 if retry and is_busy(error) and not self._stopping:
-                    logger.warning(
-                        "database %s is locked by another connection (attempt %d); retrying",
-                        self.path,
-                        tries,
-                        extra={
-                            "event": "database_busy",
-                            "database": str(self.path),
-                            "attempt": tries,
-                        },
-                    )
+                    _BUSY.log(database=str(self.path), attempt=tries)
                     self._stats.busy_retries += 1
                     await asyncio.sleep(_RETRY_PAUSE_S)
                     continue

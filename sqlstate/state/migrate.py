@@ -21,11 +21,24 @@ from importlib import resources
 from pathlib import Path
 
 from sqlstate.errors import SchemaTooNewError
+from sqlstate.observe.logs import LogEvent
 from sqlstate.processors.base import Migration, Processor
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.migrate")  # its documented name
+_APPLIED = LogEvent(
+    logger,
+    logging.INFO,
+    "migration_applied",
+    "applied schema migration %(migration)s to %(database)s",
+)
+_PROCESSOR_APPLIED = LogEvent(
+    logger,
+    logging.INFO,
+    "migration_applied",
+    "applied migration %(migration)s of processor %(processor)s to %(database)s",
+)
 
 FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -176,16 +189,7 @@ async def apply_pending(database: Database) -> list[str]:
     for migration in known:
         apply = functools.partial(_apply, migration=migration, known=known, path=database.path)
         if await database.transaction(apply):
-            logger.info(
-                "applied schema migration %s to %s",
-                migration.name,
-                database.path,
-                extra={
-                    "event": "migration_applied",
-                    "migration": migration.name,
-                    "database": str(database.path),
-                },
-            )
+            _APPLIED.log(migration=migration.name, database=str(database.path))
             done.append(migration.name)
     return done
 
@@ -210,17 +214,8 @@ async def apply_processor_migrations(
                 processor=processor.name,
             )
             if await database.transaction(apply):
-                logger.info(
-                    "applied migration %s of processor %s to %s",
-                    migration.name,
-                    processor.name,
-                    database.path,
-                    extra={
-                        "event": "migration_applied",
-                        "migration": migration.name,
-                        "processor": processor.name,
-                        "database": str(database.path),
-                    },
+                _PROCESSOR_APPLIED.log(
+                    migration=migration.name, processor=processor.name, database=str(database.path)
                 )
                 done.append(migration.name)
     return done
