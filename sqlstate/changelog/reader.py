@@ -241,14 +241,6 @@ class ChangelogFollower:
             self._carried.pop(tp, None)
         self._reassign()
 
-    def unfollow(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self._next.pop(tp, None)
-            self._paused.discard(tp)
-            self._rewound.discard(tp)
-            self._carried.pop(tp, None)
-        self._reassign()
-
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         """Stop fetching these partitions (this process owns them now)."""
         tps = [tp for tp in tps if tp in self._next]

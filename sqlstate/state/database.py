@@ -23,8 +23,10 @@ one. It owns everything around the work:
 aiosqlite is how the event loop reaches that thread: one connection, one worker thread, one
 FIFO queue. Each call through it costs about 100 microseconds against under one for the sqlite3
 module, which is why a whole transaction is one call. aiosqlite 0.22 has no public call that
-runs a function in its thread; ``_submit`` puts it on the queue its own methods use, and the
-package is pinned to 0.22.x for it.
+runs a function in its thread; ``hand_to_thread`` puts it on the queue aiosqlite's own methods
+use. That function is the only code that touches aiosqlite's internals, the package is pinned to
+0.22.x for it, and tests/unit/test_aiosqlite_internals.py checks, naming the installed version,
+that they are still what it expects.
 """
 
 from __future__ import annotations
@@ -336,8 +338,9 @@ class Database:
         self._closing = True
         checker = self._checker
         if checker is not None and self._corruption is None:
-            # Stop a quick_check still reading: sqlite3_interrupt is safe from any thread.
-            checker._conn._conn.interrupt()
+            # Stop a quick_check still reading: sqlite3_interrupt is safe from any thread, and
+            # aiosqlite calls it at once, not through the queue the quick_check holds.
+            await checker._conn.interrupt()
         if self._checking is not None:
             with contextlib.suppress(asyncio.CancelledError, DatabaseError):
                 await self._checking
@@ -431,7 +434,10 @@ class Database:
     async def _hand_off(self, run: Callable[[_Call, sqlite3.Connection], T]) -> T:
         """Run ``run`` in the connection's thread and report its outcome as it is."""
         call = _Call()
-        future: asyncio.Future[T] = self._submit(functools.partial(run, call, self._conn._conn))
+        try:
+            future = hand_to_thread(self._conn, functools.partial(run, call))
+        except _Closed:
+            raise DatabaseError(f"database {self.path} is closed") from None
         cancels = 0
         while not future.done():
             try:
@@ -453,23 +459,6 @@ class Database:
             task.uncancel()
             task.cancel()
         return future.result()
-
-    def _submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``function`` for the connection's thread at once, and return its future.
-
-        At once, not at the loop's next turn (as a task running aiosqlite's own ``_execute``
-        would): the batch loop hands a commit over and goes straight on to parse the next batch,
-        which may not yield for a while, and the database thread must be working on the commit
-        meanwhile. This is aiosqlite 0.22's own hand-off (its ``_execute``): a future and the
-        function on the connection's queue; its thread sets the result with
-        ``call_soon_threadsafe``.
-        """
-        connection = self._conn
-        if not connection._running or connection._connection is None:
-            raise DatabaseError(f"database {self.path} is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        connection._tx.put_nowait((future, function))
-        return future
 
     def _run(
         self,
@@ -512,6 +501,33 @@ class Database:
         finally:
             default_ms = round(self._busy_timeout_s * 1000)
             conn.execute(sql("busy_timeout").format(milliseconds=default_ms))
+
+
+class _Closed(Exception):
+    """The aiosqlite connection is closed or closing: nothing more can be handed to it."""
+
+
+def hand_to_thread(
+    connection: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
+) -> asyncio.Future[T]:
+    """Queue ``work(conn)`` for ``connection``'s thread at once (``conn``: its sqlite3
+    connection), and return the future of its outcome. ``_Closed`` if it is closed.
+
+    At once, not at the loop's next turn (as a task running aiosqlite's own ``_execute`` would):
+    the batch loop hands a commit over and goes straight on to parse the next batch, which may
+    not yield for a while, and the database thread must be working on the commit meanwhile.
+
+    The one use of aiosqlite's internals, as aiosqlite 0.22's own ``_execute`` hands a call
+    over: ``_running`` (False once ``stop`` began), ``_connection`` (the sqlite3 connection, None
+    once closed) and ``_tx``, the queue of (future, function) its worker thread takes in order,
+    setting the future's result or exception with ``call_soon_threadsafe``.
+    """
+    conn = connection._connection
+    if not connection._running or conn is None:
+        raise _Closed
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    connection._tx.put_nowait((future, functools.partial(work, conn)))
+    return future
 
 
 def _check_readable(conn: sqlite3.Connection) -> None:

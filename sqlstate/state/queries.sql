@@ -339,8 +339,10 @@ FROM pragma_foreign_key_list(:table, 'main')
 WHERE on_delete NOT IN ('NO ACTION', 'RESTRICT') OR on_update NOT IN ('NO ACTION', 'RESTRICT')
 ORDER BY id;
 
--- name: main_has_triggers
-SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger');
+-- name: main_triggers
+-- The file's own triggers (TEMP ones are in sqlite_temp_master), in the order of their rows,
+-- which SQLite fires them by: an apply on Python 3.11 drops them and creates them again so.
+SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' ORDER BY rowid;
 
 -- name: savepoint_apply
 -- Inside an apply's transaction: the rows of a changelog chunk, undone together if SQLite

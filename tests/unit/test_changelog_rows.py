@@ -5,6 +5,7 @@ applying is idempotent and monotonic; odd keys and values round-trip; refusals."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate.changelog.apply import Applied, apply_changes
+from sqlstate.changelog import apply as apply_module
+from sqlstate.changelog.apply import CAN_SWITCH_TRIGGERS, Applied, apply_changes
 from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets, record_changelog_offset
 from sqlstate.changelog.records import (
@@ -30,7 +32,7 @@ from sqlstate.changelog.records import (
 )
 from sqlstate.changelog.table_sql import delete_by_key
 from sqlstate.changelog.tables import StateTable, state_tables
-from sqlstate.errors import ChangelogError, ChangelogModeError, ProcessorError
+from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
 from sqlstate.processors.counting import KeyCounter
@@ -365,6 +367,87 @@ async def test_sql_processors_are_the_same_on_the_standby(tmp_path: Path) -> Non
         conn.execute("INSERT INTO seen VALUES ('t', 9, 'new', 0)")
         assert conn.execute("SELECT sum(writes) FROM seen_totals").fetchall() == [(5,)]
     conn.close()
+
+
+# Triggers a user added to a standby's file: each stops any statement it fires for, saying which
+# it is. Two of the same kind show the order SQLite fires them in, which must survive the apply.
+USER_TRIGGERS = [
+    f"CREATE TRIGGER {name} {timing} ON latest BEGIN SELECT RAISE(ABORT, '{name} fired'); END"
+    for name, timing in [
+        ("before_insert_1", "BEFORE INSERT"),
+        ("before_insert_2", "BEFORE INSERT"),
+        ("after_insert", "AFTER INSERT"),
+        ("before_delete", "BEFORE DELETE"),
+        ("after_delete", "AFTER DELETE"),
+        ("after_update", "AFTER UPDATE"),
+    ]
+]
+
+
+def first_trigger_fired(path: Path, statement: str) -> str:
+    """The message of the trigger that stops ``statement`` on ``path`` (nothing is changed)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.Error) as error:
+        conn.execute(statement)
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        pytest.param(
+            True,
+            id="setconfig",
+            marks=pytest.mark.skipif(
+                not CAN_SWITCH_TRIGGERS, reason="Connection.setconfig came with Python 3.12"
+            ),
+        ),
+        pytest.param(False, id="dropped-and-created-again"),
+    ],
+)
+async def test_the_files_own_triggers_never_fire_while_applying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switch: bool
+) -> None:
+    """Whichever way this Python switches them off: no trigger of the file fires for a row,
+    a tombstone or a changed value applied; afterwards they are all there, as they were, and
+    fire in the same order."""
+    monkeypatch.setattr(apply_module, "CAN_SWITCH_TRIGGERS", switch)
+    members = [Latest()]
+    changelog = Changelog()
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        await owner.commit(T0, [record(T0, o, f"k{o}", b"v%d" % o) for o in range(5)])
+    standby = tmp_path / "standby.db"
+    await follow(standby, members, changelog)
+    with contextlib.closing(sqlite3.connect(standby)) as conn, conn:
+        for trigger in USER_TRIGGERS:
+            conn.execute(trigger)
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    before = query(standby, schema)
+    insert = "INSERT INTO latest SELECT * FROM latest"
+    assert "before_insert_2 fired" in first_trigger_fired(standby, insert)
+
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        # New keys, new values of old keys, and tombstones: inserts and deletes on the standby.
+        await owner.commit(
+            T0, [record(T0, 5, "k0", b"new"), record(T0, 6, "k1", None), record(T0, 7, "k9", b"")]
+        )
+    processors = Processors.checked(members)
+    store = await open_store(standby, processors)
+    try:
+        applied = await apply(store.database, T0, changelog.records[T0], state_tables(members))
+        # On again for the connection that applied (it also commits the batches it owns).
+        with pytest.raises(DatabaseError, match="before_insert_2 fired"):
+            await store.database.transaction(lambda conn: conn.execute(insert))
+    finally:
+        await store.database.close()
+        processors.close()
+    assert [q.reason for q in applied.quarantined] == []
+    assert (applied.rows, applied.tombstones) == (2, 1)
+    assert_same_state(tmp_path / "owner.db", standby, members)
+    assert query(standby, schema) == before
+    assert "before_insert_2 fired" in first_trigger_fired(standby, insert)
+    assert "before_delete fired" in first_trigger_fired(standby, "DELETE FROM latest")
 
 
 async def test_a_reset_ships_tombstones_and_the_new_position(tmp_path: Path) -> None:
