@@ -41,7 +41,7 @@ from sqlstate.observe.logs import partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.store import Change
+from sqlstate.state.model import Change
 
 logger = logging.getLogger(__name__)
 
