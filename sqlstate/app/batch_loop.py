@@ -37,6 +37,7 @@ from sqlstate.app.claims import Claimer, Ownership, describe, hold
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
+from sqlstate.kafka.bounds import read_bounds
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka.decoding import BadRecords
 from sqlstate.kafka.errors import Retrying, permanent, topic_gone
@@ -45,15 +46,9 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.out_of_range import log_reset, read_bounds, refusal
-from sqlstate.state.store import (
-    ChangelogPublishFailed,
-    Claim,
-    Committed,
-    Fenced,
-    PartitionBatch,
-    Store,
-)
+from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fenced, PartitionBatch
+from sqlstate.state.out_of_range import log_reset, refusal
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.consumer")  # its documented name
 

@@ -46,7 +46,8 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.store import Store, isolation_refusal
+from sqlstate.state.recorded import isolation_refusal
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.daemon")  # its documented name
 
@@ -348,10 +349,11 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, store, tables, stats)
+            changelog = changelog_mode.owner_of(settings, database, tables, stats)
             await _consume(
                 consumer,
-                store,
+                # The store of the claims and batches: under --changelog, they publish.
+                Store(database, changelog_mode.side_of(changelog)),
                 processors,
                 bad_records,
                 settings,

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.changelog.topics import ensure_changelogs
@@ -22,8 +23,8 @@ from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
+from sqlstate.state.changelog_side import ChangelogSide
 from sqlstate.state.database import Database
-from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
 _READY = LogEvent(
@@ -60,18 +61,21 @@ async def prepare(
 
 def owner_of(
     settings: Settings,
-    store: Store,
+    database: Database,
     tables: Sequence[StateTable],
     stats: Stats,
 ) -> ChangelogOwner | None:
-    """The changelog side of the claims, wired into the store's batch transaction; None without
-    --changelog."""
+    """The changelog side of the claims; None without --changelog."""
     if not settings.changelog:
         return None
-    standby = Standby(settings, store.database, tables, stats) if settings.standbys else None
-    owner = ChangelogOwner(settings, store.database, tables, stats, standby)
-    store.publish = owner.publish_from_thread
-    return owner
+    standby = Standby(settings, database, tables, stats) if settings.standbys else None
+    return ChangelogOwner(settings, database, tables, stats, standby)
+
+
+def side_of(owner: ChangelogOwner | None) -> ChangelogSide | None:
+    """The changelog side of the store's transactions, publishing through ``owner``'s
+    producers; None without --changelog."""
+    return None if owner is None else CapturedChangelog(owner.publish_from_thread)
 
 
 @contextlib.asynccontextmanager

@@ -41,7 +41,7 @@ from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.store import Change
+from sqlstate.state.model import Change
 
 logger = logging.getLogger(__name__)
 _RESTORE_STARTED = LogEvent(

@@ -32,12 +32,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from sqlstate.changelog.records import Row, position_record
+from sqlstate.changelog.records import position_record
 from sqlstate.changelog.topics import changelog_topic, transactional_id
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.kafka.client import build_changelog_producer, transaction_fatal_error
 from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 from sqlstate.settings import Settings
+from sqlstate.state.model import Row
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from sqlstate.errors import SchemaTooNewError
 from sqlstate.observe.logs import LogEvent
-from sqlstate.processors.base import Migration, Processor
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.queries import sql
 
@@ -41,6 +41,26 @@ _PROCESSOR_APPLIED = LogEvent(
 )
 
 FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of a processor's schema: ``name`` as ``NNNN_what``; ``script`` one or more
+    SQL statements, applied in one transaction together with its record."""
+
+    name: str
+    script: str
+
+
+class ProcessorSchema(Protocol):
+    """What migrating needs of a processor (``processors.Processor`` is one): the name that
+    namespaces its recorded migrations, and the migrations."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def migrations(self) -> Sequence[Migration]: ...
 
 
 @dataclass(frozen=True)
@@ -195,7 +215,7 @@ async def apply_pending(database: Database) -> list[str]:
 
 
 async def apply_processor_migrations(
-    database: Database, processors: Sequence[Processor]
+    database: Database, processors: Sequence[ProcessorSchema]
 ) -> list[str]:
     """Apply every pending migration of each processor, in the processors' order, each in its own
     transaction with its record; return the names applied, as recorded."""

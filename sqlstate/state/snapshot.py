@@ -39,8 +39,9 @@ from sqlstate.errors import ConfigError, DatabaseError
 from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.settings import default
 from sqlstate.state.database import Database, is_busy
+from sqlstate.state.model import Position
 from sqlstate.state.queries import sql
-from sqlstate.state.store import Position, Store
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.snapshot")  # its documented name
 _WRITTEN = LogEvent(

@@ -30,6 +30,7 @@ from sqlstate.changelog.records import (
     decode,
     position_record,
 )
+from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.table_sql import delete_by_key
 from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
@@ -41,8 +42,9 @@ from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed import WindowedCounts
 from sqlstate.state.database import Database, utc_now
+from sqlstate.state.model import Change, Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Change, Claim, Committed, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
 
@@ -873,8 +875,8 @@ async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bo
         ) -> dict[TopicPartition, int | ChangelogError]:
             return dict.fromkeys(changes, 0)
 
-        store.publish = no_kafka if first else None
-        await store.claim(
+        in_mode = Store(store.database, CapturedChangelog(no_kafka) if first else None)
+        await in_mode.claim(
             {T0: LogBounds(0, 10)},
             "me",
             "reset",
@@ -885,9 +887,9 @@ async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bo
         await store.check_changelog(first)
         with pytest.raises(ChangelogModeError, match="--changelog"):
             await store.check_changelog(not first)
-        store.publish = None if first else no_kafka
+        other_mode = Store(store.database, None if first else CapturedChangelog(no_kafka))
         with pytest.raises(ChangelogModeError):
-            await store.claim(
+            await other_mode.claim(
                 {T0: LogBounds(0, 10)},
                 "me",
                 "reset",

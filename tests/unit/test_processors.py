@@ -24,8 +24,9 @@ from sqlstate.processors.windowed import WindowedCounts
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Claim, Committed, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import fold, order, record
 

@@ -27,8 +27,9 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Forget, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Claim, Forget, PartitionBatch, Store
+from sqlstate.state.store import Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 TOPIC_IDS: dict[str, str | None] = {"t": "AAAAAAAAAAAAAAAAAAAAAQ"}

@@ -20,9 +20,10 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Claimed, Committed, Fenced, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.queries import sql
-from sqlstate.state.store import Claim, Claimed, Committed, Fenced, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 
 TP = TopicPartition("orders", 0)
