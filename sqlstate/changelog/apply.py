@@ -1,6 +1,6 @@
 """Restore and standby side: records of a partition's changelog into this file, one transaction.
 
-``apply_changes`` is a transaction function like those of ``store.py`` (run it through
+``apply_changes`` is a transaction function like those of ``state/transactions.py`` (run it through
 ``Database.transaction``): in it,
 
 1. compare-and-set on the file's changelog offset for the partition: records below it are

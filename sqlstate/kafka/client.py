@@ -11,7 +11,7 @@ SASL and SSL listeners (tests/acceptance/test_security.py).
 
 Two requests aiokafka has no public call for are sent over the consumer's own connections:
 Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
-``kafka_protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
+``protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
 level (``high_watermarks``). Both are retried like aiokafka's own lookups (tests/integration/
 test_topic_ids.py runs them against the real broker); ``on_metadata_update`` hears of each
 metadata refresh of the consumer.
