@@ -31,7 +31,7 @@ from sqlstate.app.monitor import Monitor
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.errors import (
     AuthenticationError,
     BrokerError,

@@ -71,8 +71,9 @@ from sqlstate.changelog.records import (
     RowCheck,
     decode,
 )
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import delete_by_key, drop_trigger, insert_row
-from sqlstate.changelog.tables import StateTable, table_columns
+from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
 

@@ -15,7 +15,8 @@ from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
-from sqlstate.changelog.tables import StateTable, state_tables
+from sqlstate.changelog.state_table import StateTable
+from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
 from sqlstate.kafka.client import partition_counts

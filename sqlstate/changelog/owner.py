@@ -34,7 +34,7 @@ from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.observe.logs import LogEvent, partition_fields, rounded

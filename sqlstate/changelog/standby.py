@@ -26,7 +26,7 @@ from sqlstate.changelog.identity import changelog_replaced, check_identity, same
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
 from sqlstate.kafka.client import topic_ids

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.errors import ProcessorError
 from sqlstate.state.queries import sql
-
-if TYPE_CHECKING:
-    from sqlstate.changelog.tables import StateTable
 
 # SQLite's default limit of arguments to a function (SQLITE_MAX_FUNCTION_ARG) is 127 before
 # 3.48, and json_object takes two per column.

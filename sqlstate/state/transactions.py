@@ -1,7 +1,7 @@
 """sqlstate's transactions: how a batch, a claim and a reset each become one SQLite transaction.
 
 Each transaction is a plain function of a ``sqlite3`` connection, run in the database thread
-through ``Database.transaction`` (``database.py``, called by ``store.py``'s ``Store``), which begins it,
+through ``Database.transaction`` (``database.py``, called by ``store.py``), which begins it,
 commits it, rolls it back on any failure, waits for a locked file and maps errors. Every
 statement comes by name from ``queries.sql``, except the processors' own, which they prepare
 from the records beforehand.

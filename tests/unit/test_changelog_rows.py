@@ -31,8 +31,9 @@ from sqlstate.changelog.records import (
     position_record,
 )
 from sqlstate.changelog.side import CapturedChangelog
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import delete_by_key
-from sqlstate.changelog.tables import StateTable, state_tables
+from sqlstate.changelog.tables import state_tables
 from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
