@@ -33,11 +33,11 @@ from sqlstate.changelog.tables import StateTable, state_tables
 from sqlstate.errors import ChangelogError, ChangelogModeError, ProcessorError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Change, Claim, Committed, PartitionBatch, Store
