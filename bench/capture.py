@@ -27,11 +27,11 @@ from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.tables import state_tables
 from sqlstate.kafka.decoding import Decoding
 from sqlstate.processors.base import Processor, Record
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state import migrate
 from sqlstate.state.database import utc_now
 from sqlstate.state.transactions import run_statements

@@ -83,10 +83,11 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda migration: migration.name)
 
 
-def bundled(processor: str) -> list[Migration]:
-    """The migrations of a built-in processor, shipped as ``migrations/<processor>/*.sql``; each
-    is named by its file name without ``.sql``."""
-    folder = resources.files("sqlstate").joinpath("migrations", processor)
+def bundled(package: str) -> list[Migration]:
+    """The migrations a processor's package ships beside its code, ``migrations/NNNN_what.sql``
+    in the package's folder (``sqlstate/processors/latest/migrations/0001_latest.sql``), in
+    order; each is named by its file name without ``.sql``."""
+    folder = resources.files(package).joinpath("migrations")
     found = [
         Migration(entry.name.removesuffix(".sql"), entry.read_text("utf-8"))
         for entry in folder.iterdir()

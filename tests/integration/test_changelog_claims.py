@@ -39,7 +39,7 @@ from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.kafka.client import topic_ids as kafka_topic_ids
 from sqlstate.observe.stats import Stats
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state.model import Change, ChangelogPublishFailed, Claim, Committed, PartitionBatch

@@ -37,11 +37,11 @@ from sqlstate.changelog.tables import state_tables
 from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.model import Change, Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds

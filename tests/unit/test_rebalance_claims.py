@@ -22,7 +22,7 @@ from sqlstate.errors import DatabaseBusyError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
