@@ -27,14 +27,14 @@ from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.tables import state_tables
 from sqlstate.kafka.decoding import Decoding
 from sqlstate.processors.base import Processor, Record
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state import migrate
 from sqlstate.state.database import utc_now
-from sqlstate.state.store import _run
+from sqlstate.state.transactions import run_statements
 
 # A changelog record as read back: key, value (None: a tombstone), changelog offset.
 Logged = tuple[bytes, bytes | None, int]
@@ -89,10 +89,10 @@ def measure(
         install_capture(captured, tables)
 
         def batch_without() -> None:
-            _run(plain, statements)
+            run_statements(plain, statements)
 
         def batch_with_capture() -> Changes:
-            _run(captured, statements)
+            run_statements(captured, statements)
             return take_changes(captured)
 
         in_transaction(plain, batch_without)()  # warm-up: every key inserted

@@ -35,10 +35,11 @@ from aiokafka import AIOKafkaProducer
 from bench.report import percentile
 from bench.workload import create_topic, delete_topic, key_name
 from sqlstate.changelog.producers import TRANSACTION_TIMEOUT_MS, ChangelogProducer, publish_all
-from sqlstate.changelog.records import Row, position_record
+from sqlstate.changelog.records import position_record
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.kafka.client import build_changelog_producer
 from sqlstate.settings import Settings
+from sqlstate.state.model import Row
 
 
 def rows(topic: str, partition: int, count: int, batch: int) -> list[Row]:

@@ -27,11 +27,11 @@ from aiokafka.structs import ConsumerRecord
 from bench.workload import key_name, order_value
 from sqlstate.kafka.decoding import Decoding
 from sqlstate.processors.base import Processor, Record
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state import migrate
 
 SQL_PROCESSOR = Path(__file__).resolve().parents[1] / "examples" / "customer_totals.sql"

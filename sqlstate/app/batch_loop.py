@@ -47,14 +47,8 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.store import (
-    ChangelogPublishFailed,
-    Claim,
-    Committed,
-    Fenced,
-    PartitionBatch,
-    Store,
-)
+from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fenced, PartitionBatch
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.consumer")  # its documented name
 

@@ -46,13 +46,15 @@ from aiokafka.errors import KafkaError
 from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
+from sqlstate.kafka.bounds import read_bounds
 from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import describe, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, read_bounds
-from sqlstate.state.store import Claim, Forget, Store
+from sqlstate.state.model import Claim, Forget
+from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.rebalance")  # its documented name
 

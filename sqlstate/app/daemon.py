@@ -32,7 +32,7 @@ from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.errors import (
     AuthenticationError,
     BrokerError,
@@ -47,7 +47,8 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.store import Store, isolation_refusal
+from sqlstate.state.recorded import isolation_refusal
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.daemon")  # its documented name
 
@@ -349,10 +350,11 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, store, tables, stats)
+            changelog = changelog_mode.owner_of(settings, database, tables, stats)
             await _consume(
                 consumer,
-                store,
+                # The store of the claims and batches: under --changelog, they publish.
+                Store(database, changelog_mode.side_of(changelog)),
                 processors,
                 bad_records,
                 settings,

@@ -43,7 +43,7 @@ from aiokafka.errors import (
 from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import commit_group_offsets
 from sqlstate.observe.stats import Stats
-from sqlstate.state.store import Claim
+from sqlstate.state.model import Claim
 
 logger = logging.getLogger("sqlstate.group_offsets")  # its documented name
 

@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.state.store import Claim
+from sqlstate.state.model import Claim
 
 # Where a held partition waits. Any offset would do: a paused partition is never fetched, and its
 # claim seeks it to its stored position before resuming it.

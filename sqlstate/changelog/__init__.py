@@ -20,6 +20,7 @@ Records (the interface between hosts; docs/scaling.md):
 Modules:
 
 - ``tables.py``: which tables are state, and the columns that key their rows;
+- ``state_table.py``: one such table, its name and key columns;
 - ``table_sql.py``: the SQL built from a table's metadata (capture triggers, delete, insert);
 - ``capture.py``: owner side, the TEMP triggers and ``take_changes`` after each partition;
 - ``records.py``: the record format, the position record, a record decoded back to a row;

@@ -1,6 +1,6 @@
 """Restore and standby side: records of a partition's changelog into this file, one transaction.
 
-``apply_changes`` is a transaction function like those of ``store.py`` (run it through
+``apply_changes`` is a transaction function like those of ``state/transactions.py`` (run it through
 ``Database.transaction``): in it,
 
 1. compare-and-set on the file's changelog offset for the partition: records below it are
@@ -24,18 +24,38 @@
 
 The rows arrive complete, so the triggers of the file's own schema (a ``--sql`` processor may
 derive one table from another with them) must not fire again here: the derived table's rows
-come from the changelog too. They are switched off for the transaction. sqlstate's TEMP capture
-triggers still fire (SQLite exempts TEMP triggers from that switch since 3.35); what they caught
-is dropped before the commit.
+come from the changelog too. They are off for the writes, through interfaces that Python and
+SQLite document:
+
+- Python 3.12 and later: ``Connection.setconfig(SQLITE_DBCONFIG_ENABLE_TRIGGER, False)``, on
+  again after the writes. Nothing in the file changes.
+- Python 3.11, whose sqlite3 has no ``setconfig``: the triggers are dropped inside the apply's
+  transaction and created again from their own text (``sqlite_master.sql``) before it commits,
+  in the order of their rows there, which decides the order SQLite fires them in. No other
+  connection sees the schema without them (the write lock is held from BEGIN IMMEDIATE, WAL
+  readers see only commits), and a failure rolls the drop back with everything else. What
+  does change: the schema's version (other connections read the schema again, once) and the
+  triggers' place in ``sqlite_master``, after the other objects, with the same text. This way
+  goes when Python 3.11 does.
+
+Also weighed: a flag that the triggers check (a TEMP row set only while applying) works only
+for triggers sqlstate writes, and these are the user's, stored in the file; an authorizer
+cannot leave out a trigger's DELETE or ``RAISE``; the C call ``sqlite3_db_config`` needs the
+connection's ``sqlite3*``, which Python 3.11 does not give. Neither way costs anything on a file
+whose schema has no trigger (the built-in processors): the apply only asks ``sqlite_master``.
+The batch path never runs this code.
+
+sqlstate's TEMP capture triggers still fire either way (SQLite exempts TEMP triggers from
+``SQLITE_DBCONFIG_ENABLE_TRIGGER`` since 3.35, and only the file's triggers are dropped); what
+they caught is dropped before the commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import importlib
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -51,13 +71,15 @@ from sqlstate.changelog.records import (
     RowCheck,
     decode,
 )
-from sqlstate.changelog.table_sql import delete_by_key, insert_row
-from sqlstate.changelog.tables import StateTable, table_columns
+from sqlstate.changelog.state_table import StateTable
+from sqlstate.changelog.table_sql import delete_by_key, drop_trigger, insert_row
+from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
 
-# sqlite3_db_config's option that switches triggers off (sqlite3.h; Python 3.12 exports it).
-_SQLITE_DBCONFIG_ENABLE_TRIGGER = 1003
+# Python 3.12's sqlite3 switches a connection's triggers off and on (``Connection.setconfig``);
+# 3.11's cannot, and drops and creates them again instead (see the module's docstring).
+CAN_SWITCH_TRIGGERS = sys.version_info >= (3, 12)
 
 # Built once per table (and set of columns): the connection's statement cache keys on the text.
 _delete_sql = functools.cache(delete_by_key)
@@ -332,62 +354,44 @@ def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _main_triggers_off(conn: sqlite3.Connection) -> Iterator[None]:
-    """The file's own triggers switched off for the block, if it has any. (Switching expires
-    the connection's prepared statements, which SQLite then prepares again: skipped when
-    there is no trigger, as with the built-in processors.)"""
-    if not conn.execute(sql("main_has_triggers")).fetchone()[0]:
+    """The file's own triggers off for the block, if it has any. Both ways expire the
+    connection's prepared statements, which SQLite then prepares again: skipped when there is no
+    trigger, as with the built-in processors. Run inside the apply's transaction: if the block
+    raises, the transaction is rolled back, and with it whatever was switched or dropped here."""
+    triggers = [(str(name), str(text)) for name, text in conn.execute(sql("main_triggers"))]
+    if not triggers:
         yield
-        return
-    switch = _trigger_switch(conn)
-    switch(False)
+    elif CAN_SWITCH_TRIGGERS:
+        with _switched_off(conn):
+            yield
+    else:
+        with _dropped(conn, triggers):
+            yield
+
+
+@contextlib.contextmanager
+def _switched_off(conn: sqlite3.Connection) -> Iterator[None]:
+    """Python 3.12 and later: SQLite's switch, off for the block and on again after it."""
+    if sys.version_info < (3, 12):
+        raise AssertionError("Connection.setconfig came with Python 3.12")
+    conn.setconfig(sqlite3.SQLITE_DBCONFIG_ENABLE_TRIGGER, False)
     try:
         yield
     finally:
-        switch(True)
+        conn.setconfig(sqlite3.SQLITE_DBCONFIG_ENABLE_TRIGGER, True)
 
 
-def _trigger_switch(conn: sqlite3.Connection) -> Callable[[bool], None]:
-    """A function that switches the connection's triggers on or off."""
-    setconfig = getattr(conn, "setconfig", None)
-    if setconfig is not None:  # Python 3.12 and later
-        return lambda on: setconfig(_SQLITE_DBCONFIG_ENABLE_TRIGGER, on)
-    # Python 3.11's sqlite3 has no setconfig: call sqlite3_db_config on the connection's
-    # handle. In CPython 3.11 the handle (sqlite3 *db) is the first field of the connection
-    # object, right after the object header; the file name SQLite gives for that handle must
-    # be the connection's own before anything is changed through it.
-    library = _sqlite_library()
-    handle = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
-    file = conn.execute(sql("database_file")).fetchone()[0]
-    if handle is None or library.sqlite3_db_filename(handle, b"main").decode() != file:
-        raise DatabaseError(
-            "cannot switch off the database's triggers to apply the changelog on this Python;"
-            " run sqlstate on Python 3.12 or later"
-        )
-
-    def switch(on: bool) -> None:
-        result = ctypes.c_int()
-        code = library.sqlite3_db_config(
-            handle, _SQLITE_DBCONFIG_ENABLE_TRIGGER, int(on), ctypes.byref(result)
-        )
-        if code != sqlite3.SQLITE_OK or result.value != int(on):
-            raise DatabaseError(f"cannot switch the database's triggers {'on' if on else 'off'}")
-
-    return switch
-
-
-@functools.cache
-def _sqlite_library() -> ctypes.CDLL:
-    """The SQLite library Python's sqlite3 module uses: its extension module's symbols include
-    it, whether linked in or loaded beside it."""
-    module = importlib.import_module("_sqlite3")
-    library = ctypes.CDLL(getattr(module, "__file__", None))
-    library.sqlite3_db_filename.restype = ctypes.c_char_p
-    library.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    library.sqlite3_db_config.restype = ctypes.c_int
-    library.sqlite3_db_config.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.POINTER(ctypes.c_int),
-    ]
-    return library
+@contextlib.contextmanager
+def _dropped(conn: sqlite3.Connection, triggers: Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Python 3.11: ``triggers`` (name, text, in the order of their rows in ``sqlite_master``)
+    dropped for the block and created again after it, in that order (SQLite fires a table's
+    triggers in an order that follows it), all in the caller's transaction. Not again if the block
+    raises: the caller's rollback brings them back as they were, and a CREATE after SQLite
+    rolled back by itself (a full disk) would commit on its own."""
+    if not conn.in_transaction:
+        raise DatabaseError("the file's triggers are dropped for an apply only in a transaction")
+    for name, _ in triggers:
+        conn.execute(drop_trigger(name))
+    yield
+    for _, text in triggers:
+        conn.execute(text)  # the trigger's CREATE TRIGGER, as SQLite keeps it in the schema

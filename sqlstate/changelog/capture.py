@@ -26,8 +26,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import capture_triggers
-from sqlstate.changelog.tables import StateTable, table_columns
+from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import ProcessorError
 from sqlstate.state.queries import sql
 

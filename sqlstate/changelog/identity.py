@@ -23,6 +23,7 @@ import sqlite3
 
 from sqlstate.errors import ChangelogLostError
 from sqlstate.state.queries import sql
+from sqlstate.state.recorded import record_topic_id
 
 _START_OVER = (
     " Nothing was written. To start over, run a new group (new changelogs) on new database"
@@ -53,7 +54,7 @@ def check_identity(
             {"topic": topic, "changelog": changelog, "topic_id": changelog_id, "now": now},
         )
     if input_id is not None and _input_topic_id(conn, topic) is None:
-        _record_input_topic_id(conn, topic, input_id, now)
+        record_topic_id(conn, topic, input_id, now)
 
 
 def check_position_topic(
@@ -66,7 +67,7 @@ def check_position_topic(
         return
     recorded = _input_topic_id(conn, topic)
     if recorded is None:
-        _record_input_topic_id(conn, topic, topic_id, now)
+        record_topic_id(conn, topic, topic_id, now)
     elif recorded != topic_id:
         raise ChangelogLostError(
             f"the changelog of {topic}-{partition} carries positions of input topic {topic}"
@@ -105,8 +106,3 @@ def changelog_replaced(
 def _input_topic_id(conn: sqlite3.Connection, topic: str) -> str | None:
     row = conn.execute(sql("read_topic_id"), {"topic": topic}).fetchone()
     return None if row is None else row[0]
-
-
-def _record_input_topic_id(conn: sqlite3.Connection, topic: str, topic_id: str, now: str) -> None:
-    # As the first claim does (store.py): the claim then finds it and checks Kafka's against it.
-    conn.execute(sql("record_topic_id"), {"topic": topic, "topic_id": topic_id, "now": now})

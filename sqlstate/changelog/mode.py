@@ -13,18 +13,28 @@ from aiokafka import AIOKafkaConsumer
 
 from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
+from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
-from sqlstate.changelog.tables import StateTable, state_tables
+from sqlstate.changelog.state_table import StateTable
+from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
 from sqlstate.kafka.client import partition_counts
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
+from sqlstate.state.changelog_side import ChangelogSide
 from sqlstate.state.database import Database
-from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
+_READY = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_ready",
+    "changelog topics ready: %(names)s; standbys: %(standby)s",
+    words=lambda fields: {"names": ", ".join(fields["changelogs"])},
+)
 
 
 def checked_tables(settings: Settings, processors: Processors) -> list[StateTable]:
@@ -47,32 +57,26 @@ async def prepare(
         if count == 0:
             raise BrokerError(f"Kafka gave no partitions for topic {topic}")
     names = await ensure_changelogs(settings, partitions, settings.changelog_replication_factor)
-    logger.info(
-        "changelog topics ready: %s; standbys: %s",
-        ", ".join(sorted(names.values())),
-        "all" if settings.standbys else "none",
-        extra={
-            "event": "changelog_ready",
-            "changelogs": sorted(names.values()),
-            "standby": "all" if settings.standbys else "none",
-        },
-    )
+    _READY.log(changelogs=sorted(names.values()), standby="all" if settings.standbys else "none")
 
 
 def owner_of(
     settings: Settings,
-    store: Store,
+    database: Database,
     tables: Sequence[StateTable],
     stats: Stats,
 ) -> ChangelogOwner | None:
-    """The changelog side of the claims, wired into the store's batch transaction; None without
-    --changelog."""
+    """The changelog side of the claims; None without --changelog."""
     if not settings.changelog:
         return None
-    standby = Standby(settings, store.database, tables, stats) if settings.standbys else None
-    owner = ChangelogOwner(settings, store.database, tables, stats, standby)
-    store.publish = owner.publish_from_thread
-    return owner
+    standby = Standby(settings, database, tables, stats) if settings.standbys else None
+    return ChangelogOwner(settings, database, tables, stats, standby)
+
+
+def side_of(owner: ChangelogOwner | None) -> ChangelogSide | None:
+    """The changelog side of the store's transactions, publishing through ``owner``'s
+    producers; None without --changelog."""
+    return None if owner is None else CapturedChangelog(owner.publish_from_thread)
 
 
 @contextlib.asynccontextmanager

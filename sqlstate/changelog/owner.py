@@ -34,16 +34,45 @@ from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.store import Change
+from sqlstate.state.model import Change
 
 logger = logging.getLogger(__name__)
+_RESTORE_STARTED = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_restore_started",
+    "restoring %(topic)s-%(partition)d from its changelog,"
+    " offsets %(changelog_offset)d to %(changelog_end)d",
+)
+_RESTORE_PROGRESS = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_restore_progress",
+    "restoring %(topic)s-%(partition)d: at changelog offset %(changelog_offset)d of"
+    " %(changelog_end)d, %(applied)d records applied",
+)
+_RESTORED = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_restored",
+    "restored %(topic)s-%(partition)d from its changelog: %(records)d records in %(restore_s).2f s",
+    data={"restore_s": rounded(3)},
+)
+_PUBLISHED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "changelog_published",
+    "published %(records)d changelog records of %(partitions)d partitions in %(publish_ms).3f ms",
+    data={"publish_s": rounded(6)},
+    words=lambda fields: {"publish_ms": fields["publish_s"] * 1000},
+)
 
 # Records per restore transaction: bounded, so that a large restore never holds the write lock
 # for long, and shows progress as it goes.
@@ -284,17 +313,7 @@ class ChangelogOwner:
         # every transaction holds at least one record and its marker, so nothing to apply.
         if end - start <= 1:
             return 0
-        logger.info(
-            "restoring %s-%d from its changelog, offsets %d to %d",
-            tp.topic,
-            tp.partition,
-            start,
-            end,
-            extra={
-                "event": "changelog_restore_started",
-                **partition_fields(tp, changelog_offset=start, changelog_end=end),
-            },
-        )
+        _RESTORE_STARTED.log(**partition_fields(tp, changelog_offset=start, changelog_end=end))
         applied = 0
         # An async generator: closed at a stop, it lets the reader go at once.
         chunks = cast(
@@ -310,32 +329,13 @@ class ChangelogOwner:
             )
             applied += done.records
             self._stats.changelog_restored += done.records
-            logger.info(
-                "restoring %s-%d: at changelog offset %d of %d, %d records applied",
-                tp.topic,
-                tp.partition,
-                done.next_offset,
-                end,
-                applied,
-                extra={
-                    "event": "changelog_restore_progress",
-                    **partition_fields(
-                        tp, changelog_offset=done.next_offset, changelog_end=end, applied=applied
-                    ),
-                },
+            _RESTORE_PROGRESS.log(
+                **partition_fields(
+                    tp, changelog_offset=done.next_offset, changelog_end=end, applied=applied
+                )
             )
         seconds = time.monotonic() - began
-        logger.info(
-            "restored %s-%d from its changelog: %d records in %.2f s",
-            tp.topic,
-            tp.partition,
-            applied,
-            seconds,
-            extra={
-                "event": "changelog_restored",
-                **partition_fields(tp, records=applied, restore_s=round(seconds, 3)),
-            },
-        )
+        _RESTORED.log(**partition_fields(tp, records=applied, restore_s=seconds))
         return applied
 
     def publish_from_thread(
@@ -392,18 +392,7 @@ class ChangelogOwner:
         # capture included): what the bench splits a commit into.
         publish_s = time.perf_counter() - began
         records = sum(len(rows) for _, rows, _ in jobs)
-        logger.debug(
-            "published %d changelog records of %d partitions in %.3f ms",
-            records,
-            len(jobs),
-            publish_s * 1000,
-            extra={
-                "event": "changelog_published",
-                "partitions": len(jobs),
-                "records": records,
-                "publish_s": round(publish_s, 6),
-            },
-        )
+        _PUBLISHED.log(partitions=len(jobs), records=records, publish_s=publish_s)
         return {tp: outcome for (tp, _, _), outcome in zip(jobs, outcomes, strict=True)}
 
 

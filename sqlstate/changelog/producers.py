@@ -26,20 +26,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from sqlstate.changelog.records import Row, position_record
+from sqlstate.changelog.records import position_record
 from sqlstate.changelog.topics import changelog_topic, transactional_id
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.kafka.client import build_changelog_producer, transaction_fatal_error
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 from sqlstate.settings import Settings
+from sqlstate.state.model import Row
 
 logger = logging.getLogger(__name__)
+
+
+def _input_tp(fields: Mapping[str, Any]) -> dict[str, object]:
+    # These sentences name the input partition as aiokafka writes one.
+    return {"input_tp": TopicPartition(fields["topic"], fields["partition"])}
+
+
+_STARTED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "changelog_producer_started",
+    "changelog producer of %(input_tp)s started in %(init_s).3f s",
+    data={"init_s": rounded(3)},
+    words=_input_tp,
+)
+_FENCED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_fenced",
+    "the changelog producer of %(input_tp)s was fenced: another owner claimed the partition",
+    words=_input_tp,
+)
+_PUBLISH_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_publish_failed",
+    "the changelog transaction of %(input_tp)s failed: %(reason)s",
+    words=_input_tp,
+)
+_STOP_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_producer_stop_failed",
+    "the changelog producer of %(input_tp)s did not stop cleanly: %(reason)s",
+    words=_input_tp,
+)
 
 # Kafka aborts a transaction left open longer than this. Ours are open only inside publish();
 # one left open by a process that stopped mid-way holds back every read_committed reader of its
@@ -133,15 +170,7 @@ class ChangelogProducer:
                 ) from error
             raise
         init_s = time.monotonic() - began
-        logger.debug(
-            "changelog producer of %s started in %.3f s",
-            self.input_tp,
-            init_s,
-            extra={
-                "event": "changelog_producer_started",
-                **partition_fields(self.input_tp, init_s=round(init_s, 3)),
-            },
-        )
+        _STARTED.log(**partition_fields(self.input_tp, init_s=init_s))
         return init_s
 
     async def publish(self, rows: Sequence[Row], next_offset: int) -> int:
@@ -271,11 +300,7 @@ class ChangelogProducer:
 
     async def _fence(self) -> None:
         self._fenced = True
-        logger.warning(
-            "the changelog producer of %s was fenced: another owner claimed the partition",
-            self.input_tp,
-            extra={"event": "changelog_fenced", **partition_fields(self.input_tp)},
-        )
+        _FENCED.log(**partition_fields(self.input_tp))
         await self._close()
 
     def _fenced_message(self) -> str:
@@ -285,14 +310,8 @@ class ChangelogProducer:
         )
 
     def _log_failure(self, error: BaseException) -> None:
-        logger.warning(
-            "the changelog transaction of %s failed: %r",
-            self.input_tp,
-            error,
-            extra={
-                "event": "changelog_publish_failed",
-                **partition_fields(self.input_tp, reason=repr(error), usable=self.usable),
-            },
+        _PUBLISH_FAILED.log(
+            **partition_fields(self.input_tp, reason=repr(error), usable=self.usable)
         )
 
     async def _close(self) -> None:
@@ -303,15 +322,7 @@ class ChangelogProducer:
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 await producer.stop()
         except (TimeoutError, KafkaError) as error:
-            logger.warning(
-                "the changelog producer of %s did not stop cleanly: %r",
-                self.input_tp,
-                error,
-                extra={
-                    "event": "changelog_producer_stop_failed",
-                    **partition_fields(self.input_tp, reason=repr(error)),
-                },
-            )
+            _STOP_FAILED.log(**partition_fields(self.input_tp, reason=repr(error)))
 
 
 async def publish_all(

@@ -48,7 +48,7 @@ from sqlstate.kafka.client import (
     log_end,
     topic_ids,
 )
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -241,14 +241,6 @@ class ChangelogFollower:
             self._carried.pop(tp, None)
         self._reassign()
 
-    def unfollow(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self._next.pop(tp, None)
-            self._paused.discard(tp)
-            self._rewound.discard(tp)
-            self._carried.pop(tp, None)
-        self._reassign()
-
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         """Stop fetching these partitions (this process owns them now)."""
         tps = [tp for tp in tps if tp in self._next]
@@ -332,23 +324,20 @@ class ChangelogFollower:
             self._consumer.seek(tp, start)
 
 
+_REWOUND = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_rewound",
+    "changelog %(tp)s: offset %(fetch_offset)d is outside the log [%(log_start_offset)d,"
+    " %(log_end_offset)d); reading it again from %(log_start_offset)d: compaction kept the last"
+    " value of every key",
+    words=lambda fields: {"tp": TopicPartition(fields["topic"], fields["partition"])},
+)
+
+
 def _log_rewound(tp: TopicPartition, offset: int, start: int, end: int, reader: str) -> None:
-    logger.warning(
-        "changelog %s: offset %d is outside the log [%d, %d); reading it again from %d:"
-        " compaction kept the last value of every key",
-        tp,
-        offset,
-        start,
-        end,
-        start,
-        extra={
-            "event": "changelog_rewound",
-            **partition_fields(
-                tp,
-                fetch_offset=offset,
-                log_start_offset=start,
-                log_end_offset=end,
-                reader=reader,
-            ),
-        },
+    _REWOUND.log(
+        **partition_fields(
+            tp, fetch_offset=offset, log_start_offset=start, log_end_offset=end, reader=reader
+        )
     )

@@ -19,7 +19,7 @@ import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 from sqlstate.errors import ProcessorError
 
@@ -38,10 +38,6 @@ def _not_json(constant: str) -> None:
 
 # str in: json.loads would first work out the encoding of the bytes, a third of its time here.
 _loads = json.JSONDecoder(parse_constant=_not_json).decode
-
-#: A changelog record as the capture makes it: the row's key, and its full new value or None
-#: (a tombstone: the row was deleted).
-Row: TypeAlias = tuple[bytes, bytes | None]
 
 
 class ChangelogRecord(NamedTuple):

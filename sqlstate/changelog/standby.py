@@ -26,16 +26,43 @@ from sqlstate.changelog.identity import changelog_replaced, check_identity, same
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
-from sqlstate.changelog.tables import StateTable
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
 from sqlstate.kafka.client import topic_ids
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
 
 logger = logging.getLogger(__name__)
+_FOLLOWING = LogEvent(
+    logger,
+    logging.INFO,
+    "standby_following",
+    "following the changelogs of %(partitions)d partitions",
+)
+_IDS_UNAVAILABLE = LogEvent(
+    logger,
+    logging.DEBUG,
+    "topic_ids_unavailable",
+    "could not ask Kafka for the changelogs' IDs: %(reason)s",
+)
+_RETRYING = LogEvent(
+    logger,
+    logging.WARNING,
+    "standby_retrying",
+    "standby: %(error)s; reading %(topic)s-%(partition)d again shortly",
+)
+_QUARANTINED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_record_quarantined",
+    "changelog record of %(topic)s-%(partition)d at offset %(changelog_offset)d set aside, not"
+    " applied: %(reason)s; key %(key)r",
+    # The sentence shows the key's bytes; the JSON line, as text.
+    data={"key": lambda key: key.decode(errors="replace")},
+)
 
 _POLL_MS = 500
 _MAX_RECORDS = 30_000
@@ -104,11 +131,7 @@ class Standby:
         paused = [self._source(tp) for tp in new if tp in self._paused]
         if paused:
             self._follower.pause(paused)
-        logger.info(
-            "following the changelogs of %d partitions",
-            len(new),
-            extra={"event": "standby_following", "partitions": len(new)},
-        )
+        _FOLLOWING.log(partitions=len(new))
 
     @property
     def paused(self) -> frozenset[TopicPartition]:
@@ -148,11 +171,7 @@ class Standby:
             except KafkaError as error:
                 # Kafka did not answer for the new partitions' topic IDs (a broker away, this
                 # host cut off): they are followed once it does; what is followed goes on.
-                logger.debug(
-                    "could not ask Kafka for the changelogs' IDs: %r",
-                    error,
-                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
-                )
+                _IDS_UNAVAILABLE.log(reason=repr(error))
                 await asyncio.sleep(_RETRY_S)
                 continue
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
@@ -189,13 +208,7 @@ class Standby:
     async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
         again from what the file has applied, after a pause."""
-        logger.warning(
-            "standby: %s; reading %s-%d again shortly",
-            error,
-            tp.topic,
-            tp.partition,
-            extra={"event": "standby_retrying", **partition_fields(tp, error=str(error))},
-        )
+        _RETRYING.log(**partition_fields(tp, error=str(error)))
         offset = await self._database.read(functools.partial(changelog_offset, tp=tp))
         if tp not in self._paused:
             self._follower.follow({self._source(tp): offset})
@@ -218,11 +231,7 @@ class Standby:
             except KafkaError as error:
                 if stop.is_set():
                     return False
-                logger.debug(
-                    "could not ask Kafka for the changelogs' IDs: %r",
-                    error,
-                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
-                )
+                _IDS_UNAVAILABLE.log(reason=repr(error))
                 await asyncio.sleep(_RETRY_S)
         inputs = {changelog_topic(self._settings.group_id, t): t for t in self._settings.topics}
         for changelog, now_id in sorted(ids.items()):
@@ -281,22 +290,10 @@ def report_quarantined(tp: TopicPartition, record: Quarantined, stats: Stats) ->
     stats.changelog_quarantine_last = (
         f"{tp.topic}-{tp.partition} changelog offset {record.offset}: {record.reason}"
     )
-    logger.warning(
-        "changelog record of %s-%d at offset %d set aside, not applied: %s; key %r",
-        tp.topic,
-        tp.partition,
-        record.offset,
-        record.reason,
-        record.key[:200],
-        extra={
-            "event": "changelog_record_quarantined",
-            **partition_fields(
-                tp,
-                changelog_offset=record.offset,
-                reason=record.reason,
-                key=record.key[:200].decode(errors="replace"),
-            ),
-        },
+    _QUARANTINED.log(
+        **partition_fields(
+            tp, changelog_offset=record.offset, reason=record.reason, key=record.key[:200]
+        )
     )
 
 

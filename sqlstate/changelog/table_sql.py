@@ -1,9 +1,11 @@
 """The SQL of the changelog that depends on a table's name and columns, built from its metadata.
 
 The one exception to "SQL lives in queries.sql": a capture trigger, a delete by key and an
-insert name the state table and each of its columns, which only the schema knows (a ``--sql``
-processor's tables are the user's). Every name goes in as a quoted identifier (``"a""b"``) or a
-string literal (``'it''s'``), so no table or column name can change what a statement does.
+insert name the state table and each of its columns, and dropping one of the file's triggers
+for an apply (``apply.py``, Python 3.11) names that trigger, which only the schema knows (a
+``--sql`` processor's tables and triggers are the user's). Every name goes in as a quoted
+identifier (``"a""b"``) or a string literal (``'it''s'``), so no table or column name can change
+what a statement does.
 
 What the triggers cannot see is refused before anything runs (``refuse_uncapturable``).
 
@@ -19,13 +21,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.errors import ProcessorError
 from sqlstate.state.queries import sql
-
-if TYPE_CHECKING:
-    from sqlstate.changelog.tables import StateTable
 
 # SQLite's default limit of arguments to a function (SQLITE_MAX_FUNCTION_ARG) is 127 before
 # 3.48, and json_object takes two per column.
@@ -125,3 +124,8 @@ def insert_row(table: str, columns: Sequence[str]) -> str:
     """Insert one row of ``table`` with ``columns`` bound as ``?`` in that order."""
     names = ", ".join(map(quoted, columns))
     return f"INSERT INTO main.{quoted(table)} ({names}) VALUES ({', '.join(['?'] * len(columns))})"
+
+
+def drop_trigger(name: str) -> str:
+    """Drop the file's (not a TEMP) trigger ``name``."""
+    return f"DROP TRIGGER main.{quoted(name)}"

@@ -38,8 +38,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import capture_triggers, delete_by_key, refuse_uncapturable
 from sqlstate.errors import ProcessorError
 from sqlstate.processors.base import Processor
@@ -53,19 +53,6 @@ DEAD_LETTERS = "rejected_records"
 DEAD_LETTERS_KEY = ("topic", "partition", "offset")
 #: The column that every state table's key holds: the record's partition.
 PARTITION = "partition"
-
-
-@dataclass(frozen=True)
-class StateTable:
-    """A table whose changed rows go to the changelog.
-
-    ``match``: a SQL condition over ``?1 .. ?n`` (``key``'s values in order) that finds one row
-    by its key through the table's unique index; None: ``"column" IS ?i`` per key column.
-    """
-
-    name: str
-    key: tuple[str, ...]
-    match: str | None = None
 
 
 def state_tables(processors: Sequence[Processor]) -> list[StateTable]:

@@ -26,9 +26,22 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from sqlstate.errors import ChangelogError, ChangelogTopicError
 from sqlstate.kafka.client import build_admin_client
+from sqlstate.observe.logs import LogEvent
 from sqlstate.settings import Settings
 
 logger = logging.getLogger(__name__)
+_CREATED = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_created",
+    "created the changelog topic %(topic)s: %(partitions)d partitions, compacted",
+)
+_GROWN = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_grown",
+    "grew the changelog topic %(topic)s from %(_before)d to %(partitions)d partitions",
+)
 
 SUFFIX = ".changelog"
 # Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
@@ -157,17 +170,7 @@ async def _create(
             raise ChangelogError(f"Kafka refused to create the changelog topic {name}: {message}")
         else:
             created[name] = wanted[name]
-            logger.info(
-                "created the changelog topic %s: %d partitions, compacted",
-                name,
-                wanted[name],
-                extra={
-                    "event": "changelog_created",
-                    "topic": name,
-                    "partitions": wanted[name],
-                    "replication_factor": replication_factor,
-                },
-            )
+            _CREATED.log(topic=name, partitions=wanted[name], replication_factor=replication_factor)
     # Another process's topic may not show in the metadata yet: wait for it as for ours.
     return await _wait_until_led(admin, {**created, **dict.fromkeys(raced, 1)})
 
@@ -218,13 +221,7 @@ async def _grow(
             if now < count:
                 raise
             continue
-        logger.info(
-            "grew the changelog topic %s from %d to %d partitions",
-            name,
-            existing[name],
-            count,
-            extra={"event": "changelog_grown", "topic": name, "partitions": count},
-        )
+        _GROWN.log(topic=name, _before=existing[name], partitions=count)
     await _wait_until_led(admin, wanted)
 
 

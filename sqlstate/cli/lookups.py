@@ -18,7 +18,8 @@ from sqlstate.kafka.client import build_offsets_consumer, refusal
 from sqlstate.settings import Security, default
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.store import Position, Store
+from sqlstate.state.model import Position
+from sqlstate.state.store import Store
 
 # These commands have no flags for them: they wait as long as ``run`` does by default.
 BUSY_TIMEOUT_S: float = default("busy_timeout_s")

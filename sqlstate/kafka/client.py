@@ -11,7 +11,7 @@ SASL and SSL listeners (tests/acceptance/test_security.py).
 
 Two requests aiokafka has no public call for are sent over the consumer's own connections:
 Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
-``kafka_protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
+``protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
 level (``high_watermarks``). Both are retried like aiokafka's own lookups (tests/integration/
 test_topic_ids.py runs them against the real broker); ``on_metadata_update`` hears of each
 metadata refresh of the consumer.
@@ -49,9 +49,17 @@ from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
 from sqlstate.kafka.protocol import TopicsRequest, topics_of
+from sqlstate.observe.logs import LogEvent
 from sqlstate.settings import Security, Settings
 
 logger = logging.getLogger("sqlstate.kafka")  # its documented name
+_NO_TOPIC_IDS = LogEvent(
+    logger,
+    logging.WARNING,
+    "topic_ids_unsupported",
+    "Kafka gives no topic IDs (brokers older than 2.8): a topic deleted and created again is"
+    " noticed only when a stored position falls outside its new log",
+)
 
 T = TypeVar("T")
 
@@ -429,12 +437,7 @@ async def topic_ids(
         except NotImplementedError:  # the broker speaks Metadata only below version 10
             if not _no_topic_ids_said:
                 _no_topic_ids_said.append(True)
-                logger.warning(
-                    "Kafka gives no topic IDs (brokers older than 2.8): a topic deleted and"
-                    " created again is noticed only when a stored position falls outside its"
-                    " new log",
-                    extra={"event": "topic_ids_unsupported"},
-                )
+                _NO_TOPIC_IDS.log()
             return dict.fromkeys(names)
         found = topics_of(response)
         missing = set(names) - set(found)

@@ -32,13 +32,23 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from sqlstate.errors import BadRecordError
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.processors.base import Record, Records, Statement
 from sqlstate.processors.keys import stored_key
 from sqlstate.settings import BadRecordPolicy, Format
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.decoding")  # its documented name
+_BAD_RECORDS = LogEvent(
+    logger,
+    logging.WARNING,
+    "bad_records",
+    "%(topic)s-%(partition)d: %(records)d records do not decode, %(kept)s; first at offset"
+    " %(first_offset)d: %(reason)s",
+    words=lambda fields: {
+        "kept": "left out" if fields["policy"] == "skip" else "written to rejected_records"
+    },
+)
 
 Deserializer = Callable[[bytes | None], Any]
 
@@ -168,23 +178,14 @@ class BadRecords:
                 " before committing its batch (--on-bad-record fail): fix the topic, or run with"
                 " --on-bad-record skip or dead-letter"
             )
-        kept = "left out" if self.policy == "skip" else "written to rejected_records"
-        logger.warning(
-            "%s-%d: %d records do not decode, %s; first at offset %d: %s",
-            tp.topic,
-            tp.partition,
-            len(bad),
-            kept,
-            first.offset,
-            reason(first),
-            extra={
-                "event": "bad_records",
-                **partition_fields(tp),
-                "records": len(bad),
-                "policy": self.policy,
-                "first_offset": first.offset,
-                "reason": reason(first),
-            },
+        _BAD_RECORDS.log(
+            **partition_fields(
+                tp,
+                records=len(bad),
+                policy=self.policy,
+                first_offset=first.offset,
+                reason=reason(first),
+            )
         )
         if self.policy == "skip":
             return good, (), len(bad)

@@ -44,8 +44,22 @@ from aiokafka.errors import (
 )
 
 from sqlstate.errors import KafkaRefusedError, SqlstateError
+from sqlstate.observe.logs import LogEvent, rounded
 
 logger = logging.getLogger("sqlstate.kafka_errors")  # its documented name
+_RETRYING = LogEvent(
+    logger,
+    logging.WARNING,
+    "kafka_retrying",
+    "Kafka error while %(during)s: %(reason)s; retrying with backoff until Kafka answers again",
+)
+_RECOVERED = LogEvent(
+    logger,
+    logging.INFO,
+    "kafka_recovered",
+    "Kafka answers again after %(errors)d transient errors over %(outage_s).1fs",
+    data={"outage_s": rounded(3)},
+)
 
 # Transient although aiokafka does not mark them retriable: a request that ran out of time, no
 # broker reachable for a moment, and the group's own errors, which aiokafka answers by rejoining.
@@ -143,12 +157,7 @@ class Retrying:
             self._backoff_s = _FIRST_BACKOFF_S
             # sqlstate's own bound on a lookup raises a bare TimeoutError: say what it means.
             reason = "no answer in time" if type(error) is TimeoutError else repr(error)
-            logger.warning(
-                "Kafka error while %s: %s; retrying with backoff until Kafka answers again",
-                during,
-                reason,
-                extra={"event": "kafka_retrying", "reason": reason, "during": during},
-            )
+            _RETRYING.log(reason=reason, during=during)
         self._errors += 1
         backoff_s = self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
@@ -159,15 +168,6 @@ class Retrying:
         if self._since is None:
             return
         seconds = time.monotonic() - self._since
-        logger.info(
-            "Kafka answers again after %d transient errors over %.1fs",
-            self._errors,
-            seconds,
-            extra={
-                "event": "kafka_recovered",
-                "errors": self._errors,
-                "outage_s": round(seconds, 3),
-            },
-        )
+        _RECOVERED.log(errors=self._errors, outage_s=seconds)
         self._since = None
         self._errors = 0

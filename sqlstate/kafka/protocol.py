@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import io
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,11 +67,6 @@ def topic_id_text(raw: bytes) -> str:
     """A topic ID as Kafka writes it (``kafka-topics.sh --describe``): URL-safe base64, no
     padding, 22 characters."""
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def topic_id_uuid(text: str) -> uuid.UUID:
-    """The UUID that Kafka's text form of a topic ID stands for."""
-    return uuid.UUID(bytes=base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
 
 
 _STRING = CompactString("utf-8")

@@ -27,9 +27,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.observe.logs import describe, partition_fields
+from sqlstate.observe.logs import LogEvent, describe, partition_fields
 
 logger = logging.getLogger("sqlstate.health")  # its documented name
+_UNHEALTHY = LogEvent(logger, logging.WARNING, "unhealthy", "unhealthy: %(reason)s")
+_HEALTHY_AGAIN = LogEvent(logger, logging.INFO, "healthy_again", "healthy again: %(reason)s")
 
 
 @dataclass(frozen=True)
@@ -190,21 +192,14 @@ class Watchdog:
             "lag": health.lag,
         }
         if alarms - self._alarms:
-            logger.warning(
-                "unhealthy: %s",
-                health.reason,
-                extra={
-                    "event": "unhealthy",
-                    **fields,
-                    "causes": sorted(alarms),
-                    "stalled": [
-                        partition_fields(tp, next_offset=lag.next_offset)
-                        for tp, lag in sorted(stalled.items())
-                    ],
-                },
+            _UNHEALTHY.log(
+                **fields,
+                causes=sorted(alarms),
+                stalled=[
+                    partition_fields(tp, next_offset=lag.next_offset)
+                    for tp, lag in sorted(stalled.items())
+                ],
             )
         elif self._alarms and not alarms:
-            logger.info(
-                "healthy again: %s", health.reason, extra={"event": "healthy_again", **fields}
-            )
+            _HEALTHY_AGAIN.log(**fields)
         self._alarms = alarms

@@ -4,18 +4,20 @@ By default a person sees sqlstate's own lines and the warnings and errors of the
 (aiokafka), less the ones that only describe a normal start (see ``CoordinatorLookupRetries``);
 ``-v`` adds sqlstate's debug lines and aiokafka's info lines, ``-vv`` shows everything.
 
-Structured events: a log call passes the event's data with ``extra``, beside the message::
+Structured events: each kind of line is a ``LogEvent`` declared once at the top of a module,
+with its level, its ``event`` name and its sentence, whose placeholders name the fields; a call
+gives each value once::
 
-    logger.info(
-        "caught up: %d partitions at their log end",
-        partitions,
-        extra={"event": "caught_up", "partitions": partitions},
+    _CAUGHT_UP = LogEvent(
+        logger, logging.INFO, "caught_up", "caught up: %(partitions)d partitions at their log end"
     )
+    ...
+    _CAUGHT_UP.log(partitions=partitions)
 
-The JSON format writes every such field at the top level of the line, so a log pipeline filters
-on ``event`` and the data instead of parsing the message; the text format ignores them. The
-conventions, so that one field name means one thing with one type in every line (a log store such
-as Elasticsearch maps a name to a single type):
+The fields go to the record's ``extra``: the JSON format writes every such field at the top level
+of the line, so a log pipeline filters on ``event`` and the data instead of parsing the message;
+the text format shows the sentence only. The conventions, so that one field name means one thing
+with one type in every line (a log store such as Elasticsearch maps a name to a single type):
 
 - ``event``: a stable snake_case name of what happened (``batch_committed``, ``caught_up``).
   Every line sqlstate logs carries one; aiokafka's lines carry none.
@@ -46,9 +48,9 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
@@ -76,6 +78,81 @@ class _Partition(Protocol):
 def partition_fields(tp: _Partition, **data: object) -> dict[str, object]:
     """The fields naming one partition (a ``TopicPartition``), and its ``data``."""
     return {"topic": tp.topic, "partition": tp.partition, **data}
+
+
+class LogEvent:
+    """One kind of structured line, declared once: its logger, level, ``event`` name and sentence.
+
+    ``log(**fields)`` writes one line: the fields become the record's ``extra`` (the JSON line's
+    data, beside ``event``) and fill the sentence's ``%(field)s`` placeholders (the message).
+    A name that starts with ``_`` is for the sentence only (``%(_before)d``), never a field.
+
+    - ``data``: how the JSON line writes some fields, when not as given: the field's name and a
+      function of its value (``rounded(3)``: to the millisecond, see the conventions above). The
+      sentence formats the value as given, so ``%(restore_s).2f`` is not rounded twice.
+    - ``words``: for a sentence that says a field in other words (milliseconds of a duration in
+      seconds, a list joined, a time spelled out): a function of the fields returning more
+      placeholders, for the sentence only.
+    - ``traceback``: the line carries the exception being handled, as ``logger.exception``.
+
+    While the logger's level is above the event's, ``log`` returns after the level check:
+    nothing is copied, converted or worded, so a DEBUG event on the batch path costs one call.
+    The message itself is formatted by ``logging`` (``%`` with a mapping), only when a handler
+    writes the line.
+    """
+
+    __slots__ = ("_data", "_logger", "_traceback", "_words", "level", "name", "sentence")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        name: str,
+        sentence: str,
+        *,
+        data: Mapping[str, Callable[[Any], object]] | None = None,
+        words: Callable[[Mapping[str, Any]], Mapping[str, object]] | None = None,
+        traceback: bool = False,
+    ) -> None:
+        self._logger = logger
+        self.level = level
+        self.name = name
+        self.sentence = sentence
+        self._data = dict(data or {})
+        self._words = words
+        self._traceback = traceback
+
+    def log(self, /, **fields: object) -> None:
+        """Write the event with ``fields`` (in the order given: the JSON line keeps it)."""
+        if not self._logger.isEnabledFor(self.level):
+            return
+        extra: dict[str, object] = {"event": self.name}
+        for name, value in fields.items():
+            if not name.startswith("_"):
+                convert = self._data.get(name)
+                extra[name] = value if convert is None else convert(value)
+        # The mapping is never empty (``event`` is in it), so logging always applies ``%``
+        # to the sentence: a ``%%`` in it reads as one ``%`` in every event alike.
+        values = {"event": self.name, **fields}
+        if self._words is not None:
+            values.update(self._words(fields))
+        self._logger.log(
+            self.level,
+            self.sentence,
+            values,
+            exc_info=self._traceback,
+            extra=extra,
+            stacklevel=2,  # the record names the line that logged the event, not this one
+        )
+
+
+def rounded(places: int) -> Callable[[float | None], float | None]:
+    """For ``LogEvent``'s ``data``: a number rounded to ``places`` decimals (None stays None)."""
+
+    def convert(value: float | None) -> float | None:
+        return None if value is None else round(value, places)
+
+    return convert
 
 
 def jsonable(value: object, depth: int = 0) -> object:

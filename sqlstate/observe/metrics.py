@@ -34,10 +34,27 @@ from prometheus_client.exposition import choose_encoder
 from sqlstate import __version__
 from sqlstate.errors import ConfigError
 from sqlstate.observe.health import Health, Lags
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.partition_states import STATES, PartitionState
 from sqlstate.observe.stats import Stats
 
 logger = logging.getLogger("sqlstate.metrics")  # its documented name
+_DROPPED = LogEvent(
+    logger, logging.DEBUG, "metrics_request_dropped", "metrics request dropped: %(reason)s"
+)
+_FAILED = LogEvent(
+    logger,
+    logging.ERROR,
+    "metrics_request_failed",
+    "answering a metrics request failed",
+    traceback=True,
+)
+_REFUSED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "metrics_request_refused",
+    "metrics request refused: %(connections)d connections open",
+)
 
 # From a fast local SSD (about a millisecond) to a database waiting on a lock (the busy timeout).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -299,16 +316,10 @@ class StatusServer:
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
         ) as error:
-            logger.debug(
-                "metrics request dropped: %r",
-                error,
-                extra={"event": "metrics_request_dropped", "reason": repr(error)},
-            )
+            _DROPPED.log(reason=repr(error))
         except Exception:
             # A bug in a collector must not go unseen, nor take the endpoint down.
-            logger.exception(
-                "answering a metrics request failed", extra={"event": "metrics_request_failed"}
-            )
+            _FAILED.log()
             with contextlib.suppress(ConnectionError):
                 writer.write(_response(HTTPStatus.INTERNAL_SERVER_ERROR, {}, b"", 0))
             answered = True
@@ -318,11 +329,7 @@ class StatusServer:
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A 503 without reading the request, then the connection closed."""
-        logger.debug(
-            "metrics request refused: %d connections open",
-            self._connections,
-            extra={"event": "metrics_request_refused", "connections": self._connections},
-        )
+        _REFUSED.log(connections=self._connections)
         writer.write(_response(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "1"}, b"", 0))
         with contextlib.suppress(ConnectionError, TimeoutError):
             writer.write_eof()

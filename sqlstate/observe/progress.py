@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import TopicPartition
 
 from sqlstate.observe.health import Lags, caught_up, total_lag
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 
 logger = logging.getLogger("sqlstate.progress")  # its documented name
 
@@ -34,6 +35,53 @@ def duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def _catching_up_words(fields: Mapping[str, Any]) -> dict[str, str]:
+    unknown, remaining_s = fields["unfetched_partitions"], fields["remaining_s"]
+    return {
+        "unfetched": f" ({unknown} not fetched yet)" if unknown else "",
+        "remaining": "lag not falling"
+        if remaining_s is None
+        else f"about {duration(remaining_s)} to go",
+    }
+
+
+_CATCHING_UP = LogEvent(
+    logger,
+    logging.INFO,
+    "catching_up",
+    "catching up: %(records_per_s).0f records/s, lag %(lag)d records over %(partitions)d"
+    " partitions%(unfetched)s, %(remaining)s",
+    # remaining_s: null while the lag is not falling
+    data={"records_per_s": rounded(1), "remaining_s": rounded(3)},
+    words=_catching_up_words,
+)
+_NEITHER = LogEvent(
+    logger,
+    logging.WARNING,
+    "partitions_neither",
+    "neither owned nor followed: %(listed)s; this file's state of them goes stale until they are",
+    words=lambda fields: {
+        "listed": ", ".join(
+            f"{tp['topic']}-{tp['partition']} ({tp['reason']})" for tp in fields["neither"]
+        )
+    },
+)
+_KEPT = LogEvent(
+    logger, logging.INFO, "partitions_kept", "every partition is owned or followed again"
+)
+_CAUGHT_UP = LogEvent(
+    logger, logging.INFO, "caught_up", "caught up: %(partitions)d partitions at their log end"
+)
+_CAUGHT_UP_AFTER = LogEvent(
+    logger,
+    logging.INFO,
+    "caught_up",
+    "caught up: %(partitions)d partitions at their log end; %(records)d records in %(took)s",
+    data={"catch_up_s": rounded(3)},
+    words=lambda fields: {"took": duration(fields["catch_up_s"])},
+)
 
 
 class ProgressLog:
@@ -81,22 +129,12 @@ class ProgressLog:
         shrinking = (self._last_lag - lag) / elapsed
         unknown = sum(1 for partition in lags.values() if partition.lag is None)
         remaining_s = lag / shrinking if shrinking > 0 else None
-        logger.info(
-            "catching up: %.0f records/s, lag %d records over %d partitions%s, %s",
-            rate,
-            lag,
-            len(lags),
-            f" ({unknown} not fetched yet)" if unknown else "",
-            "lag not falling" if remaining_s is None else f"about {duration(remaining_s)} to go",
-            extra={
-                "event": "catching_up",
-                "records_per_s": round(rate, 1),
-                "lag": lag,
-                "partitions": len(lags),
-                "unfetched_partitions": unknown,
-                # null while the lag is not falling
-                "remaining_s": None if remaining_s is None else round(remaining_s, 3),
-            },
+        _CATCHING_UP.log(
+            records_per_s=rate,
+            lag=lag,
+            partitions=len(lags),
+            unfetched_partitions=unknown,
+            remaining_s=remaining_s,
         )
         self._last_time, self._last_records, self._last_lag = now, records, lag
 
@@ -104,41 +142,20 @@ class ProgressLog:
         if neither == self._neither:
             return
         if neither:
-            logger.warning(
-                "neither owned nor followed: %s; this file's state of them goes stale until"
-                " they are",
-                ", ".join(
-                    f"{tp.topic}-{tp.partition} ({why})" for tp, why in sorted(neither.items())
-                ),
-                extra={
-                    "event": "partitions_neither",
-                    "partitions": len(neither),
-                    "neither": [
-                        partition_fields(tp, reason=why) for tp, why in sorted(neither.items())
-                    ],
-                },
+            _NEITHER.log(
+                partitions=len(neither),
+                neither=[partition_fields(tp, reason=why) for tp, why in sorted(neither.items())],
             )
         else:
-            logger.info(
-                "every partition is owned or followed again",
-                extra={"event": "partitions_kept", "partitions": len(self._neither)},
-            )
+            _KEPT.log(partitions=len(self._neither))
         self._neither = neither
 
     def _log_caught_up(self, now: float, records: int, partitions: int) -> None:
-        fields = {"event": "caught_up", "partitions": partitions}
         if records > self._behind_records:
-            catch_up_s = now - self._behind_since
-            logger.info(
-                "caught up: %d partitions at their log end; %d records in %s",
-                partitions,
-                records - self._behind_records,
-                duration(catch_up_s),
-                extra={
-                    **fields,
-                    "records": records - self._behind_records,
-                    "catch_up_s": round(catch_up_s, 3),
-                },
+            _CAUGHT_UP_AFTER.log(
+                partitions=partitions,
+                records=records - self._behind_records,
+                catch_up_s=now - self._behind_since,
             )
         else:
-            logger.info("caught up: %d partitions at their log end", partitions, extra=fields)
+            _CAUGHT_UP.log(partitions=partitions)

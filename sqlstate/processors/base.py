@@ -36,12 +36,27 @@ See README.md ("Your own state") for a worked example.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+# What a processor makes and brings belongs to the state layer, which runs and applies it: defined
+# there, and part of this API too.
+from sqlstate.state.migrate import Migration
+from sqlstate.state.model import Parameters, Statement
+
+__all__ = [
+    "MIGRATION_NAME",
+    "NAME",
+    "Migration",
+    "Parameters",
+    "Processor",
+    "Record",
+    "Records",
+    "Statement",
+]
 
 #: One record as a processor gets it: aiokafka's ``ConsumerRecord`` (``topic``, ``partition``,
 #: ``offset``, ``timestamp`` in milliseconds since the epoch, ``key``, ``value``, ``headers``),
@@ -50,43 +65,11 @@ from aiokafka.structs import ConsumerRecord
 #: value (a tombstone) is ``None`` in every format.
 Record: TypeAlias = ConsumerRecord[Any, Any]
 Records: TypeAlias = Sequence[Record]
-#: The parameters of one execution of a statement: a tuple for ``?``, a mapping for ``:name``.
-Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
 
 #: A processor's name: it prefixes its recorded migrations and labels its metrics.
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: A migration's name: ``NNNN_what`` (the order is the name's).
 MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+$")
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One SQL statement and the rows of parameters to run it with (one ``executemany``).
-
-    ``counter``: when set, the statement is instead a query returning one integer (run once per
-    row of parameters); once the batch commits, the numbers are added to the processor's
-    counter of that name, exported as ``sqlstate_processor_records_total{processor, counter}``.
-    A counter is for people watching; it never feeds back into state.
-    """
-
-    sql: str
-    rows: Sequence[Parameters]
-    counter: str | None = None
-    #: Statements run just before it, in the same transaction, that create the temporary view
-    #: and trigger it inserts into: ``CREATE TEMP VIEW IF NOT EXISTS`` and ``CREATE TEMP TRIGGER
-    #: IF NOT EXISTS ... INSTEAD OF INSERT ON`` that view, named ``sqlstate_batch_<processor>``
-    #: (and nothing else: the guard refuses other setup). SQL processors use it to run their
-    #: per-record statement over a whole batch in one call (``batched.py``).
-    setup: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One step of a processor's schema: ``name`` as ``NNNN_what``; ``script`` one or more
-    SQL statements, applied in one transaction together with its record."""
-
-    name: str
-    script: str
 
 
 @runtime_checkable

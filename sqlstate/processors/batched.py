@@ -35,11 +35,13 @@ from typing import Any
 
 from sqlstate.processors import json_text
 from sqlstate.processors.base import Records
-from sqlstate.state.queries import sql
+from sqlstate.state.queries import Queries
 
 #: Temporary objects of processors: a name with this prefix and the processor's name (guard.py
 #: refuses any other temporary object).
 TEMPORARY_PREFIX = "sqlstate_batch_"
+
+sql = Queries("sqlstate.processors")  # the framework's statements: processors/queries.sql
 
 # The characters that can start something other than plain SQL text: quotes, bracketed names,
 # comments, parameters.

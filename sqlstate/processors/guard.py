@@ -49,10 +49,17 @@ from sqlstate.processors.base import Parameters
 from sqlstate.processors.batched import TEMPORARY_PREFIX
 from sqlstate.processors.determinism import clock_reading, function_refusal
 from sqlstate.state import migrate
-from sqlstate.state.queries import sql
+from sqlstate.state.queries import Queries, sql
 
+# sql(): sqlstate's own statements (its schema, mirrored here); processors_sql(): the guard's
+# looks at the scratch schema, in processors/queries.sql.
+processors_sql = Queries("sqlstate.processors")
 SQLSTATE = "sqlstate"
-# Tables of sqlstate's schema that a built-in processor writes: the counts are sqlstate's own.
+# Tables of sqlstate's schema that a built-in processor writes. Only counts: its key_counts (and
+# the counts view) came with sqlstate's first migration, from before processors had migrations
+# of their own, so no migration of counts creates it and it is given to counts by name here (the
+# registry keeps that name for the built-in). Creating it in a migration of counts instead would
+# record a new migration in every existing file, which an older sqlstate then refuses.
 WRITES_OF_BUILT_INS = {"counts": {"key_counts"}}
 
 _WRITES = {sqlite3.SQLITE_INSERT: "insert into", sqlite3.SQLITE_UPDATE: "update"}
@@ -249,7 +256,7 @@ class Guard:
             if owner != processor:
                 continue
             for (default,) in self._conn.execute(
-                sql("column_defaults"), {"table": name}
+                processors_sql("column_defaults"), {"table": name}
             ).fetchall():
                 self._compile(processor, f"SELECT {default}", None, False, where, statement)
 
@@ -350,7 +357,7 @@ class Guard:
     def _claim_new_objects(self, owner: str, where: str) -> None:
         """Record ``owner`` as the maker of every object new in the schema; refuse a name in
         sqlstate's name space (a CREATE, or an ALTER TABLE ... RENAME TO, made it)."""
-        for (name,) in self._conn.execute(sql("schema_objects")).fetchall():
+        for (name,) in self._conn.execute(processors_sql("schema_objects")).fetchall():
             lowered = name.lower()
             if lowered in self._owners:
                 continue

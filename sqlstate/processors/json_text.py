@@ -2,7 +2,7 @@
 
 Processors hand SQLite a whole partition's batch as one JSON document that a single statement
 reads back with ``json_each()``: one bind and one step, which SQLite runs without Python's GIL
-(see ``counting.py``, ``latest.py``, ``batched.py``). The text is compact (no ASCII escaping,
+(see ``keys.py``, ``latest/``, ``batched.py``). The text is compact (no ASCII escaping,
 no circular check: the documents are plain lists, tuples and dicts), from one encoder kept for
 every batch, since ``json.dumps`` with an option builds a new one per call.
 """

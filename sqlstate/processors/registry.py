@@ -30,11 +30,11 @@ from sqlstate.processors.base import (
     Records,
     Statement,
 )
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.guard import Guard
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings, duration_ms
 from sqlstate.state import migrate
 from sqlstate.state.queries import sql

@@ -23,8 +23,10 @@ one. It owns everything around the work:
 aiosqlite is how the event loop reaches that thread: one connection, one worker thread, one
 FIFO queue. Each call through it costs about 100 microseconds against under one for the sqlite3
 module, which is why a whole transaction is one call. aiosqlite 0.22 has no public call that
-runs a function in its thread; ``_submit`` puts it on the queue its own methods use, and the
-package is pinned to 0.22.x for it.
+runs a function in its thread; ``hand_to_thread`` puts it on the queue aiosqlite's own methods
+use. That function is the only code that touches aiosqlite's internals, the package is pinned to
+0.22.x for it, and tests/unit/test_aiosqlite_internals.py checks, naming the installed version,
+that they are still what it expects.
 """
 
 from __future__ import annotations
@@ -46,10 +48,24 @@ from typing import TypeVar
 import aiosqlite
 
 from sqlstate.errors import DatabaseBusyError, DatabaseError
+from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.database")  # its documented name
+_CHECK_PASSED = LogEvent(
+    logger,
+    logging.INFO,
+    "integrity_check_passed",
+    "integrity check of %(database)s: ok (%(check_s).2f s)",
+    data={"check_s": rounded(3)},
+)
+_BUSY = LogEvent(
+    logger,
+    logging.WARNING,
+    "database_busy",
+    "database %(database)s is locked by another connection (attempt %(attempt)d); retrying",
+)
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
@@ -301,16 +317,7 @@ class Database:
             self._checker = None
             await checker.close()
             seconds = time.perf_counter() - started
-            logger.info(
-                "integrity check of %s: ok (%.2f s)",
-                self.path,
-                seconds,
-                extra={
-                    "event": "integrity_check_passed",
-                    "database": str(self.path),
-                    "check_s": round(seconds, 3),
-                },
-            )
+            _CHECK_PASSED.log(database=str(self.path), check_s=seconds)
             return
         # The checker stays open until ``close``: while it is, closing our read-write connection
         # is not the last close, so SQLite does not checkpoint the WAL into the damaged file.
@@ -331,8 +338,9 @@ class Database:
         self._closing = True
         checker = self._checker
         if checker is not None and self._corruption is None:
-            # Stop a quick_check still reading: sqlite3_interrupt is safe from any thread.
-            checker._conn._conn.interrupt()
+            # Stop a quick_check still reading: sqlite3_interrupt is safe from any thread, and
+            # aiosqlite calls it at once, not through the queue the quick_check holds.
+            await checker._conn.interrupt()
         if self._checking is not None:
             with contextlib.suppress(asyncio.CancelledError, DatabaseError):
                 await self._checking
@@ -404,16 +412,7 @@ class Database:
                 return await self._hand_off(run)
             except sqlite3.Error as error:
                 if retry and is_busy(error) and not self._stopping:
-                    logger.warning(
-                        "database %s is locked by another connection (attempt %d); retrying",
-                        self.path,
-                        tries,
-                        extra={
-                            "event": "database_busy",
-                            "database": str(self.path),
-                            "attempt": tries,
-                        },
-                    )
+                    _BUSY.log(database=str(self.path), attempt=tries)
                     self._stats.busy_retries += 1
                     await asyncio.sleep(_RETRY_PAUSE_S)
                     continue
@@ -435,7 +434,10 @@ class Database:
     async def _hand_off(self, run: Callable[[_Call, sqlite3.Connection], T]) -> T:
         """Run ``run`` in the connection's thread and report its outcome as it is."""
         call = _Call()
-        future: asyncio.Future[T] = self._submit(functools.partial(run, call, self._conn._conn))
+        try:
+            future = hand_to_thread(self._conn, functools.partial(run, call))
+        except _Closed:
+            raise DatabaseError(f"database {self.path} is closed") from None
         cancels = 0
         while not future.done():
             try:
@@ -457,23 +459,6 @@ class Database:
             task.uncancel()
             task.cancel()
         return future.result()
-
-    def _submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``function`` for the connection's thread at once, and return its future.
-
-        At once, not at the loop's next turn (as a task running aiosqlite's own ``_execute``
-        would): the batch loop hands a commit over and goes straight on to parse the next batch,
-        which may not yield for a while, and the database thread must be working on the commit
-        meanwhile. This is aiosqlite 0.22's own hand-off (its ``_execute``): a future and the
-        function on the connection's queue; its thread sets the result with
-        ``call_soon_threadsafe``.
-        """
-        connection = self._conn
-        if not connection._running or connection._connection is None:
-            raise DatabaseError(f"database {self.path} is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        connection._tx.put_nowait((future, function))
-        return future
 
     def _run(
         self,
@@ -516,6 +501,33 @@ class Database:
         finally:
             default_ms = round(self._busy_timeout_s * 1000)
             conn.execute(sql("busy_timeout").format(milliseconds=default_ms))
+
+
+class _Closed(Exception):
+    """The aiosqlite connection is closed or closing: nothing more can be handed to it."""
+
+
+def hand_to_thread(
+    connection: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
+) -> asyncio.Future[T]:
+    """Queue ``work(conn)`` for ``connection``'s thread at once (``conn``: its sqlite3
+    connection), and return the future of its outcome. ``_Closed`` if it is closed.
+
+    At once, not at the loop's next turn (as a task running aiosqlite's own ``_execute`` would):
+    the batch loop hands a commit over and goes straight on to parse the next batch, which may
+    not yield for a while, and the database thread must be working on the commit meanwhile.
+
+    The one use of aiosqlite's internals, as aiosqlite 0.22's own ``_execute`` hands a call
+    over: ``_running`` (False once ``stop`` began), ``_connection`` (the sqlite3 connection, None
+    once closed) and ``_tx``, the queue of (future, function) its worker thread takes in order,
+    setting the future's result or exception with ``call_soon_threadsafe``.
+    """
+    conn = connection._connection
+    if not connection._running or conn is None:
+        raise _Closed
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    connection._tx.put_nowait((future, functools.partial(work, conn)))
+    return future
 
 
 def _check_readable(conn: sqlite3.Connection) -> None:

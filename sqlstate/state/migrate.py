@@ -19,15 +19,48 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from sqlstate.errors import SchemaTooNewError
-from sqlstate.processors.base import Migration, Processor
+from sqlstate.observe.logs import LogEvent
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.migrate")  # its documented name
+_APPLIED = LogEvent(
+    logger,
+    logging.INFO,
+    "migration_applied",
+    "applied schema migration %(migration)s to %(database)s",
+)
+_PROCESSOR_APPLIED = LogEvent(
+    logger,
+    logging.INFO,
+    "migration_applied",
+    "applied migration %(migration)s of processor %(processor)s to %(database)s",
+)
 
 FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of a processor's schema: ``name`` as ``NNNN_what``; ``script`` one or more
+    SQL statements, applied in one transaction together with its record."""
+
+    name: str
+    script: str
+
+
+class ProcessorSchema(Protocol):
+    """What migrating needs of a processor (``processors.Processor`` is one): the name that
+    namespaces its recorded migrations, and the migrations."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def migrations(self) -> Sequence[Migration]: ...
 
 
 @dataclass(frozen=True)
@@ -50,10 +83,11 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda migration: migration.name)
 
 
-def bundled(processor: str) -> list[Migration]:
-    """The migrations of a built-in processor, shipped as ``migrations/<processor>/*.sql``; each
-    is named by its file name without ``.sql``."""
-    folder = resources.files("sqlstate").joinpath("migrations", processor)
+def bundled(package: str) -> list[Migration]:
+    """The migrations a processor's package ships beside its code, ``migrations/NNNN_what.sql``
+    in the package's folder (``sqlstate/processors/latest/migrations/0001_latest.sql``), in
+    order; each is named by its file name without ``.sql``."""
+    folder = resources.files(package).joinpath("migrations")
     found = [
         Migration(entry.name.removesuffix(".sql"), entry.read_text("utf-8"))
         for entry in folder.iterdir()
@@ -176,22 +210,13 @@ async def apply_pending(database: Database) -> list[str]:
     for migration in known:
         apply = functools.partial(_apply, migration=migration, known=known, path=database.path)
         if await database.transaction(apply):
-            logger.info(
-                "applied schema migration %s to %s",
-                migration.name,
-                database.path,
-                extra={
-                    "event": "migration_applied",
-                    "migration": migration.name,
-                    "database": str(database.path),
-                },
-            )
+            _APPLIED.log(migration=migration.name, database=str(database.path))
             done.append(migration.name)
     return done
 
 
 async def apply_processor_migrations(
-    database: Database, processors: Sequence[Processor]
+    database: Database, processors: Sequence[ProcessorSchema]
 ) -> list[str]:
     """Apply every pending migration of each processor, in the processors' order, each in its own
     transaction with its record; return the names applied, as recorded."""
@@ -210,17 +235,8 @@ async def apply_processor_migrations(
                 processor=processor.name,
             )
             if await database.transaction(apply):
-                logger.info(
-                    "applied migration %s of processor %s to %s",
-                    migration.name,
-                    processor.name,
-                    database.path,
-                    extra={
-                        "event": "migration_applied",
-                        "migration": migration.name,
-                        "processor": processor.name,
-                        "database": str(database.path),
-                    },
+                _PROCESSOR_APPLIED.log(
+                    migration=migration.name, processor=processor.name, database=str(database.path)
                 )
                 done.append(migration.name)
     return done

@@ -3,9 +3,10 @@
 The policy (``--out-of-range``) decides: ``reset`` discards the partition's state and restarts it
 from the log's first offset, in the same transaction as the position move; ``fail`` stops with
 exit code 5 and writes nothing. It is checked in two places, both through the store: when a
-partition is claimed (``Store.claim``, against the bounds read here just before) and when the
+partition is claimed (``Store.claim``, against the bounds read just before) and when the
 fetcher raises OffsetOutOfRangeError while running (``Store.reset``). The log's bounds are read
-from Kafka before the transaction, never while holding a lock or a transaction open.
+from Kafka (``kafka/bounds.py``) before the transaction, never while holding a lock or a
+transaction open.
 
 A topic deleted and created again is a new log under the old name, with a new topic ID: a stored
 position may well fall inside it, so the ID tells. It is the same case for the whole topic: the
@@ -15,13 +16,12 @@ same policy decides, for every partition of the topic at once (``Store.claim``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from sqlstate.errors import OutOfRangeError
-from sqlstate.kafka.client import high_watermarks
 from sqlstate.observe.logs import partition_fields
 
 logger = logging.getLogger("sqlstate.out_of_range")  # its documented name
@@ -47,26 +47,6 @@ class LogBounds:
     def holds(self, position: int) -> bool:
         # A position equal to the end is valid: it is where the next record will be written.
         return self.first <= position <= self.last
-
-
-async def read_bounds(
-    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], isolation_level: str
-) -> dict[TopicPartition, LogBounds]:
-    """The log's bounds now, asked of each partition's leader.
-
-    Never trust an out-of-range answer alone: with ``client_rack`` set, aiokafka fetches from a
-    follower, and a lagging follower answers out-of-range for offsets the leader has. The bounds
-    decide.
-    """
-    tps = list(tps)
-    if not tps:
-        return {}
-    firsts = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    if isolation_level == "read_uncommitted":
-        return {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
-    log_ends = await high_watermarks(consumer, tps)
-    return {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}
 
 
 def refusal(tp: TopicPartition, position: int, bounds: LogBounds) -> OutOfRangeError:

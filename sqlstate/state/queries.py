@@ -1,4 +1,9 @@
-"""Named SQL statements, loaded once from ``queries.sql``: the one place run-time SQL lives."""
+"""Named SQL statements, each package's loaded once from the ``queries.sql`` beside its code.
+
+sqlstate's own statements (positions, claims, settings, the changelog...) live in
+``sqlstate/state/queries.sql`` and are ``sql(name)``; a processor keeps its own in its package
+(``sqlstate/processors/latest/queries.sql``) and reads them through ``Queries(its package)``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from functools import cache
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+FILE = "queries.sql"
 
 
 def parse(text: str) -> dict[str, str]:
@@ -22,10 +28,21 @@ def parse(text: str) -> dict[str, str]:
 
 
 @cache
-def _all() -> dict[str, str]:
-    return parse(resources.files("sqlstate.state").joinpath("queries.sql").read_text("utf-8"))
+def named(package: str) -> dict[str, str]:
+    """Every statement of ``package``'s ``queries.sql``, by name: read on first use, then kept."""
+    return parse(resources.files(package).joinpath(FILE).read_text("utf-8"))
 
 
-def sql(name: str) -> str:
-    """The statement called ``name`` in ``queries.sql``."""
-    return _all()[name]
+class Queries:
+    """The named statements of one package: ``Queries("sqlstate.processors.latest")("x")`` is
+    the statement called ``x`` in that package's ``queries.sql``."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+
+    def __call__(self, name: str) -> str:
+        return named(self.package)[name]
+
+
+#: sqlstate's own statements: ``sql("claim_partition")``.
+sql = Queries("sqlstate.state")

@@ -1,4 +1,5 @@
--- Every statement sqlstate runs at run time, by name. Schema changes live in migrations/.
+-- sqlstate's own statements at run time, by name. Schema changes live in migrations/; each
+-- processor's statements live in its own package (sqlstate/processors/<name>/queries.sql).
 -- Each block starts with "-- name: <name>"; sqlstate/state/queries.py loads them.
 
 -- name: check_readable
@@ -106,23 +107,6 @@ WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
 FROM positions WHERE topic = :topic AND partition = :partition;
 
--- name: upsert_key_counts
-INSERT INTO key_counts (topic, partition, key, count) VALUES (?, ?, ?, ?)
-ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
-
--- name: upsert_partition_key_counts
--- The same upsert for one partition's whole batch in one statement: :counts is a JSON object
--- {"key": count, ...} of text keys, which json_each() reads back as (key, value) rows. One
--- statement is one bind and one step that SQLite runs without Python's GIL, so the event loop
--- parses the next batch meanwhile; a row per key would take the GIL back for every row.
--- "WHERE true" is required: it tells the parser that ON CONFLICT starts the upsert clause.
-INSERT INTO key_counts (topic, partition, key, count)
-SELECT :topic, :partition, key, value FROM json_each(:counts) WHERE true
-ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE SET count = count + excluded.count;
-
--- name: delete_key_counts
-DELETE FROM key_counts WHERE topic = :topic AND partition = :partition;
-
 -- name: list_positions
 SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
 FROM positions ORDER BY topic, partition;
@@ -132,14 +116,6 @@ SELECT topic, key, count FROM counts
 WHERE :topic IS NULL OR topic = :topic
 ORDER BY count DESC, topic, key
 LIMIT :limit;
-
--- name: schema_objects
--- Every table, view, index and trigger: the processor guard's record of who made what.
-SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%';
-
--- name: column_defaults
--- The DEFAULT expressions of a table's columns, as written: the guard checks their functions.
-SELECT dflt_value FROM pragma_table_info(:table, 'main') WHERE dflt_value IS NOT NULL;
 
 -- name: recorded_processors
 SELECT processor FROM topic_processors WHERE topic = :topic ORDER BY processor;
@@ -163,103 +139,6 @@ VALUES (?, ?, ?, ?, ?, ?);
 -- name: delete_rejected_records
 DELETE FROM rejected_records WHERE topic = :topic AND partition = :partition;
 
--- name: upsert_latest
--- Processor "latest": a batch's last value of each key (earlier ones in the batch are passed
--- over), one row per distinct key.
-INSERT INTO latest (topic, partition, key, value, offset, timestamp) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
-    SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
-
--- name: upsert_partition_latest
--- The same for one partition's whole batch in one statement, as upsert_partition_key_counts
--- does (one bind and one step, without Python's GIL): :rows is a JSON array of
--- [key, start, length, offset, timestamp], one per distinct text key, and :values the batch's
--- values end to end as one BLOB, each row's value its bytes from start (1-based) for length,
--- stored as TEXT (every one is valid UTF-8). substr() of a BLOB finds a byte position at once;
--- of TEXT it would count characters from the start for every row. substr() of an empty BLOB
--- (a batch whose values are all empty) is NULL, hence the coalesce. json_extract() rather than
--- ->>, which needs SQLite 3.38: the same SQL values for these scalars.
-INSERT INTO latest (topic, partition, key, value, offset, timestamp)
-SELECT :topic, :partition, json_extract(row.value, '$[0]'),
-       CAST(coalesce(substr(:values, json_extract(row.value, '$[1]'),
-                            json_extract(row.value, '$[2]')), x'') AS TEXT),
-       json_extract(row.value, '$[3]'), json_extract(row.value, '$[4]')
-FROM json_each(:rows) AS row WHERE true
-ON CONFLICT (topic, partition, ifnull(key, 0)) DO UPDATE
-    SET value = excluded.value, offset = excluded.offset, timestamp = excluded.timestamp;
-
--- name: delete_partition_latest
--- The tombstones of one partition's batch in one statement: :keys a JSON array of text keys.
--- The comparison is the unique index's expression, so each key is one index look-up.
-DELETE FROM latest WHERE topic = :topic AND partition = :partition
-    AND ifnull(key, 0) IN (SELECT value FROM json_each(:keys));
-
--- name: delete_latest
--- A tombstone: the key's last record in the batch has a null value.
-DELETE FROM latest WHERE topic = ? AND partition = ? AND ifnull(key, 0) = ifnull(?, 0);
-
--- name: forget_latest
-DELETE FROM latest WHERE topic = :topic AND partition = :partition;
-
--- name: count_too_old
--- Processor "windowed-counts", before its counts move: how many of the batch's records fall in
--- windows that the partition's retention already passed, as the batch began (:windows, a JSON
--- object {window_start_ms: records}), plus those the batch itself made too old (:too_old).
-SELECT :too_old + coalesce((
-    SELECT sum(batch.value)
-    FROM json_each(:windows) AS batch, window_clocks AS clock
-    WHERE clock.topic = :topic AND clock.partition = :partition
-      AND CAST(batch.key AS INTEGER) + :window_ms <= clock.max_timestamp - :retention_ms
-), 0);
-
--- name: upsert_partition_window_counts
--- One window's counts of a partition's batch, :counts a JSON object {"key": count} of text keys
--- (as upsert_partition_key_counts), unless the window is already past retention.
-INSERT INTO windowed_key_counts
-    (topic, partition, key, window_start_ms, window_end_ms, window_start, window_end, count)
-SELECT :topic, :partition, key, :window_start_ms, :window_end_ms, :window_start, :window_end,
-       value
-FROM json_each(:counts)
-WHERE NOT EXISTS (
-    SELECT 1 FROM window_clocks
-    WHERE topic = :topic AND partition = :partition
-      AND :window_end_ms <= max_timestamp - :retention_ms
-)
-ON CONFLICT (topic, partition, ifnull(key, 0), window_start_ms, window_end_ms)
-    DO UPDATE SET count = count + excluded.count;
-
--- name: upsert_window_counts
--- The same for one key (null, BLOB, or text with NUL) and window.
-INSERT INTO windowed_key_counts
-    (topic, partition, key, window_start_ms, window_end_ms, window_start, window_end, count)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-WHERE NOT EXISTS (
-    SELECT 1 FROM window_clocks
-    WHERE topic = ?1 AND partition = ?2 AND ?5 <= max_timestamp - ?9
-)
-ON CONFLICT (topic, partition, ifnull(key, 0), window_start_ms, window_end_ms)
-    DO UPDATE SET count = count + excluded.count;
-
--- name: advance_window_clock
-INSERT INTO window_clocks (topic, partition, max_timestamp)
-VALUES (:topic, :partition, :max_timestamp)
-ON CONFLICT (topic, partition) DO UPDATE
-    SET max_timestamp = max(max_timestamp, excluded.max_timestamp);
-
--- name: expire_windows
--- Retention: the partition's windows that ended at or before its highest timestamp minus
--- :retention_ms (a range of windowed_key_counts_by_end).
-DELETE FROM windowed_key_counts
-WHERE topic = :topic AND partition = :partition
-  AND window_end_ms <= (
-      SELECT max_timestamp FROM window_clocks WHERE topic = :topic AND partition = :partition
-  ) - :retention_ms;
-
--- name: forget_window_counts
-DELETE FROM windowed_key_counts WHERE topic = :topic AND partition = :partition;
-
--- name: forget_window_clock
-DELETE FROM window_clocks WHERE topic = :topic AND partition = :partition;
 -- name: read_topic_id
 SELECT topic_id FROM topics WHERE topic = :topic;
 
@@ -339,8 +218,10 @@ FROM pragma_foreign_key_list(:table, 'main')
 WHERE on_delete NOT IN ('NO ACTION', 'RESTRICT') OR on_update NOT IN ('NO ACTION', 'RESTRICT')
 ORDER BY id;
 
--- name: main_has_triggers
-SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger');
+-- name: main_triggers
+-- The file's own triggers (TEMP ones are in sqlite_temp_master), in the order of their rows,
+-- which SQLite fires them by: an apply on Python 3.11 drops them and creates them again so.
+SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' ORDER BY rowid;
 
 -- name: savepoint_apply
 -- Inside an apply's transaction: the rows of a changelog chunk, undone together if SQLite
@@ -352,21 +233,6 @@ ROLLBACK TO changelog_apply;
 
 -- name: release_apply
 RELEASE changelog_apply;
-
--- name: changelog_match_key_counts
--- How a changelog record finds its key_counts row: ?1 topic, ?2 partition, ?3 key. Written as
--- the unique index is (ifnull(key, 0)), so that the lookup uses it; "key IS ?3" would scan.
-topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
-
--- name: changelog_match_latest
--- The same for latest: ?1 topic, ?2 partition, ?3 key.
-topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
-
--- name: changelog_match_windowed_key_counts
--- The same for windowed_key_counts: ?1 topic, ?2 partition, ?3 key, ?4 window_start_ms,
--- ?5 window_end_ms.
-topic = ?1 AND partition = ?2 AND ifnull(key, 0) = ifnull(?3, 0)
-    AND window_start_ms = ?4 AND window_end_ms = ?5
 
 -- name: read_changelog_offset
 SELECT next_offset FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
@@ -414,21 +280,3 @@ PRAGMA locking_mode = EXCLUSIVE;
 -- name: begin_exclusive
 BEGIN EXCLUSIVE;
 
--- name: batch_records_view
--- A SQL processor's per-record statement over a whole batch in one call (processors/batched.py):
--- a temporary view of the record parameters the statement uses (NULL AS "value", ...), never
--- stored into; inserting into it fires the trigger below once per row.
-CREATE TEMP VIEW IF NOT EXISTS "{view}" AS SELECT {columns};
-
--- name: batch_records_trigger
--- The user's record statement with each :name as NEW."name", run once per inserted row.
-CREATE TEMP TRIGGER IF NOT EXISTS "{view}" INSTEAD OF INSERT ON "{view}" BEGIN
-{body}
-END;
-
--- name: insert_batch_records
--- One row per record, in offset order: json_each() reads the batch's JSON array from its start
--- to its end, and a scan of one table-valued function inserts the rows in the order it yields
--- them. The values: the constants (:topic, :partition), then value (one parameter) or
--- json_extract(value, '$[i]') (several).
-INSERT INTO temp."{view}" ({names}) SELECT {values} FROM json_each(:records);

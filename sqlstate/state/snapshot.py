@@ -36,12 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlstate.errors import ConfigError, DatabaseError
+from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.settings import default
 from sqlstate.state.database import Database, is_busy
+from sqlstate.state.model import Position
 from sqlstate.state.queries import sql
-from sqlstate.state.store import Position, Store
+from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.snapshot")  # its documented name
+_WRITTEN = LogEvent(
+    logger,
+    logging.INFO,
+    "snapshot_written",
+    "snapshot of %(database)s written to %(snapshot)s: %(bytes)d bytes in %(snapshot_s).2f s",
+    data={"snapshot_s": rounded(3)},
+)
 
 # Like the other commands beside a daemon, it waits for a locked file as long as ``run`` does.
 BUSY_TIMEOUT_S: float = default("busy_timeout_s")
@@ -120,20 +129,12 @@ async def take(
         seconds=time.perf_counter() - started,
         positions=positions,
     )
-    logger.info(
-        "snapshot of %s written to %s: %d bytes in %.2f s",
-        source,
-        dest,
-        snapshot.size_bytes,
-        snapshot.seconds,
-        extra={
-            "event": "snapshot_written",
-            "database": str(source),
-            "snapshot": str(dest),
-            "bytes": snapshot.size_bytes,
-            "partitions": len(positions),
-            "snapshot_s": round(snapshot.seconds, 3),
-        },
+    _WRITTEN.log(
+        database=str(source),
+        snapshot=str(dest),
+        bytes=snapshot.size_bytes,
+        partitions=len(positions),
+        snapshot_s=snapshot.seconds,
     )
     return snapshot
 

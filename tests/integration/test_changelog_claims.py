@@ -32,24 +32,19 @@ from sqlstate.changelog import standby as standby_module
 from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.changelog.producers import ChangelogProducer
+from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.kafka.client import topic_ids as kafka_topic_ids
 from sqlstate.observe.stats import Stats
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
+from sqlstate.state.model import Change, ChangelogPublishFailed, Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import (
-    Change,
-    ChangelogPublishFailed,
-    Claim,
-    Committed,
-    PartitionBatch,
-    Store,
-)
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.kafka import TopicFactory, add_partitions, delete_topics, log_end_offsets
 from tests.support.processing import open_store, record
@@ -116,11 +111,11 @@ async def owned(
     members = [KeyCounter()]
     processors = Processors.checked(members)
     path = tmp_path / "state.db"
-    store = await open_store(path, processors)
+    plain = await open_store(path, processors)
     tables = state_tables(members)
-    await store.database.setting(functools.partial(install_capture, tables=tables))
-    owner = ChangelogOwner(settings, store.database, tables, Stats(), None)
-    store.publish = owner.publish_from_thread
+    await plain.database.setting(functools.partial(install_capture, tables=tables))
+    owner = ChangelogOwner(settings, plain.database, tables, Stats(), None)
+    store = Store(plain.database, CapturedChangelog(owner.publish_from_thread))
     await owner.start()
     try:
         yield Owned(settings, store, owner, processors, TopicPartition(topic, 0), path)

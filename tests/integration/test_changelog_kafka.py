@@ -16,10 +16,11 @@ from aiokafka.errors import ProducerFenced
 
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, ChangelogReader
-from sqlstate.changelog.records import POSITION_KEY, Row, position_record
+from sqlstate.changelog.records import POSITION_KEY, position_record
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs, transactional_id
 from sqlstate.errors import ChangelogError, ChangelogFenced, ChangelogTopicError
 from sqlstate.settings import Settings
+from sqlstate.state.model import Row
 from tests.support.kafka import (
     TopicFactory,
     add_partitions,

@@ -19,7 +19,7 @@ from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import build_consumer, in_group
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.state.store import Claim
+from sqlstate.state.model import Claim
 from tests.support.kafka import TopicFactory, committed_offsets, started
 
 

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.processors.base import Record
 from sqlstate.processors.keys import stored_key
-from sqlstate.processors.windowed import iso_utc, window_start
+from sqlstate.processors.windowed_counts import iso_utc, window_start
 from tests.support.db import connect_read_only
 from tests.support.kafka import beginning_offsets
 

@@ -17,8 +17,9 @@ from sqlstate.processors.base import Processor, Record, Statement
 from sqlstate.processors.registry import Processors
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Committed, PartitionBatch, Store
+from sqlstate.state.store import Store
 
 
 def record(

@@ -17,12 +17,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.processors.base import Processor, Record, Statement
-from sqlstate.processors.latest import BLOB_LIMIT, Latest, _row_by_row
+from sqlstate.processors.latest import BLOB_LIMIT, Latest, _row_by_row, sql
 from sqlstate.processors.registry import Processors
-from sqlstate.processors.windowed import WindowedCounts, iso_utc, window_start
+from sqlstate.processors.windowed_counts import WindowedCounts, iso_utc, window_start
 from sqlstate.settings import duration_ms
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.queries import sql
 from tests.support.db import query
 from tests.support.processing import fold, open_store, record
 

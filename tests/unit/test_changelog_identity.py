@@ -18,7 +18,7 @@ from sqlstate.changelog.offsets import changelog_offset
 from sqlstate.changelog.records import POSITION_KEY, PositionChange, decode, position_record
 from sqlstate.changelog.tables import state_tables
 from sqlstate.errors import ChangelogLostError, ProcessorError
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.state.database import utc_now
 from sqlstate.state.out_of_range import LogBounds

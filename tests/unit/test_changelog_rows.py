@@ -5,6 +5,7 @@ applying is idempotent and monotonic; odd keys and values round-trip; refusals."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sqlstate.changelog.apply import Applied, apply_changes
+from sqlstate.changelog import apply as apply_module
+from sqlstate.changelog.apply import CAN_SWITCH_TRIGGERS, Applied, apply_changes
 from sqlstate.changelog.capture import install_capture, take_changes
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets, record_changelog_offset
 from sqlstate.changelog.records import (
@@ -28,19 +30,22 @@ from sqlstate.changelog.records import (
     decode,
     position_record,
 )
+from sqlstate.changelog.side import CapturedChangelog
+from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import delete_by_key
-from sqlstate.changelog.tables import StateTable, state_tables
-from sqlstate.errors import ChangelogError, ChangelogModeError, ProcessorError
+from sqlstate.changelog.tables import state_tables
+from sqlstate.errors import ChangelogError, ChangelogModeError, DatabaseError, ProcessorError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Migration, Processor, Record, Records, Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state.database import Database, utc_now
+from sqlstate.state.model import Change, Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Change, Claim, Committed, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
 
@@ -365,6 +370,83 @@ async def test_sql_processors_are_the_same_on_the_standby(tmp_path: Path) -> Non
         conn.execute("INSERT INTO seen VALUES ('t', 9, 'new', 0)")
         assert conn.execute("SELECT sum(writes) FROM seen_totals").fetchall() == [(5,)]
     conn.close()
+
+
+# Triggers a user added to a standby's file: each stops any statement it fires for, saying which
+# it is. Two of the same kind show the order SQLite fires them in, which must survive the apply.
+USER_TRIGGERS = [
+    f"CREATE TRIGGER {name} {timing} ON latest BEGIN SELECT RAISE(ABORT, '{name} fired'); END"
+    for name, timing in [
+        ("before_insert_1", "BEFORE INSERT"),
+        ("before_insert_2", "BEFORE INSERT"),
+        ("after_insert", "AFTER INSERT"),
+        ("before_delete", "BEFORE DELETE"),
+        ("after_delete", "AFTER DELETE"),
+        ("after_update", "AFTER UPDATE"),
+    ]
+]
+
+
+def first_trigger_fired(path: Path, statement: str) -> str:
+    """The message of the trigger that stops ``statement`` on ``path`` (nothing is changed)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.Error) as error:
+        conn.execute(statement)
+    return str(error.value)
+
+
+# Every way this Python has: Connection.setconfig came with Python 3.12; dropping and creating
+# the triggers again works on every version (and is 3.11's only way).
+TRIGGER_SWITCHES = [
+    *([pytest.param(True, id="setconfig")] if CAN_SWITCH_TRIGGERS else []),
+    pytest.param(False, id="dropped-and-created-again"),
+]
+
+
+@pytest.mark.parametrize("switch", TRIGGER_SWITCHES)
+async def test_the_files_own_triggers_never_fire_while_applying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switch: bool
+) -> None:
+    """Whichever way this Python switches them off: no trigger of the file fires for a row,
+    a tombstone or a changed value applied; afterwards they are all there, as they were, and
+    fire in the same order."""
+    monkeypatch.setattr(apply_module, "CAN_SWITCH_TRIGGERS", switch)
+    members = [Latest()]
+    changelog = Changelog()
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        await owner.commit(T0, [record(T0, o, f"k{o}", b"v%d" % o) for o in range(5)])
+    standby = tmp_path / "standby.db"
+    await follow(standby, members, changelog)
+    with contextlib.closing(sqlite3.connect(standby)) as conn, conn:
+        for trigger in USER_TRIGGERS:
+            conn.execute(trigger)
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    before = query(standby, schema)
+    insert = "INSERT INTO latest SELECT * FROM latest"
+    assert "before_insert_2 fired" in first_trigger_fired(standby, insert)
+
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        # New keys, new values of old keys, and tombstones: inserts and deletes on the standby.
+        await owner.commit(
+            T0, [record(T0, 5, "k0", b"new"), record(T0, 6, "k1", None), record(T0, 7, "k9", b"")]
+        )
+    processors = Processors.checked(members)
+    store = await open_store(standby, processors)
+    try:
+        applied = await apply(store.database, T0, changelog.records[T0], state_tables(members))
+        # On again for the connection that applied (it also commits the batches it owns).
+        with pytest.raises(DatabaseError, match="before_insert_2 fired"):
+            await store.database.transaction(lambda conn: conn.execute(insert))
+    finally:
+        await store.database.close()
+        processors.close()
+    assert [q.reason for q in applied.quarantined] == []
+    assert (applied.rows, applied.tombstones) == (2, 1)
+    assert_same_state(tmp_path / "owner.db", standby, members)
+    assert query(standby, schema) == before
+    assert "before_insert_2 fired" in first_trigger_fired(standby, insert)
+    assert "before_delete fired" in first_trigger_fired(standby, "DELETE FROM latest")
 
 
 async def test_a_reset_ships_tombstones_and_the_new_position(tmp_path: Path) -> None:
@@ -794,8 +876,8 @@ async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bo
         ) -> dict[TopicPartition, int | ChangelogError]:
             return dict.fromkeys(changes, 0)
 
-        store.publish = no_kafka if first else None
-        await store.claim(
+        in_mode = Store(store.database, CapturedChangelog(no_kafka) if first else None)
+        await in_mode.claim(
             {T0: LogBounds(0, 10)},
             "me",
             "reset",
@@ -806,9 +888,9 @@ async def test_the_state_keeps_the_mode_it_was_made_in(tmp_path: Path, first: bo
         await store.check_changelog(first)
         with pytest.raises(ChangelogModeError, match="--changelog"):
             await store.check_changelog(not first)
-        store.publish = None if first else no_kafka
+        other_mode = Store(store.database, None if first else CapturedChangelog(no_kafka))
         with pytest.raises(ChangelogModeError):
-            await store.claim(
+            await other_mode.claim(
                 {T0: LogBounds(0, 10)},
                 "me",
                 "reset",

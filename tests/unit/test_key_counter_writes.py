@@ -15,11 +15,10 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter, sql
 from sqlstate.processors.keys import stored_key
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.queries import sql
 from tests.support.db import query
 
 TEXT_KEYS: list[bytes | None] = [

@@ -250,3 +250,105 @@ def test_two_v_show_everything(capsys: pytest.CaptureFixture[str]) -> None:
     assert _shown(lines, "DEBUG", "GroupCoordinatorNotAvailableError")
     assert _shown(lines, "DEBUG", "MetadataRequest_v1")
     assert len(lines) == 6, lines
+
+
+# LogEvent: one call per event, its fields given once.
+_RESTORED = logs.LogEvent(
+    logging.getLogger("sqlstate.test"),
+    logging.INFO,
+    "changelog_restored",
+    "restored %(topic)s-%(partition)d from its changelog: %(records)d records in"
+    " %(restore_s).2f s%(_note)s",
+    data={"restore_s": logs.rounded(3)},
+)
+
+
+def _log_restored(log_format: logs.LogFormat, capsys: pytest.CaptureFixture[str]) -> str:
+    logs.configure(0, log_format)
+    tp = TopicPartition("orders", 3)
+    # 0.11496 s: to 3 decimals 0.115, which would print as 0.12 if the sentence used that.
+    _RESTORED.log(**logs.partition_fields(tp, records=1500, restore_s=0.11496), _note="!")
+    return capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_an_event_writes_its_sentence_in_the_text_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    sqlstate\.test: restored orders-3 from its"
+        r" changelog: 1500 records in 0\.11 s!\n",
+        _log_restored("text", capsys),
+    )
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_an_event_writes_its_fields_once_in_the_json_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entry = json.loads(_log_restored("json", capsys))
+    assert list(entry)[4:] == ["event", "topic", "partition", "records", "restore_s"]
+    assert entry == {
+        "time": entry["time"],
+        "level": "INFO",
+        "logger": "sqlstate.test",
+        "message": "restored orders-3 from its changelog: 1500 records in 0.11 s!",
+        "event": "changelog_restored",
+        "topic": "orders",
+        "partition": 3,
+        "records": 1500,
+        "restore_s": 0.115,  # rounded for the JSON line only; "_note" is the sentence's only
+    }
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_an_event_words_its_sentence_and_carries_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    failed = logs.LogEvent(
+        logging.getLogger("sqlstate.test"),
+        logging.ERROR,
+        "publish_failed",
+        "published %(records)d records in %(publish_ms).3f ms: 100%% failed",
+        words=lambda fields: {"publish_ms": fields["publish_s"] * 1000},
+        traceback=True,
+    )
+    logs.configure(0, "json")
+    try:
+        raise ValueError("broker gone")
+    except ValueError:
+        failed.log(records=3, publish_s=0.0012345)
+    entry = json.loads(capsys.readouterr().err)
+    assert entry["message"] == "published 3 records in 1.234 ms: 100% failed"
+    assert (entry["records"], entry["publish_s"]) == (3, 0.0012345)
+    assert "ValueError: broker gone" in entry["exception"]
+
+
+def test_an_event_below_the_level_builds_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    built: list[str] = []
+
+    def words(fields: object) -> dict[str, object]:
+        built.append("words")
+        return {}
+
+    def convert(value: object) -> object:
+        built.append("data")
+        return value
+
+    committed = logs.LogEvent(
+        logging.getLogger("sqlstate.test"),
+        logging.DEBUG,
+        "batch_committed",
+        "committed %(records)d records in %(commit_s)f s",
+        data={"commit_s": convert},
+        words=words,
+    )
+    with caplog.at_level(logging.INFO, logger="sqlstate"):
+        committed.log(records=300, commit_s=0.004)
+    assert (built, caplog.records) == ([], [])
+    with caplog.at_level(logging.DEBUG, logger="sqlstate"):
+        committed.log(records=300, commit_s=0.004)
+    (record,) = caplog.records
+    assert built == ["data", "words"]
+    # The record names the line that logged the event, as a logger call's would.
+    assert record.funcName == "test_an_event_below_the_level_builds_nothing"

@@ -12,10 +12,10 @@ from aiokafka import TopicPartition
 
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.processors.base import Processor, Record
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from tests.support import oracle
 from tests.support.db import connect_read_only
 from tests.support.orders import CUSTOMERS, RETENTION_MS, START_MS, WINDOW_MS, order_value

@@ -6,7 +6,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.app.ownership import PLACEHOLDER_OFFSET, Ownership
-from sqlstate.state.store import Claim
+from sqlstate.state.model import Claim
 
 A, B, C = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("t", 2)
 

@@ -17,7 +17,7 @@ from sqlstate.changelog.mode import checked_tables
 from sqlstate.changelog.tables import state_tables
 from sqlstate.errors import ProcessorError
 from sqlstate.processors import Migration, Records, Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.settings import Settings

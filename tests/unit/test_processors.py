@@ -17,15 +17,16 @@ from aiokafka import TopicPartition
 from examples.order_totals import OrderTotals
 from sqlstate.errors import ConfigError, ProcessorError, SchemaTooNewError
 from sqlstate.processors import Migration, Processor, Records, Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors, from_settings, load
-from sqlstate.processors.windowed import WindowedCounts
+from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Claim, Committed, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import fold, order, record
 
@@ -110,7 +111,7 @@ def test_the_current_directory_is_searched_for_the_processor_only(
         ("nonsense", "name a built-in"),
         ("no.such.module:X", "cannot import no.such.module"),
         ("examples.order_totals:Nope", "has no Nope"),
-        ("examples.order_totals:SCHEMA", "is not a processor"),
+        ("examples.order_totals:__doc__", "is not a processor"),
         ("examples.order_totals:json", "is not a processor"),
     ],
 )

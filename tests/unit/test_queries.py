@@ -1,4 +1,5 @@
-"""Every named query parses and compiles against the migrated schema (the built-in processors'
+"""Every named query of every package (sqlstate's own, the processor framework's, each built-in
+processor's) parses and compiles against the migrated schema (the built-in processors'
 migrations included)."""
 
 from __future__ import annotations
@@ -6,11 +7,37 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+import sqlstate
 from sqlstate.state import migrate, queries
 from sqlstate.state.queries import parse
+
+ROOT = Path(sqlstate.__file__).parent
+
+
+def packages_with(name: str) -> list[str]:
+    """Every package of sqlstate that holds ``name`` (a file or a folder) beside its code."""
+    depth = name.count("/")
+    found = [path.parents[depth].relative_to(ROOT).parts for path in ROOT.glob(f"**/{name}")]
+    return sorted({".".join(("sqlstate", *parts)) for parts in found})
+
+
+def test_every_package_sql_is_found() -> None:
+    assert packages_with(queries.FILE) == [
+        "sqlstate.processors",
+        "sqlstate.processors.counts",
+        "sqlstate.processors.latest",
+        "sqlstate.processors.windowed_counts",
+        "sqlstate.state",
+    ]
+    assert packages_with("migrations/0001_*.sql") == [
+        "sqlstate",
+        "sqlstate.processors.latest",
+        "sqlstate.processors.windowed_counts",
+    ]
 
 
 def test_parse_rejects_duplicates() -> None:
@@ -22,15 +49,21 @@ def test_every_query_compiles() -> None:
     with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
         for migration in migrate.available():
             conn.executescript(migration.script)
-        for processor in ("latest", "windowed-counts"):
-            for migration in migrate.bundled(processor):
-                conn.executescript(migration.script)
+        for package in packages_with("migrations/0001_*.sql"):
+            if package != "sqlstate":  # sqlstate's own: migrate.available(), above
+                for migration in migrate.bundled(package):
+                    conn.executescript(migration.script)
         conn.execute(queries.sql("create_migrations_table"))
         conn.execute(queries.sql("create_changelog_capture"))
         transaction_control = {"begin_immediate", "commit", "rollback"}
         # Templates around a SQL processor's own statement: tests/unit/test_sql_file.py runs them.
         batch_form = {"batch_records_view", "batch_records_trigger", "insert_batch_records"}
-        for name, statement in queries._all().items():
+        every = [
+            (name, statement)
+            for package in packages_with(queries.FILE)
+            for name, statement in queries.named(package).items()
+        ]
+        for name, statement in every:
             if name in transaction_control | batch_form or statement.upper().startswith(
                 ("PRAGMA", "SAVEPOINT", "ROLLBACK", "RELEASE")
             ):

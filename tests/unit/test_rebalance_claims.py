@@ -25,13 +25,14 @@ from sqlstate.errors import DatabaseBusyError, OutOfRangeError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Forget, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.store import Claim, Forget, PartitionBatch, Store
+from sqlstate.state.store import Store
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 TOPIC_IDS: dict[str, str | None] = {"t": "AAAAAAAAAAAAAAAAAAAAAQ"}

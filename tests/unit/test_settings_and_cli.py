@@ -91,9 +91,9 @@ def test_offsets_checks_the_security_flags_like_run(tmp_path: Path) -> None:
     assert "SQLSTATE_SASL_PASSWORD" in result.output
 
 
-def readme_flag_table() -> list[tuple[str, str, str]]:
-    """(flag, variable, default) of each row of the README's table of ``run``'s flags."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def documented_flag_table() -> list[tuple[str, str, str]]:
+    """(flag, variable, default) of each row of docs/cli.md's table of ``run``'s flags."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     header = "| flag | variable | default | meaning |\n|---|---|---|---|\n"
     block = text.split(header, 1)[1].split("\n\n", 1)[0]
     rows = []
@@ -105,7 +105,7 @@ def readme_flag_table() -> list[tuple[str, str, str]]:
 
 
 def documented_default(option: click.Parameter) -> str:
-    """How the README's table writes ``option``'s default."""
+    """How docs/cli.md's table writes ``option``'s default."""
     if option.required:
         return "required"
     if option.default is True:
@@ -117,9 +117,9 @@ def documented_default(option: click.Parameter) -> str:
     return f"`{option.default}`"
 
 
-def test_the_readme_flag_table_matches_run() -> None:
+def test_the_documented_flag_table_matches_run() -> None:
     options = {str(p.envvar): p for p in run.params if isinstance(p, click.Option)}
-    rows = readme_flag_table()
+    rows = documented_flag_table()
     environment_only = {"SQLSTATE_SASL_PASSWORD", "SQLSTATE_SSL_PASSWORD"}
 
     assert {variable for _flag, variable, _default in rows} == set(options) | environment_only

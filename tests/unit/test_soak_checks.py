@@ -17,7 +17,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.processors.base import Record
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.sql_file import SqlFileProcessor
 from tests.soak import soak
 from tests.soak.slots import SQL_FILE, SlotHolders

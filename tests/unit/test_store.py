@@ -14,15 +14,15 @@ from aiokafka.structs import ConsumerRecord
 
 from sqlstate.errors import DatabaseError, IsolationLevelError, OutOfRangeError
 from sqlstate.processors.base import Statement
-from sqlstate.processors.counting import KeyCounter
+from sqlstate.processors.counts import KeyCounter, sql
 from sqlstate.processors.keys import stored_key
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
+from sqlstate.state.model import Claim, Claimed, Committed, Fenced, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
-from sqlstate.state.queries import sql
-from sqlstate.state.store import Claim, Claimed, Committed, Fenced, PartitionBatch, Store
+from sqlstate.state.store import Store
 from tests.support.db import query
 
 TP = TopicPartition("orders", 0)

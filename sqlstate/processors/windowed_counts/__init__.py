@@ -14,6 +14,9 @@ the same transaction, so the table depends on the records alone: the same record
 rows whatever the batch boundaries, restarts or rebalances. (A record too old for the windows
 kept was counted in a window that retention deletes anyway, so dropping it changes nothing but
 the work.)
+
+The package is the whole processor: this code, its statements (``queries.sql``) and its tables
+(``migrations/``, recorded as ``windowed-counts/0001_window_counts``...).
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors.base import Migration, Records, Statement
+from sqlstate.processors import Migration, Queries, Records, Statement, bundled
 from sqlstate.processors.keys import split_keys
-from sqlstate.state import migrate
-from sqlstate.state.queries import sql
 
+sql = Queries(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _key = attrgetter("key")
 
@@ -72,7 +74,7 @@ class WindowedCounts:
             raise ValueError("the window and the retention must be positive")
         self.window_ms = window_ms
         self.retention_ms = retention_ms
-        self.migrations: Sequence[Migration] = migrate.bundled(self.name)
+        self.migrations: Sequence[Migration] = bundled(__name__)
         self._iso: dict[int, str] = {}  # window bounds already formatted; a handful per run
 
     @property

@@ -1,9 +1,12 @@
 """The built-in processor ``latest``: the latest value of every key, a compacted topic as a table.
 
 Table ``latest (topic, key, value, partition, offset, timestamp)``, one row per key and
-partition (``migrations/latest/``). A record whose value is null (a tombstone) deletes its key.
-Only each key's last record of a batch matters, so a batch costs one row per distinct key: the
-table ends the same whatever the batch boundaries, as a compacted topic does.
+partition. A record whose value is null (a tombstone) deletes its key. Only each key's last
+record of a batch matters, so a batch costs one row per distinct key: the table ends the same
+whatever the batch boundaries, as a compacted topic does.
+
+The package is the whole processor: this code, its statements (``queries.sql``) and its tables
+(``migrations/``, recorded as ``latest/0001_latest``...).
 
 Keys and values are stored as ``key_counts`` stores keys: TEXT when valid UTF-8 (or decoded by
 ``--key-format``/``--value-format text`` or ``json``), BLOB otherwise.
@@ -25,15 +28,14 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors import json_text
-from sqlstate.processors.base import Migration, Record, Records, Statement
+from sqlstate.processors import Migration, Queries, Record, Records, Statement, bundled, json_text
 from sqlstate.processors.keys import stored_key
-from sqlstate.state import migrate
-from sqlstate.state.queries import sql
 
 #: Above this many bytes of values a batch goes row by row rather than as one BLOB (which SQLite
 #: caps at 1 GB, and which would double the batch's memory for a moment).
 BLOB_LIMIT = 32 * 1024 * 1024
+
+sql = Queries(__name__)
 
 
 class Latest:
@@ -44,7 +46,7 @@ class Latest:
     changelog_tables: Mapping[str, Sequence[str]] = {"latest": ("topic", "partition", "key")}
 
     def __init__(self) -> None:
-        self.migrations: Sequence[Migration] = migrate.bundled(self.name)
+        self.migrations: Sequence[Migration] = bundled(__name__)
 
     @property
     def changelog_matches(self) -> Mapping[str, str]:

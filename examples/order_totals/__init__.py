@@ -1,6 +1,6 @@
 """A processor of your own: orders and amount per customer, from JSON order events.
 
-Run it (from the repository's root, which ``--processor`` searches first):
+Run it (from the repository's root, which ``--processor`` searches first for the package):
 
     sqlstate run --topic orders --group-id order-totals --database orders.db \\
         --processor examples.order_totals:OrderTotals --value-format json
@@ -21,37 +21,19 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors import Migration, Records, Statement
+from sqlstate.processors import Migration, Queries, Records, Statement, bundled
 
-SCHEMA = """
-CREATE TABLE order_totals (
-    topic           TEXT    NOT NULL,
-    partition       INTEGER NOT NULL,
-    customer        TEXT    NOT NULL,
-    orders          INTEGER NOT NULL,
-    amount_cents    INTEGER NOT NULL,
-    PRIMARY KEY (topic, partition, customer)
-) WITHOUT ROWID;
-
-CREATE VIEW customer_totals (customer, orders, amount_cents) AS
-    SELECT customer, sum(orders), sum(amount_cents) FROM order_totals GROUP BY customer;
-"""
-
-UPSERT = """
-INSERT INTO order_totals (topic, partition, customer, orders, amount_cents)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (topic, partition, customer) DO UPDATE
-    SET orders = orders + excluded.orders, amount_cents = amount_cents + excluded.amount_cents
-"""
-
-FORGET = "DELETE FROM order_totals WHERE topic = ? AND partition = ?"
+# The package is the whole processor, as each built-in is (sqlstate/processors/latest/): this
+# code, its statements by name (queries.sql) and its tables (migrations/NNNN_what.sql), all
+# beside this file. Copy the folder and rename it to start your own.
+sql = Queries(__name__)
 
 
 class OrderTotals:
     """Orders and amount per customer."""
 
     name = "order-totals"
-    migrations: Sequence[Migration] = (Migration("0001_order_totals", SCHEMA),)
+    migrations: Sequence[Migration] = bundled(__name__)
     # Under --changelog each changed row is shipped under its key: the table's PRIMARY KEY.
     changelog_tables: Mapping[str, Sequence[str]] = {
         "order_totals": ("topic", "partition", "customer")
@@ -76,7 +58,7 @@ class OrderTotals:
             (tp.topic, tp.partition, customer, orders, amount)
             for customer, (orders, amount) in totals.items()
         ]
-        return [Statement(UPSERT, rows)] if rows else []
+        return [Statement(sql("add_orders"), rows)] if rows else []
 
     def forget(self, tp: TopicPartition) -> Sequence[Statement]:
-        return [Statement(FORGET, [(tp.topic, tp.partition)])]
+        return [Statement(sql("forget_partition"), [(tp.topic, tp.partition)])]

@@ -5,8 +5,10 @@ valid UTF-8, a BLOB when they are not, and NULL for a record without a key, so e
 key stays distinct and each can be queried naturally (``key = 'a'``, ``key = X'ff'``, ``key IS
 NULL``). With ``--key-format text`` or ``json`` the keys arrive as text and are stored as such.
 
-Its table, ``key_counts``, and the ``counts`` view are sqlstate's own schema (migration 0001), so
-it has no migrations of its own.
+Its statements are in ``queries.sql`` beside this file. Its table, ``key_counts``, and the
+``counts`` view are sqlstate's own schema (migration 0001, from before processors had migrations
+of their own), so it has no ``migrations/`` folder; that is also why the guard gives it
+``key_counts`` by name (``guard.WRITES_OF_BUILT_INS``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from operator import attrgetter
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors.base import Migration, Records, Statement
+from sqlstate.processors import Migration, Queries, Records, Statement
 from sqlstate.processors.keys import split_keys
-from sqlstate.state.queries import sql
 
+sql = Queries(__name__)
 _key = attrgetter("key")
 
 

@@ -1,0 +1,34 @@
+"""The bounds of partitions' logs, asked of Kafka: what the out-of-range policy decides against.
+
+Read before a claim's or a reset's transaction, never while a lock or a transaction is held
+(``state/out_of_range.py`` keeps what is decided with them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from sqlstate.kafka.client import high_watermarks
+from sqlstate.state.out_of_range import LogBounds
+
+
+async def read_bounds(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], isolation_level: str
+) -> dict[TopicPartition, LogBounds]:
+    """The log's bounds now, asked of each partition's leader.
+
+    Never trust an out-of-range answer alone: with ``client_rack`` set, aiokafka fetches from a
+    follower, and a lagging follower answers out-of-range for offsets the leader has. The bounds
+    decide.
+    """
+    tps = list(tps)
+    if not tps:
+        return {}
+    firsts = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    if isolation_level == "read_uncommitted":
+        return {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
+    log_ends = await high_watermarks(consumer, tps)
+    return {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}

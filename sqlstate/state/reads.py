@@ -1,0 +1,34 @@
+"""Read-only queries of the state: the positions, and the highest counts.
+
+What ``sqlstate offsets`` and ``sqlstate counts`` show, what a snapshot checks its copy with, and
+the row that fenced a batch (read inside the batch's transaction). Each function runs in the
+database thread, on the connection of a read or a transaction; none writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from aiokafka import TopicPartition
+
+from sqlstate.state.model import Position
+from sqlstate.state.queries import sql
+
+
+def position(conn: sqlite3.Connection, tp: TopicPartition) -> Position | None:
+    row = conn.execute(
+        sql("read_position"), {"topic": tp.topic, "partition": tp.partition}
+    ).fetchone()
+    return None if row is None else Position(*row)
+
+
+def positions(conn: sqlite3.Connection) -> list[Position]:
+    return [Position(*row) for row in conn.execute(sql("list_positions"))]
+
+
+def top_counts(
+    conn: sqlite3.Connection, topic: str | None, limit: int
+) -> list[tuple[str, str | bytes | None, int]]:
+    """The highest totals of the ``counts`` view: (topic, key, count)."""
+    rows = conn.execute(sql("top_counts"), {"topic": topic, "limit": limit})
+    return [(row["topic"], row["key"], row["count"]) for row in rows]
