@@ -2,9 +2,10 @@
 
 The policy (``--out-of-range``) decides: ``reset`` discards the partition's state and restarts it
 from the log's first offset, in the same transaction as the position move; ``fail`` stops with
-exit code 5 and writes nothing. It is checked in two places, both through the store: when a
-partition is claimed (``Store.claim``, against the bounds read just before) and when the
-fetcher raises OffsetOutOfRangeError while running (``Store.reset``). The log's bounds are read
+exit code 5 and writes nothing. It is checked in one place, the claim transaction
+(``Store.claim``, against the bounds read just before): at an assignment, and when the fetcher
+raises OffsetOutOfRangeError while running, which claims the partition again (``app/claims.py``,
+``Claimer.recover``). The log's bounds are read
 from Kafka (``kafka/bounds.py``) before the transaction, never while holding a lock or a
 transaction open.
 

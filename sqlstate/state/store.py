@@ -24,7 +24,7 @@ from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import reads, recorded, transactions
 from sqlstate.state.changelog_side import ChangelogSide
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.model import Claim, Claimed, Forget, Outcome, PartitionBatch, Position
+from sqlstate.state.model import Claimed, Forget, Outcome, PartitionBatch, Position
 from sqlstate.state.out_of_range import LogBounds
 
 
@@ -76,23 +76,6 @@ class Store:
                 changelog=self._changelog,
             ),
             lock_wait_s,
-        )
-
-    async def reset(
-        self, tp: TopicPartition, claim: Claim, bounds: LogBounds, forget: Forget
-    ) -> Claim | None:
-        """Discard a partition's state and restart it at the log's first offset, in one
-        transaction, if this consumer still holds it at ``claim.epoch``; None if it does not."""
-        return await self.database.transaction(
-            functools.partial(
-                transactions.reset_partition,
-                tp=tp,
-                claim=claim,
-                bounds=bounds,
-                forget=forget,
-                now=utc_now(),
-                changelog=self._changelog,
-            )
         )
 
     async def check_changelog(self, on: bool) -> None:

@@ -168,26 +168,6 @@ def claim_assignment(
     return Claimed(claims, resets, recreated)
 
 
-def reset_partition(
-    conn: sqlite3.Connection,
-    tp: TopicPartition,
-    claim: Claim,
-    bounds: LogBounds,
-    forget: Forget,
-    now: str,
-    changelog: ChangelogSide | None = None,
-) -> Claim | None:
-    if changelog is not None:
-        changelog.discard_changes(conn)
-    if not _restart(conn, tp, claim.epoch, bounds, forget, now):
-        return None
-    if changelog is not None:
-        rows = changelog.take_changes(conn)
-        if rows:
-            _publish(conn, changelog, {tp: Change(rows, bounds.first, claim.epoch)})
-    return Claim(bounds.first, claim.epoch)
-
-
 def run_statements(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:
     """Run prepared statements in order; return what the counting ones returned."""
     counters: Counter[str] = Counter()

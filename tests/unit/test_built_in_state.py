@@ -191,7 +191,15 @@ async def test_a_reset_forgets_one_partition_of_each_processor(tmp_path: Path) -
                 isolation_level="read_committed",
             )
         ).claims
-        assert await store.reset(TP, claims[TP], LogBounds(1, 5), processors.forget) is not None
+        claimed = await store.claim(
+            {TP: LogBounds(claims[TP].next_offset + 1, 5)},
+            "me",
+            "reset",
+            processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
+        assert [reset.tp for reset in claimed.resets] == [TP]
     finally:
         await store.database.close()
     assert latest_rows(path) == [("t", 1, "a", "v", 0)]

@@ -145,13 +145,19 @@ class Owner:
         await self.publish(tp, outcome.claim.next_offset)
 
     async def reset(self, tp: TopicPartition, first: int) -> None:
-        """An out-of-range reset: the partition's state forgotten, its position moved."""
-        claim = await self.store.reset(
-            tp, self.claims[tp], LogBounds(first, 1_000_000), self.processors.forget
+        """An out-of-range reset, as the claim makes it (at an assignment, or again while
+        running): the partition's state forgotten, its position moved to the log's start."""
+        claimed = await self.store.claim(
+            {tp: LogBounds(first, 1_000_000)},
+            "owner",
+            "reset",
+            self.processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
         )
-        assert claim is not None
-        self.claims[tp] = claim
-        await self.publish(tp, claim.next_offset)
+        assert [reset.tp for reset in claimed.resets] == [tp]
+        self.claims[tp] = claimed.claims[tp]
+        await self.publish(tp, claimed.claims[tp].next_offset)
 
     async def publish(self, tp: TopicPartition, position: int) -> None:
         changes = await self.store.database.transaction(take_changes)

@@ -186,7 +186,10 @@ def test_stored_key() -> None:
     assert stored_key(b"\x80") == b"\x80"
 
 
-async def test_reset_discards_only_that_partition_and_only_for_its_holder(tmp_path: Path) -> None:
+async def test_a_claim_again_out_of_range_discards_only_that_partition(tmp_path: Path) -> None:
+    """The one out-of-range path: claimed again (as while running) with its log now starting
+    past its position, a partition restarts at the log's first offset, its state forgotten;
+    the other partition keeps its counts."""
     path = tmp_path / "s.db"
     store = await open_store(path)
     try:
@@ -194,13 +197,13 @@ async def test_reset_discards_only_that_partition_and_only_for_its_holder(tmp_pa
         await store.commit_batch(
             [batch(TP, claims[TP], [b"x"]), batch(OTHER, claims[OTHER], [b"x"])]
         )
-        log = LogBounds(50, 60)
-        assert await store.reset(TP, claims[TP], log, COUNTER.forget) == Claim(50, 1)
-        stale = Claim(0, claims[TP].epoch + 1)  # an epoch the row does not hold
-        assert await store.reset(TP, stale, LogBounds(70, 80), COUNTER.forget) is None
+        claimed = await claim_all(store, {TP: LogBounds(50, 60)}, "a", "reset")
+        assert claimed.claims == {TP: Claim(50, claims[TP].epoch + 1)}
+        assert [(reset.tp, reset.stored_offset) for reset in claimed.resets] == [(TP, 1)]
         position = await store.position(TP)
         assert position is not None
         assert position.next_offset == 50
+        assert query(path, "SELECT partition, key, count FROM key_counts") == [(1, "x", 1)]
     finally:
         await store.database.close()
     assert state(path)[1] == [(1, "x", 1)]
