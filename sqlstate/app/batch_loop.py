@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import (
@@ -42,7 +43,7 @@ from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka.decoding import BadRecords
 from sqlstate.kafka.errors import Retrying, permanent, topic_gone
-from sqlstate.observe.logs import describe, partition_fields
+from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
@@ -51,6 +52,90 @@ from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fence
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.consumer")  # its documented name
+_STALE_DROPPED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "stale_batch_dropped",
+    "dropped a batch fetched before the claims changed",
+)
+_STALE_FENCED = LogEvent(
+    logger,
+    logging.WARNING,
+    "stale_batch_fenced",
+    "a batch of an earlier claim rolled back: %(reason)s",
+)
+_STALE_COMMITTED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "stale_batch_committed",
+    "a rebalance came while a batch committed; its outcome is left to the next claim",
+)
+_COMMITTED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "batch_committed",
+    "committed %(records)d records over %(partitions)d partitions in %(commit_ms).3f ms",
+    data={"commit_s": rounded(6)},
+    words=lambda fields: {"commit_ms": fields["commit_s"] * 1000},
+)
+_PUBLISH_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_publish_failed",
+    "a batch rolled back: %(reason)s. Fenced partitions wait for the rebalance that gave them"
+    " to another member; the others are restored from their changelogs and claimed again",
+)
+_POSITION_MOVED = LogEvent(
+    logger,
+    logging.WARNING,
+    "position_moved",
+    "position of %(topic)s-%(partition)d moved to %(next_offset)d while we expected"
+    " %(expected_offset)d; dropped %(dropped_records)d records and re-seeked",
+)
+
+
+def _holder_words(fields: Mapping[str, Any]) -> dict[str, object]:
+    # No row at all: nobody holds the partition in the file.
+    owner, epoch = fields["owner"], fields["owner_epoch"]
+    return {
+        "holder": "nobody" if owner is None else owner,
+        "holder_epoch": "-" if epoch is None else epoch,
+    }
+
+
+_FENCED = LogEvent(
+    logger,
+    logging.WARNING,
+    "batch_fenced",
+    "fenced on %(topic)s-%(partition)d: claimed by %(holder)s with epoch %(holder_epoch)s"
+    " (ours %(epoch)d); dropped a batch of %(dropped_records)d records",
+    words=_holder_words,
+)
+_RESEEKED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "reseeked",
+    "re-seeking %(topic)s-%(partition)d to %(next_offset)d",
+)
+_OUT_OF_RANGE_IGNORED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "out_of_range_ignored",
+    "ignored out-of-range for unclaimed %(topic)s-%(partition)d",
+)
+_OUT_OF_RANGE_REPORTED = LogEvent(
+    logger,
+    logging.INFO,
+    "out_of_range_reported",
+    "%(topic)s-%(partition)d: fetch at %(fetch_offset)d reported out of range; log holds"
+    " [%(log_start_offset)d, %(log_end_offset)d)",
+)
+_OUT_OF_RANGE_LEFT = LogEvent(
+    logger,
+    logging.WARNING,
+    "out_of_range_left",
+    "%(topic)s-%(partition)d: out of range, but another consumer claimed it meanwhile; leaving it",
+)
 
 # How often a topic missing from the consumer's metadata is looked up again in Kafka's own list.
 _TOPIC_CHECK_PAUSE_S = 5.0
@@ -279,10 +364,7 @@ class BatchLoop:
                 # (which re-seeked only those). The consumer's position of every other partition
                 # is past this batch's records, which the file never counted: fetch them again
                 # from the claim, or the next batch would move the position over them.
-                logger.debug(
-                    "dropped a batch fetched before the claims changed",
-                    extra={"event": "stale_batch_dropped"},
-                )
+                _STALE_DROPPED.log()
                 return self._fetch_again(advances)
             return await self._commit(generation, advances)
 
@@ -297,11 +379,7 @@ class BatchLoop:
                 # A revoke stopped waiting for this commit: its partitions were released, and
                 # any claim of them since is not this batch's to hold.
                 self._stats.changelog_failures += 1
-                logger.warning(
-                    "a batch of an earlier claim rolled back: %s",
-                    failed,
-                    extra={"event": "stale_batch_fenced", "reason": str(failed)},
-                )
+                _STALE_FENCED.log(reason=str(failed))
                 # Rolled back: a partition still claimed is fetched again from its claim.
                 return self._fetch_again(advances)
             return set()
@@ -319,10 +397,7 @@ class BatchLoop:
             # A revoke stopped waiting for this commit (the database was locked): the partitions
             # are no longer ours to move, seek or pause. What committed stays committed, and the
             # next claim of each partition reads it.
-            logger.debug(
-                "a rebalance came while a batch committed; its outcome is left to the next claim",
-                extra={"event": "stale_batch_committed"},
-            )
+            _STALE_COMMITTED.log()
         else:
             moved = {o.tp: o.claim for o in outcomes if isinstance(o, Committed)}
             self._ownership.advance(moved)
@@ -336,18 +411,7 @@ class BatchLoop:
             self._offsets.publish(moved)
         self._stats.records += committed
         self._stats.batches += 1
-        logger.debug(
-            "committed %d records over %d partitions in %.3f ms",
-            committed,
-            len(advances),
-            commit_seconds * 1000,
-            extra={
-                "event": "batch_committed",
-                "records": committed,
-                "partitions": len(advances),
-                "commit_s": round(commit_seconds, 6),
-            },
-        )
+        _COMMITTED.log(records=committed, partitions=len(advances), commit_s=commit_seconds)
         return fenced
 
     def _fetch_again(self, advances: Sequence[PartitionBatch]) -> set[TopicPartition]:
@@ -362,17 +426,10 @@ class BatchLoop:
         """The batch rolled back: its changelog transactions did not all commit."""
         fenced = [tp for tp, error in failed.failures.items() if isinstance(error, ChangelogFenced)]
         self._stats.changelog_failures += 1
-        logger.warning(
-            "a batch rolled back: %s. Fenced partitions wait for the rebalance that gave them"
-            " to another member; the others are restored from their changelogs and claimed"
-            " again",
-            failed,
-            extra={
-                "event": "changelog_publish_failed",
-                "partitions": len(failed.partitions),
-                "fenced": [partition_fields(tp) for tp in sorted(fenced)],
-                "reason": str(failed),
-            },
+        _PUBLISH_FAILED.log(
+            partitions=len(failed.partitions),
+            fenced=[partition_fields(tp) for tp in sorted(fenced)],
+            reason=str(failed),
         )
         await self._claimer.hold_again(failed.partitions, fenced)
 
@@ -384,43 +441,23 @@ class BatchLoop:
         claim = self._ownership.claims[tp]
         if row is not None and row.epoch == claim.epoch:
             # Same epoch, different offset: the position moved under us. Follow the database.
-            logger.warning(
-                "position of %s-%d moved to %d while we expected %d; dropped %d records and"
-                " re-seeked",
-                tp.topic,
-                tp.partition,
-                row.next_offset,
-                claim.next_offset,
-                outcome.records,
-                extra={
-                    "event": "position_moved",
-                    **partition_fields(tp),
-                    "next_offset": row.next_offset,
-                    "expected_offset": claim.next_offset,
-                    "dropped_records": outcome.records,
-                },
+            _POSITION_MOVED.log(
+                **partition_fields(tp),
+                next_offset=row.next_offset,
+                expected_offset=claim.next_offset,
+                dropped_records=outcome.records,
             )
             followed = Claim(row.next_offset, row.epoch)
             self._ownership.move(tp, followed)
             return followed
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
-        logger.warning(
-            "fenced on %s-%d: claimed by %s with epoch %s (ours %d); dropped a batch of %d records",
-            tp.topic,
-            tp.partition,
-            row.owner if row else "nobody",
-            row.epoch if row else "-",
-            claim.epoch,
-            outcome.records,
-            extra={
-                "event": "batch_fenced",
-                **partition_fields(tp),
-                "owner": row.owner if row else None,
-                "owner_epoch": row.epoch if row else None,
-                "epoch": claim.epoch,
-                "dropped_records": outcome.records,
-            },
+        _FENCED.log(
+            **partition_fields(tp),
+            owner=row.owner if row else None,
+            owner_epoch=row.epoch if row else None,
+            epoch=claim.epoch,
+            dropped_records=outcome.records,
         )
         self._ownership.drop_and_hold(tp, row.next_offset if row else claim.next_offset)
         return None
@@ -437,17 +474,7 @@ class BatchLoop:
         async with self._ownership.lock:
             claim = self._ownership.rewind([tp]).get(tp)
         if claim is not None:
-            logger.debug(
-                "re-seeking %s-%d to %d",
-                tp.topic,
-                tp.partition,
-                claim.next_offset,
-                extra={
-                    "event": "reseeked",
-                    **partition_fields(tp),
-                    "next_offset": claim.next_offset,
-                },
-            )
+            _RESEEKED.log(**partition_fields(tp), next_offset=claim.next_offset)
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
         """The fetcher found a position gone from the log while running: the partition is
@@ -461,11 +488,7 @@ class BatchLoop:
         for tp, fetch_offset in offsets.items():
             claim = self._ownership.claim_of(tp)
             if claim is None:
-                logger.debug(
-                    "ignored out-of-range for unclaimed %s",
-                    describe([tp]),
-                    extra={"event": "out_of_range_ignored", **partition_fields(tp)},
-                )
+                _OUT_OF_RANGE_IGNORED.log(**partition_fields(tp))
                 continue
             generation = self._ownership.generation
             try:
@@ -481,29 +504,11 @@ class BatchLoop:
                 await self._wait_out(error, f"looking up the log's bounds of {describe([tp])}")
                 continue
             self._retrying.recovered()
-            logger.info(
-                "%s-%d: fetch at %d reported out of range; log holds [%d, %d)",
-                tp.topic,
-                tp.partition,
-                fetch_offset,
-                bounds[tp].first,
-                bounds[tp].end,
-                extra={
-                    "event": "out_of_range_reported",
-                    **partition_fields(tp),
-                    "fetch_offset": fetch_offset,
-                    "log_start_offset": bounds[tp].first,
-                    "log_end_offset": bounds[tp].end,
-                },
+            _OUT_OF_RANGE_REPORTED.log(
+                **partition_fields(tp),
+                fetch_offset=fetch_offset,
+                log_start_offset=bounds[tp].first,
+                log_end_offset=bounds[tp].end,
             )
             if not await self._claimer.recover(tp, claim, generation, bounds, ids):
-                logger.warning(
-                    "%s-%d: out of range, but another consumer claimed it meanwhile; leaving it",
-                    tp.topic,
-                    tp.partition,
-                    extra={
-                        "event": "out_of_range_left",
-                        **partition_fields(tp),
-                        "reason": "claimed by another consumer",
-                    },
-                )
+                _OUT_OF_RANGE_LEFT.log(**partition_fields(tp), reason="claimed by another consumer")

@@ -38,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -49,7 +50,7 @@ from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
 from sqlstate.kafka.bounds import read_bounds
 from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
-from sqlstate.observe.logs import describe, partition_fields
+from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.model import Claim, Forget
@@ -57,6 +58,90 @@ from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.rebalance")  # its documented name
+
+
+def _listed(partitions: Sequence[Mapping[str, Any]]) -> str:
+    """``t-0, t-1`` of ``partition_fields``, sorted (as ``describe`` says partitions)."""
+    return ", ".join(f"{p['topic']}-{p['partition']}" for p in partitions) or "none"
+
+
+def _claims_text(claims: Sequence[Mapping[str, Any]]) -> str:
+    """``t-0@12 (epoch 3), ...`` of ``_claim_fields``."""
+    return ", ".join(
+        f"{c['topic']}-{c['partition']}@{c['next_offset']} (epoch {c['epoch']})" for c in claims
+    )
+
+
+def _claims_made(fields: Mapping[str, Any]) -> dict[str, str]:
+    return {"claims": _claims_text(fields["assigned"]) or "none"}
+
+
+_RELEASE_SLOW = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_release_slow",
+    "the changelog producers of %(_partitions)s did not stop within %(_budget_s)gs; going on",
+)
+_HELD = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_assigned",
+    "assigned partitions: %(listed)s; %(reason)s; generation %(generation)s",
+    words=lambda fields: {"listed": _listed(fields["assigned"])},
+)
+_DEFERRED = LogEvent(
+    logger,
+    logging.WARNING,
+    "claim_deferred",
+    "assigned partitions: %(listed)s; not claimed within %(_budget_s)gs: %(reason)s. They wait,"
+    " paused, and are claimed as soon as possible; generation %(generation)s",
+    words=lambda fields: {"listed": _listed(fields["assigned"])},
+)
+_CLAIMED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_claimed",
+    "claimed partitions held since the rebalance %(held_s).1fs ago: %(claims)s",
+    data={"held_s": rounded(3)},
+    words=lambda fields: {"claims": _claims_text(fields["assigned"])},
+)
+# The claims made, with the group generation they were made in (a member expelled and rejoined
+# shows as a generation further on).
+_ASSIGNED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_assigned",
+    "assigned partitions: %(claims)s; generation %(generation)s",
+    words=_claims_made,
+)
+_ASSIGNED_NONE = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_assigned",
+    "assigned no partitions: none; generation %(generation)s",
+)
+_RECLAIMED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_reclaimed",
+    "claimed again the partitions of %(_topics)s: %(claims)s; generation %(generation)s",
+    words=_claims_made,
+)
+_REVOKE_UNWAITED = LogEvent(
+    logger,
+    logging.WARNING,
+    "revoke_unwaited",
+    "revoking without waiting for the batch in flight: it is still committing after"
+    " %(wait_s)gs (the database is locked?); its commit is fenced or read by the next claim of"
+    " its partitions",
+)
+_REVOKED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_revoked",
+    "revoked partitions: %(listed)s",
+    words=lambda fields: {"listed": _listed(fields["revoked"])},
+)
 
 
 async def acquire_within(lock: asyncio.Lock, seconds: float) -> bool:
@@ -116,7 +201,7 @@ class Claimer:
             )
         if not assigned:
             self._ownership.release_all()
-            _log_claims("partitions_assigned", "assigned no partitions", {}, self._consumer)
+            _log_claims(_ASSIGNED_NONE, {}, self._consumer)
             return
         if self._changelog is not None:
             self._not_before = 0.0
@@ -149,7 +234,7 @@ class Claimer:
                 return "the database is locked by another connection"
         finally:
             self._ownership.lock.release()
-        _log_claims("partitions_assigned", "assigned partitions", claims, self._consumer)
+        _log_claims(_ASSIGNED, claims, self._consumer)
         return None
 
     async def _release_producers(self, tps: Iterable[TopicPartition]) -> None:
@@ -161,11 +246,8 @@ class Claimer:
         try:
             await asyncio.wait_for(self._changelog.release(tps), self._budget_s)
         except TimeoutError:
-            logger.warning(
-                "the changelog producers of %s did not stop within %gs; going on",
-                describe(tps),
-                self._budget_s,
-                extra={"event": "changelog_release_slow", "partitions": len(tps)},
+            _RELEASE_SLOW.log(
+                partitions=len(tps), _partitions=describe(tps), _budget_s=self._budget_s
             )
 
     def _hold(self, assigned: set[TopicPartition], reason: str, *, deferred: bool = True) -> None:
@@ -173,30 +255,12 @@ class Claimer:
         self._ownership.release_all()
         self._ownership.hold(assigned)
         self._held_since = time.monotonic()
-        generation = group_generation(self._consumer)
-        fields = {
-            "partitions": len(assigned),
-            "assigned": [partition_fields(tp) for tp in sorted(assigned)],
-            "reason": reason,
-            "generation": generation,
-        }
-        if not deferred:
-            logger.info(
-                "assigned partitions: %s; %s; generation %s",
-                describe(assigned),
-                reason,
-                generation,
-                extra={"event": "partitions_assigned", **fields},
-            )
-            return
-        logger.warning(
-            "assigned partitions: %s; not claimed within %gs: %s. They wait, paused, and are"
-            " claimed as soon as possible; generation %s",
-            describe(assigned),
-            self._budget_s,
-            reason,
-            generation,
-            extra={"event": "claim_deferred", **fields},
+        (_DEFERRED if deferred else _HELD).log(
+            partitions=len(assigned),
+            assigned=[partition_fields(tp) for tp in sorted(assigned)],
+            reason=reason,
+            generation=group_generation(self._consumer),
+            _budget_s=self._budget_s,
         )
 
     async def claim_held(self, stop: asyncio.Event | None = None) -> None:
@@ -229,17 +293,10 @@ class Claimer:
             claims = await self._claim(bounds, ids, self._budget_s / 2)
         finally:
             self._ownership.lock.release()
-        seconds = time.monotonic() - self._held_since
-        logger.info(
-            "claimed partitions held since the rebalance %.1fs ago: %s",
-            seconds,
-            _claims_text(claims),
-            extra={
-                "event": "partitions_claimed",
-                "partitions": len(claims),
-                "assigned": _claim_fields(claims),
-                "held_s": round(seconds, 3),
-            },
+        _CLAIMED.log(
+            partitions=len(claims),
+            assigned=_claim_fields(claims),
+            held_s=time.monotonic() - self._held_since,
         )
 
     async def hold_again(
@@ -284,12 +341,7 @@ class Claimer:
             if self._ownership.is_stale(generation) or not bounds:
                 return
             claims = await self._claim_again(bounds, ids)
-        _log_claims(
-            "partitions_reclaimed",
-            f"claimed again the partitions of {', '.join(sorted(ids))}",
-            claims,
-            self._consumer,
-        )
+        _log_claims(_RECLAIMED, claims, self._consumer, _topics=", ".join(sorted(ids)))
 
     async def recover(
         self,
@@ -390,14 +442,6 @@ class Claimer:
         return claimed.claims
 
 
-def _claims_text(claims: Mapping[TopicPartition, Claim]) -> str:
-    """``t-0@12 (epoch 3), ...``"""
-    return ", ".join(
-        f"{tp.topic}-{tp.partition}@{claim.next_offset} (epoch {claim.epoch})"
-        for tp, claim in sorted(claims.items())
-    )
-
-
 def _claim_fields(claims: Mapping[TopicPartition, Claim]) -> list[dict[str, object]]:
     return [
         partition_fields(tp, next_offset=claim.next_offset, epoch=claim.epoch)
@@ -406,23 +450,18 @@ def _claim_fields(claims: Mapping[TopicPartition, Claim]) -> list[dict[str, obje
 
 
 def _log_claims(
-    event: str, what: str, claims: Mapping[TopicPartition, Claim], consumer: AIOKafkaConsumer
+    event: LogEvent,
+    claims: Mapping[TopicPartition, Claim],
+    consumer: AIOKafkaConsumer,
+    **sentence: object,
 ) -> None:
     """One line for the claims made: ``assigned partitions: t-0@12 (epoch 3), ...; generation
-    N``, the group generation they were claimed in (a member expelled and rejoined shows as a
-    generation further on)."""
-    generation = group_generation(consumer)
-    logger.info(
-        "%s: %s; generation %s",
-        what,
-        _claims_text(claims) or "none",
-        generation,
-        extra={
-            "event": event,
-            "partitions": len(claims),
-            "assigned": _claim_fields(claims),
-            "generation": generation,
-        },
+    N``, the group generation they were claimed in."""
+    event.log(
+        partitions=len(claims),
+        assigned=_claim_fields(claims),
+        generation=group_generation(consumer),
+        **sentence,
     )
 
 
@@ -457,21 +496,10 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                     self._ownership.lock.release()
             else:
                 self._ownership.release(revoked)
-                logger.warning(
-                    "revoking without waiting for the batch in flight: it is still committing"
-                    " after %gs (the database is locked?); its commit is fenced or read by the"
-                    " next claim of its partitions",
-                    self._budget_s,
-                    extra={"event": "revoke_unwaited", "wait_s": self._budget_s},
-                )
-            logger.info(
-                "revoked partitions: %s",
-                describe(revoked),
-                extra={
-                    "event": "partitions_revoked",
-                    "partitions": len(revoked),
-                    "revoked": [partition_fields(tp) for tp in sorted(revoked)],
-                },
+                _REVOKE_UNWAITED.log(wait_s=self._budget_s)
+            _REVOKED.log(
+                partitions=len(revoked),
+                revoked=[partition_fields(tp) for tp in sorted(revoked)],
             )
         except BaseException as error:
             self._on_fatal(RebalanceError(f"releasing partitions failed: {error!r}"))

@@ -15,7 +15,8 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import aiokafka
 import aiosqlite
@@ -41,6 +42,7 @@ from sqlstate.errors import (
 )
 from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors import registry
 from sqlstate.processors.registry import Processors
@@ -51,6 +53,64 @@ from sqlstate.state.recorded import isolation_refusal
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.daemon")  # its documented name
+
+
+def _started_words(fields: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "topics_listed": ", ".join(fields["topics"]),
+        "processors_listed": ", ".join(fields["processors"]),
+        "parser": "C extension"
+        if fields["record_parser"] == "c"
+        else "pure Python (about 20x slower)",
+    }
+
+
+_STARTED = LogEvent(
+    logger,
+    logging.INFO,
+    "started",
+    "sqlstate %(version)s (aiokafka %(aiokafka_version)s, aiosqlite %(aiosqlite_version)s,"
+    " SQLite %(sqlite_version)s) database %(database)s schema %(schema)s; topics"
+    " %(topics_listed)s; group %(group_id)s; processors %(processors_listed)s; record parser:"
+    " %(parser)s",
+    words=_started_words,
+)
+_FORCED_EXIT = LogEvent(logger, logging.WARNING, "forced_exit", "second %(signal)s: exiting now")
+_STOP_REQUESTED = LogEvent(
+    logger,
+    logging.INFO,
+    "stop_requested",
+    "%(signal)s: finishing the batch in flight, then stopping",
+)
+_KAFKA_UNREACHABLE = LogEvent(
+    logger,
+    logging.WARNING,
+    "kafka_unreachable",
+    "cannot reach Kafka at %(bootstrap_servers)s yet (%(reason)s); retrying",
+)
+_STOPPED_WHILE_CONNECTING = LogEvent(
+    logger, logging.INFO, "stopped_while_connecting", "stopped while connecting to Kafka"
+)
+_STOP_TIMED_OUT = LogEvent(
+    logger,
+    logging.WARNING,
+    "consumer_stop_timed_out",
+    "the Kafka consumer did not stop within %(timeout_s)gs; exiting anyway",
+)
+_STOP_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "consumer_stop_failed",
+    "stopping the Kafka consumer failed: %(reason)s",
+)
+_STOP_FAILED_FETCHING = LogEvent(
+    logger,
+    logging.WARNING,
+    "consumer_stop_failed",
+    "stopping the Kafka consumer failed: %(reason)s (a fetch was retrying)",
+)
+_FATAL = LogEvent(logger, logging.ERROR, "fatal_error", "stopping: %(reason)s")
+_STOPPED = LogEvent(logger, logging.INFO, "stopped", "stopped")
 
 _CONNECT_RETRY_PAUSE_S = 1.0
 
@@ -73,16 +133,10 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[Callable[[], None]]]:
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if received:
-            logger.warning(
-                "second %s: exiting now", name, extra={"event": "forced_exit", "signal": name}
-            )
+            _FORCED_EXIT.log(signal=name)
             os._exit(EXIT_FORCED)
         received.append(name)
-        logger.info(
-            "%s: finishing the batch in flight, then stopping",
-            name,
-            extra={"event": "stop_requested", "signal": name},
-        )
+        _STOP_REQUESTED.log(signal=name)
         stop.set()
         for callback in on_stop:
             callback()
@@ -133,16 +187,7 @@ async def _start_consumer(
                     f"cannot reach Kafka at {settings.bootstrap_servers} within"
                     f" {settings.connect_timeout_s:g}s: {error!r}"
                 ) from error
-            logger.warning(
-                "cannot reach Kafka at %s yet (%r); retrying",
-                settings.bootstrap_servers,
-                error,
-                extra={
-                    "event": "kafka_unreachable",
-                    "bootstrap_servers": settings.bootstrap_servers,
-                    "reason": repr(error),
-                },
-            )
+            _KAFKA_UNREACHABLE.log(bootstrap_servers=settings.bootstrap_servers, reason=repr(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _CONNECT_RETRY_PAUSE_S)
             if stop.is_set():
@@ -186,9 +231,7 @@ async def _start_unless_stopped(
     finally:
         on_stop.remove(cancel_start)
     if not started:
-        logger.info(
-            "stopped while connecting to Kafka", extra={"event": "stopped_while_connecting"}
-        )
+        _STOPPED_WHILE_CONNECTING.log()
     return started
 
 
@@ -202,28 +245,16 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
     try:
         await asyncio.wait_for(consumer.stop(), timeout_s)
     except TimeoutError:
-        logger.warning(
-            "the Kafka consumer did not stop within %gs; exiting anyway",
-            timeout_s,
-            extra={"event": "consumer_stop_timed_out", "timeout_s": timeout_s},
-        )
+        _STOP_TIMED_OUT.log(timeout_s=timeout_s)
     except KafkaError as error:
-        logger.warning(
-            "stopping the Kafka consumer failed: %r",
-            error,
-            extra={"event": "consumer_stop_failed", "reason": repr(error)},
-        )
+        _STOP_FAILED.log(reason=repr(error))
     except asyncio.CancelledError as error:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
         # Not ours: aiokafka's fetcher, closing, cancels a fetch that is pausing after a failed
         # request (the broker is down) and lets that cancellation out of stop().
-        logger.warning(
-            "stopping the Kafka consumer failed: %r (a fetch was retrying)",
-            error,
-            extra={"event": "consumer_stop_failed", "reason": repr(error)},
-        )
+        _STOP_FAILED_FETCHING.log(reason=repr(error))
 
 
 async def run(settings: Settings) -> None:
@@ -239,9 +270,7 @@ async def run(settings: Settings) -> None:
         fatal: list[BaseException] = []
 
         def on_fatal(error: BaseException) -> None:
-            logger.error(
-                "stopping: %s", error, extra={"event": "fatal_error", "reason": str(error)}
-            )
+            _FATAL.log(reason=str(error))
             fatal.append(error)
             stop.set()
             # As a signal does: a transaction waiting for a locked database gives up at its
@@ -274,39 +303,23 @@ async def run(settings: Settings) -> None:
             )
         if fatal:
             raise fatal[0]
-    logger.info("stopped", extra={"event": "stopped"})
+    _STOPPED.log()
 
 
 def _log_started(
     settings: Settings, database: Database, schema: str, processors: Processors
 ) -> None:
-    c_parser = c_parser_loaded()
-    logger.info(
-        "sqlstate %s (aiokafka %s, aiosqlite %s, SQLite %s) database %s schema %s;"
-        " topics %s; group %s; processors %s; record parser: %s",
-        __version__,
-        aiokafka.__version__,
-        aiosqlite.__version__,
-        sqlite3.sqlite_version,
-        database.path,
-        schema,
-        ", ".join(settings.topics),
-        settings.group_id,
-        ", ".join(processors.names),
-        "C extension" if c_parser else "pure Python (about 20x slower)",
-        extra={
-            "event": "started",
-            "version": __version__,
-            "aiokafka_version": aiokafka.__version__,
-            "aiosqlite_version": aiosqlite.__version__,
-            "sqlite_version": sqlite3.sqlite_version,
-            "database": str(database.path),
-            "schema": schema,
-            "topics": list(settings.topics),
-            "group_id": settings.group_id,
-            "processors": processors.names,
-            "record_parser": "c" if c_parser else "python",
-        },
+    _STARTED.log(
+        version=__version__,
+        aiokafka_version=aiokafka.__version__,
+        aiosqlite_version=aiosqlite.__version__,
+        sqlite_version=sqlite3.sqlite_version,
+        database=str(database.path),
+        schema=schema,
+        topics=list(settings.topics),
+        group_id=settings.group_id,
+        processors=processors.names,
+        record_parser="c" if c_parser_loaded() else "python",
     )
 
 

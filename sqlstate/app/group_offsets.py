@@ -42,10 +42,42 @@ from aiokafka.errors import (
 
 from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import commit_group_offsets
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.state.model import Claim
 
 logger = logging.getLogger("sqlstate.group_offsets")  # its documented name
+_ABANDONED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "kafka_offsets_abandoned",
+    "gave up committing the last positions to Kafka after %(timeout_s)gs",
+)
+_RECOVERED = LogEvent(
+    logger,
+    logging.INFO,
+    "kafka_offsets_recovered",
+    "committing positions to Kafka's group offsets again",
+)
+_COMMITTED = LogEvent(
+    logger,
+    logging.DEBUG,
+    "kafka_offsets_committed",
+    "committed the positions of %(partitions)d partitions to Kafka's group offsets",
+)
+_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "kafka_offsets_commit_failed",
+    "committing positions to Kafka's group offsets failed: %(reason)s; the positions in the"
+    " database are unaffected, this is retried (further failures at DEBUG)",
+)
+_FAILED_AGAIN = LogEvent(
+    logger,
+    logging.DEBUG,
+    "kafka_offsets_commit_failed",
+    "committing positions to Kafka's group offsets failed: %(reason)s",
+)
 
 #: What each committed offset says about itself, for whoever reads it in Kafka.
 OFFSET_METADATA = "sqlstate: informational; positions live in the database"
@@ -101,11 +133,7 @@ class GroupOffsets:
             sender.cancel()
             # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
             await asyncio.wait([sender])
-            logger.debug(
-                "gave up committing the last positions to Kafka after %gs",
-                timeout_s,
-                extra={"event": "kafka_offsets_abandoned", "timeout_s": timeout_s},
-            )
+            _ABANDONED.log(timeout_s=timeout_s)
 
     async def _send_pending(self) -> None:
         while self._pending:
@@ -145,35 +173,14 @@ class GroupOffsets:
         self._stats.kafka_offset_commits += 1
         if self._warned:
             self._warned = False
-            logger.info(
-                "committing positions to Kafka's group offsets again",
-                extra={"event": "kafka_offsets_recovered", "partitions": len(sent)},
-            )
-        logger.debug(
-            "committed the positions of %d partitions to Kafka's group offsets",
-            len(sent),
-            extra={"event": "kafka_offsets_committed", "partitions": len(sent)},
-        )
+            _RECOVERED.log(partitions=len(sent))
+        _COMMITTED.log(partitions=len(sent))
         return True
 
     def _failed(self, error: Exception, partitions: int) -> None:
         self._stats.kafka_offset_commit_failures += 1
-        fields = {
-            "event": "kafka_offsets_commit_failed",
-            "partitions": partitions,
-            "reason": repr(error),
-        }
         if isinstance(error, OLD_GENERATION) or self._warned:
-            logger.debug(
-                "committing positions to Kafka's group offsets failed: %r",
-                error,
-                extra=fields,
-            )
+            _FAILED_AGAIN.log(partitions=partitions, reason=repr(error))
             return
         self._warned = True
-        logger.warning(
-            "committing positions to Kafka's group offsets failed: %r; the positions in the"
-            " database are unaffected, this is retried (further failures at DEBUG)",
-            error,
-            extra=fields,
-        )
+        _FAILED.log(partitions=partitions, reason=repr(error))

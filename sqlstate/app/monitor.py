@@ -20,6 +20,7 @@ from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.kafka.client import in_group, log_end
 from sqlstate.observe.health import Health, Lags, PartitionLag, Watchdog
+from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.metrics import Metrics, StatusServer
 from sqlstate.observe.partition_states import Facts, PartitionState, classify, neither, passing
 from sqlstate.observe.progress import ProgressLog
@@ -27,6 +28,15 @@ from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 
 logger = logging.getLogger("sqlstate.monitor")  # its documented name
+_SERVING = LogEvent(
+    logger,
+    logging.INFO,
+    "metrics_serving",
+    "serving http://%(host)s:%(port)d/metrics and /healthz",
+)
+_TICK_FAILED = LogEvent(
+    logger, logging.ERROR, "monitor_tick_failed", "monitor tick failed", traceback=True
+)
 
 TICK_S = 1.0
 
@@ -107,12 +117,7 @@ class Monitor:
             host, port = await server.start(
                 self._settings.metrics_host, self._settings.metrics_port
             )
-            logger.info(
-                "serving http://%s:%d/metrics and /healthz",
-                host,
-                port,
-                extra={"event": "metrics_serving", "host": host, "port": port},
-            )
+            _SERVING.log(host=host, port=port)
         task = asyncio.create_task(self._tick_forever(), name="sqlstate-monitor")
         try:
             yield
@@ -130,4 +135,4 @@ class Monitor:
                 self.tick()
             except Exception:
                 # A bug here must not stop consuming; it is logged every tick, so it is seen.
-                logger.exception("monitor tick failed", extra={"event": "monitor_tick_failed"})
+                _TICK_FAILED.log()

@@ -25,8 +25,22 @@ from aiokafka.errors import KafkaError
 
 from sqlstate.app.ownership import Ownership
 from sqlstate.kafka.client import on_metadata_update, topic_ids
+from sqlstate.observe.logs import LogEvent
 
 logger = logging.getLogger("sqlstate.topic_watch")  # its documented name
+_IDS_UNAVAILABLE = LogEvent(
+    logger,
+    logging.DEBUG,
+    "topic_ids_unavailable",
+    "could not ask Kafka for the topics' IDs: %(reason)s",
+)
+_RECREATED = LogEvent(
+    logger,
+    logging.INFO,
+    "topic_recreated",
+    "topic %(topic)s has a new ID %(topic_id)s (claimed under %(old_topic_id)s); claiming its"
+    " partitions again",
+)
 
 
 class TopicWatch:
@@ -80,23 +94,10 @@ class TopicWatch:
                 found = await self.changed(list(self._ownership.topic_ids))
             except KafkaError as error:
                 # The next refresh asks again; a broker that stays away stops the batch loop.
-                logger.debug(
-                    "could not ask Kafka for the topics' IDs: %r",
-                    error,
-                    extra={"event": "topic_ids_unavailable", "reason": repr(error)},
-                )
+                _IDS_UNAVAILABLE.log(reason=repr(error))
                 continue
             for topic, new_id in sorted(found.items()):
-                logger.info(
-                    "topic %s has a new ID %s (claimed under %s); claiming its partitions again",
-                    topic,
-                    new_id,
-                    self._ownership.topic_ids.get(topic),
-                    extra={
-                        "event": "topic_recreated",
-                        "topic": topic,
-                        "topic_id": new_id,
-                        "old_topic_id": self._ownership.topic_ids.get(topic),
-                    },
+                _RECREATED.log(
+                    topic=topic, topic_id=new_id, old_topic_id=self._ownership.topic_ids.get(topic)
                 )
             self._recreated.update(found)

@@ -23,9 +23,32 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 
 from sqlstate.errors import OutOfRangeError
-from sqlstate.observe.logs import partition_fields
+from sqlstate.observe.logs import LogEvent, partition_fields
 
 logger = logging.getLogger("sqlstate.out_of_range")  # its documented name
+_RESET = LogEvent(
+    logger,
+    logging.WARNING,
+    "out_of_range_reset",
+    "%(topic)s-%(partition)d: stored position %(next_offset)d is outside the log"
+    " [%(log_start_offset)d, %(log_end_offset)d); discarded the partition's state and"
+    " restarted it from offset %(reset_offset)d",
+)
+_TOPIC_RESET = LogEvent(
+    logger,
+    logging.WARNING,
+    "topic_recreated_reset",
+    "topic %(topic)s was deleted and created again (ID %(topic_id)s, was %(old_topic_id)s):"
+    " discarded the state of its %(partitions)d stored partitions (%(positions)s) and restarted"
+    " them from the new log's first offsets",
+    # As describe_positions says them.
+    words=lambda fields: {
+        "positions": ", ".join(
+            f"{p['topic']}-{p['partition']}@{p['next_offset']}" for p in fields["discarded"]
+        )
+        or "none"
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -62,23 +85,12 @@ def refusal(tp: TopicPartition, position: int, bounds: LogBounds) -> OutOfRangeE
 
 def log_reset(tp: TopicPartition, stored_offset: int, bounds: LogBounds) -> None:
     """The warning of ``--out-of-range reset``, once the reset has committed."""
-    logger.warning(
-        "%s-%d: stored position %d is outside the log [%d, %d); discarded the partition's"
-        " state and restarted it from offset %d",
-        tp.topic,
-        tp.partition,
-        stored_offset,
-        bounds.first,
-        bounds.last,
-        bounds.first,
-        extra={
-            "event": "out_of_range_reset",
-            **partition_fields(tp),
-            "next_offset": stored_offset,
-            "log_start_offset": bounds.first,
-            "log_end_offset": bounds.last,
-            "reset_offset": bounds.first,
-        },
+    _RESET.log(
+        **partition_fields(tp),
+        next_offset=stored_offset,
+        log_start_offset=bounds.first,
+        log_end_offset=bounds.last,
+        reset_offset=bounds.first,
     )
 
 
@@ -101,23 +113,13 @@ def recreated_refusal(
 
 def log_topic_reset(topic: str, old_id: str, new_id: str, stored: Mapping[int, int]) -> None:
     """The warning of ``--out-of-range reset`` for a recreated topic, once the reset committed."""
-    logger.warning(
-        "topic %s was deleted and created again (ID %s, was %s): discarded the state of its %d"
-        " stored partitions (%s) and restarted them from the new log's first offsets",
-        topic,
-        new_id,
-        old_id,
-        len(stored),
-        describe_positions(topic, stored),
-        extra={
-            "event": "topic_recreated_reset",
-            "topic": topic,
-            "topic_id": new_id,
-            "old_topic_id": old_id,
-            "partitions": len(stored),
-            "discarded": [
-                partition_fields(TopicPartition(topic, p), next_offset=offset)
-                for p, offset in sorted(stored.items())
-            ],
-        },
+    _TOPIC_RESET.log(
+        topic=topic,
+        topic_id=new_id,
+        old_topic_id=old_id,
+        partitions=len(stored),
+        discarded=[
+            partition_fields(TopicPartition(topic, p), next_offset=offset)
+            for p, offset in sorted(stored.items())
+        ],
     )
