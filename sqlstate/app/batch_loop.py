@@ -165,6 +165,7 @@ class BatchLoop:
         watch: TopicWatch,
         offsets: GroupOffsets,
         bad_records: BadRecords,
+        stop: asyncio.Event,
     ) -> None:
         self._consumer = consumer
         self._store = store
@@ -177,11 +178,11 @@ class BatchLoop:
         self._offsets = offsets
         self._bad_records = bad_records
         self._retrying = Retrying()
-        self._stop = asyncio.Event()
+        self._stop = stop
         self._topics_checked_at = 0.0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        self._stop = stop
+    async def run(self) -> None:
+        stop = self._stop
         committing: asyncio.Task[set[TopicPartition]] | None = None
         try:
             while not stop.is_set():
@@ -271,7 +272,7 @@ class BatchLoop:
         nothing more: the daemon would sit idle on it forever. A topic missing from the
         consumer's metadata is looked up in Kafka's own list of topics before it counts as gone.
         """
-        if self._stats.rebalances == 0:
+        if not self._ownership.assigned:
             return  # the consumer has no metadata of its topics before its first assignment
         missing = absent_topics(self._consumer, self._settings.topics)
         if not missing or time.monotonic() < self._topics_checked_at + _TOPIC_CHECK_PAUSE_S:

@@ -192,6 +192,7 @@ class Claimer:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
         rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
         self._stats.rebalances += 1
+        self._ownership.assignment_received()
         if self._changelog is not None:
             # Every partition claimed or being claimed here: one whose claim failed has no
             # producer, and must be followed again as well; one whose producer outlived its

@@ -419,6 +419,7 @@ async def _consume(
         watch,
         offsets,
         bad_records,
+        stop,
     )
     monitor = Monitor(consumer, ownership, stats, settings, changelog)
     try:
@@ -428,7 +429,7 @@ async def _consume(
             changelog_mode.running(changelog, consumer, stop, on_fatal),
         ):
             with collector.tuned(settings.max_records):
-                await loop.run(stop)
+                await loop.run()
     finally:
         # Before leaving the group: the last batch's positions, so that Kafka's tools show
         # where the daemon stopped. Bounded; a failure is only counted.

@@ -54,6 +54,9 @@ class Ownership:
         # ID later means the topic was deleted and created again since.
         self._topic_ids: dict[str, str | None] = {}
         self._generation = 0
+        # Whether the group has handed this consumer an assignment yet (an empty one too): its
+        # topics' metadata is known only from then on.
+        self._assigned = False
         self.lock = asyncio.Lock()
 
     # ---- what is owned ------------------------------------------------------------------------
@@ -75,6 +78,14 @@ class Ownership:
     @property
     def generation(self) -> int:
         return self._generation
+
+    @property
+    def assigned(self) -> bool:
+        """Whether an assignment has come from the group yet (``assignment_received``)."""
+        return self._assigned
+
+    def assignment_received(self) -> None:
+        self._assigned = True
 
     def is_stale(self, generation: int) -> bool:
         """Whether partitions were released since ``generation`` was read: what was fetched or

@@ -140,7 +140,7 @@ class LogEvent:
             self.level,
             self.sentence,
             values,
-            exc_info=self._traceback,
+            exc_info=self._traceback or None,
             extra=extra,
             stacklevel=2,  # the record names the line that logged the event, not this one
         )

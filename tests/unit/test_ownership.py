@@ -131,3 +131,13 @@ def test_recreated_topics_are_those_claimed_under_another_id() -> None:
     assert ownership.recreated({"t": None}) == {}, "Kafka gave no ID: nothing to compare"
     assert ownership.recreated({"u": "id-3"}) == {}, "claimed without an ID"
     assert ownership.recreated({"v": "id-4"}) == {}, "not claimed"
+
+
+def test_an_assignment_is_noted_once_received_and_kept_through_releases() -> None:
+    """The batch loop asks whether an assignment came yet (the consumer knows its topics'
+    metadata only from then on); a revoke does not take that back."""
+    _, ownership = owned(A)
+    assert not ownership.assigned
+    ownership.assignment_received()
+    ownership.release_all()
+    assert ownership.assigned

@@ -155,6 +155,7 @@ def batch_loop(
         TopicWatch(consumer, ownership),
         GroupOffsets(consumer, ownership, stats, enabled=False),
         BadRecords(Decoding("bytes", "bytes"), "fail"),
+        asyncio.Event(),
     )
 
 
