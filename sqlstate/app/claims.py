@@ -46,15 +46,15 @@ from aiokafka.errors import KafkaError
 
 from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.errors import DatabaseBusyError, RebalanceError, SqlstateError
+from sqlstate.errors import ChangelogFenced, DatabaseBusyError, RebalanceError, SqlstateError
 from sqlstate.kafka.bounds import read_bounds
 from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
-from sqlstate.state.model import Claim, Forget
-from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset
+from sqlstate.state.model import ChangelogPublishFailed, Claim, Claimed, Forget
+from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, refusal
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.rebalance")  # its documented name
@@ -341,7 +341,8 @@ class Claimer:
         async with self._ownership.lock:
             if self._ownership.is_stale(generation) or not bounds:
                 return
-            claims = await self._claim_again(bounds, ids)
+            claimed = await self._claim_again(bounds, ids)
+        claims = {} if claimed is None else claimed.claims
         _log_claims(_RECLAIMED, claims, self._consumer, _topics=", ".join(sorted(ids)))
 
     async def recover(
@@ -360,9 +361,13 @@ class Claimer:
 
         Nothing is done if the claim changed meanwhile (a rebalance came first: its seek stands).
         A position the log still holds is sought again: only the fetch was out of range (a
-        lagging follower answered it, or the log was cut above the position). False, and the
-        partition left paused, if another consumer claimed it in the file since: this one is a
-        zombie for it until the rebalance that says so, and its claim would fence the owner.
+        lagging follower answered it, or the log was cut above the position). Under
+        ``--out-of-range fail``, ``OutOfRangeError`` before anything is written. False, and the
+        partition left paused, if another consumer claimed it since: this one is a zombie for it
+        until the rebalance that says so, and its claim would fence the owner. That is checked
+        in the claim's own transaction (the file's epoch), and under --changelog, where another
+        host's claim never reaches this file, by Kafka: the claim's changelog transaction,
+        through this host's producer, fails as fenced.
         """
         async with self._ownership.lock:
             if self._ownership.is_stale(generation) or self._ownership.claim_of(tp) != claim:
@@ -370,28 +375,41 @@ class Claimer:
             if bounds[tp].holds(claim.next_offset):
                 self._ownership.rewind([tp])
                 return True
-            row = await self._store.position(tp)
-            if self._ownership.is_stale(generation):
-                return True  # a revoke stopped waiting for the lock: its rebalance decides
-            if row is None or row.epoch != claim.epoch:
-                self._ownership.drop_and_hold(tp, claim.next_offset)
-                return False
+            if self._settings.out_of_range == "fail":
+                # Stop before anything is claimed or written, as the claim would (exit code 5).
+                raise refusal(tp, claim.next_offset, bounds[tp])
             if self._changelog is not None:
-                # Under --changelog a claim starts with a new producer for the partition and a
-                # restore (``claim_held``): held, as an assignment is, its claim transaction
-                # then publishes the tombstones of what it forgets through that producer.
-                await self.hold_again([tp], [])
-            else:
-                await self._claim_again(bounds, ids)
-            return True
+                # The claim's tombstones go out through the producer this host has (a new one
+                # would fence the owner, were this host a zombie).
+                self._changelog.serve_next_claim([tp])
+            try:
+                claimed = await self._claim_again(bounds, ids, held={tp: claim})
+            except ChangelogPublishFailed as failed:
+                # Rolled back. Fenced: another host owns the partition; it waits for the
+                # rebalance, as a fenced batch's does. Otherwise it is restored and claimed
+                # again, its position checked against the log once more then.
+                fenced = [
+                    part
+                    for part, error in failed.failures.items()
+                    if isinstance(error, ChangelogFenced)
+                ]
+                await self.hold_again([tp], fenced)
+                return not fenced
+            return claimed is None or tp not in claimed.taken
 
     async def _claim_again(
-        self, bounds: dict[TopicPartition, LogBounds], ids: dict[str, str | None]
-    ) -> dict[TopicPartition, Claim]:
+        self,
+        bounds: dict[TopicPartition, LogBounds],
+        ids: dict[str, str | None],
+        held: Mapping[TopicPartition, Claim] | None = None,
+    ) -> Claimed | None:
         """Under the ownership lock: claim partitions this consumer claimed already, while
-        running. Their claims are released first: a batch fetched under them is dropped."""
+        running. Their claims are released first: a batch fetched under them is dropped. With
+        ``held``, each is claimed only if the file still holds it at that claim's epoch, in the
+        claim's own transaction; one another consumer claimed since is left paused where it
+        was (``Claimed.taken``). None if a revoke came first."""
         self._ownership.release(bounds)
-        return await self._claim(bounds, ids, None)
+        return await self._claimed(bounds, ids, None, held)
 
     async def read_logs(
         self, tps: set[TopicPartition]
@@ -408,13 +426,24 @@ class Claimer:
         ids: dict[str, str | None],
         lock_wait_s: float | None,
     ) -> dict[TopicPartition, Claim]:
+        """``_claimed``'s claims; none if a revoke came first."""
+        claimed = await self._claimed(bounds, ids, lock_wait_s)
+        return {} if claimed is None else claimed.claims
+
+    async def _claimed(
+        self,
+        bounds: dict[TopicPartition, LogBounds],
+        ids: dict[str, str | None],
+        lock_wait_s: float | None,
+        held: Mapping[TopicPartition, Claim] | None = None,
+    ) -> Claimed | None:
         """Under the ownership lock: one transaction for every claim, every position, every
         reset; under --out-of-range fail, nothing at all. Then seek. With ``lock_wait_s``, its
         wait for the database's write lock is bounded too (``DatabaseBusyError``).
 
-        Nothing is sought or recorded (no claims are returned) if a revoke stopped waiting for
-        the transaction meanwhile: the partitions are no longer this consumer's, and the epochs
-        it took fence nobody but itself.
+        Nothing is sought or recorded (None) if a revoke stopped waiting for the transaction
+        meanwhile: the partitions are no longer this consumer's, and the epochs it took fence
+        nobody but itself.
         """
         generation = self._ownership.generation
         claimed = await self._store.claim(
@@ -425,6 +454,7 @@ class Claimer:
             topic_ids=ids,
             isolation_level=self._settings.isolation_level,
             lock_wait_s=None if lock_wait_s is None else max(lock_wait_s, 0.001),
+            held_at=None if held is None else {tp: claim.epoch for tp, claim in held.items()},
         )
         for recreated in claimed.recreated:
             self._stats.out_of_range_resets += len(recreated.stored)
@@ -433,14 +463,17 @@ class Claimer:
             self._stats.out_of_range_resets += 1
             log_reset(reset.tp, reset.stored_offset, reset.bounds)
         if self._ownership.is_stale(generation):
-            return {}
+            return None
+        for tp in claimed.taken:
+            assert held is not None
+            self._ownership.drop_and_hold(tp, held[tp].next_offset)
         # Recorded and sought at once, with nothing awaited since the transaction committed.
         self._ownership.claim(claimed.claims, ids)
         if self._changelog is not None:
             # In the same step: a batch of these claims can only be made from here on.
             self._changelog.bind({tp: claim.epoch for tp, claim in claimed.claims.items()})
         self._on_claimed(claimed.claims)
-        return claimed.claims
+        return claimed
 
 
 def _claim_fields(claims: Mapping[TopicPartition, Claim]) -> list[dict[str, object]]:

@@ -159,6 +159,19 @@ class ChangelogOwner:
                 self._producers[tp] = _Producer(entry.producer, epoch)
             self._failures.pop(tp, None)
 
+    def serve_next_claim(self, tps: Iterable[TopicPartition]) -> None:
+        """The producers of ``tps`` serve the claim made next, as after ``prepare``, no longer
+        the claim they were bound to: a partition claimed again while running (its position
+        out of range) publishes its claim's tombstones through the producer it has. Should a
+        newer owner's producer have fenced it, that publish fails as fenced and the claim
+        rolls back: only Kafka can tell a zombie, since another host's claim never reaches
+        this file. A batch of the earlier claim is refused from now on; its claim is released
+        before anyway."""
+        for tp in tps:
+            entry = self._producers.get(tp)
+            if entry is not None:
+                self._producers[tp] = _Producer(entry.producer, None)
+
     async def prepare(
         self, tps: Iterable[TopicPartition], stop: asyncio.Event | None = None
     ) -> bool:

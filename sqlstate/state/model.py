@@ -171,3 +171,6 @@ class Claimed:
     claims: dict[TopicPartition, Claim]
     resets: list[Reset]
     recreated: list[TopicReset]
+    # Partitions claimed again only if still held (``held_at``), whose row another consumer's
+    # claim moved on meanwhile: left as they are, not claimed.
+    taken: list[TopicPartition] = field(default_factory=list)

@@ -55,6 +55,7 @@ class Store:
         topic_ids: Mapping[str, str | None],
         isolation_level: str,
         lock_wait_s: float | None = None,
+        held_at: Mapping[TopicPartition, int] | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
         owner, read where it stands, and apply the out-of-range policy against ``bounds`` and
@@ -62,7 +63,9 @@ class Store:
         ``fail`` a position outside its log or a topic whose ID changed raises
         ``OutOfRangeError``, and another isolation level than the recorded one
         ``IsolationLevelError``; nothing at all is written then. With ``lock_wait_s``, a
-        database locked longer than that raises ``DatabaseBusyError`` and nothing is written."""
+        database locked longer than that raises ``DatabaseBusyError`` and nothing is written.
+        With ``held_at`` (a partition's epoch, when this consumer claims it again while
+        running), a partition whose row holds another epoch is not claimed (``taken``)."""
         return await self.database.transaction(
             functools.partial(
                 transactions.claim_assignment,
@@ -74,6 +77,7 @@ class Store:
                 forget=forget,
                 now=utc_now(),
                 changelog=self._changelog,
+                held_at=held_at,
             ),
             lock_wait_s,
         )

@@ -117,7 +117,17 @@ def claim_assignment(
     forget: Forget,
     now: str,
     changelog: ChangelogSide | None = None,
+    held_at: Mapping[TopicPartition, int] | None = None,
 ) -> Claimed:
+    # A partition claimed again while running (``held_at``: the epoch this consumer holds it
+    # at) is claimed only if its row still holds that epoch, checked in this transaction: a
+    # zombie's claim would fence the consumer that owns it now.
+    taken = [
+        tp
+        for tp, epoch in sorted((held_at or {}).items())
+        if (row := position(conn, tp)) is None or row.epoch != epoch
+    ]
+    bounds = {tp: log for tp, log in bounds.items() if tp not in taken}
     recorded.check_isolation_level(conn, isolation_level, now)
     recorded.check_changelog(conn, changelog is not None, now)
     recreated = []
@@ -165,7 +175,7 @@ def claim_assignment(
         claims[tp] = claim
     if changelog is not None and changes:
         _publish(conn, changelog, changes)
-    return Claimed(claims, resets, recreated)
+    return Claimed(claims, resets, recreated, taken)
 
 
 def run_statements(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:

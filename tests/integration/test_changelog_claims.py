@@ -42,7 +42,14 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.model import Change, ChangelogPublishFailed, Claim, Committed, PartitionBatch
+from sqlstate.state.model import (
+    Change,
+    ChangelogPublishFailed,
+    Claim,
+    Claimed,
+    Committed,
+    PartitionBatch,
+)
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
 from tests.support.db import query
@@ -77,6 +84,17 @@ class Owned:
         claim = claimed.claims[self.tp]
         self.owner.bind({self.tp: claim.epoch})
         return claim
+
+    async def reclaim(self, first: int) -> Claimed:
+        """Claim the partition again with its log starting at ``first``: out of range, reset."""
+        return await self.store.claim(
+            {self.tp: LogBounds(first, 1_000_000)},
+            "me",
+            "reset",
+            self.processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
 
     def batch(self, claim: Claim, keys: list[str]) -> PartitionBatch:
         records = [
@@ -150,6 +168,41 @@ async def test_a_batch_of_an_older_claim_is_fenced(owned: Owned) -> None:
     assert isinstance(outcome, Committed)
     assert owned.counted() == 3
     assert await owned.changelog_end() > end
+
+
+async def test_a_claim_again_publishes_through_the_producer_it_has_or_is_fenced(
+    owned: Owned,
+) -> None:
+    """A partition claimed again while running (out of range) publishes its claim's tombstones
+    through the producer this host has (``serve_next_claim``); once a newer owner's producer
+    fenced it (this host is a zombie, which only Kafka can tell), that claim rolls back."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
+    assert isinstance(outcome, Committed)
+    end = await owned.changelog_end()
+
+    owned.owner.serve_next_claim([owned.tp])
+    claimed = await owned.reclaim(first=100)
+    assert [reset.tp for reset in claimed.resets] == [owned.tp]
+    assert owned.counted() == 0
+    assert await owned.changelog_end() > end  # the tombstones and the position
+    owned.owner.bind({owned.tp: claimed.claims[owned.tp].epoch})
+    (outcome,) = await owned.store.commit_batch([owned.batch(claimed.claims[owned.tp], ["c", "d"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 2
+
+    newer = ChangelogProducer(owned.settings, owned.tp.topic, owned.tp.partition)
+    await newer.start()  # the new owner, on another host
+    try:
+        end = await owned.changelog_end()
+        owned.owner.serve_next_claim([owned.tp])
+        with pytest.raises(ChangelogPublishFailed) as failed:
+            await owned.reclaim(first=200)
+        assert isinstance(failed.value.failures[owned.tp], ChangelogFenced)
+    finally:
+        await newer.stop()
+    assert owned.counted() == 2  # rolled back
+    assert await owned.changelog_end() == end
 
 
 async def test_a_publish_longer_than_the_wait_fails_the_batch(

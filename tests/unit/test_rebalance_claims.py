@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +21,7 @@ from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.errors import DatabaseBusyError, OutOfRangeError
+from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError, OutOfRangeError
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
@@ -29,8 +29,9 @@ from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
+from sqlstate.state.changelog_side import ChangelogSide
 from sqlstate.state.database import Database
-from sqlstate.state.model import Claim, Forget, PartitionBatch
+from sqlstate.state.model import Change, Claim, Forget, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
 
@@ -398,6 +399,8 @@ class ClaimingOwner:
         self.claiming: frozenset[TopicPartition] = frozenset()
         self.prepared: list[set[TopicPartition]] = []
         self.bound: list[dict[TopicPartition, int]] = []
+        # The partitions whose producers were set to serve the next claim.
+        self.served: list[set[TopicPartition]] = []
 
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
         pass
@@ -408,6 +411,9 @@ class ClaimingOwner:
 
     def bind(self, claims: dict[TopicPartition, int]) -> None:
         self.bound.append(dict(claims))
+
+    def serve_next_claim(self, tps: Iterable[TopicPartition]) -> None:
+        self.served.append(set(tps))
 
 
 @dataclasses.dataclass
@@ -432,12 +438,15 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, settings: Settings = QUICK, changelog: ClaimingOwner | None = None
+    tmp_path: Path,
+    settings: Settings = QUICK,
+    changelog: ClaimingOwner | None = None,
+    side: ChangelogSide | None = None,
 ) -> AsyncIterator[Running]:
     """A, B assigned and claimed at 50 (epoch 1); under ``changelog``, from the batch loop."""
     database = await Database.open(tmp_path / "s.db", busy_timeout_s=5.0)
     await migrate.apply_pending(database)
-    store = Store(database)
+    store = Store(database, side)
     consumer = HoldingConsumer()
     ownership = Ownership(consumer)
     stats = Stats()
@@ -518,26 +527,60 @@ async def test_a_fetch_out_of_range_above_a_position_the_log_holds_seeks_back(
     assert run.ownership.claims == {A: Claim(50, 1), B: Claim(50, 1)}
 
 
-async def test_out_of_range_under_changelog_is_held_restored_and_claimed(
+async def test_out_of_range_under_changelog_is_claimed_through_the_producer_it_has(
     tmp_path: Path,
 ) -> None:
-    """Under --changelog a claim starts with the partition's producer and a restore: a
-    partition found out of range is held, as an assignment is, then claimed from the batch
-    loop, whose claim transaction forgets its state."""
+    """Under --changelog a partition found out of range is claimed again at once, its claim's
+    tombstones published through the producer this host has (a new one would fence the owner,
+    were this host a zombie): no new producer, no restore; its state is forgotten."""
     owner = ClaimingOwner()
     async with running(tmp_path, changelog=owner) as run:
         run.consumer.first = 60
         await run.loop._out_of_range({A: 55})
-        assert run.ownership.held == {A}
-        assert run.ownership.claims == {B: Claim(50, 1)}
-        assert run.consumer.paused == {A: 0}
-        assert run.forgotten == []
-        await run.claimer.claim_held()
         assert await run.stored(A) == (60, 2)
-    assert owner.prepared == [{A, B}, {A}]
+    assert owner.served == [{A}]
+    assert owner.prepared == [{A, B}]
     assert owner.bound[-1] == {A: 2}
     assert run.ownership.claims == {A: Claim(60, 2), B: Claim(50, 1)}
     assert run.ownership.held == set()
-    assert run.consumer.paused == {}
     assert run.forgotten == [A]
     assert run.stats.out_of_range_resets == 1
+
+
+class FencedSide:
+    """The changelog side of a host whose producers a newer owner's fenced: every publish fails
+    as fenced (each claim forgets a row, so each has something to publish)."""
+
+    def discard_changes(self, conn: sqlite3.Connection) -> None:
+        pass
+
+    def take_changes(self, conn: sqlite3.Connection) -> list[tuple[bytes, bytes | None]]:
+        return [(b'["t","k"]', None)]
+
+    def publish(
+        self, changes: Mapping[TopicPartition, Change]
+    ) -> dict[TopicPartition, int | ChangelogError]:
+        return {tp: ChangelogFenced("a newer owner's producer fenced this one") for tp in changes}
+
+    def record_offset(self, conn: sqlite3.Connection, tp: TopicPartition, next_offset: int) -> None:
+        pass
+
+
+async def test_out_of_range_under_changelog_of_a_partition_another_host_owns_is_left(
+    tmp_path: Path,
+) -> None:
+    """Under --changelog another host's claim never reaches this file: Kafka tells this host it
+    is a zombie for A, by fencing the claim's changelog transaction. The claim rolls back; A
+    waits paused, as a fenced batch's partition does, for the rebalance (or a session timeout)
+    before it is claimed again; nothing is forgotten."""
+    owner = ClaimingOwner()
+    async with running(tmp_path, changelog=owner, side=FencedSide()) as run:
+        run.consumer.first = 60
+        await run.loop._out_of_range({A: 55})
+        assert await run.stored(A) == (50, 1)
+    assert owner.served == [{A}]
+    assert owner.prepared == [{A, B}]
+    assert run.ownership.claims == {B: Claim(50, 1)}
+    assert run.ownership.held == {A}
+    assert A in run.consumer.paused
+    assert run.stats.out_of_range_resets == 0
