@@ -395,3 +395,11 @@ def _dropped(conn: sqlite3.Connection, triggers: Sequence[tuple[str, str]]) -> I
     yield
     for _, text in triggers:
         conn.execute(text)  # the trigger's CREATE TRIGGER, as SQLite keeps it in the schema
+    # A CREATE TRIGGER whose table a TEMP table shadows would land in the TEMP schema, and the
+    # trigger would leave the file at the commit: refuse (rolls back) rather than lose it.
+    again = [(str(name), str(text)) for name, text in conn.execute(sql("main_triggers"))]
+    if again != list(triggers):
+        raise DatabaseError(
+            "the file's triggers did not come back as they were after an apply (a TEMP table"
+            " of the same name as a trigger's table?); rolled back"
+        )

@@ -455,6 +455,35 @@ async def test_the_files_own_triggers_never_fire_while_applying(
     assert "before_delete fired" in first_trigger_fired(standby, "DELETE FROM latest")
 
 
+async def test_triggers_that_would_not_come_back_to_the_file_roll_the_apply_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped and created again (Python 3.11's way): a TEMP table of the name of a trigger's
+    table would take the created trigger into the TEMP schema, out of the file at the commit.
+    The apply refuses and rolls back: the file keeps its triggers and its state."""
+    monkeypatch.setattr(apply_module, "CAN_SWITCH_TRIGGERS", False)
+    members = [Latest()]
+    changelog = Changelog()
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        await owner.commit(T0, [record(T0, o, f"k{o}", b"v%d" % o) for o in range(3)])
+    standby = tmp_path / "standby.db"
+    processors = Processors.checked(members)
+    store = await open_store(standby, processors)
+    try:
+        await store.database.transaction(lambda conn: conn.execute(USER_TRIGGERS[0]))
+        schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        before = query(standby, schema)
+        await store.database.transaction(lambda conn: conn.execute("CREATE TEMP TABLE latest (x)"))
+        with pytest.raises(DatabaseError, match="did not come back"):
+            await apply(store.database, T0, changelog.records[T0], state_tables(members))
+    finally:
+        await store.database.close()
+        processors.close()
+    assert query(standby, schema) == before
+    assert query(standby, "SELECT count(*) FROM latest") == [(0,)]
+
+
 async def test_a_reset_ships_tombstones_and_the_new_position(tmp_path: Path) -> None:
     members: list[Processor] = [KeyCounter(), Latest()]
     changelog = Changelog()
