@@ -3,7 +3,7 @@
 ``Store`` is what the daemon, the CLI and the snapshot call; the work is done in the database
 thread by plain functions of a ``sqlite3`` connection, each in the module that owns its concern:
 
-- ``transactions.py``: a batch, a claim and an out-of-range reset, each one SQLite transaction;
+- ``transactions.py``: a batch, and a claim with its out-of-range reset, each one transaction;
 - ``recorded.py``: the settings the state was made with, recorded at the first claim, and the
   refusals of a run that differs;
 - ``reads.py``: the read-only queries (positions, the highest counts);
@@ -30,7 +30,7 @@ from sqlstate.state.out_of_range import LogBounds
 
 class Store:
     """sqlstate's transactions on an open database; ``changelog``: the changelog side of each
-    batch, claim and reset under --changelog, None without it."""
+    batch and claim under --changelog, None without it."""
 
     def __init__(self, database: Database, changelog: ChangelogSide | None = None) -> None:
         self.database = database

@@ -1,4 +1,5 @@
-"""sqlstate's transactions: how a batch, a claim and a reset each become one SQLite transaction.
+"""sqlstate's transactions: how a batch and a claim (with its out-of-range reset) each become one
+SQLite transaction.
 
 Each transaction is a plain function of a ``sqlite3`` connection, run in the database thread
 through ``Database.transaction`` (``database.py``, called by ``store.py``), which begins it,
@@ -241,10 +242,10 @@ def _restart(
     bounds: LogBounds,
     forget: Forget,
     now: str,
-) -> bool:
-    """Move the position to the log's first offset and forget the partition's state, if the row
-    still holds ``epoch``."""
-    moved = conn.execute(
+) -> None:
+    """Move the position to the log's first offset and forget the partition's state. The claim
+    took ``epoch`` in this same transaction, so the row holds it."""
+    conn.execute(
         sql("reset_position"),
         {
             "topic": tp.topic,
@@ -254,8 +255,5 @@ def _restart(
             "now": now,
             "epoch": epoch,
         },
-    ).rowcount
-    if moved != 1:
-        return False
+    )
     run_statements(conn, forget(tp))
-    return True
