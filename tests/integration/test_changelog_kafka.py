@@ -60,10 +60,34 @@ def rows(prefix: str, count: int) -> list[Row]:
 
 
 async def read_all(
-    reader: ChangelogReader, tp: TopicPartition, from_offset: int = 0, batch_size: int = 10_000
+    reader: ChangelogReader,
+    tp: TopicPartition,
+    from_offset: int = 0,
+    batch_size: int = 10_000,
+    *,
+    stable_end: int | None = None,
 ) -> list[ChangelogChunk]:
+    """Every chunk ``read_to_end`` gives. With ``stable_end``, first wait until the partition's
+    last stable offset has reached it.
+
+    A commit returns once the coordinator has recorded it; the commit markers reach the
+    partitions a moment later, and until then the last stable offset stays before the
+    transaction. The daemon reads a partition only after its own producer started, which
+    completes every earlier transaction first; a test that reads right after a publish has to
+    wait for the markers itself.
+    """
     async with asyncio.timeout(WAIT_S):
+        if stable_end is not None:
+            await stable_at(reader, tp, stable_end)
         return [chunk async for chunk in reader.read_to_end(tp, from_offset, batch_size)]
+
+
+async def stable_at(reader: ChangelogReader, tp: TopicPartition, offset: int) -> None:
+    """Poll ``tp``'s last stable offset until it has reached ``offset``."""
+    while True:
+        if await reader.end_offset(tp) >= offset:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def cleanup_policy(bootstrap: str, topic: str) -> str:
@@ -135,7 +159,7 @@ async def test_publish_returns_offsets_that_the_reader_reads_back_in_order(
         for number, batch in enumerate(published):
             ends.append(await producer.publish(batch, next_offset=100 * (number + 1)))
     async with started(ChangelogReader(settings)) as reader:
-        chunks = await read_all(reader, tp)
+        chunks = await read_all(reader, tp, stable_end=ends[-1] + 1)
     records = [record for chunk in chunks for record in chunk.records]
     expected = [
         (key, value)
@@ -179,7 +203,9 @@ async def test_a_batch_larger_than_one_record_batch_is_one_transaction(
         end = await producer.publish(big, next_offset=3000)
     assert end == 3001
     async with started(ChangelogReader(settings)) as reader:
-        chunks = await read_all(reader, TopicPartition(changelog, 0), batch_size=1000)
+        chunks = await read_all(
+            reader, TopicPartition(changelog, 0), batch_size=1000, stable_end=end + 1
+        )
     # Fetches of 1,000 records stop inside the transaction: the chunk waits for its end, so a
     # restore never commits part of a batch.
     assert [len(chunk.records) for chunk in chunks] == [3001]
@@ -220,7 +246,7 @@ async def test_a_new_owner_fences_the_old_one_and_aborts_its_open_transaction(
     finally:
         await old.stop()
     async with started(ChangelogReader(settings)) as reader:
-        chunks = await read_all(reader, tp)
+        chunks = await read_all(reader, tp, stable_end=end + 1)
     keys = [record.key for chunk in chunks for record in chunk.records]
     assert b'["t","zombie"]' not in keys
     assert not any(b"late" in key for key in keys)
@@ -273,10 +299,12 @@ async def test_read_to_end_skips_aborted_transactions_and_stops_at_the_stable_en
     )
     async with started(stuck):
         await stuck.begin_transaction()
-        await stuck.send_and_wait(changelog, b"v", key=b"open", partition=0)
+        open_at = (await stuck.send_and_wait(changelog, b"v", key=b"open", partition=0)).offset
         async with started(ChangelogReader(settings)) as reader:
-            chunks = await read_all(reader, tp)
+            # Stable up to the open transaction: the aborted ones before it have their markers.
+            chunks = await read_all(reader, tp, stable_end=open_at)
             stable_end = await reader.end_offset(tp)
+            assert stable_end == open_at
         await stuck.abort_transaction()
     keys = [record.key for chunk in chunks for record in chunk.records]
     assert keys == [b'["t","c0"]', b'["t","c1"]', POSITION_KEY]
@@ -299,9 +327,9 @@ async def test_an_offset_beyond_the_log_is_read_again_from_its_start(
     (topic,) = settings.topics
     tp = TopicPartition(changelog, 0)
     async with started(ChangelogProducer(settings, topic, 0)) as producer:
-        await producer.publish(rows("r", 2), next_offset=2)
+        end = await producer.publish(rows("r", 2), next_offset=2)
     async with started(ChangelogReader(settings)) as reader:
-        chunks = await read_all(reader, tp, from_offset=1000)
+        chunks = await read_all(reader, tp, from_offset=1000, stable_end=end + 1)
     assert all(chunk.rewound for chunk in chunks)
     assert [r.offset for chunk in chunks for r in chunk.records] == [0, 1, 2]
 
