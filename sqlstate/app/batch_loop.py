@@ -38,6 +38,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlstate.app.claims import Claimer
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
+from sqlstate.app.processor_errors import Inputs, ProcessorErrors
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
@@ -48,7 +49,14 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fenced, PartitionBatch
+from sqlstate.state.model import (
+    ChangelogPublishFailed,
+    Claim,
+    Committed,
+    Fenced,
+    PartitionBatch,
+    Statement,
+)
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.consumer")  # its documented name
@@ -170,7 +178,7 @@ class BatchLoop:
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
-        self._processors = processors
+        self._errors = ProcessorErrors(processors, settings, stats)
         self._settings = settings
         self._stats = stats
         self._claimer = claimer
@@ -226,9 +234,11 @@ class BatchLoop:
                     # against the positions it moved.
                     previous, committing = committing, None
                     refetch = await previous
-                advances = self._advances(batch, positions, refetch, decoded_so_far)
+                advances, inputs = self._advances(batch, positions, refetch, decoded_so_far)
                 if advances:
-                    committing = asyncio.create_task(self._commit_in_turn(generation, advances))
+                    committing = asyncio.create_task(
+                        self._commit_in_turn(generation, advances, inputs)
+                    )
                     # Let it run up to handing the transaction to the database thread: the
                     # next getmany() may return buffered records without ever yielding.
                     await asyncio.sleep(0)
@@ -316,9 +326,10 @@ class BatchLoop:
         positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
         decoded_so_far: int,
-    ) -> list[PartitionBatch]:
+    ) -> tuple[list[PartitionBatch], Inputs]:
         """Each claimed partition that moved: its new position and the statements for its
-        unseen records, those that do not decode sorted out by ``--on-bad-record``.
+        unseen records, those that do not decode sorted out by ``--on-bad-record``; and what
+        ``--on-processor-error dead-letter`` needs to commit a partition's records apart.
 
         A partition can move with no records, stepping over transaction markers or aborted
         records. ``refetch``: partitions the previous commit found fenced and re-seeked, or
@@ -328,6 +339,7 @@ class BatchLoop:
         """
         self._ownership.rewind(refetch)
         advances = []
+        inputs: dict[TopicPartition, tuple[Records, Sequence[Statement]]] = {}
         for tp, claim in self._ownership.claims.items():
             if tp in refetch:
                 continue
@@ -336,6 +348,8 @@ class BatchLoop:
                 continue
             records = unseen(batch.get(tp, ()), claim.next_offset)
             records, rejected, bad = self._bad_records.sort(tp, records, decoded_so_far)
+            statements, apart = self._errors.prepare(tp, records, rejected)
+            inputs[tp] = (records, rejected)
             advances.append(
                 PartitionBatch(
                     tp=tp,
@@ -343,14 +357,15 @@ class BatchLoop:
                     next_offset=position,
                     log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
                     records=len(records),
-                    statements=[*rejected, *self._processors.statements(tp, records)],
+                    statements=statements,
                     bad_records=bad,
+                    apart=apart,
                 )
             )
-        return advances
+        return advances, inputs
 
     async def _commit_in_turn(
-        self, generation: int, advances: list[PartitionBatch]
+        self, generation: int, advances: list[PartitionBatch], inputs: Inputs
     ) -> set[TopicPartition]:
         """Commit under the ownership lock, unless the claims changed since the batch was
         fetched.
@@ -367,12 +382,14 @@ class BatchLoop:
                 # from the claim, or the next batch would move the position over them.
                 _STALE_DROPPED.log()
                 return self._fetch_again(advances)
-            return await self._commit(generation, advances)
+            return await self._commit(generation, advances, inputs)
 
-    async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
+    async def _commit(
+        self, generation: int, advances: list[PartitionBatch], inputs: Inputs
+    ) -> set[TopicPartition]:
         started = time.perf_counter()
         try:
-            outcomes = await self._store.commit_batch(advances)
+            outcomes = await self._errors.commit(self._store, advances, inputs)
         except ChangelogPublishFailed as failed:
             if not self._ownership.is_stale(generation):
                 await self._changelog_failed(failed)

@@ -4,8 +4,9 @@ Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database u
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
-what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 130 forced
-exit on a second signal.
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 more
+records in a row rejected than ``--max-rejected-in-a-row`` allows; 130 forced exit on a second
+signal.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlstate.settings import (
     FORMATS,
     ISOLATION_LEVELS,
     OUT_OF_RANGE_POLICIES,
+    PROCESSOR_ERROR_POLICIES,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     STANDBY_MODES,
@@ -231,6 +233,22 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     type=click.Choice(BAD_RECORD_POLICIES),
     help="A record that does not decode: exit with code 8 before committing its batch, leave it"
     " out (counted and logged), or keep it in rejected_records.",
+)
+@_setting(
+    "--on-processor-error",
+    field="on_processor_error",
+    env="ON_PROCESSOR_ERROR",
+    type=click.Choice(PROCESSOR_ERROR_POLICIES),
+    help="A record a processor fails on (its Python raises, its SQL fails): stop before"
+    " committing its batch, or keep it in rejected_records and commit the rest.",
+)
+@_setting(
+    "--max-rejected-in-a-row",
+    field="max_rejected_in_a_row",
+    env="MAX_REJECTED_IN_A_ROW",
+    type=int,
+    help="--on-processor-error dead-letter: stop with exit code 9 when more records than this"
+    " are rejected in a row, with none applied between them.",
 )
 @_setting(
     "--window",

@@ -32,12 +32,15 @@ from sqlstate.processors.base import (
 )
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.guard import Guard
+from sqlstate.processors.keys import stored_key
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings, duration_ms
 from sqlstate.state import migrate
+from sqlstate.state.model import RecordStatements, Rejected
 from sqlstate.state.queries import sql
+from sqlstate.state.rejections import describe
 
 BUILT_INS: dict[str, Callable[[Settings], Processor]] = {
     "counts": lambda settings: KeyCounter(),
@@ -140,6 +143,10 @@ def from_settings(settings: Settings) -> list[Processor]:
     return processors
 
 
+class ProcessorRaised(ProcessorError):
+    """A processor's Python code raised on a batch's records."""
+
+
 class Processors:
     """All processors of a daemon; their statements run in order in the batch's transaction.
 
@@ -187,26 +194,60 @@ class Processors:
                 statements = member.statements(tp, records)
             except Exception as error:
                 # Its batch is not committed; a restart would meet the same records again.
-                raise ProcessorError(
+                raise ProcessorRaised(
                     f"processor {member.name} failed on {tp.topic}-{tp.partition} offsets"
                     f" {records[0].offset}-{records[-1].offset}: {error!r}; nothing of the"
-                    " batch was committed"
+                    " batch was committed (--on-processor-error fail)"
                 ) from error
-            for statement in statements:
-                if not statement.rows:
-                    continue
-                if self._guard is not None:
-                    self._guard.check(
-                        member.name,
-                        statement.sql,
-                        _first(statement),
-                        "a statement",
-                        statement.setup,
-                    )
-                if statement.counter is not None:
-                    # Counters are named per processor: "windowed-counts:too_old".
-                    statement = replace(statement, counter=f"{member.name}:{statement.counter}")
-                prepared.append(statement)
+            prepared += self._checked(member, statements)
+        return prepared
+
+    def apart(self, tp: TopicPartition, records: Records) -> list[RecordStatements]:
+        """Each record's statements from every processor, prepared for it alone (the state is
+        the same: a processor's state is a function of its records, whatever the batches), for
+        --on-processor-error dead-letter. A record on which a processor raises gets none, and
+        the processor's name and the error instead."""
+        apart = []
+        for record in records:
+            prepared: list[tuple[str, Sequence[Statement]]] = []
+            raised = None
+            for member in self.members:
+                try:
+                    statements = member.statements(tp, [record])
+                except Exception as error:
+                    raised = Rejected(record.offset, member.name, describe(error))
+                    prepared = []
+                    break
+                prepared.append((member.name, self._checked(member, statements)))
+            apart.append(
+                RecordStatements(
+                    record.offset,
+                    stored_key(record.key),
+                    stored_key(record.value),
+                    prepared,
+                    raised,
+                )
+            )
+        return apart
+
+    def _checked(self, member: Processor, statements: Sequence[Statement]) -> list[Statement]:
+        """``member``'s statements that have rows, checked by the guard, counters named."""
+        prepared = []
+        for statement in statements:
+            if not statement.rows:
+                continue
+            if self._guard is not None:
+                self._guard.check(
+                    member.name,
+                    statement.sql,
+                    _first(statement),
+                    "a statement",
+                    statement.setup,
+                )
+            if statement.counter is not None:
+                # Counters are named per processor: "windowed-counts:too_old".
+                statement = replace(statement, counter=f"{member.name}:{statement.counter}")
+            prepared.append(statement)
         return prepared
 
     def forget(self, tp: TopicPartition) -> list[Statement]:

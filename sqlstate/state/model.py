@@ -93,6 +93,42 @@ class PartitionBatch:
     records: int  # how many records the statements fold in
     statements: Sequence[Statement]
     bad_records: int = 0  # records left out or dead-lettered: they did not decode
+    # --on-processor-error dead-letter, once a processor failed on the partition's records: each
+    # record's statements apart, run one record at a time (``rejections.py``); ``statements``
+    # then holds only the dead letters of records that did not decode.
+    apart: Sequence[RecordStatements] | None = None
+
+
+@dataclass(frozen=True)
+class RecordStatements:
+    """One record's statements from each processor, kept apart so that a failure is pinned on
+    the record (--on-processor-error dead-letter)."""
+
+    offset: int
+    key: Any  # as rejected_records stores it: TEXT if UTF-8, BLOB otherwise, NULL for none
+    value: Any
+    # Each processor's statements for this record alone, in the processors' order.
+    statements: Sequence[tuple[str, Sequence[Statement]]]
+    # A processor whose Python code raised on the record, and the error: none of it runs.
+    raised: Rejected | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record a processor failed on, written to rejected_records in place of its state."""
+
+    offset: int
+    processor: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RejectionLimit:
+    """--on-processor-error dead-letter: how many records in a row may be rejected (``limit``),
+    and how many were rejected in a row just before this batch, with no record applied since."""
+
+    in_a_row: int
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +140,11 @@ class Committed:
     records: int
     # What the statements that carry a ``counter`` returned, by counter name.
     counters: Mapping[str, int] = field(default_factory=dict)
+    # Records a processor failed on, written to rejected_records instead (not in ``records``).
+    rejected: Sequence[Rejected] = ()
+    # The records rejected in a row at the end of the batch: all of them, when none of the
+    # partition's records was applied (``RejectionLimit``).
+    rejected_at_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +161,16 @@ class Fenced:
 
 
 Outcome = Committed | Fenced
+
+
+class StatementFailed(Exception):
+    """A processor's statement failed on a partition's records in a way a record can cause
+    (--on-processor-error dead-letter). The transaction rolls back; the batch is committed again
+    with that partition's records apart (``PartitionBatch.apart``)."""
+
+    def __init__(self, tp: TopicPartition, error: BaseException) -> None:
+        super().__init__(f"{tp.topic}-{tp.partition}: {error}")
+        self.tp = tp
 
 
 class ChangelogPublishFailed(ChangelogError):

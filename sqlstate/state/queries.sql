@@ -136,6 +136,22 @@ INSERT INTO topic_processors (topic, processor, added_at) VALUES (:topic, :proce
 INSERT INTO rejected_records (topic, partition, offset, key, value, error)
 VALUES (?, ?, ?, ?, ?, ?);
 
+-- name: insert_processor_rejection
+-- A record a processor failed on (--on-processor-error dead-letter), in place of its state.
+INSERT INTO rejected_records (topic, partition, offset, key, value, error, processor)
+VALUES (:topic, :partition, :offset, :key, :value, :error, :processor);
+
+-- name: savepoint_record
+-- Inside a batch's transaction, under --on-processor-error dead-letter: one record's statements
+-- from every processor, undone together if one of them fails on the record (rejections.py).
+SAVEPOINT processor_record;
+
+-- name: rollback_to_record
+ROLLBACK TO processor_record;
+
+-- name: release_record
+RELEASE processor_record;
+
 -- name: delete_rejected_records
 DELETE FROM rejected_records WHERE topic = :topic AND partition = :partition;
 
