@@ -133,8 +133,10 @@ def _apply(
         try:
             counted.update(run_statements(conn, statements))
         except STATEMENT_ERRORS as error:
-            if not record_fault(error):
-                raise  # the whole transaction rolls back, savepoint and all
+            # Not the record's, or SQLite rolled the whole transaction back by itself (a
+            # RAISE(ROLLBACK), ON CONFLICT ROLLBACK): the batch rolls back, savepoint and all.
+            if not record_fault(error) or not conn.in_transaction:
+                raise
             conn.execute(sql("rollback_to_record"))
             conn.execute(sql("release_record"))
             return Rejected(record.offset, processor, describe(error))

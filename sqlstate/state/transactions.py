@@ -210,7 +210,7 @@ def _run_or_set_apart(
     try:
         counters = run_statements(conn, part.statements)
     except STATEMENT_ERRORS as error:
-        if record_fault(error):
+        if record_fault(error) and conn.in_transaction:
             raise StatementFailed(part.tp, error) from error
         raise
     return Apart(counters, [], 0, 0 if part.records else limit.in_a_row)
