@@ -27,6 +27,7 @@ from sqlstate.state.rejections import record_fault
 from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import open_store, record
+from tests.unit.test_changelog_rows import T0, Changelog, Owner, assert_same_state, follow
 
 TP = TopicPartition("orders", 0)
 
@@ -236,3 +237,36 @@ def test_which_errors_a_record_can_cause() -> None:
     busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
     assert not record_fault(busy)
     assert not record_fault(ValueError("not SQLite's"))
+
+
+async def test_under_changelog_only_what_committed_is_captured_and_the_standby_has_it_all(
+    tmp_path: Path,
+) -> None:
+    """A record rolled back to its savepoint leaves nothing in the capture; its dead letter
+    reaches the standby as any other row does."""
+    (tmp_path / "amounts.sql").write_text(AMOUNTS)
+    members = [KeyCounter(), SqlFileProcessor.load(tmp_path / "amounts.sql")]
+    changelog = Changelog()
+    settings = Settings(topics=("orders",), group_id="g", on_processor_error="dead-letter")
+    async with Owner(tmp_path / "owner.db", members, changelog) as owner:
+        await owner.claim([T0])
+        errors = ProcessorErrors(owner.processors, settings, Stats())
+        for start in (0, 6):
+            values = [amount(-1 if offset in (2, 3) else offset) for offset in range(6)]
+            records = [record(T0, start + i, b"k", v) for i, v in enumerate(values)]
+            statements, apart = errors.prepare(T0, records, [])
+            part = PartitionBatch(T0, owner.claims[T0], start + 6, None, 6, statements, apart=apart)
+            (outcome,) = await errors.commit(owner.store, [part], {T0: (records, [])})
+            assert isinstance(outcome, Committed)
+            owner.claims[T0] = outcome.claim
+            await owner.publish(T0, outcome.claim.next_offset)
+    await follow(tmp_path / "standby.db", members, changelog)
+    assert_same_state(tmp_path / "owner.db", tmp_path / "standby.db", members)
+    standby = tmp_path / "standby.db"
+    assert query(standby, "SELECT offset, processor FROM rejected_records ORDER BY 1") == [
+        (2, "amounts"),
+        (3, "amounts"),
+        (8, "amounts"),
+        (9, "amounts"),
+    ]
+    assert query(standby, "SELECT count FROM counts") == [(8,)]
