@@ -118,7 +118,9 @@ class ProcessorErrors:
         failed: StatementFailed,
     ) -> PartitionBatch:
         records, dead_letters = inputs
-        _SET_APART.log(**partition_fields(part.tp), records=len(records), reason=str(failed))
+        _SET_APART.log(
+            **partition_fields(part.tp), records=len(records), reason=describe(failed.error)
+        )
         return PartitionBatch(
             tp=part.tp,
             claim=part.claim,

@@ -171,6 +171,7 @@ class StatementFailed(Exception):
     def __init__(self, tp: TopicPartition, error: BaseException) -> None:
         super().__init__(f"{tp.topic}-{tp.partition}: {error}")
         self.tp = tp
+        self.error = error
 
 
 class ChangelogPublishFailed(ChangelogError):

@@ -21,6 +21,11 @@ How a batch becomes a transaction (``commit_batch``): for each partition of the 
 So a partition's state and its position always change together, and only the partition's
 current owner, from the position it last read, can change them.
 
+Under ``--on-processor-error dead-letter`` (a ``RejectionLimit``), a statement that fails on a
+record raises ``StatementFailed`` and rolls the batch back; the batch comes again with that
+partition's records apart, each applied in a savepoint of its own or written to
+``rejected_records`` (``rejections.py``), in this same transaction.
+
 Under ``--changelog`` (a ``ChangelogSide``, ``changelog_side.py``), each committed partition's
 changed rows, caught by the capture triggers, go to its changelog in a Kafka transaction that
 must commit before the SQLite transaction does, and the changelog offset reached is recorded

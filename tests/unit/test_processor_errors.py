@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.errors import DatabaseError, RejectionLimitError
 from sqlstate.observe.stats import Stats
-from sqlstate.processors import Migration, Records, Statement
+from sqlstate.processors import Migration, Processor, Records, Statement
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.processors.sql_file import SqlFileProcessor
@@ -245,7 +245,7 @@ async def test_under_changelog_only_what_committed_is_captured_and_the_standby_h
     """A record rolled back to its savepoint leaves nothing in the capture; its dead letter
     reaches the standby as any other row does."""
     (tmp_path / "amounts.sql").write_text(AMOUNTS)
-    members = [KeyCounter(), SqlFileProcessor.load(tmp_path / "amounts.sql")]
+    members: list[Processor] = [KeyCounter(), SqlFileProcessor.load(tmp_path / "amounts.sql")]
     changelog = Changelog()
     settings = Settings(topics=("orders",), group_id="g", on_processor_error="dead-letter")
     async with Owner(tmp_path / "owner.db", members, changelog) as owner:
