@@ -7,12 +7,14 @@ same records again.
 ``dead-letter``: the batch commits without the records the processors failed on, each written to
 ``rejected_records`` with the processor's name and its error, in the batch's own transaction.
 The batch is prepared and committed whole, as always, so a batch that fails nowhere costs nothing
-more. When a processor's Python code raises on a partition's records, that partition's records
-are prepared again one at a time (``Processors.apart``); when a statement fails on them in
-SQLite (a constraint, a type, malformed JSON), the transaction rolls back whole and the batch is
-committed again with that partition's records apart. Run apart, each record is applied in a
-savepoint of its own and rolled back to it if it fails (``state/rejections.py``): a record is
-applied once or rejected once, in the transaction that moves its position.
+more. When a processor fails on a partition's records (its Python code raises, or a statement
+fails in SQLite: a constraint, a type, malformed JSON), the records are cut into pieces of about
+the square root of their number, each prepared alone (``Processors.apart``) and run in a
+savepoint of its own; a piece that fails is cut into single records, and a single record that
+fails is rolled back to its savepoint and dead-lettered (``state/rejections.py``). A statement
+that fails rolls the whole transaction back first, and the batch is committed again with the
+partition's records so cut: a record is applied once or rejected once, in the transaction that
+moves its position, whatever the rounds before it.
 
 Failures that are not the record's (a full disk, a locked, corrupt or unreadable database) are
 never dead-lettered: they go as under ``fail``. A fault that fails every record would otherwise
@@ -24,7 +26,9 @@ start), stop the daemon with exit code 9 before that batch commits.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from aiokafka import TopicPartition
 
@@ -37,7 +41,7 @@ from sqlstate.state.model import (
     Committed,
     Outcome,
     PartitionBatch,
-    RecordStatements,
+    Piece,
     RejectionLimit,
     Statement,
     StatementFailed,
@@ -58,7 +62,7 @@ _SET_APART = LogEvent(
     logging.INFO,
     "records_set_apart",
     "%(topic)s-%(partition)d: a processor failed on a batch of %(records)d records (%(reason)s);"
-    " committing them one at a time",
+    " committing them in pieces, to find the failing ones",
 )
 
 #: What the batch loop keeps of each partition's share of a batch until it is committed: the
@@ -79,8 +83,8 @@ class ProcessorErrors:
 
     def prepare(
         self, tp: TopicPartition, records: Records, dead_letters: Sequence[Statement]
-    ) -> tuple[list[Statement], Sequence[RecordStatements] | None]:
-        """A partition's statements for its batch, and its records apart when (under
+    ) -> tuple[list[Statement], Sequence[Piece] | None]:
+        """A partition's statements for its batch, and its records in pieces when (under
         dead-letter) a processor raised on them. Raises ``ProcessorRaised`` under ``fail``."""
         try:
             return [*dead_letters, *self._processors.statements(tp, records)], None
@@ -89,13 +93,14 @@ class ProcessorErrors:
                 raise
             cause = error.__cause__ if error.__cause__ is not None else error
             _SET_APART.log(**partition_fields(tp), records=len(records), reason=describe(cause))
-            return list(dead_letters), self._processors.apart(tp, records)
+            return list(dead_letters), self._processors.apart(tp, records, _piece_size(records))
 
     async def commit(
         self, store: Store, advances: Sequence[PartitionBatch], inputs: Inputs
     ) -> list[Outcome]:
-        """Commit the batch; under dead-letter, again with a partition's records apart each time
-        a statement fails on one of them (each round sets one more partition apart)."""
+        """Commit the batch; under dead-letter, again each time a statement fails on a
+        partition's records, with them cut finer (into pieces, then the failing pieces into
+        single records): each round cuts something, so the rounds end."""
         if not self._dead_letter:
             return await store.commit_batch(advances)
         while True:
@@ -118,19 +123,23 @@ class ProcessorErrors:
         failed: StatementFailed,
     ) -> PartitionBatch:
         records, dead_letters = inputs
-        _SET_APART.log(
-            **partition_fields(part.tp), records=len(records), reason=describe(failed.error)
-        )
-        return PartitionBatch(
-            tp=part.tp,
-            claim=part.claim,
-            next_offset=part.next_offset,
-            log_end_offset=part.log_end_offset,
-            records=part.records,
-            statements=dead_letters,
-            bad_records=part.bad_records,
-            apart=self._processors.apart(part.tp, records),
-        )
+        if part.apart is None:
+            _SET_APART.log(
+                **partition_fields(part.tp), records=len(records), reason=describe(failed.error)
+            )
+            pieces = self._processors.apart(part.tp, records, _piece_size(records))
+        else:
+            cut = set(failed.pieces)
+            pieces = [
+                single
+                for index, piece in enumerate(part.apart)
+                for single in (
+                    self._processors.apart(part.tp, records, 1, piece.start, piece.stop)
+                    if index in cut
+                    else [piece]
+                )
+            ]
+        return replace(part, statements=dead_letters, apart=pieces)
 
     def _committed(self, outcomes: Sequence[Outcome]) -> None:
         """Log and count each rejected record of a committed batch, and carry the count of
@@ -150,3 +159,9 @@ class ProcessorErrors:
                 self._in_a_row = outcome.rejected_at_end
             else:
                 self._in_a_row += len(outcome.rejected)
+
+
+def _piece_size(records: Records) -> int:
+    """About the square root of the records: a failing record then costs about 2 * sqrt(n)
+    pieces prepared apart, rather than one per record."""
+    return max(1, math.isqrt(len(records)))

@@ -27,18 +27,19 @@ from sqlstate.processors.base import (
     NAME,
     Parameters,
     Processor,
+    Record,
     Records,
     Statement,
 )
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.guard import Guard
-from sqlstate.processors.keys import stored_key
+from sqlstate.processors.keys import StoredKey, stored_key
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings, duration_ms
 from sqlstate.state import migrate
-from sqlstate.state.model import RecordStatements, Rejected
+from sqlstate.state.model import Piece, Rejected
 from sqlstate.state.queries import sql
 from sqlstate.state.rejections import describe
 
@@ -202,33 +203,39 @@ class Processors:
             prepared += self._checked(member, statements)
         return prepared
 
-    def apart(self, tp: TopicPartition, records: Records) -> list[RecordStatements]:
-        """Each record's statements from every processor, prepared for it alone (the state is
-        the same: a processor's state is a function of its records, whatever the batches), for
-        --on-processor-error dead-letter. A record on which a processor raises gets none, and
-        the processor's name and the error instead."""
-        apart = []
-        for record in records:
-            prepared: list[tuple[str, Sequence[Statement]]] = []
-            raised = None
-            for member in self.members:
-                try:
-                    statements = member.statements(tp, [record])
-                except Exception as error:
-                    raised = Rejected(record.offset, member.name, describe(error))
-                    prepared = []
-                    break
-                prepared.append((member.name, self._checked(member, statements)))
-            apart.append(
-                RecordStatements(
-                    record.offset,
-                    stored_key(record.key),
-                    stored_key(record.value),
-                    prepared,
-                    raised,
-                )
-            )
-        return apart
+    def apart(
+        self,
+        tp: TopicPartition,
+        records: Records,
+        size: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[Piece]:
+        """``records[start:stop]`` in pieces of ``size`` records, each with every processor's
+        statements prepared for it alone (the state is the same: a processor's state is a
+        function of its records, whatever the batches), for --on-processor-error dead-letter.
+        A piece on which a processor raises is cut into single records; a single record on
+        which one raises gets no statements, and the processor's name and the error instead."""
+        stop = len(records) if stop is None else stop
+        pieces = []
+        for first in range(start, stop, size):
+            pieces += self._piece(tp, records, first, min(first + size, stop))
+        return pieces
+
+    def _piece(self, tp: TopicPartition, records: Records, start: int, stop: int) -> list[Piece]:
+        first = records[start]
+        prepared: list[tuple[str, Sequence[Statement]]] = []
+        for member in self.members:
+            try:
+                statements = member.statements(tp, records[start:stop])
+            except Exception as error:
+                if stop - start > 1:
+                    return self.apart(tp, records, 1, start, stop)
+                raised = Rejected(first.offset, member.name, describe(error))
+                return [Piece(start, stop, first.offset, (), raised, *_stored(first))]
+            prepared.append((member.name, self._checked(member, statements)))
+        single = _stored(first) if stop - start == 1 else (None, None)
+        return [Piece(start, stop, first.offset, prepared, None, *single)]
 
     def _checked(self, member: Processor, statements: Sequence[Statement]) -> list[Statement]:
         """``member``'s statements that have rows, checked by the guard, counters named."""
@@ -259,6 +266,11 @@ class Processors:
     def close(self) -> None:
         if self._guard is not None:
             self._guard.close()
+
+
+def _stored(record: Record) -> tuple[StoredKey, StoredKey]:
+    """A record's key and value as rejected_records keeps them."""
+    return stored_key(record.key), stored_key(record.value)
 
 
 def _first(statement: Statement) -> Parameters | None:

@@ -93,24 +93,32 @@ class PartitionBatch:
     records: int  # how many records the statements fold in
     statements: Sequence[Statement]
     bad_records: int = 0  # records left out or dead-lettered: they did not decode
-    # --on-processor-error dead-letter, once a processor failed on the partition's records: each
-    # record's statements apart, run one record at a time (``rejections.py``); ``statements``
+    # --on-processor-error dead-letter, once a processor failed on the partition's records: its
+    # records in pieces, each run in a savepoint of its own (``rejections.py``); ``statements``
     # then holds only the dead letters of records that did not decode.
-    apart: Sequence[RecordStatements] | None = None
+    apart: Sequence[Piece] | None = None
 
 
 @dataclass(frozen=True)
-class RecordStatements:
-    """One record's statements from each processor, kept apart so that a failure is pinned on
-    the record (--on-processor-error dead-letter)."""
+class Piece:
+    """A run of a partition's records whose statements run apart, in a savepoint of their own
+    (--on-processor-error dead-letter): a few records, or one, on which a failure is pinned."""
 
-    offset: int
-    key: Any  # as rejected_records stores it: TEXT if UTF-8, BLOB otherwise, NULL for none
-    value: Any
-    # Each processor's statements for this record alone, in the processors' order.
+    start: int  # where its records are in the partition's share of the batch
+    stop: int
+    offset: int  # its first record's offset
+    # Each processor's statements for these records alone, in the processors' order.
     statements: Sequence[tuple[str, Sequence[Statement]]]
-    # A processor whose Python code raised on the record, and the error: none of it runs.
+    # One record only: a processor whose Python code raised on it, and the error (nothing of
+    # the record runs); and its key and value as rejected_records stores them (TEXT if UTF-8,
+    # BLOB otherwise, NULL for none).
     raised: Rejected | None = None
+    key: Any = None
+    value: Any = None
+
+    @property
+    def records(self) -> int:
+        return self.stop - self.start
 
 
 @dataclass(frozen=True)
@@ -166,12 +174,16 @@ Outcome = Committed | Fenced
 class StatementFailed(Exception):
     """A processor's statement failed on a partition's records in a way a record can cause
     (--on-processor-error dead-letter). The transaction rolls back; the batch is committed again
-    with that partition's records apart (``PartitionBatch.apart``)."""
+    with that partition's records in pieces (``PartitionBatch.apart``), or, when ``pieces`` (their
+    indexes) failed, with those pieces cut into single records."""
 
-    def __init__(self, tp: TopicPartition, error: BaseException) -> None:
+    def __init__(
+        self, tp: TopicPartition, error: BaseException, pieces: Sequence[int] = ()
+    ) -> None:
         super().__init__(f"{tp.topic}-{tp.partition}: {error}")
         self.tp = tp
         self.error = error
+        self.pieces = pieces
 
 
 class ChangelogPublishFailed(ChangelogError):

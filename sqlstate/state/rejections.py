@@ -1,15 +1,19 @@
 """--on-processor-error dead-letter in the batch's transaction: which failures a record can cause,
-and a partition's records run one at a time, each in a savepoint, the failing ones dead-lettered.
+and a partition's records run in pieces, each in a savepoint, the failing records dead-lettered.
 
 The batch is first run as always, whole. When a processor's statement fails with an error a
 record's data can cause (``record_fault``), the transaction raises ``StatementFailed`` and rolls
-back, nothing of it committed or published; the batch loop prepares that partition's records
-apart (each record's statements alone, from every processor) and commits the batch again. Then
-``run_apart`` runs each record in a savepoint of its own: a record whose statements fail is rolled
-back to its savepoint, leaving no trace in any processor's tables (nor, under ``--changelog``, in
-the capture, whose TEMP table the savepoint covers too), and a row goes to ``rejected_records``
-in its place. The position, the records applied and the records rejected commit together, in that
-one transaction: a record is applied once or rejected once, never both, never neither.
+back, nothing of it committed or published. The batch loop cuts that partition's records into
+pieces of about the square root of their number, each prepared alone by every processor, and
+commits the batch again: ``run_apart`` runs each piece in a savepoint of its own, and a piece
+that fails is rolled back to it while the others run on. If any did, the transaction rolls back
+again naming them, and the batch comes a third time with those pieces cut into single records.
+A single record whose statements fail is rolled back to its savepoint, leaving no trace in any
+processor's tables (nor, under ``--changelog``, in the capture, whose TEMP table the savepoint
+covers too), and a row goes to ``rejected_records`` in its place. The position, the records
+applied and the records rejected commit together, in that one transaction: a record is applied
+once or rejected once, never both, never neither. A batch of n records with one failing record
+is so run about three times, with about 2 * sqrt(n) pieces prepared apart, rather than n.
 
 A failure that is not the record's (a full disk, a locked or corrupt database, an I/O error, a
 closed connection) is never pinned on a record: it propagates as it does under ``fail``. A fault
@@ -28,7 +32,7 @@ from typing import NamedTuple
 from aiokafka import TopicPartition
 
 from sqlstate.errors import RejectionLimitError
-from sqlstate.state.model import RecordStatements, Rejected, RejectionLimit
+from sqlstate.state.model import Piece, Rejected, RejectionLimit, StatementFailed
 from sqlstate.state.queries import sql
 from sqlstate.state.statements import run_statements
 
@@ -73,7 +77,7 @@ def describe(error: BaseException) -> str:
 
 
 class Apart(NamedTuple):
-    """What running a partition's records apart did."""
+    """What running a partition's pieces did."""
 
     counters: Counter[str]  # what the applied records' counting statements returned
     rejected: list[Rejected]
@@ -84,22 +88,37 @@ class Apart(NamedTuple):
 def run_apart(
     conn: sqlite3.Connection,
     tp: TopicPartition,
-    records: Sequence[RecordStatements],
+    pieces: Sequence[Piece],
     limit: RejectionLimit,
 ) -> Apart:
-    """Apply each of ``records`` in its own savepoint, in offset order, and write the ones a
-    processor failed on to rejected_records; ``RejectionLimitError`` past ``limit``."""
+    """Apply each of ``pieces`` in its own savepoint, in offset order, and write the single
+    records a processor failed on to rejected_records; ``RejectionLimitError`` past ``limit``.
+
+    A piece of several records that fails is rolled back and the others run on, so that one
+    round finds every failing piece; then ``StatementFailed`` names them all, and the batch
+    comes again with those cut into single records."""
     counters: Counter[str] = Counter()
     rejected: list[Rejected] = []
+    failed: list[int] = []
+    first_error: BaseException | None = None
     in_a_row, at_end = limit.in_a_row, 0
-    for record in records:
-        failure = record.raised or _apply(conn, record, counters)
+    for index, piece in enumerate(pieces):
+        failure = piece.raised
         if failure is None:
-            in_a_row = at_end = 0
-            continue
+            refused = _apply(conn, piece, counters)
+            if refused is None:
+                in_a_row = at_end = 0
+                continue
+            processor, error = refused
+            if piece.records > 1:
+                failed.append(index)
+                first_error = first_error or error
+                continue
+            failure = Rejected(piece.offset, processor, describe(error))
         in_a_row += 1
         at_end += 1
-        if in_a_row > limit.limit:
+        # After a piece still to be cut, which of its records apply is not known yet.
+        if in_a_row > limit.limit and not failed:
             raise RejectionLimitError(
                 f"{in_a_row} records in a row failed in the processors, the last at"
                 f" {tp.topic}-{tp.partition} offset {failure.offset} (processor"
@@ -112,24 +131,28 @@ def run_apart(
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
-                "offset": record.offset,
-                "key": record.key,
-                "value": record.value,
+                "offset": piece.offset,
+                "key": piece.key,
+                "value": piece.value,
                 "error": failure.error,
                 "processor": failure.processor,
             },
         )
         rejected.append(failure)
+    if failed:
+        assert first_error is not None
+        raise StatementFailed(tp, first_error, failed)
     return Apart(counters, rejected, at_end, in_a_row)
 
 
 def _apply(
-    conn: sqlite3.Connection, record: RecordStatements, counters: Counter[str]
-) -> Rejected | None:
-    """Run one record's statements in a savepoint; undo them all if one fails on the record."""
+    conn: sqlite3.Connection, piece: Piece, counters: Counter[str]
+) -> tuple[str, BaseException] | None:
+    """Run one piece's statements in a savepoint; undo them all if one fails on its records,
+    and say which processor's failed, and how."""
     conn.execute(sql("savepoint_record"))
     counted: Counter[str] = Counter()
-    for processor, statements in record.statements:
+    for processor, statements in piece.statements:
         try:
             counted.update(run_statements(conn, statements))
         except STATEMENT_ERRORS as error:
@@ -139,7 +162,7 @@ def _apply(
                 raise
             conn.execute(sql("rollback_to_record"))
             conn.execute(sql("release_record"))
-            return Rejected(record.offset, processor, describe(error))
+            return processor, error
     conn.execute(sql("release_record"))
     counters.update(counted)
     return None

@@ -5,6 +5,7 @@ in a row, and failures that are never a record's."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,32 @@ async def test_records_that_fail_in_sql_or_python_are_dead_lettered_and_the_rest
     outcome = await daemon.commit([amount(9), amount(10)])
     assert (outcome.records, outcome.rejected) == (2, [])
     assert daemon.rows("SELECT count FROM counts") == [(6,)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_any_mix_of_failing_records_is_found_record_by_record(
+    daemon: Daemon, seed: int
+) -> None:
+    """Pieces of several records that fail are cut again, in SQL and in Python alike: whatever
+    fails where, each record is applied once, by every processor, or rejected once."""
+    rng = random.Random(seed)
+    values = [rng.choice([amount(1), amount(1), amount(1), amount(-1), "boom"]) for _ in range(60)]
+    values[0], values[-1] = amount(-1), "boom"  # at both ends of the batch, too
+    outcome = await daemon.commit(values)
+    good = [offset for offset, value in enumerate(values) if value == amount(1)]
+    assert outcome.records == len(good)
+    assert [r.offset for r in outcome.rejected] == [
+        offset for offset in range(60) if offset not in good
+    ]
+    assert daemon.rows("SELECT offset FROM amounts ORDER BY 1") == [(o,) for o in good]
+    assert daemon.rows("SELECT offset FROM seen ORDER BY 1") == [(o,) for o in good]
+    assert daemon.rows("SELECT count FROM counts") == [(len(good),)]
+    processors = {o: p for o, p in daemon.rows("SELECT offset, processor FROM rejected_records")}
+    assert processors == {
+        offset: "picky" if value == "boom" else "amounts"
+        for offset, value in enumerate(values)
+        if offset not in good
+    }
 
 
 @pytest.mark.parametrize("daemon", [{"limit": 2}], indirect=True)
