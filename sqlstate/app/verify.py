@@ -33,7 +33,7 @@ import functools
 import logging
 import sqlite3
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,6 +53,7 @@ from sqlstate.errors import (
 )
 from sqlstate.kafka.client import build_range_reader, refusal, topic_ids
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.decoding import logger as decoding_logger
 from sqlstate.processors import registry
 from sqlstate.processors.registry import BUILT_INS, Processors
 from sqlstate.settings import DEFAULT_PROCESSORS, IsolationLevel, Settings, VerifyOptions
@@ -252,19 +253,27 @@ def _shapes(conn: sqlite3.Connection, processors: Processors) -> list[TableShape
 async def _scratch(path: Path, settings: Settings, processors: Processors) -> Store:
     """A new database with sqlstate's schema and the processors' tables."""
     database = await Database.open(path, busy_timeout_s=settings.busy_timeout_s)
-    # Each migration applied says so at INFO: of a scratch file, that is no news to the user.
-    migrations_log = logging.getLogger(migrate.logger.name)
-    level = migrations_log.level
-    migrations_log.setLevel(max(level, logging.WARNING))
     try:
-        await migrate.apply_pending(database)
-        await migrate.apply_processor_migrations(database, processors.members)
+        with _quiet(migrate.logger, logging.WARNING):
+            await migrate.apply_pending(database)
+            await migrate.apply_processor_migrations(database, processors.members)
     except BaseException:
         await database.close()
         raise
-    finally:
-        migrations_log.setLevel(level)
     return Store(database)
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger, level: int) -> Iterator[None]:
+    """``logger`` below ``level`` left unsaid for a block: what the daemon's modules say of the
+    scratch file (each migration applied, each record dead-lettered there) is no news to the
+    user, whose file verify only reads; the report says what matters."""
+    before = logger.level
+    logger.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 async def _recompute(
@@ -287,16 +296,17 @@ async def _recompute(
         firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
         checks, spans = _plan(state, ids, firsts, ends)
-        recomputed = await recompute(
-            consumer,
-            scratch,
-            processors,
-            BadRecords(decoding, settings.on_bad_record),
-            spans,
-            isolation_level=settings.isolation_level,
-            max_records=settings.max_records,
-            idle_timeout_s=settings.connect_timeout_s,
-        )
+        with _quiet(decoding_logger, logging.ERROR):
+            recomputed = await recompute(
+                consumer,
+                scratch,
+                processors,
+                BadRecords(decoding, settings.on_bad_record),
+                spans,
+                isolation_level=settings.isolation_level,
+                max_records=settings.max_records,
+                idle_timeout_s=settings.connect_timeout_s,
+            )
     finally:
         await consumer.stop()
     return checks, recomputed
