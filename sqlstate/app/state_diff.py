@@ -47,6 +47,8 @@ class TableDiff:
     extra: int = 0
     different: int = 0
     samples: list[Difference] = field(default_factory=list)
+    # False when the difference may come from records Kafka no longer has (``verify.py``).
+    certain: bool = True
 
     @property
     def rows(self) -> int:

@@ -20,7 +20,8 @@ Records Kafka no longer has (deleted by retention or ``kafka-delete-records``) c
 again. A partition whose log starts above offset 0 is recomputed from its first offset; if the
 result differs from the file, the difference may come from the deleted records, so the
 partition is reported *not fully checked* (with the offsets it could not read) rather than
-different. The same holds for a topic deleted and created again since the file's state was
+different; only a table each row of which is one record (``RECORD_TABLES``: ``latest``, the dead
+letters) is still compared exactly there, from the first offset on. The same holds for a topic deleted and created again since the file's state was
 made, and for a position below the log's first offset.
 """
 
@@ -70,6 +71,10 @@ EXIT_DIFFERENT = 9
 EXIT_NOT_FULLY_CHECKED = 10
 
 Status = Literal["identical", "different", "not fully checked"]
+#: Tables each row of which is one record, named by this column (its offset). Where records
+#: below an offset were deleted, each row at or past it is still recomputed exactly: a key's
+#: ``latest`` row whose last record Kafka still has, a dead letter Kafka still has.
+RECORD_TABLES = {"latest": "offset", "rejected_records": "offset"}
 
 
 @dataclass
@@ -86,13 +91,16 @@ class PartitionCheck:
     # Why part of the state the file holds could not be recomputed: records deleted from Kafka,
     # a topic recreated, a position below the log's start. A difference is then not certain.
     unchecked: str | None = None
+    # Set when only records below this offset were deleted, and those from it on were read: a
+    # table of records (``RECORD_TABLES``) is still checked exactly from this offset on.
+    checked_from: int | None = None
     # What is certainly wrong, whatever the rows say (a position past the log's end...).
     problems: list[str] = field(default_factory=list)
     tables: list[TableDiff] = field(default_factory=list)
 
     @property
     def status(self) -> Status:
-        if self.problems:
+        if self.problems or any(table.certain for table in self.tables):
             return "different"
         if self.tables:
             return "not fully checked" if self.unchecked else "different"
@@ -115,9 +123,9 @@ class Verdict:
     def tables_status(self) -> Status:
         if not self.tables:
             return "identical"
-        if any(p.unchecked for p in self.partitions):
-            return "not fully checked"
-        return "different"
+        if any(table.certain for table in self.tables):
+            return "different"
+        return "not fully checked"
 
     @property
     def status(self) -> Status:
@@ -357,6 +365,7 @@ def _plan(
             )
             continue
         if first > 0:
+            check.checked_from = first
             check.unchecked = (
                 f"offsets 0-{first - 1} were deleted from Kafka (retention or"
                 " kafka-delete-records): a state made from them cannot be recomputed"
@@ -395,7 +404,7 @@ def _verdict(
         # A table the file lacks (its processor's migrations never ran there) holds no rows.
         diffs = compare(
             table,
-            state.rows.get(table.name) or [],
+            _checkable(table, state.rows.get(table.name) or [], checks),
             recomputed_rows.get(table.name) or [],
             list(by_partition),
             topics,
@@ -403,6 +412,7 @@ def _verdict(
         )
         for group, diff in diffs.items():
             if group is None or not grouped_by_partition(table):
+                diff.certain = not any(c.unchecked for c in checks)
                 whole_tables.append(diff)
                 continue
             if group not in by_partition:
@@ -411,7 +421,11 @@ def _verdict(
                 orphan.problems.append("the file holds state of it but no position")
                 by_partition[group] = orphan
                 checks.append(orphan)
-            by_partition[group].tables.append(diff)
+            check = by_partition[group]
+            diff.certain = not check.unchecked or (
+                table.name in RECORD_TABLES and check.checked_from is not None
+            )
+            check.tables.append(diff)
     return Verdict(
         database=settings.database,
         isolation_level=settings.isolation_level,
@@ -420,3 +434,19 @@ def _verdict(
         tables=whole_tables,
         allow_unchecked=options.allow_unchecked,
     )
+
+
+def _checkable(table: TableShape, rows: list[Row], checks: Sequence[PartitionCheck]) -> list[Row]:
+    """``rows`` of the file without those of a table of records that come from records Kafka
+    deleted (below a partition's ``checked_from``): nothing can be compared with them."""
+    column = RECORD_TABLES.get(table.name)
+    deleted_below = {(c.topic, c.partition): c.checked_from for c in checks if c.checked_from}
+    if column is None or not deleted_below or not grouped_by_partition(table):
+        return rows
+    topic_at, partition_at = table.columns.index("topic"), table.columns.index("partition")
+    offset_at = table.columns.index(column)
+    return [
+        row
+        for row in rows
+        if row[offset_at] >= deleted_below.get((row[topic_at], row[partition_at]), 0)
+    ]

@@ -44,6 +44,7 @@ def _table_document(diff: TableDiff) -> dict[str, Any]:
         "missing": diff.missing,
         "extra": diff.extra,
         "different": diff.different,
+        "certain": diff.certain,
         "samples": [
             {
                 "kind": d.kind,
@@ -99,8 +100,10 @@ def _partition_lines(check: PartitionCheck) -> list[str]:
 
 
 def _table_lines(diff: TableDiff) -> list[str]:
+    maybe = "" if diff.certain else " (may come from the deleted records)"
     lines = [
-        f"  {diff.table}: {diff.missing} missing, {diff.extra} extra, {diff.different} different"
+        f"  {diff.table}: {diff.missing} missing, {diff.extra} extra,"
+        f" {diff.different} different{maybe}"
     ]
     lines += [f"    {_sample(d)}" for d in diff.samples]
     if len(diff.samples) < diff.rows:

@@ -111,9 +111,12 @@ async def test_verify_finds_the_file_identical_and_names_each_corruption(
     producing = asyncio.create_task(
         produce_orders(kafka_bootstrap, topic, 600, partitions=2, seed=4, first=600, rate=400)
     )
+    before = sum(stored_positions(database).values())
     code, report = await run_verify(kafka_bootstrap, topic, database)
     assert code == 0, report
     assert report["status"] == "identical"
+    # The daemon committed while verify had the file open.
+    assert sum(stored_positions(database).values()) > before
     await producing
     ends = await log_end_offsets(kafka_bootstrap, topic)
     await wait_for_positions(
@@ -192,4 +195,19 @@ async def test_verify_finds_the_file_identical_and_names_each_corruption(
     code, report = await run_verify(kafka_bootstrap, topic, database, "--allow-unchecked")
     assert code == 0, report
     assert report["status"] == "not fully checked"
+    # Still checked there: a key's latest value whose record Kafka still has.
+    stale = copy_of(database, "stale.db")
+    with writing(stale) as conn:
+        [(key, offset)] = conn.execute(
+            "SELECT key, offset FROM latest WHERE partition = 0 AND offset >= 100"
+            " AND typeof(key) = 'text' ORDER BY offset LIMIT 1"
+        ).fetchall()
+        conn.execute("UPDATE latest SET value = '{}' WHERE partition = 0 AND key = ?", (key,))
+    code, report = await run_verify(kafka_bootstrap, topic, stale, "--allow-unchecked")
+    assert code == EXIT_DIFFERENT, report
+    tables = {t["table"]: t for t in by_partition(report)[0]["tables"]}
+    assert (tables["latest"]["different"], tables["latest"]["certain"]) == (1, True)
+    assert tables["latest"]["samples"][0]["key"] == {"key": key}
+    assert tables["latest"]["samples"][0]["recomputed"]["offset"] == offset
+    assert tables["key_counts"]["certain"] is False
     assert stored_positions(database) == {(topic, 0): ends[0], (topic, 1): ends[1]}

@@ -17,6 +17,7 @@ from sqlstate.app.verify import (
     EXIT_NOT_FULLY_CHECKED,
     PartitionCheck,
     Verdict,
+    _checkable,
     _FileState,
     _plan,
 )
@@ -107,21 +108,23 @@ def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) 
 
 
 def check(partition: int, unchecked: str | None = None, *diffs: TableDiff) -> PartitionCheck:
-    return PartitionCheck("t", partition, 10, 0, 10, 10, 10, unchecked, [], list(diffs))
+    return PartitionCheck("t", partition, 10, 0, 10, 10, 10, unchecked, tables=list(diffs))
 
 
 def test_the_exit_code_says_identical_different_or_not_fully_checked() -> None:
     differs = TableDiff("key_counts", different=1)
+    maybe = TableDiff("key_counts", different=1, certain=False)
     assert verdict(check(0), check(1, "deleted")).exit_code == 0
     assert verdict(check(0, None, differs)).exit_code == EXIT_DIFFERENT
-    assert verdict(check(0, "deleted", differs)).exit_code == EXIT_NOT_FULLY_CHECKED
-    assert verdict(check(0, None, differs), check(1, "deleted", differs)).exit_code == (
+    assert verdict(check(0, "deleted", maybe)).exit_code == EXIT_NOT_FULLY_CHECKED
+    # A latest row of a record Kafka still has differs: certain, whatever was deleted.
+    assert verdict(check(0, "deleted", maybe, differs)).exit_code == EXIT_DIFFERENT
+    assert verdict(check(0, None, differs), check(1, "deleted", maybe)).exit_code == (
         EXIT_DIFFERENT
     )
-    whole = [TableDiff("totals", extra=1)]
-    assert verdict(check(0), tables=whole).exit_code == EXIT_DIFFERENT
-    assert verdict(check(0, "deleted"), tables=whole).exit_code == EXIT_NOT_FULLY_CHECKED
-    accepted = verdict(check(0, "deleted", differs))
+    assert verdict(check(0), tables=[differs]).exit_code == EXIT_DIFFERENT
+    assert verdict(check(0, "deleted"), tables=[maybe]).exit_code == EXIT_NOT_FULLY_CHECKED
+    accepted = verdict(check(0, "deleted", maybe))
     accepted.allow_unchecked = True
     assert (accepted.status, accepted.exit_code) == ("not fully checked", 0)
     moved = check(0)
@@ -165,3 +168,16 @@ def test_verify_refuses_a_topic_the_file_has_no_position_for(tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["verify", "--database", str(database), "--topic", "orders"])
     assert result.exit_code == 2
     assert "holds no position of topic orders" in result.output
+
+
+def test_rows_of_deleted_records_are_left_out_of_a_table_of_records() -> None:
+    latest = TableShape(
+        "latest",
+        ("topic", "key", "value", "partition", "offset", "timestamp"),
+        ("topic", "partition", "key"),
+    )
+    rows = [("t", "a", "1", 0, 5, 0), ("t", "b", "2", 0, 50, 0), ("t", "c", "3", 1, 5, 0)]
+    partial = check(0)
+    partial.unchecked, partial.checked_from = "deleted", 40
+    assert _checkable(latest, rows, [partial, check(1)]) == rows[1:]
+    assert _checkable(KEY_COUNTS, [("t", 0, "a", 1)], [partial]) == [("t", 0, "a", 1)]
