@@ -21,8 +21,9 @@ again. A partition whose log starts above offset 0 is recomputed from its first 
 result differs from the file, the difference may come from the deleted records, so the
 partition is reported *not fully checked* (with the offsets it could not read) rather than
 different; only a table each row of which is one record (``RECORD_TABLES``: ``latest``, the dead
-letters) is still compared exactly there, from the first offset on. The same holds for a topic deleted and created again since the file's state was
-made, and for a position below the log's first offset.
+letters) is still compared exactly there, from the first offset on. The same holds for a topic
+deleted and created again since the file's state was made, and for a position below the log's
+first offset (nothing of those is compared).
 """
 
 from __future__ import annotations
