@@ -36,15 +36,15 @@ import logging
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sqlstate.app.recompute import Recomputed, Span, recompute
 from sqlstate.app.state_diff import TableDiff, compare, grouped_by_partition
+from sqlstate.app.verdict import PartitionCheck, Verdict
 from sqlstate.changelog.tables import DEAD_LETTERS, DEAD_LETTERS_KEY
 from sqlstate.errors import (
     AuthenticationError,
@@ -67,87 +67,10 @@ from sqlstate.state.reads import positions
 from sqlstate.state.store import Store
 from sqlstate.state.table_rows import Row, TableShape
 
-#: Exit codes of ``sqlstate verify`` beside 0 (identical) and the usual error codes.
-EXIT_DIFFERENT = 9
-EXIT_NOT_FULLY_CHECKED = 10
-
-Status = Literal["identical", "different", "not fully checked"]
 #: Tables each row of which is one record, named by this column (its offset). Where records
 #: below an offset were deleted, each row at or past it is still recomputed exactly: a key's
 #: ``latest`` row whose last record Kafka still has, a dead letter Kafka still has.
 RECORD_TABLES = {"latest": "offset", "rejected_records": "offset"}
-
-
-@dataclass
-class PartitionCheck:
-    """What verify found for one stored partition."""
-
-    topic: str
-    partition: int
-    stored_offset: int  # the file's position
-    first_offset: int | None  # the log's first offset in Kafka now
-    end_offset: int | None  # where the recorded isolation level reads to now
-    reached: int | None  # where the recomputed position stands
-    records: int  # records that went into the recomputed state
-    # Why part of the state the file holds could not be recomputed: records deleted from Kafka,
-    # a topic recreated, a position below the log's start. A difference is then not certain.
-    unchecked: str | None = None
-    # Set when only records below this offset were deleted, and those from it on were read: a
-    # table of records (``RECORD_TABLES``) is still checked exactly from this offset on.
-    checked_from: int | None = None
-    # What is certainly wrong, whatever the rows say (a position past the log's end...).
-    problems: list[str] = field(default_factory=list)
-    tables: list[TableDiff] = field(default_factory=list)
-
-    @property
-    def status(self) -> Status:
-        if self.problems or any(table.certain for table in self.tables):
-            return "different"
-        if self.tables:
-            return "not fully checked" if self.unchecked else "different"
-        return "identical"
-
-
-@dataclass
-class Verdict:
-    """Everything verify found; ``exit_code`` says it in one number."""
-
-    database: Path
-    isolation_level: str
-    processors: list[str]
-    partitions: list[PartitionCheck]
-    # Differences of tables compared as a whole (their rows do not keep the partition).
-    tables: list[TableDiff]
-    allow_unchecked: bool
-
-    @property
-    def tables_status(self) -> Status:
-        if not self.tables:
-            return "identical"
-        if any(table.certain for table in self.tables):
-            return "different"
-        return "not fully checked"
-
-    @property
-    def status(self) -> Status:
-        statuses = {p.status for p in self.partitions} | {self.tables_status}
-        for status in ("different", "not fully checked"):
-            if status in statuses:
-                return status
-        return "identical"
-
-    @property
-    def exit_code(self) -> int:
-        status = self.status
-        if status == "different":
-            return EXIT_DIFFERENT
-        if status == "not fully checked" and not self.allow_unchecked:
-            return EXIT_NOT_FULLY_CHECKED
-        return 0
-
-    @property
-    def records(self) -> int:
-        return sum(p.records for p in self.partitions)
 
 
 @dataclass(frozen=True)

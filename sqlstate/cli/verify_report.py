@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlstate.app.state_diff import Difference, TableDiff
-from sqlstate.app.verify import PartitionCheck, Verdict
+from sqlstate.app.verdict import PartitionCheck, Verdict
 from sqlstate.cli.output import key_json, key_text
 
 

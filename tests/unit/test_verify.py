@@ -11,17 +11,12 @@ from aiokafka import TopicPartition
 from click.testing import CliRunner
 
 from sqlstate.app.recompute import Span
-from sqlstate.app.state_diff import TableDiff, compare
-from sqlstate.app.verify import (
-    EXIT_DIFFERENT,
-    EXIT_NOT_FULLY_CHECKED,
-    PartitionCheck,
-    Verdict,
-    _checkable,
-    _FileState,
-    _plan,
-)
+from sqlstate.app.state_diff import Difference, TableDiff, compare
+from sqlstate.app.verdict import EXIT_DIFFERENT, EXIT_NOT_FULLY_CHECKED, PartitionCheck, Verdict
+from sqlstate.app.verify import _checkable, _FileState, _plan, _with_recorded
+from sqlstate.cli import verify_report
 from sqlstate.cli.commands import main
+from sqlstate.settings import Settings
 from sqlstate.state import table_rows
 from sqlstate.state.model import Position
 from sqlstate.state.table_rows import TableShape
@@ -181,3 +176,28 @@ def test_rows_of_deleted_records_are_left_out_of_a_table_of_records() -> None:
     partial.unchecked, partial.checked_from = "deleted", 40
     assert _checkable(latest, rows, [partial, check(1)]) == rows[1:]
     assert _checkable(KEY_COUNTS, [("t", 0, "a", 1)], [partial]) == [("t", 0, "a", 1)]
+
+
+def test_without_processor_flags_verify_takes_the_built_ins_the_file_records() -> None:
+    settings = Settings(topics=("t",), group_id="g")
+    recorded = _FileState([], "read_uncommitted", {"t": ["latest", "counts"]}, {}, {})
+    taken = _with_recorded(settings, recorded)
+    assert (taken.processors, taken.isolation_level) == (("counts", "latest"), "read_uncommitted")
+    own = _FileState([], "read_committed", {"t": ["order-totals"]}, {}, {})
+    assert _with_recorded(settings, own).processor_specs == ("counts",)
+
+
+def test_the_report_names_the_partition_the_table_and_both_values() -> None:
+    differs = TableDiff("key_counts", different=2)
+    differs.samples.append(Difference("different", {"key": b"\xff"}, {"count": 3}, {"count": 2}))
+    maybe = TableDiff("key_counts", missing=1, certain=False)
+    text = verify_report.as_text(
+        verdict(check(0, None, differs), check(1, "offsets 0-9 were deleted", maybe))
+    )
+    assert "t-0  position 10  read 0-9 (10 records)  DIFFERENT" in text
+    assert "different  key=x'ff'  file: count=3  recomputed: count=2" in text
+    assert "... and 1 more" in text
+    assert "key_counts: 1 missing, 0 extra, 0 different (may come from the deleted records)" in text
+    assert text.endswith("result: different (exit 9)")
+    [document] = [verify_report.as_document(verdict(check(0, None, differs)))]
+    assert document["partitions"][0]["tables"][0]["samples"][0]["key"] == {"key": {"hex": "ff"}}
