@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sqlstate.errors import BadRecordError, BrokerError
 from sqlstate.kafka.client import consumed_position
-from sqlstate.kafka.decoding import BadRecords
+from sqlstate.kafka.decoding import BadRecords, reason, sort_out
 from sqlstate.processors.registry import Processors
 from sqlstate.state.model import Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
@@ -42,7 +42,8 @@ class Span:
 @dataclass
 class Recomputed:
     """Where each partition's recomputed position stands, how many records went into its
-    state, and why a partition stopped short (a record that does not decode under ``fail``)."""
+    state, and why a partition stopped short: the first record that does not decode, under
+    ``--on-bad-record fail``."""
 
     reached: dict[TopicPartition, int] = field(default_factory=dict)
     records: dict[TopicPartition, int] = field(default_factory=dict)
@@ -85,6 +86,12 @@ async def recompute(
         consumer.seek(tp, claims[tp].next_offset)
     progress_at = time.monotonic()
     while reading:
+        if time.monotonic() - progress_at > idle_timeout_s:
+            behind = {tp: claims[tp].next_offset for tp in reading}
+            raise BrokerError(
+                f"Kafka gave no records for {idle_timeout_s:g} s while {_named(behind)} were"
+                " still short of the offsets to recompute up to"
+            )
         mark = bad_records.mark()
         try:
             batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max_records)
@@ -108,8 +115,9 @@ async def recompute(
             fetched = [r for r in batch.get(tp, ()) if claim.next_offset <= r.offset < stop]
             try:
                 records, rejected, bad = bad_records.sort(tp, fetched, mark)
-            except BadRecordError as error:
-                done.stopped[tp] = str(error)
+            except BadRecordError:
+                first = sort_out(fetched)[1][0]
+                done.stopped[tp] = f"offset {first.offset} does not decode: {reason(first)}"
                 reading.discard(tp)
                 continue
             advances.append(
@@ -135,12 +143,6 @@ async def recompute(
         if finished:
             consumer.pause(*finished)
             reading -= finished
-        if reading and time.monotonic() - progress_at > idle_timeout_s:
-            behind = {tp: claims[tp].next_offset for tp in reading}
-            raise BrokerError(
-                f"Kafka gave no records for {idle_timeout_s:g} s while {_named(behind)} were"
-                " still short of the offsets to recompute up to"
-            )
     return done
 
 

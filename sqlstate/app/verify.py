@@ -319,8 +319,9 @@ def _verdict(
         check.records = recomputed.records.get(tp, 0)
         if tp in recomputed.stopped:
             check.problems.append(
-                f"{recomputed.stopped[tp]} (the file's position is past it: its state was made"
-                " with other --key-format, --value-format or --on-bad-record flags)"
+                f"{recomputed.stopped[tp]}, and --on-bad-record is fail, but the file's"
+                " position is past it: its state was made with other --key-format,"
+                " --value-format or --on-bad-record flags"
             )
     whole_tables: list[TableDiff] = []
     topics = {c.topic for c in checks}

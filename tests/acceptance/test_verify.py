@@ -1,7 +1,8 @@
 """``sqlstate verify`` as users run it: a daemon's file is identical to what Kafka's records make of
-it, also while the daemon writes; a copy with a row changed or a position moved is named
-different, down to the partition and the key; records deleted from Kafka leave a partition not
-fully checked.
+it, also while the daemon writes, and so is a snapshot taken meanwhile; a copy with a row
+changed or a position moved is named different, down to the partition and the key; records
+deleted from Kafka leave a partition not fully checked, except for the latest values whose
+records Kafka still has.
 
 The file is made by a real daemon with four processors at once (``counts``, ``latest``,
 ``windowed-counts`` and the SQL example ``customer_totals.sql``) over order events that hold
@@ -117,7 +118,15 @@ async def test_verify_finds_the_file_identical_and_names_each_corruption(
     assert report["status"] == "identical"
     # The daemon committed while verify had the file open.
     assert sum(stored_positions(database).values()) > before
+    # A snapshot taken meanwhile is checked as it stands: its own positions, its own rows.
+    snapshot = tmp_path / "snapshot.db"
+    taken = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sqlstate", "snapshot", "--database", str(database), str(snapshot)
+    )
+    assert await asyncio.wait_for(taken.wait(), 60) == 0
     await producing
+    code, report = await run_verify(kafka_bootstrap, topic, snapshot)
+    assert code == 0, report
     ends = await log_end_offsets(kafka_bootstrap, topic)
     await wait_for_positions(
         database, {(topic, p): end for p, end in ends.items()}, daemons=daemons
@@ -132,6 +141,12 @@ async def test_verify_finds_the_file_identical_and_names_each_corruption(
         (ends[0], ends[0]),
         (ends[1], ends[1]),
     ]
+
+    # Another bad-record policy than the run's: the file's positions stand past records that
+    # verify would stop at.
+    code, report = await run_verify(kafka_bootstrap, topic, database, "--on-bad-record", "fail")
+    assert code == EXIT_DIFFERENT, report
+    assert "does not decode: value is not JSON" in by_partition(report)[0]["problems"][0]
 
     # One row's count changed: that key, that partition, both values.
     changed = copy_of(database, "changed.db")
