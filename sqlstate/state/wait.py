@@ -74,8 +74,9 @@ class PartitionWait:
         return self.next_offset is not None and self.next_offset > self.offset
 
     def __str__(self) -> str:
-        where = "has no position" if self.next_offset is None else f"is at {self.next_offset}"
-        return f"{self.topic}:{self.partition} {where}, waiting for past {self.offset}"
+        if self.next_offset is None:
+            return f"{self.topic}:{self.partition} has no position yet"
+        return f"{self.topic}:{self.partition} stands at {self.next_offset}, not past {self.offset}"
 
 
 class NotAppliedInTime(WaitTimeoutError):
@@ -85,7 +86,7 @@ class NotAppliedInTime(WaitTimeoutError):
     def __init__(self, database: Path, waits: Sequence[PartitionWait], timeout_s: float) -> None:
         self.waits = list(waits)
         behind = "; ".join(str(w) for w in self.waits if not w.applied)
-        super().__init__(f"{database}: not there after {timeout_s:g} s: {behind}")
+        super().__init__(f"{database} still lacks records after {timeout_s:g} s: {behind}")
 
 
 async def wait_for(
