@@ -4,8 +4,8 @@ Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database u
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
-what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 130 forced
-exit on a second signal.
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 124
+``wait`` timed out; 130 forced exit on a second signal.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from sqlstate.settings import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     STANDBY_MODES,
+    WAIT_TIMEOUT_S,
     Security,
     Settings,
     default,
 )
-from sqlstate.state import snapshot
+from sqlstate.state import snapshot, wait
 
 logger = logging.getLogger("sqlstate.cli")  # its documented name
 F = TypeVar("F", bound=Callable[..., Any])
@@ -410,10 +411,7 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
 def take_snapshot(database: Path, dest: Path, force: bool, as_json: bool) -> None:
     """Write a consistent copy of the database to DEST, also while a daemon writes to it."""
     taken = asyncio.run(snapshot.take(database, dest, force=force))
-    positions = [
-        {"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset}
-        for p in taken.positions
-    ]
+    positions = output.positions_json(taken.positions)
     if as_json:
         summary = {
             "database": str(taken.source),
@@ -447,11 +445,20 @@ def take_snapshot(database: Path, dest: Path, force: bool, as_json: bool) -> Non
 @reports_errors
 def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
     """Show the highest message counts per key (from the ``counts`` view)."""
-    rows = asyncio.run(lookups.top_counts(database, topic, top))
+    rows, read_at = asyncio.run(lookups.top_counts(database, topic, top))
     if as_json:
+        # Each row carries the positions of its topic's partitions it was counted at.
         click.echo(
             output.as_json(
-                [{"topic": r.topic, "key": output.key_json(r.key), "count": r.count} for r in rows]
+                [
+                    {
+                        "topic": r.topic,
+                        "key": output.key_json(r.key),
+                        "count": r.count,
+                        "positions": output.positions_json(read_at, r.topic),
+                    }
+                    for r in rows
+                ]
             )
         )
         return
@@ -510,3 +517,51 @@ def offsets(
         return
     headers = list(rows[0]) if rows else ["topic", "partition", "next_offset"]
     click.echo(output.table(headers, [list(r.values()) for r in rows]))
+
+
+@main.command("wait")
+@database_option
+@click.option(
+    "--until",
+    multiple=True,
+    required=True,
+    metavar="TOPIC:PARTITION:OFFSET[,...]",
+    help="Wait until the record at OFFSET of TOPIC's PARTITION is in the database; repeat, or"
+    " separate with commas.",
+)
+@_option(
+    "--timeout",
+    env="WAIT_TIMEOUT",
+    default=f"{WAIT_TIMEOUT_S:g}s",
+    show_default=True,
+    help="Give up after this long (500ms, 5s, 1m) with exit code 124.",
+)
+@json_option
+@reports_errors
+def wait_until(database: Path, until: tuple[str, ...], timeout: str, as_json: bool) -> None:
+    """Wait until the database holds the given records: read your writes."""
+    records = wait.parse_until(until)
+    timeout_s = wait.parse_timeout(timeout)
+    try:
+        waits = asyncio.run(wait.wait_for(database, records, timeout_s))
+    except wait.NotAppliedInTime as error:
+        _print_waits(error.waits, as_json)
+        raise
+    _print_waits(waits, as_json)
+
+
+def _print_waits(waits: list[wait.PartitionWait], as_json: bool) -> None:
+    rows = [
+        {
+            "topic": w.topic,
+            "partition": w.partition,
+            "offset": w.offset,
+            "next_offset": w.next_offset,
+            "applied": w.applied,
+        }
+        for w in waits
+    ]
+    if as_json:
+        click.echo(output.as_json(rows))
+        return
+    click.echo(output.table(list(rows[0]), [list(r.values()) for r in rows]))
