@@ -24,7 +24,7 @@ import dataclasses
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ async def replay_file(records: Path, database: Path, **options: Any) -> tuple[Re
     processors, _ = load_checked(settings)
     with contextlib.closing(processors):
         replayed = await replay(
-            _listed(records_file.batches(raw, settings.max_records)),
+            in_batches(raw, settings.max_records),
             database,
             processors,
             settings,
@@ -219,6 +219,7 @@ async def replay_file(records: Path, database: Path, **options: Any) -> tuple[Re
     return replayed, processors.names
 
 
-async def _listed(batches: Iterable[Sequence[RawRecord]]) -> AsyncIterator[Sequence[RawRecord]]:
-    for batch in batches:
+async def in_batches(records: Sequence[RawRecord], size: int) -> AsyncIterator[Sequence[RawRecord]]:
+    """``records`` as ``replay`` takes them: ``size`` at a time (``records_file.batches``)."""
+    for batch in records_file.batches(records, size):
         yield batch
