@@ -45,7 +45,7 @@ def order_lines(topic: str, count: int, first_timestamp_ms: int) -> list[dict[st
             value = None
         elif n % 23 == 7:
             value = "{not json"
-        if n % 29 == 3:
+        if n % 29 == 3 and value is not None:  # Kafka takes no record without both
             key = None
         elif n % 31 == 4:
             key = {"hex": "fffe"}
