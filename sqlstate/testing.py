@@ -37,7 +37,7 @@ from sqlstate.app.records_file import RawRecord
 from sqlstate.app.replay import Replayed, in_batches, replay
 from sqlstate.processors.base import Processor
 
-__all__ = ["Replayed", "replay_into", "run_processors"]
+__all__ = ["ProcessorLike", "RecordLike", "Replayed", "replay_into", "run_processors"]
 
 #: A processor: a built-in's name, ``PACKAGE.MODULE:NAME``, a ``.sql`` file, or an object.
 ProcessorLike = str | Path | Processor

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from sqlstate.testing import run_processors
+from sqlstate.testing import RecordLike, run_processors
 
 PROCESSOR = "examples.order_totals:OrderTotals"
 
@@ -32,7 +32,7 @@ def test_orders_add_up_per_customer_across_partitions() -> None:
 
 
 def test_what_is_not_an_order_is_left_out() -> None:
-    records = [
+    records: list[RecordLike] = [
         order("c-1", 250),
         ("c-1", None),  # a tombstone
         ("c-1", {"json": [1, 2]}),  # JSON, but not an order

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from examples.order_totals import OrderTotals
 from sqlstate.cli.commands import main
 from sqlstate.processors import Migration, Records, Statement
-from sqlstate.testing import run_processors
+from sqlstate.testing import ProcessorLike, RecordLike, run_processors
 from tests.support.db import query
 from tests.support.replaying import PROCESSOR_ARGS, order_lines, state, write_lines
 
@@ -186,12 +186,17 @@ class Seen:
 
 
 def test_the_testing_helper_takes_names_files_and_objects(tmp_path: Path) -> None:
-    records = [
+    records: list[RecordLike] = [
         ("a", {"json": {"customer": "a", "amount_cents": 3}}),
         {"key": "b", "partition": 1, "value": {"json": {"customer": "b", "amount_cents": 4}}},
         {"topic": "other", "key": {"hex": "ff"}, "headers": {"h": "1"}, "value": "{}"},
     ]
-    processors = ["counts", Path("examples/customer_totals.sql"), Seen(), OrderTotals()]
+    processors: list[ProcessorLike] = [
+        "counts",
+        Path("examples/customer_totals.sql"),
+        Seen(),
+        OrderTotals(),
+    ]
     with contextlib.closing(run_processors(processors, records, value_format="json")) as db:
         assert db.execute("SELECT * FROM seen ORDER BY 1, 2").fetchall() == [
             ("other", 0, 0, b"\xff", "(('h', b'1'),)"),
