@@ -32,7 +32,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from sqlstate.app import records_file
-from sqlstate.app.batch_loop import unseen
+from sqlstate.app.batch_loop import partition_batch
 from sqlstate.app.processor_checks import load_checked, offline_settings
 from sqlstate.app.records_file import RawRecord
 from sqlstate.errors import ConfigError, DatabaseError
@@ -42,7 +42,7 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.model import Claim, Committed, PartitionBatch
+from sqlstate.state.model import Claim, Committed
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
 
@@ -131,22 +131,21 @@ class _Run:
         advances = []
         for tp, records in sorted(by_partition.items()):
             claim = self._claims[tp]
+            self.replayed.skipped += sum(1 for r in records if r.offset < claim.next_offset)
             next_offset = records[-1].offset + 1
-            fresh = unseen([self._decoded(record) for record in records], claim.next_offset)
-            self.replayed.skipped += len(records) - len(fresh)
             if next_offset <= claim.next_offset:
                 continue  # all of it is in the database already
-            kept, rejected, bad = self._bad_records.sort(tp, fresh, decoded_so_far)
             advances.append(
-                PartitionBatch(
-                    tp=tp,
-                    claim=claim,
-                    next_offset=next_offset,
+                partition_batch(
+                    tp,
+                    claim,
+                    [self._decoded(record) for record in records],
+                    next_offset,
                     # The end of what was read: the file or feed is the log.
-                    log_end_offset=next_offset,
-                    records=len(kept),
-                    statements=[*rejected, *self._processors.statements(tp, kept)],
-                    bad_records=bad,
+                    next_offset,
+                    self._processors,
+                    self._bad_records,
+                    decoded_so_far,
                 )
             )
         if not advances:

@@ -5,7 +5,6 @@ a replay continued from stored positions, and the refusals a daemon would make."
 from __future__ import annotations
 
 import contextlib
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +26,13 @@ def sqlstate(*args: str) -> Result:
     return CliRunner().invoke(main, ["-q", *args])
 
 
-def sql_file(tmp_path: Path, name: str, text: str) -> str:
+def sql_file(tmp_path: Path, name: str, record: str, record_section: str = "record") -> str:
+    """A SQL processor of table ``t`` whose record section (line 3 on) holds ``record``."""
     path = tmp_path / f"{name}.sql"
-    path.write_text(textwrap.dedent(text))
+    path.write_text(
+        f"-- sqlstate: schema\n{SCHEMA}\n-- sqlstate: {record_section}\n{record}\n"
+        "-- sqlstate: forget\nDELETE FROM t WHERE topic = :topic AND partition = :partition;\n"
+    )
     return str(path)
 
 
@@ -46,53 +49,21 @@ def test_check_passes_every_kind_of_processor_with_one_line_each() -> None:
 
 
 def test_check_refuses_a_bad_section_with_its_file_and_line(tmp_path: Path) -> None:
-    path = sql_file(
-        tmp_path,
-        "typo",
-        f"""\
-        -- sqlstate: schema
-        {SCHEMA}
-        -- sqlstate: recrod
-        INSERT INTO t VALUES (:topic, :partition, 1);
-        """,
-    )
+    path = sql_file(tmp_path, "typo", "INSERT INTO t VALUES (:topic, :partition, 1);", "recrod")
     result = sqlstate("check", path)
     assert result.exit_code == 2
     assert f"{path}, line 3: unknown section 'recrod'" in result.output
 
 
 def test_check_refuses_what_the_guard_refuses_with_its_line(tmp_path: Path) -> None:
-    path = sql_file(
-        tmp_path,
-        "noisy",
-        f"""\
-        -- sqlstate: schema
-        {SCHEMA}
-        -- sqlstate: record
-        INSERT INTO t
-        VALUES (:topic, :partition, random());
-        -- sqlstate: forget
-        DELETE FROM t WHERE topic = :topic AND partition = :partition;
-        """,
-    )
+    path = sql_file(tmp_path, "noisy", "INSERT INTO t\nVALUES (:topic, :partition, random());")
     result = sqlstate("check", path)
     assert result.exit_code == 2
     assert f"{path}, line 4): random() is not repeatable" in result.output
 
 
 def test_check_refuses_a_table_without_a_key_only_under_changelog(tmp_path: Path) -> None:
-    path = sql_file(
-        tmp_path,
-        "unkeyed",
-        f"""\
-        -- sqlstate: schema
-        {SCHEMA}
-        -- sqlstate: record
-        INSERT INTO t VALUES (:topic, :partition, 1);
-        -- sqlstate: forget
-        DELETE FROM t WHERE topic = :topic AND partition = :partition;
-        """,
-    )
+    path = sql_file(tmp_path, "unkeyed", "INSERT INTO t VALUES (:topic, :partition, 1);")
     assert sqlstate("check", path).exit_code == 0
     result = sqlstate("check", "--changelog", path)
     assert result.exit_code == 2
