@@ -53,7 +53,7 @@ class Replayed:
 
     batches: int = 0  # batch transactions committed
     records: int = 0  # records the processors folded in
-    skipped: int = 0  # records at or below a position the database already held
+    skipped: int = 0  # records below a partition's stored position: in the database already
     bad_records: int = 0  # records that did not decode, left out or dead-lettered
     # What the processors' counting statements returned, by "processor:counter".
     counters: Counter[str] = field(default_factory=Counter)

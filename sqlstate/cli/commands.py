@@ -572,7 +572,7 @@ def check(specs: tuple[str, ...], **options: Any) -> None:
 @processor_options
 @reports_errors
 def replay_records(records: Path, database: Path, **options: Any) -> None:
-    """Run processors over the records of a file into DATABASE, as `run` would, without Kafka."""
+    """Run processors over the records of a file into a database, as `run` would, without Kafka."""
     replayed, names = asyncio.run(replay.replay_file(records, database, **options))
     click.echo(
         f"replayed {replayed.records} record(s) in {replayed.batches} batch(es) into {database}"
