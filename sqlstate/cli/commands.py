@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import click
 
 from sqlstate import __version__
-from sqlstate.app import daemon
+from sqlstate.app import daemon, replay
+from sqlstate.app import processor_checks as check_processors
 from sqlstate.cli import lookups, output
 from sqlstate.errors import SqlstateError
 from sqlstate.observe import logs
@@ -144,6 +145,78 @@ def _secret(name: str) -> str | None:
     return os.environ.get(f"SQLSTATE_{name}")
 
 
+# Which processors run and how records reach them: `run`'s flags, which `check` and `replay` take
+# too, so that they load and check the same processors.
+_processor_options = [
+    _setting(
+        "--processor",
+        field="processors",
+        env="PROCESSOR",
+        multiple=True,
+        help="State to keep (repeat): a built-in (counts, latest, windowed-counts) or"
+        " PACKAGE.MODULE:NAME of your own. Default: counts, unless --sql is given.",
+    ),
+    _setting(
+        "--sql",
+        field="sql_files",
+        env="SQL",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help='A processor written in SQL (repeat); see README, "Your own state".',
+    ),
+    _setting(
+        "--key-format",
+        field="key_format",
+        env="KEY_FORMAT",
+        type=click.Choice(FORMATS),
+        help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
+    ),
+    _setting(
+        "--value-format",
+        field="value_format",
+        env="VALUE_FORMAT",
+        type=click.Choice(FORMATS),
+        help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
+    ),
+    _setting(
+        "--on-bad-record",
+        field="on_bad_record",
+        env="ON_BAD_RECORD",
+        type=click.Choice(BAD_RECORD_POLICIES),
+        help="A record that does not decode: exit with code 8 before committing its batch, leave it"
+        " out (counted and logged), or keep it in rejected_records.",
+    ),
+    _setting(
+        "--window",
+        field="window",
+        env="WINDOW",
+        help="windowed-counts: the tumbling window of record time (500ms, 30s, 1m, 2h, 1d, 1w).",
+    ),
+    _setting(
+        "--retention",
+        field="retention",
+        env="RETENTION",
+        help="windowed-counts: keep windows this long behind each partition's newest record.",
+    ),
+]
+
+
+def processor_options(command: F) -> F:
+    """Add the flags of ``_processor_options`` to a command, in their order."""
+    for option in reversed(_processor_options):
+        command = option(command)
+    return command
+
+
+changelog_option = _setting(
+    "--changelog/--no-changelog",
+    field="changelog",
+    env="CHANGELOG",
+    help="More hosts: publish each batch's state changes to a compacted changelog topic per"
+    " input topic, so state follows its partitions between hosts (docs/scaling.md).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sqlstate")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: aiokafka's too).")
@@ -195,63 +268,8 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     type=click.Choice(ISOLATION_LEVELS),
     help="read_committed never counts records of aborted transactions.",
 )
-@_setting(
-    "--processor",
-    field="processors",
-    env="PROCESSOR",
-    multiple=True,
-    help="State to keep (repeat): a built-in (counts, latest, windowed-counts) or"
-    " PACKAGE.MODULE:NAME of your own. Default: counts, unless --sql is given.",
-)
-@_setting(
-    "--sql",
-    field="sql_files",
-    env="SQL",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help='A processor written in SQL (repeat); see README, "Your own state".',
-)
-@_setting(
-    "--key-format",
-    field="key_format",
-    env="KEY_FORMAT",
-    type=click.Choice(FORMATS),
-    help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
-)
-@_setting(
-    "--value-format",
-    field="value_format",
-    env="VALUE_FORMAT",
-    type=click.Choice(FORMATS),
-    help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
-)
-@_setting(
-    "--on-bad-record",
-    field="on_bad_record",
-    env="ON_BAD_RECORD",
-    type=click.Choice(BAD_RECORD_POLICIES),
-    help="A record that does not decode: exit with code 8 before committing its batch, leave it"
-    " out (counted and logged), or keep it in rejected_records.",
-)
-@_setting(
-    "--window",
-    field="window",
-    env="WINDOW",
-    help="windowed-counts: the tumbling window of record time (500ms, 30s, 1m, 2h, 1d, 1w).",
-)
-@_setting(
-    "--retention",
-    field="retention",
-    env="RETENTION",
-    help="windowed-counts: keep windows this long behind each partition's newest record.",
-)
-@_setting(
-    "--changelog/--no-changelog",
-    field="changelog",
-    env="CHANGELOG",
-    help="More hosts: publish each batch's state changes to a compacted changelog topic per"
-    " input topic, so state follows its partitions between hosts (docs/scaling.md).",
-)
+@processor_options
+@changelog_option
 @_setting(
     "--changelog-replication-factor",
     field="changelog_replication_factor",
@@ -565,3 +583,54 @@ def _print_waits(waits: list[wait.PartitionWait], as_json: bool) -> None:
         click.echo(output.as_json(rows))
         return
     click.echo(output.table(list(rows[0]), [list(r.values()) for r in rows]))
+
+
+@main.command()
+@click.argument("specs", metavar="[PROCESSOR]...", nargs=-1)
+@processor_options
+@changelog_option
+@reports_errors
+def check(specs: tuple[str, ...], **options: Any) -> None:
+    """Check processors as `run` checks them at start, with no Kafka and no database.
+
+    Each PROCESSOR is a built-in, PACKAGE.MODULE:NAME or a .sql file, as --processor and --sql
+    give them. Exit 0 with one line per processor, or 2 with the first problem.
+    """
+    options["processors"] += tuple(s for s in specs if not s.endswith(".sql"))
+    options["sql_files"] += tuple(Path(s) for s in specs if s.endswith(".sql"))
+    for line in check_processors.checked_lines(**options):
+        click.echo(line)
+
+
+@main.command("replay")
+@_option(
+    "--records",
+    env="RECORDS",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The records, one JSON object a line (docs/testing-processors.md).",
+)
+@_option(
+    "--database",
+    env="REPLAY_DATABASE",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite file to write: created, or continued from its positions.",
+)
+@_setting(
+    "--batch-size",
+    field="max_records",
+    env="BATCH_SIZE",
+    type=click.IntRange(min=1),
+    help="Records per batch (one transaction each), as --max-records makes them.",
+)
+@processor_options
+@reports_errors
+def replay_records(records: Path, database: Path, **options: Any) -> None:
+    """Run processors over the records of a file into a database, as `run` would, without Kafka."""
+    replayed, names = asyncio.run(replay.replay_file(records, database, **options))
+    click.echo(
+        f"replayed {replayed.records} record(s) in {replayed.batches} batch(es) into {database}"
+        f" ({', '.join(names)}); {replayed.skipped} skipped at stored positions,"
+        f" {replayed.bad_records} that did not decode"
+    )
