@@ -122,3 +122,10 @@ class ChangelogFenced(ChangelogError):
     """Another owner claimed the partition: its producer fenced this one for good."""
 
     retriable = False
+
+
+class WaitTimeoutError(SqlstateError, TimeoutError):
+    """The database's positions did not pass the offsets waited for in time."""
+
+    # timeout(1)'s code: scripts already read it as "gave up waiting".
+    exit_code = 124

@@ -34,6 +34,8 @@ Standby = Literal["all", "none"]
 STANDBY_MODES: tuple[str, ...] = get_args(Standby)
 # The processors run when neither --processor nor --sql is given.
 DEFAULT_PROCESSORS = ("counts",)
+# `sqlstate wait` and `sqlstate.wait_for`: how long they wait for the positions by default.
+WAIT_TIMEOUT_S = 30.0
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

@@ -150,6 +150,32 @@ def unseen(records: Records, next_offset: int) -> Records:
     return [record for record in records if record.offset >= next_offset]
 
 
+def partition_batch(
+    tp: TopicPartition,
+    claim: Claim,
+    records: Records,
+    next_offset: int,
+    log_end_offset: int | None,
+    processors: Processors,
+    bad_records: BadRecords,
+    decoded_so_far: int,
+) -> PartitionBatch:
+    """One partition's share of a batch, as the store commits it: the move from ``claim`` to
+    ``next_offset``, and the statements for its ``records`` at or after the claim, those that
+    do not decode sorted out by ``--on-bad-record`` (``decoded_so_far``: the decoding failures
+    counted before the batch was decoded). Also how ``sqlstate replay`` makes its batches."""
+    kept, rejected, bad = bad_records.sort(tp, unseen(records, claim.next_offset), decoded_so_far)
+    return PartitionBatch(
+        tp=tp,
+        claim=claim,
+        next_offset=next_offset,
+        log_end_offset=log_end_offset,
+        records=len(kept),
+        statements=[*rejected, *processors.statements(tp, kept)],
+        bad_records=bad,
+    )
+
+
 class BatchLoop:
     """Runs until ``stop`` is set; a fatal error propagates out of ``run``."""
 
@@ -334,17 +360,16 @@ class BatchLoop:
             position = positions.get(tp)
             if position is None or position <= claim.next_offset:
                 continue
-            records = unseen(batch.get(tp, ()), claim.next_offset)
-            records, rejected, bad = self._bad_records.sort(tp, records, decoded_so_far)
             advances.append(
-                PartitionBatch(
-                    tp=tp,
-                    claim=claim,
-                    next_offset=position,
-                    log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
-                    records=len(records),
-                    statements=[*rejected, *self._processors.statements(tp, records)],
-                    bad_records=bad,
+                partition_batch(
+                    tp,
+                    claim,
+                    batch.get(tp, ()),
+                    position,
+                    log_end(self._consumer, tp, self._settings.isolation_level),
+                    self._processors,
+                    self._bad_records,
+                    decoded_so_far,
                 )
             )
         return advances

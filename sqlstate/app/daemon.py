@@ -30,6 +30,7 @@ from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.monitor import Monitor
 from sqlstate.app.ownership import Ownership
+from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
@@ -44,7 +45,6 @@ from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
-from sqlstate.processors import registry
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
@@ -260,12 +260,11 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
 async def run(settings: Settings) -> None:
     """Run until a signal (returns) or a fatal error (raises a SqlstateError)."""
     stop = asyncio.Event()
-    # Every processor is loaded and checked before the database is opened.
-    processors = Processors.checked(registry.from_settings(settings))
+    # Every processor is loaded and checked before the database is opened, and under
+    # --changelog every table it must ship: what `sqlstate check` runs.
+    processors, tables = load_checked(settings)
     # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
     with stop_on_signals(stop) as on_stop, contextlib.closing(processors):
-        # Refused before the database is opened too: a table --changelog cannot ship.
-        tables = changelog_mode.checked_tables(settings, processors)
         stats = Stats()
         fatal: list[BaseException] = []
 

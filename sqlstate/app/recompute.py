@@ -1,11 +1,15 @@
 """Recompute state from Kafka's records into a database, through the daemon's own batch path.
 
 ``recompute`` reads each given partition from a first offset up to a stop offset with a consumer
-outside any group, and commits what it reads batch by batch with ``Store.commit_batch``: the
-same transaction, compare-and-set, decoding (``--key-format``, ``--value-format``), bad-record
-policy and processor statements as the daemon's batch loop. Since a processor's state depends
-on its records alone, whatever the batch boundaries, the database then holds exactly the state
-a daemon would have made of those records. ``sqlstate verify`` runs it into a scratch file.
+outside any group, and commits what it reads batch by batch as the daemon's batch loop does: each
+partition's share made by the loop's own ``partition_batch`` (the records gated at the claim,
+sorted out by ``--on-bad-record``, turned into the processors' statements), committed with
+``Store.commit_batch`` (one transaction, positions moved by compare-and-set). Unlike
+``replay.py``, which takes records from anywhere, it moves each position as the consumer stands,
+past transaction markers and aborted records, so it ends exactly at a stored position. Since a
+processor's state depends on its records alone, whatever the batch boundaries, the database then
+holds exactly the state a daemon would have made of those records. ``sqlstate verify`` runs it
+into a scratch file.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from sqlstate.app.batch_loop import partition_batch, unseen
 from sqlstate.errors import BadRecordError, BrokerError
 from sqlstate.kafka.client import consumed_position
 from sqlstate.kafka.decoding import BadRecords, reason, sort_out
 from sqlstate.processors.registry import Processors
-from sqlstate.state.model import Claim, Committed, PartitionBatch
+from sqlstate.state.model import Claim, Committed
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
 
@@ -112,25 +117,17 @@ async def recompute(
             if position is None or position <= claim.next_offset:
                 continue
             position = min(position, stop)
-            fetched = [r for r in batch.get(tp, ()) if claim.next_offset <= r.offset < stop]
+            fetched = [r for r in batch.get(tp, ()) if r.offset < stop]
             try:
-                records, rejected, bad = bad_records.sort(tp, fetched, mark)
+                advances.append(
+                    partition_batch(
+                        tp, claim, fetched, position, None, processors, bad_records, mark
+                    )
+                )
             except BadRecordError:
-                first = sort_out(fetched)[1][0]
+                first = sort_out(unseen(fetched, claim.next_offset))[1][0]
                 done.stopped[tp] = f"offset {first.offset} does not decode: {reason(first)}"
                 reading.discard(tp)
-                continue
-            advances.append(
-                PartitionBatch(
-                    tp=tp,
-                    claim=claim,
-                    next_offset=position,
-                    log_end_offset=None,
-                    records=len(records),
-                    statements=[*rejected, *processors.statements(tp, records)],
-                    bad_records=bad,
-                )
-            )
         if advances:
             progress_at = time.monotonic()
             for outcome in await store.commit_batch(advances):

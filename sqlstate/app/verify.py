@@ -42,6 +42,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.recompute import Recomputed, Span, recompute
 from sqlstate.app.state_diff import TableDiff, compare, grouped_by_partition
 from sqlstate.app.verdict import PartitionCheck, Verdict
@@ -56,7 +57,6 @@ from sqlstate.errors import (
 from sqlstate.kafka.client import build_range_reader, refusal, topic_ids
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
-from sqlstate.processors import registry
 from sqlstate.processors.registry import BUILT_INS, Processors
 from sqlstate.settings import DEFAULT_PROCESSORS, IsolationLevel, Settings, VerifyOptions
 from sqlstate.state import migrate, recorded, table_rows
@@ -103,7 +103,7 @@ async def verify(settings: Settings, options: VerifyOptions) -> Verdict:
                 " to verify there (check --topic and --database)"
             )
         settings = _with_recorded(settings, first_look)
-        processors = Processors.checked(registry.from_settings(settings))
+        processors, _ = load_checked(settings)
         with contextlib.closing(processors), tempfile.TemporaryDirectory() as scratch_dir:
             _check_processors(first_look, processors.names)
             scratch = await _scratch(Path(scratch_dir) / "recomputed.db", settings, processors)

@@ -53,13 +53,16 @@ async def _open_read_only(path: Path) -> Store:
     )
 
 
-async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyCount]:
+async def top_counts(
+    database: Path, topic: str | None, limit: int
+) -> tuple[list[KeyCount], list[Position]]:
+    """The highest totals, and the positions they were read at (the same snapshot)."""
     store = await _open_read_only(database)
     try:
-        rows = await store.top_counts(topic, limit)
+        rows, read_at = await store.top_counts(topic, limit)
     finally:
         await store.database.close()
-    return [KeyCount(*row) for row in rows]
+    return [KeyCount(*row) for row in rows], read_at
 
 
 async def positions(

@@ -31,12 +31,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from sqlstate import __version__
 from sqlstate.errors import ConfigError
 from sqlstate.observe.health import Health, Lags
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.partition_states import STATES, PartitionState
 from sqlstate.observe.stats import Stats
+from sqlstate.version import __version__
 
 logger = logging.getLogger("sqlstate.metrics")  # its documented name
 _DROPPED = LogEvent(

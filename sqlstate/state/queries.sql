@@ -280,3 +280,10 @@ PRAGMA locking_mode = EXCLUSIVE;
 -- name: begin_exclusive
 BEGIN EXCLUSIVE;
 
+
+-- ---- sqlstate wait: read your writes (sqlstate/state/wait.py) ---------------------------------
+
+-- name: data_version
+-- A number that changes when another connection commits to the file: cheap (no page is read),
+-- so a waiter reads the positions again only after a commit.
+PRAGMA data_version;

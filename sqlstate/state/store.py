@@ -124,8 +124,9 @@ class Store:
 
     async def top_counts(
         self, topic: str | None, limit: int
-    ) -> list[tuple[str, str | bytes | None, int]]:
-        """The highest totals of the ``counts`` view: (topic, key, count)."""
+    ) -> tuple[list[tuple[str, str | bytes | None, int]], list[Position]]:
+        """The highest totals of the ``counts`` view, (topic, key, count), and the positions
+        they were read at, in one read transaction."""
         return await self.database.read(
-            functools.partial(reads.top_counts, topic=topic, limit=limit)
+            functools.partial(reads.top_counts_and_positions, topic=topic, limit=limit)
         )
