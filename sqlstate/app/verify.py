@@ -9,7 +9,8 @@
 3. Run the same processors over those records into a scratch database through the daemon's own
    batch transaction (``recompute.py``), with the same decoding and bad-record policy.
 4. Compare the two table by table (``state_diff.py``): rows missing, extra and different, per
-   partition where the table keeps the partition, else per table; and each position.
+   partition where the table keeps the partition, else per table; and each position against
+   its log's bounds.
 
 What the file records is used as recorded: the isolation level, the topic IDs, and which
 processors keep each topic (the flags must name the same ones; without any, the recorded
