@@ -229,6 +229,21 @@ class Settings:
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What ``sqlstate verify`` adds to the settings of the run whose file it checks."""
+
+    # Exit 0 rather than 10 when the only differences are in partitions whose records Kafka
+    # deleted (retention), which verify cannot read again.
+    allow_unchecked: bool = False
+    # Rows shown per table and partition that differ.
+    samples: int = 10
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ConfigError("--samples must be 0 or more")
+
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -242,8 +257,9 @@ def duration_ms(text: str) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
-def default(name: str, of: type[Settings] | type[Security] = Settings) -> Any:
-    """The default of the field ``name`` of ``Settings`` (or ``Security``), where it is written."""
+def default(name: str, of: type[Settings] | type[Security] | type[VerifyOptions] = Settings) -> Any:
+    """The default of the field ``name`` of ``Settings`` (or ``Security``, ``VerifyOptions``),
+    where it is written."""
     for candidate in dataclasses.fields(of):
         if candidate.name == name:
             if candidate.default is not dataclasses.MISSING:

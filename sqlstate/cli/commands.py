@@ -4,8 +4,9 @@ Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database u
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
-what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 124
-``wait`` timed out; 130 forced exit on a second signal.
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 and 10
+``verify`` found the state different, or could not fully check it; 124 ``wait`` timed out; 130
+forced exit on a second signal.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any, TypeVar
 import click
 
 from sqlstate import __version__
-from sqlstate.app import daemon, replay
+from sqlstate.app import daemon, replay, verify
 from sqlstate.app import processor_checks as check_processors
-from sqlstate.cli import lookups, output
+from sqlstate.cli import lookups, output, verify_report
 from sqlstate.errors import SqlstateError
 from sqlstate.observe import logs
 from sqlstate.settings import (
@@ -38,6 +39,7 @@ from sqlstate.settings import (
     WAIT_TIMEOUT_S,
     Security,
     Settings,
+    VerifyOptions,
     default,
 )
 from sqlstate.state import snapshot, wait
@@ -634,3 +636,64 @@ def replay_records(records: Path, database: Path, **options: Any) -> None:
         f" ({', '.join(names)}); {replayed.skipped} skipped at stored positions,"
         f" {replayed.bad_records} that did not decode"
     )
+
+
+# `verify` reads the topics as the run that made the file did: the same flags, the same variables
+# (its own only below): the processor and security flags, and these of `run`'s. The isolation
+# level is the file's own, recorded at its first claim.
+_RUN_FLAGS_OF_VERIFY = (
+    "bootstrap_servers",
+    "topics",
+    "database",
+    "max_records",
+    "client_id",
+    "busy_timeout_s",
+    "connect_timeout_s",
+)
+# verify joins no group; Settings, which it shares with run, asks for one.
+VERIFY_GROUP_ID = "sqlstate-verify"
+
+
+@main.command("verify")
+@_option(
+    "--allow-unchecked",
+    "allow_unchecked",
+    env="ALLOW_UNCHECKED",
+    is_flag=True,
+    default=default("allow_unchecked", VerifyOptions),
+    help="Exit 0, not 10, when the only differences are in partitions whose records Kafka"
+    " deleted (they cannot be read again).",
+)
+@_option(
+    "--samples",
+    "samples",
+    env="SAMPLES",
+    type=click.IntRange(min=0),
+    default=default("samples", VerifyOptions),
+    show_default=True,
+    help="Rows shown per table and partition that differ.",
+)
+@processor_options
+@security_options
+@json_option
+@reports_errors
+def verify_command(
+    topics: tuple[str, ...], allow_unchecked: bool, samples: int, as_json: bool, **options: Any
+) -> None:
+    """Recompute the database's state from Kafka and report every difference (exit 0: identical;
+    9: different; 10: not fully checked, records deleted from Kafka)."""
+    settings = Settings(
+        topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
+        group_id=VERIFY_GROUP_ID,
+        security=_security(options),
+        **options,
+    )
+    verdict = asyncio.run(verify.verify(settings, VerifyOptions(allow_unchecked, samples)))
+    if as_json:
+        click.echo(output.as_json([verify_report.as_document(verdict)]))
+    else:
+        click.echo(verify_report.as_text(verdict))
+    sys.exit(verdict.exit_code)
+
+
+verify_command.params[:0] = [p for p in run.params if p.name in _RUN_FLAGS_OF_VERIFY]

@@ -1,7 +1,8 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
 Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``),
-the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), and the changelog's
+the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), the reader of
+``sqlstate verify`` (``build_range_reader``), and the changelog's
 clients (``build_admin_client``, ``build_changelog_producer``, ``build_changelog_consumer``).
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
 assignment check, ``in_group`` and ``transaction_fatal_error``) and the one request sent around
@@ -125,6 +126,33 @@ def build_offsets_consumer(
         isolation_level=isolation_level,
         enable_auto_commit=False,
         **security_options(security),
+    )
+
+
+def build_range_reader(
+    settings: Settings,
+    key_deserializer: Callable[[bytes | None], Any] | None = None,
+    value_deserializer: Callable[[bytes | None], Any] | None = None,
+) -> AIOKafkaConsumer:
+    """A consumer outside any group that reads input partitions assigned and sought by hand
+    (``sqlstate verify``), as ``settings.isolation_level`` reads them.
+
+    No group, so it never joins or moves the daemon's; no automatic reset, so a record deleted
+    while it reads raises OffsetOutOfRangeError rather than a silent jump. Keys and values are
+    decoded as the daemon's consumer decodes them (``build_consumer``).
+    """
+    return AIOKafkaConsumer(
+        key_deserializer=key_deserializer,
+        value_deserializer=value_deserializer,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        isolation_level=settings.isolation_level,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        **security_options(settings.security),
     )
 
 
