@@ -369,7 +369,7 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, database, tables, stats)
+            changelog = changelog_mode.owner_of(settings, database, tables, stats, processors.names)
             await _consume(
                 consumer,
                 # The store of the claims and batches: under --changelog, they publish.

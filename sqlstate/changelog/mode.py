@@ -72,12 +72,20 @@ def owner_of(
     database: Database,
     tables: Sequence[StateTable],
     stats: Stats,
+    processor_names: Sequence[str] = (),
 ) -> ChangelogOwner | None:
-    """The changelog side of the claims; None without --changelog."""
+    """The changelog side of the claims; None without --changelog. ``processor_names`` are
+    recorded for a topic restored or followed before its first claim here."""
     if not settings.changelog:
         return None
-    standby = Standby(settings, database, tables, stats) if settings.standbys else None
-    return ChangelogOwner(settings, database, tables, stats, standby)
+    standby = (
+        Standby(settings, database, tables, stats, processor_names=processor_names)
+        if settings.standbys
+        else None
+    )
+    return ChangelogOwner(
+        settings, database, tables, stats, standby, processor_names=processor_names
+    )
 
 
 def side_of(owner: ChangelogOwner | None) -> ChangelogSide | None:

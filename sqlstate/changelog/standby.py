@@ -79,8 +79,12 @@ class Standby:
         database: Database,
         tables: Sequence[StateTable],
         stats: Stats,
+        *,
+        processor_names: Sequence[str] = (),
     ) -> None:
         self._settings = settings
+        # Recorded for a topic whose changelog is followed before it is claimed here.
+        self._processor_names = processor_names
         self._database = database
         self._tables = tables
         self._stats = stats
@@ -140,6 +144,7 @@ class Standby:
                     changelog_id=ids.get(changelog),
                     input_id=ids.get(topic),
                     now=now,
+                    processors=self._processor_names,
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
 from click.testing import CliRunner
 
+from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.topics import SUFFIX, changelog_topic
 from sqlstate.cli.commands import main
 from sqlstate.errors import ConfigError, ProcessorError
 from sqlstate.kafka.topic_pattern import CHANGELOG_SUFFIX, matches, subscription_pattern
 from sqlstate.settings import Settings
+from sqlstate.state.database import utc_now
+from tests.support.db import query
 from tests.unit.test_store import bounds, open_store
 
 
@@ -109,5 +113,31 @@ async def test_a_claim_records_its_topics_processors_and_refuses_another_set(
                 processors=["counts", "latest"],
             )
         await store.check_processors(["found-later"], ["counts"])
+    finally:
+        await store.database.close()
+
+
+async def test_a_changelog_followed_before_the_first_claim_records_the_processors(
+    tmp_path: Path,
+) -> None:
+    # A topic the pattern found while running may get positions from its changelog (a restore,
+    # the standby) before this file claims it: its processors are recorded first, so that its
+    # claim does not take the positions for a state made before processors were recorded.
+    store = await open_store(tmp_path / "state.db")
+    try:
+        await store.database.transaction(
+            functools.partial(
+                check_identity,
+                topic="found-later",
+                changelog="g.found-later.changelog",
+                changelog_id=None,
+                input_id=None,
+                now=utc_now(),
+                processors=["latest"],
+            )
+        )
+        rows = query(tmp_path / "state.db", "SELECT topic, processor FROM topic_processors")
+        assert rows == [("found-later", "latest")]
+        await store.check_processors(["found-later"], ["latest"])
     finally:
         await store.database.close()
