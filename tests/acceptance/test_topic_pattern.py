@@ -20,7 +20,7 @@ from sqlstate.changelog.topics import changelog_topic
 from tests.acceptance.test_operations import endpoint, eventually, health, scrape
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.kafka import create_topic, delete_topics, plain_consumer
-from tests.support.oracle import assert_exactly_once
+from tests.support.oracle import Latest, assert_exactly_once
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
 
 NamedTopic = Callable[[str, int], Awaitable[str]]
@@ -140,7 +140,7 @@ async def test_a_pattern_takes_new_topics_and_reports_a_deleted_one(
     await assert_exactly_once(kafka_bootstrap, database, third)
 
 
-async def test_under_changelog_a_new_topic_gets_its_changelog_and_no_changelog_is_taken(
+async def test_two_hosts_under_changelog_take_a_new_topic_and_never_a_changelog(
     kafka_bootstrap: str,
     named_topic: NamedTopic,
     prefix: str,
@@ -148,40 +148,45 @@ async def test_under_changelog_a_new_topic_gets_its_changelog_and_no_changelog_i
     daemons: list[Daemon],
 ) -> None:
     # The group's name starts like the topics, so that the pattern would take the group's own
-    # changelog topics, were they not left out.
+    # changelog topics, were they not left out. Not the default processor: a file whose
+    # standby brings a new topic's positions before its own claim must still record it.
     group_id = f"{prefix}-group"
     first = await named_topic(f"{prefix}-a", 2)
     produced = {first: keyed_messages(300, 2, seed=1)}
     await produce_keyed(kafka_bootstrap, first, produced[first])
-    database = tmp_path / "state.db"
-    daemon = Daemon(
-        kafka_bootstrap,
-        [],
-        group_id,
-        database,
-        "--topic-pattern",
-        f"{re.escape(prefix)}.*",
-        "--changelog",
-        *FAST,
-    ).start()
-    daemons.append(daemon)
-    await wait_for_positions(database, await end_offsets(kafka_bootstrap, first), 30, [daemon])
+    args = ("--topic-pattern", f"{re.escape(prefix)}.*", "--changelog", "--processor", "latest")
+    databases = [tmp_path / f"host-{index}" / "state.db" for index in (0, 1)]
+    hosts = []
+    for database in databases:
+        database.parent.mkdir()
+        host = Daemon(kafka_bootstrap, [], group_id, database, *args, *FAST).start()
+        daemons.append(host)
+        hosts.append(host)
+    for database in databases:
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, first), 30, hosts)
+    await asyncio.gather(*(host.wait_for_log("assigned partitions: ") for host in hosts))
 
     second = await named_topic(f"{prefix}-b", 2)
     produced[second] = keyed_messages(300, 2, seed=2)
     await produce_keyed(kafka_bootstrap, second, produced[second])
-    await wait_for_positions(database, await end_offsets(kafka_bootstrap, second), 30, [daemon])
+    for database in databases:
+        for topic in (first, second):
+            ends = await end_offsets(kafka_bootstrap, topic)
+            await wait_for_positions(database, ends, 30, hosts)
     # A few more refreshes: a changelog topic, had it matched, would be claimed by now.
-    await asyncio.sleep(4)
-    assert await daemon.terminate() == 0
+    await asyncio.sleep(3)
+    for host in hosts:
+        assert await host.terminate() == 0
 
     changelogs = [changelog_topic(group_id, topic) for topic in (first, second)]
     try:
         assert set(changelogs) <= await topic_names(kafka_bootstrap)
-        assert {topic for topic, _ in stored_positions(database)} == {first, second}
-        assert "changelog matches --topic-pattern" not in daemon.log()
-        for topic in (first, second):
-            await assert_exactly_once(kafka_bootstrap, database, topic)
+        for host, database in zip(hosts, databases, strict=True):
+            assert {topic for topic, _ in stored_positions(database)} == {first, second}
+            assert "changelog matches --topic-pattern" not in host.log()
+            # With standbys, each file holds every partition's state.
+            for topic in (first, second):
+                await assert_exactly_once(kafka_bootstrap, database, topic, (Latest(),))
     finally:
         await delete_topics(kafka_bootstrap, changelogs)
 
