@@ -19,15 +19,13 @@ A topic deleted and created again comes back as a new topic ID: its first claim 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from sqlstate.kafka.client import on_metadata_update, topic_ids
+from sqlstate.kafka.client import after_each_refresh, topic_ids
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 
@@ -59,29 +57,13 @@ class MatchedTopics:
     def __init__(self, consumer: AIOKafkaConsumer, stats: Stats) -> None:
         self._consumer = consumer
         self._stats = stats
-        self._refreshed = asyncio.Event()
         # The topics the subscription held at the last refresh, and those that left it since
         # and are not known to be deleted yet.
         self._matched: set[str] = set()
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Follow while the batch loop runs."""
-        stop_listening = on_metadata_update(self._consumer, self._refreshed.set)
-        task = asyncio.create_task(self._follow(), name="sqlstate-topic-pattern")
-        try:
-            yield
-        finally:
-            stop_listening()
-            task.cancel()
-            # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
-            await asyncio.wait([task])
-
-    async def _follow(self) -> None:
-        while True:
-            await self._refreshed.wait()
-            self._refreshed.clear()
-            await self.compare()
+        return after_each_refresh(self._consumer, self.compare, "sqlstate-topic-pattern")
 
     async def compare(self) -> None:
         """Report what changed in the subscription since the last call."""

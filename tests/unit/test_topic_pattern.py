@@ -90,28 +90,23 @@ async def test_a_claim_records_its_topics_processors_and_refuses_another_set(
     tmp_path: Path,
 ) -> None:
     store = await open_store(tmp_path / "state.db")
-    new_topic = TopicPartition("found-later", 0)
+
+    async def claim(processors: list[str]) -> None:
+        await store.claim(
+            bounds(TopicPartition("found-later", 0)),
+            "me",
+            "reset",
+            lambda tp: [],
+            topic_ids={},
+            isolation_level="read_committed",
+            processors=processors,
+        )
+
     try:
-        for processors in (["counts"], ["counts"]):
-            await store.claim(
-                bounds(new_topic),
-                "me",
-                "reset",
-                lambda tp: [],
-                topic_ids={},
-                isolation_level="read_committed",
-                processors=processors,
-            )
+        await claim(["counts"])
+        await claim(["counts"])  # the same set again: accepted
         with pytest.raises(ProcessorError, match="found-later"):
-            await store.claim(
-                bounds(new_topic),
-                "me",
-                "reset",
-                lambda tp: [],
-                topic_ids={},
-                isolation_level="read_committed",
-                processors=["counts", "latest"],
-            )
+            await claim(["counts", "latest"])
         await store.check_processors(["found-later"], ["counts"])
     finally:
         await store.database.close()
