@@ -80,8 +80,11 @@ class Security:
 
 @dataclass(frozen=True)
 class Settings:
-    topics: tuple[str, ...]
     group_id: str
+    # --topic: these topics; or --topic-pattern: every topic whose whole name matches, as it
+    # appears (sqlstate/kafka/topic_pattern.py says which names it never takes). One of the two.
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
     bootstrap_servers: str = "127.0.0.1:9092"
     database: Path = Path("sqlstate.db")
     out_of_range: OutOfRangePolicy = "reset"
@@ -142,8 +145,7 @@ class Settings:
 
     def _problems(self) -> list[str]:
         problems: list[str] = []
-        if not self.topics or any(not topic.strip() for topic in self.topics):
-            problems.append("give at least one topic (--topic or SQLSTATE_TOPIC)")
+        problems += self._topic_problems()
         if not self.group_id:
             problems.append("give a consumer group id (--group-id or SQLSTATE_GROUP_ID)")
         if not self.bootstrap_servers:
@@ -196,6 +198,23 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         return problems
+
+    def _topic_problems(self) -> list[str]:
+        if self.topic_pattern is None:
+            if not self.topics or any(not topic.strip() for topic in self.topics):
+                return ["give at least one topic (--topic or SQLSTATE_TOPIC) or a --topic-pattern"]
+            return []
+        if self.topics:
+            return ["give either --topic or --topic-pattern, not both"]
+        if not self.topic_pattern:
+            return ["--topic-pattern must not be empty"]
+        try:
+            re.compile(self.topic_pattern)
+        except re.error as error:
+            return [
+                f"--topic-pattern {self.topic_pattern!r} is not a valid regular expression: {error}"
+            ]
+        return []
 
     @property
     def processor_specs(self) -> tuple[str, ...]:

@@ -297,6 +297,8 @@ class BatchLoop:
         aiokafka takes a deleted topic out of the assignment at the next rebalance and says
         nothing more: the daemon would sit idle on it forever. A topic missing from the
         consumer's metadata is looked up in Kafka's own list of topics before it counts as gone.
+        Only the topics given with --topic: a topic --topic-pattern took is reported instead,
+        and the others consumed on (``matched_topics.py``).
         """
         if not self._ownership.assigned:
             return  # the consumer has no metadata of its topics before its first assignment

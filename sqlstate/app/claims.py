@@ -174,8 +174,13 @@ class Claimer:
         forget: Forget,
         on_claimed: Callable[[Mapping[TopicPartition, Claim]], None],
         changelog: ChangelogOwner | None = None,
+        *,
+        processor_names: Sequence[str] | None = None,
     ) -> None:
         self._consumer = consumer
+        # Recorded for each claimed topic in its claim: a topic --topic-pattern found while
+        # running has its processors recorded at its first claim.
+        self._processor_names = processor_names
         self._changelog = changelog
         self._store = store
         self._ownership = ownership
@@ -455,6 +460,7 @@ class Claimer:
             isolation_level=self._settings.isolation_level,
             lock_wait_s=None if lock_wait_s is None else max(lock_wait_s, 0.001),
             held_at=None if held is None else {tp: claim.epoch for tp, claim in held.items()},
+            processors=self._processor_names,
         )
         for recreated in claimed.recreated:
             self._stats.out_of_range_resets += len(recreated.stored)

@@ -28,6 +28,7 @@ from sqlstate.app import collector
 from sqlstate.app.batch_loop import BatchLoop
 from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.matched_topics import MatchedTopics
 from sqlstate.app.monitor import Monitor
 from sqlstate.app.ownership import Ownership
 from sqlstate.app.processor_checks import load_checked
@@ -43,6 +44,7 @@ from sqlstate.errors import (
 )
 from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
@@ -56,8 +58,9 @@ logger = logging.getLogger("sqlstate.daemon")  # its documented name
 
 
 def _started_words(fields: Mapping[str, Any]) -> dict[str, str]:
+    pattern = fields.get("topic_pattern")
     return {
-        "topics_listed": ", ".join(fields["topics"]),
+        "topics_listed": f"matching {pattern}" if pattern else ", ".join(fields["topics"]),
         "processors_listed": ", ".join(fields["processors"]),
         "parser": "C extension"
         if fields["record_parser"] == "c"
@@ -192,6 +195,7 @@ async def _start_consumer(
                 await asyncio.wait_for(stop.wait(), _CONNECT_RETRY_PAUSE_S)
             if stop.is_set():
                 return False
+    # A pattern takes the topics that exist, and those that come later: none is missing.
     missing = sorted(set(settings.topics) - set(existing))
     if missing:
         raise TopicNotFoundError(
@@ -316,6 +320,7 @@ def _log_started(
         database=str(database.path),
         schema=schema,
         topics=list(settings.topics),
+        topic_pattern=settings.topic_pattern,
         group_id=settings.group_id,
         processors=processors.names,
         record_parser="c" if c_parser_loaded() else "python",
@@ -340,7 +345,9 @@ async def _run_on(
     if recorded is not None and recorded != settings.isolation_level:
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
     # Refused before Kafka is asked anything; recorded only once it answered, below.
-    await store.check_processors(settings.topics, processors.names)
+    # A pattern's topics are known only as they are claimed (each claim records its topics'
+    # processors); the ones the file already holds are checked here.
+    await store.check_processors(await _input_topics(store, settings), processors.names)
     await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)
@@ -362,7 +369,7 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, database, tables, stats)
+            changelog = changelog_mode.owner_of(settings, database, tables, stats, processors.names)
             await _consume(
                 consumer,
                 # The store of the claims and batches: under --changelog, they publish.
@@ -377,6 +384,16 @@ async def _run_on(
             )
     finally:
         await _stop_consumer(consumer, settings.shutdown_timeout_s)
+
+
+async def _input_topics(store: Store, settings: Settings) -> Sequence[str]:
+    """The topics whose processors are checked at start: ``--topic``'s, or the topics of the
+    file that ``--topic-pattern`` matches."""
+    if settings.topic_pattern is None:
+        return settings.topics
+    subscription = subscription_pattern(settings.topic_pattern, settings.group_id)
+    held = {position.topic for position in await store.positions()}
+    return sorted(topic for topic in held if matches(subscription, topic))
 
 
 async def _consume(
@@ -401,12 +418,18 @@ async def _consume(
         processors.forget,
         offsets.publish,
         changelog,
+        processor_names=processors.names,
     )
-    consumer.subscribe(
-        topics=list(settings.topics),
-        listener=Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal),
-    )
+    listener = Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal)
+    if settings.topic_pattern is None:
+        consumer.subscribe(topics=list(settings.topics), listener=listener)
+    else:
+        consumer.subscribe(
+            pattern=subscription_pattern(settings.topic_pattern, settings.group_id),
+            listener=listener,
+        )
     watch = TopicWatch(consumer, ownership)
+    matched = MatchedTopics(consumer, stats) if settings.topic_pattern is not None else None
     loop = BatchLoop(
         consumer,
         store,
@@ -425,6 +448,7 @@ async def _consume(
         async with (
             monitor.running(),
             watch.running(),
+            matched.running() if matched is not None else contextlib.nullcontext(),
             changelog_mode.running(changelog, consumer, stop, on_fatal),
         ):
             with collector.tuned(settings.max_records):

@@ -100,8 +100,12 @@ class ChangelogOwner:
         tables: Sequence[StateTable],
         stats: Stats,
         standby: Standby | None,
+        *,
+        processor_names: Sequence[str] = (),
     ) -> None:
         self._settings = settings
+        # Recorded for a topic restored before its first claim here.
+        self._processor_names = processor_names
         self._database = database
         self._tables = tables
         self._stats = stats
@@ -316,6 +320,7 @@ class ChangelogOwner:
                 changelog_id=topic_ids.get(source.topic),
                 input_id=topic_ids.get(tp.topic),
                 now=utc_now(),
+                processors=self._processor_names,
             )
         )
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))

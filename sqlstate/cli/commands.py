@@ -250,8 +250,15 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     "topics",
     env="TOPIC",
     multiple=True,
-    required=True,
+    default=default("topics"),
     help="Topic to consume; repeat, or separate with commas or spaces.",
+)
+@_setting(
+    "--topic-pattern",
+    field="topic_pattern",
+    env="TOPIC_PATTERN",
+    help="Instead of --topic: every topic whose whole name matches this regular expression,"
+    " also those created later (seen within --metadata-max-age); see docs/topic-pattern.md.",
 )
 @_option("--group-id", "-g", env="GROUP_ID", required=True, help="Kafka consumer group.")
 @database_option

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -535,6 +536,31 @@ async def _retried(client: Any, ask: Callable[[], Awaitable[T]]) -> T:
             if error.invalid_metadata:
                 client.force_metadata_update()
             await asyncio.sleep(client._retry_backoff)
+
+
+@contextlib.asynccontextmanager
+async def after_each_refresh(
+    consumer: AIOKafkaConsumer, handle: Callable[[], Awaitable[None]], name: str
+) -> AsyncIterator[None]:
+    """While inside: ``handle()`` after each refresh of the consumer's metadata, in a task of
+    its own (``name``), one call at a time; refreshes during a call make one more call."""
+    refreshed = asyncio.Event()
+
+    async def follow() -> None:
+        while True:
+            await refreshed.wait()
+            refreshed.clear()
+            await handle()
+
+    stop_listening = on_metadata_update(consumer, refreshed.set)
+    task = asyncio.create_task(follow(), name=name)
+    try:
+        yield
+    finally:
+        stop_listening()
+        task.cancel()
+        # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
+        await asyncio.wait([task])
 
 
 def on_metadata_update(

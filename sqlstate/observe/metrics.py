@@ -101,6 +101,12 @@ class _StateCollector:
                 " or their topic was deleted and created again.",
             ),
             (
+                "topics_deleted",
+                stats.topics_deleted,
+                "--topic-pattern: matching topics found deleted while running (their state"
+                " stays in the file).",
+            ),
+            (
                 "database_busy_retries",
                 stats.busy_retries,
                 "Transactions retried because another connection held the database lock.",

@@ -56,6 +56,7 @@ class Store:
         isolation_level: str,
         lock_wait_s: float | None = None,
         held_at: Mapping[TopicPartition, int] | None = None,
+        processors: Sequence[str] | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
         owner, read where it stands, and apply the out-of-range policy against ``bounds`` and
@@ -65,7 +66,9 @@ class Store:
         ``IsolationLevelError``; nothing at all is written then. With ``lock_wait_s``, a
         database locked longer than that raises ``DatabaseBusyError`` and nothing is written.
         With ``held_at`` (a partition's epoch, when this consumer claims it again while
-        running), a partition whose row holds another epoch is not claimed (``taken``)."""
+        running), a partition whose row holds another epoch is not claimed (``taken``). With
+        ``processors``, they are recorded for each claimed topic, or ``ProcessorError`` (as
+        ``record_processors``)."""
         return await self.database.transaction(
             functools.partial(
                 transactions.claim_assignment,
@@ -78,6 +81,7 @@ class Store:
                 now=utc_now(),
                 changelog=self._changelog,
                 held_at=held_at,
+                processors=processors,
             ),
             lock_wait_s,
         )

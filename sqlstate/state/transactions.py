@@ -119,6 +119,7 @@ def claim_assignment(
     now: str,
     changelog: ChangelogSide | None = None,
     held_at: Mapping[TopicPartition, int] | None = None,
+    processors: Sequence[str] | None = None,
 ) -> Claimed:
     # A partition claimed again while running (``held_at``: the epoch this consumer holds it
     # at) is claimed only if its row still holds that epoch, checked in this transaction: a
@@ -131,6 +132,10 @@ def claim_assignment(
     bounds = {tp: log for tp, log in bounds.items() if tp not in taken}
     recorded.check_isolation_level(conn, isolation_level, now)
     recorded.check_changelog(conn, changelog is not None, now)
+    if processors is not None:
+        # A topic --topic-pattern found while running: its processors are recorded with its
+        # first claim (for --topic's topics, the start recorded them: nothing changes).
+        recorded.record_processors(conn, sorted({tp.topic for tp in bounds}), processors, now)
     recreated = []
     # Under --changelog a recreated topic stops the daemon: its reset would forget partitions
     # other hosts own, whose changelogs only their owners may write.
