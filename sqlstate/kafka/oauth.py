@@ -72,6 +72,9 @@ _REFRESH_FAILED = LogEvent(
 # How long a token is used when nothing says when it expires (not a JWT with "exp", and no
 # "expires_in"): fetched again after this many seconds.
 UNKNOWN_LIFETIME_S = 300.0
+# After a failed fetch, the pause before the source is asked again: doubled at each failure.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
 # A source that takes longer than this to give a token has failed (and is asked again later).
 SOURCE_TIMEOUT_S = 30.0
 # RFC 6750's b64token: what a bearer token may hold. Anything else (a space, a second line)
@@ -288,11 +291,20 @@ Source = CommandSource | FileSource | EndpointSource
 
 
 class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]
-    """aiokafka's token provider: the cached token, or a new one when it is due."""
+    """aiokafka's token provider: the cached token, or a new one when it is due.
+
+    After a failed fetch the source is not asked again before a pause, which doubles with each
+    failure up to ``RETRY_MAX_S``: aiokafka tries to connect again every 100 ms or so, and each
+    try must not run the command or call the endpoint again. Meanwhile a try gets the last
+    error again (or the current token while it is valid).
+    """
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self._token: Token | None = None
+        self._failure: TokenError | None = None
+        self._retry_s = 0.0
+        self._retry_at = 0.0  # time.monotonic()
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -308,12 +320,20 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]
         async with self._locked():
             now = time.time()
             current = self._token
+            usable = current is not None and not current.expired(now)
             if current is not None and not current.due(now) and not self.source.stale(current):
                 return current.value
+            if self._failure is not None and time.monotonic() < self._retry_at:
+                if current is not None and usable:
+                    return current.value
+                raise TokenError(str(self._failure), retriable=self._failure.retriable)
             try:
                 fresh = await self.source.fetch()
             except TokenError as error:
-                if current is None or current.expired(now):
+                self._failure = error
+                self._retry_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, self._retry_s * 2))
+                self._retry_at = time.monotonic() + self._retry_s
+                if current is None or not usable:
                     raise
                 _REFRESH_FAILED.log(
                     source=self.source.name,
@@ -321,7 +341,7 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]
                     expires_in_s=current.obtained_at + current.lifetime_s - now,
                 )
                 return current.value
-            self._token = fresh
+            self._token, self._failure, self._retry_s = fresh, None, 0.0
             _OBTAINED.log(
                 source=self.source.name,
                 valid_s=fresh.lifetime_s if fresh.expires_at is not None else None,

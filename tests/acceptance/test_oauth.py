@@ -126,7 +126,7 @@ async def test_the_daemon_consumes_exactly_over_oauthbearer(
     assert_tokens_absent(log, tokens)
 
 
-async def test_a_token_that_expires_is_replaced_and_consuming_goes_on(
+async def test_expiring_tokens_are_replaced_and_an_outage_of_tokens_is_waited_out(
     oauth_bootstrap: str,
     kafka_bootstrap: str,
     topic_factory: TopicFactory,
@@ -134,39 +134,63 @@ async def test_a_token_that_expires_is_replaced_and_consuming_goes_on(
     tmp_path: Path,
     daemons: list[Daemon],
 ) -> None:
-    """Tokens of 4 s: the broker closes each connection when its token expires, and the daemon
-    logs in again with a new one, several times over, without losing or repeating a record."""
+    """Tokens of 3 s in a file that a "sidecar" rewrites every second: the broker closes each
+    connection when its token expires, and the daemon logs in again with the file's new token.
+    Then the file is gone for 3.5 s, longer than any token lasts: connections fail meanwhile and
+    are tried again, as for an unreachable broker, and consuming goes on once a token is back,
+    without losing or repeating a record."""
     topic = await topic_factory(2)
-    command, issued = token_command(tmp_path, lifetime_s=4)
-    database = tmp_path / "state.db"
-    daemon = Daemon(
-        oauth_bootstrap,
-        [topic],
-        group_id,
-        database,
-        *OAUTHBEARER,
-        "--oauth-token-command",
-        command,
-        options=VERBOSE_JSON,
-    )
-    daemons.append(daemon.start())
-    first = keyed_messages(300, partitions=2, keys=30)
-    await produce_keyed(kafka_bootstrap, topic, first)
-    await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
-    started = time.monotonic()
-    await asyncio.sleep(6)  # every token the daemon had by then has expired
-    second = keyed_messages(300, partitions=2, keys=30)
-    await produce_keyed(kafka_bootstrap, topic, second)
-    await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
-    assert time.monotonic() - started > 6
-    assert await daemon.terminate() == 0, daemon.log()[-3000:]
+    token_file = tmp_path / "token"
+    tokens: list[str] = []
+    sidecar_on = asyncio.Event()
+
+    async def sidecar() -> None:
+        while True:
+            await sidecar_on.wait()
+            tokens.append(unsecured_jwt(lifetime_s=3))
+            (tmp_path / "token.new").write_text(tokens[-1])
+            (tmp_path / "token.new").replace(token_file)
+            await asyncio.sleep(1)
+
+    sidecar_on.set()
+    writing = asyncio.create_task(sidecar())
+    try:
+        await asyncio.sleep(0.1)
+        database = tmp_path / "state.db"
+        daemon = Daemon(
+            oauth_bootstrap,
+            [topic],
+            group_id,
+            database,
+            *OAUTHBEARER,
+            "--oauth-token-file",
+            str(token_file),
+            options=VERBOSE_JSON,
+        )
+        daemons.append(daemon.start())
+        first = keyed_messages(300, partitions=2, keys=30)
+        await produce_keyed(kafka_bootstrap, topic, first)
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
+        await asyncio.sleep(3.5)  # the first token expires: the daemon logs in with a later one
+        sidecar_on.clear()
+        await asyncio.sleep(0.1)
+        token_file.unlink()
+        await asyncio.sleep(3.5)  # every token the daemon had has expired
+        second = keyed_messages(300, partitions=2, keys=30)
+        await produce_keyed(kafka_bootstrap, topic, second)
+        sidecar_on.set()
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 30, [daemon])
+        assert await daemon.terminate() == 0, daemon.log()[-3000:]
+    finally:
+        writing.cancel()
 
     assert db_counts(database, topic) == expected(first + second)
     log = daemon.log()
-    tokens = issued_tokens(issued)
-    assert len(tokens) >= 3, log[-3000:]  # fetched again, more than once
-    # The broker really ended the expired sessions: aiokafka saw its connections closed.
+    assert log.count('"event": "oauth_token_obtained"') >= 3, log[-3000:]
+    # The broker really ended the expired sessions, and logging in failed while the file was
+    # gone: aiokafka saw its connections closed and could not open new ones.
     assert f"KafkaConnectionError: Connection at {oauth_bootstrap} closed" in log
+    assert f"--oauth-token-file {token_file}: no such file" in log
     assert_tokens_absent(log, tokens)
 
 

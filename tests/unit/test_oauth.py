@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from sqlstate.kafka.oauth import (
 from sqlstate.settings import Security
 from tests.support.oauth import TokenEndpoint, unsecured_jwt
 
-OAUTH = {"protocol": "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER"}
+OAUTH: dict[str, Any] = {"protocol": "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER"}
 
 
 def test_the_expiry_is_the_jwt_exp_claim() -> None:
@@ -82,10 +83,10 @@ def test_a_token_is_due_after_half_its_lifetime() -> None:
     ],
 )
 def test_oauthbearer_needs_exactly_one_complete_token_source(
-    fields: dict[str, object], problem: str
+    fields: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
-        Security(**OAUTH, **fields).validated()  # type: ignore[arg-type]
+        Security(**OAUTH, **fields).validated()
 
 
 def test_a_token_source_without_oauthbearer_is_refused() -> None:
@@ -157,6 +158,32 @@ async def test_a_failed_refresh_keeps_the_token_until_it_expires(
     assert "token-1" not in caplog.text
 
 
+async def test_a_failing_source_is_asked_again_only_after_a_growing_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka tries to connect every 100 ms or so; the source is not asked each time."""
+    source = FakeSource()
+    source.failure = TokenError("the endpoint is down", retriable=True)
+    provider = TokenProvider(source)  # type: ignore[arg-type]
+    clock = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: clock)
+    for _ in range(3):
+        with pytest.raises(TokenError, match="the endpoint is down") as failed:
+            await provider.token()
+        assert failed.value.retriable
+    assert source.fetches == 1
+    clock += 0.6  # past the first pause (0.5 s); the next one is 1 s
+    with pytest.raises(TokenError):
+        await provider.token()
+    clock += 0.6
+    with pytest.raises(TokenError):
+        await provider.token()
+    assert source.fetches == 2
+    source.failure = None
+    clock += 0.6
+    assert await provider.token() == "token-3"
+
+
 async def test_the_command_source_runs_the_command_each_time(tmp_path: Path) -> None:
     counter = tmp_path / "runs"
     command = f"echo run >> {counter}; {sys.executable} -c \"print('abc.def.')\""
@@ -201,9 +228,11 @@ async def test_the_endpoint_grants_client_credentials() -> None:
 
 
 async def test_an_endpoint_that_refuses_the_client_is_a_clear_lasting_error() -> None:
-    with TokenEndpoint(client_id="sqlstate", client_secret="s3cr3t") as endpoint:
-        with pytest.raises(TokenError) as refused:
-            await EndpointSource(endpoint.url, "sqlstate", "wrong", None).fetch()
+    with (
+        TokenEndpoint(client_id="sqlstate", client_secret="s3cr3t") as endpoint,
+        pytest.raises(TokenError) as refused,
+    ):
+        await EndpointSource(endpoint.url, "sqlstate", "wrong", None).fetch()
     assert str(refused.value) == (
         f"the token endpoint {endpoint.url} answered HTTP 401: invalid_client"
         " client authentication failed"
