@@ -103,6 +103,9 @@ async def _end_offsets(
     consumer = build_offsets_consumer(bootstrap_servers, isolation_level, security)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
+        # A broker that refused an OAUTHBEARER token answers no metadata: start() does not
+        # notice, and end_offsets() would wait for it until the timeout. topics() fails at once.
+        await asyncio.wait_for(consumer.topics(), timeout_s)
         ends: dict[TopicPartition, int] = await asyncio.wait_for(
             consumer.end_offsets(tps), timeout_s
         )

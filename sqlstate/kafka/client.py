@@ -242,11 +242,12 @@ def worth_asking_why(error: BaseException, security: Security) -> bool:
 
     aiokafka reports a refused SASL login or TLS handshake like an unreachable broker, with a
     KafkaConnectionError. A broker that rejects an OAUTHBEARER token lets the login seem to
-    succeed and then answers no metadata, which aiokafka reports with a plain KafkaError.
+    succeed and then answers no metadata, which aiokafka reports with a plain KafkaError, or
+    waits for until the caller's timeout.
     """
     if isinstance(error, KafkaConnectionError):
         return True
-    return security.sasl_mechanism == "OAUTHBEARER" and isinstance(error, KafkaError)
+    return security.sasl_mechanism == "OAUTHBEARER" and isinstance(error, KafkaError | TimeoutError)
 
 
 async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) -> str | None:

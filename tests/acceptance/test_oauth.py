@@ -27,6 +27,7 @@ from tests.acceptance.test_security import (
 )
 from tests.support.broker import SecureListeners
 from tests.support.daemon import Daemon, wait_for_positions
+from tests.support.db import writing
 from tests.support.kafka import TopicFactory
 from tests.support.oauth import TokenEndpoint, issued_tokens, token_command, unsecured_jwt
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
@@ -237,6 +238,31 @@ async def test_a_refused_or_missing_token_exits_4_with_a_clear_error(
         assert "refused the OAUTHBEARER token from --oauth-token-file" in line, line
         assert "has not expired" in line, line  # says what to check
         assert_tokens_absent(output, [token])
+        # `offsets` says the same, as quickly. run migrated the file; give it a position to
+        # look up, since an empty database asks Kafka nothing.
+        with writing(tmp_path / "state.db") as conn:
+            conn.execute(
+                "INSERT INTO positions (topic, partition, next_offset, epoch, owner, updated_at)"
+                " VALUES (?, 0, 0, 1, 'test', '2026-01-01T00:00:00Z')",
+                (topic,),
+            )
+        started = time.monotonic()
+        code, _, errors = await sqlstate(
+            [
+                "offsets",
+                "--database",
+                str(tmp_path / "state.db"),
+                "--bootstrap-servers",
+                oauth_bootstrap,
+                *OAUTHBEARER,
+                *flags,
+            ],
+            {},
+        )
+        assert code == 4, errors
+        assert time.monotonic() - started < 15, errors
+        [line] = error_lines(errors)
+        assert "refused the OAUTHBEARER token from --oauth-token-file" in line, line
     else:
         assert line.endswith(
             f"no OAuth token to log in to Kafka with: --oauth-token-command exited with"
