@@ -8,7 +8,8 @@ aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``
 assignment check, ``in_group`` and ``transaction_fatal_error``) and the one request sent around
 aiokafka's API (``commit_group_offsets``) are checked by the tests against the real broker. The
 security options and ``refusal`` serve every client; they are tested against the test broker's
-SASL and SSL listeners (tests/acceptance/test_security.py).
+SASL and SSL listeners (tests/acceptance/test_security.py, and test_oauth.py for OAUTHBEARER,
+whose one token provider per process every client shares: ``oauth.py``).
 
 Two requests aiokafka has no public call for are sent over the consumer's own connections:
 Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
