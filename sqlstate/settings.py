@@ -37,7 +37,13 @@ DEFAULT_PROCESSORS = ("counts",)
 # `sqlstate wait` and `sqlstate.wait_for`: how long they wait for the positions by default.
 WAIT_TIMEOUT_S = 30.0
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+# Where an OAUTHBEARER token comes from (sqlstate/kafka/oauth.py): the Security fields and flags.
+OAUTH_TOKEN_SOURCES = {
+    "oauth_token_command": "--oauth-token-command",
+    "oauth_token_file": "--oauth-token-file",
+    "oauth_token_endpoint": "--oauth-token-endpoint",
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,14 @@ class Security:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: str | None = field(default=None, repr=False)
+    # OAUTHBEARER: exactly one token source (docs/oauth.md). The client secret, like the
+    # passwords, comes from the environment only.
+    oauth_token_command: str | None = None
+    oauth_token_file: Path | None = None
+    oauth_token_endpoint: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = field(default=None, repr=False)
+    oauth_scope: str | None = None
 
     def problems(self) -> list[str]:
         problems: list[str] = []
@@ -60,14 +74,43 @@ class Security:
         if self.protocol.startswith("SASL"):
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 problems.append(f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}")
-            if not self.sasl_username or not self.sasl_password:
+            if self.sasl_mechanism == "OAUTHBEARER":
+                problems += self._oauth_problems()
+            elif not self.sasl_username or not self.sasl_password:
                 problems.append(
                     "SASL needs --sasl-username and the password in SQLSTATE_SASL_PASSWORD"
+                )
+        if self.sasl_mechanism != "OAUTHBEARER" or not self.protocol.startswith("SASL"):
+            given = [flag for name, flag in OAUTH_TOKEN_SOURCES.items() if getattr(self, name)]
+            if given:
+                problems.append(
+                    f"{', '.join(given)} needs --sasl-mechanism OAUTHBEARER with"
+                    " --security-protocol SASL_PLAINTEXT or SASL_SSL"
                 )
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             value = getattr(self, name)
             if value is not None and not value.is_file():
                 problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+        return problems
+
+    def _oauth_problems(self) -> list[str]:
+        problems: list[str] = []
+        given = [flag for name, flag in OAUTH_TOKEN_SOURCES.items() if getattr(self, name)]
+        if len(given) != 1:
+            problems.append(
+                f"OAUTHBEARER needs exactly one of {', '.join(OAUTH_TOKEN_SOURCES.values())}"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if self.oauth_token_endpoint:
+            if not self.oauth_token_endpoint.startswith(("https://", "http://")):
+                problems.append("--oauth-token-endpoint must be an http:// or https:// URL")
+            if not self.oauth_client_id or not self.oauth_client_secret:
+                problems.append(
+                    "--oauth-token-endpoint needs --oauth-client-id and the secret in"
+                    " SQLSTATE_OAUTH_CLIENT_SECRET"
+                )
+        elif self.oauth_client_id or self.oauth_scope:
+            problems.append("--oauth-client-id and --oauth-scope need --oauth-token-endpoint")
         return problems
 
     def validated(self) -> Security:

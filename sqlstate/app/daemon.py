@@ -21,7 +21,7 @@ from typing import Any
 import aiokafka
 import aiosqlite
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from sqlstate import __version__
 from sqlstate.app import collector
@@ -42,7 +42,7 @@ from sqlstate.errors import (
     SqlstateError,
     TopicNotFoundError,
 )
-from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
+from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
@@ -177,7 +177,7 @@ async def _start_consumer(
                 return False
             # aiokafka reports a refused login or handshake like an unreachable broker; ask why.
             refused = None
-            if isinstance(error, KafkaConnectionError):
+            if worth_asking_why(error, settings.security):
                 refused = await refusal(
                     settings.bootstrap_servers,
                     settings.security,

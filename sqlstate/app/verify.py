@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.recompute import Recomputed, Span, recompute
@@ -55,7 +55,7 @@ from sqlstate.errors import (
     ProcessorError,
     TopicNotFoundError,
 )
-from sqlstate.kafka.client import build_range_reader, refusal, topic_ids
+from sqlstate.kafka.client import build_range_reader, refusal, topic_ids, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
 from sqlstate.processors.registry import BUILT_INS, Processors
@@ -248,9 +248,12 @@ async def _recompute(
 async def _start(consumer: AIOKafkaConsumer, settings: Settings) -> None:
     try:
         await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
+        # A broker that refused an OAUTHBEARER token answers no metadata, which start() does
+        # not notice; topics() fails at once.
+        await asyncio.wait_for(consumer.topics(), settings.connect_timeout_s)
     except (TimeoutError, KafkaError, OSError) as error:
         refused = None
-        if isinstance(error, KafkaConnectionError):
+        if worth_asking_why(error, settings.security):
             refused = await refusal(
                 settings.bootstrap_servers, settings.security, settings.connect_timeout_s
             )

@@ -82,7 +82,8 @@ database_option = _setting(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 # How to connect to Kafka, for every command that does. Passwords come only from the environment
-# (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD), never from a flag that `ps` would show.
+# (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD, SQLSTATE_OAUTH_CLIENT_SECRET), never from a
+# flag that `ps` would show.
 _security_options = [
     _option(
         "--security-protocol",
@@ -96,7 +97,8 @@ _security_options = [
         "--sasl-mechanism",
         env="SASL_MECHANISM",
         type=click.Choice(SASL_MECHANISMS),
-        help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only.",
+        help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only;"
+        " OAUTHBEARER takes a token from one --oauth-token-* source instead.",
     ),
     _option("--sasl-username", env="SASL_USERNAME", help="SASL user name."),
     _option(
@@ -117,6 +119,27 @@ _security_options = [
         type=click.Path(dir_okay=False, path_type=Path),
         help="Client private key (PEM).",
     ),
+    _option(
+        "--oauth-token-command",
+        env="OAUTH_TOKEN_COMMAND",
+        help="OAUTHBEARER: a shell command that prints the token; run again before it expires.",
+    ),
+    _option(
+        "--oauth-token-file",
+        env="OAUTH_TOKEN_FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="OAUTHBEARER: a file holding the token; read again whenever it changes.",
+    ),
+    _option(
+        "--oauth-token-endpoint",
+        env="OAUTH_TOKEN_ENDPOINT",
+        help="OAUTHBEARER: an OAuth token endpoint (client credentials grant). The client"
+        " secret is read from SQLSTATE_OAUTH_CLIENT_SECRET only.",
+    ),
+    _option(
+        "--oauth-client-id", env="OAUTH_CLIENT_ID", help="Client id at --oauth-token-endpoint."
+    ),
+    _option("--oauth-scope", env="OAUTH_SCOPE", help="Scope asked of --oauth-token-endpoint."),
 ]
 
 
@@ -132,6 +155,12 @@ def _security(options: dict[str, Any]) -> Security:
         ssl_certfile=options.pop("ssl_certfile"),
         ssl_keyfile=options.pop("ssl_keyfile"),
         ssl_password=_secret("SSL_PASSWORD"),
+        oauth_token_command=options.pop("oauth_token_command"),
+        oauth_token_file=options.pop("oauth_token_file"),
+        oauth_token_endpoint=options.pop("oauth_token_endpoint"),
+        oauth_client_id=options.pop("oauth_client_id"),
+        oauth_client_secret=_secret("OAUTH_CLIENT_SECRET"),
+        oauth_scope=options.pop("oauth_scope"),
     )
 
 
