@@ -52,7 +52,7 @@ from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
-from sqlstate.settings import Settings
+from sqlstate.settings import Settings, start_point
 from sqlstate.state.model import ChangelogPublishFailed, Claim, Claimed, Forget
 from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, refusal
 from sqlstate.state.store import Store
@@ -187,6 +187,8 @@ class Claimer:
         self._held_since = 0.0
         # claim_held waits until then (a changelog producer was fenced: see hold_again).
         self._not_before = 0.0
+        # Where a partition the file has never seen starts: checked valid by Settings.
+        self._start_from = start_point(settings.start_from)
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
@@ -416,7 +418,9 @@ class Claimer:
     ) -> tuple[dict[TopicPartition, LogBounds], dict[str, str | None]]:
         """The logs' bounds, then the topics' IDs, for a claim: a topic recreated between the
         two reads shows as recreated. The topics are assigned: each must exist."""
-        bounds = await read_bounds(self._consumer, tps, self._settings.isolation_level)
+        bounds = await read_bounds(
+            self._consumer, tps, self._settings.isolation_level, self._start_from
+        )
         ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
         return bounds, ids
 

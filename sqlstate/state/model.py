@@ -80,6 +80,10 @@ class Position:
     owner: str
     log_end_offset: int | None
     updated_at: str
+    # The --start-from that chose where the partition started, and that offset (docs/schema.md):
+    # None for a partition first claimed before they were recorded, or followed from a changelog.
+    start_from: str | None = None
+    start_offset: int | None = None
 
 
 @dataclass(frozen=True)

@@ -79,10 +79,17 @@ INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at);
 
 -- name: claim_partition
 -- A new owner takes the partition: bump the epoch (fencing out the previous owner), record who owns
--- it, and return where to start. A partition seen for the first time starts at :start_offset.
+-- it, and return where to start. A partition seen for the first time starts at :start_offset,
+-- recorded with the --start-from that chose it; a known one keeps its position and its start.
 -- The log end seen at the claim makes lag known before the first batch.
-INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
-VALUES (:topic, :partition, :start_offset, 1, :owner, :log_end_offset, :now)
+INSERT INTO positions (
+    topic, partition, next_offset, epoch, owner, log_end_offset, updated_at,
+    start_from, start_offset
+)
+VALUES (
+    :topic, :partition, :start_offset, 1, :owner, :log_end_offset, :now,
+    :start_from, :start_offset
+)
 ON CONFLICT (topic, partition) DO UPDATE
     SET epoch = epoch + 1, owner = excluded.owner,
         log_end_offset = coalesce(excluded.log_end_offset, log_end_offset),
@@ -104,12 +111,22 @@ SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :
 WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 
 -- name: read_position
-SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, start_from,
+       start_offset
 FROM positions WHERE topic = :topic AND partition = :partition;
 
 -- name: list_positions
-SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, start_from,
+       start_offset
 FROM positions ORDER BY topic, partition;
+
+-- name: record_topic_start
+-- The topic's partition count at the file's first claim of it; kept ever after.
+INSERT INTO topic_starts (topic, partitions, recorded_at) VALUES (:topic, :partitions, :now)
+ON CONFLICT (topic) DO NOTHING;
+
+-- name: read_topic_start
+SELECT partitions FROM topic_starts WHERE topic = :topic;
 
 -- name: top_counts
 SELECT topic, key, count FROM counts

@@ -64,6 +64,7 @@ from sqlstate.state.model import (
 from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
+from sqlstate.state.start import EARLIEST, first_start
 
 
 def commit_batch(
@@ -146,19 +147,27 @@ def claim_assignment(
     resets: list[Reset] = []
     changes: dict[TopicPartition, Change] = {}
     for tp, log in sorted(bounds.items()):
-        # A partition never seen before starts at the earliest offset Kafka still has.
+        # A partition never seen before starts where --start-from puts it; a known one keeps
+        # its position, whatever --start-from says now.
+        start_from, start_offset = first_start(conn, tp, log.start, log.first, log.end, now)
+        new = position(conn, tp) is None
         row = conn.execute(
             sql("claim_partition"),
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
-                "start_offset": log.first,
+                "start_offset": start_offset,
+                "start_from": start_from,
                 "owner": owner,
                 "log_end_offset": log.end,
                 "now": now,
             },
         ).fetchone()
         claim = Claim(row["next_offset"], row["epoch"])
+        if new and changelog is not None and start_from != EARLIEST:
+            # The start goes to the changelog as the position does: a host that claims the
+            # partition next restores it, and never chooses a start of its own.
+            changes[tp] = Change([], start_offset, None)
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
