@@ -106,8 +106,11 @@ WHERE topic = :topic AND partition = :partition
   AND next_offset = :expected_offset AND epoch = :epoch;
 
 -- name: reset_position
+-- --out-of-range reset: the partition's state starts over at the log's first offset, and so
+-- does what its start says.
 UPDATE positions
-SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now
+SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now,
+    start_from = 'earliest', start_offset = :next_offset
 WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 
 -- name: read_position
@@ -172,7 +175,7 @@ SELECT partition, next_offset FROM positions WHERE topic = :topic ORDER BY parti
 -- so that whoever holds the partition now cannot commit a batch it read before the reset.
 UPDATE positions
 SET next_offset = :next_offset, epoch = epoch + 1, log_end_offset = :log_end_offset,
-    updated_at = :now
+    updated_at = :now, start_from = 'earliest', start_offset = :next_offset
 WHERE topic = :topic AND partition = :partition;
 
 -- name: read_state_setting
