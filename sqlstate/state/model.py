@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 
 from sqlstate.errors import ChangelogError
 from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.start import StartedAt
 
 #: The parameters of one execution of a statement: a tuple for ``?``, a mapping for ``:name``.
 Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
@@ -59,6 +60,8 @@ class Change(NamedTuple):
     # The claim whose compare-and-set the batch passed: only that claim's producer may
     # publish it. None: the claim this very transaction makes (its out-of-range reset).
     epoch: int | None
+    # Where the partition's state begins (``state/start.py``), carried by the position record.
+    start: StartedAt | None = None
 
 
 @dataclass(frozen=True)

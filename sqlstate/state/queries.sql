@@ -123,6 +123,9 @@ SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, 
        start_offset
 FROM positions ORDER BY topic, partition;
 
+-- name: read_start
+SELECT start_from, start_offset FROM positions WHERE topic = :topic AND partition = :partition;
+
 -- name: record_topic_start
 -- The topic's partition count at the file's first claim of it; kept ever after.
 INSERT INTO topic_starts (topic, partitions, recorded_at) VALUES (:topic, :partitions, :now)
@@ -286,11 +289,18 @@ ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, recorded_at = ex
 -- file never saw gets a row at epoch 0 (any claim bumps it past); a known one keeps its epoch,
 -- so a claim here is never undone by following. The owner becomes 'standby' (progress shows
 -- the partition as followed; no decision reads the owner) and the log end its owner's to know.
-INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
-VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now)
+-- The start the owner recorded comes with the position (a record written before positions
+-- carried it has none: the file's is kept).
+INSERT INTO positions (
+    topic, partition, next_offset, epoch, owner, log_end_offset, updated_at,
+    start_from, start_offset
+)
+VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now, :start_from, :start_offset)
 ON CONFLICT (topic, partition) DO UPDATE
     SET next_offset = excluded.next_offset, owner = 'standby', log_end_offset = NULL,
-        updated_at = excluded.updated_at;
+        updated_at = excluded.updated_at,
+        start_from = coalesce(excluded.start_from, start_from),
+        start_offset = coalesce(excluded.start_offset, start_offset);
 
 -- name: locking_mode_exclusive
 -- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which

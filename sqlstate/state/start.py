@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import TopicPartition
 
@@ -41,6 +42,21 @@ class Start:
     policy: str
     offset: int
     partitions: int
+
+
+class StartedAt(NamedTuple):
+    """Where a partition's state begins, as recorded with its position: the policy that chose
+    it and the offset. Under --changelog every position record carries it, so that every
+    file's copy of the partition says where its state begins."""
+
+    policy: str
+    offset: int
+
+
+def started_at(conn: sqlite3.Connection, tp: TopicPartition) -> StartedAt | None:
+    """The start recorded with ``tp``'s position; None if none is."""
+    row = conn.execute(sql("read_start"), {"topic": tp.topic, "partition": tp.partition}).fetchone()
+    return None if row is None or row[1] is None else StartedAt(row[0], row[1])
 
 
 def first_start(

@@ -64,7 +64,7 @@ from sqlstate.state.model import (
 from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
-from sqlstate.state.start import EARLIEST, first_start
+from sqlstate.state.start import EARLIEST, StartedAt, first_start, started_at
 
 
 def commit_batch(
@@ -99,7 +99,10 @@ def commit_batch(
             # records only): the position goes to the changelog, so that standbys show the
             # partition at its log's end rather than one marker behind it for good.
             changes[part.tp] = Change(
-                changelog.take_changes(conn), part.next_offset, part.claim.epoch
+                changelog.take_changes(conn),
+                part.next_offset,
+                part.claim.epoch,
+                started_at(conn, part.tp),
             )
         outcomes.append(
             Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
@@ -167,7 +170,7 @@ def claim_assignment(
         if new and changelog is not None and start_from != EARLIEST:
             # The start goes to the changelog as the position does: a host that claims the
             # partition next restores it, and never chooses a start of its own.
-            changes[tp] = Change([], start_offset, None)
+            changes[tp] = Change([], start_offset, None, StartedAt(start_from, start_offset))
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -179,7 +182,7 @@ def claim_assignment(
                 # next owner's restore, must forget them as this file did.
                 rows = changelog.take_changes(conn)
                 if rows:
-                    changes[tp] = Change(rows, log.first, None)
+                    changes[tp] = Change(rows, log.first, None, StartedAt(EARLIEST, log.first))
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
