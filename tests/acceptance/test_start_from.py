@@ -6,7 +6,8 @@ added to the topic later from its first record; a restart with another ``--start
 no partition that has a position; a record time (``-2h`` and an ISO 8601 time) starts at the
 first record at or after it, the default at the first offset, as before. Each run is checked
 by the oracle over the range it applied, ``[start_offset, next_offset)``, and its start is read
-back from ``sqlstate offsets --json``.
+back from ``sqlstate offsets --json``. Under ``--changelog``, two hosts: the host that first
+claims a partition decides its start, and the other takes it from the changelog.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query_value
+from tests.support.hosts import converged, host, wait_for_assignments
 from tests.support.kafka import TopicFactory, add_partitions, started
 from tests.support.oracle import assert_exactly_once
 from tests.support.workload import end_offsets, keyed_messages, produce_keyed
@@ -162,3 +164,31 @@ async def test_a_record_time_starts_at_the_first_record_at_or_after_it(
     }
     assert starts(tmp_path / "default.db") == {0: ("earliest", 0), 1: ("earliest", 0)}
     assert stored_total(tmp_path / "default.db", topic) == 2 * 50
+
+
+async def test_under_changelog_the_first_owner_decides_the_start(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Host 1 claims both partitions under ``latest`` and commits no batch; host 2, under
+    ``earliest``, takes one over: it restores host 1's start from the changelog and never
+    reads the history. Both files hold exactly what came after host 1's claim."""
+    topic = await topic_factory(partitions=2)
+    await produce_keyed(kafka_bootstrap, topic, keyed_messages(600, partitions=2, seed=7))
+    history = {p: end for (_, p), end in (await end_offsets(kafka_bootstrap, topic)).items()}
+    first = host(kafka_bootstrap, topic, group_id, tmp_path, 1, "--start-from", "latest")
+    daemons.append(first.start())
+    assert await claimed(first.database, 2, first) == history
+
+    second = host(kafka_bootstrap, topic, group_id, tmp_path, 2, "--start-from", "earliest")
+    daemons.append(second.start())
+    await wait_for_assignments([first, second], topic, 2)
+    after = keyed_messages(400, partitions=2, seed=8)
+    await produce_keyed(kafka_bootstrap, topic, after)
+    await converged(kafka_bootstrap, topic, [first, second])
+    for database in (first.database, second.database):
+        assert starts(database) == {p: ("latest", end) for p, end in history.items()}
+        assert stored_total(database, topic) == len(after)
