@@ -135,6 +135,19 @@ _REVOKE_UNWAITED = LogEvent(
     " %(wait_s)gs (the database is locked?); its commit is fenced or read by the next claim of"
     " its partitions",
 )
+# Partitions the file had no position for, and where --start-from started them.
+_STARTED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_started",
+    "first claim of %(listed)s",
+    words=lambda fields: {
+        "listed": ", ".join(
+            f"{p['topic']}-{p['partition']}@{p['start_offset']} ({p['start_from']})"
+            for p in fields["started"]
+        )
+    },
+)
 _REVOKED = LogEvent(
     logger,
     logging.INFO,
@@ -466,6 +479,14 @@ class Claimer:
         for reset in claimed.resets:
             self._stats.out_of_range_resets += 1
             log_reset(reset.tp, reset.stored_offset, reset.bounds)
+        if claimed.started:
+            _STARTED.log(
+                partitions=len(claimed.started),
+                started=[
+                    partition_fields(tp, start_from=start.policy, start_offset=start.offset)
+                    for tp, start in sorted(claimed.started.items())
+                ],
+            )
         if self._ownership.is_stale(generation):
             return None
         for tp in claimed.taken:

@@ -181,3 +181,5 @@ class Claimed:
     # Partitions claimed again only if still held (``held_at``), whose row another consumer's
     # claim moved on meanwhile: left as they are, not claimed.
     taken: list[TopicPartition] = field(default_factory=list)
+    # Partitions the file had no row for, and where --start-from started them.
+    started: dict[TopicPartition, StartedAt] = field(default_factory=dict)

@@ -149,6 +149,7 @@ def claim_assignment(
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
     changes: dict[TopicPartition, Change] = {}
+    started: dict[TopicPartition, StartedAt] = {}
     for tp, log in sorted(bounds.items()):
         # A partition never seen before starts where --start-from puts it; a known one keeps
         # its position, whatever --start-from says now.
@@ -167,10 +168,12 @@ def claim_assignment(
             },
         ).fetchone()
         claim = Claim(row["next_offset"], row["epoch"])
+        if new:
+            started[tp] = StartedAt(start_from, start_offset)
         if new and changelog is not None and start_from != EARLIEST:
             # The start goes to the changelog as the position does: a host that claims the
             # partition next restores it, and never chooses a start of its own.
-            changes[tp] = Change([], start_offset, None, StartedAt(start_from, start_offset))
+            changes[tp] = Change([], start_offset, None, started[tp])
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -188,7 +191,7 @@ def claim_assignment(
         claims[tp] = claim
     if changelog is not None and changes:
         _publish(conn, changelog, changes)
-    return Claimed(claims, resets, recreated, taken)
+    return Claimed(claims, resets, recreated, taken, started)
 
 
 def run_statements(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:

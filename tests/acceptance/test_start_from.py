@@ -80,6 +80,8 @@ async def test_latest_reads_only_what_comes_after_and_a_restart_keeps_positions(
     await wait_for_positions(database, await end_offsets(kafka_bootstrap, topic), 60, [daemon])
     assert stored_total(database, topic) == len(after)
     assert starts(database) == {p: ("latest", end) for p, end in history.items()}
+    started = f"first claim of {topic}-0@{history[0]} (latest), {topic}-1@{history[1]} (latest)"
+    assert started in daemon.log()
 
     # Partitions added to the topic after the file first claimed it start at their first
     # record: nothing written to them before the daemon noticed them is missed.
