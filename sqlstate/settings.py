@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -131,6 +132,9 @@ class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     database: Path = Path("sqlstate.db")
     out_of_range: OutOfRangePolicy = "reset"
+    # Where a partition the file has never seen starts: earliest, latest, or a record time
+    # (docs/start-from.md). Never applied to a partition with a stored position.
+    start_from: str = "earliest"
     isolation_level: IsolationLevel = "read_committed"
     max_records: int = 30_000
     client_id: str = "sqlstate"
@@ -197,6 +201,10 @@ class Settings:
             problems.append("--max-records must be at least 1")
         if self.out_of_range not in OUT_OF_RANGE_POLICIES:
             problems.append(f"--out-of-range must be {' or '.join(OUT_OF_RANGE_POLICIES)}")
+        try:
+            start_point(self.start_from)
+        except ValueError as error:
+            problems.append(f"--start-from: {error}")
         if self.isolation_level not in ISOLATION_LEVELS:
             problems.append(f"--isolation-level must be {' or '.join(ISOLATION_LEVELS)}")
         problems += self.security.problems()
@@ -317,6 +325,42 @@ def duration_ms(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 1m, 2h, 7d or 1w")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """``--start-from`` read: ``earliest``, ``latest``, or a record time, given as a moment
+    (``at_ms``, ms since the epoch) or as a duration before the partition's first claim
+    (``ago_ms``)."""
+
+    name: Literal["earliest", "latest", "timestamp"]
+    at_ms: int | None = None
+    ago_ms: int | None = None
+
+
+def start_point(text: str) -> StartPoint:
+    """``earliest``, ``latest``, an ISO 8601 time with its zone (``2026-12-01T00:00:00Z``) or a
+    duration back from now (``-2h``, ``-7d``); ValueError for anything else."""
+    if text == "earliest":
+        return StartPoint("earliest")
+    if text == "latest":
+        return StartPoint("latest")
+    if text.startswith("-"):
+        try:
+            return StartPoint("timestamp", ago_ms=duration_ms(text[1:]))
+        except ValueError:
+            pass
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None and moment.timestamp() >= 0:
+            return StartPoint("timestamp", at_ms=round(moment.timestamp() * 1000))
+    raise ValueError(
+        f"{text!r} is not earliest, latest, an ISO 8601 time with its zone such as"
+        " 2026-12-01T00:00:00Z, or a time back from now such as -2h or -7d"
+    )
 
 
 def default(name: str, of: type[Settings] | type[Security] | type[VerifyOptions] = Settings) -> Any:

@@ -300,6 +300,15 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     " offset, or stop with exit code 5.",
 )
 @_setting(
+    "--start-from",
+    field="start_from",
+    env="START_FROM",
+    metavar="earliest|latest|TIME",
+    help="Where a partition the database has never seen starts: its earliest offset, its end,"
+    " or the first record at or after TIME (ISO 8601 with a zone, or -2h, -7d back from its"
+    " first claim). Never moves a stored position.",
+)
+@_setting(
     "--isolation-level",
     field="isolation_level",
     env="ISOLATION_LEVEL",
@@ -564,6 +573,8 @@ def offsets(
             "owner": r.position.owner,
             "updated_at": r.position.updated_at,
             "log_end_offset": r.position.log_end_offset,
+            "start_from": r.position.start_from,
+            "start_offset": r.position.start_offset,
             **({"end_offset": r.end_offset, "lag": r.lag} if bootstrap_servers else {}),
         }
         for r in reports

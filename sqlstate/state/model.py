@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 
 from sqlstate.errors import ChangelogError
 from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.start import StartedAt
 
 #: The parameters of one execution of a statement: a tuple for ``?``, a mapping for ``:name``.
 Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
@@ -59,6 +60,8 @@ class Change(NamedTuple):
     # The claim whose compare-and-set the batch passed: only that claim's producer may
     # publish it. None: the claim this very transaction makes (its out-of-range reset).
     epoch: int | None
+    # Where the partition's state begins (``state/start.py``), carried by the position record.
+    start: StartedAt | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Position:
     owner: str
     log_end_offset: int | None
     updated_at: str
+    # The --start-from that chose where the partition started, and that offset (docs/schema.md):
+    # None for a partition first claimed before they were recorded, or followed from a changelog.
+    start_from: str | None = None
+    start_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,3 +181,5 @@ class Claimed:
     # Partitions claimed again only if still held (``held_at``), whose row another consumer's
     # claim moved on meanwhile: left as they are, not claimed.
     taken: list[TopicPartition] = field(default_factory=list)
+    # Partitions the file had no row for, and where --start-from started them.
+    started: dict[TopicPartition, StartedAt] = field(default_factory=dict)

@@ -64,6 +64,7 @@ from sqlstate.state.model import (
 from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
+from sqlstate.state.start import EARLIEST, StartedAt, first_start, started_at
 
 
 def commit_batch(
@@ -98,7 +99,10 @@ def commit_batch(
             # records only): the position goes to the changelog, so that standbys show the
             # partition at its log's end rather than one marker behind it for good.
             changes[part.tp] = Change(
-                changelog.take_changes(conn), part.next_offset, part.claim.epoch
+                changelog.take_changes(conn),
+                part.next_offset,
+                part.claim.epoch,
+                started_at(conn, part.tp),
             )
         outcomes.append(
             Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
@@ -150,20 +154,31 @@ def claim_assignment(
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
     changes: dict[TopicPartition, Change] = {}
+    started: dict[TopicPartition, StartedAt] = {}
     for tp, log in sorted(bounds.items()):
-        # A partition never seen before starts at the earliest offset Kafka still has.
+        # A partition never seen before starts where --start-from puts it; a known one keeps
+        # its position, whatever --start-from says now.
+        start_from, start_offset = first_start(conn, tp, log.start, log.first, log.end, now)
+        new = position(conn, tp) is None
         row = conn.execute(
             sql("claim_partition"),
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
-                "start_offset": log.first,
+                "start_offset": start_offset,
+                "start_from": start_from,
                 "owner": owner,
                 "log_end_offset": log.end,
                 "now": now,
             },
         ).fetchone()
         claim = Claim(row["next_offset"], row["epoch"])
+        if new:
+            started[tp] = StartedAt(start_from, start_offset)
+        if new and changelog is not None and start_from != EARLIEST:
+            # The start goes to the changelog as the position does: a host that claims the
+            # partition next restores it, and never chooses a start of its own.
+            changes[tp] = Change([], start_offset, None, started[tp])
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -175,13 +190,13 @@ def claim_assignment(
                 # next owner's restore, must forget them as this file did.
                 rows = changelog.take_changes(conn)
                 if rows:
-                    changes[tp] = Change(rows, log.first, None)
+                    changes[tp] = Change(rows, log.first, None, StartedAt(EARLIEST, log.first))
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
     if changelog is not None and changes:
         _publish(conn, changelog, changes)
-    return Claimed(claims, resets, recreated, taken)
+    return Claimed(claims, resets, recreated, taken, started)
 
 
 def run_statements(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:

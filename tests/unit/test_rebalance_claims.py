@@ -70,6 +70,9 @@ class StandInConsumer:
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: 100 for tp in tps}
 
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.assignment() if tp.topic == topic}
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
 
