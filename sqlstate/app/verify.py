@@ -286,18 +286,22 @@ def _plan(
                 f" state was made from {old_id}): none of its records can be read again"
             )
             continue
+        # Where the file's state of the partition begins: the offset its --start-from chose
+        # (recorded since), else the start of the topic. Records before it were never state.
+        begins = p.start_offset or 0
         if p.next_offset < first:
             check.unchecked = (
                 f"the file's position {p.next_offset} is below the log's first offset {first}:"
-                f" offsets 0-{first - 1} were deleted from Kafka"
+                f" offsets {begins}-{first - 1} were deleted from Kafka"
             )
             continue
-        if first > 0:
+        if first > begins:
             check.checked_from = first
             check.unchecked = (
-                f"offsets 0-{first - 1} were deleted from Kafka (retention or"
+                f"offsets {begins}-{first - 1} were deleted from Kafka (retention or"
                 " kafka-delete-records): a state made from them cannot be recomputed"
             )
+        first = max(first, begins)
         if p.next_offset > end:
             check.problems.append(
                 f"the file's position {p.next_offset} is past the log's end {end}: the file"

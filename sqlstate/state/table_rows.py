@@ -23,6 +23,7 @@ BOOKKEEPING = frozenset(
         "positions",
         "schema_migrations",
         "topics",
+        "topic_starts",
         "state_settings",
         "topic_processors",
         "changelog_offsets",

@@ -113,6 +113,25 @@ async def test_latest_reads_only_what_comes_after_and_a_restart_keeps_positions(
     await assert_exactly_once(kafka_bootstrap, database, topic)
     assert await again.terminate() == 0
     assert "Traceback" not in daemon.log() + again.log()
+    # verify recomputes each partition from where its start put it, not from the history.
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sqlstate",
+            "verify",
+            "--database",
+            str(database),
+            "--topic",
+            topic,
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 async def test_a_record_time_starts_at_the_first_record_at_or_after_it(
