@@ -43,6 +43,18 @@ def starts(database: Path) -> dict[int, tuple[str | None, int | None]]:
     return {r["partition"]: (r["start_from"], r["start_offset"]) for r in json.loads(result.stdout)}
 
 
+def verify(bootstrap: str, database: Path, topic: str) -> tuple[int, str]:
+    """``sqlstate verify`` of ``topic`` in ``database``: its exit code and what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sqlstate", "verify", "--database", str(database)]
+        + ["--topic", topic, "--bootstrap-servers", bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
 def stored_total(database: Path, topic: str) -> int:
     """Every record counted, as the counts view says."""
     total = query_value(database, "SELECT sum(count) FROM counts WHERE topic = ?", (topic,))
@@ -114,24 +126,8 @@ async def test_latest_reads_only_what_comes_after_and_a_restart_keeps_positions(
     assert await again.terminate() == 0
     assert "Traceback" not in daemon.log() + again.log()
     # verify recomputes each partition from where its start put it, not from the history.
-    verified = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sqlstate",
-            "verify",
-            "--database",
-            str(database),
-            "--topic",
-            topic,
-            "--bootstrap-servers",
-            kafka_bootstrap,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    code, report = verify(kafka_bootstrap, database, topic)
+    assert code == 0, report
 
 
 async def test_a_record_time_starts_at_the_first_record_at_or_after_it(
