@@ -46,8 +46,10 @@ def starts(database: Path) -> dict[int, tuple[str | None, int | None]]:
 def verify(bootstrap: str, database: Path, topic: str) -> tuple[int, str]:
     """``sqlstate verify`` of ``topic`` in ``database``: its exit code and what it printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "sqlstate", "verify", "--database", str(database)]
-        + ["--topic", topic, "--bootstrap-servers", bootstrap],
+        [
+            *(sys.executable, "-m", "sqlstate", "verify", "--database", str(database)),
+            *("--topic", topic, "--bootstrap-servers", bootstrap),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
