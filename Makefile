@@ -52,7 +52,7 @@ format: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-## test: every test in tests/, against a real broker, in TEST_WORKERS pytest-xdist workers
+## test: every test in tests/ (and examples/), against a real broker, in TEST_WORKERS pytest-xdist workers
 ## (most tests wait on Kafka; those that stop the broker run alone: tests/conftest.py).
 ## TEST_WORKERS=0 runs them in one process. pytest's own exit status is make's: 5 (no
 ## tests collected) fails like any other.

@@ -74,7 +74,8 @@ async def batches(
         for batch in range(repeat):
             started = time.perf_counter()
             outcomes = await publish_all(
-                (producer, work[p], (batch + 1) * count) for p, producer in enumerate(producers)
+                (producer, work[p], (batch + 1) * count, None)
+                for p, producer in enumerate(producers)
             )
             took.append(time.perf_counter() - started)
             failed = [outcome for outcome in outcomes if not isinstance(outcome, int)]

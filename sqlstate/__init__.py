@@ -1,10 +1,10 @@
-"""sqlstate: keep derived state from Kafka topics in SQLite, exactly once."""
+"""sqlstate: keep derived state from Kafka topics in SQLite, exactly once.
 
-from importlib.metadata import PackageNotFoundError, version
+``wait_for`` is the one call a service needs beside its producer: it waits until the file holds
+the records it just produced (docs/reading-state.md, "Read your writes").
+"""
 
-try:
-    __version__ = version("sqlstate")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0.0.0+unknown"
+from sqlstate.state.wait import NotAppliedInTime, PartitionWait, wait_for
+from sqlstate.version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["NotAppliedInTime", "PartitionWait", "__version__", "wait_for"]

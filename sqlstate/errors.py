@@ -115,7 +115,7 @@ class RejectionLimitError(SqlstateError):
     --on-processor-error dead-letter: the fault is likely not the records' but the processor's or
     the database's. The batch that crossed the limit is not committed."""
 
-    exit_code = 9
+    exit_code = 11
 
 
 class ChangelogTopicError(ConfigError):
@@ -130,3 +130,10 @@ class ChangelogFenced(ChangelogError):
     """Another owner claimed the partition: its producer fenced this one for good."""
 
     retriable = False
+
+
+class WaitTimeoutError(SqlstateError, TimeoutError):
+    """The database's positions did not pass the offsets waited for in time."""
+
+    # timeout(1)'s code: scripts already read it as "gave up waiting".
+    exit_code = 124

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -37,8 +38,16 @@ Standby = Literal["all", "none"]
 STANDBY_MODES: tuple[str, ...] = get_args(Standby)
 # The processors run when neither --processor nor --sql is given.
 DEFAULT_PROCESSORS = ("counts",)
+# `sqlstate wait` and `sqlstate.wait_for`: how long they wait for the positions by default.
+WAIT_TIMEOUT_S = 30.0
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+# Where an OAUTHBEARER token comes from (sqlstate/kafka/oauth.py): the Security fields and flags.
+OAUTH_TOKEN_SOURCES = {
+    "oauth_token_command": "--oauth-token-command",
+    "oauth_token_file": "--oauth-token-file",
+    "oauth_token_endpoint": "--oauth-token-endpoint",
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,14 @@ class Security:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: str | None = field(default=None, repr=False)
+    # OAUTHBEARER: exactly one token source (docs/oauth.md). The client secret, like the
+    # passwords, comes from the environment only.
+    oauth_token_command: str | None = None
+    oauth_token_file: Path | None = None
+    oauth_token_endpoint: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = field(default=None, repr=False)
+    oauth_scope: str | None = None
 
     def problems(self) -> list[str]:
         problems: list[str] = []
@@ -61,14 +78,43 @@ class Security:
         if self.protocol.startswith("SASL"):
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 problems.append(f"--sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}")
-            if not self.sasl_username or not self.sasl_password:
+            if self.sasl_mechanism == "OAUTHBEARER":
+                problems += self._oauth_problems()
+            elif not self.sasl_username or not self.sasl_password:
                 problems.append(
                     "SASL needs --sasl-username and the password in SQLSTATE_SASL_PASSWORD"
+                )
+        if self.sasl_mechanism != "OAUTHBEARER" or not self.protocol.startswith("SASL"):
+            given = [flag for name, flag in OAUTH_TOKEN_SOURCES.items() if getattr(self, name)]
+            if given:
+                problems.append(
+                    f"{', '.join(given)} needs --sasl-mechanism OAUTHBEARER with"
+                    " --security-protocol SASL_PLAINTEXT or SASL_SSL"
                 )
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             value = getattr(self, name)
             if value is not None and not value.is_file():
                 problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+        return problems
+
+    def _oauth_problems(self) -> list[str]:
+        problems: list[str] = []
+        given = [flag for name, flag in OAUTH_TOKEN_SOURCES.items() if getattr(self, name)]
+        if len(given) != 1:
+            problems.append(
+                f"OAUTHBEARER needs exactly one of {', '.join(OAUTH_TOKEN_SOURCES.values())}"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if self.oauth_token_endpoint:
+            if not self.oauth_token_endpoint.startswith(("https://", "http://")):
+                problems.append("--oauth-token-endpoint must be an http:// or https:// URL")
+            if not self.oauth_client_id or not self.oauth_client_secret:
+                problems.append(
+                    "--oauth-token-endpoint needs --oauth-client-id and the secret in"
+                    " SQLSTATE_OAUTH_CLIENT_SECRET"
+                )
+        elif self.oauth_client_id or self.oauth_scope:
+            problems.append("--oauth-client-id and --oauth-scope need --oauth-token-endpoint")
         return problems
 
     def validated(self) -> Security:
@@ -81,11 +127,17 @@ class Security:
 
 @dataclass(frozen=True)
 class Settings:
-    topics: tuple[str, ...]
     group_id: str
+    # --topic: these topics; or --topic-pattern: every topic whose whole name matches, as it
+    # appears (sqlstate/kafka/topic_pattern.py says which names it never takes). One of the two.
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
     bootstrap_servers: str = "127.0.0.1:9092"
     database: Path = Path("sqlstate.db")
     out_of_range: OutOfRangePolicy = "reset"
+    # Where a partition the file has never seen starts: earliest, latest, or a record time
+    # (docs/start-from.md). Never applied to a partition with a stored position.
+    start_from: str = "earliest"
     isolation_level: IsolationLevel = "read_committed"
     max_records: int = 30_000
     client_id: str = "sqlstate"
@@ -125,7 +177,7 @@ class Settings:
     value_format: Format = "bytes"
     on_bad_record: BadRecordPolicy = "fail"
     on_processor_error: ProcessorErrorPolicy = "fail"
-    # dead-letter: more records rejected in a row than this stops the daemon (exit code 9).
+    # dead-letter: more records rejected in a row than this stops the daemon (exit code 11).
     max_rejected_in_a_row: int = 100
     # The windowed-counts processor: tumbling windows of record time, and how long they are kept
     # behind each partition's highest timestamp.
@@ -146,8 +198,7 @@ class Settings:
 
     def _problems(self) -> list[str]:
         problems: list[str] = []
-        if not self.topics or any(not topic.strip() for topic in self.topics):
-            problems.append("give at least one topic (--topic or SQLSTATE_TOPIC)")
+        problems += self._topic_problems()
         if not self.group_id:
             problems.append("give a consumer group id (--group-id or SQLSTATE_GROUP_ID)")
         if not self.bootstrap_servers:
@@ -156,6 +207,10 @@ class Settings:
             problems.append("--max-records must be at least 1")
         if self.out_of_range not in OUT_OF_RANGE_POLICIES:
             problems.append(f"--out-of-range must be {' or '.join(OUT_OF_RANGE_POLICIES)}")
+        try:
+            start_point(self.start_from)
+        except ValueError as error:
+            problems.append(f"--start-from: {error}")
         if self.isolation_level not in ISOLATION_LEVELS:
             problems.append(f"--isolation-level must be {' or '.join(ISOLATION_LEVELS)}")
         problems += self.security.problems()
@@ -207,6 +262,23 @@ class Settings:
                 problems.append(f"{name} must be positive")
         return problems
 
+    def _topic_problems(self) -> list[str]:
+        if self.topic_pattern is None:
+            if not self.topics or any(not topic.strip() for topic in self.topics):
+                return ["give at least one topic (--topic or SQLSTATE_TOPIC) or a --topic-pattern"]
+            return []
+        if self.topics:
+            return ["give either --topic or --topic-pattern, not both"]
+        if not self.topic_pattern:
+            return ["--topic-pattern must not be empty"]
+        try:
+            re.compile(self.topic_pattern)
+        except re.error as error:
+            return [
+                f"--topic-pattern {self.topic_pattern!r} is not a valid regular expression: {error}"
+            ]
+        return []
+
     @property
     def processor_specs(self) -> tuple[str, ...]:
         """The ``--processor`` values, or the default when neither those nor ``--sql`` are given."""
@@ -239,6 +311,21 @@ class Settings:
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What ``sqlstate verify`` adds to the settings of the run whose file it checks."""
+
+    # Exit 0 rather than 10 when the only differences are in partitions whose records Kafka
+    # deleted (retention), which verify cannot read again.
+    allow_unchecked: bool = False
+    # Rows shown per table and partition that differ.
+    samples: int = 10
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ConfigError("--samples must be 0 or more")
+
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -252,8 +339,45 @@ def duration_ms(text: str) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
-def default(name: str, of: type[Settings] | type[Security] = Settings) -> Any:
-    """The default of the field ``name`` of ``Settings`` (or ``Security``), where it is written."""
+@dataclass(frozen=True)
+class StartPoint:
+    """``--start-from`` read: ``earliest``, ``latest``, or a record time, given as a moment
+    (``at_ms``, ms since the epoch) or as a duration before the partition's first claim
+    (``ago_ms``)."""
+
+    name: Literal["earliest", "latest", "timestamp"]
+    at_ms: int | None = None
+    ago_ms: int | None = None
+
+
+def start_point(text: str) -> StartPoint:
+    """``earliest``, ``latest``, an ISO 8601 time with its zone (``2026-12-01T00:00:00Z``) or a
+    duration back from now (``-2h``, ``-7d``); ValueError for anything else."""
+    if text == "earliest":
+        return StartPoint("earliest")
+    if text == "latest":
+        return StartPoint("latest")
+    if text.startswith("-"):
+        try:
+            return StartPoint("timestamp", ago_ms=duration_ms(text[1:]))
+        except ValueError:
+            pass
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None and moment.timestamp() >= 0:
+            return StartPoint("timestamp", at_ms=round(moment.timestamp() * 1000))
+    raise ValueError(
+        f"{text!r} is not earliest, latest, an ISO 8601 time with its zone such as"
+        " 2026-12-01T00:00:00Z, or a time back from now such as -2h or -7d"
+    )
+
+
+def default(name: str, of: type[Settings] | type[Security] | type[VerifyOptions] = Settings) -> Any:
+    """The default of the field ``name`` of ``Settings`` (or ``Security``, ``VerifyOptions``),
+    where it is written."""
     for candidate in dataclasses.fields(of):
         if candidate.name == name:
             if candidate.default is not dataclasses.MISSING:

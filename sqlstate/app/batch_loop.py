@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -38,7 +39,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlstate.app.claims import Claimer
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
-from sqlstate.app.processor_errors import Inputs, ProcessorErrors
+from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
@@ -49,14 +50,7 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.model import (
-    ChangelogPublishFailed,
-    Claim,
-    Committed,
-    Fenced,
-    PartitionBatch,
-    Statement,
-)
+from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fenced, PartitionBatch
 from sqlstate.state.store import Store
 
 logger = logging.getLogger("sqlstate.consumer")  # its documented name
@@ -158,6 +152,40 @@ def unseen(records: Records, next_offset: int) -> Records:
     return [record for record in records if record.offset >= next_offset]
 
 
+def partition_batch(
+    tp: TopicPartition,
+    claim: Claim,
+    records: Records,
+    next_offset: int,
+    log_end_offset: int | None,
+    processors: Processors,
+    bad_records: BadRecords,
+    decoded_so_far: int,
+    errors: ProcessorErrors | None = None,
+) -> PartitionBatch:
+    """One partition's share of a batch, as the store commits it: the move from ``claim`` to
+    ``next_offset``, and the statements for its ``records`` at or after the claim, those that
+    do not decode sorted out by ``--on-bad-record`` (``decoded_so_far``: the decoding failures
+    counted before the batch was decoded), those the processors fail on by
+    ``--on-processor-error`` (``errors``; without, as under ``fail``). Also how ``sqlstate
+    replay`` makes its batches."""
+    kept, rejected, bad = bad_records.sort(tp, unseen(records, claim.next_offset), decoded_so_far)
+    batch = PartitionBatch(
+        tp=tp,
+        claim=claim,
+        next_offset=next_offset,
+        log_end_offset=log_end_offset,
+        records=len(kept),
+        statements=rejected,
+        bad_records=bad,
+        source=kept,
+        dead_letters=len(rejected),
+    )
+    if errors is None:
+        return replace(batch, statements=[*rejected, *processors.statements(tp, kept)])
+    return errors.prepare(batch)
+
+
 class BatchLoop:
     """Runs until ``stop`` is set; a fatal error propagates out of ``run``."""
 
@@ -178,6 +206,7 @@ class BatchLoop:
         self._consumer = consumer
         self._store = store
         self._ownership = ownership
+        self._processors = processors
         self._errors = ProcessorErrors(processors, settings, stats)
         self._settings = settings
         self._stats = stats
@@ -234,11 +263,9 @@ class BatchLoop:
                     # against the positions it moved.
                     previous, committing = committing, None
                     refetch = await previous
-                advances, inputs = self._advances(batch, positions, refetch, decoded_so_far)
+                advances = self._advances(batch, positions, refetch, decoded_so_far)
                 if advances:
-                    committing = asyncio.create_task(
-                        self._commit_in_turn(generation, advances, inputs)
-                    )
+                    committing = asyncio.create_task(self._commit_in_turn(generation, advances))
                     # Let it run up to handing the transaction to the database thread: the
                     # next getmany() may return buffered records without ever yielding.
                     await asyncio.sleep(0)
@@ -281,6 +308,8 @@ class BatchLoop:
         aiokafka takes a deleted topic out of the assignment at the next rebalance and says
         nothing more: the daemon would sit idle on it forever. A topic missing from the
         consumer's metadata is looked up in Kafka's own list of topics before it counts as gone.
+        Only the topics given with --topic: a topic --topic-pattern took is reported instead,
+        and the others consumed on (``matched_topics.py``).
         """
         if not self._ownership.assigned:
             return  # the consumer has no metadata of its topics before its first assignment
@@ -326,10 +355,9 @@ class BatchLoop:
         positions: Mapping[TopicPartition, int],
         refetch: set[TopicPartition],
         decoded_so_far: int,
-    ) -> tuple[list[PartitionBatch], Inputs]:
+    ) -> list[PartitionBatch]:
         """Each claimed partition that moved: its new position and the statements for its
-        unseen records, those that do not decode sorted out by ``--on-bad-record``; and what
-        ``--on-processor-error dead-letter`` needs to commit a partition's records apart.
+        unseen records, those that do not decode sorted out by ``--on-bad-record``.
 
         A partition can move with no records, stepping over transaction markers or aborted
         records. ``refetch``: partitions the previous commit found fenced and re-seeked, or
@@ -339,33 +367,29 @@ class BatchLoop:
         """
         self._ownership.rewind(refetch)
         advances = []
-        inputs: dict[TopicPartition, tuple[Records, Sequence[Statement]]] = {}
         for tp, claim in self._ownership.claims.items():
             if tp in refetch:
                 continue
             position = positions.get(tp)
             if position is None or position <= claim.next_offset:
                 continue
-            records = unseen(batch.get(tp, ()), claim.next_offset)
-            records, rejected, bad = self._bad_records.sort(tp, records, decoded_so_far)
-            statements, apart = self._errors.prepare(tp, records, rejected)
-            inputs[tp] = (records, rejected)
             advances.append(
-                PartitionBatch(
-                    tp=tp,
-                    claim=claim,
-                    next_offset=position,
-                    log_end_offset=log_end(self._consumer, tp, self._settings.isolation_level),
-                    records=len(records),
-                    statements=statements,
-                    bad_records=bad,
-                    apart=apart,
+                partition_batch(
+                    tp,
+                    claim,
+                    batch.get(tp, ()),
+                    position,
+                    log_end(self._consumer, tp, self._settings.isolation_level),
+                    self._processors,
+                    self._bad_records,
+                    decoded_so_far,
+                    self._errors,
                 )
             )
-        return advances, inputs
+        return advances
 
     async def _commit_in_turn(
-        self, generation: int, advances: list[PartitionBatch], inputs: Inputs
+        self, generation: int, advances: list[PartitionBatch]
     ) -> set[TopicPartition]:
         """Commit under the ownership lock, unless the claims changed since the batch was
         fetched.
@@ -382,14 +406,12 @@ class BatchLoop:
                 # from the claim, or the next batch would move the position over them.
                 _STALE_DROPPED.log()
                 return self._fetch_again(advances)
-            return await self._commit(generation, advances, inputs)
+            return await self._commit(generation, advances)
 
-    async def _commit(
-        self, generation: int, advances: list[PartitionBatch], inputs: Inputs
-    ) -> set[TopicPartition]:
+    async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
         try:
-            outcomes = await self._errors.commit(self._store, advances, inputs)
+            outcomes = await self._errors.commit(self._store, advances)
         except ChangelogPublishFailed as failed:
             if not self._ownership.is_stale(generation):
                 await self._changelog_failed(failed)

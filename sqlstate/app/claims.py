@@ -52,7 +52,7 @@ from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
-from sqlstate.settings import Settings
+from sqlstate.settings import Settings, start_point
 from sqlstate.state.model import ChangelogPublishFailed, Claim, Claimed, Forget
 from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, refusal
 from sqlstate.state.store import Store
@@ -135,6 +135,19 @@ _REVOKE_UNWAITED = LogEvent(
     " %(wait_s)gs (the database is locked?); its commit is fenced or read by the next claim of"
     " its partitions",
 )
+# Partitions the file had no position for, and where --start-from started them.
+_STARTED = LogEvent(
+    logger,
+    logging.INFO,
+    "partitions_started",
+    "first claim of %(listed)s",
+    words=lambda fields: {
+        "listed": ", ".join(
+            f"{p['topic']}-{p['partition']}@{p['start_offset']} ({p['start_from']})"
+            for p in fields["started"]
+        )
+    },
+)
 _REVOKED = LogEvent(
     logger,
     logging.INFO,
@@ -174,8 +187,13 @@ class Claimer:
         forget: Forget,
         on_claimed: Callable[[Mapping[TopicPartition, Claim]], None],
         changelog: ChangelogOwner | None = None,
+        *,
+        processor_names: Sequence[str] | None = None,
     ) -> None:
         self._consumer = consumer
+        # Recorded for each claimed topic in its claim: a topic --topic-pattern found while
+        # running has its processors recorded at its first claim.
+        self._processor_names = processor_names
         self._changelog = changelog
         self._store = store
         self._ownership = ownership
@@ -187,6 +205,8 @@ class Claimer:
         self._held_since = 0.0
         # claim_held waits until then (a changelog producer was fenced: see hold_again).
         self._not_before = 0.0
+        # Where a partition the file has never seen starts: checked valid by Settings.
+        self._start_from = start_point(settings.start_from)
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
@@ -416,7 +436,9 @@ class Claimer:
     ) -> tuple[dict[TopicPartition, LogBounds], dict[str, str | None]]:
         """The logs' bounds, then the topics' IDs, for a claim: a topic recreated between the
         two reads shows as recreated. The topics are assigned: each must exist."""
-        bounds = await read_bounds(self._consumer, tps, self._settings.isolation_level)
+        bounds = await read_bounds(
+            self._consumer, tps, self._settings.isolation_level, self._start_from
+        )
         ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
         return bounds, ids
 
@@ -455,6 +477,7 @@ class Claimer:
             isolation_level=self._settings.isolation_level,
             lock_wait_s=None if lock_wait_s is None else max(lock_wait_s, 0.001),
             held_at=None if held is None else {tp: claim.epoch for tp, claim in held.items()},
+            processors=self._processor_names,
         )
         for recreated in claimed.recreated:
             self._stats.out_of_range_resets += len(recreated.stored)
@@ -462,6 +485,14 @@ class Claimer:
         for reset in claimed.resets:
             self._stats.out_of_range_resets += 1
             log_reset(reset.tp, reset.stored_offset, reset.bounds)
+        if claimed.started:
+            _STARTED.log(
+                partitions=len(claimed.started),
+                started=[
+                    partition_fields(tp, start_from=start.policy, start_offset=start.offset)
+                    for tp, start in sorted(claimed.started.items())
+                ],
+            )
         if self._ownership.is_stale(generation):
             return None
         for tp in claimed.taken:

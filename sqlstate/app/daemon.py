@@ -21,15 +21,17 @@ from typing import Any
 import aiokafka
 import aiosqlite
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from sqlstate import __version__
 from sqlstate.app import collector
 from sqlstate.app.batch_loop import BatchLoop
 from sqlstate.app.claims import Claimer, Listener
 from sqlstate.app.group_offsets import GroupOffsets
+from sqlstate.app.matched_topics import MatchedTopics
 from sqlstate.app.monitor import Monitor
 from sqlstate.app.ownership import Ownership
+from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
@@ -40,11 +42,11 @@ from sqlstate.errors import (
     SqlstateError,
     TopicNotFoundError,
 )
-from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal
+from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
-from sqlstate.processors import registry
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
@@ -56,8 +58,9 @@ logger = logging.getLogger("sqlstate.daemon")  # its documented name
 
 
 def _started_words(fields: Mapping[str, Any]) -> dict[str, str]:
+    pattern = fields.get("topic_pattern")
     return {
-        "topics_listed": ", ".join(fields["topics"]),
+        "topics_listed": f"matching {pattern}" if pattern else ", ".join(fields["topics"]),
         "processors_listed": ", ".join(fields["processors"]),
         "parser": "C extension"
         if fields["record_parser"] == "c"
@@ -174,7 +177,7 @@ async def _start_consumer(
                 return False
             # aiokafka reports a refused login or handshake like an unreachable broker; ask why.
             refused = None
-            if isinstance(error, KafkaConnectionError):
+            if worth_asking_why(error, settings.security):
                 refused = await refusal(
                     settings.bootstrap_servers,
                     settings.security,
@@ -192,6 +195,7 @@ async def _start_consumer(
                 await asyncio.wait_for(stop.wait(), _CONNECT_RETRY_PAUSE_S)
             if stop.is_set():
                 return False
+    # A pattern takes the topics that exist, and those that come later: none is missing.
     missing = sorted(set(settings.topics) - set(existing))
     if missing:
         raise TopicNotFoundError(
@@ -260,12 +264,11 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
 async def run(settings: Settings) -> None:
     """Run until a signal (returns) or a fatal error (raises a SqlstateError)."""
     stop = asyncio.Event()
-    # Every processor is loaded and checked before the database is opened.
-    processors = Processors.checked(registry.from_settings(settings))
+    # Every processor is loaded and checked before the database is opened, and under
+    # --changelog every table it must ship: what `sqlstate check` runs.
+    processors, tables = load_checked(settings)
     # Signals are taken from the very start: a SIGTERM while connecting still stops cleanly.
     with stop_on_signals(stop) as on_stop, contextlib.closing(processors):
-        # Refused before the database is opened too: a table --changelog cannot ship.
-        tables = changelog_mode.checked_tables(settings, processors)
         stats = Stats()
         fatal: list[BaseException] = []
 
@@ -317,6 +320,7 @@ def _log_started(
         database=str(database.path),
         schema=schema,
         topics=list(settings.topics),
+        topic_pattern=settings.topic_pattern,
         group_id=settings.group_id,
         processors=processors.names,
         record_parser="c" if c_parser_loaded() else "python",
@@ -341,7 +345,9 @@ async def _run_on(
     if recorded is not None and recorded != settings.isolation_level:
         raise isolation_refusal(database.path, recorded, settings.isolation_level)
     # Refused before Kafka is asked anything; recorded only once it answered, below.
-    await store.check_processors(settings.topics, processors.names)
+    # A pattern's topics are known only as they are claimed (each claim records its topics'
+    # processors); the ones the file already holds are checked here.
+    await store.check_processors(await _input_topics(store, settings), processors.names)
     await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format)
@@ -363,7 +369,7 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, database, tables, stats)
+            changelog = changelog_mode.owner_of(settings, database, tables, stats, processors.names)
             await _consume(
                 consumer,
                 # The store of the claims and batches: under --changelog, they publish.
@@ -378,6 +384,16 @@ async def _run_on(
             )
     finally:
         await _stop_consumer(consumer, settings.shutdown_timeout_s)
+
+
+async def _input_topics(store: Store, settings: Settings) -> Sequence[str]:
+    """The topics whose processors are checked at start: ``--topic``'s, or the topics of the
+    file that ``--topic-pattern`` matches."""
+    if settings.topic_pattern is None:
+        return settings.topics
+    subscription = subscription_pattern(settings.topic_pattern, settings.group_id)
+    held = {position.topic for position in await store.positions()}
+    return sorted(topic for topic in held if matches(subscription, topic))
 
 
 async def _consume(
@@ -402,12 +418,18 @@ async def _consume(
         processors.forget,
         offsets.publish,
         changelog,
+        processor_names=processors.names,
     )
-    consumer.subscribe(
-        topics=list(settings.topics),
-        listener=Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal),
-    )
+    listener = Listener(claimer, ownership, settings.rebalance_budget_s, on_fatal)
+    if settings.topic_pattern is None:
+        consumer.subscribe(topics=list(settings.topics), listener=listener)
+    else:
+        consumer.subscribe(
+            pattern=subscription_pattern(settings.topic_pattern, settings.group_id),
+            listener=listener,
+        )
     watch = TopicWatch(consumer, ownership)
+    matched = MatchedTopics(consumer, stats) if settings.topic_pattern is not None else None
     loop = BatchLoop(
         consumer,
         store,
@@ -426,6 +448,7 @@ async def _consume(
         async with (
             monitor.running(),
             watch.running(),
+            matched.running() if matched is not None else contextlib.nullcontext(),
             changelog_mode.running(changelog, consumer, stop, on_fatal),
         ):
             with collector.tuned(settings.max_records):

@@ -90,12 +90,19 @@ class Monitor:
 
     def _degraded(self) -> str | None:
         stats = self._stats
-        if not stats.changelog_quarantined:
-            return None
-        return (
-            f"{stats.changelog_quarantined} changelog records set aside, the last"
-            f" {stats.changelog_quarantine_last} (see the changelog_record_quarantined log events)"
-        )
+        causes = []
+        if stats.changelog_quarantined:
+            causes.append(
+                f"{stats.changelog_quarantined} changelog records set aside, the last"
+                f" {stats.changelog_quarantine_last} (see the changelog_record_quarantined log"
+                " events)"
+            )
+        if stats.deleted_topics:
+            causes.append(
+                f"topic {', '.join(sorted(stats.deleted_topics))} deleted while running, its"
+                " state kept in the file (see the topic_deleted log events)"
+            )
+        return "; ".join(causes) or None
 
     def tick(self) -> None:
         # The histogram is drained even when nobody scrapes, so the loop's list stays short.

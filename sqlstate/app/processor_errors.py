@@ -20,17 +20,15 @@ Failures that are not the record's (a full disk, a locked, corrupt or unreadable
 never dead-lettered: they go as under ``fail``. A fault that fails every record would otherwise
 dead-letter the whole topic, so more than ``--max-rejected-in-a-row`` records rejected in a row,
 with none applied between them (counted over the partitions this process consumes, from its
-start), stop the daemon with exit code 9 before that batch commits.
+start), stop the daemon with exit code 11 before that batch commits.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-
-from aiokafka import TopicPartition
 
 from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
@@ -41,9 +39,7 @@ from sqlstate.state.model import (
     Committed,
     Outcome,
     PartitionBatch,
-    Piece,
     RejectionLimit,
-    Statement,
     StatementFailed,
 )
 from sqlstate.state.rejections import describe
@@ -65,10 +61,6 @@ _SET_APART = LogEvent(
     " committing them in pieces, to find the failing ones",
 )
 
-#: What the batch loop keeps of each partition's share of a batch until it is committed: the
-#: records given to the processors, and the dead letters of those that did not decode.
-Inputs = Mapping[TopicPartition, tuple[Records, Sequence[Statement]]]
-
 
 class ProcessorErrors:
     """Prepares and commits batches under ``--on-processor-error``, and keeps the count of
@@ -81,23 +73,20 @@ class ProcessorErrors:
         self._stats = stats
         self._in_a_row = 0
 
-    def prepare(
-        self, tp: TopicPartition, records: Records, dead_letters: Sequence[Statement]
-    ) -> tuple[list[Statement], Sequence[Piece] | None]:
-        """A partition's statements for its batch, and its records in pieces when (under
-        dead-letter) a processor raised on them. Raises ``ProcessorRaised`` under ``fail``."""
+    def prepare(self, part: PartitionBatch) -> PartitionBatch:
+        """``part`` (holding only its dead letters) with the processors' statements for its
+        records, or with its records in pieces when (under dead-letter) a processor raised on
+        them. Raises ``ProcessorRaised`` under ``fail``."""
         try:
-            return [*dead_letters, *self._processors.statements(tp, records)], None
+            statements = self._processors.statements(part.tp, part.source)
         except ProcessorRaised as error:
             if not self._dead_letter:
                 raise
             cause = error.__cause__ if error.__cause__ is not None else error
-            _SET_APART.log(**partition_fields(tp), records=len(records), reason=describe(cause))
-            return list(dead_letters), self._processors.apart(tp, records, _piece_size(records))
+            return self._in_pieces(part, describe(cause))
+        return replace(part, statements=[*part.statements, *statements])
 
-    async def commit(
-        self, store: Store, advances: Sequence[PartitionBatch], inputs: Inputs
-    ) -> list[Outcome]:
+    async def commit(self, store: Store, advances: Sequence[PartitionBatch]) -> list[Outcome]:
         """Commit the batch; under dead-letter, again each time a statement fails on a
         partition's records, with them cut finer (into pieces, then the failing pieces into
         single records): each round cuts something, so the rounds end."""
@@ -109,37 +98,33 @@ class ProcessorErrors:
                 outcomes = await store.commit_batch(advances, limit)
             except StatementFailed as failed:
                 advances = [
-                    self._set_apart(part, inputs[part.tp], failed) if part.tp == failed.tp else part
-                    for part in advances
+                    self._cut(part, failed) if part.tp == failed.tp else part for part in advances
                 ]
                 continue
             self._committed(outcomes)
             return outcomes
 
-    def _set_apart(
-        self,
-        part: PartitionBatch,
-        inputs: tuple[Records, Sequence[Statement]],
-        failed: StatementFailed,
-    ) -> PartitionBatch:
-        records, dead_letters = inputs
+    def _cut(self, part: PartitionBatch, failed: StatementFailed) -> PartitionBatch:
+        """``part`` in pieces, or, when it was already, with the pieces that failed cut into
+        single records."""
         if part.apart is None:
-            _SET_APART.log(
-                **partition_fields(part.tp), records=len(records), reason=describe(failed.error)
+            return self._in_pieces(part, describe(failed.error))
+        cut = set(failed.pieces)
+        pieces = [
+            single
+            for index, piece in enumerate(part.apart)
+            for single in (
+                self._processors.apart(part.tp, part.source, 1, piece.start, piece.stop)
+                if index in cut
+                else [piece]
             )
-            pieces = self._processors.apart(part.tp, records, _piece_size(records))
-        else:
-            cut = set(failed.pieces)
-            pieces = [
-                single
-                for index, piece in enumerate(part.apart)
-                for single in (
-                    self._processors.apart(part.tp, records, 1, piece.start, piece.stop)
-                    if index in cut
-                    else [piece]
-                )
-            ]
-        return replace(part, statements=dead_letters, apart=pieces)
+        ]
+        return replace(part, apart=pieces)
+
+    def _in_pieces(self, part: PartitionBatch, reason: str) -> PartitionBatch:
+        _SET_APART.log(**partition_fields(part.tp), records=len(part.source), reason=reason)
+        pieces = self._processors.apart(part.tp, part.source, _piece_size(part.source))
+        return replace(part, statements=part.statements[: part.dead_letters], apart=pieces)
 
     def _committed(self, outcomes: Sequence[Outcome]) -> None:
         """Log and count each rejected record of a committed batch, and carry the count of

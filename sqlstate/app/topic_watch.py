@@ -15,16 +15,15 @@ reset discards them with the rest of the old topic's state.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from sqlstate.app.ownership import Ownership
-from sqlstate.kafka.client import on_metadata_update, topic_ids
+from sqlstate.kafka.client import after_each_refresh, topic_ids
 from sqlstate.observe.logs import LogEvent
 
 logger = logging.getLogger("sqlstate.topic_watch")  # its documented name
@@ -49,7 +48,6 @@ class TopicWatch:
     def __init__(self, consumer: AIOKafkaConsumer, ownership: Ownership) -> None:
         self._consumer = consumer
         self._ownership = ownership
-        self._refreshed = asyncio.Event()
         # topic -> the new ID Kafka gave, for topics claimed under another one
         self._recreated: dict[str, str] = {}
 
@@ -73,31 +71,19 @@ class TopicWatch:
             return {}
         return self._ownership.recreated(await topic_ids(self._consumer, claimed))
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Watch while the batch loop runs."""
-        stop_listening = on_metadata_update(self._consumer, self._refreshed.set)
-        task = asyncio.create_task(self._watch(), name="sqlstate-topic-watch")
-        try:
-            yield
-        finally:
-            stop_listening()
-            task.cancel()
-            # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
-            await asyncio.wait([task])
+        return after_each_refresh(self._consumer, self._check, "sqlstate-topic-watch")
 
-    async def _watch(self) -> None:
-        while True:
-            await self._refreshed.wait()
-            self._refreshed.clear()
-            try:
-                found = await self.changed(list(self._ownership.topic_ids))
-            except KafkaError as error:
-                # The next refresh asks again; a broker that stays away stops the batch loop.
-                _IDS_UNAVAILABLE.log(reason=repr(error))
-                continue
-            for topic, new_id in sorted(found.items()):
-                _RECREATED.log(
-                    topic=topic, topic_id=new_id, old_topic_id=self._ownership.topic_ids.get(topic)
-                )
-            self._recreated.update(found)
+    async def _check(self) -> None:
+        try:
+            found = await self.changed(list(self._ownership.topic_ids))
+        except KafkaError as error:
+            # The next refresh asks again; a broker that stays away stops the batch loop.
+            _IDS_UNAVAILABLE.log(reason=repr(error))
+            return
+        for topic, new_id in sorted(found.items()):
+            _RECREATED.log(
+                topic=topic, topic_id=new_id, old_topic_id=self._ownership.topic_ids.get(topic)
+            )
+        self._recreated.update(found)

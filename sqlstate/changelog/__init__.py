@@ -15,7 +15,10 @@ Records (the interface between hosts; docs/scaling.md):
 - the partition's position, once per changelog transaction: key ``["$position"]``, value
   ``{"next_offset": N, "topic_id": "<input topic ID>"}``, the input partition's next offset
   after the batch and the incarnation of the input topic it counts in (a record without
-  ``topic_id``, written before positions carried it, is read as before).
+  ``topic_id``, written before positions carried it, is read as before); and
+  ``"start_from"``, ``"start_offset"``: where the partition's state begins (``--start-from``,
+  or an out-of-range reset), which a partition's first claim publishes at once (absent in
+  records written before positions carried it).
 
 Modules:
 

@@ -172,9 +172,17 @@ def apply_changes(
     with _main_triggers_off(conn):
         written, tombstones = _write(conn, changes, refuse)
     if position is not None:
+        start = position.start
         conn.execute(
             sql("follow_position"),
-            {"topic": topic, "partition": partition, "next_offset": position, "now": now},
+            {
+                "topic": topic,
+                "partition": partition,
+                "next_offset": position.next_offset,
+                "now": now,
+                "start_from": None if start is None else start.policy,
+                "start_offset": None if start is None else start.offset,
+            },
         )
     if conn.execute(sql("changelog_capture_installed")).fetchone()[0]:
         conn.execute(sql("clear_changelog_capture"))  # not this file's owner's changes
@@ -184,7 +192,7 @@ def apply_changes(
         len(records) - len(fresh),
         written,
         tombstones,
-        position,
+        None if position is None else position.next_offset,
         end,
         tuple(sorted(quarantined, key=lambda q: q.offset)),
     )
@@ -197,8 +205,8 @@ def _position(
     input_end: int | None,
     refuse: Callable[[ChangelogRecordLike, str], None],
     now: str,
-) -> int | None:
-    """The last acceptable position among the position records: one that never goes back
+) -> PositionChange | None:
+    """The last acceptable position record: one that never goes back
     (the owner's positions only move forward) and stays within the input's log. A position of
     another incarnation of the input topic is no bad record but another log: it stops the host
     (``ChangelogLostError``, exit 5) before anything is written."""
@@ -206,7 +214,7 @@ def _position(
         sql("read_position"), {"topic": tp.topic, "partition": tp.partition}
     ).fetchone()
     floor = 0 if row is None else int(row[2])
-    accepted: int | None = None
+    accepted: PositionChange | None = None
     for record in fresh:
         if record[0] != POSITION_KEY:
             continue
@@ -224,7 +232,7 @@ def _position(
                 f" ({input_end})",
             )
         else:
-            accepted = floor = change.next_offset
+            accepted, floor = change, change.next_offset
     return accepted
 
 

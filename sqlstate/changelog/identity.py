@@ -20,10 +20,11 @@ and rolls back, so nothing of what was read is written.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from sqlstate.errors import ChangelogLostError
 from sqlstate.state.queries import sql
-from sqlstate.state.recorded import record_topic_id
+from sqlstate.state.recorded import record_processors, record_topic_id
 
 _START_OVER = (
     " Nothing was written. To start over, run a new group (new changelogs) on new database"
@@ -38,11 +39,14 @@ def check_identity(
     changelog_id: str | None,
     input_id: str | None,
     now: str,
+    processors: Sequence[str] = (),
 ) -> None:
     """At a restore or standby start, before anything of ``changelog`` (the changelog of input
     ``topic``) is read: the changelog must be the one this file applied, with its ID now
     (``changelog_id``), and the input topic's ID (``input_id``, now) is recorded if the file has
-    none yet. Either ID is None where Kafka gives none: not checked."""
+    none yet. Either ID is None where Kafka gives none: not checked. ``processors``: recorded
+    for the topic if the file has none for it yet, before the changelog brings it positions (a
+    topic --topic-pattern found since the start), or ``ProcessorError`` as at a claim."""
     row = conn.execute(sql("read_changelog_topic"), {"topic": topic}).fetchone()
     if row is not None:
         recorded, recorded_id = row[0], row[1]
@@ -55,6 +59,8 @@ def check_identity(
         )
     if input_id is not None and _input_topic_id(conn, topic) is None:
         record_topic_id(conn, topic, input_id, now)
+    if processors:
+        record_processors(conn, [topic], processors, now)
 
 
 def check_position_topic(

@@ -20,6 +20,7 @@ from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
 from sqlstate.kafka.client import partition_counts
+from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
@@ -52,7 +53,13 @@ async def prepare(
     """Once the database is migrated and Kafka answered: the capture triggers on this
     connection, and the changelog topics, created or grown as the inputs need."""
     await database.setting(functools.partial(install_capture, tables=tables))
-    partitions = await partition_counts(consumer, settings.topics)
+    topics: Sequence[str] = settings.topics
+    if settings.topic_pattern is not None:
+        # The topics that match now; one that appears later gets its changelog at its first
+        # claim (``ChangelogOwner.prepare``).
+        subscription = subscription_pattern(settings.topic_pattern, settings.group_id)
+        topics = sorted(topic for topic in await consumer.topics() if matches(subscription, topic))
+    partitions = await partition_counts(consumer, topics)
     for topic, count in partitions.items():
         if count == 0:
             raise BrokerError(f"Kafka gave no partitions for topic {topic}")
@@ -65,12 +72,20 @@ def owner_of(
     database: Database,
     tables: Sequence[StateTable],
     stats: Stats,
+    processor_names: Sequence[str] = (),
 ) -> ChangelogOwner | None:
-    """The changelog side of the claims; None without --changelog."""
+    """The changelog side of the claims; None without --changelog. ``processor_names`` are
+    recorded for a topic restored or followed before its first claim here."""
     if not settings.changelog:
         return None
-    standby = Standby(settings, database, tables, stats) if settings.standbys else None
-    return ChangelogOwner(settings, database, tables, stats, standby)
+    standby = (
+        Standby(settings, database, tables, stats, processor_names=processor_names)
+        if settings.standbys
+        else None
+    )
+    return ChangelogOwner(
+        settings, database, tables, stats, standby, processor_names=processor_names
+    )
 
 
 def side_of(owner: ChangelogOwner | None) -> ChangelogSide | None:

@@ -100,8 +100,12 @@ class ChangelogOwner:
         tables: Sequence[StateTable],
         stats: Stats,
         standby: Standby | None,
+        *,
+        processor_names: Sequence[str] = (),
     ) -> None:
         self._settings = settings
+        # Recorded for a topic restored before its first claim here.
+        self._processor_names = processor_names
         self._database = database
         self._tables = tables
         self._stats = stats
@@ -316,6 +320,7 @@ class ChangelogOwner:
                 changelog_id=topic_ids.get(source.topic),
                 input_id=topic_ids.get(tp.topic),
                 now=utc_now(),
+                processors=self._processor_names,
             )
         )
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))
@@ -384,10 +389,15 @@ class ChangelogOwner:
                 producers[tp] = entry.producer
         if refused:
             return refused
-        jobs = [(tp, work[tp].rows, work[tp].next_offset) for tp in producers]
+        jobs = [(tp, work[tp]) for tp in producers]
         began = time.perf_counter()
         future = asyncio.run_coroutine_threadsafe(
-            publish_all([(producers[tp], rows, offset) for tp, rows, offset in jobs]),
+            publish_all(
+                [
+                    (producers[tp], change.rows, change.next_offset, change.start)
+                    for tp, change in jobs
+                ]
+            ),
             self._loop,
         )
         try:
@@ -404,9 +414,9 @@ class ChangelogOwner:
         # The part of the batch's commit_s spent waiting for Kafka (the rest is SQLite's, the
         # capture included): what the bench splits a commit into.
         publish_s = time.perf_counter() - began
-        records = sum(len(rows) for _, rows, _ in jobs)
+        records = sum(len(change.rows) for _, change in jobs)
         _PUBLISHED.log(partitions=len(jobs), records=records, publish_s=publish_s)
-        return {tp: outcome for (tp, _, _), outcome in zip(jobs, outcomes, strict=True)}
+        return {tp: outcome for (tp, _), outcome in zip(jobs, outcomes, strict=True)}
 
 
 async def _stop_all(producers: Sequence[ChangelogProducer]) -> None:

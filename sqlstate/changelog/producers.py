@@ -39,6 +39,7 @@ from sqlstate.kafka.client import build_changelog_producer, transaction_fatal_er
 from sqlstate.observe.logs import LogEvent, partition_fields, rounded
 from sqlstate.settings import Settings
 from sqlstate.state.model import Row
+from sqlstate.state.start import StartedAt
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,12 @@ class ChangelogProducer:
         _STARTED.log(**partition_fields(self.input_tp, init_s=init_s))
         return init_s
 
-    async def publish(self, rows: Sequence[Row], next_offset: int) -> int:
+    async def publish(
+        self, rows: Sequence[Row], next_offset: int, start: StartedAt | None = None
+    ) -> int:
         """Publish ``rows`` then the position record (``next_offset``: the input partition's
-        next offset after the batch) in one committed Kafka transaction; return the next
-        changelog offset, the one after the position record.
+        next offset after the batch; ``start``: where its state begins) in one committed Kafka
+        transaction; return the next changelog offset, the one after the position record.
 
         Raises ChangelogFenced when a newer producer of the partition fenced this one, and
         ChangelogError for any other failure; in both cases nothing was committed, or (a
@@ -194,7 +197,7 @@ class ChangelogProducer:
                 await self._know_partition(producer)
                 await producer.begin_transaction()
                 try:
-                    last_offset = await self._send(producer, rows, next_offset)
+                    last_offset = await self._send(producer, rows, next_offset, start)
                 except BaseException:
                     await self._abort(producer)
                     settled = True
@@ -257,7 +260,13 @@ class ChangelogProducer:
         clean stop only saves the broker the wait. Bounded by a timeout."""
         await self._close()
 
-    async def _send(self, producer: AIOKafkaProducer, rows: Sequence[Row], next_offset: int) -> int:
+    async def _send(
+        self,
+        producer: AIOKafkaProducer,
+        rows: Sequence[Row],
+        next_offset: int,
+        start: StartedAt | None,
+    ) -> int:
         """Queue ``rows`` and the position record as record batches, wait until every one is
         written, and return the offset of the last.
 
@@ -268,7 +277,8 @@ class ChangelogProducer:
         futures: list[Any] = []
         counts: list[int] = []
         batch = producer.create_batch()
-        for key, value in (*rows, position_record(next_offset, self.input_topic_id)):
+        position = position_record(next_offset, self.input_topic_id, start)
+        for key, value in (*rows, position):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full: send it and go on in a new one (a first record always fits).
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
@@ -326,15 +336,15 @@ class ChangelogProducer:
 
 
 async def publish_all(
-    work: Iterable[tuple[ChangelogProducer, Sequence[Row], int]],
+    work: Iterable[tuple[ChangelogProducer, Sequence[Row], int, StartedAt | None]],
 ) -> list[int | ChangelogError]:
     """Publish several partitions' batches at once, each in its own transaction: for each
-    ``(producer, rows, next_offset)``, its next changelog offset or the ChangelogError (or
+    ``(producer, rows, next_offset, start)``, its next changelog offset or the ChangelogError (or
     ChangelogFenced) it raised, in the same order. One partition's failure does not stop the
     others: each partition's SQLite transaction then commits or rolls back on its own outcome.
     """
     outcomes = await asyncio.gather(
-        *(producer.publish(rows, next_offset) for producer, rows, next_offset in work),
+        *(producer.publish(rows, offset, start) for producer, rows, offset, start in work),
         return_exceptions=True,
     )
     results: list[int | ChangelogError] = []

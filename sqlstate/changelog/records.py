@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlstate.errors import ProcessorError
+from sqlstate.state.start import StartedAt
 
 POSITION_KEY = b'["$position"]'
 _BLOB = "$blob"
@@ -66,13 +67,24 @@ class PositionChange:
 
     next_offset: int
     topic_id: str | None = None
+    # Where the partition's state begins (--start-from, or an out-of-range reset): None in a
+    # record written before positions carried it.
+    start: StartedAt | None = None
 
 
-def position_record(next_offset: int, topic_id: str | None = None) -> tuple[bytes, bytes]:
+def position_record(
+    next_offset: int, topic_id: str | None = None, start: StartedAt | None = None
+) -> tuple[bytes, bytes]:
     """The record that carries the input partition's position after a batch, and the ID of the
     input topic (``topic_id``) that position counts in: an offset means nothing in another
-    incarnation of the topic."""
+    incarnation of the topic. With ``start``, where the partition's state begins."""
     # Compact separators, as SQLite writes the row records.
+    if start is not None:
+        fields: dict[str, object] = {"next_offset": next_offset}
+        if topic_id is not None:
+            fields["topic_id"] = topic_id
+        fields |= {"start_from": start.policy, "start_offset": start.offset}
+        return POSITION_KEY, json.dumps(fields, separators=(",", ":")).encode()
     if topic_id is None:
         return POSITION_KEY, b'{"next_offset":%d}' % next_offset
     return POSITION_KEY, b'{"next_offset":%d,"topic_id":%s}' % (
@@ -98,7 +110,7 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
             topic_id = position.get("topic_id")
             if topic_id is not None and type(topic_id) is not str:
                 raise ValueError("topic_id is not a string")
-            return PositionChange(next_offset, topic_id)
+            return PositionChange(next_offset, topic_id, _start(position))
         parts = _loads(key.decode())
         if not (isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[0], str)):
             raise ValueError('the key is not ["table", key values...]')
@@ -117,6 +129,16 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
         raise ProcessorError(
             f"a changelog record this sqlstate cannot read ({error}): key {key[:200]!r}"
         ) from error
+
+
+def _start(position: dict[str, Any]) -> StartedAt | None:
+    """The start a position record carries, both fields or neither."""
+    policy, offset = position.get("start_from"), position.get("start_offset")
+    if policy is None and offset is None:
+        return None  # written before positions carried it
+    if type(policy) is not str or type(offset) is not int or not 0 <= offset <= _INTEGER_MAX:
+        raise ValueError("start_from and start_offset are not a start")
+    return StartedAt(policy, offset)
 
 
 def highest_position(records: Iterable[tuple[bytes, bytes | None, int]]) -> int | None:

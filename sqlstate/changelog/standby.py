@@ -79,8 +79,12 @@ class Standby:
         database: Database,
         tables: Sequence[StateTable],
         stats: Stats,
+        *,
+        processor_names: Sequence[str] = (),
     ) -> None:
         self._settings = settings
+        # Recorded for a topic whose changelog is followed before it is claimed here.
+        self._processor_names = processor_names
         self._database = database
         self._tables = tables
         self._stats = stats
@@ -88,6 +92,9 @@ class Standby:
         self._paused: set[TopicPartition] = set()  # input partitions this process owns
         # Each followed changelog topic's ID, as this file recorded it (None: Kafka gave none).
         self._changelog_ids: dict[str, str | None] = {}
+        # Each followed changelog topic's input topic: --topic's, or every topic that
+        # --topic-pattern has matched so far (one deleted since is still followed).
+        self._inputs = {changelog_topic(settings.group_id, t): t for t in settings.topics}
 
     def _source(self, tp: TopicPartition) -> TopicPartition:
         return TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
@@ -101,9 +108,11 @@ class Standby:
     async def follow_new(self, consumer: AIOKafkaConsumer) -> None:
         """Follow every partition of the input topics not followed yet (at start, and when a
         topic gains partitions), from where this file stands."""
+        for topic in consumer.subscription():
+            self._inputs.setdefault(changelog_topic(self._settings.group_id, topic), topic)
         wanted = {
             TopicPartition(topic, partition)
-            for topic in self._settings.topics
+            for topic in self._inputs.values()
             for partition in consumer.partitions_for_topic(topic) or ()
         }
         followed = set(self._follower.followed)
@@ -113,6 +122,18 @@ class Standby:
         # Before anything of them is read: each changelog must be the one this file applied.
         changelogs = {changelog_topic(self._settings.group_id, tp.topic): tp.topic for tp in new}
         ids = await topic_ids(consumer, [*changelogs.values(), *changelogs])
+        # A topic --topic-pattern found since the start has no changelog until its first claim,
+        # on whichever host, creates it: it is followed from then on.
+        unborn = {
+            changelog
+            for changelog, topic in changelogs.items()
+            if changelog not in ids and topic not in self._settings.topics
+        }
+        if unborn:
+            new = [tp for tp in new if self._source(tp).topic not in unborn]
+            changelogs = {c: t for c, t in changelogs.items() if c not in unborn}
+            if not new:
+                return
         now = utc_now()
         for changelog, topic in sorted(changelogs.items()):
             await self._database.transaction(
@@ -123,6 +144,7 @@ class Standby:
                     changelog_id=ids.get(changelog),
                     input_id=ids.get(topic),
                     now=now,
+                    processors=self._processor_names,
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)
@@ -141,7 +163,7 @@ class Standby:
     @property
     def followed(self) -> frozenset[TopicPartition]:
         """The input partitions whose changelogs are followed, the paused ones included."""
-        inputs = {changelog_topic(self._settings.group_id, t): t for t in self._settings.topics}
+        inputs = self._inputs
         return frozenset(
             TopicPartition(inputs[source.topic], source.partition)
             for source in self._follower.followed
@@ -161,10 +183,7 @@ class Standby:
 
     async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Apply what the changelogs bring until ``stop``."""
-        inputs = {
-            changelog_topic(self._settings.group_id, topic): topic
-            for topic in self._settings.topics
-        }
+        inputs = self._inputs  # grown by follow_new
         while not stop.is_set():
             try:
                 await self.follow_new(consumer)
@@ -233,11 +252,12 @@ class Standby:
                     return False
                 _IDS_UNAVAILABLE.log(reason=repr(error))
                 await asyncio.sleep(_RETRY_S)
-        inputs = {changelog_topic(self._settings.group_id, t): t for t in self._settings.topics}
         for changelog, now_id in sorted(ids.items()):
             recorded = self._changelog_ids.get(changelog)
             if not same_id(recorded, now_id):
-                raise changelog_replaced(inputs[changelog], changelog, changelog, recorded, now_id)
+                raise changelog_replaced(
+                    self._inputs[changelog], changelog, changelog, recorded, now_id
+                )
         return True
 
 

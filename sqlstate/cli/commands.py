@@ -4,9 +4,10 @@ Exit codes: 0 success; 1 unexpected error; 2 bad flags or settings; 3 database u
 SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, refusing the SASL
 login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
-what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 more
-records in a row rejected than ``--max-rejected-in-a-row`` allows; 130 forced exit on a second
-signal.
+what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 and 10
+``verify`` found the state different, or could not fully check it; 11 more records in a row
+rejected than ``--max-rejected-in-a-row`` allows; 124 ``wait`` timed out; 130 forced exit on a
+second signal.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any, TypeVar
 import click
 
 from sqlstate import __version__
-from sqlstate.app import daemon
-from sqlstate.cli import lookups, output
+from sqlstate.app import daemon, replay, verify
+from sqlstate.app import processor_checks as check_processors
+from sqlstate.cli import lookups, output, verify_report
 from sqlstate.errors import SqlstateError
 from sqlstate.observe import logs
 from sqlstate.settings import (
@@ -36,11 +38,13 @@ from sqlstate.settings import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     STANDBY_MODES,
+    WAIT_TIMEOUT_S,
     Security,
     Settings,
+    VerifyOptions,
     default,
 )
-from sqlstate.state import snapshot
+from sqlstate.state import snapshot, wait
 
 logger = logging.getLogger("sqlstate.cli")  # its documented name
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,7 +84,8 @@ database_option = _setting(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 # How to connect to Kafka, for every command that does. Passwords come only from the environment
-# (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD), never from a flag that `ps` would show.
+# (SQLSTATE_SASL_PASSWORD, SQLSTATE_SSL_PASSWORD, SQLSTATE_OAUTH_CLIENT_SECRET), never from a
+# flag that `ps` would show.
 _security_options = [
     _option(
         "--security-protocol",
@@ -94,7 +99,8 @@ _security_options = [
         "--sasl-mechanism",
         env="SASL_MECHANISM",
         type=click.Choice(SASL_MECHANISMS),
-        help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only.",
+        help="SASL mechanism. The password is read from SQLSTATE_SASL_PASSWORD only;"
+        " OAUTHBEARER takes a token from one --oauth-token-* source instead.",
     ),
     _option("--sasl-username", env="SASL_USERNAME", help="SASL user name."),
     _option(
@@ -115,6 +121,27 @@ _security_options = [
         type=click.Path(dir_okay=False, path_type=Path),
         help="Client private key (PEM).",
     ),
+    _option(
+        "--oauth-token-command",
+        env="OAUTH_TOKEN_COMMAND",
+        help="OAUTHBEARER: a shell command that prints the token; run again before it expires.",
+    ),
+    _option(
+        "--oauth-token-file",
+        env="OAUTH_TOKEN_FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="OAUTHBEARER: a file holding the token; read again whenever it changes.",
+    ),
+    _option(
+        "--oauth-token-endpoint",
+        env="OAUTH_TOKEN_ENDPOINT",
+        help="OAUTHBEARER: an OAuth token endpoint (client credentials grant). The client"
+        " secret is read from SQLSTATE_OAUTH_CLIENT_SECRET only.",
+    ),
+    _option(
+        "--oauth-client-id", env="OAUTH_CLIENT_ID", help="Client id at --oauth-token-endpoint."
+    ),
+    _option("--oauth-scope", env="OAUTH_SCOPE", help="Scope asked of --oauth-token-endpoint."),
 ]
 
 
@@ -130,6 +157,12 @@ def _security(options: dict[str, Any]) -> Security:
         ssl_certfile=options.pop("ssl_certfile"),
         ssl_keyfile=options.pop("ssl_keyfile"),
         ssl_password=_secret("SSL_PASSWORD"),
+        oauth_token_command=options.pop("oauth_token_command"),
+        oauth_token_file=options.pop("oauth_token_file"),
+        oauth_token_endpoint=options.pop("oauth_token_endpoint"),
+        oauth_client_id=options.pop("oauth_client_id"),
+        oauth_client_secret=_secret("OAUTH_CLIENT_SECRET"),
+        oauth_scope=options.pop("oauth_scope"),
     )
 
 
@@ -143,6 +176,78 @@ def security_options(command: F) -> F:
 def _secret(name: str) -> str | None:
     """A password, from SQLSTATE_<name> only."""
     return os.environ.get(f"SQLSTATE_{name}")
+
+
+# Which processors run and how records reach them: `run`'s flags, which `check` and `replay` take
+# too, so that they load and check the same processors.
+_processor_options = [
+    _setting(
+        "--processor",
+        field="processors",
+        env="PROCESSOR",
+        multiple=True,
+        help="State to keep (repeat): a built-in (counts, latest, windowed-counts) or"
+        " PACKAGE.MODULE:NAME of your own. Default: counts, unless --sql is given.",
+    ),
+    _setting(
+        "--sql",
+        field="sql_files",
+        env="SQL",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help='A processor written in SQL (repeat); see README, "Your own state".',
+    ),
+    _setting(
+        "--key-format",
+        field="key_format",
+        env="KEY_FORMAT",
+        type=click.Choice(FORMATS),
+        help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
+    ),
+    _setting(
+        "--value-format",
+        field="value_format",
+        env="VALUE_FORMAT",
+        type=click.Choice(FORMATS),
+        help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
+    ),
+    _setting(
+        "--on-bad-record",
+        field="on_bad_record",
+        env="ON_BAD_RECORD",
+        type=click.Choice(BAD_RECORD_POLICIES),
+        help="A record that does not decode: exit with code 8 before committing its batch, leave it"
+        " out (counted and logged), or keep it in rejected_records.",
+    ),
+    _setting(
+        "--window",
+        field="window",
+        env="WINDOW",
+        help="windowed-counts: the tumbling window of record time (500ms, 30s, 1m, 2h, 1d, 1w).",
+    ),
+    _setting(
+        "--retention",
+        field="retention",
+        env="RETENTION",
+        help="windowed-counts: keep windows this long behind each partition's newest record.",
+    ),
+]
+
+
+def processor_options(command: F) -> F:
+    """Add the flags of ``_processor_options`` to a command, in their order."""
+    for option in reversed(_processor_options):
+        command = option(command)
+    return command
+
+
+changelog_option = _setting(
+    "--changelog/--no-changelog",
+    field="changelog",
+    env="CHANGELOG",
+    help="More hosts: publish each batch's state changes to a compacted changelog topic per"
+    " input topic, so state follows its partitions between hosts (docs/scaling.md).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -176,8 +281,15 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     "topics",
     env="TOPIC",
     multiple=True,
-    required=True,
+    default=default("topics"),
     help="Topic to consume; repeat, or separate with commas or spaces.",
+)
+@_setting(
+    "--topic-pattern",
+    field="topic_pattern",
+    env="TOPIC_PATTERN",
+    help="Instead of --topic: every topic whose whole name matches this regular expression,"
+    " also those created later (seen within --metadata-max-age); see docs/topic-pattern.md.",
 )
 @_option("--group-id", "-g", env="GROUP_ID", required=True, help="Kafka consumer group.")
 @database_option
@@ -190,50 +302,22 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     " offset, or stop with exit code 5.",
 )
 @_setting(
+    "--start-from",
+    field="start_from",
+    env="START_FROM",
+    metavar="earliest|latest|TIME",
+    help="Where a partition the database has never seen starts: its earliest offset, its end,"
+    " or the first record at or after TIME (ISO 8601 with a zone, or -2h, -7d back from its"
+    " first claim). Never moves a stored position.",
+)
+@_setting(
     "--isolation-level",
     field="isolation_level",
     env="ISOLATION_LEVEL",
     type=click.Choice(ISOLATION_LEVELS),
     help="read_committed never counts records of aborted transactions.",
 )
-@_setting(
-    "--processor",
-    field="processors",
-    env="PROCESSOR",
-    multiple=True,
-    help="State to keep (repeat): a built-in (counts, latest, windowed-counts) or"
-    " PACKAGE.MODULE:NAME of your own. Default: counts, unless --sql is given.",
-)
-@_setting(
-    "--sql",
-    field="sql_files",
-    env="SQL",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help='A processor written in SQL (repeat); see README, "Your own state".',
-)
-@_setting(
-    "--key-format",
-    field="key_format",
-    env="KEY_FORMAT",
-    type=click.Choice(FORMATS),
-    help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
-)
-@_setting(
-    "--value-format",
-    field="value_format",
-    env="VALUE_FORMAT",
-    type=click.Choice(FORMATS),
-    help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
-)
-@_setting(
-    "--on-bad-record",
-    field="on_bad_record",
-    env="ON_BAD_RECORD",
-    type=click.Choice(BAD_RECORD_POLICIES),
-    help="A record that does not decode: exit with code 8 before committing its batch, leave it"
-    " out (counted and logged), or keep it in rejected_records.",
-)
+@processor_options
 @_setting(
     "--on-processor-error",
     field="on_processor_error",
@@ -247,28 +331,10 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     field="max_rejected_in_a_row",
     env="MAX_REJECTED_IN_A_ROW",
     type=int,
-    help="--on-processor-error dead-letter: stop with exit code 9 when more records than this"
+    help="--on-processor-error dead-letter: stop with exit code 11 when more records than this"
     " are rejected in a row, with none applied between them.",
 )
-@_setting(
-    "--window",
-    field="window",
-    env="WINDOW",
-    help="windowed-counts: the tumbling window of record time (500ms, 30s, 1m, 2h, 1d, 1w).",
-)
-@_setting(
-    "--retention",
-    field="retention",
-    env="RETENTION",
-    help="windowed-counts: keep windows this long behind each partition's newest record.",
-)
-@_setting(
-    "--changelog/--no-changelog",
-    field="changelog",
-    env="CHANGELOG",
-    help="More hosts: publish each batch's state changes to a compacted changelog topic per"
-    " input topic, so state follows its partitions between hosts (docs/scaling.md).",
-)
+@changelog_option
 @_setting(
     "--changelog-replication-factor",
     field="changelog_replication_factor",
@@ -428,10 +494,7 @@ def migrate(database: Path, list_only: bool, as_json: bool) -> None:
 def take_snapshot(database: Path, dest: Path, force: bool, as_json: bool) -> None:
     """Write a consistent copy of the database to DEST, also while a daemon writes to it."""
     taken = asyncio.run(snapshot.take(database, dest, force=force))
-    positions = [
-        {"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset}
-        for p in taken.positions
-    ]
+    positions = output.positions_json(taken.positions)
     if as_json:
         summary = {
             "database": str(taken.source),
@@ -465,11 +528,20 @@ def take_snapshot(database: Path, dest: Path, force: bool, as_json: bool) -> Non
 @reports_errors
 def counts(database: Path, topic: str | None, top: int, as_json: bool) -> None:
     """Show the highest message counts per key (from the ``counts`` view)."""
-    rows = asyncio.run(lookups.top_counts(database, topic, top))
+    rows, read_at = asyncio.run(lookups.top_counts(database, topic, top))
     if as_json:
+        # Each row carries the positions of its topic's partitions it was counted at.
         click.echo(
             output.as_json(
-                [{"topic": r.topic, "key": output.key_json(r.key), "count": r.count} for r in rows]
+                [
+                    {
+                        "topic": r.topic,
+                        "key": output.key_json(r.key),
+                        "count": r.count,
+                        "positions": output.positions_json(read_at, r.topic),
+                    }
+                    for r in rows
+                ]
             )
         )
         return
@@ -519,6 +591,8 @@ def offsets(
             "owner": r.position.owner,
             "updated_at": r.position.updated_at,
             "log_end_offset": r.position.log_end_offset,
+            "start_from": r.position.start_from,
+            "start_offset": r.position.start_offset,
             **({"end_offset": r.end_offset, "lag": r.lag} if bootstrap_servers else {}),
         }
         for r in reports
@@ -528,3 +602,163 @@ def offsets(
         return
     headers = list(rows[0]) if rows else ["topic", "partition", "next_offset"]
     click.echo(output.table(headers, [list(r.values()) for r in rows]))
+
+
+@main.command("wait")
+@database_option
+@click.option(
+    "--until",
+    multiple=True,
+    required=True,
+    metavar="TOPIC:PARTITION:OFFSET[,...]",
+    help="Wait until the record at OFFSET of TOPIC's PARTITION is in the database; repeat, or"
+    " separate with commas.",
+)
+@_option(
+    "--timeout",
+    env="WAIT_TIMEOUT",
+    default=f"{WAIT_TIMEOUT_S:g}s",
+    show_default=True,
+    help="Give up after this long (500ms, 5s, 1m) with exit code 124.",
+)
+@json_option
+@reports_errors
+def wait_until(database: Path, until: tuple[str, ...], timeout: str, as_json: bool) -> None:
+    """Wait until the database holds the given records: read your writes."""
+    records = wait.parse_until(until)
+    timeout_s = wait.parse_timeout(timeout)
+    try:
+        waits = asyncio.run(wait.wait_for(database, records, timeout_s))
+    except wait.NotAppliedInTime as error:
+        _print_waits(error.waits, as_json)
+        raise
+    _print_waits(waits, as_json)
+
+
+def _print_waits(waits: list[wait.PartitionWait], as_json: bool) -> None:
+    rows = [
+        {
+            "topic": w.topic,
+            "partition": w.partition,
+            "offset": w.offset,
+            "next_offset": w.next_offset,
+            "applied": w.applied,
+        }
+        for w in waits
+    ]
+    if as_json:
+        click.echo(output.as_json(rows))
+        return
+    click.echo(output.table(list(rows[0]), [list(r.values()) for r in rows]))
+
+
+@main.command()
+@click.argument("specs", metavar="[PROCESSOR]...", nargs=-1)
+@processor_options
+@changelog_option
+@reports_errors
+def check(specs: tuple[str, ...], **options: Any) -> None:
+    """Check processors as `run` checks them at start, with no Kafka and no database.
+
+    Each PROCESSOR is a built-in, PACKAGE.MODULE:NAME or a .sql file, as --processor and --sql
+    give them. Exit 0 with one line per processor, or 2 with the first problem.
+    """
+    options["processors"] += tuple(s for s in specs if not s.endswith(".sql"))
+    options["sql_files"] += tuple(Path(s) for s in specs if s.endswith(".sql"))
+    for line in check_processors.checked_lines(**options):
+        click.echo(line)
+
+
+@main.command("replay")
+@_option(
+    "--records",
+    env="RECORDS",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The records, one JSON object a line (docs/testing-processors.md).",
+)
+@_option(
+    "--database",
+    env="REPLAY_DATABASE",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite file to write: created, or continued from its positions.",
+)
+@_setting(
+    "--batch-size",
+    field="max_records",
+    env="BATCH_SIZE",
+    type=click.IntRange(min=1),
+    help="Records per batch (one transaction each), as --max-records makes them.",
+)
+@processor_options
+@reports_errors
+def replay_records(records: Path, database: Path, **options: Any) -> None:
+    """Run processors over the records of a file into a database, as `run` would, without Kafka."""
+    replayed, names = asyncio.run(replay.replay_file(records, database, **options))
+    click.echo(
+        f"replayed {replayed.records} record(s) in {replayed.batches} batch(es) into {database}"
+        f" ({', '.join(names)}); {replayed.skipped} skipped at stored positions,"
+        f" {replayed.bad_records} that did not decode"
+    )
+
+
+# `verify` reads the topics as the run that made the file did: the same flags, the same variables
+# (its own only below): the processor and security flags, and these of `run`'s. The isolation
+# level is the file's own, recorded at its first claim.
+_RUN_FLAGS_OF_VERIFY = (
+    "bootstrap_servers",
+    "topics",
+    "database",
+    "max_records",
+    "client_id",
+    "busy_timeout_s",
+    "connect_timeout_s",
+)
+# verify joins no group; Settings, which it shares with run, asks for one.
+VERIFY_GROUP_ID = "sqlstate-verify"
+
+
+@main.command("verify")
+@_option(
+    "--allow-unchecked",
+    "allow_unchecked",
+    env="ALLOW_UNCHECKED",
+    is_flag=True,
+    default=default("allow_unchecked", VerifyOptions),
+    help="Exit 0, not 10, when the only differences are in partitions whose records Kafka"
+    " deleted (they cannot be read again).",
+)
+@_option(
+    "--samples",
+    "samples",
+    env="SAMPLES",
+    type=click.IntRange(min=0),
+    default=default("samples", VerifyOptions),
+    show_default=True,
+    help="Rows shown per table and partition that differ.",
+)
+@processor_options
+@security_options
+@json_option
+@reports_errors
+def verify_command(
+    topics: tuple[str, ...], allow_unchecked: bool, samples: int, as_json: bool, **options: Any
+) -> None:
+    """Recompute the database's state from Kafka and report every difference (exit 0: identical;
+    9: different; 10: not fully checked, records deleted from Kafka)."""
+    settings = Settings(
+        topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
+        group_id=VERIFY_GROUP_ID,
+        security=_security(options),
+        **options,
+    )
+    verdict = asyncio.run(verify.verify(settings, VerifyOptions(allow_unchecked, samples)))
+    if as_json:
+        click.echo(output.as_json([verify_report.as_document(verdict)]))
+    else:
+        click.echo(verify_report.as_text(verdict))
+    sys.exit(verdict.exit_code)
+
+
+verify_command.params[:0] = [p for p in run.params if p.name in _RUN_FLAGS_OF_VERIFY]

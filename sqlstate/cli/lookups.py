@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from sqlstate.errors import AuthenticationError, BrokerError
-from sqlstate.kafka.client import build_offsets_consumer, refusal
+from sqlstate.kafka.client import build_offsets_consumer, refusal, worth_asking_why
 from sqlstate.settings import Security, default
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
@@ -53,13 +53,16 @@ async def _open_read_only(path: Path) -> Store:
     )
 
 
-async def top_counts(database: Path, topic: str | None, limit: int) -> list[KeyCount]:
+async def top_counts(
+    database: Path, topic: str | None, limit: int
+) -> tuple[list[KeyCount], list[Position]]:
+    """The highest totals, and the positions they were read at (the same snapshot)."""
     store = await _open_read_only(database)
     try:
-        rows = await store.top_counts(topic, limit)
+        rows, read_at = await store.top_counts(topic, limit)
     finally:
         await store.database.close()
-    return [KeyCount(*row) for row in rows]
+    return [KeyCount(*row) for row in rows], read_at
 
 
 async def positions(
@@ -100,6 +103,9 @@ async def _end_offsets(
     consumer = build_offsets_consumer(bootstrap_servers, isolation_level, security)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
+        # A broker that refused an OAUTHBEARER token answers no metadata: start() does not
+        # notice, and end_offsets() would wait for it until the timeout. topics() fails at once.
+        await asyncio.wait_for(consumer.topics(), timeout_s)
         ends: dict[TopicPartition, int] = await asyncio.wait_for(
             consumer.end_offsets(tps), timeout_s
         )
@@ -107,7 +113,7 @@ async def _end_offsets(
     except (TimeoutError, KafkaError, OSError) as error:
         # As in the daemon: aiokafka reports a refused login like an unreachable broker.
         refused = None
-        if isinstance(error, KafkaConnectionError):
+        if worth_asking_why(error, security):
             refused = await refusal(bootstrap_servers, security, timeout_s)
         if refused:
             raise AuthenticationError(refused) from error

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlstate.processors.keys import key_json
+from sqlstate.state.model import Position
 
-__all__ = ["as_json", "key_json", "key_text", "size", "table"]
+__all__ = ["as_json", "key_json", "key_text", "positions_json", "size", "table"]
 
 
 def key_text(key: str | bytes | None) -> str:
@@ -40,3 +41,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def as_json(rows: Sequence[dict[str, Any]]) -> str:
     return json.dumps(list(rows), indent=2, ensure_ascii=False)
+
+
+def positions_json(positions: Sequence[Position], topic: str | None = None) -> list[dict[str, Any]]:
+    """Positions as every ``--json`` output gives them (those of ``topic`` only, when given):
+    what an answer was read at."""
+    return [
+        {"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset}
+        for p in positions
+        if topic is None or p.topic == topic
+    ]

@@ -11,17 +11,24 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.kafka.client import high_watermarks
+from sqlstate.kafka.starts import with_starts
+from sqlstate.settings import StartPoint
 from sqlstate.state.out_of_range import LogBounds
 
 
 async def read_bounds(
-    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], isolation_level: str
+    consumer: AIOKafkaConsumer,
+    tps: Iterable[TopicPartition],
+    isolation_level: str,
+    start_from: StartPoint | None = None,
 ) -> dict[TopicPartition, LogBounds]:
     """The log's bounds now, asked of each partition's leader.
 
     Never trust an out-of-range answer alone: with ``client_rack`` set, aiokafka fetches from a
     follower, and a lagging follower answers out-of-range for offsets the leader has. The bounds
     decide.
+
+    With ``start_from``, for a claim: each with where --start-from puts it (``starts.py``).
     """
     tps = list(tps)
     if not tps:
@@ -29,6 +36,8 @@ async def read_bounds(
     firsts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
     if isolation_level == "read_uncommitted":
-        return {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
-    log_ends = await high_watermarks(consumer, tps)
-    return {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}
+        bounds = {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
+    else:
+        log_ends = await high_watermarks(consumer, tps)
+        bounds = {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}
+    return bounds if start_from is None else await with_starts(consumer, bounds, start_from)

@@ -1,13 +1,15 @@
 """Everything sqlstate asks of aiokafka beyond its plain public calls, kept in one module.
 
 Every Kafka client sqlstate makes is built here: the daemon's group consumer (``build_consumer``),
-the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), and the changelog's
+the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), the reader of
+``sqlstate verify`` (``build_range_reader``), and the changelog's
 clients (``build_admin_client``, ``build_changelog_producer``, ``build_changelog_consumer``).
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
 assignment check, ``in_group`` and ``transaction_fatal_error``) and the one request sent around
 aiokafka's API (``commit_group_offsets``) are checked by the tests against the real broker. The
 security options and ``refusal`` serve every client; they are tested against the test broker's
-SASL and SSL listeners (tests/acceptance/test_security.py).
+SASL and SSL listeners (tests/acceptance/test_security.py, and test_oauth.py for OAUTHBEARER,
+whose one token provider per process every client shares: ``oauth.py``).
 
 Two requests aiokafka has no public call for are sent over the consumer's own connections:
 Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -45,9 +48,11 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
+from sqlstate.kafka.oauth import TokenError, provider_for
 from sqlstate.kafka.protocol import TopicsRequest, topics_of
 from sqlstate.observe.logs import LogEvent
 from sqlstate.settings import Security, Settings
@@ -128,6 +133,33 @@ def build_offsets_consumer(
     )
 
 
+def build_range_reader(
+    settings: Settings,
+    key_deserializer: Callable[[bytes | None], Any] | None = None,
+    value_deserializer: Callable[[bytes | None], Any] | None = None,
+) -> AIOKafkaConsumer:
+    """A consumer outside any group that reads input partitions assigned and sought by hand
+    (``sqlstate verify``), as ``settings.isolation_level`` reads them.
+
+    No group, so it never joins or moves the daemon's; no automatic reset, so a record deleted
+    while it reads raises OffsetOutOfRangeError rather than a silent jump. Keys and values are
+    decoded as the daemon's consumer decodes them (``build_consumer``).
+    """
+    return AIOKafkaConsumer(
+        key_deserializer=key_deserializer,
+        value_deserializer=value_deserializer,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        isolation_level=settings.isolation_level,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        **security_options(settings.security),
+    )
+
+
 def build_admin_client(settings: Settings) -> AIOKafkaAdminClient:
     """An admin client, for creating and checking the changelog topics."""
     return AIOKafkaAdminClient(
@@ -194,7 +226,11 @@ def security_options(security: Security) -> dict[str, Any]:
             keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
             password=security.ssl_password,
         )
-    if security.protocol.startswith("SASL"):
+    if security.protocol.startswith("SASL") and security.sasl_mechanism == "OAUTHBEARER":
+        options.update(
+            sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=provider_for(security)
+        )
+    elif security.protocol.startswith("SASL"):
         options.update(
             sasl_mechanism=security.sasl_mechanism,
             sasl_plain_username=security.sasl_username,
@@ -203,8 +239,22 @@ def security_options(security: Security) -> dict[str, Any]:
     return options
 
 
+def worth_asking_why(error: BaseException, security: Security) -> bool:
+    """Whether ``refusal`` may explain ``error``, an error of a client's start.
+
+    aiokafka reports a refused SASL login or TLS handshake like an unreachable broker, with a
+    KafkaConnectionError. A broker that rejects an OAUTHBEARER token lets the login seem to
+    succeed and then answers no metadata, which aiokafka reports with a plain KafkaError, or
+    waits for until the caller's timeout.
+    """
+    if isinstance(error, KafkaConnectionError):
+        return True
+    return security.sasl_mechanism == "OAUTHBEARER" and isinstance(error, KafkaError | TimeoutError)
+
+
 async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) -> str | None:
-    """Why the bootstrap servers refused us, if they did: a failed SASL login or TLS handshake.
+    """Why the bootstrap servers refused us, if they did: a failed SASL login or TLS handshake,
+    or no OAuth token to log in with.
 
     When no bootstrap server can be used, aiokafka logs each one's reason and raises only
     "Unable to bootstrap from [...]", which reads like a network problem. One more connection
@@ -212,17 +262,28 @@ async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) 
     from a broker that is not there, so that the error can say what to fix. None: no server
     refused us (they are down, unreachable or slow).
     """
+    oauth = security.protocol.startswith("SASL") and security.sasl_mechanism == "OAUTHBEARER"
     for host, port, _family in collect_hosts(bootstrap_servers, randomize=False):
         try:
             connection = await asyncio.wait_for(
                 create_conn(host, port, client_id="sqlstate", **security_options(security)),
                 timeout_s,
             )
+            if oauth:  # _serves closes the connection
+                if not await _serves(connection, timeout_s):
+                    return oauth_refusal(host, port, security, "it closed the connection")
+                continue
+        except TokenError as error:
+            if not error.retriable:
+                return f"no OAuth token to log in to Kafka with: {error}"
+            continue
         except (
             SaslAuthenticationFailed,
             UnsupportedSaslMechanismError,
             IllegalSaslStateError,
         ) as error:
+            if oauth:
+                return oauth_refusal(host, port, security, str(error))
             return (
                 f"Kafka at {host}:{port} refused the SASL login of {security.sasl_username!r}"
                 f" with {security.sasl_mechanism}: {error}; check --sasl-mechanism,"
@@ -237,6 +298,31 @@ async def refusal(bootstrap_servers: str, security: Security, timeout_s: float) 
             continue
         connection.close()
     return None
+
+
+async def _serves(connection: Any, timeout_s: float) -> bool:
+    """Whether a connection that logged in with OAUTHBEARER answers a Metadata request.
+
+    aiokafka takes an OAUTHBEARER login as done once it has sent the token, but a broker that
+    rejects the token answers with an error challenge (RFC 7628) and, at the next request, closes
+    the connection; the answer aiokafka reads then lists no broker.
+    """
+    try:
+        response = await asyncio.wait_for(connection.send(MetadataRequest([])), timeout_s)
+    except (TimeoutError, KafkaError, OSError):
+        return False
+    finally:
+        connection.close()
+    return bool(response.brokers)
+
+
+def oauth_refusal(host: str, port: int, security: Security, reason: str) -> str:
+    """The message of a broker that refused our OAuth token."""
+    return (
+        f"Kafka at {host}:{port} refused the OAUTHBEARER token from"
+        f" {provider_for(security).source.name} ({reason}); check that the token is meant for"
+        " this cluster (its issuer, audience, subject and scope) and has not expired"
+    )
 
 
 def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
@@ -507,6 +593,31 @@ async def _retried(client: Any, ask: Callable[[], Awaitable[T]]) -> T:
             if error.invalid_metadata:
                 client.force_metadata_update()
             await asyncio.sleep(client._retry_backoff)
+
+
+@contextlib.asynccontextmanager
+async def after_each_refresh(
+    consumer: AIOKafkaConsumer, handle: Callable[[], Awaitable[None]], name: str
+) -> AsyncIterator[None]:
+    """While inside: ``handle()`` after each refresh of the consumer's metadata, in a task of
+    its own (``name``), one call at a time; refreshes during a call make one more call."""
+    refreshed = asyncio.Event()
+
+    async def follow() -> None:
+        while True:
+            await refreshed.wait()
+            refreshed.clear()
+            await handle()
+
+    stop_listening = on_metadata_update(consumer, refreshed.set)
+    task = asyncio.create_task(follow(), name=name)
+    try:
+        yield
+    finally:
+        stop_listening()
+        task.cancel()
+        # wait() rather than awaiting the task: its CancelledError is not ours to re-raise.
+        await asyncio.wait([task])
 
 
 def on_metadata_update(

@@ -31,12 +31,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from sqlstate import __version__
 from sqlstate.errors import ConfigError
 from sqlstate.observe.health import Health, Lags
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.partition_states import STATES, PartitionState
 from sqlstate.observe.stats import Stats
+from sqlstate.version import __version__
 
 logger = logging.getLogger("sqlstate.metrics")  # its documented name
 _DROPPED = LogEvent(
@@ -99,6 +99,12 @@ class _StateCollector:
                 stats.out_of_range_resets,
                 "Partitions rebuilt from the earliest offset after their position left the log"
                 " or their topic was deleted and created again.",
+            ),
+            (
+                "topics_deleted",
+                stats.topics_deleted,
+                "--topic-pattern: matching topics found deleted while running (their state"
+                " stays in the file).",
             ),
             (
                 "database_busy_retries",

@@ -33,6 +33,10 @@ class Stats:
     # --standby all: changelog records each followed partition is behind its owner, at the
     # standby's last poll (a partition not fetched yet is absent).
     standby_lag: dict[TopicPartition, int] = field(default_factory=dict)
+    # --topic-pattern: matching topics found deleted while running, and those of them that
+    # no topic of the same name has replaced since (their state stays in the file).
+    topics_deleted: int = 0
+    deleted_topics: set[str] = field(default_factory=set)
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
     # --on-processor-error dead-letter: records written to rejected_records because a processor

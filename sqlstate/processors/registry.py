@@ -124,13 +124,18 @@ def checked(candidate: object, source: str) -> Processor:
     return candidate
 
 
-def from_settings(settings: Settings) -> list[Processor]:
-    """Every processor of ``settings``, in order: ``--processor`` ones, then ``--sql`` files."""
-    processors = [load(spec, settings) for spec in settings.processor_specs]
+def from_settings(settings: Settings, given: Sequence[Processor] = ()) -> list[Processor]:
+    """Every processor of ``settings``, in order: ``--processor`` ones, then ``--sql`` files,
+    then ``given``, processors passed as objects (``sqlstate.testing``), each checked; with
+    ``given``, no processor is added by default."""
+    specs = settings.processors if given else settings.processor_specs
+    processors = [load(spec, settings) for spec in specs]
     processors += [SqlFileProcessor.load(path) for path in settings.sql_files]
-    for spec, processor in zip(
-        [*settings.processor_specs, *map(str, settings.sql_files)], processors, strict=True
-    ):
+    sources = [*specs, *map(str, settings.sql_files)]
+    for processor in given:
+        sources.append(repr(processor))
+        processors.append(checked(processor, sources[-1]))
+    for spec, processor in zip(sources, processors, strict=True):
         if spec not in BUILT_INS and processor.name in BUILT_INS:
             # A built-in's name carries its rights: counts writes sqlstate's key_counts.
             raise ProcessorError(

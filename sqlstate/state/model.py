@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 
 from sqlstate.errors import ChangelogError
 from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.start import StartedAt
 
 #: The parameters of one execution of a statement: a tuple for ``?``, a mapping for ``:name``.
 Parameters: TypeAlias = Sequence[Any] | Mapping[str, Any]
@@ -59,6 +60,8 @@ class Change(NamedTuple):
     # The claim whose compare-and-set the batch passed: only that claim's producer may
     # publish it. None: the claim this very transaction makes (its out-of-range reset).
     epoch: int | None
+    # Where the partition's state begins (``state/start.py``), carried by the position record.
+    start: StartedAt | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Position:
     owner: str
     log_end_offset: int | None
     updated_at: str
+    # The --start-from that chose where the partition started, and that offset (docs/schema.md):
+    # None for a partition first claimed before they were recorded, or followed from a changelog.
+    start_from: str | None = None
+    start_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,14 @@ class PartitionBatch:
     records: int  # how many records the statements fold in
     statements: Sequence[Statement]
     bad_records: int = 0  # records left out or dead-lettered: they did not decode
+    # The records the processors' statements fold in, and how many of the first ``statements``
+    # write the dead letters of records that did not decode: what --on-processor-error
+    # dead-letter prepares again in pieces when a processor fails on the records.
+    source: Sequence[Any] = ()
+    dead_letters: int = 0
     # --on-processor-error dead-letter, once a processor failed on the partition's records: its
     # records in pieces, each run in a savepoint of its own (``rejections.py``); ``statements``
-    # then holds only the dead letters of records that did not decode.
+    # then holds only the dead letters.
     apart: Sequence[Piece] | None = None
 
 
@@ -238,3 +250,5 @@ class Claimed:
     # Partitions claimed again only if still held (``held_at``), whose row another consumer's
     # claim moved on meanwhile: left as they are, not claimed.
     taken: list[TopicPartition] = field(default_factory=list)
+    # Partitions the file had no row for, and where --start-from started them.
+    started: dict[TopicPartition, StartedAt] = field(default_factory=dict)

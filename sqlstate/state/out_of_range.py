@@ -24,6 +24,7 @@ from aiokafka import TopicPartition
 
 from sqlstate.errors import OutOfRangeError
 from sqlstate.observe.logs import LogEvent, partition_fields
+from sqlstate.state.start import Start
 
 logger = logging.getLogger("sqlstate.out_of_range")  # its documented name
 _RESET = LogEvent(
@@ -63,6 +64,9 @@ class LogBounds:
     # The log's end when ``end`` is the last stable offset: a position between the two, stored
     # by a read_uncommitted run (or before a transaction was opened), is still in the log.
     log_end: int | None = None
+    # Where --start-from puts the partition, should the file have no position for it (None: at
+    # ``first``, the earliest offset). Asked only for a claim: ``state/start.py``.
+    start: Start | None = None
 
     @property
     def last(self) -> int:

@@ -79,10 +79,17 @@ INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at);
 
 -- name: claim_partition
 -- A new owner takes the partition: bump the epoch (fencing out the previous owner), record who owns
--- it, and return where to start. A partition seen for the first time starts at :start_offset.
+-- it, and return where to start. A partition seen for the first time starts at :start_offset,
+-- recorded with the --start-from that chose it; a known one keeps its position and its start.
 -- The log end seen at the claim makes lag known before the first batch.
-INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
-VALUES (:topic, :partition, :start_offset, 1, :owner, :log_end_offset, :now)
+INSERT INTO positions (
+    topic, partition, next_offset, epoch, owner, log_end_offset, updated_at,
+    start_from, start_offset
+)
+VALUES (
+    :topic, :partition, :start_offset, 1, :owner, :log_end_offset, :now,
+    :start_from, :start_offset
+)
 ON CONFLICT (topic, partition) DO UPDATE
     SET epoch = epoch + 1, owner = excluded.owner,
         log_end_offset = coalesce(excluded.log_end_offset, log_end_offset),
@@ -99,17 +106,33 @@ WHERE topic = :topic AND partition = :partition
   AND next_offset = :expected_offset AND epoch = :epoch;
 
 -- name: reset_position
+-- --out-of-range reset: the partition's state starts over at the log's first offset, and so
+-- does what its start says.
 UPDATE positions
-SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now
+SET next_offset = :next_offset, log_end_offset = :log_end_offset, updated_at = :now,
+    start_from = 'earliest', start_offset = :next_offset
 WHERE topic = :topic AND partition = :partition AND epoch = :epoch;
 
 -- name: read_position
-SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, start_from,
+       start_offset
 FROM positions WHERE topic = :topic AND partition = :partition;
 
 -- name: list_positions
-SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at
+SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, start_from,
+       start_offset
 FROM positions ORDER BY topic, partition;
+
+-- name: read_start
+SELECT start_from, start_offset FROM positions WHERE topic = :topic AND partition = :partition;
+
+-- name: record_topic_start
+-- The topic's partition count at the file's first claim of it; kept ever after.
+INSERT INTO topic_starts (topic, partitions, recorded_at) VALUES (:topic, :partitions, :now)
+ON CONFLICT (topic) DO NOTHING;
+
+-- name: read_topic_start
+SELECT partitions FROM topic_starts WHERE topic = :topic;
 
 -- name: top_counts
 SELECT topic, key, count FROM counts
@@ -171,7 +194,7 @@ SELECT partition, next_offset FROM positions WHERE topic = :topic ORDER BY parti
 -- so that whoever holds the partition now cannot commit a batch it read before the reset.
 UPDATE positions
 SET next_offset = :next_offset, epoch = epoch + 1, log_end_offset = :log_end_offset,
-    updated_at = :now
+    updated_at = :now, start_from = 'earliest', start_offset = :next_offset
 WHERE topic = :topic AND partition = :partition;
 
 -- name: read_state_setting
@@ -282,11 +305,18 @@ ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, recorded_at = ex
 -- file never saw gets a row at epoch 0 (any claim bumps it past); a known one keeps its epoch,
 -- so a claim here is never undone by following. The owner becomes 'standby' (progress shows
 -- the partition as followed; no decision reads the owner) and the log end its owner's to know.
-INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset, updated_at)
-VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now)
+-- The start the owner recorded comes with the position (a record written before positions
+-- carried it has none: the file's is kept).
+INSERT INTO positions (
+    topic, partition, next_offset, epoch, owner, log_end_offset, updated_at,
+    start_from, start_offset
+)
+VALUES (:topic, :partition, :next_offset, 0, 'standby', NULL, :now, :start_from, :start_offset)
 ON CONFLICT (topic, partition) DO UPDATE
     SET next_offset = excluded.next_offset, owner = 'standby', log_end_offset = NULL,
-        updated_at = excluded.updated_at;
+        updated_at = excluded.updated_at,
+        start_from = coalesce(excluded.start_from, start_from),
+        start_offset = coalesce(excluded.start_offset, start_offset);
 
 -- name: locking_mode_exclusive
 -- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
@@ -296,3 +326,10 @@ PRAGMA locking_mode = EXCLUSIVE;
 -- name: begin_exclusive
 BEGIN EXCLUSIVE;
 
+
+-- ---- sqlstate wait: read your writes (sqlstate/state/wait.py) ---------------------------------
+
+-- name: data_version
+-- A number that changes when another connection commits to the file: cheap (no page is read),
+-- so a waiter reads the positions again only after a commit.
+PRAGMA data_version;

@@ -71,6 +71,7 @@ class Store:
         isolation_level: str,
         lock_wait_s: float | None = None,
         held_at: Mapping[TopicPartition, int] | None = None,
+        processors: Sequence[str] | None = None,
     ) -> Claimed:
         """Claim an assignment in one transaction: bump each partition's epoch and record the
         owner, read where it stands, and apply the out-of-range policy against ``bounds`` and
@@ -80,7 +81,9 @@ class Store:
         ``IsolationLevelError``; nothing at all is written then. With ``lock_wait_s``, a
         database locked longer than that raises ``DatabaseBusyError`` and nothing is written.
         With ``held_at`` (a partition's epoch, when this consumer claims it again while
-        running), a partition whose row holds another epoch is not claimed (``taken``)."""
+        running), a partition whose row holds another epoch is not claimed (``taken``). With
+        ``processors``, they are recorded for each claimed topic, or ``ProcessorError`` (as
+        ``record_processors``)."""
         return await self.database.transaction(
             functools.partial(
                 transactions.claim_assignment,
@@ -93,6 +96,7 @@ class Store:
                 now=utc_now(),
                 changelog=self._changelog,
                 held_at=held_at,
+                processors=processors,
             ),
             lock_wait_s,
         )
@@ -139,8 +143,9 @@ class Store:
 
     async def top_counts(
         self, topic: str | None, limit: int
-    ) -> list[tuple[str, str | bytes | None, int]]:
-        """The highest totals of the ``counts`` view: (topic, key, count)."""
+    ) -> tuple[list[tuple[str, str | bytes | None, int]], list[Position]]:
+        """The highest totals of the ``counts`` view, (topic, key, count), and the positions
+        they were read at, in one read transaction."""
         return await self.database.read(
-            functools.partial(reads.top_counts, topic=topic, limit=limit)
+            functools.partial(reads.top_counts_and_positions, topic=topic, limit=limit)
         )

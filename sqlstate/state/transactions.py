@@ -72,6 +72,7 @@ from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
 from sqlstate.state.rejections import STATEMENT_ERRORS, Apart, record_fault, run_apart
+from sqlstate.state.start import EARLIEST, StartedAt, first_start, started_at
 from sqlstate.state.statements import run_statements
 
 
@@ -116,7 +117,10 @@ def commit_batch(
             # records only): the position goes to the changelog, so that standbys show the
             # partition at its log's end rather than one marker behind it for good.
             changes[part.tp] = Change(
-                changelog.take_changes(conn), part.next_offset, part.claim.epoch
+                changelog.take_changes(conn),
+                part.next_offset,
+                part.claim.epoch,
+                started_at(conn, part.tp),
             )
         outcomes.append(
             Committed(
@@ -144,6 +148,7 @@ def claim_assignment(
     now: str,
     changelog: ChangelogSide | None = None,
     held_at: Mapping[TopicPartition, int] | None = None,
+    processors: Sequence[str] | None = None,
 ) -> Claimed:
     # A partition claimed again while running (``held_at``: the epoch this consumer holds it
     # at) is claimed only if its row still holds that epoch, checked in this transaction: a
@@ -156,6 +161,10 @@ def claim_assignment(
     bounds = {tp: log for tp, log in bounds.items() if tp not in taken}
     recorded.check_isolation_level(conn, isolation_level, now)
     recorded.check_changelog(conn, changelog is not None, now)
+    if processors is not None:
+        # A topic --topic-pattern found while running: its processors are recorded with its
+        # first claim (for --topic's topics, the start recorded them: nothing changes).
+        recorded.record_processors(conn, sorted({tp.topic for tp in bounds}), processors, now)
     recreated = []
     # Under --changelog a recreated topic stops the daemon: its reset would forget partitions
     # other hosts own, whose changelogs only their owners may write.
@@ -170,20 +179,31 @@ def claim_assignment(
     claims: dict[TopicPartition, Claim] = {}
     resets: list[Reset] = []
     changes: dict[TopicPartition, Change] = {}
+    started: dict[TopicPartition, StartedAt] = {}
     for tp, log in sorted(bounds.items()):
-        # A partition never seen before starts at the earliest offset Kafka still has.
+        # A partition never seen before starts where --start-from puts it; a known one keeps
+        # its position, whatever --start-from says now.
+        start_from, start_offset = first_start(conn, tp, log.start, log.first, log.end, now)
+        new = position(conn, tp) is None
         row = conn.execute(
             sql("claim_partition"),
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
-                "start_offset": log.first,
+                "start_offset": start_offset,
+                "start_from": start_from,
                 "owner": owner,
                 "log_end_offset": log.end,
                 "now": now,
             },
         ).fetchone()
         claim = Claim(row["next_offset"], row["epoch"])
+        if new:
+            started[tp] = StartedAt(start_from, start_offset)
+        if new and changelog is not None and start_from != EARLIEST:
+            # The start goes to the changelog as the position does: a host that claims the
+            # partition next restores it, and never chooses a start of its own.
+            changes[tp] = Change([], start_offset, None, started[tp])
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -195,13 +215,13 @@ def claim_assignment(
                 # next owner's restore, must forget them as this file did.
                 rows = changelog.take_changes(conn)
                 if rows:
-                    changes[tp] = Change(rows, log.first, None)
+                    changes[tp] = Change(rows, log.first, None, StartedAt(EARLIEST, log.first))
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim
     if changelog is not None and changes:
         _publish(conn, changelog, changes)
-    return Claimed(claims, resets, recreated, taken)
+    return Claimed(claims, resets, recreated, taken, started)
 
 
 def _run_or_set_apart(

@@ -28,7 +28,10 @@ POPULATE = textwrap.dedent(
     import os, sqlite3, sys
     conn = sqlite3.connect(sys.argv[1], isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO positions VALUES ('t', 0, 30000, 1, 'x', NULL, '')")
+    conn.execute(
+        "INSERT INTO positions (topic, partition, next_offset, epoch, owner, updated_at)"
+        " VALUES ('t', 0, 30000, 1, 'x', '')"
+    )
     conn.executemany(
         "INSERT INTO key_counts VALUES ('t', 0, ?, 1)",
         ((f"key-{i}-" + "x" * 40,) for i in range(30000)),

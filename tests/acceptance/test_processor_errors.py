@@ -123,7 +123,7 @@ async def test_failing_records_in_the_middle_of_batches_under_kill_9(
     assert all("CHECK constraint failed" in error for _, error in rejected)
 
 
-async def test_more_rejected_in_a_row_than_the_limit_stops_with_exit_code_9(
+async def test_more_rejected_in_a_row_than_the_limit_stops_with_exit_code_11(
     tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
 ) -> None:
     topic = await topic_factory(partitions=1)
@@ -137,7 +137,7 @@ async def test_more_rejected_in_a_row_than_the_limit_stops_with_exit_code_9(
     )
     try:
         limited.start()
-        assert await limited.wait(60) == 9
+        assert await limited.wait(60) == 11
         assert "--max-rejected-in-a-row 5" in limited.log()
     finally:
         await limited.stop_quietly()

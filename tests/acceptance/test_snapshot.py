@@ -158,7 +158,8 @@ async def source(tmp_path: Path) -> Path:
     assert migrate.returncode == 0, err.decode()
     with writing(database) as conn:
         conn.executemany(
-            "INSERT INTO positions VALUES ('t', ?, ?, 1, 'daemon', NULL, '')",
+            "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
+            " updated_at) VALUES ('t', ?, ?, 1, 'daemon', NULL, '')",
             [(0, 500), (1, 700)],
         )
     return database

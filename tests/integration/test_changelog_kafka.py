@@ -190,7 +190,9 @@ async def test_several_partitions_publish_at_once(settings: Settings, changelog:
         started(ChangelogProducer(settings, topic, 0)) as first,
         started(ChangelogProducer(settings, topic, 1)) as second,
     ):
-        outcomes = await publish_all([(first, rows("x", 50), 50), (second, rows("y", 7), 7)])
+        outcomes = await publish_all(
+            [(first, rows("x", 50), 50, None), (second, rows("y", 7), 7, None)]
+        )
     assert outcomes == [51, 8]
 
 

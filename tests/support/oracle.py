@@ -13,7 +13,9 @@ The first offset is the log start Kafka reports now: the fault tests delete reco
 below a stored position, so it is the offset the daemon (re)started the partition from. A test
 that deletes records a database still counts (state that moved between hosts through a
 changelog, which outlives the input's retention) reads them before deleting them and hands them
-to ``check`` as ``deleted``.
+to ``check`` as ``deleted``. A partition whose row records where its state starts
+(``start_offset``: ``--start-from``, or an out-of-range reset) is checked from there: the
+applied range is ``[start_offset, stored position)``.
 """
 
 from __future__ import annotations
@@ -255,23 +257,25 @@ class Verdict:
 
 def read_database(
     database: Any, topic: str, models: Sequence[Model] = COUNTS
-) -> tuple[dict[int, int], dict[str, Counter[Row]], str]:
-    """(positions, each model's stored state, quick_check) read as any SQLite client would."""
+) -> tuple[dict[int, int], dict[int, int], dict[str, Counter[Row]], str]:
+    """(positions, starts, each model's stored state, quick_check) read as any SQLite client
+    would. ``starts``: the offset each partition's state begins at, where the file recorded it
+    (``--start-from``, or an out-of-range reset)."""
     conn = connect_read_only(database)
     try:
         # One read transaction, so positions and state come from the same committed batch.
         conn.execute("BEGIN")
-        positions = dict(
-            conn.execute(
-                "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
-            ).fetchall()
-        )
+        rows = conn.execute(
+            "SELECT partition, next_offset, start_offset FROM positions WHERE topic = ?", (topic,)
+        ).fetchall()
+        positions = {partition: next_offset for partition, next_offset, _ in rows}
+        starts = {partition: start for partition, _, start in rows if start is not None}
         stored = {model.name: model.stored(conn, topic) for model in models}
         conn.execute("COMMIT")
         problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
     finally:
         conn.close()
-    return positions, stored, "ok" if problems == ["ok"] else "; ".join(problems[:3])
+    return positions, starts, stored, "ok" if problems == ["ok"] else "; ".join(problems[:3])
 
 
 async def read_committed(
@@ -338,8 +342,14 @@ async def check(
 ) -> Verdict:
     """Apply the oracle to ``topic`` as the database stands now. ``deleted``: records no longer
     in the log (read before ``delete_records``) that the database must still hold."""
-    positions, stored, quick_check = await asyncio.to_thread(read_database, database, topic, models)
-    kept = await read_committed(bootstrap, topic, positions)
+    positions, starts, stored, quick_check = await asyncio.to_thread(
+        read_database, database, topic, models
+    )
+    kept = [
+        r
+        for r in await read_committed(bootstrap, topic, positions)
+        if r.offset >= starts.get(r.partition, 0)
+    ]
     first_kept: dict[int, int] = {}
     for record in kept:
         first_kept.setdefault(record.partition, record.offset)
@@ -348,7 +358,9 @@ async def check(
     records = [
         r
         for r in deleted
-        if r.offset < min(positions.get(r.partition, 0), first_kept.get(r.partition, r.offset + 1))
+        if starts.get(r.partition, 0)
+        <= r.offset
+        < min(positions.get(r.partition, 0), first_kept.get(r.partition, r.offset + 1))
     ] + kept
     verdict = Verdict(topic=topic, positions=positions, read_back=len(records))
     verdict.quick_check = quick_check

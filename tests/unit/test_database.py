@@ -76,7 +76,8 @@ def insert(owner: str, pause_s: float = 0.0) -> Callable[[sqlite3.Connection], s
     def work(conn: sqlite3.Connection) -> str:
         time.sleep(pause_s)
         conn.execute(
-            "INSERT INTO positions VALUES ('t', ?, 0, 1, ?, NULL, '')",
+            "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
+            " updated_at) VALUES ('t', ?, 0, 1, ?, NULL, '')",
             (len(owner), owner),
         )
         return owner

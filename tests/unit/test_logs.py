@@ -149,6 +149,11 @@ def test_settings_passed_as_a_field_show_no_password(capsys: pytest.CaptureFixtu
         "ssl_cafile": None,
         "ssl_certfile": None,
         "ssl_keyfile": None,
+        "oauth_token_command": None,
+        "oauth_token_file": None,
+        "oauth_token_endpoint": None,
+        "oauth_client_id": None,
+        "oauth_scope": None,
     }
     assert entry["nested"]["all"][0]["group_id"] == "g"
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+from sqlstate.app.batch_loop import partition_batch
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.errors import DatabaseError, RejectionLimitError
+from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors import Migration, Processor, Records, Statement
 from sqlstate.processors.counts import KeyCounter
@@ -77,11 +79,8 @@ class Daemon:
         """Commit one batch of ``values`` at the partition's position, as the batch loop does."""
         start = self.claim.next_offset
         records = [record(TP, start + i, b"k", v) for i, v in enumerate(values)]
-        statements, apart = self.errors.prepare(TP, records, [])
-        part = PartitionBatch(
-            TP, self.claim, start + len(records), None, len(records), statements, apart=apart
-        )
-        (outcome,) = await self.errors.commit(self.store, [part], {TP: (records, [])})
+        part = batch_of(self.claim, records, self.processors, self.errors)
+        (outcome,) = await self.errors.commit(self.store, [part])
         assert isinstance(outcome, Committed)
         self.claim = outcome.claim
         return outcome
@@ -120,6 +119,17 @@ async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     finally:
         await store.database.close()
         processors.close()
+
+
+def batch_of(
+    claim: Claim, records: Records, processors: Processors, errors: ProcessorErrors
+) -> PartitionBatch:
+    """One partition's share of a batch, made as the batch loop makes it."""
+    tp = TopicPartition(records[0].topic, records[0].partition)
+    nothing_bad = BadRecords(Decoding("bytes", "bytes"), "fail")
+    return partition_batch(
+        tp, claim, records, records[-1].offset + 1, None, processors, nothing_bad, 0, errors
+    )
 
 
 def amount(cents: object) -> str:
@@ -281,9 +291,8 @@ async def test_under_changelog_only_what_committed_is_captured_and_the_standby_h
         for start in (0, 6):
             values = [amount(-1 if offset in (2, 3) else offset) for offset in range(6)]
             records = [record(T0, start + i, b"k", v) for i, v in enumerate(values)]
-            statements, apart = errors.prepare(T0, records, [])
-            part = PartitionBatch(T0, owner.claims[T0], start + 6, None, 6, statements, apart=apart)
-            (outcome,) = await errors.commit(owner.store, [part], {T0: (records, [])})
+            part = batch_of(owner.claims[T0], records, owner.processors, errors)
+            (outcome,) = await errors.commit(owner.store, [part])
             assert isinstance(outcome, Committed)
             owner.claims[T0] = outcome.claim
             await owner.publish(T0, outcome.claim.next_offset)

@@ -70,6 +70,9 @@ class StandInConsumer:
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: 100 for tp in tps}
 
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.assignment() if tp.topic == topic}
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
 
@@ -378,11 +381,11 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
         batch = PartitionBatch(B, ownership.claims[B], 60, 100, 10, [])
         ownership.release({A})  # batch N's partition held again: the generation moves
         consumer.seeks.clear()
-        refetch = await loop._commit_in_turn(fetched_under, [batch], {})
+        refetch = await loop._commit_in_turn(fetched_under, [batch])
         assert refetch == {B}
         assert consumer.seeks == [(B, 50)]  # back to its claim at once
         # The batch fetched before that seek holds B's records from 60 on: not counted.
-        assert loop._advances({}, {B: 70}, refetch, 0) == ([], {})
+        assert loop._advances({}, {B: 70}, refetch, 0) == []
         assert consumer.seeks == [(B, 50), (B, 50)]
         position = await store.position(B)
     finally:

@@ -35,7 +35,8 @@ async def sqlstate_file(path: Path) -> Path:
         await database.close()
     with writing(path) as conn:
         conn.executemany(
-            "INSERT INTO positions VALUES ('t', ?, ?, 3, 'daemon', NULL, '')",
+            "INSERT INTO positions (topic, partition, next_offset, epoch, owner, log_end_offset,"
+            " updated_at) VALUES ('t', ?, ?, 3, 'daemon', NULL, '')",
             [(0, KEYS), (1, 7)],
         )
         conn.executemany(

@@ -35,7 +35,8 @@ after checking that the pid still runs our broker, never by name.
 Ports, from the PLAINTEXT port P of KAFKA_BOOTSTRAP (what every test uses):
     P        PLAINTEXT
     P + 1    the KRaft controller (native only; KAFKA_CONTROLLER_PORT overrides it)
-    P + 2    SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, user SASL_USERNAME
+    P + 2    SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, user SASL_USERNAME;
+             OAUTHBEARER with Kafka's unsecured validator (any unsigned JWT with sub and exp)
     P + 3    SSL, with a server certificate from a throw-away CA made at ``up`` in
              .run/kafka/tls/ (ca.pem; client.pem and client.key for mutual TLS)
 The state file records the secure listeners, for the tests of sqlstate's security settings.
