@@ -241,6 +241,35 @@ def processor_options(command: F) -> F:
     return command
 
 
+# What a record that a processor fails on does: `run`'s flags, which `verify` takes too, so that
+# it recomputes the state as the run made it.
+_processor_error_options = [
+    _setting(
+        "--on-processor-error",
+        field="on_processor_error",
+        env="ON_PROCESSOR_ERROR",
+        type=click.Choice(PROCESSOR_ERROR_POLICIES),
+        help="A record a processor fails on (its Python raises, its SQL fails): stop before"
+        " committing its batch, or keep it in rejected_records and commit the rest.",
+    ),
+    _setting(
+        "--max-rejected-in-a-row",
+        field="max_rejected_in_a_row",
+        env="MAX_REJECTED_IN_A_ROW",
+        type=int,
+        help="--on-processor-error dead-letter: stop with exit code 11 when more records than"
+        " this are rejected in a row, with none applied between them.",
+    ),
+]
+
+
+def processor_error_options(command: F) -> F:
+    """Add the flags of ``_processor_error_options`` to a command, in their order."""
+    for option in reversed(_processor_error_options):
+        command = option(command)
+    return command
+
+
 changelog_option = _setting(
     "--changelog/--no-changelog",
     field="changelog",
@@ -318,22 +347,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     help="read_committed never counts records of aborted transactions.",
 )
 @processor_options
-@_setting(
-    "--on-processor-error",
-    field="on_processor_error",
-    env="ON_PROCESSOR_ERROR",
-    type=click.Choice(PROCESSOR_ERROR_POLICIES),
-    help="A record a processor fails on (its Python raises, its SQL fails): stop before"
-    " committing its batch, or keep it in rejected_records and commit the rest.",
-)
-@_setting(
-    "--max-rejected-in-a-row",
-    field="max_rejected_in_a_row",
-    env="MAX_REJECTED_IN_A_ROW",
-    type=int,
-    help="--on-processor-error dead-letter: stop with exit code 11 when more records than this"
-    " are rejected in a row, with none applied between them.",
-)
+@processor_error_options
 @changelog_option
 @_setting(
     "--changelog-replication-factor",
@@ -739,6 +753,7 @@ VERIFY_GROUP_ID = "sqlstate-verify"
     help="Rows shown per table and partition that differ.",
 )
 @processor_options
+@processor_error_options
 @security_options
 @json_option
 @reports_errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,6 +122,15 @@ async def test_failing_records_in_the_middle_of_batches_under_kill_9(
     assert len(rejected) == len(bad)
     assert {processor for processor, _ in rejected} == {"amounts"}
     assert all("CHECK constraint failed" in error for _, error in rejected)
+    # verify recomputes the same state, dead letters and all, given the run's flags.
+    verifying = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sqlstate", "verify", "--database", str(database)),
+        *("--topic", topic, "--bootstrap-servers", kafka_bootstrap, *args(sql)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    said, _ = await asyncio.wait_for(verifying.communicate(), 120)
+    assert verifying.returncode == 0, said.decode()
 
 
 async def test_more_rejected_in_a_row_than_the_limit_stops_with_exit_code_11(
