@@ -164,16 +164,17 @@ VALUES (?, ?, ?, ?, ?, ?);
 INSERT INTO rejected_records (topic, partition, offset, key, value, error, processor)
 VALUES (:topic, :partition, :offset, :key, :value, :error, :processor);
 
--- name: savepoint_record
--- Inside a batch's transaction, under --on-processor-error dead-letter: one record's statements
--- from every processor, undone together if one of them fails on the record (rejections.py).
-SAVEPOINT processor_record;
+-- name: savepoint_piece
+-- Inside a batch's transaction, under --on-processor-error dead-letter: the statements of a piece
+-- of a partition's records (or of one record) from every processor, undone together if one of
+-- them fails on its records (rejections.py).
+SAVEPOINT processor_records;
 
--- name: rollback_to_record
-ROLLBACK TO processor_record;
+-- name: rollback_to_piece
+ROLLBACK TO processor_records;
 
--- name: release_record
-RELEASE processor_record;
+-- name: release_piece
+RELEASE processor_records;
 
 -- name: delete_rejected_records
 DELETE FROM rejected_records WHERE topic = :topic AND partition = :partition;

@@ -150,7 +150,7 @@ def _apply(
 ) -> tuple[str, BaseException] | None:
     """Run one piece's statements in a savepoint; undo them all if one fails on its records,
     and say which processor's failed, and how."""
-    conn.execute(sql("savepoint_record"))
+    conn.execute(sql("savepoint_piece"))
     counted: Counter[str] = Counter()
     for processor, statements in piece.statements:
         try:
@@ -160,9 +160,9 @@ def _apply(
             # RAISE(ROLLBACK), ON CONFLICT ROLLBACK): the batch rolls back, savepoint and all.
             if not record_fault(error) or not conn.in_transaction:
                 raise
-            conn.execute(sql("rollback_to_record"))
-            conn.execute(sql("release_record"))
+            conn.execute(sql("rollback_to_piece"))
+            conn.execute(sql("release_piece"))
             return processor, error
-    conn.execute(sql("release_record"))
+    conn.execute(sql("release_piece"))
     counters.update(counted)
     return None
