@@ -34,7 +34,7 @@ from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state import migrate
 from sqlstate.state.database import utc_now
-from sqlstate.state.transactions import run_statements
+from sqlstate.state.statements import run_statements
 
 # A changelog record as read back: key, value (None: a tombstone), changelog offset.
 Logged = tuple[bytes, bytes | None, int]

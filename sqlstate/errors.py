@@ -110,6 +110,14 @@ class BadRecordError(SqlstateError):
     exit_code = 8
 
 
+class RejectionLimitError(SqlstateError):
+    """More records in a row failed in the processors than --max-rejected-in-a-row allows, under
+    --on-processor-error dead-letter: the fault is likely not the records' but the processor's or
+    the database's. The batch that crossed the limit is not committed."""
+
+    exit_code = 11
+
+
 class ChangelogTopicError(ConfigError):
     """A changelog topic cannot be named, created or used as sqlstate needs it."""
 

@@ -30,6 +30,9 @@ Format = Literal["bytes", "text", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
 BadRecordPolicy = Literal["fail", "skip", "dead-letter"]
 BAD_RECORD_POLICIES: tuple[str, ...] = get_args(BadRecordPolicy)
+# What a record that a processor fails on does (docs/processors.md, "Records a processor fails on").
+ProcessorErrorPolicy = Literal["fail", "dead-letter"]
+PROCESSOR_ERROR_POLICIES: tuple[str, ...] = get_args(ProcessorErrorPolicy)
 # --changelog: whether this file also follows the partitions other hosts own (docs/scaling.md).
 Standby = Literal["all", "none"]
 STANDBY_MODES: tuple[str, ...] = get_args(Standby)
@@ -173,6 +176,9 @@ class Settings:
     key_format: Format = "bytes"
     value_format: Format = "bytes"
     on_bad_record: BadRecordPolicy = "fail"
+    on_processor_error: ProcessorErrorPolicy = "fail"
+    # dead-letter: more records rejected in a row than this stops the daemon (exit code 11).
+    max_rejected_in_a_row: int = 100
     # The windowed-counts processor: tumbling windows of record time, and how long they are kept
     # behind each partition's highest timestamp.
     window: str = "1m"
@@ -220,6 +226,12 @@ class Settings:
                 problems.append(f"{flag} must be one of {', '.join(FORMATS)}")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             problems.append(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}")
+        if self.on_processor_error not in PROCESSOR_ERROR_POLICIES:
+            problems.append(
+                f"--on-processor-error must be one of {', '.join(PROCESSOR_ERROR_POLICIES)}"
+            )
+        if self.max_rejected_in_a_row < 1:
+            problems.append("--max-rejected-in-a-row must be at least 1")
         if self.standby is not None and self.standby not in STANDBY_MODES:
             problems.append(f"--standby must be one of {', '.join(STANDBY_MODES)}")
         if self.standby is not None and not self.changelog:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -38,6 +39,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlstate.app.claims import Claimer
 from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
+from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
@@ -159,21 +161,29 @@ def partition_batch(
     processors: Processors,
     bad_records: BadRecords,
     decoded_so_far: int,
+    errors: ProcessorErrors | None = None,
 ) -> PartitionBatch:
     """One partition's share of a batch, as the store commits it: the move from ``claim`` to
     ``next_offset``, and the statements for its ``records`` at or after the claim, those that
     do not decode sorted out by ``--on-bad-record`` (``decoded_so_far``: the decoding failures
-    counted before the batch was decoded). Also how ``sqlstate replay`` makes its batches."""
+    counted before the batch was decoded), those the processors fail on by
+    ``--on-processor-error`` (``errors``; without, as under ``fail``). Also how ``sqlstate
+    replay`` makes its batches."""
     kept, rejected, bad = bad_records.sort(tp, unseen(records, claim.next_offset), decoded_so_far)
-    return PartitionBatch(
+    batch = PartitionBatch(
         tp=tp,
         claim=claim,
         next_offset=next_offset,
         log_end_offset=log_end_offset,
         records=len(kept),
-        statements=[*rejected, *processors.statements(tp, kept)],
+        statements=rejected,
         bad_records=bad,
+        source=kept,
+        dead_letters=len(rejected),
     )
+    if errors is None:
+        return replace(batch, statements=[*rejected, *processors.statements(tp, kept)])
+    return errors.prepare(batch)
 
 
 class BatchLoop:
@@ -197,6 +207,7 @@ class BatchLoop:
         self._store = store
         self._ownership = ownership
         self._processors = processors
+        self._errors = ProcessorErrors(processors, settings, stats)
         self._settings = settings
         self._stats = stats
         self._claimer = claimer
@@ -372,6 +383,7 @@ class BatchLoop:
                     self._processors,
                     self._bad_records,
                     decoded_so_far,
+                    self._errors,
                 )
             )
         return advances
@@ -399,7 +411,7 @@ class BatchLoop:
     async def _commit(self, generation: int, advances: list[PartitionBatch]) -> set[TopicPartition]:
         started = time.perf_counter()
         try:
-            outcomes = await self._store.commit_batch(advances)
+            outcomes = await self._errors.commit(self._store, advances)
         except ChangelogPublishFailed as failed:
             if not self._ownership.is_stale(generation):
                 await self._changelog_failed(failed)

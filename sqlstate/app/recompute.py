@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sqlstate.app.batch_loop import partition_batch, unseen
+from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.errors import BadRecordError, BrokerError
 from sqlstate.kafka.client import consumed_position
 from sqlstate.kafka.decoding import BadRecords, reason, sort_out
@@ -65,6 +66,7 @@ async def recompute(
     isolation_level: str,
     max_records: int,
     idle_timeout_s: float,
+    errors: ProcessorErrors | None = None,
 ) -> Recomputed:
     """Read ``spans`` with ``consumer`` (started, its deserializers ``bad_records``' decoding)
     and commit them into ``store``'s database (migrated, no positions yet for them).
@@ -121,7 +123,7 @@ async def recompute(
             try:
                 advances.append(
                     partition_batch(
-                        tp, claim, fetched, position, None, processors, bad_records, mark
+                        tp, claim, fetched, position, None, processors, bad_records, mark, errors
                     )
                 )
             except BadRecordError:
@@ -130,7 +132,11 @@ async def recompute(
                 reading.discard(tp)
         if advances:
             progress_at = time.monotonic()
-            for outcome in await store.commit_batch(advances):
+            if errors is None:
+                outcomes = await store.commit_batch(advances)
+            else:
+                outcomes = await errors.commit(store, advances)
+            for outcome in outcomes:
                 # Nobody else writes this database: every partition's compare-and-set passes.
                 assert isinstance(outcome, Committed), outcome
                 claims[outcome.tp] = Claim(outcome.claim.next_offset, outcome.claim.epoch)

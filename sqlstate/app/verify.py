@@ -44,6 +44,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from sqlstate.app.processor_checks import load_checked
+from sqlstate.app.processor_errors import ProcessorErrors
+from sqlstate.app.processor_errors import logger as rejections_logger
 from sqlstate.app.recompute import Recomputed, Span, recompute
 from sqlstate.app.state_diff import TableDiff, compare, grouped_by_partition
 from sqlstate.app.verdict import PartitionCheck, Verdict
@@ -58,6 +60,7 @@ from sqlstate.errors import (
 from sqlstate.kafka.client import build_range_reader, refusal, topic_ids, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import BUILT_INS, Processors
 from sqlstate.settings import DEFAULT_PROCESSORS, IsolationLevel, Settings, VerifyOptions
 from sqlstate.state import migrate, recorded, table_rows
@@ -229,7 +232,9 @@ async def _recompute(
         firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
         checks, spans = _plan(state, ids, firsts, ends)
-        with _quiet(decoding_logger, logging.ERROR):
+        # A record that does not decode, or that a processor fails on, is found again as the
+        # run found it: not worth a warning each time.
+        with _quiet(decoding_logger, logging.ERROR), _quiet(rejections_logger, logging.ERROR):
             recomputed = await recompute(
                 consumer,
                 scratch,
@@ -239,6 +244,7 @@ async def _recompute(
                 isolation_level=settings.isolation_level,
                 max_records=settings.max_records,
                 idle_timeout_s=settings.connect_timeout_s,
+                errors=ProcessorErrors(processors, settings, Stats()),
             )
     finally:
         await consumer.stop()

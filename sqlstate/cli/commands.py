@@ -5,8 +5,9 @@ SQLite, corrupt, newer schema, missing folder, locked); 4 Kafka unreachable, ref
 login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
 what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 and 10
-``verify`` found the state different, or could not fully check it; 124 ``wait`` timed out; 130
-forced exit on a second signal.
+``verify`` found the state different, or could not fully check it; 11 more records in a row
+rejected than ``--max-rejected-in-a-row`` allows; 124 ``wait`` timed out; 130 forced exit on a
+second signal.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlstate.settings import (
     FORMATS,
     ISOLATION_LEVELS,
     OUT_OF_RANGE_POLICIES,
+    PROCESSOR_ERROR_POLICIES,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     STANDBY_MODES,
@@ -239,6 +241,35 @@ def processor_options(command: F) -> F:
     return command
 
 
+# What a record that a processor fails on does: `run`'s flags, which `verify` takes too, so that
+# it recomputes the state as the run made it.
+_processor_error_options = [
+    _setting(
+        "--on-processor-error",
+        field="on_processor_error",
+        env="ON_PROCESSOR_ERROR",
+        type=click.Choice(PROCESSOR_ERROR_POLICIES),
+        help="A record a processor fails on (its Python raises, its SQL fails): stop before"
+        " committing its batch, or keep it in rejected_records and commit the rest.",
+    ),
+    _setting(
+        "--max-rejected-in-a-row",
+        field="max_rejected_in_a_row",
+        env="MAX_REJECTED_IN_A_ROW",
+        type=int,
+        help="--on-processor-error dead-letter: stop with exit code 11 when more records than"
+        " this are rejected in a row, with none applied between them.",
+    ),
+]
+
+
+def processor_error_options(command: F) -> F:
+    """Add the flags of ``_processor_error_options`` to a command, in their order."""
+    for option in reversed(_processor_error_options):
+        command = option(command)
+    return command
+
+
 changelog_option = _setting(
     "--changelog/--no-changelog",
     field="changelog",
@@ -316,6 +347,7 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     help="read_committed never counts records of aborted transactions.",
 )
 @processor_options
+@processor_error_options
 @changelog_option
 @_setting(
     "--changelog-replication-factor",
@@ -721,6 +753,7 @@ VERIFY_GROUP_ID = "sqlstate-verify"
     help="Rows shown per table and partition that differ.",
 )
 @processor_options
+@processor_error_options
 @security_options
 @json_option
 @reports_errors

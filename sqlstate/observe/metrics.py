@@ -173,6 +173,15 @@ class _StateCollector:
             processor, _, counter = key.partition(":")
             processor_records.add_metric([processor, counter], value)
         yield processor_records
+        rejected = CounterMetricFamily(
+            "sqlstate_rejected_records",
+            "Records a processor failed on, written to rejected_records in committed batches"
+            " (--on-processor-error dead-letter), by processor.",
+            labels=["processor"],
+        )
+        for processor, value in sorted(stats.rejected_records.items()):
+            rejected.add_metric([processor], value)
+        yield rejected
 
         lags = self._lags()
         lag = GaugeMetricFamily(

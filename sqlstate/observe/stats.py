@@ -39,6 +39,9 @@ class Stats:
     deleted_topics: set[str] = field(default_factory=set)
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
+    # --on-processor-error dead-letter: records written to rejected_records because a processor
+    # failed on them, in committed batches, by processor.
+    rejected_records: Counter[str] = field(default_factory=Counter)
     # Latencies of the batch commits since the metrics last drained them, in seconds.
     commit_seconds: list[float] = field(default_factory=list)
 

@@ -27,17 +27,21 @@ from sqlstate.processors.base import (
     NAME,
     Parameters,
     Processor,
+    Record,
     Records,
     Statement,
 )
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.guard import Guard
+from sqlstate.processors.keys import StoredKey, stored_key
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.sql_file import SqlFileProcessor
 from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings, duration_ms
 from sqlstate.state import migrate
+from sqlstate.state.model import Piece, Rejected
 from sqlstate.state.queries import sql
+from sqlstate.state.rejections import describe
 
 BUILT_INS: dict[str, Callable[[Settings], Processor]] = {
     "counts": lambda settings: KeyCounter(),
@@ -145,6 +149,10 @@ def from_settings(settings: Settings, given: Sequence[Processor] = ()) -> list[P
     return processors
 
 
+class ProcessorRaised(ProcessorError):
+    """A processor's Python code raised on a batch's records."""
+
+
 class Processors:
     """All processors of a daemon; their statements run in order in the batch's transaction.
 
@@ -192,26 +200,66 @@ class Processors:
                 statements = member.statements(tp, records)
             except Exception as error:
                 # Its batch is not committed; a restart would meet the same records again.
-                raise ProcessorError(
+                raise ProcessorRaised(
                     f"processor {member.name} failed on {tp.topic}-{tp.partition} offsets"
                     f" {records[0].offset}-{records[-1].offset}: {error!r}; nothing of the"
-                    " batch was committed"
+                    " batch was committed (--on-processor-error fail)"
                 ) from error
-            for statement in statements:
-                if not statement.rows:
-                    continue
-                if self._guard is not None:
-                    self._guard.check(
-                        member.name,
-                        statement.sql,
-                        _first(statement),
-                        "a statement",
-                        statement.setup,
-                    )
-                if statement.counter is not None:
-                    # Counters are named per processor: "windowed-counts:too_old".
-                    statement = replace(statement, counter=f"{member.name}:{statement.counter}")
-                prepared.append(statement)
+            prepared += self._checked(member, statements)
+        return prepared
+
+    def apart(
+        self,
+        tp: TopicPartition,
+        records: Records,
+        size: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[Piece]:
+        """``records[start:stop]`` in pieces of ``size`` records, each with every processor's
+        statements prepared for it alone (the state is the same: a processor's state is a
+        function of its records, whatever the batches), for --on-processor-error dead-letter.
+        A piece on which a processor raises is cut into single records; a single record on
+        which one raises gets no statements, and the processor's name and the error instead."""
+        stop = len(records) if stop is None else stop
+        pieces = []
+        for first in range(start, stop, size):
+            pieces += self._piece(tp, records, first, min(first + size, stop))
+        return pieces
+
+    def _piece(self, tp: TopicPartition, records: Records, start: int, stop: int) -> list[Piece]:
+        first = records[start]
+        prepared: list[tuple[str, Sequence[Statement]]] = []
+        for member in self.members:
+            try:
+                statements = member.statements(tp, records[start:stop])
+            except Exception as error:
+                if stop - start > 1:
+                    return self.apart(tp, records, 1, start, stop)
+                raised = Rejected(first.offset, member.name, describe(error))
+                return [Piece(start, stop, first.offset, (), raised, *_stored(first))]
+            prepared.append((member.name, self._checked(member, statements)))
+        single = _stored(first) if stop - start == 1 else (None, None)
+        return [Piece(start, stop, first.offset, prepared, None, *single)]
+
+    def _checked(self, member: Processor, statements: Sequence[Statement]) -> list[Statement]:
+        """``member``'s statements that have rows, checked by the guard, counters named."""
+        prepared = []
+        for statement in statements:
+            if not statement.rows:
+                continue
+            if self._guard is not None:
+                self._guard.check(
+                    member.name,
+                    statement.sql,
+                    _first(statement),
+                    "a statement",
+                    statement.setup,
+                )
+            if statement.counter is not None:
+                # Counters are named per processor: "windowed-counts:too_old".
+                statement = replace(statement, counter=f"{member.name}:{statement.counter}")
+            prepared.append(statement)
         return prepared
 
     def forget(self, tp: TopicPartition) -> list[Statement]:
@@ -223,6 +271,11 @@ class Processors:
     def close(self) -> None:
         if self._guard is not None:
             self._guard.close()
+
+
+def _stored(record: Record) -> tuple[StoredKey, StoredKey]:
+    """A record's key and value as rejected_records keeps them."""
+    return stored_key(record.key), stored_key(record.value)
 
 
 def _first(statement: Statement) -> Parameters | None:

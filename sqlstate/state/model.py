@@ -100,6 +100,55 @@ class PartitionBatch:
     records: int  # how many records the statements fold in
     statements: Sequence[Statement]
     bad_records: int = 0  # records left out or dead-lettered: they did not decode
+    # The records the processors' statements fold in, and how many of the first ``statements``
+    # write the dead letters of records that did not decode: what --on-processor-error
+    # dead-letter prepares again in pieces when a processor fails on the records.
+    source: Sequence[Any] = ()
+    dead_letters: int = 0
+    # --on-processor-error dead-letter, once a processor failed on the partition's records: its
+    # records in pieces, each run in a savepoint of its own (``rejections.py``); ``statements``
+    # then holds only the dead letters.
+    apart: Sequence[Piece] | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of a partition's records whose statements run apart, in a savepoint of their own
+    (--on-processor-error dead-letter): a few records, or one, on which a failure is pinned."""
+
+    start: int  # where its records are in the partition's share of the batch
+    stop: int
+    offset: int  # its first record's offset
+    # Each processor's statements for these records alone, in the processors' order.
+    statements: Sequence[tuple[str, Sequence[Statement]]]
+    # One record only: a processor whose Python code raised on it, and the error (nothing of
+    # the record runs); and its key and value as rejected_records stores them (TEXT if UTF-8,
+    # BLOB otherwise, NULL for none).
+    raised: Rejected | None = None
+    key: Any = None
+    value: Any = None
+
+    @property
+    def records(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record a processor failed on, written to rejected_records in place of its state."""
+
+    offset: int
+    processor: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RejectionLimit:
+    """--on-processor-error dead-letter: how many records in a row may be rejected (``limit``),
+    and how many were rejected in a row just before this batch, with no record applied since."""
+
+    in_a_row: int
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -111,6 +160,11 @@ class Committed:
     records: int
     # What the statements that carry a ``counter`` returned, by counter name.
     counters: Mapping[str, int] = field(default_factory=dict)
+    # Records a processor failed on, written to rejected_records instead (not in ``records``).
+    rejected: Sequence[Rejected] = ()
+    # The records rejected in a row at the end of the batch: all of them, when none of the
+    # partition's records was applied (``RejectionLimit``).
+    rejected_at_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +181,21 @@ class Fenced:
 
 
 Outcome = Committed | Fenced
+
+
+class StatementFailed(Exception):
+    """A processor's statement failed on a partition's records in a way a record can cause
+    (--on-processor-error dead-letter). The transaction rolls back; the batch is committed again
+    with that partition's records in pieces (``PartitionBatch.apart``), or, when ``pieces`` (their
+    indexes) failed, with those pieces cut into single records."""
+
+    def __init__(
+        self, tp: TopicPartition, error: BaseException, pieces: Sequence[int] = ()
+    ) -> None:
+        super().__init__(f"{tp.topic}-{tp.partition}: {error}")
+        self.tp = tp
+        self.error = error
+        self.pieces = pieces
 
 
 class ChangelogPublishFailed(ChangelogError):

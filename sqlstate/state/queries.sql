@@ -159,6 +159,23 @@ INSERT INTO topic_processors (topic, processor, added_at) VALUES (:topic, :proce
 INSERT INTO rejected_records (topic, partition, offset, key, value, error)
 VALUES (?, ?, ?, ?, ?, ?);
 
+-- name: insert_processor_rejection
+-- A record a processor failed on (--on-processor-error dead-letter), in place of its state.
+INSERT INTO rejected_records (topic, partition, offset, key, value, error, processor)
+VALUES (:topic, :partition, :offset, :key, :value, :error, :processor);
+
+-- name: savepoint_piece
+-- Inside a batch's transaction, under --on-processor-error dead-letter: the statements of a piece
+-- of a partition's records (or of one record) from every processor, undone together if one of
+-- them fails on its records (rejections.py).
+SAVEPOINT processor_records;
+
+-- name: rollback_to_piece
+ROLLBACK TO processor_records;
+
+-- name: release_piece
+RELEASE processor_records;
+
 -- name: delete_rejected_records
 DELETE FROM rejected_records WHERE topic = :topic AND partition = :partition;
 

@@ -24,7 +24,14 @@ from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import reads, recorded, transactions
 from sqlstate.state.changelog_side import ChangelogSide
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.model import Claimed, Forget, Outcome, PartitionBatch, Position
+from sqlstate.state.model import (
+    Claimed,
+    Forget,
+    Outcome,
+    PartitionBatch,
+    Position,
+    RejectionLimit,
+)
 from sqlstate.state.out_of_range import LogBounds
 
 
@@ -36,12 +43,20 @@ class Store:
         self.database = database
         self._changelog = changelog
 
-    async def commit_batch(self, batch: Sequence[PartitionBatch]) -> list[Outcome]:
+    async def commit_batch(
+        self, batch: Sequence[PartitionBatch], rejections: RejectionLimit | None = None
+    ) -> list[Outcome]:
         """Commit one batch; each partition's outcome comes from the same transaction. Under
-        --changelog, ``ChangelogPublishFailed`` when it rolled back for the changelog."""
+        --changelog, ``ChangelogPublishFailed`` when it rolled back for the changelog. With
+        ``rejections`` (--on-processor-error dead-letter), ``StatementFailed`` when it rolled
+        back for a statement that failed on a record, ``RejectionLimitError`` past the limit."""
         return await self.database.transaction(
             functools.partial(
-                transactions.commit_batch, batch=batch, now=utc_now(), changelog=self._changelog
+                transactions.commit_batch,
+                batch=batch,
+                now=utc_now(),
+                changelog=self._changelog,
+                rejections=rejections,
             )
         )
 

@@ -21,6 +21,11 @@ How a batch becomes a transaction (``commit_batch``): for each partition of the 
 So a partition's state and its position always change together, and only the partition's
 current owner, from the position it last read, can change them.
 
+Under ``--on-processor-error dead-letter`` (a ``RejectionLimit``), a statement that fails on a
+record raises ``StatementFailed`` and rolls the batch back; the batch comes again with that
+partition's records apart, each applied in a savepoint of its own or written to
+``rejected_records`` (``rejections.py``), in this same transaction.
+
 Under ``--changelog`` (a ``ChangelogSide``, ``changelog_side.py``), each committed partition's
 changed rows, caught by the capture triggers, go to its changelog in a Kafka transaction that
 must commit before the SQLite transaction does, and the changelog offset reached is recorded
@@ -39,8 +44,8 @@ above.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from aiokafka import TopicPartition
 
@@ -57,14 +62,18 @@ from sqlstate.state.model import (
     Forget,
     Outcome,
     PartitionBatch,
+    Rejected,
+    RejectionLimit,
     Reset,
-    Statement,
+    StatementFailed,
     TopicReset,
 )
 from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
+from sqlstate.state.rejections import STATEMENT_ERRORS, Apart, record_fault, run_apart
 from sqlstate.state.start import EARLIEST, StartedAt, first_start, started_at
+from sqlstate.state.statements import run_statements
 
 
 def commit_batch(
@@ -72,7 +81,10 @@ def commit_batch(
     batch: Sequence[PartitionBatch],
     now: str,
     changelog: ChangelogSide | None = None,
+    rejections: RejectionLimit | None = None,
 ) -> list[Outcome]:
+    """``rejections``: under --on-processor-error dead-letter, how many records may yet be
+    rejected (``rejections.py``); None under ``fail``, where any failure rolls the batch back."""
     outcomes: list[Outcome] = []
     changes: dict[TopicPartition, Change] = {}
     if changelog is not None:
@@ -93,7 +105,13 @@ def commit_batch(
         if moved != 1:
             outcomes.append(Fenced(part.tp, position(conn, part.tp), part.records))
             continue
-        counters = run_statements(conn, part.statements)
+        rejected: Sequence[Rejected] = ()
+        at_end = 0
+        if rejections is None:
+            counters = run_statements(conn, part.statements)
+        else:
+            counters, rejected, at_end, in_a_row = _run_or_set_apart(conn, part, rejections)
+            rejections = replace(rejections, in_a_row=in_a_row)
         if changelog is not None:
             # Even with no row changed (the batch stepped over transaction markers or aborted
             # records only): the position goes to the changelog, so that standbys show the
@@ -105,7 +123,14 @@ def commit_batch(
                 started_at(conn, part.tp),
             )
         outcomes.append(
-            Committed(part.tp, Claim(part.next_offset, part.claim.epoch), part.records, counters)
+            Committed(
+                part.tp,
+                Claim(part.next_offset, part.claim.epoch),
+                part.records - len(rejected),
+                counters,
+                rejected,
+                at_end,
+            )
         )
     if changelog is not None and changes:
         _publish(conn, changelog, changes)
@@ -199,18 +224,21 @@ def claim_assignment(
     return Claimed(claims, resets, recreated, taken, started)
 
 
-def run_statements(conn: sqlite3.Connection, statements: Sequence[Statement]) -> Counter[str]:
-    """Run prepared statements in order; return what the counting ones returned."""
-    counters: Counter[str] = Counter()
-    for statement in statements:
-        for setup in statement.setup:
-            conn.execute(setup)
-        if statement.counter is None:
-            conn.executemany(statement.sql, statement.rows)
-            continue
-        for row in statement.rows:
-            counters[statement.counter] += int(conn.execute(statement.sql, row).fetchone()[0] or 0)
-    return counters
+def _run_or_set_apart(
+    conn: sqlite3.Connection, part: PartitionBatch, limit: RejectionLimit
+) -> Apart:
+    """Run a partition's statements under --on-processor-error dead-letter: whole, as always,
+    or, once they failed on a record (``StatementFailed``), each record apart."""
+    if part.apart is not None:
+        run_statements(conn, part.statements)  # dead letters of records that did not decode
+        return run_apart(conn, part.tp, part.apart, limit)
+    try:
+        counters = run_statements(conn, part.statements)
+    except STATEMENT_ERRORS as error:
+        if record_fault(error) and conn.in_transaction:
+            raise StatementFailed(part.tp, error) from error
+        raise
+    return Apart(counters, [], 0, 0 if part.records else limit.in_a_row)
 
 
 def _publish(

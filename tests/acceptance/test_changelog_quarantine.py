@@ -72,7 +72,7 @@ def crafted(topic: str, partition: int) -> list[tuple[bytes, bytes]]:
         ),
         (
             b'["rejected_records","%s",%d,0]' % (name, other),
-            b'{"topic":"%s","partition":%d,"offset":0,"key":null,"value":null,"error":"x"}'
+            b'{"topic":"%s","partition":%d,"offset":0,"key":null,"value":null,"error":"x","processor":null}'
             % (name, other),
         ),
         position_record(10**12),

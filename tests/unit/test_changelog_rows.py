@@ -624,12 +624,12 @@ CRAFTED: list[tuple[bytes, bytes | None, str]] = [
     (*counted(1, "theirs", 5), "belongs to partition 1, not 0"),
     (
         b'["rejected_records","t",1,7]',
-        b'{"topic":"t","partition":1,"offset":7,"key":null,"value":null,"error":"x"}',
+        b'{"topic":"t","partition":1,"offset":7,"key":null,"value":null,"error":"x","processor":null}',
         "belongs to partition 1, not 0",
     ),
     (
         b'["rejected_records","u",0,7]',
-        b'{"topic":"u","partition":0,"offset":7,"key":null,"value":null,"error":"x"}',
+        b'{"topic":"u","partition":0,"offset":7,"key":null,"value":null,"error":"x","processor":null}',
         "belongs to topic 'u', not t",
     ),
     (b'["$position"]', b'{"next_offset":18446744073709551616}', "cannot read"),

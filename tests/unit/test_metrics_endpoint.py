@@ -78,6 +78,7 @@ async def test_metrics_are_read_at_scrape_time(served: tuple[Daemon, int]) -> No
     daemon, port = served
     daemon.stats.records, daemon.stats.batches, daemon.stats.rebalances = 1500, 3, 1
     daemon.stats.busy_retries = 2
+    daemon.stats.rejected_records["amounts"] += 4
     daemon.stats.commit_seconds.extend([0.002, 0.004, 0.2])
     daemon.lags = {
         TopicPartition("orders", 0): PartitionLag(100, 160),
@@ -93,6 +94,7 @@ async def test_metrics_are_read_at_scrape_time(served: tuple[Daemon, int]) -> No
     assert values[("sqlstate_database_busy_retries_total", ())] == 2
     assert values[("sqlstate_fenced_batches_total", ())] == 0
     assert values[("sqlstate_out_of_range_resets_total", ())] == 0
+    assert values[("sqlstate_rejected_records_total", (("processor", "amounts"),))] == 4
     assert values[("sqlstate_commit_duration_seconds_count", ())] == 3
     assert values[("sqlstate_commit_duration_seconds_bucket", (("le", "0.005"),))] == 2
     orders_0 = (("partition", "0"), ("topic", "orders"))
