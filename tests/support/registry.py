@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 from typing import Any
 
 import fastavro
 
 from sqlstate.kafka.formats.wire import encode_message_indexes, frame
+from tools.schema_registry import register
 
 __all__ = ["avro_record", "encode_message_indexes", "frame", "register"]
-
-
-def register(url: str, subject: str, schema: str, schema_type: str = "AVRO") -> int:
-    """Register ``schema`` under ``subject``; its id."""
-    body = {"schema": schema, "schemaType": schema_type}
-    request = urllib.request.Request(
-        f"{url}/subjects/{subject}/versions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        schema_id: int = json.load(answer)["id"]
-    return schema_id
 
 
 def avro_record(schema_id: int, schema: str, datum: dict[str, Any]) -> bytes:

@@ -1,6 +1,8 @@
 """Start and stop a throw-away schema registry for sqlstate's tests: Apicurio Registry, which
 speaks Confluent's Schema Registry API under ``/apis/ccompat/v7``.
 
+``register`` registers a schema through the registry's API, for the tests and the bench.
+
 Usable as a command (``python3 -m tools.schema_registry COMMAND``, from the repository's root)
 and as a module (``from tools.schema_registry import RegistryControl``). Standard library only,
 like tools/kafka_broker, whose process helpers it uses.
@@ -39,6 +41,15 @@ from tools.schema_registry.control import (
     RegistryControl,
     RegistryError,
     probe,
+    register,
 )
 
-__all__ = ["DEFAULT_URL", "READY_TIMEOUT", "VERSION", "RegistryControl", "RegistryError", "probe"]
+__all__ = [
+    "DEFAULT_URL",
+    "READY_TIMEOUT",
+    "VERSION",
+    "RegistryControl",
+    "RegistryError",
+    "probe",
+    "register",
+]

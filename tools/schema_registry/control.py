@@ -60,6 +60,20 @@ def probe(url: str) -> tuple[State, str]:
     return "ready", f"{len(body)} subjects"
 
 
+def register(url: str, subject: str, schema: str, schema_type: str = "AVRO") -> int:
+    """Register ``schema`` (its text) under ``subject`` at the registry's API ``url``; its id."""
+    body = {"schema": schema, "schemaType": schema_type}
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/subjects/{subject}/versions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        schema_id: int = json.load(answer)["id"]
+    return schema_id
+
+
 class RegistryControl:
     """Start and stop the test registry at ``url``. Blocking: from async code, call the methods
     through ``asyncio.to_thread``."""
