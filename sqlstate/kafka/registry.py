@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import ssl
 import urllib.error
@@ -73,7 +74,8 @@ class RegistryClient:
             with error:
                 self._unless_unknown(schema_id, error)
             return None
-        except (OSError, ValueError) as error:  # URLError, refused, reset, timeout; bad JSON
+        # Refused, reset, timed out, cut short; an answer that is not JSON.
+        except (OSError, http.client.HTTPException, ValueError) as error:
             raise RegistryUnavailable(f"{self.url}: {_reason(error)}") from error
         if not isinstance(answer, dict) or not isinstance(answer.get("schema"), str):
             raise SchemaRegistryError(
