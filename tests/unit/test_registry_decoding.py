@@ -63,6 +63,7 @@ async def test_a_registry_that_does_not_answer_keeps_the_batch_until_stopped() -
         if stats.schema_registry_unavailable is not None:
             break
         await asyncio.sleep(0.01)
+    assert stats.schema_registry_unavailable is not None
     assert "refused" in stats.schema_registry_unavailable
     assert not waiting.done()
     stop.set()
