@@ -15,24 +15,23 @@ that cannot serve; decoding raises (any ``Exception``) for a payload that does n
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-
-from sqlstate.kafka.formats import avro, json_schema, protobuf
 
 # A payload (the bytes after the schema id) to its JSON text.
 PayloadDecoder = Callable[[bytes], str]
 
 # The registry's name of each format's schema type (a schema without one is Avro).
 SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
-_COMPILERS: dict[str, Callable[[str], PayloadDecoder]] = {
-    "avro": avro.compile_schema,
-    "protobuf": protobuf.compile_schema,
-    "json-schema": json_schema.compile_schema,
-}
+# Each format's module, imported at its first schema: the libraries behind them (protoc's above
+# all) would add a tenth of a second to every start of every command.
+_MODULES = {"avro": "avro", "protobuf": "protobuf", "json-schema": "json_schema"}
 
 
 def compile_decoder(format: str, schema_type: str, schema_text: str) -> PayloadDecoder:
     """The decoder of a registered schema under ``format``; ``ValueError`` if it cannot be one."""
     if SCHEMA_TYPES[format] != schema_type:
         raise ValueError(f"its schema is {schema_type}, not {SCHEMA_TYPES[format]}")
-    return _COMPILERS[format](schema_text)
+    module = importlib.import_module(f"{__name__}.{_MODULES[format]}")
+    compile_schema: Callable[[str], PayloadDecoder] = module.compile_schema
+    return compile_schema(schema_text)
