@@ -1,10 +1,12 @@
 """The schema registry's client: a registered schema by its id (Confluent's REST API, which
 Confluent Schema Registry, Apicurio Registry's ``/apis/ccompat/v7`` and others speak).
 
-One request per schema id, ``GET {url}/schemas/ids/{id}``, made with the standard library in a
+One request per schema id, ``GET {url}/schemas/ids/{id}``, and one per schema it references
+(``GET {url}/subjects/{subject}/versions/{version}``), made with the standard library in a
 thread; the caller caches what it gets. Its answers are of three kinds:
 
-- a schema, or ``None`` for an id the registry does not know (404 with error code 40403);
+- a schema, or ``None`` for an id, subject or version the registry does not know (404 with error
+  code 40403, 40401 or 40402);
 - ``RegistryUnavailable``: no answer, a timeout, or a server error; waiting may cure it;
 - ``SchemaRegistryError`` (exit code 12): a refused login, or a URL that is not a registry's
   API; waiting will not cure it.
@@ -18,6 +20,7 @@ import http.client
 import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,9 @@ from typing import Any
 
 from sqlstate.errors import SchemaRegistryError
 
-# Confluent's error code for "schema not found"; a bare 404 is a wrong URL instead.
-_SCHEMA_NOT_FOUND = 40403
+# Confluent's error codes for a subject, a version and a schema not found; a bare 404 is a
+# wrong URL instead.
+_NOT_FOUND = {40401, 40402, 40403}
 _TIMEOUT_S = 10.0
 
 
@@ -35,11 +39,23 @@ class RegistryUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A schema another one refers to: the name it is referred by (an Avro type's full name, a
+    .proto file's import path), and where the registry holds it."""
+
+    name: str
+    subject: str
+    version: int
+
+
+@dataclass(frozen=True)
 class RegisteredSchema:
-    """A schema as the registry holds it: its type (AVRO, PROTOBUF or JSON) and its text."""
+    """A schema as the registry holds it: its type (AVRO, PROTOBUF or JSON), its text, and the
+    schemas it refers to."""
 
     schema_type: str
     text: str
+    references: tuple[Reference, ...] = ()
 
 
 class RegistryClient:
@@ -61,34 +77,51 @@ class RegistryClient:
 
     async def schema(self, schema_id: int) -> RegisteredSchema | None:
         """The schema of ``schema_id``, or None when the registry does not know it."""
-        return await asyncio.to_thread(self._get_schema, schema_id)
-
-    def _get_schema(self, schema_id: int) -> RegisteredSchema | None:
-        request = urllib.request.Request(
-            f"{self.url}/schemas/ids/{schema_id}", headers=self._headers
+        return await asyncio.to_thread(
+            self._get, f"/schemas/ids/{schema_id}", f"schema {schema_id}"
         )
+
+    async def referenced(self, reference: Reference) -> RegisteredSchema | None:
+        """The schema a reference names, or None when the registry does not know it."""
+        subject = urllib.parse.quote(reference.subject, safe="")
+        path = f"/subjects/{subject}/versions/{reference.version}"
+        what = f"{reference.subject} version {reference.version}"
+        return await asyncio.to_thread(self._get, path, what)
+
+    def _get(self, path: str, what: str) -> RegisteredSchema | None:
+        request = urllib.request.Request(f"{self.url}{path}", headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=_TIMEOUT_S, context=self._context) as r:
                 answer: Any = json.load(r)
         except urllib.error.HTTPError as error:
             with error:
-                self._unless_unknown(schema_id, error)
+                self._unless_unknown(what, error)
             return None
         # Refused, reset, timed out, cut short; an answer that is not JSON.
         except (OSError, http.client.HTTPException, ValueError) as error:
             raise RegistryUnavailable(f"{self.url}: {_reason(error)}") from error
+        not_a_schema = SchemaRegistryError(
+            f"the schema registry at {self.url} answered {what} without a schema: check"
+            " --schema-registry-url"
+        )
         if not isinstance(answer, dict) or not isinstance(answer.get("schema"), str):
-            raise SchemaRegistryError(
-                f"the schema registry at {self.url} answered schema {schema_id} without a schema:"
-                " check --schema-registry-url"
+            raise not_a_schema
+        try:
+            references = tuple(
+                Reference(str(ref["name"]), str(ref["subject"]), int(ref["version"]))
+                for ref in answer.get("references") or ()
             )
-        return RegisteredSchema(str(answer.get("schemaType") or "AVRO"), answer["schema"])
+        except (KeyError, TypeError, ValueError):
+            raise not_a_schema from None
+        return RegisteredSchema(
+            str(answer.get("schemaType") or "AVRO"), answer["schema"], references
+        )
 
-    def _unless_unknown(self, schema_id: int, error: urllib.error.HTTPError) -> None:
+    def _unless_unknown(self, what: str, error: urllib.error.HTTPError) -> None:
         """Raises for every error status but that of an unknown id."""
         if error.code >= 500 or error.code == 429:
             raise RegistryUnavailable(f"{self.url}: HTTP {error.code} {error.reason}")
-        if error.code == 404 and _error_code(error) == _SCHEMA_NOT_FOUND:
+        if error.code == 404 and _error_code(error) in _NOT_FOUND:
             return
         if error.code in (401, 403):
             raise SchemaRegistryError(
@@ -96,7 +129,7 @@ class RegistryClient:
                 " --schema-registry-username and SQLSTATE_SCHEMA_REGISTRY_PASSWORD"
             )
         raise SchemaRegistryError(
-            f"the schema registry at {self.url} answered schema {schema_id} with HTTP"
+            f"the schema registry at {self.url} answered {what} with HTTP"
             f" {error.code} {error.reason}: check --schema-registry-url (for Apicurio Registry,"
             " it ends in /apis/ccompat/v7)"
         )

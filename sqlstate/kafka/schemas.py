@@ -21,7 +21,12 @@ import time
 from collections.abc import Set
 
 from sqlstate.kafka.formats import PayloadDecoder, compile_decoder
-from sqlstate.kafka.registry import RegisteredSchema, RegistryClient, RegistryUnavailable
+from sqlstate.kafka.registry import (
+    Reference,
+    RegisteredSchema,
+    RegistryClient,
+    RegistryUnavailable,
+)
 from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import REGISTRY_FORMATS, Settings
@@ -86,6 +91,7 @@ class Schemas:
         self._client = client
         self._stats = stats
         self._fetched: dict[int, RegisteredSchema | None] = {}
+        self._referenced: dict[Reference, RegisteredSchema | None] = {}
         self.decoders: dict[DecoderKey, PayloadDecoder] = {}
 
     async def resolve(self, wanted: Set[DecoderKey], stop: asyncio.Event) -> bool:
@@ -105,9 +111,12 @@ class Schemas:
             try:
                 for schema_id in schema_ids:
                     if schema_id not in self._fetched:
-                        self._fetched[schema_id] = schema = await self._client.schema(schema_id)
+                        schema = await self._client.schema(schema_id)
                         if schema is not None:
+                            await self._fetch_references(schema)
                             _FETCHED.log(schema_id=schema_id, schema_type=schema.schema_type)
+                        # Only once its references are fetched too: a retry fetches them again.
+                        self._fetched[schema_id] = schema
             except RegistryUnavailable as error:
                 if since is None:
                     since = time.monotonic()
@@ -124,12 +133,42 @@ class Schemas:
                 _AVAILABLE.log(outage_s=time.monotonic() - since)
             return True
 
+    async def _fetch_references(self, schema: RegisteredSchema) -> None:
+        """The schemas ``schema`` refers to, and theirs, each once."""
+        for reference in schema.references:
+            if reference not in self._referenced:
+                referenced = await self._client.referenced(reference)
+                if referenced is not None:
+                    await self._fetch_references(referenced)
+                self._referenced[reference] = referenced
+
+    def _dependencies(self, schema: RegisteredSchema) -> list[tuple[str, str]]:
+        """(name, text) of every schema ``schema`` refers to, directly or not, each after the
+        schemas it refers to itself. ``ValueError`` for one the registry does not hold."""
+        found: dict[str, str] = {}
+
+        def visit(current: RegisteredSchema) -> None:
+            for reference in current.references:
+                referenced = self._referenced.get(reference)
+                if referenced is None:
+                    raise ValueError(
+                        f"the schema registry has no {reference.subject} version"
+                        f" {reference.version}, which it refers to as {reference.name}"
+                    )
+                if reference.name not in found:
+                    visit(referenced)
+                    found[reference.name] = referenced.text
+
+        visit(schema)
+        return list(found.items())
+
     def _compile(self, format: str, schema_id: int) -> PayloadDecoder:
         schema = self._fetched[schema_id]
         if schema is None:
             return _failing(f"the schema registry has no schema {schema_id}")
         try:
-            return compile_decoder(format, schema.schema_type, schema.text)
+            references = self._dependencies(schema)
+            return compile_decoder(format, schema.schema_type, schema.text, references)
         except ValueError as error:
             _UNUSABLE.log(schema_id=schema_id, format=format, reason=str(error))
             return _failing(f"schema {schema_id} cannot decode {format}: {error}")

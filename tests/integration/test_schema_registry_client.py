@@ -1,5 +1,5 @@
 """The schema registry's client against the real registry: a schema, an unknown id, a URL that
-is no registry's API, and nothing listening."""
+is no registry's API, nothing listening; and schemas that refer to schemas of other subjects."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from sqlstate.errors import SchemaRegistryError
 from sqlstate.kafka.registry import RegistryClient, RegistryUnavailable
+from sqlstate.kafka.schemas import Schemas
+from sqlstate.observe.stats import Stats
 from tools.schema_registry import register
 
 SCHEMA = json.dumps({"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]})
@@ -42,3 +44,47 @@ async def test_nothing_listening_is_unavailable() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(RegistryUnavailable, match="refused"):
         await RegistryClient(f"http://127.0.0.1:{port}").schema(1)
+
+
+CUSTOMER = json.dumps(
+    {
+        "type": "record",
+        "name": "Customer",
+        "namespace": "shop",
+        "fields": [{"name": "id", "type": "string"}],
+    }
+)
+ORDER = json.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "shop",
+        "fields": [{"name": "customer", "type": "shop.Customer"}, {"name": "n", "type": "int"}],
+    }
+)
+CUSTOMER_PROTO = 'syntax = "proto3";\npackage shop;\nmessage Customer { string id = 1; }\n'
+ORDER_PROTO = (
+    'syntax = "proto3";\npackage shop;\nimport "shop/customer.proto";\n'
+    "message Order { shop.Customer customer = 1; int32 n = 2; }\n"
+)
+
+
+async def test_schemas_that_refer_to_other_subjects(schema_registry_url: str) -> None:
+    url, run = schema_registry_url, uuid.uuid4().hex[:8]
+    customer = f"customer-{run}"
+    await asyncio.to_thread(register, url, customer, CUSTOMER)
+    reference = {"name": "shop.Customer", "subject": customer, "version": 1}
+    avro_id = await asyncio.to_thread(register, url, f"order-{run}", ORDER, "AVRO", [reference])
+    proto_customer = f"proto-customer-{run}"
+    await asyncio.to_thread(register, url, proto_customer, CUSTOMER_PROTO, "PROTOBUF")
+    imported = {"name": "shop/customer.proto", "subject": proto_customer, "version": 1}
+    proto_id = await asyncio.to_thread(
+        register, url, f"proto-order-{run}", ORDER_PROTO, "PROTOBUF", [imported]
+    )
+    schemas = Schemas(RegistryClient(url), Stats())
+    wanted = {("avro", avro_id), ("protobuf", proto_id)}
+    assert await schemas.resolve(wanted, asyncio.Event())
+    # Customer "c" and n 3: a string, then a zigzag varint.
+    assert schemas.decoders[("avro", avro_id)](b"\x02c\x06") == '{"customer":{"id":"c"},"n":3}'
+    proto = b"\x00\x0a\x03\x0a\x01c\x10\x03"
+    assert schemas.decoders[("protobuf", proto_id)](proto) == '{"customer":{"id":"c"},"n":3}'

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -60,9 +61,16 @@ def probe(url: str) -> tuple[State, str]:
     return "ready", f"{len(body)} subjects"
 
 
-def register(url: str, subject: str, schema: str, schema_type: str = "AVRO") -> int:
-    """Register ``schema`` (its text) under ``subject`` at the registry's API ``url``; its id."""
-    body = {"schema": schema, "schemaType": schema_type}
+def register(
+    url: str,
+    subject: str,
+    schema: str,
+    schema_type: str = "AVRO",
+    references: Sequence[Mapping[str, object]] = (),
+) -> int:
+    """Register ``schema`` (its text) under ``subject`` at the registry's API ``url``, with the
+    schemas it refers to (each ``{"name", "subject", "version"}``); its id."""
+    body = {"schema": schema, "schemaType": schema_type, "references": list(references)}
     request = urllib.request.Request(
         f"{url.rstrip('/')}/subjects/{subject}/versions",
         data=json.dumps(body).encode(),

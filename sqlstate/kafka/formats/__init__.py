@@ -16,10 +16,13 @@ that cannot serve; decoding raises (any ``Exception``) for a payload that does n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # A payload (the bytes after the schema id) to its JSON text.
 PayloadDecoder = Callable[[bytes], str]
+# The schemas a schema refers to, by the name it uses for each (an Avro type's full name, a
+# .proto import path), each after those it refers to itself.
+References = Sequence[tuple[str, str]]
 
 # The registry's name of each format's schema type (a schema without one is Avro).
 SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
@@ -28,10 +31,13 @@ SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
 _MODULES = {"avro": "avro", "protobuf": "protobuf", "json-schema": "json_schema"}
 
 
-def compile_decoder(format: str, schema_type: str, schema_text: str) -> PayloadDecoder:
-    """The decoder of a registered schema under ``format``; ``ValueError`` if it cannot be one."""
+def compile_decoder(
+    format: str, schema_type: str, schema_text: str, references: References = ()
+) -> PayloadDecoder:
+    """The decoder of a registered schema under ``format``, given the schemas it refers to;
+    ``ValueError`` if it cannot be one."""
     if SCHEMA_TYPES[format] != schema_type:
         raise ValueError(f"its schema is {schema_type}, not {SCHEMA_TYPES[format]}")
     module = importlib.import_module(f"{__name__}.{_MODULES[format]}")
-    compile_schema: Callable[[str], PayloadDecoder] = module.compile_schema
-    return compile_schema(schema_text)
+    compile_schema: Callable[[str, References], PayloadDecoder] = module.compile_schema
+    return compile_schema(schema_text, references)

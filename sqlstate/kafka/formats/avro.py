@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import fastavro
@@ -19,10 +19,16 @@ import fastavro
 from sqlstate.kafka.formats.json_text import to_json
 
 
-def compile_schema(schema_text: str) -> Callable[[bytes], str]:
-    """The decoder of payloads written with this Avro schema; ``ValueError`` if it is none."""
+def compile_schema(
+    schema_text: str, references: Sequence[tuple[str, str]] = ()
+) -> Callable[[bytes], str]:
+    """The decoder of payloads written with this Avro schema, given the named types it refers
+    to (each after those it refers to itself); ``ValueError`` if it is none."""
+    named: dict[str, Any] = {}
     try:
-        parsed: Any = fastavro.parse_schema(json.loads(schema_text))
+        for _name, text in references:
+            fastavro.parse_schema(json.loads(text), named_schemas=named)
+        parsed: Any = fastavro.parse_schema(json.loads(schema_text), named_schemas=named)
     except Exception as error:  # fastavro raises several types for a bad schema
         raise ValueError(f"not an Avro schema fastavro reads: {error}") from error
 

@@ -7,7 +7,7 @@ picks the draft (draft 7 when it names none); references to other documents are 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jsonschema
@@ -19,8 +19,13 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
-def compile_schema(schema_text: str) -> Callable[[bytes], str]:
-    """The decoder of payloads valid under this JSON schema; ``ValueError`` if it is none."""
+def compile_schema(
+    schema_text: str, references: Sequence[tuple[str, str]] = ()
+) -> Callable[[bytes], str]:
+    """The decoder of payloads valid under this JSON schema; ``ValueError`` if it is none, or
+    if it refers to other registered schemas (not supported yet)."""
+    if references:
+        raise ValueError("JSON schemas that refer to other registered schemas are not supported")
     try:
         schema: Any = json.loads(schema_text)
         validator_class = jsonschema.validators.validator_for(

@@ -1,8 +1,10 @@
 """Protobuf payloads to JSON text: the registry's .proto text compiled at run time.
 
 The schema's text is compiled by the protoc that grpcio-tools bundles (``grpc_tools.protoc``,
-in-process) into a FileDescriptorSet, with Google's well-known types on its import path;
-the message type of each payload is found by its message indexes (``wire.message_indexes``).
+in-process) into a FileDescriptorSet, with Google's well-known types on its import path; the
+files it imports from other subjects (its references) are written beside it under their import
+paths; the message type of each payload is found by its message indexes
+(``wire.message_indexes``).
 
 The JSON is Protobuf's own JSON mapping (``json_format``), with three choices: fields keep
 their .proto names (not lowerCamelCase); fields without presence are written even at their
@@ -31,8 +33,17 @@ _FILE = "schema.proto"
 _WELL_KNOWN = str(importlib.resources.files("grpc_tools") / "_proto")
 
 
-def _descriptors(schema_text: str) -> descriptor_pb2.FileDescriptorSet:
+def _descriptors(
+    schema_text: str, references: Sequence[tuple[str, str]]
+) -> descriptor_pb2.FileDescriptorSet:
     with tempfile.TemporaryDirectory(prefix="sqlstate-proto-") as folder:
+        for import_path, text in references:
+            # The name is the import path: it must stay inside the folder.
+            target = Path(folder, import_path).resolve()
+            if not target.is_relative_to(Path(folder).resolve()) or import_path == _FILE:
+                raise ValueError(f"a reference named {import_path!r} is not an import path")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
         Path(folder, _FILE).write_text(schema_text)
         out = Path(folder, "schema.desc")
         status = protoc.main(
@@ -62,10 +73,13 @@ def _message_type(top_level: Sequence[Descriptor], indexes: list[int]) -> Descri
     return found
 
 
-def compile_schema(schema_text: str) -> Callable[[bytes], str]:
-    """The decoder of payloads written with this .proto; ``ValueError`` if it does not compile."""
+def compile_schema(
+    schema_text: str, references: Sequence[tuple[str, str]] = ()
+) -> Callable[[bytes], str]:
+    """The decoder of payloads written with this .proto, given the files it imports by their
+    import paths; ``ValueError`` if it does not compile."""
     pool = descriptor_pool.DescriptorPool()
-    for file in _descriptors(schema_text).file:
+    for file in _descriptors(schema_text, references).file:
         pool.Add(file)
     top_level = list(pool.FindFileByName(_FILE).message_types_by_name.values())
     if not top_level:
