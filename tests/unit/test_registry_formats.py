@@ -169,3 +169,23 @@ def test_the_wire_format() -> None:
         assert wire.message_indexes(prefix + b"rest") == (indexes, len(prefix))
     with pytest.raises(ValueError, match="end early"):
         wire.message_indexes(b"\x04\x02")
+
+
+def test_schemas_compile_with_the_schemas_they_refer_to() -> None:
+    customer = {"type": "record", "name": "Customer", "namespace": "shop",
+                "fields": [{"name": "id", "type": "string"}]}  # fmt: skip
+    order = {"type": "record", "name": "Order", "namespace": "shop",
+             "fields": [{"name": "customer", "type": "shop.Customer"}]}  # fmt: skip
+    references = [("shop.Customer", json.dumps(customer))]
+    decode = compile_decoder("avro", "AVRO", json.dumps(order), references)
+    assert decode(b"\x02c") == '{"customer":{"id":"c"}}'
+    with pytest.raises(ValueError, match="not an Avro schema"):
+        compile_decoder("avro", "AVRO", json.dumps(order))  # shop.Customer unknown
+    imported = 'syntax = "proto3";\npackage shop;\nmessage Customer { string id = 1; }\n'
+    proto = 'syntax = "proto3";\nimport "shop/c.proto";\nmessage O { shop.Customer c = 1; }\n'
+    decode = compile_decoder("protobuf", "PROTOBUF", proto, [("shop/c.proto", imported)])
+    assert decode(b"\x00\x0a\x03\x0a\x01c") == '{"c":{"id":"c"}}'
+    with pytest.raises(ValueError, match="not an import path"):
+        compile_decoder("protobuf", "PROTOBUF", proto, [("../c.proto", imported)])
+    with pytest.raises(ValueError, match="not supported"):
+        compile_decoder("json-schema", "JSON", "{}", [("x.json", "{}")])
