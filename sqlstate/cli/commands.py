@@ -203,7 +203,7 @@ _processor_options = [
         env="KEY_FORMAT",
         type=click.Choice(FORMATS),
         help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text; avro,"
-        " protobuf and json-schema (sqlstate run only): a schema registry's wire format, as"
+        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
         " JSON text.",
     ),
     _setting(
@@ -212,7 +212,7 @@ _processor_options = [
         env="VALUE_FORMAT",
         type=click.Choice(FORMATS),
         help="How processors get values: raw bytes, UTF-8 text, or validated JSON text; avro,"
-        " protobuf and json-schema (sqlstate run only): a schema registry's wire format, as"
+        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
         " JSON text.",
     ),
     _setting(
@@ -754,6 +754,9 @@ _RUN_FLAGS_OF_VERIFY = (
     "client_id",
     "busy_timeout_s",
     "connect_timeout_s",
+    "schema_registry_url",
+    "schema_registry_username",
+    "schema_registry_ca_file",
 )
 # verify joins no group; Settings, which it shares with run, asks for one.
 VERIFY_GROUP_ID = "sqlstate-verify"
@@ -792,6 +795,7 @@ def verify_command(
         topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
         group_id=VERIFY_GROUP_ID,
         security=_security(options),
+        schema_registry_password=_secret("SCHEMA_REGISTRY_PASSWORD"),
         **options,
     )
     verdict = asyncio.run(verify.verify(settings, VerifyOptions(allow_unchecked, samples)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -114,6 +115,17 @@ async def test_avro_values_of_two_versions_reach_sql_and_bad_records_are_dead_le
     assert [offset for offset, _ in reasons] == [10, 20]
     assert f"the schema registry has no schema {UNKNOWN_ID}" in reasons[0][1]
     assert "not framed by a schema registry" in reasons[1][1]
+    # verify reads the topic with the same formats and registry, and finds the same state.
+    verify = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "sqlstate", "verify", "--bootstrap-servers", kafka_bootstrap, "--topic", topic),
+        *("--database", str(database), "--value-format", "avro"),
+        *registry_args(schema_registry_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(verify.communicate(), 90)
+    assert verify.returncode == 0, (out + err).decode()
 
 
 PROTO_ORDER = """syntax = "proto3";
