@@ -3,7 +3,9 @@
 # `make test` needs a Kafka broker: it uses the one answering at KAFKA_BOOTSTRAP
 # (default 127.0.0.1:9092) or, when nothing answers, starts a throw-away broker for the
 # run and stops it afterwards, also when the tests fail (tools/kafka_broker/).
-# The Kafka version is pinned in broker/VERSION only.
+# The Kafka version is pinned in broker/VERSION only. It also needs a schema registry at
+# SCHEMA_REGISTRY_URL (default http://127.0.0.1:8081/apis/ccompat/v7), started the same way
+# when nothing answers there (tools/schema_registry/).
 #
 # Another Python: `PYTHON=python3.13 make test` (any target) works in a venv of its own,
 # .venv-python3.13, so the default .venv (python3) stays as it is.
@@ -19,12 +21,16 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The broker tool is standard library only, so it runs before the venv exists.
 BROKER := $(PYTHON) -m tools.kafka_broker
+# So is the schema registry's (Apicurio Registry, fetched with Maven into .cache/), which
+# `make test` and `make bench` run inside the broker's: a registry that cannot start fails them.
+REGISTRY := $(PYTHON) -m tools.schema_registry
 # Where the code lives; bench/ joins once it exists.
 PACKAGES := sqlstate tests tools $(wildcard bench) $(wildcard examples)
 PYTEST_ARGS ?=
 
 export KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export KAFKA_VERSION := $(shell cat broker/VERSION)
+export SCHEMA_REGISTRY_URL ?= http://127.0.0.1:8081/apis/ccompat/v7
 
 .PHONY: all install lint format typecheck test soak soak-short soak-multihost bench demo broker-up \
 	broker-down broker-status broker-logs clean distclean
@@ -58,7 +64,7 @@ typecheck: install
 ## tests collected) fails like any other.
 TEST_WORKERS ?= 4
 test: install
-	$(BROKER) run -- $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BROKER) run -- $(REGISTRY) run -- $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## soak: DURATION seconds (default 600) of daemon kills, pauses and broker bounces under
 ## steady traffic, then the exactly-once oracle; prints a summary (tests/soak/soak.py).
@@ -95,9 +101,11 @@ endif
 ## standby lag), and the restore of a changelog partition of 1,000,000 keys (about 2 minutes;
 ## --restore-keys 0 skips it). Options: make bench BENCH_ARGS="--zipf 1.1 --big-state 10000000"
 ## (see python -m bench.run --help). `make test` runs only a 3,000-message smoke of it.
+## Also (g') the SQL processor on the same orders as Avro values, against a schema registry
+## started for it (BENCH_ARGS=--no-avro skips that run).
 BENCH_ARGS ?=
 bench: install
-	$(BROKER) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)
+	$(BROKER) run -- $(REGISTRY) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)
 
 ## demo: the README's first run: a broker, topic `test`, keyed messages, the daemon until
 ## it has caught up, then the top counts through the sqlite3 tool. Another topic:

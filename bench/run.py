@@ -15,6 +15,10 @@ Runs, one after another on the same data, each with a fresh consumer group:
     into a new database;
 (g) ``sql``: ``sqlstate run --sql examples/customer_totals.sql --value-format json``, a
     per-record SQL statement summing a JSON field per customer, into a new database;
+(g') ``sql_avro``: the same as (g) on the same orders as Avro values framed by a schema registry
+    (``--value-format avro``, ``bench/avro.py``), in a topic of their own; reported as a ratio of
+    (g). It needs a registry at ``--schema-registry-url`` (``make bench`` starts one);
+    ``--no-avro`` skips it;
 (h) ``changelog``: ``sqlstate run --changelog`` into a new database (standbys on: one process
     owns every partition, so it follows none), reported as a ratio of (b); (h')
     ``changelog_no_standby``: the same with ``--standby none``;
@@ -58,11 +62,12 @@ from typing import Any
 import aiokafka
 import aiosqlite
 
-from bench import bigstate, changelog, sqlstate_process, workload
+from bench import avro, bigstate, changelog, sqlstate_process, workload
 from bench import joiner as joiners
 from bench.report import Batch, RunResult, ratio, summarize_rounds, table
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
 SQL_PROCESSOR = Path(__file__).resolve().parents[1] / "examples" / "customer_totals.sql"
 RUN_TIMEOUT_S = 900.0
 SETTLE_S = 1.0  # between runs: let the broker finish the previous group's leave
@@ -82,6 +87,7 @@ class Options:
     rounds: int
     daemon_args: tuple[str, ...]
     processors: bool  # measure (e), (f) and (g)
+    schema_registry_url: str | None  # measure (g') with this registry; None: skip it
     changelog: bool  # measure (h), (h') and (i)
     restore_keys: int  # 0: no restore measurement
     lag_interval_s: float
@@ -150,6 +156,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="skip the runs of the latest, windowed-counts and SQL processors",
     )
     parser.add_argument(
+        "--schema-registry-url",
+        default=os.environ.get("SCHEMA_REGISTRY_URL", DEFAULT_REGISTRY_URL),
+        help="the schema registry of run (g'), Avro values (default: $SCHEMA_REGISTRY_URL or"
+        " %(default)s)",
+    )
+    parser.add_argument(
+        "--no-avro",
+        dest="avro",
+        action="store_false",
+        help="skip run (g'), which needs a schema registry",
+    )
+    parser.add_argument(
         "--daemon-arg",
         action="append",
         default=[],
@@ -194,6 +212,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         rounds=max(1, args.rounds),
         daemon_args=tuple(args.daemon_arg),
         processors=args.processors,
+        schema_registry_url=args.schema_registry_url if args.avro and args.processors else None,
         changelog=args.changelog,
         restore_keys=max(0, args.restore_keys),
         lag_interval_s=args.lag_interval,
@@ -384,6 +403,14 @@ PROCESSORS = (
 )
 
 
+SQL_AVRO = Processor(
+    "sql_avro",
+    "(g') --sql, Avro values",
+    ("--sql", str(SQL_PROCESSOR), "--value-format", "avro"),
+    PROCESSORS[-1].exact,
+)
+
+
 def measure(options: Options) -> dict[str, Any]:
     spec = options.workload
     topic = f"sqlstate-bench-{uuid.uuid4().hex[:8]}"
@@ -411,7 +438,13 @@ def measure(options: Options) -> dict[str, Any]:
             )
             log(f"built in {states[-1].seconds:.1f}s")
         extras: Extras = {}
-        runs = _measure_runs(options, produced, states, extras)
+        avro_orders = None
+        if options.schema_registry_url is not None:
+            log(f"producing the same orders as Avro into {topic}-avro")
+            avro_orders = asyncio.run(
+                avro.produce(options.bootstrap, options.schema_registry_url, f"{topic}-avro", spec)
+            )
+        runs = _measure_runs(options, produced, states, extras, avro_orders)
         if options.restore_keys:
             log(f"restore of one changelog partition holding {options.restore_keys:,} keys")
             extras["restore"] = [
@@ -424,6 +457,8 @@ def measure(options: Options) -> dict[str, Any]:
         if not options.keep_topic:
             asyncio.run(workload.delete_topic(options.bootstrap, topic))
         asyncio.run(workload.delete_topic(options.bootstrap, f"{topic}-joiner"))
+        if options.schema_registry_url is not None:
+            asyncio.run(workload.delete_topic(options.bootstrap, f"{topic}-avro"))
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     results = _results(options, produced, states, runs, started_at, finished_at)
     results.update(extras)
@@ -480,10 +515,11 @@ def _measure_runs(
     produced: workload.Produced,
     states: list[bigstate.BigState],
     extras: Extras,
+    avro_orders: workload.Produced | None,
 ) -> dict[str, list[RunResult]]:
     """Every run, ``options.rounds`` times, interleaved so that a slow spell of the machine
     spreads over all of them rather than hitting one. Fills ``extras`` with the changelog
-    runs' other figures."""
+    runs' other figures. ``avro_orders``: the topic of run (g'), if it is measured."""
     runs: dict[str, list[RunResult]] = {}
     for round_number in range(1, options.rounds + 1):
 
@@ -583,6 +619,20 @@ def _measure_runs(
                     processor=processor,
                 )
             )
+        if avro_orders is not None and options.schema_registry_url is not None:
+            step(f"{SQL_AVRO.label}, fresh database")
+            keep(
+                run_sqlstate(
+                    options,
+                    avro_orders,
+                    SQL_AVRO.name,
+                    SQL_AVRO.label,
+                    folder / f"{SQL_AVRO.name}.db",
+                    group(SQL_AVRO.name),
+                    processor=SQL_AVRO,
+                    run_args=("--schema-registry-url", options.schema_registry_url),
+                )
+            )
         if not options.changelog:
             continue
         step("(h) sqlstate run --changelog, fresh database, then a restore from the changelog")
@@ -659,6 +709,7 @@ def _results(
             summaries[processor.name]["ratio"] = (name, ratios[name])
             ratios[f"{name}'"] = ratio(summaries[processor.name], summaries["ceiling_collector"])
     for name, of, key in (
+        ("sql_avro", "sql", "g'/g"),
         ("changelog", "fresh", "h/b"),
         ("changelog_no_standby", "fresh", "h'/b"),
         ("changelog_two_hosts", "changelog", "i/h"),

@@ -18,6 +18,7 @@ import itertools
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -135,8 +136,14 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
         await consumer.stop()
 
 
-async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
-    """Produce the workload into ``topic`` (which must exist and be empty)."""
+async def produce(
+    bootstrap: str,
+    topic: str,
+    workload: Workload,
+    value_of: Callable[[bytes, int], bytes] = order_value,
+) -> Produced:
+    """Produce the workload into ``topic`` (which must exist and be empty), each value
+    ``value_of(key, sequence)`` (a JSON order; another encoding of it for the Avro run)."""
     indices = draw_keys(workload)
     names = [key_name(i) for i in range(workload.keys)]
     placement = [partition_of(name, workload.partitions) for name in names]
@@ -152,7 +159,7 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
     try:
         await asyncio.gather(
             *(
-                produce_partition(producer, topic, partition, keys, names)
+                produce_partition(producer, topic, partition, keys, names, value_of)
                 for partition, keys in enumerate(per_partition)
             )
         )
@@ -176,13 +183,18 @@ async def produce(bootstrap: str, topic: str, workload: Workload) -> Produced:
 
 
 async def produce_partition(
-    producer: AIOKafkaProducer, topic: str, partition: int, keys: list[int], names: list[bytes]
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    keys: list[int],
+    names: list[bytes],
+    value_of: Callable[[bytes, int], bytes] = order_value,
 ) -> None:
     """Send one partition's records as full batches; one batch in flight per partition."""
     deliveries = []
     batch = producer.create_batch()
     for sequence, index in enumerate(keys):
-        value = order_value(names[index], sequence)
+        value = value_of(names[index], sequence)
         while batch.append(key=names[index], value=value, timestamp=None) is None:
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
             batch = producer.create_batch()

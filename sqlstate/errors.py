@@ -137,3 +137,9 @@ class WaitTimeoutError(SqlstateError, TimeoutError):
 
     # timeout(1)'s code: scripts already read it as "gave up waiting".
     exit_code = 124
+
+
+class SchemaRegistryError(SqlstateError):
+    """The schema registry refused sqlstate's requests, or is not a schema registry."""
+
+    exit_code = 12

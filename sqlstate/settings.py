@@ -26,8 +26,10 @@ OUT_OF_RANGE_POLICIES: tuple[str, ...] = get_args(OutOfRangePolicy)
 ISOLATION_LEVELS: tuple[str, ...] = get_args(IsolationLevel)
 # How keys and values reach the processors (sqlstate/kafka/decoding.py), and what a record that does
 # not decode does.
-Format = Literal["bytes", "text", "json"]
+# avro, protobuf and json-schema read the schema registry's wire format (kafka/formats/).
+Format = Literal["bytes", "text", "json", "avro", "protobuf", "json-schema"]
 FORMATS: tuple[str, ...] = get_args(Format)
+REGISTRY_FORMATS = ("avro", "protobuf", "json-schema")
 BadRecordPolicy = Literal["fail", "skip", "dead-letter"]
 BAD_RECORD_POLICIES: tuple[str, ...] = get_args(BadRecordPolicy)
 # What a record that a processor fails on does (docs/processors.md, "Records a processor fails on").
@@ -179,6 +181,12 @@ class Settings:
     on_processor_error: ProcessorErrorPolicy = "fail"
     # dead-letter: more records rejected in a row than this stops the daemon (exit code 11).
     max_rejected_in_a_row: int = 100
+    # The schema registry of the avro, protobuf and json-schema formats (docs/schema-registry.md);
+    # its password comes from SQLSTATE_SCHEMA_REGISTRY_PASSWORD only.
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: str | None = field(default=None, repr=False)
+    schema_registry_ca_file: Path | None = None
     # The windowed-counts processor: tumbling windows of record time, and how long they are kept
     # behind each partition's highest timestamp.
     window: str = "1m"
@@ -224,6 +232,7 @@ class Settings:
         ):
             if format not in FORMATS:
                 problems.append(f"{flag} must be one of {', '.join(FORMATS)}")
+        problems += self._registry_problems()
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             problems.append(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}")
         if self.on_processor_error not in PROCESSOR_ERROR_POLICIES:
@@ -278,6 +287,27 @@ class Settings:
                 f"--topic-pattern {self.topic_pattern!r} is not a valid regular expression: {error}"
             ]
         return []
+
+    def _registry_problems(self) -> list[str]:
+        problems: list[str] = []
+        uses = {self.key_format, self.value_format} & set(REGISTRY_FORMATS)
+        if uses and not self.schema_registry_url:
+            problems.append(
+                f"--key-format/--value-format {' and '.join(sorted(uses))} need"
+                " --schema-registry-url (or SQLSTATE_SCHEMA_REGISTRY_URL), which sqlstate run and"
+                " verify take"
+            )
+        url = self.schema_registry_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            problems.append("--schema-registry-url must start with http:// or https://")
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            problems.append(
+                "--schema-registry-username and SQLSTATE_SCHEMA_REGISTRY_PASSWORD go together"
+            )
+        ca_file = self.schema_registry_ca_file
+        if ca_file is not None and not ca_file.is_file():
+            problems.append(f"--schema-registry-ca-file {ca_file}: no such file")
+        return problems
 
     @property
     def processor_specs(self) -> tuple[str, ...]:

@@ -13,6 +13,9 @@ Fixtures:
                      with a random name, deleted after the test
     topic            a new topic with 3 partitions
     group_id         a new consumer group id
+    schema_registry_url (session) the schema registry's API (``SCHEMA_REGISTRY_URL``), once
+                     it answers; ``make test`` starts one (tools/schema_registry); fails,
+                     never skips, when nothing answers
     secure_listeners (session) SecureListeners: the harness broker's SASL_PLAINTEXT and
                      SSL listeners, users and certificates; fails (never skips) when the
                      broker is external or was started by a harness without them
@@ -45,6 +48,7 @@ from tools.kafka_broker import (
     BrokerError,
     probe,
 )
+from tools.schema_registry import RegistryControl, RegistryError
 
 BROKER_WAIT_SECONDS = 60.0
 LOCK_DIRECTORY = Path(__file__).resolve().parents[1] / ".run" / "test-locks"
@@ -219,3 +223,18 @@ async def topic(topic_factory: TopicFactory) -> str:
 def group_id(request: pytest.FixtureRequest) -> str:
     """A consumer group id no other test uses."""
     return f"group-{_name_part(request.node.name)}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The schema registry's API, once it answers."""
+    control = RegistryControl()
+    try:
+        control.wait_ready(BROKER_WAIT_SECONDS)
+    except RegistryError as exc:
+        pytest.exit(
+            f"no schema registry at {control.url}: {exc}\nStart one with"
+            " `python3 -m tools.schema_registry up`, or run the tests with `make test`.",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
+    return control.url

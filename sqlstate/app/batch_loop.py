@@ -257,6 +257,10 @@ class BatchLoop:
                     self._retrying.recovered()
                 generation = self._ownership.generation
                 positions = self._positions()
+                # Keys and values whose schema is not fetched yet: the batch waits for the
+                # schema registry (positions were read above, with no await since getmany).
+                if not await self._bad_records.decoding.complete(batch, stop):
+                    break
                 refetch: set[TopicPartition] = set()
                 if committing is not None:
                     # The previous batch's commit must be done before this batch is gated

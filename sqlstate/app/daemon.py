@@ -44,6 +44,7 @@ from sqlstate.errors import (
 )
 from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.schemas import schemas_for
 from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
@@ -350,7 +351,7 @@ async def _run_on(
     await store.check_processors(await _input_topics(store, settings), processors.names)
     await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
-    decoding = Decoding(settings.key_format, settings.value_format)
+    decoding = Decoding(settings.key_format, settings.value_format, schemas_for(settings, stats))
     consumer = build_consumer(
         settings,
         key_deserializer=decoding.key_deserializer,

@@ -91,6 +91,8 @@ class Monitor:
     def _degraded(self) -> str | None:
         stats = self._stats
         causes = []
+        if stats.schema_registry_unavailable is not None:
+            causes.append(f"waiting for {stats.schema_registry_unavailable}")
         if stats.changelog_quarantined:
             causes.append(
                 f"{stats.changelog_quarantined} changelog records set aside, the last"

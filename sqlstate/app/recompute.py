@@ -112,6 +112,8 @@ async def recompute(
                 await asyncio.sleep(_POLL_MS / 1000)
                 continue
             raise BrokerError(f"reading the records to recompute failed: {error!r}") from error
+        # Keys and values whose schema is not fetched yet: waits for the schema registry.
+        await bad_records.decoding.complete(batch, asyncio.Event())
         advances = []
         for tp in sorted(reading):
             claim, stop = claims[tp], spans[tp].stop

@@ -60,6 +60,7 @@ from sqlstate.errors import (
 from sqlstate.kafka.client import build_range_reader, refusal, topic_ids, worth_asking_why
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
+from sqlstate.kafka.schemas import schemas_for
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import BUILT_INS, Processors
 from sqlstate.settings import DEFAULT_PROCESSORS, IsolationLevel, Settings, VerifyOptions
@@ -216,7 +217,7 @@ async def _recompute(
     settings: Settings, state: _FileState, scratch: Store, processors: Processors
 ) -> tuple[list[PartitionCheck], Recomputed]:
     """Read Kafka's bounds, decide what can be read of each stored partition, and recompute."""
-    decoding = Decoding(settings.key_format, settings.value_format)
+    decoding = Decoding(settings.key_format, settings.value_format, schemas_for(settings, Stats()))
     consumer = build_range_reader(
         settings,
         key_deserializer=decoding.key_deserializer,

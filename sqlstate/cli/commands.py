@@ -6,8 +6,8 @@ login or TLS handshake, or topic missing;
 5 stored position out of range with ``--out-of-range fail``; 6 rebalance failure; 7 Kafka refused
 what retrying cannot fix; 8 a record that does not decode with ``--on-bad-record fail``; 9 and 10
 ``verify`` found the state different, or could not fully check it; 11 more records in a row
-rejected than ``--max-rejected-in-a-row`` allows; 124 ``wait`` timed out; 130 forced exit on a
-second signal.
+rejected than ``--max-rejected-in-a-row`` allows; 12 the schema registry refused sqlstate or is
+not one; 124 ``wait`` timed out; 130 forced exit on a second signal.
 """
 
 from __future__ import annotations
@@ -202,14 +202,18 @@ _processor_options = [
         field="key_format",
         env="KEY_FORMAT",
         type=click.Choice(FORMATS),
-        help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text.",
+        help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text; avro,"
+        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
+        " JSON text.",
     ),
     _setting(
         "--value-format",
         field="value_format",
         env="VALUE_FORMAT",
         type=click.Choice(FORMATS),
-        help="How processors get values: raw bytes, UTF-8 text, or validated JSON text.",
+        help="How processors get values: raw bytes, UTF-8 text, or validated JSON text; avro,"
+        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
+        " JSON text.",
     ),
     _setting(
         "--on-bad-record",
@@ -348,6 +352,27 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
 )
 @processor_options
 @processor_error_options
+@_setting(
+    "--schema-registry-url",
+    field="schema_registry_url",
+    env="SCHEMA_REGISTRY_URL",
+    help="Schema registry of the avro, protobuf and json-schema formats (Confluent's API; for"
+    " Apicurio Registry, ending in /apis/ccompat/v7).",
+)
+@_setting(
+    "--schema-registry-username",
+    field="schema_registry_username",
+    env="SCHEMA_REGISTRY_USERNAME",
+    help="Schema registry user (HTTP basic auth); its password from"
+    " SQLSTATE_SCHEMA_REGISTRY_PASSWORD only.",
+)
+@_setting(
+    "--schema-registry-ca-file",
+    field="schema_registry_ca_file",
+    env="SCHEMA_REGISTRY_CA_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA certificates to verify an https schema registry (PEM).",
+)
 @changelog_option
 @_setting(
     "--changelog-replication-factor",
@@ -469,6 +494,7 @@ def run(topics: tuple[str, ...], **options: Any) -> None:
     settings = Settings(
         topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
         security=_security(options),
+        schema_registry_password=_secret("SCHEMA_REGISTRY_PASSWORD"),
         **options,
     )
     asyncio.run(daemon.run(settings))
@@ -728,6 +754,9 @@ _RUN_FLAGS_OF_VERIFY = (
     "client_id",
     "busy_timeout_s",
     "connect_timeout_s",
+    "schema_registry_url",
+    "schema_registry_username",
+    "schema_registry_ca_file",
 )
 # verify joins no group; Settings, which it shares with run, asks for one.
 VERIFY_GROUP_ID = "sqlstate-verify"
@@ -766,6 +795,7 @@ def verify_command(
         topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
         group_id=VERIFY_GROUP_ID,
         security=_security(options),
+        schema_registry_password=_secret("SCHEMA_REGISTRY_PASSWORD"),
         **options,
     )
     verdict = asyncio.run(verify.verify(settings, VerifyOptions(allow_unchecked, samples)))

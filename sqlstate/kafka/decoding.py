@@ -3,7 +3,8 @@
 ``bytes`` (the default) leaves them as Kafka has them and costs nothing. ``text`` requires UTF-8
 and gives ``str``; ``json`` also requires a JSON document and gives its text, validated once
 here, as ``str``, ready for SQLite's JSON functions. A null key or value (a tombstone) stays
-``None`` in every format.
+``None`` in every format. ``avro``, ``protobuf`` and ``json-schema`` read the schema registry's
+wire format and give JSON text too (``formats/``, ``schemas.py``).
 
 Decoding runs inside aiokafka, as its ``key_deserializer``/``value_deserializer``, while it
 builds each record, so a good record costs no second object. A deserializer that raised would
@@ -23,19 +24,22 @@ Either way the record's offset is passed with its batch: never lost, never count
 
 from __future__ import annotations
 
+import asyncio
 import json
 import json.scanner
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from sqlstate.errors import BadRecordError
+from sqlstate.kafka.formats import wire
+from sqlstate.kafka.schemas import Pending, Schemas
 from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.processors.base import Record, Records, Statement
 from sqlstate.processors.keys import stored_key
-from sqlstate.settings import BadRecordPolicy, Format
+from sqlstate.settings import REGISTRY_FORMATS, BadRecordPolicy, Format
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.decoding")  # its documented name
@@ -98,14 +102,21 @@ def check_json(text: str) -> None:
 class Decoding:
     """The deserializers of one consumer, and how many records they could not decode."""
 
-    def __init__(self, key_format: Format, value_format: Format) -> None:
+    def __init__(
+        self, key_format: Format, value_format: Format, schemas: Schemas | None = None
+    ) -> None:
         self.failures = 0
+        # Keys and values left Pending since the last ``complete``.
+        self.pending = 0
+        self.schemas = schemas
         self.key_deserializer = self._deserializer("key", key_format)
         self.value_deserializer = self._deserializer("value", value_format)
 
     def _deserializer(self, what: str, format: Format) -> Deserializer | None:
         if format == "bytes":
             return None
+        if format in REGISTRY_FORMATS:
+            return self._framed(what, format)
         as_json = format == "json"
 
         def decode(raw: bytes | None) -> Any:
@@ -127,6 +138,62 @@ class Decoding:
             return text
 
         return decode
+
+    def _framed(self, what: str, format: str) -> Deserializer:
+        """The deserializer of the registry's wire format: JSON text, a ``Pending`` while the
+        schema is not compiled yet, or an ``Undecodable``."""
+        if self.schemas is None:
+            raise ValueError(f"--{what}-format {format} needs a schema registry")
+        decoders = self.schemas.decoders
+
+        def decode(raw: bytes | None) -> Any:
+            if raw is None:
+                return None
+            schema_id = wire.schema_id(raw)
+            if schema_id is None:
+                self.failures += 1
+                return Undecodable(
+                    raw, f"{what} is not framed by a schema registry (no magic byte 0 and id)"
+                )
+            decoder = decoders.get((format, schema_id))
+            if decoder is None:
+                self.pending += 1
+                return Pending(raw, what, format, schema_id)
+            try:
+                return decoder(raw[wire.HEADER_SIZE :])
+            except Exception as error:  # each library raises its own types for a bad payload
+                self.failures += 1
+                return Undecodable(raw, f"{what}, {format} schema {schema_id}: {error}")
+
+        return decode
+
+    async def complete(self, batch: Mapping[Any, Iterable[Record]], stop: asyncio.Event) -> bool:
+        """Decode the batch's ``Pending`` keys and values, once their schemas are fetched (as
+        long as the registry takes to answer). False: ``stop`` came first; the batch must then
+        not be committed."""
+        if not self.pending or self.schemas is None:
+            return True
+        self.pending = 0
+        waiting = [
+            (record, part)
+            for records in batch.values()
+            for record in records
+            for part in (record.key, record.value)
+            if type(part) is Pending
+        ]
+        if not await self.schemas.resolve({(p.format, p.schema_id) for _, p in waiting}, stop):
+            return False
+        for record, part in waiting:
+            if part.what == "key":
+                record.key = self._again(self.key_deserializer, part)
+            else:
+                record.value = self._again(self.value_deserializer, part)
+        return True
+
+    @staticmethod
+    def _again(deserializer: Deserializer | None, pending: Pending) -> Any:
+        assert deserializer is not None  # a Pending comes only from a registry format's
+        return deserializer(pending.raw)
 
 
 def sort_out(records: Records) -> tuple[list[Record], list[Record]]:

@@ -37,6 +37,8 @@ class Stats:
     # no topic of the same name has replaced since (their state stays in the file).
     topics_deleted: int = 0
     deleted_topics: set[str] = field(default_factory=set)
+    # Why the schema registry is being waited for, while it does not answer (None: it does).
+    schema_registry_unavailable: str | None = None
     # What processors counted in committed batches, by "processor:counter".
     processor_counters: Counter[str] = field(default_factory=Counter)
     # --on-processor-error dead-letter: records written to rejected_records because a processor

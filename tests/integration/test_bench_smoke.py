@@ -26,6 +26,7 @@ RUNS = (
     "latest",
     "windowed_counts",
     "sql",
+    "sql_avro",
     "changelog",
     "changelog_no_standby",
     "changelog_two_hosts",
@@ -44,7 +45,9 @@ FIGURES = (
 
 
 @pytest.mark.timeout(300)
-def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_bench_runs_end_to_end_with_exact_counts(
+    kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path
+) -> None:
     result_file = tmp_path / "bench.json"
     completed = subprocess.run(
         [
@@ -69,6 +72,8 @@ def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path:
             str(tmp_path / "work"),
             "--json",
             str(result_file),
+            "--schema-registry-url",
+            schema_registry_url,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -102,6 +107,7 @@ def test_bench_runs_end_to_end_with_exact_counts(kafka_bootstrap: str, tmp_path:
         "e/a'",
         "f/a'",
         "g/a'",
+        "g'/g",
         "h/b",
         "h'/b",
         "i/h",

@@ -124,6 +124,7 @@ def test_the_documented_flag_table_matches_run() -> None:
         "SQLSTATE_SASL_PASSWORD",
         "SQLSTATE_SSL_PASSWORD",
         "SQLSTATE_OAUTH_CLIENT_SECRET",
+        "SQLSTATE_SCHEMA_REGISTRY_PASSWORD",
     }
 
     assert {variable for _flag, variable, _default in rows} == set(options) | environment_only
