@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 from click.testing import CliRunner
 
@@ -153,6 +154,24 @@ def test_a_tables_rows_are_read_keyed_by_its_processors_key_or_its_primary_key(
             "loose": [("x", 1)],
             "gone": None,
         }
+    finally:
+        conn.close()
+
+
+def test_a_table_that_cannot_be_read_is_an_error_not_a_missing_table(tmp_path: Path) -> None:
+    # A lock or an I/O error while reading a table must not pass for "the file has no such
+    # table": every recomputed row would then be reported missing from a correct file.
+    conn = sqlite3.connect(tmp_path / "f.db")
+    try:
+        conn.execute("CREATE TABLE amounts (topic TEXT, n INTEGER)")
+        conn.execute("INSERT INTO amounts VALUES ('t', 1)")
+        conn.commit()
+        amounts = table_rows.shape(conn, "amounts", None)
+        conn.set_progress_handler(lambda: 1, 1)  # every statement is interrupted
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            table_rows.read_rows(conn, amounts)
+        conn.set_progress_handler(None, 1)
+        assert table_rows.read_rows(conn, TableShape("amounts", ("topic", "gone"), ())) is None
     finally:
         conn.close()
 
