@@ -54,6 +54,22 @@ def test_identical_partitions_and_other_topics_are_not_reported() -> None:
     assert compare(KEY_COUNTS, rows, list(rows), [("t", 0), ("t", 1)], {"t"}, 10) == {}
 
 
+def test_an_integer_and_the_same_real_number_are_different_values() -> None:
+    # SQLite keeps 5 (INTEGER) and 5.0 (REAL) apart (typeof, and how every client reads them).
+    rows = [("t", 0, "a", 5), ("t", 0, 1, 1)]
+    as_real = [("t", 0, "a", 5.0), ("t", 0, 1.0, 1)]
+    diffs = compare(KEY_COUNTS, as_real, rows, [("t", 0)], {"t"}, 10)
+    diff = diffs[("t", 0)]
+    assert (diff.missing, diff.extra, diff.different) == (1, 1, 1)
+    loose = TableShape("totals", ("customer", "total"), ())
+    [(_, whole)] = compare(loose, [("a", 1.0)], [("a", 1)], [], {"t"}, 10).items()
+    assert (whole.missing, whole.extra) == (1, 1)
+    assert [d.key for d in whole.samples] == [
+        {"customer": "a", "total": 1},
+        {"customer": "a", "total": 1.0},
+    ]
+
+
 def test_a_table_without_a_key_is_compared_as_rows_and_samples_are_bounded() -> None:
     table = TableShape("totals", ("customer", "total"), ())
     in_file = [("a", 1), ("a", 1), ("b", 2)] + [(f"x{n}", n) for n in range(5)]
