@@ -226,8 +226,12 @@ async def _recompute(
         missing = sorted(set(state.topic_ids) - set(ids))
         if missing:
             raise TopicNotFoundError(f"topic {', '.join(missing)} does not exist in Kafka")
-        firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+        # Only partitions Kafka has: a topic created again with fewer partitions lacks some,
+        # and asking their offsets waits out the request timeout, then fails.
+        cluster = await consumer._client.fetch_all_metadata()
+        there = [tp for tp in tps if tp.partition in (cluster.partitions_for_topic(tp.topic) or ())]
+        firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(there) if there else {}
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(there) if there else {}
         checks, spans = _plan(state, ids, firsts, ends)
         with _quiet(decoding_logger, logging.ERROR):
             recomputed = await recompute(
@@ -276,7 +280,7 @@ def _plan(
     spans: dict[TopicPartition, Span] = {}
     for p in state.positions:
         tp = TopicPartition(p.topic, p.partition)
-        first, end = firsts[tp], ends[tp]
+        first, end = firsts.get(tp), ends.get(tp)
         check = PartitionCheck(p.topic, p.partition, p.next_offset, first, end, None, 0)
         checks.append(check)
         old_id, new_id = state.topic_ids.get(p.topic), ids.get(p.topic)
@@ -284,6 +288,12 @@ def _plan(
             check.unchecked = (
                 f"the topic was deleted and created again (its ID is {new_id}; the file's"
                 f" state was made from {old_id}): none of its records can be read again"
+            )
+            continue
+        if first is None or end is None:
+            check.unchecked = (
+                f"Kafka has no partition {p.partition} of the topic now (it was deleted and"
+                " created again with fewer partitions): none of its records can be read again"
             )
             continue
         # Where the file's state of the partition begins: the offset its --start-from chose

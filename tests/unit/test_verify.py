@@ -113,6 +113,23 @@ def test_a_partitions_state_is_read_from_its_first_offset_up_to_its_position() -
     assert all("deleted and created again" in str(c.unchecked) for c in checks)
 
 
+def test_a_partition_kafka_no_longer_has_is_not_checked() -> None:
+    # A topic created again with fewer partitions, on a file that recorded no topic ID: Kafka
+    # gives no offsets for the partition that is gone.
+    state = _FileState(
+        positions=[Position("t", p, 10, 1, "o", None, "now") for p in (0, 1)],
+        isolation_level="read_committed",
+        processors={"t": ["counts"]},
+        topic_ids={"t": None},
+        rows={},
+    )
+    there = {TopicPartition("t", 0): 0}
+    checks, spans = _plan(state, {"t": "id-2"}, there, {TopicPartition("t", 0): 10})
+    assert spans == {TopicPartition("t", 0): Span(0, 10)}
+    assert "no partition 1 of the topic now" in str(checks[1].unchecked)
+    assert (checks[1].first_offset, checks[1].end_offset) == (None, None)
+
+
 def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) -> Verdict:
     return Verdict(
         Path("f.db"), "read_committed", ["counts"], list(partitions), tables or [], False
