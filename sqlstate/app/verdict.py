@@ -38,6 +38,9 @@ class PartitionCheck:
     # Set when only records below this offset were deleted, and those from it on were read: a
     # table of records (``RECORD_TABLES``) is still checked exactly from this offset on.
     checked_from: int | None = None
+    # Where the records read began: the log's first offset, or the partition's recorded start
+    # (--start-from) when that is later. None: nothing was read.
+    read_from: int | None = None
     # What is certainly wrong, whatever the rows say (a position past the log's end...).
     problems: list[str] = field(default_factory=list)
     tables: list[TableDiff] = field(default_factory=list)

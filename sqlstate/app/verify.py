@@ -317,6 +317,7 @@ def _plan(
                 f"the file's position {p.next_offset} is past the log's end {end}: the file"
                 " claims records Kafka does not have"
             )
+        check.read_from = first
         spans[tp] = Span(first, min(p.next_offset, end))
     return checks, spans
 

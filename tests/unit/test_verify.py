@@ -130,6 +130,19 @@ def test_a_partition_kafka_no_longer_has_is_not_checked() -> None:
     assert (checks[1].first_offset, checks[1].end_offset) == (None, None)
 
 
+def test_the_report_says_a_partition_was_read_from_its_recorded_start() -> None:
+    # --start-from latest put the partition at 500: what was read is 500-599, not 0-599.
+    started = Position("t", 0, 600, 1, "o", None, "now", start_from="latest", start_offset=500)
+    state = _FileState([started], "read_committed", {"t": ["counts"]}, {"t": None}, {})
+    [planned], spans = _plan(
+        state, {"t": None}, {TopicPartition("t", 0): 0}, {TopicPartition("t", 0): 600}
+    )
+    assert spans == {TopicPartition("t", 0): Span(500, 600)}
+    planned.reached, planned.records = 600, 100
+    text = verify_report.as_text(verdict(planned))
+    assert "t-0  position 600  read 500-599 (100 records)  identical" in text
+
+
 def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) -> Verdict:
     return Verdict(
         Path("f.db"), "read_committed", ["counts"], list(partitions), tables or [], False
@@ -137,7 +150,9 @@ def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) 
 
 
 def check(partition: int, unchecked: str | None = None, *diffs: TableDiff) -> PartitionCheck:
-    return PartitionCheck("t", partition, 10, 0, 10, 10, 10, unchecked, tables=list(diffs))
+    return PartitionCheck(
+        "t", partition, 10, 0, 10, 10, 10, unchecked, tables=list(diffs), read_from=0
+    )
 
 
 def test_the_exit_code_says_identical_different_or_not_fully_checked() -> None:
