@@ -299,6 +299,9 @@ def _plan(
         # Where the file's state of the partition begins: the offset its --start-from chose
         # (recorded since), else the start of the topic. Records before it were never state.
         begins = p.start_offset or 0
+        if p.next_offset <= begins:
+            # No record went into its state: whatever rows the file holds of it are extra.
+            continue
         if p.next_offset < first:
             check.unchecked = (
                 f"the file's position {p.next_offset} is below the log's first offset {first}:"
