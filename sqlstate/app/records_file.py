@@ -39,6 +39,9 @@ from sqlstate.errors import ConfigError
 RawRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 FIELDS = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
 _CREATE_TIME = 0  # Kafka's timestamp type of a timestamp the producer set
+# Kafka's widths: a partition is an int32, an offset and a timestamp an int64 (and SQLite's
+# INTEGER is one too, so a larger offset could not even be stored as a position).
+_LIMITS = {"partition": 2**31 - 1, "offset": 2**63 - 1, "timestamp": 2**63 - 1}
 
 
 class RecordsFileError(ConfigError):
@@ -67,7 +70,9 @@ class Offsets:
 def read(path: Path) -> list[RawRecord]:
     """The records of a JSON Lines file, in its order; ``RecordsFileError`` names the line."""
     try:
-        lines = path.read_text("utf-8").splitlines()
+        # Lines end at "\n" only (JSON Lines): str.splitlines() would also cut at U+2028,
+        # U+0085 and the like, which JSON text may hold unescaped inside a string.
+        lines = path.read_text("utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as error:
         raise RecordsFileError(f"--records {path}: cannot read it: {error}") from error
     offsets = Offsets()
@@ -77,7 +82,7 @@ def read(path: Path) -> list[RawRecord]:
             continue
         where = f"{path}, line {number}"
         try:
-            fields = json.loads(line)
+            fields = json.loads(line, object_pairs_hook=_unique, parse_constant=_no_constant)
         except ValueError as error:
             raise RecordsFileError(f"{where}: not a JSON object: {error}") from error
         records.append(parse(fields, offsets, where))
@@ -150,11 +155,11 @@ def timestamp(given: object, where: str) -> int:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return round(moment.timestamp() * 1000)
-    if type(given) is int:
+    if type(given) is int and -_LIMITS["timestamp"] <= given <= _LIMITS["timestamp"]:
         return given
     raise RecordsFileError(
-        f"{where}: timestamp must be milliseconds since the epoch or ISO 8601 text, not"
-        f" {_kind(given)}"
+        f"{where}: timestamp must be milliseconds since the epoch (a signed 64-bit integer) or"
+        f" ISO 8601 text, not {given if type(given) is int else _kind(given)}"
     )
 
 
@@ -184,9 +189,26 @@ def _headers(given: object, where: str) -> tuple[tuple[str, bytes], ...]:
 
 
 def _count(given: object, name: str, where: str) -> int:
-    if type(given) is not int or given < 0:
-        raise RecordsFileError(f"{where}: {name} must be an integer from 0, not {given!r}")
+    if type(given) is not int or not 0 <= given <= _LIMITS[name]:
+        raise RecordsFileError(
+            f"{where}: {name} must be an integer from 0 to {_LIMITS[name]}, not {given!r}"
+        )
     return given
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every name appears once: json.loads would keep the last of two."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise ValueError(f"the name {name!r} appears twice")
+        fields[name] = value
+    return fields
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity, which json.loads takes though JSON has no such values."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _kind(given: object) -> str:

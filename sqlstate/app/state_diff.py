@@ -127,19 +127,20 @@ def _compare_group(
         diff.samples.append(Difference(kind, {c: values[c] for c in shown}, file, recomputed))
 
     if not key_at:
-        file_counts, recomputed_counts = Counter(file_rows), Counter(recomputed_rows)
-        for row, n in sorted((recomputed_counts - file_counts).items(), key=repr):
+        file_counts = Counter(map(_typed, file_rows))
+        recomputed_counts = Counter(map(_typed, recomputed_rows))
+        for typed, n in sorted((recomputed_counts - file_counts).items(), key=repr):
             diff.missing += n
-            described("missing", row, None, file_side=False)
-        for row, n in sorted((file_counts - recomputed_counts).items(), key=repr):
+            described("missing", _untyped(typed), None, file_side=False)
+        for typed, n in sorted((file_counts - recomputed_counts).items(), key=repr):
             diff.extra += n
-            described("extra", row, None, file_side=True)
+            described("extra", _untyped(typed), None, file_side=True)
         return diff
     file_keyed = _keyed(file_rows, key_at)
     recomputed_keyed = _keyed(recomputed_rows, key_at)
     for key in sorted(set(file_keyed) | set(recomputed_keyed), key=repr):
         in_file, expected = file_keyed.get(key), recomputed_keyed.get(key)
-        if in_file == expected:
+        if in_file is not None and expected is not None and _typed(in_file) == _typed(expected):
             continue
         if in_file is None:
             assert expected is not None
@@ -155,4 +156,14 @@ def _compare_group(
 
 
 def _keyed(rows: Iterable[Row], key_at: Sequence[int]) -> Mapping[Row, Row]:
-    return {tuple(row[i] for i in key_at): row for row in rows}
+    return {_typed(tuple(row[i] for i in key_at)): row for row in rows}
+
+
+def _typed(row: Row) -> Row:
+    """``row`` with each value's type beside it: SQLite's INTEGER 5 and REAL 5.0 (and TEXT and
+    BLOB) are different values, which Python's == and hash would take for the same."""
+    return tuple((type(value).__name__, value) for value in row)
+
+
+def _untyped(typed: Row) -> Row:
+    return tuple(value for _, value in typed)

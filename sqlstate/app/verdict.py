@@ -1,9 +1,9 @@
 """What ``sqlstate verify`` found, partition by partition, and the one exit code that says it.
 
 A partition is *identical* when every table's rows of it are the ones its records make;
-*different* when a row certainly differs or its position is wrong; *not fully checked* when its
-rows differ but the difference may come from records Kafka no longer has. The whole verdict is
-the worst of its partitions' (and of the tables compared whole): exit 0, 9 or 10.
+*different* when a row certainly differs or its position is wrong; *not fully checked* when
+records its state was made from are no longer in Kafka (and no row certainly differs). The whole
+verdict is the worst of its partitions' (and of the tables compared whole): exit 0, 9 or 10.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class PartitionCheck:
     # Set when only records below this offset were deleted, and those from it on were read: a
     # table of records (``RECORD_TABLES``) is still checked exactly from this offset on.
     checked_from: int | None = None
+    # Where the records read began: the log's first offset, or the partition's recorded start
+    # (--start-from) when that is later. None: nothing was read.
+    read_from: int | None = None
     # What is certainly wrong, whatever the rows say (a position past the log's end...).
     problems: list[str] = field(default_factory=list)
     tables: list[TableDiff] = field(default_factory=list)
@@ -46,9 +49,11 @@ class PartitionCheck:
     def status(self) -> Status:
         if self.problems or any(table.certain for table in self.tables):
             return "different"
-        if self.tables:
-            return "not fully checked" if self.unchecked else "different"
-        return "identical"
+        # Rows equal to what the records Kafka still has make do not make the partition
+        # identical: a state that lost what the deleted records made looks just like that.
+        if self.unchecked:
+            return "not fully checked"
+        return "different" if self.tables else "identical"
 
 
 @dataclass

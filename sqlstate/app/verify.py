@@ -230,8 +230,12 @@ async def _recompute(
         missing = sorted(set(state.topic_ids) - set(ids))
         if missing:
             raise TopicNotFoundError(f"topic {', '.join(missing)} does not exist in Kafka")
-        firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+        # Only partitions Kafka has: a topic created again with fewer partitions lacks some,
+        # and asking their offsets waits out the request timeout, then fails.
+        cluster = await consumer._client.fetch_all_metadata()
+        there = [tp for tp in tps if tp.partition in (cluster.partitions_for_topic(tp.topic) or ())]
+        firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(there) if there else {}
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(there) if there else {}
         checks, spans = _plan(state, ids, firsts, ends)
         # A record that does not decode, or that a processor fails on, is found again as the
         # run found it: not worth a warning each time.
@@ -283,7 +287,7 @@ def _plan(
     spans: dict[TopicPartition, Span] = {}
     for p in state.positions:
         tp = TopicPartition(p.topic, p.partition)
-        first, end = firsts[tp], ends[tp]
+        first, end = firsts.get(tp), ends.get(tp)
         check = PartitionCheck(p.topic, p.partition, p.next_offset, first, end, None, 0)
         checks.append(check)
         old_id, new_id = state.topic_ids.get(p.topic), ids.get(p.topic)
@@ -293,9 +297,18 @@ def _plan(
                 f" state was made from {old_id}): none of its records can be read again"
             )
             continue
+        if first is None or end is None:
+            check.unchecked = (
+                f"Kafka has no partition {p.partition} of the topic now (it was deleted and"
+                " created again with fewer partitions): none of its records can be read again"
+            )
+            continue
         # Where the file's state of the partition begins: the offset its --start-from chose
         # (recorded since), else the start of the topic. Records before it were never state.
         begins = p.start_offset or 0
+        if p.next_offset <= begins:
+            # No record went into its state: whatever rows the file holds of it are extra.
+            continue
         if p.next_offset < first:
             check.unchecked = (
                 f"the file's position {p.next_offset} is below the log's first offset {first}:"
@@ -314,6 +327,7 @@ def _plan(
                 f"the file's position {p.next_offset} is past the log's end {end}: the file"
                 " claims records Kafka does not have"
             )
+        check.read_from = first
         spans[tp] = Span(first, min(p.next_offset, end))
     return checks, spans
 

@@ -84,10 +84,10 @@ def as_text(verdict: Verdict) -> str:
 def _partition_lines(check: PartitionCheck) -> list[str]:
     status = check.status if check.status == "identical" else check.status.upper()
     read = (
-        f"read {check.first_offset}-{check.reached - 1} ({check.records} records)"
+        f"read {check.read_from}-{check.reached - 1} ({check.records} records)"
         if check.reached is not None
-        and check.first_offset is not None
-        and check.reached > check.first_offset
+        and check.read_from is not None
+        and check.reached > check.read_from
         else "nothing read"
     )
     lines = [f"{check.topic}-{check.partition}  position {check.stored_offset}  {read}  {status}"]

@@ -67,14 +67,13 @@ def shape(conn: sqlite3.Connection, table: str, declared: Sequence[str] | None) 
 
 def read_rows(conn: sqlite3.Connection, table: TableShape) -> list[Row] | None:
     """Every row of ``table``, its columns in ``table.columns``' order; None when the file has
-    no such table or lacks one of the columns."""
-    listed = ", ".join(map(quoted, table.columns))
-    try:
-        return [
-            tuple(row) for row in conn.execute(f"SELECT {listed} FROM main.{quoted(table.name)}")
-        ]
-    except sqlite3.OperationalError:
+    no such table or lacks one of the columns. Any other error (a lock, an I/O error) is raised:
+    taken for a missing table, it would make every recomputed row look missing from the file."""
+    present = {row[0] for row in conn.execute(sql("table_columns"), {"table": table.name})}
+    if not present.issuperset(table.columns):
         return None
+    listed = ", ".join(map(quoted, table.columns))
+    return [tuple(row) for row in conn.execute(f"SELECT {listed} FROM main.{quoted(table.name)}")]
 
 
 def read_tables(

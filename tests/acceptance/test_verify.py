@@ -21,7 +21,13 @@ from typing import Any
 
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import writing
-from tests.support.kafka import TopicFactory, delete_records, log_end_offsets
+from tests.support.kafka import (
+    TopicFactory,
+    delete_records,
+    log_end_offsets,
+    produce,
+    recreate_topic,
+)
 from tests.support.orders import RETENTION, WINDOW, produce_orders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,3 +232,27 @@ async def test_verify_finds_the_file_identical_and_names_each_corruption(
     assert tables["latest"]["samples"][0]["recomputed"]["offset"] == offset
     assert tables["key_counts"]["certain"] is False
     assert stored_positions(database) == {(topic, 0): ends[0], (topic, 1): ends[1]}
+
+
+async def test_a_topic_created_again_with_fewer_partitions_is_not_fully_checked(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Kafka has no offsets of a partition that is gone: verify says so at once, rather than
+    waiting out the request timeout and failing."""
+    topic = await topic_factory(partitions=2)
+    await produce(kafka_bootstrap, topic, [(b"a", b"{}", 0), (b"b", b"{}", 1)])
+    database = tmp_path / "orders.db"
+    daemon = Daemon(kafka_bootstrap, [topic], group_id, database, *PROCESSING)
+    daemons.append(daemon.start())
+    await wait_for_positions(database, {(topic, 0): 1, (topic, 1): 1}, daemons=daemons)
+    assert await daemon.terminate() == 0
+    await recreate_topic(kafka_bootstrap, topic, partitions=1)
+
+    code, report = await asyncio.wait_for(run_verify(kafka_bootstrap, topic, database), 20)
+    assert code == EXIT_NOT_FULLY_CHECKED, report
+    assert {p["status"] for p in report["partitions"]} == {"not fully checked"}
+    assert "deleted and created again" in by_partition(report)[1]["unchecked"]

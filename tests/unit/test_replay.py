@@ -194,3 +194,38 @@ class Noisy(Seen):
 
 
 NOISY = Noisy()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"topic": "t", "key": "a", "key": "b"}', "the name 'key' appears twice"),
+        ('{"topic": "t", "value": {"json": NaN}}', "NaN is not JSON"),
+        ('{"topic": "t", "offset": 9223372036854775808}', "offset must be an integer from 0"),
+        ('{"topic": "t", "partition": 2147483648}', "partition must be an integer from 0"),
+        ('{"topic": "t", "timestamp": 9223372036854775808}', "timestamp must be milliseconds"),
+    ],
+)
+def test_a_record_json_would_bend_or_kafka_could_not_hold_is_refused_with_its_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    records = tmp_path / "bad.jsonl"
+    records.write_text(f'{{"topic": "t"}}\n{line}\n')
+    result = sqlstate("replay", "--records", str(records), "--database", str(tmp_path / "x.db"))
+    assert result.exit_code == 2, result.output
+    assert f"{records}, line 2: " in result.output
+    assert message in result.output
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_line_separator_inside_a_string_does_not_end_the_line(tmp_path: Path) -> None:
+    # JSON text may hold U+2028 and U+0085 unescaped inside a string; JSON Lines ends a line at
+    # "\n" only, and the line numbers after it stay right.
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        '{"topic": "t", "key": "a", "value": "x\u2028y\u0085z"}\r\n{"topic": "t", "key": 5}\n',
+        encoding="utf-8",
+    )
+    result = sqlstate("replay", "--records", str(records), "--database", str(tmp_path / "x.db"))
+    assert result.exit_code == 2, result.output
+    assert f"{records}, line 2: key: int is not a payload" in result.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 from click.testing import CliRunner
 
@@ -53,6 +54,22 @@ def test_identical_partitions_and_other_topics_are_not_reported() -> None:
     assert compare(KEY_COUNTS, rows, list(rows), [("t", 0), ("t", 1)], {"t"}, 10) == {}
 
 
+def test_an_integer_and_the_same_real_number_are_different_values() -> None:
+    # SQLite keeps 5 (INTEGER) and 5.0 (REAL) apart (typeof, and how every client reads them).
+    rows = [("t", 0, "a", 5), ("t", 0, 1, 1)]
+    as_real = [("t", 0, "a", 5.0), ("t", 0, 1.0, 1)]
+    diffs = compare(KEY_COUNTS, as_real, rows, [("t", 0)], {"t"}, 10)
+    diff = diffs[("t", 0)]
+    assert (diff.missing, diff.extra, diff.different) == (1, 1, 1)
+    loose = TableShape("totals", ("customer", "total"), ())
+    [(_, whole)] = compare(loose, [("a", 1.0)], [("a", 1)], [], {"t"}, 10).items()
+    assert (whole.missing, whole.extra) == (1, 1)
+    assert [d.key for d in whole.samples] == [
+        {"customer": "a", "total": 1},
+        {"customer": "a", "total": 1.0},
+    ]
+
+
 def test_a_table_without_a_key_is_compared_as_rows_and_samples_are_bounded() -> None:
     table = TableShape("totals", ("customer", "total"), ())
     in_file = [("a", 1), ("a", 1), ("b", 2)] + [(f"x{n}", n) for n in range(5)]
@@ -96,6 +113,46 @@ def test_a_partitions_state_is_read_from_its_first_offset_up_to_its_position() -
     assert all("deleted and created again" in str(c.unchecked) for c in checks)
 
 
+def test_a_partition_that_took_no_record_is_checked_whatever_kafka_deleted() -> None:
+    # Started (--start-from latest) at 500 and given nothing since; the log now starts at 600.
+    # Its state is empty by its position: any row the file holds of it is extra, certainly.
+    idle = Position("t", 0, 500, 1, "o", None, "now", start_from="latest", start_offset=500)
+    state = _FileState([idle], "read_committed", {"t": ["counts"]}, {"t": None}, {})
+    tp = TopicPartition("t", 0)
+    [planned], spans = _plan(state, {"t": None}, {tp: 600}, {tp: 700})
+    assert (spans, planned.unchecked) == ({}, None)
+
+
+def test_a_partition_kafka_no_longer_has_is_not_checked() -> None:
+    # A topic created again with fewer partitions, on a file that recorded no topic ID: Kafka
+    # gives no offsets for the partition that is gone.
+    state = _FileState(
+        positions=[Position("t", p, 10, 1, "o", None, "now") for p in (0, 1)],
+        isolation_level="read_committed",
+        processors={"t": ["counts"]},
+        topic_ids={"t": None},
+        rows={},
+    )
+    there = {TopicPartition("t", 0): 0}
+    checks, spans = _plan(state, {"t": "id-2"}, there, {TopicPartition("t", 0): 10})
+    assert spans == {TopicPartition("t", 0): Span(0, 10)}
+    assert "no partition 1 of the topic now" in str(checks[1].unchecked)
+    assert (checks[1].first_offset, checks[1].end_offset) == (None, None)
+
+
+def test_the_report_says_a_partition_was_read_from_its_recorded_start() -> None:
+    # --start-from latest put the partition at 500: what was read is 500-599, not 0-599.
+    started = Position("t", 0, 600, 1, "o", None, "now", start_from="latest", start_offset=500)
+    state = _FileState([started], "read_committed", {"t": ["counts"]}, {"t": None}, {})
+    [planned], spans = _plan(
+        state, {"t": None}, {TopicPartition("t", 0): 0}, {TopicPartition("t", 0): 600}
+    )
+    assert spans == {TopicPartition("t", 0): Span(500, 600)}
+    planned.reached, planned.records = 600, 100
+    text = verify_report.as_text(verdict(planned))
+    assert "t-0  position 600  read 500-599 (100 records)  identical" in text
+
+
 def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) -> Verdict:
     return Verdict(
         Path("f.db"), "read_committed", ["counts"], list(partitions), tables or [], False
@@ -103,13 +160,17 @@ def verdict(*partitions: PartitionCheck, tables: list[TableDiff] | None = None) 
 
 
 def check(partition: int, unchecked: str | None = None, *diffs: TableDiff) -> PartitionCheck:
-    return PartitionCheck("t", partition, 10, 0, 10, 10, 10, unchecked, tables=list(diffs))
+    return PartitionCheck(
+        "t", partition, 10, 0, 10, 10, 10, unchecked, tables=list(diffs), read_from=0
+    )
 
 
 def test_the_exit_code_says_identical_different_or_not_fully_checked() -> None:
     differs = TableDiff("key_counts", different=1)
     maybe = TableDiff("key_counts", different=1, certain=False)
-    assert verdict(check(0), check(1, "deleted")).exit_code == 0
+    assert verdict(check(0), check(1)).exit_code == 0
+    # Rows equal to those of the records Kafka still has: the deleted ones may be missing.
+    assert verdict(check(0), check(1, "deleted")).exit_code == EXIT_NOT_FULLY_CHECKED
     assert verdict(check(0, None, differs)).exit_code == EXIT_DIFFERENT
     assert verdict(check(0, "deleted", maybe)).exit_code == EXIT_NOT_FULLY_CHECKED
     # A latest row of a record Kafka still has differs: certain, whatever was deleted.
@@ -153,6 +214,24 @@ def test_a_tables_rows_are_read_keyed_by_its_processors_key_or_its_primary_key(
             "loose": [("x", 1)],
             "gone": None,
         }
+    finally:
+        conn.close()
+
+
+def test_a_table_that_cannot_be_read_is_an_error_not_a_missing_table(tmp_path: Path) -> None:
+    # A lock or an I/O error while reading a table must not pass for "the file has no such
+    # table": every recomputed row would then be reported missing from a correct file.
+    conn = sqlite3.connect(tmp_path / "f.db")
+    try:
+        conn.execute("CREATE TABLE amounts (topic TEXT, n INTEGER)")
+        conn.execute("INSERT INTO amounts VALUES ('t', 1)")
+        conn.commit()
+        amounts = table_rows.shape(conn, "amounts", None)
+        conn.set_progress_handler(lambda: 1, 1)  # every statement is interrupted
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            table_rows.read_rows(conn, amounts)
+        conn.set_progress_handler(None, 1)
+        assert table_rows.read_rows(conn, TableShape("amounts", ("topic", "gone"), ())) is None
     finally:
         conn.close()
 
