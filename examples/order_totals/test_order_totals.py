@@ -57,4 +57,5 @@ def test_batch_boundaries_do_not_change_the_totals() -> None:
             run_processors([PROCESSOR], records, value_format="json", batch_size=batch_size)
         ) as db:
             results.append(db.execute(query).fetchall())
+    assert len(results[0]) == 3
     assert results[0] == results[1] == results[2]

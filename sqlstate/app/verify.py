@@ -57,7 +57,13 @@ from sqlstate.errors import (
     ProcessorError,
     TopicNotFoundError,
 )
-from sqlstate.kafka.client import build_range_reader, refusal, topic_ids, worth_asking_why
+from sqlstate.kafka.client import (
+    build_range_reader,
+    partition_counts,
+    refusal,
+    topic_ids,
+    worth_asking_why,
+)
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
 from sqlstate.kafka.schemas import schemas_for
@@ -230,12 +236,7 @@ async def _recompute(
         missing = sorted(set(state.topic_ids) - set(ids))
         if missing:
             raise TopicNotFoundError(f"topic {', '.join(missing)} does not exist in Kafka")
-        # Only partitions Kafka has: a topic created again with fewer partitions lacks some,
-        # and asking their offsets waits out the request timeout, then fails.
-        cluster = await consumer._client.fetch_all_metadata()
-        there = [tp for tp in tps if tp.partition in (cluster.partitions_for_topic(tp.topic) or ())]
-        firsts: dict[TopicPartition, int] = await consumer.beginning_offsets(there) if there else {}
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(there) if there else {}
+        firsts, ends = await _log_bounds(consumer, tps)
         checks, spans = _plan(state, ids, firsts, ends)
         # A record that does not decode, or that a processor fails on, is found again as the
         # run found it: not worth a warning each time.
@@ -254,6 +255,23 @@ async def _recompute(
     finally:
         await consumer.stop()
     return checks, recomputed
+
+
+async def _log_bounds(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The first and end offsets of those of ``tps`` that Kafka has; ``BrokerError`` when
+    Kafka cannot tell them (a partition without a leader, a broker gone meanwhile)."""
+    try:
+        # Only partitions Kafka has: a topic created again with fewer partitions lacks some,
+        # and asking their offsets waits out the request timeout, then fails.
+        counts = await partition_counts(consumer, {tp.topic for tp in tps})
+        there = [tp for tp in tps if tp.partition < counts[tp.topic]]
+        if not there:
+            return {}, {}
+        return await consumer.beginning_offsets(there), await consumer.end_offsets(there)
+    except KafkaError as error:
+        raise BrokerError(f"Kafka could not tell the partitions' offsets: {error!r}") from error
 
 
 async def _start(consumer: AIOKafkaConsumer, settings: Settings) -> None:

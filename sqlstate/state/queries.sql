@@ -118,6 +118,11 @@ SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, 
        start_offset
 FROM positions WHERE topic = :topic AND partition = :partition;
 
+-- name: read_next_offset
+-- Only the column every schema version has: `sqlstate wait` reads it also while a starting
+-- daemon is still migrating the file.
+SELECT next_offset FROM positions WHERE topic = :topic AND partition = :partition;
+
 -- name: list_positions
 SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, start_from,
        start_offset

@@ -28,7 +28,13 @@ def next_offsets(
     conn: sqlite3.Connection, tps: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     """Each partition's stored next offset; None for one without a row."""
-    return {tp: None if (p := position(conn, tp)) is None else p.next_offset for tp in tps}
+    offsets: dict[TopicPartition, int | None] = {}
+    for tp in tps:
+        row = conn.execute(
+            sql("read_next_offset"), {"topic": tp.topic, "partition": tp.partition}
+        ).fetchone()
+        offsets[tp] = None if row is None else row[0]
+    return offsets
 
 
 def positions(conn: sqlite3.Connection) -> list[Position]:

@@ -7,7 +7,9 @@ or kept in ``rejected_records`` under ``--on-bad-record``, an aborted record und
 read_committed, a transaction marker. Under ``--changelog``, a partition this file follows (a
 standby) stands at the position its owner published with the changelog transactions applied
 here, written with their rows: waiting there waits for the owner's state to reach this file. A
-partition without a row has nothing in the file yet: the wait goes on until the timeout.
+partition without a row has nothing in the file yet: the wait goes on until the timeout, as it
+does on a file a starting daemon has created but not yet migrated. A record below the offset a
+partition's ``--start-from`` chose is past the position too, though it never was state.
 
 The waiter never takes the write lock and never keeps a snapshot between two looks: it asks
 ``PRAGMA data_version`` (which changes when another connection commits, and reads no page) at
@@ -130,7 +132,7 @@ async def _wait(
         version = await db.setting(_data_version)
         if version != seen_version:
             seen_version = version
-            standing = await db.read(functools.partial(reads.next_offsets, tps=list(targets)))
+            standing = await db.read(functools.partial(_standing, tps=list(targets)))
             waits = [
                 PartitionWait(tp.topic, tp.partition, offset, standing[tp])
                 for tp, offset in sorted(targets.items())
@@ -142,6 +144,17 @@ async def _wait(
             return waits
         await asyncio.sleep(min(look_s, remaining))
         look_s = min(look_s * 1.5, _LONGEST_LOOK_S)
+
+
+def _standing(
+    conn: sqlite3.Connection, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Each partition's stored next offset; None for every one while the file has no positions
+    table yet (a daemon starting on a new file has not migrated it): waited for like a
+    partition without a row."""
+    if "positions" not in {row[0] for row in conn.execute(sql("table_names"))}:
+        return dict.fromkeys(tps)
+    return reads.next_offsets(conn, tps)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

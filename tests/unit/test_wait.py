@@ -186,6 +186,19 @@ async def test_a_missing_database_is_an_error_at_once(tmp_path: Path) -> None:
         await sqlstate.wait_for(tmp_path / "none.db", ("t", 0, 0), timeout=5)
 
 
+async def test_a_file_not_yet_set_up_is_waited_for(tmp_path: Path) -> None:
+    """A daemon starting on a new file creates it before it migrates it: a wait started in
+    between waits, as for a partition without a position."""
+    path = tmp_path / "s.db"
+    with writing(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    waiting = asyncio.create_task(sqlstate.wait_for(path, ("t", 0, 4), timeout=10))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await state_file(path, {("t", 0): 5})
+    assert await waiting == [PartitionWait("t", 0, 4, 5)]
+
+
 async def test_the_command_prints_the_positions_and_exits_124_on_timeout(tmp_path: Path) -> None:
     path = await state_file(tmp_path / "s.db", {("t", 0): 5})
     command = ["wait", "--database", str(path), "--json", "--until"]
