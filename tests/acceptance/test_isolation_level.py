@@ -67,10 +67,17 @@ async def test_another_isolation_level_is_refused(
 
 def as_made_by_the_previous_release(database: Path) -> None:
     """Take away what the previous release's schema does not have: no topic IDs, no level, no
-    record of processors, no changelog offsets or changelog topic IDs."""
+    record of processors, no changelog offsets or changelog topic IDs, no recorded starts."""
     conn = sqlite3.connect(database)
     try:
         with conn:
+            # The progress view names the start columns; the migrations that follow 0001 drop
+            # it and create it again, so a stand-in is all they need here.
+            conn.execute("DROP VIEW progress")
+            conn.execute("ALTER TABLE positions DROP COLUMN start_offset")
+            conn.execute("ALTER TABLE positions DROP COLUMN start_from")
+            conn.execute("CREATE VIEW progress AS SELECT * FROM positions")
+            conn.execute("DROP TABLE topic_starts")
             conn.execute("DROP TABLE topics")
             conn.execute("DROP TABLE state_settings")
             conn.execute("DROP TABLE topic_processors")
