@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,22 +27,40 @@ from aiokafka import AIOKafkaProducer
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query_value
 from tests.support.hosts import converged, host, wait_for_assignments
-from tests.support.kafka import TopicFactory, add_partitions, started
+from tests.support.kafka import TopicFactory, add_partitions, create_topic, delete_topics, started
 from tests.support.oracle import assert_exactly_once
-from tests.support.workload import end_offsets, keyed_messages, produce_keyed
+from tests.support.workload import (
+    db_counts,
+    end_offsets,
+    expected,
+    keyed_messages,
+    produce_keyed,
+)
 
 HOUR_MS = 3_600_000
 
 
 def starts(database: Path) -> dict[int, tuple[str | None, int | None]]:
     """{partition: (start_from, start_offset)}, as ``sqlstate offsets --json`` prints them."""
+    return {p: start for (_, p), start in _starts(database).items()}
+
+
+def starts_of(database: Path, topic: str) -> dict[int, tuple[str | None, int | None]]:
+    """``starts`` of ``topic`` in a file that holds several topics."""
+    return {p: start for (t, p), start in _starts(database).items() if t == topic}
+
+
+def _starts(database: Path) -> dict[tuple[str, int], tuple[str | None, int | None]]:
     result = subprocess.run(
         [sys.executable, "-m", "sqlstate", "offsets", "--database", str(database), "--json"],
         capture_output=True,
         check=True,
         timeout=60,
     )
-    return {r["partition"]: (r["start_from"], r["start_offset"]) for r in json.loads(result.stdout)}
+    return {
+        (r["topic"], r["partition"]): (r["start_from"], r["start_offset"])
+        for r in json.loads(result.stdout)
+    }
 
 
 def verify(bootstrap: str, database: Path, topic: str) -> tuple[int, str]:
@@ -211,3 +231,33 @@ async def test_under_changelog_the_first_owner_decides_the_start(
     for database in (first.database, second.database):
         assert starts(database) == {p: ("latest", end) for p, end in history.items()}
         assert stored_total(database, topic) == len(after)
+
+
+async def test_a_topic_created_while_running_starts_at_its_first_record(
+    kafka_bootstrap: str, group_id: str, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Under ``--topic-pattern``, a topic that matches at start starts at its end; one created
+    while running, at its first record: every record of it was written after the daemon
+    started, as for a partition added later."""
+    prefix = f"pattern-{uuid.uuid4().hex[:8]}"
+    first = await create_topic(kafka_bootstrap, f"{prefix}-a", 1)
+    later = f"{prefix}-b"
+    try:
+        await produce_keyed(kafka_bootstrap, first, keyed_messages(100, 1, seed=1))
+        database = tmp_path / "state.db"
+        pattern = ("--topic-pattern", f"{re.escape(prefix)}-[a-z]")
+        fast = ("--start-from", "latest", "--metadata-max-age", "3")
+        daemon = Daemon(kafka_bootstrap, [], group_id, database, *pattern, *fast).start()
+        daemons.append(daemon)
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, first), 30, [daemon])
+        # Written before the next metadata refresh: the daemon cannot know of the topic yet.
+        await create_topic(kafka_bootstrap, later, 1)
+        messages = keyed_messages(300, 1, seed=2)
+        await produce_keyed(kafka_bootstrap, later, messages)
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, later), 30, [daemon])
+        assert await daemon.terminate() == 0
+        assert starts_of(database, first) == {0: ("latest", 100)}
+        assert starts_of(database, later) == {0: ("earliest", 0)}
+        assert db_counts(database, later) == expected(messages)
+    finally:
+        await delete_topics(kafka_bootstrap, [first, later])
