@@ -203,7 +203,7 @@ def claim_assignment(
         if new and changelog is not None and start_from != EARLIEST:
             # The start goes to the changelog as the position does: a host that claims the
             # partition next restores it, and never chooses a start of its own.
-            changes[tp] = Change([], start_offset, None, started[tp])
+            changes[tp] = Change([], start_offset, None, started_at(conn, tp))
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -215,7 +215,7 @@ def claim_assignment(
                 # next owner's restore, must forget them as this file did.
                 rows = changelog.take_changes(conn)
                 if rows:
-                    changes[tp] = Change(rows, log.first, None, StartedAt(EARLIEST, log.first))
+                    changes[tp] = Change(rows, log.first, None, started_at(conn, tp))
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim

@@ -261,3 +261,34 @@ async def test_a_topic_created_while_running_starts_at_its_first_record(
         assert db_counts(database, later) == expected(messages)
     finally:
         await delete_topics(kafka_bootstrap, [first, later])
+
+
+async def test_a_partition_added_later_starts_at_earliest_on_a_standby_host(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Host 1 owns the topic's one partition, host 2 only follows it; a partition added later
+    goes to host 2, whose first claim of the topic this is. It starts at its first record:
+    host 2 took the topic's partition count from host 1's position records, not from its own
+    first claim (which would count the added partition in, and start it at ``latest``)."""
+    topic = await topic_factory(partitions=1)
+    await produce_keyed(kafka_bootstrap, topic, keyed_messages(100, partitions=1, seed=1))
+    args = ("--start-from", "latest", "--metadata-max-age", "3")
+    first = host(kafka_bootstrap, topic, group_id, tmp_path, 1, *args)
+    daemons.append(first.start())
+    await wait_for_assignments([first], topic, 1)
+    await asyncio.sleep(2)
+    second = host(kafka_bootstrap, topic, group_id, tmp_path, 2, *args)
+    daemons.append(second.start())
+    assert await wait_for_assignments([first, second], topic, 1) == [{0}, set()]
+    await asyncio.sleep(2)
+    await add_partitions(kafka_bootstrap, topic, total=2)
+    added = keyed_messages(400, partitions=2, seed=2)
+    await produce_keyed(kafka_bootstrap, topic, added)
+    assert await wait_for_assignments([first, second], topic, 2) == [{0}, {1}]
+    await converged(kafka_bootstrap, topic, [first, second])
+    for h in (first, second):
+        assert starts(h.database)[1] == ("earliest", 0)
