@@ -292,3 +292,27 @@ async def test_a_partition_added_later_starts_at_earliest_on_a_standby_host(
     await converged(kafka_bootstrap, topic, [first, second])
     for h in (first, second):
         assert starts(h.database)[1] == ("earliest", 0)
+
+
+async def test_under_changelog_a_first_claim_at_earliest_decides_the_start_too(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Host 1, under ``earliest``, claims the partition and dies before its first batch; host
+    2, under ``latest``, takes it over: it restores host 1's start from the changelog and
+    counts the history, as it would have had host 1 committed a batch."""
+    topic = await topic_factory(partitions=1)
+    history = keyed_messages(300, partitions=1, seed=9)
+    await produce_keyed(kafka_bootstrap, topic, history)
+    first = host(kafka_bootstrap, topic, group_id, tmp_path, 1, fault="after_fetch")
+    daemons.append(first.start())
+    assert await first.wait(60) != 0
+    assert "FAULT after_fetch 1" in first.log()
+    second = host(kafka_bootstrap, topic, group_id, tmp_path, 2, "--start-from", "latest")
+    daemons.append(second.start())
+    await converged(kafka_bootstrap, topic, [second])
+    assert starts(second.database) == {0: ("earliest", 0)}
+    assert stored_total(second.database, topic) == len(history)
