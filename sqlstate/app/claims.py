@@ -52,7 +52,7 @@ from sqlstate.kafka.client import group_generation, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
-from sqlstate.settings import Settings, start_point
+from sqlstate.settings import Settings, StartPoint, start_point
 from sqlstate.state.model import ChangelogPublishFailed, Claim, Claimed, Forget
 from sqlstate.state.out_of_range import LogBounds, log_reset, log_topic_reset, refusal
 from sqlstate.state.store import Store
@@ -207,12 +207,20 @@ class Claimer:
         self._not_before = 0.0
         # Where a partition the file has never seen starts: checked valid by Settings.
         self._start_from = start_point(settings.start_from)
+        # Under --topic-pattern, the topics of the subscription at the first assignment: a
+        # topic that comes to match later was created while this process ran, so each of its
+        # records was written after it started, and it starts at its earliest offset whatever
+        # --start-from says (the consumer sees it only at a metadata refresh: ``latest`` would
+        # skip what was written meanwhile).
+        self._matched_at_start: frozenset[str] | None = None
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
         rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
         self._stats.rebalances += 1
         self._ownership.assignment_received()
+        if self._settings.topic_pattern is not None and self._matched_at_start is None:
+            self._matched_at_start = frozenset(self._consumer.subscription())
         if self._changelog is not None:
             # Every partition claimed or being claimed here: one whose claim failed has no
             # producer, and must be followed again as well; one whose producer outlived its
@@ -436,9 +444,11 @@ class Claimer:
     ) -> tuple[dict[TopicPartition, LogBounds], dict[str, str | None]]:
         """The logs' bounds, then the topics' IDs, for a claim: a topic recreated between the
         two reads shows as recreated. The topics are assigned: each must exist."""
-        bounds = await read_bounds(
-            self._consumer, tps, self._settings.isolation_level, self._start_from
-        )
+        level = self._settings.isolation_level
+        at_start = self._matched_at_start
+        later = set() if at_start is None else {tp for tp in tps if tp.topic not in at_start}
+        bounds = await read_bounds(self._consumer, tps - later, level, self._start_from)
+        bounds |= await read_bounds(self._consumer, later, level, StartPoint("earliest"))
         ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
         return bounds, ids
 

@@ -18,7 +18,8 @@ Records (the interface between hosts; docs/scaling.md):
   ``topic_id``, written before positions carried it, is read as before); and
   ``"start_from"``, ``"start_offset"``: where the partition's state begins (``--start-from``,
   or an out-of-range reset), which a partition's first claim publishes at once (absent in
-  records written before positions carried it).
+  records written before positions carried it), with ``"topic_partitions"``, the topic's
+  partition count at its first claim, which a following file records if it has none.
 
 Modules:
 

@@ -76,6 +76,7 @@ from sqlstate.changelog.table_sql import delete_by_key, drop_trigger, insert_row
 from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
+from sqlstate.state.start import follow_topic_start
 
 # Python 3.12's sqlite3 switches a connection's triggers off and on (``Connection.setconfig``);
 # 3.11's cannot, and drops and creates them again instead (see the module's docstring).
@@ -173,6 +174,8 @@ def apply_changes(
         written, tombstones = _write(conn, changes, refuse)
     if position is not None:
         start = position.start
+        if start is not None:
+            follow_topic_start(conn, tp, start, now)
         conn.execute(
             sql("follow_position"),
             {

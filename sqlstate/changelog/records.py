@@ -84,6 +84,8 @@ def position_record(
         if topic_id is not None:
             fields["topic_id"] = topic_id
         fields |= {"start_from": start.policy, "start_offset": start.offset}
+        if start.topic_partitions is not None:
+            fields["topic_partitions"] = start.topic_partitions
         return POSITION_KEY, json.dumps(fields, separators=(",", ":")).encode()
     if topic_id is None:
         return POSITION_KEY, b'{"next_offset":%d}' % next_offset
@@ -138,7 +140,12 @@ def _start(position: dict[str, Any]) -> StartedAt | None:
         return None  # written before positions carried it
     if type(policy) is not str or type(offset) is not int or not 0 <= offset <= _INTEGER_MAX:
         raise ValueError("start_from and start_offset are not a start")
-    return StartedAt(policy, offset)
+    partitions = position.get("topic_partitions")  # absent in records written before
+    if partitions is not None and (
+        type(partitions) is not int or not 0 < partitions <= _INTEGER_MAX
+    ):
+        raise ValueError("topic_partitions is not a partition count")
+    return StartedAt(policy, offset, partitions)
 
 
 def highest_position(records: Iterable[tuple[bytes, bytes | None, int]]) -> int | None:

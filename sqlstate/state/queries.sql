@@ -129,7 +129,9 @@ SELECT topic, partition, next_offset, epoch, owner, log_end_offset, updated_at, 
 FROM positions ORDER BY topic, partition;
 
 -- name: read_start
-SELECT start_from, start_offset FROM positions WHERE topic = :topic AND partition = :partition;
+SELECT p.start_from, p.start_offset, s.partitions
+FROM positions AS p LEFT JOIN topic_starts AS s USING (topic)
+WHERE p.topic = :topic AND p.partition = :partition;
 
 -- name: record_topic_start
 -- The topic's partition count at the file's first claim of it; kept ever after.

@@ -11,7 +11,8 @@ the consumer reads to) or of a record time (ListOffsets by timestamp), as a ``St
 inside the transaction, the rule:
 
 - a topic's partition count is recorded at the file's first claim of any of its partitions
-  (``topic_starts``); a partition numbered at or past it was added to the topic later, and
+  (``topic_starts``), or before it, under --changelog, from another host's position records
+  (``follow_topic_start``); a partition numbered at or past it was added to the topic later, and
   starts at its earliest offset whatever the policy: its records were all written after the
   file started, and the consumer learns of a new partition only at a metadata refresh, so
   ``latest`` would silently skip what was written meanwhile;
@@ -47,16 +48,33 @@ class Start:
 class StartedAt(NamedTuple):
     """Where a partition's state begins, as recorded with its position: the policy that chose
     it and the offset. Under --changelog every position record carries it, so that every
-    file's copy of the partition says where its state begins."""
+    file's copy of the partition says where its state begins; and with it the topic's
+    partition count at its first claim (``topic_partitions``), so that a host that only
+    followed the topic so far knows which partitions were added later when it first claims
+    one (its own count, taken then, would hold them too)."""
 
     policy: str
     offset: int
+    topic_partitions: int | None = None
 
 
 def started_at(conn: sqlite3.Connection, tp: TopicPartition) -> StartedAt | None:
-    """The start recorded with ``tp``'s position; None if none is."""
+    """The start recorded with ``tp``'s position, and its topic's recorded partition count;
+    None if no start is."""
     row = conn.execute(sql("read_start"), {"topic": tp.topic, "partition": tp.partition}).fetchone()
-    return None if row is None or row[1] is None else StartedAt(row[0], row[1])
+    return None if row is None or row[1] is None else StartedAt(row[0], row[1], row[2])
+
+
+def follow_topic_start(
+    conn: sqlite3.Connection, tp: TopicPartition, start: StartedAt, now: str
+) -> None:
+    """Record the partition count that another host's position record carries for ``tp``'s
+    topic, unless this file has one: the count of the topic's first claim in the group."""
+    if start.topic_partitions is not None:
+        conn.execute(
+            sql("record_topic_start"),
+            {"topic": tp.topic, "partitions": start.topic_partitions, "now": now},
+        )
 
 
 def first_start(

@@ -72,7 +72,7 @@ from sqlstate.state.out_of_range import LogBounds, refusal
 from sqlstate.state.queries import sql
 from sqlstate.state.reads import position
 from sqlstate.state.rejections import STATEMENT_ERRORS, Apart, record_fault, run_apart
-from sqlstate.state.start import EARLIEST, StartedAt, first_start, started_at
+from sqlstate.state.start import StartedAt, first_start, started_at
 from sqlstate.state.statements import run_statements
 
 
@@ -200,10 +200,12 @@ def claim_assignment(
         claim = Claim(row["next_offset"], row["epoch"])
         if new:
             started[tp] = StartedAt(start_from, start_offset)
-        if new and changelog is not None and start_from != EARLIEST:
-            # The start goes to the changelog as the position does: a host that claims the
-            # partition next restores it, and never chooses a start of its own.
-            changes[tp] = Change([], start_offset, None, started[tp])
+        if new and changelog is not None:
+            # The start goes to the changelog as the position does, ``earliest`` too: a host
+            # that claims the partition next restores it, and never chooses a start of its own
+            # (another --start-from, or another count of the topic's partitions, would choose
+            # another, skipping records if this claim never commits a batch).
+            changes[tp] = Change([], start_offset, None, started_at(conn, tp))
         if not log.holds(claim.next_offset):
             if policy == "fail":
                 raise refusal(tp, claim.next_offset, log)  # rolls back every claim of the set
@@ -215,7 +217,7 @@ def claim_assignment(
                 # next owner's restore, must forget them as this file did.
                 rows = changelog.take_changes(conn)
                 if rows:
-                    changes[tp] = Change(rows, log.first, None, StartedAt(EARLIEST, log.first))
+                    changes[tp] = Change(rows, log.first, None, started_at(conn, tp))
             resets.append(Reset(tp, claim.next_offset, log))
             claim = Claim(log.first, claim.epoch)
         claims[tp] = claim

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,22 +27,40 @@ from aiokafka import AIOKafkaProducer
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query_value
 from tests.support.hosts import converged, host, wait_for_assignments
-from tests.support.kafka import TopicFactory, add_partitions, started
+from tests.support.kafka import TopicFactory, add_partitions, create_topic, delete_topics, started
 from tests.support.oracle import assert_exactly_once
-from tests.support.workload import end_offsets, keyed_messages, produce_keyed
+from tests.support.workload import (
+    db_counts,
+    end_offsets,
+    expected,
+    keyed_messages,
+    produce_keyed,
+)
 
 HOUR_MS = 3_600_000
 
 
 def starts(database: Path) -> dict[int, tuple[str | None, int | None]]:
     """{partition: (start_from, start_offset)}, as ``sqlstate offsets --json`` prints them."""
+    return {p: start for (_, p), start in _starts(database).items()}
+
+
+def starts_of(database: Path, topic: str) -> dict[int, tuple[str | None, int | None]]:
+    """``starts`` of ``topic`` in a file that holds several topics."""
+    return {p: start for (t, p), start in _starts(database).items() if t == topic}
+
+
+def _starts(database: Path) -> dict[tuple[str, int], tuple[str | None, int | None]]:
     result = subprocess.run(
         [sys.executable, "-m", "sqlstate", "offsets", "--database", str(database), "--json"],
         capture_output=True,
         check=True,
         timeout=60,
     )
-    return {r["partition"]: (r["start_from"], r["start_offset"]) for r in json.loads(result.stdout)}
+    return {
+        (r["topic"], r["partition"]): (r["start_from"], r["start_offset"])
+        for r in json.loads(result.stdout)
+    }
 
 
 def verify(bootstrap: str, database: Path, topic: str) -> tuple[int, str]:
@@ -211,3 +231,88 @@ async def test_under_changelog_the_first_owner_decides_the_start(
     for database in (first.database, second.database):
         assert starts(database) == {p: ("latest", end) for p, end in history.items()}
         assert stored_total(database, topic) == len(after)
+
+
+async def test_a_topic_created_while_running_starts_at_its_first_record(
+    kafka_bootstrap: str, group_id: str, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Under ``--topic-pattern``, a topic that matches at start starts at its end; one created
+    while running, at its first record: every record of it was written after the daemon
+    started, as for a partition added later."""
+    prefix = f"pattern-{uuid.uuid4().hex[:8]}"
+    first = await create_topic(kafka_bootstrap, f"{prefix}-a", 1)
+    later = f"{prefix}-b"
+    try:
+        await produce_keyed(kafka_bootstrap, first, keyed_messages(100, 1, seed=1))
+        database = tmp_path / "state.db"
+        pattern = ("--topic-pattern", f"{re.escape(prefix)}-[a-z]")
+        fast = ("--start-from", "latest", "--metadata-max-age", "3")
+        daemon = Daemon(kafka_bootstrap, [], group_id, database, *pattern, *fast).start()
+        daemons.append(daemon)
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, first), 30, [daemon])
+        # Written before the next metadata refresh: the daemon cannot know of the topic yet.
+        await create_topic(kafka_bootstrap, later, 1)
+        messages = keyed_messages(300, 1, seed=2)
+        await produce_keyed(kafka_bootstrap, later, messages)
+        await wait_for_positions(database, await end_offsets(kafka_bootstrap, later), 30, [daemon])
+        assert await daemon.terminate() == 0
+        assert starts_of(database, first) == {0: ("latest", 100)}
+        assert starts_of(database, later) == {0: ("earliest", 0)}
+        assert db_counts(database, later) == expected(messages)
+    finally:
+        await delete_topics(kafka_bootstrap, [first, later])
+
+
+async def test_a_partition_added_later_starts_at_earliest_on_a_standby_host(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Host 1 owns the topic's one partition, host 2 only follows it; a partition added later
+    goes to host 2, whose first claim of the topic this is. It starts at its first record:
+    host 2 took the topic's partition count from host 1's position records, not from its own
+    first claim (which would count the added partition in, and start it at ``latest``)."""
+    topic = await topic_factory(partitions=1)
+    await produce_keyed(kafka_bootstrap, topic, keyed_messages(100, partitions=1, seed=1))
+    args = ("--start-from", "latest", "--metadata-max-age", "3")
+    first = host(kafka_bootstrap, topic, group_id, tmp_path, 1, *args)
+    daemons.append(first.start())
+    await wait_for_assignments([first], topic, 1)
+    await asyncio.sleep(2)
+    second = host(kafka_bootstrap, topic, group_id, tmp_path, 2, *args)
+    daemons.append(second.start())
+    assert await wait_for_assignments([first, second], topic, 1) == [{0}, set()]
+    await asyncio.sleep(2)
+    await add_partitions(kafka_bootstrap, topic, total=2)
+    added = keyed_messages(400, partitions=2, seed=2)
+    await produce_keyed(kafka_bootstrap, topic, added)
+    assert await wait_for_assignments([first, second], topic, 2) == [{0}, {1}]
+    await converged(kafka_bootstrap, topic, [first, second])
+    for h in (first, second):
+        assert starts(h.database)[1] == ("earliest", 0)
+
+
+async def test_under_changelog_a_first_claim_at_earliest_decides_the_start_too(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+    daemons: list[Daemon],
+) -> None:
+    """Host 1, under ``earliest``, claims the partition and dies before its first batch; host
+    2, under ``latest``, takes it over: it restores host 1's start from the changelog and
+    counts the history, as it would have had host 1 committed a batch."""
+    topic = await topic_factory(partitions=1)
+    history = keyed_messages(300, partitions=1, seed=9)
+    await produce_keyed(kafka_bootstrap, topic, history)
+    first = host(kafka_bootstrap, topic, group_id, tmp_path, 1, fault="after_fetch")
+    daemons.append(first.start())
+    assert await first.wait(60) != 0
+    assert "FAULT after_fetch 1" in first.log()
+    second = host(kafka_bootstrap, topic, group_id, tmp_path, 2, "--start-from", "latest")
+    daemons.append(second.start())
+    await converged(kafka_bootstrap, topic, [second])
+    assert starts(second.database) == {0: ("earliest", 0)}
+    assert stored_total(second.database, topic) == len(history)

@@ -45,6 +45,7 @@ from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.model import Change, Claim, Committed, PartitionBatch
 from sqlstate.state.out_of_range import LogBounds
+from sqlstate.state.start import Start, StartedAt
 from sqlstate.state.store import Store
 from tests.support.db import query
 from tests.support.processing import open_store, order, record
@@ -586,6 +587,35 @@ async def test_a_position_record_makes_a_standby_row_and_keeps_the_epoch(
     rows = query(tmp_path / "s.db", "SELECT partition, next_offset, epoch, owner FROM positions")
     # Followed now, whoever claimed it here before: the epoch stays, so a claim is never undone.
     assert rows == [(0, 42, 0, "standby"), (1, 77, 2, "standby")]
+
+
+async def test_a_followed_start_records_the_topics_partition_count(tmp_path: Path) -> None:
+    """The count of the topic's first claim comes with another host's start, once: a later
+    claim here of a partition numbered past it starts at its earliest offset."""
+    members = [KeyCounter()]
+    processors = Processors.checked(members)
+    tables = state_tables(members)
+    store = await open_store(tmp_path / "s.db", processors)
+    try:
+        first = position_record(42, None, StartedAt("latest", 40, 1))
+        assert json.loads(first[1])["topic_partitions"] == 1
+        await apply(store.database, T0, [(*first, 0)], tables)
+        again = position_record(43, None, StartedAt("latest", 40, 5))
+        await apply(store.database, T0, [(*again, 1)], tables)
+        await store.claim(
+            {T1: LogBounds(0, 100, start=Start("latest", 100, 2))},
+            "me",
+            "reset",
+            processors.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+        )
+    finally:
+        await store.database.close()
+        processors.close()
+    assert query(tmp_path / "s.db", "SELECT topic, partitions FROM topic_starts") == [("t", 1)]
+    rows = query(tmp_path / "s.db", "SELECT partition, start_from, start_offset FROM positions")
+    assert rows == [(0, "latest", 40), (1, "earliest", 0)]
 
 
 def counted(partition: int, key: str, count: int) -> tuple[bytes, bytes]:

@@ -551,8 +551,9 @@ async def test_out_of_range_under_changelog_is_claimed_through_the_producer_it_h
 
 
 class FencedSide:
-    """The changelog side of a host whose producers a newer owner's fenced: every publish fails
-    as fenced (each claim forgets a row, so each has something to publish)."""
+    """The changelog side of a host whose producers a newer owner's fenced since the first
+    claim: every publish of rows fails as fenced (each reset forgets a row, so each has
+    something to publish); the first claim's start alone, before that, went through."""
 
     def discard_changes(self, conn: sqlite3.Connection) -> None:
         pass
@@ -563,7 +564,10 @@ class FencedSide:
     def publish(
         self, changes: Mapping[TopicPartition, Change]
     ) -> dict[TopicPartition, int | ChangelogError]:
-        return {tp: ChangelogFenced("a newer owner's producer fenced this one") for tp in changes}
+        return {
+            tp: ChangelogFenced("a newer owner's producer fenced this one") if change.rows else 1
+            for tp, change in changes.items()
+        }
 
     def record_offset(self, conn: sqlite3.Connection, tp: TopicPartition, next_offset: int) -> None:
         pass
