@@ -8,9 +8,10 @@ schema is not compiled yet becomes ``Pending``. Right after ``getmany()`` the ba
 A registry that does not answer is waited for, with a growing backoff, for as long as it
 takes: the batch is not committed meanwhile, so no position moves past its records, and
 ``/healthz`` says it is degraded (``Stats.schema_registry_unavailable``). A one-shot command
-(``sqlstate verify``) gives ``give_up_after_s`` instead: past it, ``SchemaRegistryError``. A schema id the
-registry does not know, or a schema that cannot serve the format, gets a decoder that fails:
-its records follow ``--on-bad-record``.
+(``sqlstate verify``) gives ``give_up_after_s`` instead: past it, ``SchemaRegistryError``.
+
+A schema id the registry does not know, or a schema that cannot serve the format, gets a
+decoder that fails: its records follow ``--on-bad-record``.
 """
 
 from __future__ import annotations

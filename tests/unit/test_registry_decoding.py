@@ -11,7 +11,6 @@ import socket
 import time
 
 import pytest
-
 from aiokafka.structs import ConsumerRecord
 
 from sqlstate.errors import SchemaRegistryError
