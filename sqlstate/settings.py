@@ -294,8 +294,8 @@ class Settings:
         if uses and not self.schema_registry_url:
             problems.append(
                 f"--key-format/--value-format {' and '.join(sorted(uses))} need"
-                " --schema-registry-url (or SQLSTATE_SCHEMA_REGISTRY_URL), which sqlstate run and"
-                " verify take"
+                " --schema-registry-url (or SQLSTATE_SCHEMA_REGISTRY_URL), which sqlstate run,"
+                " verify and replay take"
             )
         url = self.schema_registry_url
         if url is not None and not url.startswith(("http://", "https://")):

@@ -50,7 +50,11 @@ def checked_lines(**options: Any) -> list[str]:
     """``sqlstate check``: ``load_checked`` on the processors of ``options`` (``Settings``
     fields); one line per processor that passed, and under ``--changelog`` one for the tables
     its changelog would ship. Raises as the daemon's start would, at the first problem."""
-    settings = offline_settings([OFFLINE_GROUP], **options)
+    # check decodes nothing: no format asks it for a schema registry.
+    formats = {"key_format", "value_format"}
+    settings = offline_settings(
+        [OFFLINE_GROUP], **{name: value for name, value in options.items() if name not in formats}
+    )
     processors, tables = load_checked(settings)
     with contextlib.closing(processors):
         sources = [

@@ -1,9 +1,12 @@
 """Processors run over records that come from anywhere, into a database, as the daemon runs them.
 
 ``replay`` takes batches of records as Kafka has them (key and value bytes, not yet decoded) and
-commits each batch the way the batch loop does: decoded by ``--key-format``/``--value-format``,
+commits each batch the way the batch loop does: decoded by ``--key-format``/``--value-format``
+(the registry's formats waiting for the schemas the batch needs, as long as the registry takes),
 sorted out by ``--on-bad-record``, gated at each partition's stored position, turned into the
-processors' statements, and committed through ``Store.commit_batch``, one transaction per batch
+processors' statements, the records they fail on sorted out by ``--on-processor-error``
+(``processor_errors.py``, with its ``--max-rejected-in-a-row``), and committed through
+``Store.commit_batch``, one transaction per batch
 that moves each partition's position by compare-and-set. The database is an ordinary sqlstate
 file (migrations applied, processors and isolation level recorded, positions), queried like a
 live one. ``sqlstate replay`` feeds it a JSON Lines file (``records_file.py``);
@@ -19,6 +22,7 @@ made with ``--changelog`` are refused before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -34,9 +38,12 @@ from aiokafka import TopicPartition
 from sqlstate.app import records_file
 from sqlstate.app.batch_loop import partition_batch
 from sqlstate.app.processor_checks import load_checked, offline_settings
+from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.records_file import RawRecord
 from sqlstate.errors import ConfigError, DatabaseError
 from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.schemas import schemas_for
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Record
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
@@ -55,6 +62,7 @@ class Replayed:
     records: int = 0  # records the processors folded in
     skipped: int = 0  # records below a partition's stored position: in the database already
     bad_records: int = 0  # records that did not decode, left out or dead-lettered
+    rejected: int = 0  # records a processor failed on, in rejected_records (dead-letter)
     # What the processors' counting statements returned, by "processor:counter".
     counters: Counter[str] = field(default_factory=Counter)
 
@@ -75,11 +83,14 @@ async def replay(
     partition's in offset order) to ``database``, created if missing, as the daemon commits a
     batch; return what was done. ``processors``: loaded and checked
     (``processor_checks.load_checked``). Of ``settings``, what a batch depends on:
-    ``key_format``, ``value_format`` and ``on_bad_record``, ``isolation_level`` (the one the
-    records were read with, recorded as the daemon records it) and ``busy_timeout_s``.
+    ``key_format``, ``value_format`` (and the ``schema_registry_*`` they may need),
+    ``on_bad_record``, ``on_processor_error`` and ``max_rejected_in_a_row``,
+    ``isolation_level`` (the one the records were read with, recorded as the daemon records it)
+    and ``busy_timeout_s``.
 
     Raises what the daemon would: ``ProcessorError`` for a processor set that differs from the
     one recorded for a topic, ``BadRecordError`` under ``--on-bad-record fail`` (its batch not
+    committed), ``RejectionLimitError`` past ``--max-rejected-in-a-row`` (its batch not
     committed), ``DatabaseError`` for a file that cannot be used or that another process
     claimed meanwhile.
     """
@@ -113,7 +124,11 @@ class _Run:
         self._store = store
         self._processors = processors
         self._topics = set(settings.topics)
-        self._decoding = Decoding(settings.key_format, settings.value_format)
+        stats = Stats()
+        self._decoding = Decoding(
+            settings.key_format, settings.value_format, schemas_for(settings, stats)
+        )
+        self._errors = ProcessorErrors(processors, settings, stats)
         self._bad_records = BadRecords(self._decoding, settings.on_bad_record)
         self._isolation_level = settings.isolation_level
         self._owner = owner
@@ -128,8 +143,12 @@ class _Run:
             )
         await self._claim(by_partition)
         decoded_so_far = self._bad_records.mark()
+        decoded = {tp: [self._decoded(r) for r in records] for tp, records in by_partition.items()}
+        # Keys and values whose schema is not fetched yet: waits for the schema registry, as
+        # the batch loop does after its getmany().
+        await self._decoding.complete(decoded, asyncio.Event())
         advances = []
-        for tp, records in sorted(by_partition.items()):
+        for tp, records in sorted(decoded.items()):
             claim = self._claims[tp]
             self.replayed.skipped += sum(1 for r in records if r.offset < claim.next_offset)
             next_offset = records[-1].offset + 1
@@ -139,19 +158,20 @@ class _Run:
                 partition_batch(
                     tp,
                     claim,
-                    [self._decoded(record) for record in records],
+                    records,
                     next_offset,
                     # The end of what was read: the file or feed is the log.
                     next_offset,
                     self._processors,
                     self._bad_records,
                     decoded_so_far,
+                    self._errors,
                 )
             )
         if not advances:
             return
         bad_records = {part.tp: part.bad_records for part in advances}
-        for outcome in await self._store.commit_batch(advances):
+        for outcome in await self._errors.commit(self._store, advances):
             if not isinstance(outcome, Committed):
                 raise DatabaseError(
                     f"{outcome.tp.topic}-{outcome.tp.partition} was claimed or moved by another"
@@ -161,6 +181,7 @@ class _Run:
             self._claims[outcome.tp] = outcome.claim
             self.replayed.records += outcome.records
             self.replayed.bad_records += bad_records[outcome.tp]
+            self.replayed.rejected += len(outcome.rejected)
             self.replayed.counters.update(outcome.counters)
         self.replayed.batches += 1
 

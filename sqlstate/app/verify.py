@@ -223,7 +223,9 @@ async def _recompute(
     settings: Settings, state: _FileState, scratch: Store, processors: Processors
 ) -> tuple[list[PartitionCheck], Recomputed]:
     """Read Kafka's bounds, decide what can be read of each stored partition, and recompute."""
-    decoding = Decoding(settings.key_format, settings.value_format, schemas_for(settings, Stats()))
+    # A one-shot audit gives the registry --connect-timeout to answer, as it gives Kafka.
+    schemas = schemas_for(settings, Stats(), give_up_after_s=settings.connect_timeout_s)
+    decoding = Decoding(settings.key_format, settings.value_format, schemas)
     consumer = build_range_reader(
         settings,
         key_deserializer=decoding.key_deserializer,

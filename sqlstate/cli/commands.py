@@ -203,7 +203,7 @@ _processor_options = [
         env="KEY_FORMAT",
         type=click.Choice(FORMATS),
         help="How processors get keys: raw bytes, UTF-8 text, or validated JSON text; avro,"
-        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
+        " protobuf and json-schema (run, verify, replay): a schema registry's wire format, as"
         " JSON text.",
     ),
     _setting(
@@ -212,7 +212,7 @@ _processor_options = [
         env="VALUE_FORMAT",
         type=click.Choice(FORMATS),
         help="How processors get values: raw bytes, UTF-8 text, or validated JSON text; avro,"
-        " protobuf and json-schema (run and verify): a schema registry's wire format, as"
+        " protobuf and json-schema (run, verify, replay): a schema registry's wire format, as"
         " JSON text.",
     ),
     _setting(
@@ -732,15 +732,29 @@ def check(specs: tuple[str, ...], **options: Any) -> None:
     help="Records per batch (one transaction each), as --max-records makes them.",
 )
 @processor_options
+@processor_error_options
 @reports_errors
 def replay_records(records: Path, database: Path, **options: Any) -> None:
     """Run processors over the records of a file into a database, as `run` would, without Kafka."""
-    replayed, names = asyncio.run(replay.replay_file(records, database, **options))
+    replayed, names = asyncio.run(
+        replay.replay_file(
+            records,
+            database,
+            schema_registry_password=_secret("SCHEMA_REGISTRY_PASSWORD"),
+            **options,
+        )
+    )
+    rejected = f", {replayed.rejected} rejected by processors" if replayed.rejected else ""
     click.echo(
         f"replayed {replayed.records} record(s) in {replayed.batches} batch(es) into {database}"
         f" ({', '.join(names)}); {replayed.skipped} skipped at stored positions,"
-        f" {replayed.bad_records} that did not decode"
+        f" {replayed.bad_records} that did not decode{rejected}"
     )
+
+
+# The registry's formats decode in replay as in run: with run's registry flags.
+_REGISTRY_FLAGS = ("schema_registry_url", "schema_registry_username", "schema_registry_ca_file")
+replay_records.params += [p for p in run.params if p.name in _REGISTRY_FLAGS]
 
 
 # `verify` reads the topics as the run that made the file did: the same flags, the same variables

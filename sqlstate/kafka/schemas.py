@@ -7,9 +7,11 @@ schema is not compiled yet becomes ``Pending``. Right after ``getmany()`` the ba
 
 A registry that does not answer is waited for, with a growing backoff, for as long as it
 takes: the batch is not committed meanwhile, so no position moves past its records, and
-``/healthz`` says it is degraded (``Stats.schema_registry_unavailable``). A schema id the
-registry does not know, or a schema that cannot serve the format, gets a decoder that fails:
-its records follow ``--on-bad-record``.
+``/healthz`` says it is degraded (``Stats.schema_registry_unavailable``). A one-shot command
+(``sqlstate verify``) gives ``give_up_after_s`` instead: past it, ``SchemaRegistryError``.
+
+A schema id the registry does not know, or a schema that cannot serve the format, gets a
+decoder that fails: its records follow ``--on-bad-record``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import time
 from collections.abc import Set
 
+from sqlstate.errors import SchemaRegistryError
 from sqlstate.kafka.formats import PayloadDecoder, compile_decoder
 from sqlstate.kafka.registry import (
     Reference,
@@ -87,9 +90,12 @@ def _failing(reason: str) -> PayloadDecoder:
 class Schemas:
     """The schemas of one daemon, by id, and their decoders, by format and id."""
 
-    def __init__(self, client: RegistryClient, stats: Stats) -> None:
+    def __init__(
+        self, client: RegistryClient, stats: Stats, give_up_after_s: float | None = None
+    ) -> None:
         self._client = client
         self._stats = stats
+        self._give_up_after_s = give_up_after_s
         self._fetched: dict[int, RegisteredSchema | None] = {}
         self._referenced: dict[Reference, RegisteredSchema | None] = {}
         self.decoders: dict[DecoderKey, PayloadDecoder] = {}
@@ -106,6 +112,7 @@ class Schemas:
 
     async def _fetch(self, schema_ids: list[int], stop: asyncio.Event) -> bool:
         since: float | None = None
+        started = time.monotonic()
         backoff_s = _FIRST_BACKOFF_S
         while True:
             try:
@@ -121,9 +128,18 @@ class Schemas:
                 if since is None:
                     since = time.monotonic()
                     _UNAVAILABLE.log(reason=str(error))
+                waited_s = time.monotonic() - started
+                if self._give_up_after_s is not None and waited_s >= self._give_up_after_s:
+                    raise SchemaRegistryError(
+                        f"the schema registry at {self._client.url} did not answer for"
+                        f" {waited_s:.0f} s ({error})"
+                    ) from error
                 self._stats.schema_registry_unavailable = f"the schema registry: {error}"
+                pause_s = backoff_s
+                if self._give_up_after_s is not None:
+                    pause_s = min(pause_s, self._give_up_after_s - waited_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff_s)
+                    await asyncio.wait_for(stop.wait(), pause_s)
                 if stop.is_set():
                     return False
                 backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
@@ -174,8 +190,11 @@ class Schemas:
             return _failing(f"schema {schema_id} cannot decode {format}: {error}")
 
 
-def schemas_for(settings: Settings, stats: Stats) -> Schemas | None:
-    """The daemon's ``Schemas``, when a key or value format reads the schema registry."""
+def schemas_for(
+    settings: Settings, stats: Stats, give_up_after_s: float | None = None
+) -> Schemas | None:
+    """The daemon's ``Schemas``, when a key or value format reads the schema registry
+    (``give_up_after_s``: see ``Schemas``; None waits as long as it takes)."""
     if not {settings.key_format, settings.value_format} & set(REGISTRY_FORMATS):
         return None
     assert settings.schema_registry_url is not None  # the settings check it
@@ -185,4 +204,4 @@ def schemas_for(settings: Settings, stats: Stats) -> Schemas | None:
         settings.schema_registry_password,
         settings.schema_registry_ca_file,
     )
-    return Schemas(client, stats)
+    return Schemas(client, stats, give_up_after_s)

@@ -22,22 +22,13 @@ from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import query
 from tests.support.faults import ROOT, daemon, wait_for_log
 from tests.support.kafka import Message, TopicFactory, produce
-from tests.support.registry import avro_record, encode_message_indexes, frame, register
+from tests.support.registry import ORDER, avro_record, encode_message_indexes, frame, register
 from tests.support.workload import end_offsets
 from tools.schema_registry import RegistryControl
 
 SQL_EXAMPLE = str(ROOT / "examples" / "customer_totals.sql")
 
-ORDER_V1 = json.dumps(
-    {
-        "type": "record",
-        "name": "Order",
-        "fields": [
-            {"name": "customer", "type": "string"},
-            {"name": "amount_cents", "type": "long"},
-        ],
-    }
-)
+ORDER_V1 = ORDER
 # The next version: a field added with a default, as schema evolution does.
 ORDER_V2 = json.dumps(
     {

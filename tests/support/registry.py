@@ -12,7 +12,19 @@ import fastavro
 from sqlstate.kafka.formats.wire import encode_message_indexes, frame
 from tools.schema_registry import register
 
-__all__ = ["avro_record", "encode_message_indexes", "frame", "register"]
+__all__ = ["ORDER", "avro_record", "encode_message_indexes", "frame", "register"]
+
+#: An Avro order, as the registry tests register it.
+ORDER = json.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "fields": [
+            {"name": "customer", "type": "string"},
+            {"name": "amount_cents", "type": "long"},
+        ],
+    }
+)
 
 
 def avro_record(schema_id: int, schema: str, datum: dict[str, Any]) -> bytes:

@@ -1,15 +1,19 @@
 """The deserializers of the registry's formats: a framed value decodes with a compiled schema,
 an unframed one is undecodable, an unfetched schema leaves the value pending; and a registry
-that does not answer keeps the batch waiting, reported, until stopped."""
+that does not answer keeps the batch waiting, reported, until stopped (or, for a one-shot
+command, until its time is up)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import time
 
+import pytest
 from aiokafka.structs import ConsumerRecord
 
+from sqlstate.errors import SchemaRegistryError
 from sqlstate.kafka.decoding import Decoding, Undecodable
 from sqlstate.kafka.formats import compile_decoder
 from sqlstate.kafka.formats.wire import frame
@@ -69,3 +73,15 @@ async def test_a_registry_that_does_not_answer_keeps_the_batch_until_stopped() -
     stop.set()
     assert await waiting is False
     assert isinstance(batch[0][0].value, Pending)
+
+
+async def test_a_one_shot_command_gives_up_on_a_registry_that_does_not_answer() -> None:
+    # verify's Schemas: --connect-timeout, then exit code 12, rather than waiting for ever.
+    decoding = Decoding("bytes", "avro", Schemas(RegistryClient(nowhere()), Stats(), 0.3))
+    assert decoding.value_deserializer is not None
+    batch = {0: [record(decoding.value_deserializer(frame(8, b"\x54")))]}
+    started = time.monotonic()
+    with pytest.raises(SchemaRegistryError, match="did not answer for") as raised:
+        await asyncio.wait_for(decoding.complete(batch, asyncio.Event()), 5)
+    assert raised.value.exit_code == 12
+    assert time.monotonic() - started < 2

@@ -229,3 +229,37 @@ def test_a_line_separator_inside_a_string_does_not_end_the_line(tmp_path: Path) 
     result = sqlstate("replay", "--records", str(records), "--database", str(tmp_path / "x.db"))
     assert result.exit_code == 2, result.output
     assert f"{records}, line 2: key: int is not a payload" in result.output
+
+
+def test_records_a_processor_fails_on_are_set_apart_as_the_daemon_sets_them(
+    tmp_path: Path,
+) -> None:
+    # json() fails in SQLite on a value that is not JSON: the record's fault, not the batch's.
+    path = sql_file(tmp_path, "parsed", "INSERT INTO t VALUES (:topic, :partition, json(:value));")
+    values = ["1", "oops", "2", "bad", "worse", "3"]
+    db = run_processors(
+        [path], [(f"k{n}", v) for n, v in enumerate(values)], on_processor_error="dead-letter"
+    )
+    with contextlib.closing(db):
+        assert db.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,), (3,)]
+        rejected = db.execute('SELECT "offset", processor FROM rejected_records ORDER BY 1')
+        assert rejected.fetchall() == [(1, "parsed"), (3, "parsed"), (4, "parsed")]
+    records = write_lines(
+        tmp_path / "r.jsonl", [{"topic": "t", "key": "k", "value": v} for v in values]
+    )
+    args = ("replay", "--records", str(records), "--sql", path, "--on-processor-error")
+    kept = sqlstate(*args, "dead-letter", "--database", str(tmp_path / "kept.db"))
+    assert kept.exit_code == 0, kept.output
+    assert "3 rejected by processors" in kept.output
+    # Two rejected in a row (offsets 3 and 4) cross a limit of 1, as they stop the daemon.
+    stopped = sqlstate(
+        *args, "dead-letter", "--max-rejected-in-a-row", "1", "--database", str(tmp_path / "x.db")
+    )
+    assert stopped.exit_code == 11, stopped.output
+    assert query(tmp_path / "x.db", "SELECT count(*) FROM rejected_records") == [(0,)]
+
+
+def test_check_takes_the_registry_formats_and_needs_no_registry() -> None:
+    result = sqlstate("check", "counts", "--key-format", "protobuf", "--value-format", "avro")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["ok counts: built-in"]
