@@ -498,7 +498,7 @@ class BatchLoop:
         if row is not None and row.owner == HANDED_OVER:
             # sqlstate rebuild replaced the file's processors: none of ours may write again.
             raise HandedOverError(
-                f"sqlstate rebuild handed {tp.topic}-{tp.partition} over to a new set of"
+                f"sqlstate rebuild handed {tp.topic}-{tp.partition} over to another set of"
                 " processors (recorded in topic_processors); this batch was not committed."
                 " Restart with the new processor flags: the restart continues from the"
                 " handed-over positions"

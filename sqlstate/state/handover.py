@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from sqlstate.errors import DatabaseError
+from sqlstate.errors import DatabaseError, HandedOverError
 from sqlstate.state.database import is_busy, utc_now
 from sqlstate.state.queries import sql
 from sqlstate.state.table_rows import BOOKKEEPING, quoted
@@ -103,6 +103,26 @@ class HandOver:
             raise DatabaseError(
                 f"the hand-over failed, nothing was handed over: {error}"
             ) from error
+
+
+def refuse_old_processors(
+    conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str]
+) -> None:
+    """In a claim's transaction: ``HandedOverError`` if a hand-over fenced a topic's partitions
+    and its recorded processors are not ``processors``. A running daemon whose processors were
+    replaced may claim nothing again, at a rebalance as at its next batch."""
+    for topic in topics:
+        handed_over = conn.execute(
+            sql("topic_handed_over"), {"topic": topic, "owner": HANDED_OVER}
+        ).fetchone()[0]
+        recorded = [row[0] for row in conn.execute(sql("recorded_processors"), {"topic": topic})]
+        if handed_over and recorded != sorted(processors):
+            raise HandedOverError(
+                f"sqlstate rebuild handed topic {topic} over to processors"
+                f" {', '.join(recorded)}; this daemon runs {', '.join(sorted(processors))} and"
+                " claimed nothing. Restart with the new processor flags: the restart continues"
+                " from the handed-over positions"
+            )
 
 
 def _lock(conn: sqlite3.Connection) -> Offsets:

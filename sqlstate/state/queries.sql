@@ -394,3 +394,7 @@ WHERE name NOT IN (SELECT name FROM rebuild.schema_migrations);
 INSERT INTO main.schema_migrations (name, applied_at)
 SELECT name, applied_at FROM rebuild.schema_migrations WHERE true
 ON CONFLICT (name) DO NOTHING;
+
+-- name: topic_handed_over
+-- Whether a hand-over fenced the topic's partitions and no claim took them since.
+SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic AND owner = :owner);
