@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions, wait_for_progress
+from tests.support.db import query
 from tests.support.kafka import TopicFactory, log_end_offsets
 from tests.support.oracle import Counts, Latest, assert_exactly_once
 from tests.support.workload import SteadyTraffic
@@ -152,6 +153,10 @@ async def test_rebuild_killed_mid_build_continues(
             process.kill()
             await process.wait()
             built = sum(stored_positions(work).values())
+            # Killed mid-build: nothing was handed over, the daemon still counts alone.
+            assert built >= 500
+            assert query(database, "SELECT processor FROM topic_processors") == [("counts",)]
+            assert old.running()
             out = await run_rebuild(kafka_bootstrap, topic, database)
             done = int(out.split(" from ")[1].split(" ")[0])
             # It continued from the work file's positions rather than starting over.
