@@ -23,16 +23,17 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.recompute import Span, recompute
-from sqlstate.errors import ConfigError
+from sqlstate.app.verify import log_bounds, start_reader
+from sqlstate.errors import ConfigError, OutOfRangeError
 from sqlstate.kafka.client import build_range_reader
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.schemas import schemas_for
@@ -155,8 +156,9 @@ async def _build_and_hand_over(
         key_deserializer=decoding.key_deserializer,
         value_deserializer=decoding.value_deserializer,
     )
-    await consumer.start()
     try:
+        await start_reader(consumer, settings)
+        await _check_logs(consumer, await _live_positions(settings))
         counter = _Progress()
 
         starts: dict[tuple[str, int], Position] = {}
@@ -229,6 +231,21 @@ async def _live_positions(settings: Settings) -> list[Position]:
         return await Store(live).positions()
     finally:
         await live.close(checkpoint=False)
+
+
+async def _check_logs(consumer: AIOKafkaConsumer, live: Sequence[Position]) -> None:
+    """``OutOfRangeError`` when Kafka no longer has a partition's records from its start: a
+    state made of what is left would not be the live one's."""
+    tps = [TopicPartition(p.topic, p.partition) for p in live]
+    firsts, _ = await log_bounds(consumer, tps)
+    for position, tp in zip(live, tps, strict=True):
+        first = firsts.get(tp)
+        if first is None or first > _first(position):
+            raise OutOfRangeError(
+                f"Kafka no longer has the records of {tp.topic}-{tp.partition} from offset"
+                f" {_first(position)} (its log starts at {first}): a state rebuilt from what is"
+                " left would differ from the live one; nothing was built or handed over"
+            )
 
 
 def _first(position: Position | None) -> int:
