@@ -117,6 +117,7 @@ async def test_hand_over_under_traffic_keeps_readers_whole(
                 before = reader.execute("SELECT sum(count) FROM key_counts").fetchone()[0]
                 out = await run_rebuild(kafka_bootstrap, topic, database)
                 assert "handed it over" in out
+                assert "records done" in out, out
                 # The old snapshot, whole: its counts, and no table of the new processors.
                 assert reader.execute("SELECT sum(count) FROM key_counts").fetchone()[0] == before
                 assert not reader.execute(

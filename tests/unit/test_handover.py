@@ -5,7 +5,10 @@ stand at the same positions. A daemon with the old processors can claim nothing 
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,38 @@ async def test_rebuild_refuses_a_changelog_file_before_touching_kafka(tmp_path: 
     with pytest.raises(ConfigError, match="was made with --changelog"):
         await rebuild(settings, RebuildOptions())
     assert not (tmp_path / "live.db.rebuild").exists()
+
+
+KILLED_BEFORE_COMMIT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from sqlstate.state.handover import HandOver
+
+async def main() -> None:
+    handing = await HandOver.open(Path(sys.argv[1]), Path(sys.argv[2]), 5.0)
+    await handing.swap(await handing.lock())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_hand_over_killed_before_its_commit_leaves_the_old_state(tmp_path: Path) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    new = await filled(work, ["counts", "extra"], [b"a", b"a"])
+    await new.database.close()
+    add_extra(work)
+    try:
+        before = [query(live, f"SELECT * FROM {table}") for table in ("positions", "key_counts")]
+        killed = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILLED_BEFORE_COMMIT, str(live), str(work)
+        )
+        assert await killed.wait() == -signal.SIGKILL
+        after = [query(live, f"SELECT * FROM {table}") for table in ("positions", "key_counts")]
+        assert after == before
+        assert not query(live, "SELECT name FROM sqlite_master WHERE name = 'extra'")
+        await hand_over(live, work)  # and it can be run again
+        assert query(live, "SELECT key, count FROM counts") == [("a", 2)]
+    finally:
+        await old.database.close()
