@@ -143,3 +143,10 @@ class SchemaRegistryError(SqlstateError):
     """The schema registry refused sqlstate's requests, or is not a schema registry."""
 
     exit_code = 12
+
+
+class HandedOverError(SqlstateError):
+    """sqlstate rebuild handed the file over to a new set of processors: restart with the new
+    processor flags (the restart continues from the handed-over positions)."""
+
+    exit_code = 13

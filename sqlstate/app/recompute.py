@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -67,9 +67,13 @@ async def recompute(
     max_records: int,
     idle_timeout_s: float,
     errors: ProcessorErrors | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Recomputed:
     """Read ``spans`` with ``consumer`` (started, its deserializers ``bad_records``' decoding)
-    and commit them into ``store``'s database (migrated, no positions yet for them).
+    and commit them into ``store``'s database (migrated). A partition the database already
+    holds a position of, at or past its span's first offset, continues from it (a
+    ``sqlstate rebuild`` run again after it was stopped). ``progress`` is told how many records
+    each committed batch took.
 
     ``BrokerError`` when Kafka gives nothing for ``idle_timeout_s`` while partitions are still
     short of their stop, or when records were deleted while they were read.
@@ -144,6 +148,8 @@ async def recompute(
                 claims[outcome.tp] = Claim(outcome.claim.next_offset, outcome.claim.epoch)
                 done.reached[outcome.tp] = outcome.claim.next_offset
                 done.records[outcome.tp] += outcome.records
+            if progress is not None:
+                progress(sum(outcome.records for outcome in outcomes))
         finished = {tp for tp in reading if claims[tp].next_offset >= spans[tp].stop}
         if finished:
             consumer.pause(*finished)

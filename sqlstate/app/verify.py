@@ -232,13 +232,13 @@ async def _recompute(
         value_deserializer=decoding.value_deserializer,
     )
     try:
-        await _start(consumer, settings)
+        await start_reader(consumer, settings)
         tps = [TopicPartition(p.topic, p.partition) for p in state.positions]
         ids = await topic_ids(consumer, state.topic_ids)
         missing = sorted(set(state.topic_ids) - set(ids))
         if missing:
             raise TopicNotFoundError(f"topic {', '.join(missing)} does not exist in Kafka")
-        firsts, ends = await _log_bounds(consumer, tps)
+        firsts, ends = await log_bounds(consumer, tps)
         checks, spans = _plan(state, ids, firsts, ends)
         # A record that does not decode, or that a processor fails on, is found again as the
         # run found it: not worth a warning each time.
@@ -259,7 +259,7 @@ async def _recompute(
     return checks, recomputed
 
 
-async def _log_bounds(
+async def log_bounds(
     consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """The first and end offsets of those of ``tps`` that Kafka has; ``BrokerError`` when
@@ -276,7 +276,8 @@ async def _log_bounds(
         raise BrokerError(f"Kafka could not tell the partitions' offsets: {error!r}") from error
 
 
-async def _start(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+async def start_reader(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+    """Start a range reader, or ``BrokerError``/``AuthenticationError`` within --connect-timeout."""
     try:
         await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
         # A broker that refused an OAUTHBEARER token answers no metadata, which start() does

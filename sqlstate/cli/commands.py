@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import click
 
 from sqlstate import __version__
-from sqlstate.app import daemon, replay, verify
+from sqlstate.app import daemon, rebuild, replay, verify
 from sqlstate.app import processor_checks as check_processors
 from sqlstate.cli import lookups, output, verify_report
 from sqlstate.errors import SqlstateError
@@ -821,3 +821,49 @@ def verify_command(
 
 
 verify_command.params[:0] = [p for p in run.params if p.name in _RUN_FLAGS_OF_VERIFY]
+
+
+@main.command("rebuild")
+@_option(
+    "--work-file",
+    "work_file",
+    env="REBUILD_WORK_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The file the new state is built in (default: the database's path + .rebuild).",
+)
+@_option(
+    "--hand-over-gap",
+    "hand_over_gap",
+    env="REBUILD_HAND_OVER_GAP",
+    type=click.IntRange(min=0),
+    default=rebuild.RebuildOptions.hand_over_gap,
+    show_default=True,
+    help="Hand over once the live file is at most this many records ahead of the new state.",
+)
+@processor_options
+@processor_error_options
+@security_options
+@reports_errors
+def rebuild_command(
+    topics: tuple[str, ...], work_file: Path | None, hand_over_gap: int, **options: Any
+) -> None:
+    """Build the state anew with other processors beside the live file, while the daemon
+    serves it, then hand it over (the daemon then exits 13: restart it with the new flags)."""
+    settings = Settings(
+        topics=tuple(t for value in topics for t in value.replace(",", " ").split()),
+        group_id=VERIFY_GROUP_ID,
+        security=_security(options),
+        schema_registry_password=_secret("SCHEMA_REGISTRY_PASSWORD"),
+        **options,
+    )
+    rebuilt = asyncio.run(
+        rebuild.rebuild(settings, rebuild.RebuildOptions(work_file, hand_over_gap))
+    )
+    click.echo(
+        f"rebuilt {settings.database} from {rebuilt.records} record(s) and handed it over at"
+        f" {rebuilt.partitions} partition(s)' positions (write lock held {rebuilt.held_s:.3f} s)"
+    )
+
+
+rebuild_command.params[:0] = [p for p in run.params if p.name in _RUN_FLAGS_OF_VERIFY]

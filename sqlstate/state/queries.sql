@@ -341,3 +341,60 @@ BEGIN EXCLUSIVE;
 -- A number that changes when another connection commits to the file: cheap (no page is read),
 -- so a waiter reads the positions again only after a commit.
 PRAGMA data_version;
+
+
+-- ---- sqlstate rebuild: the hand-over of a rebuilt state (sqlstate/state/handover.py) -----------
+
+-- name: attach_rebuild
+-- Outside any transaction (SQLite refuses ATTACH inside one); read only in the hand-over.
+ATTACH DATABASE :path AS rebuild;
+
+-- name: detach_rebuild
+DETACH DATABASE rebuild;
+
+-- name: fence_for_hand_over
+-- The hand-over's first statement: takes the live file's write lock (waiting on the busy
+-- timeout) and fences every owner: a daemon's next compare-and-set fails, and the owner it then
+-- reads says why.
+UPDATE main.positions SET epoch = epoch + 1, owner = :owner, updated_at = :now;
+
+-- name: live_next_offsets
+SELECT topic, partition, next_offset FROM main.positions ORDER BY topic, partition;
+
+-- name: rebuilt_next_offsets
+SELECT topic, partition, next_offset FROM rebuild.positions ORDER BY topic, partition;
+
+-- name: live_schema_objects
+SELECT type, name, tbl_name FROM main.sqlite_master
+WHERE type IN ('table', 'view', 'trigger') AND name NOT LIKE 'sqlite_%';
+
+-- name: rebuilt_schema_objects
+-- In creation order; automatic indexes (no SQL) come with their tables.
+SELECT type, name, tbl_name, sql FROM rebuild.sqlite_master
+WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'
+  AND type IN ('table', 'index', 'view', 'trigger') ORDER BY rowid;
+
+-- name: rebuilt_table_columns
+-- Generated columns are not listed: they are computed again where the rows are inserted.
+SELECT name FROM pragma_table_info(:table, 'rebuild') ORDER BY cid;
+
+-- name: forget_all_recorded_processors
+DELETE FROM main.topic_processors;
+
+-- name: take_rebuilt_processors
+INSERT INTO main.topic_processors (topic, processor, added_at)
+SELECT topic, processor, added_at FROM rebuild.topic_processors;
+
+-- name: forget_replaced_migrations
+-- The migrations of processors the rebuilt state does not have: their tables are gone.
+DELETE FROM main.schema_migrations
+WHERE name NOT IN (SELECT name FROM rebuild.schema_migrations);
+
+-- name: take_rebuilt_migrations
+INSERT INTO main.schema_migrations (name, applied_at)
+SELECT name, applied_at FROM rebuild.schema_migrations WHERE true
+ON CONFLICT (name) DO NOTHING;
+
+-- name: topic_handed_over
+-- Whether a hand-over fenced the topic's partitions and no claim took them since.
+SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic AND owner = :owner);

@@ -52,6 +52,7 @@ from aiokafka import TopicPartition
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import recorded
 from sqlstate.state.changelog_side import ChangelogSide
+from sqlstate.state.handover import refuse_old_processors
 from sqlstate.state.model import (
     Change,
     ChangelogPublishFailed,
@@ -162,6 +163,7 @@ def claim_assignment(
     recorded.check_isolation_level(conn, isolation_level, now)
     recorded.check_changelog(conn, changelog is not None, now)
     if processors is not None:
+        refuse_old_processors(conn, sorted({tp.topic for tp in bounds}), processors)
         # A topic --topic-pattern found while running: its processors are recorded with its
         # first claim (for --topic's topics, the start recorded them: nothing changes).
         recorded.record_processors(conn, sorted({tp.topic for tp in bounds}), processors, now)

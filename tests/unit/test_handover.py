@@ -1,0 +1,172 @@
+"""The hand-over of ``sqlstate rebuild`` on two files, without Kafka: the live file takes the work
+file's state objects and rows, its processors and migration records, keeps its own positions
+(their epochs bumped, their owner the hand-over's), and refuses it all unless the two files
+stand at the same positions. A daemon with the old processors can claim nothing afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlstate.app.rebuild import RebuildOptions, rebuild
+from sqlstate.errors import ConfigError, DatabaseError, HandedOverError
+from sqlstate.settings import Settings
+from sqlstate.state.handover import HANDED_OVER, HandOver
+from sqlstate.state.model import Claim
+from sqlstate.state.store import Store
+from tests.support.db import query
+from tests.unit.test_store import COUNTER, TP, batch, bounds, open_store
+
+EXTRA = [
+    "CREATE TABLE extra (topic TEXT, partition INTEGER, n INTEGER, PRIMARY KEY (topic, partition))",
+    "CREATE INDEX extra_n ON extra (n)",
+    "CREATE VIEW extra_total (n) AS SELECT sum(n) FROM extra",
+    "CREATE TRIGGER extra_no_delete BEFORE DELETE ON extra BEGIN SELECT raise(ABORT, 'no'); END",
+    "INSERT INTO extra VALUES ('orders', 0, 7)",
+]
+
+
+async def filled(path: Path, processors: list[str], keys: list[bytes]) -> Store:
+    store = await open_store(path)
+    await store.record_processors([TP.topic], processors)
+    claimed = await store.claim(
+        bounds(TP), "o", "fail", COUNTER.forget, topic_ids={}, isolation_level="read_committed"
+    )
+    await store.commit_batch([batch(TP, claimed.claims[TP], keys)])
+    return store
+
+
+def add_extra(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        for statement in EXTRA:
+            conn.execute(statement)
+    conn.close()
+
+
+async def hand_over(live: Path, work: Path) -> None:
+    handing = await HandOver.open(live, work, 5.0)
+    try:
+        offsets = await handing.lock()
+        await handing.swap(offsets)
+        await handing.commit()
+    except BaseException:
+        await handing.rollback()
+        raise
+    finally:
+        await handing.close()
+
+
+async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
+    tmp_path: Path,
+) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    new = await filled(work, ["counts", "extra"], [b"a", b"a"])
+    await new.database.close()
+    add_extra(work)
+    try:
+        await hand_over(live, work)
+        assert query(live, "SELECT key, count FROM counts ORDER BY key") == [("a", 2)]
+        assert query(live, "SELECT n FROM extra_total") == [(7,)]
+        assert query(live, "SELECT name FROM sqlite_master WHERE type = 'trigger'") == [
+            ("extra_no_delete",)
+        ]
+        assert query(live, "SELECT next_offset, epoch, owner FROM positions") == [
+            (2, 2, HANDED_OVER)
+        ]
+        assert query(live, "SELECT processor FROM topic_processors ORDER BY 1") == [
+            ("counts",),
+            ("extra",),
+        ]
+        with pytest.raises(HandedOverError, match="counts, extra"):
+            await old.claim(
+                bounds(TP),
+                "o",
+                "fail",
+                COUNTER.forget,
+                topic_ids={},
+                isolation_level="read_committed",
+                processors=["counts"],
+            )
+        claimed = await old.claim(
+            bounds(TP),
+            "o",
+            "fail",
+            COUNTER.forget,
+            topic_ids={},
+            isolation_level="read_committed",
+            processors=["counts", "extra"],
+        )
+        assert claimed.claims[TP] == Claim(2, 3)
+    finally:
+        await old.database.close()
+
+
+async def test_a_work_file_at_other_positions_is_refused_and_nothing_changes(
+    tmp_path: Path,
+) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    new = await filled(work, ["counts", "extra"], [b"a"])
+    await new.database.close()
+    try:
+        before = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
+        with pytest.raises(DatabaseError, match="does not stand at the live file's positions"):
+            await hand_over(live, work)
+        after = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
+        assert after == before
+    finally:
+        await old.database.close()
+
+
+async def test_rebuild_refuses_a_changelog_file_before_touching_kafka(tmp_path: Path) -> None:
+    live = tmp_path / "live.db"
+    store = await filled(live, ["counts"], [b"a"])
+    await store.database.close()
+    with sqlite3.connect(live) as conn:
+        conn.execute("UPDATE state_settings SET value = 'on' WHERE name = 'changelog'")
+    conn.close()
+    settings = Settings(topics=(TP.topic,), database=live, group_id="g")
+    with pytest.raises(ConfigError, match="was made with --changelog"):
+        await rebuild(settings, RebuildOptions())
+    assert not (tmp_path / "live.db.rebuild").exists()
+
+
+KILLED_BEFORE_COMMIT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from sqlstate.state.handover import HandOver
+
+async def main() -> None:
+    handing = await HandOver.open(Path(sys.argv[1]), Path(sys.argv[2]), 5.0)
+    await handing.swap(await handing.lock())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_hand_over_killed_before_its_commit_leaves_the_old_state(tmp_path: Path) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    new = await filled(work, ["counts", "extra"], [b"a", b"a"])
+    await new.database.close()
+    add_extra(work)
+    try:
+        before = [query(live, f"SELECT * FROM {table}") for table in ("positions", "key_counts")]
+        killed = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILLED_BEFORE_COMMIT, str(live), str(work)
+        )
+        assert await killed.wait() == -signal.SIGKILL
+        after = [query(live, f"SELECT * FROM {table}") for table in ("positions", "key_counts")]
+        assert after == before
+        assert not query(live, "SELECT name FROM sqlite_master WHERE name = 'extra'")
+        await hand_over(live, work)  # and it can be run again
+        assert query(live, "SELECT key, count FROM counts") == [("a", 2)]
+    finally:
+        await old.database.close()
