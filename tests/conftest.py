@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import uuid
@@ -115,6 +116,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     control = BrokerControl(bootstrap_from_environment())
     whose = control.describe() if control.owned() else "external, or none yet"
     return f"kafka: {control.bootstrap} ({whose})"
+
+
+@pytest.fixture(autouse=True)
+def _log_levels_restored() -> Generator[None, None, None]:
+    """A test that runs the CLI in this process (CliRunner) configures logging as the command
+    does: with -q, sqlstate's logger stays at WARNING, and a later test on this worker that
+    reads INFO lines through caplog would find none. Each test gets the levels it started with.
+    """
+    loggers = [logging.getLogger(), logging.getLogger("sqlstate")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

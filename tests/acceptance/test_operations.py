@@ -27,6 +27,7 @@ from tests.support import grafana
 from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions
 from tests.support.db import connect_read_only, query
+from tests.support.faults import wait_stopped
 from tests.support.kafka import TopicFactory
 from tests.support.workload import db_counts, end_offsets, expected, keyed_messages, produce_keyed
 
@@ -377,6 +378,7 @@ async def test_progress_view_matches_the_offsets_command(
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGSTOP)
     try:
+        await wait_stopped(daemon)  # every thread: nothing commits between the two reads
         view = progress_view(database, topic)
         command = await offsets_command(database, kafka_bootstrap)
     finally:

@@ -97,17 +97,32 @@ async def wait_for_log(daemon: Daemon, text: str, timeout: float = 60.0) -> None
 
 def process_state(pid: int) -> str:
     """The one-letter state of a process from /proc (T: stopped, Z: dead, "": gone)."""
+    return process_state_of(f"/proc/{pid}/stat")
+
+
+def process_state_of(stat_path: str) -> str:
+    """The one-letter state in a /proc stat file (of a process or of one of its threads)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(stat_path).read_text()
     except OSError:
         return ""
     return stat[stat.rfind(")") + 2 :].split()[0]
 
 
+def threads_stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped: kill(SIGSTOP) returns before the signal
+    has stopped a thread running on another core (a commit could still end meanwhile)."""
+    try:
+        tasks = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    return all(process_state_of(f"/proc/{pid}/task/{task}/stat") in ("T", "") for task in tasks)
+
+
 async def wait_stopped(daemon: Daemon, timeout: float = 60.0) -> None:
-    """Wait until the daemon has stopped itself with SIGSTOP."""
+    """Wait until the daemon has stopped (SIGSTOP, its own or sent to it), every thread."""
     deadline = time.monotonic() + timeout
-    while process_state(daemon.pid) != "T":
+    while process_state(daemon.pid) != "T" or not threads_stopped(daemon.pid):
         if not daemon.running() or time.monotonic() > deadline:
             raise AssertionError(
                 f"{daemon.log_path.name} did not stop itself:\n{daemon.log()[-4000:]}"
