@@ -143,14 +143,9 @@ async def test_rebuild_killed_mid_build_continues(
     old = Daemon(kafka_bootstrap, [topic], "g-" + topic, database, *OLD).start()
     try:
         async with traffic.running():
-            await wait_for_progress(database, 6000)
-            traffic.rate = 300
-            process = await asyncio.create_subprocess_exec(
-                *rebuild(kafka_bootstrap, topic, database, "--max-records", "50"),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+            process = await rebuild_under_way(
+                kafka_bootstrap, topic, database, traffic, asyncio.subprocess.DEVNULL
             )
-            await _wait_for_work(work, 500)
             process.kill()
             await process.wait()
             built = sum(stored_positions(work).values())
@@ -173,19 +168,13 @@ async def test_daemon_killed_mid_build_ends_exact(
 ) -> None:
     topic = await topic_factory(3)
     database = tmp_path / "state.db"
-    work = tmp_path / "state.db.rebuild"
     traffic = SteadyTraffic(kafka_bootstrap, topic, 3, rate=3000)
     old = Daemon(kafka_bootstrap, [topic], "g-" + topic, database, *OLD).start()
     try:
         async with traffic.running():
-            await wait_for_progress(database, 6000)
-            traffic.rate = 300
-            process = await asyncio.create_subprocess_exec(
-                *rebuild(kafka_bootstrap, topic, database, "--max-records", "50"),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            process = await rebuild_under_way(
+                kafka_bootstrap, topic, database, traffic, asyncio.subprocess.PIPE
             )
-            await _wait_for_work(work, 500)
             await old.kill()
             out, _ = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode == 0, out.decode()
@@ -196,6 +185,22 @@ async def test_daemon_killed_mid_build_ends_exact(
             )
     finally:
         await old.stop_quietly()
+
+
+async def rebuild_under_way(
+    bootstrap: str, topic: str, database: Path, traffic: SteadyTraffic, output: int
+) -> asyncio.subprocess.Process:
+    """Once the daemon has 6,000 records, slow the traffic and start a rebuild in small
+    batches; return it once its work file holds 500 (``output``: where its output goes)."""
+    await wait_for_progress(database, 6000)
+    traffic.rate = 300
+    process = await asyncio.create_subprocess_exec(
+        *rebuild(bootstrap, topic, database, "--max-records", "50"),
+        stdout=output,
+        stderr=asyncio.subprocess.STDOUT if output == asyncio.subprocess.PIPE else output,
+    )
+    await _wait_for_work(Path(f"{database}.rebuild"), 500)
+    return process
 
 
 async def _wait_for_work(work: Path, records: int, timeout: float = 30.0) -> None:
