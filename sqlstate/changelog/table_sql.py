@@ -25,15 +25,11 @@ from collections.abc import Sequence
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.errors import ProcessorError
 from sqlstate.state.queries import sql
+from sqlstate.state.table_rows import quoted
 
 # SQLite's default limit of arguments to a function (SQLITE_MAX_FUNCTION_ARG) is 127 before
 # 3.48, and json_object takes two per column.
 MAX_COLUMNS = 63
-
-
-def quoted(name: str) -> str:
-    """``name`` as a SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
