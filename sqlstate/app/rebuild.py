@@ -12,7 +12,12 @@ the live file, while the daemon keeps serving it, then hand it over.
    state. The daemon, fenced, stops with exit code 13 (``HandedOverError``); restarted with the
    new processor flags it continues from the handed-over positions.
 
-A file made with ``--changelog`` is refused: see docs/rebuild.md.
+Under ``--changelog`` the file moves to a new group (``--group-id``), whose changelogs the old
+group's hosts never read (docs/rebuild.md). The first host handed over builds from the input as
+above, and its daemon's claims publish that state to the new group's empty changelogs
+(``changelog/seed.py``); each host after it builds its work file from those changelogs instead
+(``rebuild_follow.py``), as a standby of the new group would, and takes the new group's
+positions with them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,31 +36,36 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.app.processor_checks import load_checked
 from sqlstate.app.processor_errors import ProcessorErrors
+from sqlstate.app.rebuild_follow import follow_group
+from sqlstate.app.rebuild_steps import (
+    Progress,
+    Rebuilt,
+    check_complete,
+    hand_over,
+    live_positions,
+    remove_work_file,
+    work_store,
+)
 from sqlstate.app.recompute import Span, recompute
 from sqlstate.app.verify import log_bounds, start_reader
+from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ConfigError, OutOfRangeError
-from sqlstate.kafka.client import build_range_reader
+from sqlstate.kafka.client import build_range_reader, partition_counts
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.schemas import schemas_for
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import IsolationLevel, Settings
-from sqlstate.state import migrate, recorded
+from sqlstate.state import recorded
 from sqlstate.state.database import Database
-from sqlstate.state.handover import HandOver
+from sqlstate.state.handover import HandOver, Offsets
 from sqlstate.state.model import Position
+from sqlstate.state.queries import sql
 from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
 
-_PROGRESS = LogEvent(
-    logger,
-    logging.INFO,
-    "rebuild_progress",
-    "rebuild: %(records)d records done, %(rate).0f records/s, %(behind)d behind the live file,"
-    " about %(left_s).0f s left",
-)
 _HANDED_OVER = LogEvent(
     logger,
     logging.INFO,
@@ -71,13 +81,8 @@ class RebuildOptions:
     work_file: Path | None = None
     #: Hand over once the live file is at most this many records ahead of the work file.
     hand_over_gap: int = 5000
-
-
-@dataclass(frozen=True)
-class Rebuilt:
-    records: int
-    partitions: int
-    held_s: float
+    #: Under --changelog: the group the file moves to (required there, refused without).
+    group_id: str | None = None
 
 
 async def rebuild(settings: Settings, options: RebuildOptions) -> Rebuilt:
@@ -89,36 +94,50 @@ async def rebuild(settings: Settings, options: RebuildOptions) -> Rebuilt:
     )
     try:
         level = await _check_live(live, settings)
+        changelog = await _check_group(live, settings, options.group_id)
     finally:
         await live.close(checkpoint=False)
     settings = dataclasses.replace(settings, isolation_level=level)
+    if changelog:
+        assert options.group_id is not None
+        settings = dataclasses.replace(settings, group_id=options.group_id, changelog=True)
     processors, _ = load_checked(settings)
     with contextlib.closing(processors):
-        work = await _work_store(work_path, settings, processors)
+        decoding = Decoding(
+            settings.key_format, settings.value_format, schemas_for(settings, Stats())
+        )
+        consumer = build_range_reader(
+            settings,
+            key_deserializer=decoding.key_deserializer,
+            value_deserializer=decoding.value_deserializer,
+        )
         try:
-            rebuilt = await _build_and_hand_over(settings, options, work, work_path, processors)
+            await start_reader(consumer, settings)
+            following = changelog and await _group_started(consumer, settings)
+            if following:
+                rebuilt = await follow_group(settings, consumer, work_path, processors)
+            else:
+                work = await work_store(work_path, settings, processors)
+                try:
+                    rebuilt = await _build_and_hand_over(
+                        settings, options, consumer, decoding, work, work_path, processors
+                    )
+                finally:
+                    await work.database.close()
         finally:
-            await work.database.close()
-    await asyncio.to_thread(_remove, work_path)
+            await consumer.stop()
+    await asyncio.to_thread(remove_work_file, work_path)
+    _HANDED_OVER.log(
+        database=str(settings.database),
+        processors=", ".join(processors.names),
+        partitions=rebuilt.partitions,
+        held_s=rebuilt.held_s,
+    )
     return rebuilt
 
 
-def _remove(work_path: Path) -> None:
-    """The work file, handed over: its state is the live file's now."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(work_path) + suffix).unlink(missing_ok=True)
-
-
 async def _check_live(live: Database, settings: Settings) -> IsolationLevel:
-    """The live file's isolation level; refuses a --changelog file and one holding topics the
-    run does not name."""
-    if await live.read(functools.partial(recorded.state_setting, name=recorded.CHANGELOG)) == "on":
-        raise ConfigError(
-            f"{settings.database} was made with --changelog: a hand-over replaces one host's"
-            " file, and the other hosts' copies and the changelog topics would keep the old"
-            " processors' rows. Rebuild under a new --changelog-topic prefix and move every"
-            " host to it instead (see docs/rebuild.md)"
-        )
+    """The live file's isolation level; refuses a file holding topics the run does not name."""
     topics = sorted({p.topic for p in await Store(live).positions()})
     if sorted(settings.topics) != topics:
         raise ConfigError(
@@ -129,108 +148,115 @@ async def _check_live(live: Database, settings: Settings) -> IsolationLevel:
     return "read_uncommitted" if level == "read_uncommitted" else settings.isolation_level
 
 
-async def _work_store(path: Path, settings: Settings, processors: Processors) -> Store:
-    database = await Database.open(path, busy_timeout_s=settings.busy_timeout_s)
-    try:
-        await migrate.apply_pending(database)
-        await migrate.apply_processor_migrations(database, processors.members)
-        store = Store(database)
-        # Refuses a work file left by a rebuild with other processors: it is no use here.
-        await store.record_processors(settings.topics, processors.names)
-    except BaseException:
-        await database.close()
-        raise
-    return store
+async def _check_group(live: Database, settings: Settings, group_id: str | None) -> bool:
+    """Whether the live file was made with --changelog; then ``group_id`` must name a group
+    whose changelogs the file never read."""
+    on = await live.read(functools.partial(recorded.state_setting, name=recorded.CHANGELOG))
+    if on != "on":
+        return False  # the group plays no part: the file's state is in no changelog
+    if group_id is None:
+        raise ConfigError(
+            f"{settings.database} was made with --changelog: a rebuild there moves the file to"
+            " a new consumer group, whose changelogs hold the new processors' rows while the"
+            " old group's hosts go on with theirs. Give --group-id a name the group has never"
+            " had (say orders-v2), the same on every host (see docs/rebuild.md)"
+        )
+    for topic in settings.topics:
+        row = await live.read(functools.partial(_changelog_of, topic=topic))
+        if row is not None and row[0] == changelog_topic(group_id, topic):
+            raise ConfigError(
+                f"{settings.database} already applies changelog {row[0]} of group {group_id}:"
+                " a rebuild moves the file to a new group; give --group-id a name the group"
+                " has never had"
+            )
+    return True
+
+
+def _changelog_of(conn: sqlite3.Connection, topic: str) -> tuple[str, str | None] | None:
+    """The changelog topic (and its ID) the file applies for input ``topic``; None: none."""
+    row = conn.execute(sql("read_changelog_topic"), {"topic": topic}).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def _group_started(consumer: AIOKafkaConsumer, settings: Settings) -> bool:
+    """Whether the new group's changelogs hold anything: another host handed over to it
+    already, and its state is there to follow. Every partition must then be in the file
+    (``--standby all``): the new group's changelogs make each partition's state complete."""
+    partitions = await partition_counts(consumer, settings.topics)
+    names = {topic: changelog_topic(settings.group_id, topic) for topic in settings.topics}
+    existing = await consumer.topics()
+    tps = [
+        TopicPartition(names[topic], partition)
+        for topic, count in partitions.items()
+        if names[topic] in existing
+        for partition in range(count)
+    ]
+    if not tps:
+        return False
+    ends = await consumer.end_offsets(tps)
+    return any(end > 0 for end in ends.values())
 
 
 async def _build_and_hand_over(
     settings: Settings,
     options: RebuildOptions,
+    consumer: AIOKafkaConsumer,
+    decoding: Decoding,
     work: Store,
     work_path: Path,
     processors: Processors,
 ) -> Rebuilt:
-    decoding = Decoding(settings.key_format, settings.value_format, schemas_for(settings, Stats()))
-    consumer = build_range_reader(
-        settings,
-        key_deserializer=decoding.key_deserializer,
-        value_deserializer=decoding.value_deserializer,
-    )
-    try:
-        await start_reader(consumer, settings)
-        await _check_logs(consumer, await _live_positions(settings))
-        counter = _Progress()
+    positions = await live_positions(settings)
+    await _check_logs(consumer, positions)
+    if settings.changelog:
+        await check_complete(consumer, settings, positions)
+    counter = Progress()
+    starts: dict[tuple[str, int], Position] = {}
 
-        starts: dict[tuple[str, int], Position] = {}
+    async def catch_up(target: Mapping[TopicPartition, int]) -> None:
+        spans = {
+            tp: Span(_first(starts.get((tp.topic, tp.partition))), stop)
+            for tp, stop in target.items()
+        }
+        reached = {
+            TopicPartition(p.topic, p.partition): p.next_offset for p in await work.positions()
+        }
+        counter.behind = sum(stop - reached.get(tp, spans[tp].first) for tp, stop in target.items())
+        await recompute(
+            consumer,
+            work,
+            processors,
+            BadRecords(decoding, settings.on_bad_record),
+            spans,
+            isolation_level=settings.isolation_level,
+            max_records=settings.max_records,
+            idle_timeout_s=settings.connect_timeout_s,
+            errors=ProcessorErrors(processors, settings, Stats()),
+            progress=counter.add,
+        )
 
-        async def catch_up(target: Mapping[TopicPartition, int]) -> None:
-            spans = {
-                tp: Span(_first(starts.get((tp.topic, tp.partition))), stop)
-                for tp, stop in target.items()
-            }
-            reached = {
-                TopicPartition(p.topic, p.partition): p.next_offset for p in await work.positions()
-            }
-            counter.behind = sum(
-                stop - reached.get(tp, spans[tp].first) for tp, stop in target.items()
-            )
-            await recompute(
-                consumer,
-                work,
-                processors,
-                BadRecords(decoding, settings.on_bad_record),
-                spans,
-                isolation_level=settings.isolation_level,
-                max_records=settings.max_records,
-                idle_timeout_s=settings.connect_timeout_s,
-                errors=ProcessorErrors(processors, settings, Stats()),
-                progress=counter.add,
-            )
+    while True:
+        starts = {(p.topic, p.partition): p for p in await live_positions(settings)}
+        target = {TopicPartition(*tp): p.next_offset for tp, p in starts.items()}
+        reached = {(p.topic, p.partition): p.next_offset for p in await work.positions()}
+        gap = sum(p.next_offset - reached.get(tp, _first(p)) for tp, p in starts.items())
+        if gap <= options.hand_over_gap:
+            break
+        await catch_up(target)
+    if settings.changelog and await _group_started(consumer, settings):
+        # Another host handed over to the group meanwhile: its state is the group's now.
+        raise ConfigError(
+            f"another host handed over to group {settings.group_id} while this rebuild built"
+            " from the input: nothing was handed over; run sqlstate rebuild again, and it"
+            " follows that group's changelogs"
+        )
 
-        while True:
-            starts = {(p.topic, p.partition): p for p in await _live_positions(settings)}
-            target = {TopicPartition(*tp): p.next_offset for tp, p in starts.items()}
-            reached = {(p.topic, p.partition): p.next_offset for p in await work.positions()}
-            gap = sum(p.next_offset - reached.get(tp, _first(p)) for tp, p in starts.items())
-            if gap <= options.hand_over_gap:
-                break
-            await catch_up(target)
-        hand_over = await HandOver.open(settings.database, work_path, settings.busy_timeout_s)
-        try:
-            locked = time.monotonic()
-            live_offsets = await hand_over.lock()
-            await catch_up({TopicPartition(t, p): o for (t, p), o in live_offsets.items()})
-            await hand_over.swap(live_offsets)
-            await hand_over.commit()
-            held_s = time.monotonic() - locked
-        except BaseException:
-            await hand_over.rollback()
-            raise
-        finally:
-            await hand_over.close()
-    finally:
-        await consumer.stop()
-    _HANDED_OVER.log(
-        database=str(settings.database),
-        processors=", ".join(processors.names),
-        partitions=len(live_offsets),
-        held_s=held_s,
-    )
-    return Rebuilt(counter.records, len(live_offsets), held_s)
+    async def finish(handing: HandOver, live_offsets: Offsets) -> None:
+        await catch_up({TopicPartition(t, p): o for (t, p), o in live_offsets.items()})
+        await handing.swap(live_offsets, forget_changelog=settings.changelog)
 
-
-async def _live_positions(settings: Settings) -> list[Position]:
-    """The live file's positions, read as any reader does (never its write lock)."""
-    live = await Database.open(
-        settings.database,
-        busy_timeout_s=settings.busy_timeout_s,
-        read_only=True,
-        check_integrity=False,
-    )
-    try:
-        return await Store(live).positions()
-    finally:
-        await live.close(checkpoint=False)
+    handed = await hand_over(settings, work_path, finish)
+    return dataclasses.replace(handed, records=counter.records)
 
 
 async def _check_logs(consumer: AIOKafkaConsumer, live: Sequence[Position]) -> None:
@@ -254,28 +280,3 @@ def _first(position: Position | None) -> int:
     if position is None or position.start_offset is None:
         return 0
     return position.start_offset
-
-
-class _Progress:
-    """Records done, their rate, and the time left at that rate."""
-
-    def __init__(self) -> None:
-        self.records = 0
-        self.behind = 0
-        self._started = time.monotonic()
-        self._logged = 0.0
-
-    def add(self, records: int) -> None:
-        self.records += records
-        self.behind = max(self.behind - records, 0)
-        now = time.monotonic()
-        if now - self._logged < 1.0:
-            return
-        self._logged = now
-        rate = self.records / max(now - self._started, 1e-6)
-        _PROGRESS.log(
-            records=self.records,
-            rate=rate,
-            behind=self.behind,
-            left_s=self.behind / rate if rate else 0.0,
-        )

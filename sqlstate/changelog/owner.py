@@ -33,6 +33,7 @@ from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
+from sqlstate.changelog.seed import seed
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
@@ -327,6 +328,12 @@ class ChangelogOwner:
         end = await self._reader.end_offset(source)
         if start > end:
             raise changelog_lost(tp, start, end)
+        entry = self._producers.get(tp)
+        if end == 0 and entry is not None:
+            # Never written: a file handed over to a new group holds the partition's state,
+            # which its claim publishes first (``seed.py``).
+            await seed(self._database, tp, self._tables, entry.producer)
+            return 0
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
         if end - start <= 1:
@@ -343,7 +350,14 @@ class ChangelogOwner:
                 await chunks.aclose()  # now, not when collected: it holds the reader
                 return applied
             done = await apply_in(
-                self._database, tp, chunk, self._tables, end, self._reader.input_ends, self._stats
+                self._database,
+                tp,
+                chunk,
+                self._tables,
+                end,
+                self._reader.input_ends,
+                self._stats,
+                processors=self._processor_names,
             )
             applied += done.records
             self._stats.changelog_restored += done.records

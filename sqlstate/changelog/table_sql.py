@@ -53,14 +53,7 @@ def capture_triggers(table: StateTable, columns: Sequence[str]) -> list[str]:
         )
     name = quoted(table.name)
 
-    def key(row: str) -> str:
-        parts = ", ".join(_tagged(f"{row}.{quoted(column)}") for column in table.key)
-        return f"CAST(json_array({_literal(table.name)}, {parts}) AS BLOB)"
-
-    pairs = ", ".join(
-        f"{_literal(column)}, {_tagged(f'NEW.{quoted(column)}')}" for column in columns
-    )
-    new_value = f"CAST(json_object({pairs}) AS BLOB)"
+    new_value = _record_value(columns, "NEW")
     key_columns = ", ".join(map(quoted, table.key))
     moved = " OR ".join(f"OLD.{quoted(c)} IS NOT NEW.{quoted(c)}" for c in table.key)
     # Unqualified: SQLite refuses "temp." inside a trigger, and finds temp's table first. A plain
@@ -70,20 +63,50 @@ def capture_triggers(table: StateTable, columns: Sequence[str]) -> list[str]:
     return [
         f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_insert_' + table.name)}"
         f" AFTER INSERT ON main.{name} BEGIN"
-        f" {capture} VALUES ({key('NEW')}, {new_value}); END",
+        f" {capture} VALUES ({_record_key(table, 'NEW')}, {new_value}); END",
         # Created before the next one, the old key's tombstone comes before the new value
         # (SQLite runs a table's triggers in the order they were created; the tests check it):
         # one chunk of records never holds the new row beside the old.
         f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_rekey_' + table.name)}"
         f" AFTER UPDATE OF {key_columns} ON main.{name} WHEN {moved} BEGIN"
-        f" {capture} VALUES ({key('OLD')}, NULL); END",
+        f" {capture} VALUES ({_record_key(table, 'OLD')}, NULL); END",
         f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_update_' + table.name)}"
         f" AFTER UPDATE ON main.{name} BEGIN"
-        f" {capture} VALUES ({key('NEW')}, {new_value}); END",
+        f" {capture} VALUES ({_record_key(table, 'NEW')}, {new_value}); END",
         f"CREATE TEMP TRIGGER IF NOT EXISTS {quoted('changelog_delete_' + table.name)}"
         f" AFTER DELETE ON main.{name} BEGIN"
-        f" {capture} VALUES ({key('OLD')}, NULL); END",
+        f" {capture} VALUES ({_record_key(table, 'OLD')}, NULL); END",
     ]
+
+
+def partition_rows(
+    table: StateTable, columns: Sequence[str], partition: str, topic: str | None
+) -> str:
+    """Every row of ``table`` that belongs to one input partition, as the records a capture
+    trigger makes of them (the same expressions, so the same bytes): the key column
+    ``partition`` bound as ``:partition`` and, when the table has a column ``topic``, that
+    bound as ``:topic``. What a claim publishes to seed a changelog that is still empty."""
+    where = f"r.{quoted(partition)} = :partition"
+    if topic is not None:
+        where += f" AND r.{quoted(topic)} = :topic"
+    return (
+        f"SELECT {_record_key(table, 'r')}, {_record_value(columns, 'r')}"
+        f" FROM main.{quoted(table.name)} AS r WHERE {where}"
+    )
+
+
+def _record_key(table: StateTable, row: str) -> str:
+    """A changelog record's key made of ``row``'s key columns: the table, then the key."""
+    parts = ", ".join(_tagged(f"{row}.{quoted(column)}") for column in table.key)
+    return f"CAST(json_array({_literal(table.name)}, {parts}) AS BLOB)"
+
+
+def _record_value(columns: Sequence[str], row: str) -> str:
+    """A changelog record's value made of ``row``: every column, by name."""
+    pairs = ", ".join(
+        f"{_literal(column)}, {_tagged(f'{row}.{quoted(column)}')}" for column in columns
+    )
+    return f"CAST(json_object({pairs}) AS BLOB)"
 
 
 def refuse_uncapturable(conn: sqlite3.Connection, table: StateTable) -> None:

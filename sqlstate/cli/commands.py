@@ -841,12 +841,24 @@ verify_command.params[:0] = [p for p in run.params if p.name in _RUN_FLAGS_OF_VE
     show_default=True,
     help="Hand over once the live file is at most this many records ahead of the new state.",
 )
+@_option(
+    "--group-id",
+    "new_group_id",
+    env="GROUP_ID",
+    default=None,
+    help="For a file made with --changelog: the consumer group it moves to, a name the group"
+    " never had, the same on every host (its changelogs hold the new state).",
+)
 @processor_options
 @processor_error_options
 @security_options
 @reports_errors
 def rebuild_command(
-    topics: tuple[str, ...], work_file: Path | None, hand_over_gap: int, **options: Any
+    topics: tuple[str, ...],
+    work_file: Path | None,
+    hand_over_gap: int,
+    new_group_id: str | None,
+    **options: Any,
 ) -> None:
     """Build the state anew with other processors beside the live file, while the daemon
     serves it, then hand it over (the daemon then exits 13: restart it with the new flags)."""
@@ -858,7 +870,7 @@ def rebuild_command(
         **options,
     )
     rebuilt = asyncio.run(
-        rebuild.rebuild(settings, rebuild.RebuildOptions(work_file, hand_over_gap))
+        rebuild.rebuild(settings, rebuild.RebuildOptions(work_file, hand_over_gap, new_group_id))
     )
     click.echo(
         f"rebuilt {settings.database} from {rebuilt.records} record(s) and handed it over at"

@@ -74,9 +74,17 @@ class HandOver:
         """Begin, fence every owner and return the live positions (step 1)."""
         return await self._run(_lock)
 
-    async def swap(self, expected: Offsets) -> None:
-        """Replace the live state with the work file's (step 3), in the open transaction."""
-        await self._run(lambda conn: _swap(conn, expected))
+    async def swap(self, expected: Offsets, *, forget_changelog: bool = False) -> None:
+        """Replace the live state with the work file's (step 3), in the open transaction.
+        ``forget_changelog``: the file moves to a new group, whose changelogs it has not read
+        (they are empty: its daemon's claims publish the new state to them)."""
+        await self._run(lambda conn: _swap(conn, expected, forget_changelog))
+
+    async def swap_followed(self, expected: Offsets) -> None:
+        """Step 3 for a work file that followed a new group's changelogs: it must stand at or
+        past the live positions, partition for partition; the live file takes its state, its
+        positions and the changelog offsets it reached."""
+        await self._run(lambda conn: _swap_followed(conn, expected))
 
     async def commit(self) -> None:
         await self._run(lambda conn: conn.execute(sql("commit")))
@@ -131,13 +139,39 @@ def _lock(conn: sqlite3.Connection) -> Offsets:
     return _offsets(conn, "live_next_offsets")
 
 
-def _swap(conn: sqlite3.Connection, expected: Offsets) -> None:
+def _swap(conn: sqlite3.Connection, expected: Offsets, forget_changelog: bool) -> None:
     rebuilt = _offsets(conn, "rebuilt_next_offsets")
     if rebuilt != expected or _offsets(conn, "live_next_offsets") != expected:
         raise DatabaseError(
             "the rebuilt file does not stand at the live file's positions: nothing was handed"
             " over; run sqlstate rebuild again"
         )
+    _replace_state(conn)
+    if forget_changelog:
+        conn.execute(sql("forget_changelog_offsets"))
+        conn.execute(sql("forget_changelog_topics"))
+
+
+def _swap_followed(conn: sqlite3.Connection, expected: Offsets) -> None:
+    rebuilt = _offsets(conn, "rebuilt_next_offsets")
+    behind = sorted(tp for tp, offset in expected.items() if rebuilt.get(tp, -1) < offset)
+    if behind or set(rebuilt) != set(expected) or _offsets(conn, "live_next_offsets") != expected:
+        raise DatabaseError(
+            "the rebuilt file does not stand at or past the live file's positions"
+            f" ({', '.join(f'{t}-{p}' for t, p in behind) or 'other partitions'}): nothing was"
+            " handed over; run sqlstate rebuild again"
+        )
+    _replace_state(conn)
+    conn.execute(sql("take_rebuilt_positions"))
+    conn.execute(sql("forget_changelog_offsets"))
+    conn.execute(sql("forget_changelog_topics"))
+    conn.execute(sql("take_rebuilt_changelog_offsets"))
+    conn.execute(sql("take_rebuilt_changelog_topics"))
+
+
+def _replace_state(conn: sqlite3.Connection) -> None:
+    """Drop the live file's state objects and create the work file's, with their rows, its
+    processors and their migrations."""
     live = {
         (kind, name)
         for kind, name, table in conn.execute(sql("live_schema_objects"))

@@ -395,6 +395,30 @@ INSERT INTO main.schema_migrations (name, applied_at)
 SELECT name, applied_at FROM rebuild.schema_migrations WHERE true
 ON CONFLICT (name) DO NOTHING;
 
+-- name: forget_changelog_offsets
+-- A hand-over to a new group: the changelog offsets read in the old group's changelogs.
+DELETE FROM main.changelog_offsets;
+
+-- name: forget_changelog_topics
+DELETE FROM main.changelog_topics;
+
+-- name: take_rebuilt_changelog_offsets
+-- A work file that followed the new group's changelogs: the offsets it applied them to.
+INSERT INTO main.changelog_offsets (topic, partition, next_offset, log_end_offset)
+SELECT topic, partition, next_offset, log_end_offset FROM rebuild.changelog_offsets;
+
+-- name: take_rebuilt_changelog_topics
+INSERT INTO main.changelog_topics (topic, changelog, topic_id, recorded_at)
+SELECT topic, changelog, topic_id, recorded_at FROM rebuild.changelog_topics;
+
+-- name: take_rebuilt_positions
+-- The positions the followed changelogs brought the work file to, at or past the live ones;
+-- the owner and epoch stay the hand-over's (they fence the old daemon).
+UPDATE main.positions AS live
+SET next_offset = r.next_offset, start_from = r.start_from, start_offset = r.start_offset
+FROM rebuild.positions AS r
+WHERE r.topic = live.topic AND r.partition = live.partition;
+
 -- name: topic_handed_over
 -- Whether a hand-over fenced the topic's partitions and no claim took them since.
 SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic AND owner = :owner);

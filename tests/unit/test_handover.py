@@ -124,17 +124,87 @@ async def test_a_work_file_at_other_positions_is_refused_and_nothing_changes(
         await old.database.close()
 
 
-async def test_rebuild_refuses_a_changelog_file_before_touching_kafka(tmp_path: Path) -> None:
+async def test_rebuild_of_a_changelog_file_wants_a_new_group_before_touching_kafka(
+    tmp_path: Path,
+) -> None:
     live = tmp_path / "live.db"
     store = await filled(live, ["counts"], [b"a"])
     await store.database.close()
     with sqlite3.connect(live) as conn:
         conn.execute("UPDATE state_settings SET value = 'on' WHERE name = 'changelog'")
+        conn.execute(
+            "INSERT INTO changelog_topics VALUES (?, ?, NULL, '2000-01-01')",
+            (TP.topic, f"g.{TP.topic}.changelog"),
+        )
     conn.close()
     settings = Settings(topics=(TP.topic,), database=live, group_id="g")
-    with pytest.raises(ConfigError, match="was made with --changelog"):
+    with pytest.raises(ConfigError, match="Give --group-id a name"):
         await rebuild(settings, RebuildOptions())
+    with pytest.raises(ConfigError, match="already applies changelog"):
+        await rebuild(settings, RebuildOptions(group_id="g"))
     assert not (tmp_path / "live.db.rebuild").exists()
+
+
+async def swap_followed(live: Path, work: Path) -> None:
+    handing = await HandOver.open(live, work, 5.0)
+    try:
+        await handing.swap_followed(await handing.lock())
+        await handing.commit()
+    except BaseException:
+        await handing.rollback()
+        raise
+    finally:
+        await handing.close()
+
+
+def changelog_bookkeeping(path: Path, changelog: str, offset: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO changelog_topics VALUES (?, ?, 'id', 'now')", (TP.topic, changelog)
+        )
+        conn.execute(
+            "INSERT INTO changelog_offsets VALUES (?, ?, ?, ?)",
+            (TP.topic, TP.partition, offset, offset),
+        )
+    conn.close()
+
+
+async def test_a_followed_work_file_at_or_past_the_live_positions_brings_them_along(
+    tmp_path: Path,
+) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    changelog_bookkeeping(live, "g1.orders.changelog", 40)
+    new = await filled(work, ["counts", "extra"], [b"a", b"a", b"c"])
+    await new.database.close()
+    changelog_bookkeeping(work, "g2.orders.changelog", 7)
+    try:
+        await swap_followed(live, work)
+        assert query(live, "SELECT key, count FROM counts ORDER BY key") == [("a", 2), ("c", 1)]
+        assert query(live, "SELECT next_offset, epoch, owner FROM positions") == [
+            (3, 2, HANDED_OVER)
+        ]
+        assert query(live, "SELECT changelog FROM changelog_topics") == [("g2.orders.changelog",)]
+        assert query(live, "SELECT next_offset FROM changelog_offsets") == [(7,)]
+    finally:
+        await old.database.close()
+
+
+async def test_a_followed_work_file_behind_the_live_positions_is_refused(
+    tmp_path: Path,
+) -> None:
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    new = await filled(work, ["counts", "extra"], [b"a"])
+    await new.database.close()
+    try:
+        before = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
+        with pytest.raises(DatabaseError, match="at or past the live file's positions"):
+            await swap_followed(live, work)
+        after = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
+        assert after == before
+    finally:
+        await old.database.close()
 
 
 KILLED_BEFORE_COMMIT = """

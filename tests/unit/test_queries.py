@@ -57,7 +57,13 @@ def test_every_query_compiles() -> None:
         conn.execute(queries.sql("create_changelog_capture"))
         # sqlstate rebuild's hand-over reads the work file attached as "rebuild".
         conn.execute("ATTACH DATABASE ':memory:' AS rebuild")
-        for table in ("positions", "topic_processors", "schema_migrations"):
+        for table in (
+            "positions",
+            "topic_processors",
+            "schema_migrations",
+            "changelog_offsets",
+            "changelog_topics",
+        ):
             conn.execute(f"CREATE TABLE rebuild.{table} AS SELECT * FROM main.{table} WHERE 0")
         transaction_control = {"begin_immediate", "commit", "rollback"}
         # Templates around a SQL processor's own statement: tests/unit/test_sql_file.py runs them.

@@ -1,0 +1,140 @@
+"""What both ways of ``sqlstate rebuild`` share (from the input, ``rebuild.py``; from a new
+group's changelogs, ``rebuild_follow.py``): the live file's positions as a reader reads them,
+the check that a ``--changelog`` file holds every partition, the progress line, the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from sqlstate.errors import ConfigError
+from sqlstate.kafka.client import partition_counts
+from sqlstate.observe.logs import LogEvent
+from sqlstate.processors.registry import Processors
+from sqlstate.settings import Settings
+from sqlstate.state import migrate
+from sqlstate.state.database import Database
+from sqlstate.state.handover import HandOver, Offsets
+from sqlstate.state.model import Position
+from sqlstate.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+_PROGRESS = LogEvent(
+    logger,
+    logging.INFO,
+    "rebuild_progress",
+    "rebuild: %(records)d records done, %(rate).0f records/s, %(behind)d behind the live file,"
+    " about %(left_s).0f s left",
+)
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    records: int
+    partitions: int
+    held_s: float
+
+
+async def live_positions(settings: Settings) -> list[Position]:
+    """The live file's positions, read as any reader does (never its write lock)."""
+    live = await Database.open(
+        settings.database,
+        busy_timeout_s=settings.busy_timeout_s,
+        read_only=True,
+        check_integrity=False,
+    )
+    try:
+        return await Store(live).positions()
+    finally:
+        await live.close(checkpoint=False)
+
+
+async def check_complete(
+    consumer: AIOKafkaConsumer, settings: Settings, live: Sequence[Position]
+) -> None:
+    """Under --changelog: ``ConfigError`` unless the live file holds every partition of its
+    topics. The new group's changelogs are made from one host's file, and a partition missing
+    there would start over in the new group (``--standby none`` keeps only what a host owns)."""
+    held = {(p.topic, p.partition) for p in live}
+    for topic, count in (await partition_counts(consumer, settings.topics)).items():
+        missing = [partition for partition in range(count) if (topic, partition) not in held]
+        if missing:
+            raise ConfigError(
+                f"{settings.database} holds no position for {topic}-{missing[0]}: under"
+                " --changelog a rebuild needs a file that holds every partition, as every host"
+                " with --standby all (the default) does"
+            )
+
+
+class Progress:
+    """Records done, their rate, and the time left at that rate."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.behind = 0
+        self._started = time.monotonic()
+        self._logged = 0.0
+
+    def add(self, records: int) -> None:
+        self.records += records
+        self.behind = max(self.behind - records, 0)
+        now = time.monotonic()
+        if now - self._logged < 1.0:
+            return
+        self._logged = now
+        rate = self.records / max(now - self._started, 1e-6)
+        _PROGRESS.log(
+            records=self.records,
+            rate=rate,
+            behind=self.behind,
+            left_s=self.behind / rate if rate else 0.0,
+        )
+
+
+async def work_store(path: Path, settings: Settings, processors: Processors) -> Store:
+    """The work file, with the new processors' schema; one left by an earlier rebuild keeps
+    what it holds."""
+    database = await Database.open(path, busy_timeout_s=settings.busy_timeout_s)
+    try:
+        await migrate.apply_pending(database)
+        await migrate.apply_processor_migrations(database, processors.members)
+        store = Store(database)
+        # Refuses a work file left by a rebuild with other processors: it is no use here.
+        await store.record_processors(settings.topics, processors.names)
+    except BaseException:
+        await database.close()
+        raise
+    return store
+
+
+def remove_work_file(work_path: Path) -> None:
+    """The work file: handed over (its state is the live file's now), or of no use."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(work_path) + suffix).unlink(missing_ok=True)
+
+
+async def hand_over(
+    settings: Settings, work_path: Path, finish: Callable[[HandOver, Offsets], Awaitable[None]]
+) -> Rebuilt:
+    """The hand-over transaction on the live file: lock it (fencing its daemon, freezing its
+    positions), let ``finish`` bring the work file up to those positions and swap, commit; on
+    any failure roll back, leaving the old state whole. Rebuilt's records: 0 (the caller's)."""
+    handing = await HandOver.open(settings.database, work_path, settings.busy_timeout_s)
+    try:
+        locked = time.monotonic()
+        live_offsets = await handing.lock()
+        await finish(handing, live_offsets)
+        await handing.commit()
+        held_s = time.monotonic() - locked
+    except BaseException:
+        await handing.rollback()
+        raise
+    finally:
+        await handing.close()
+    return Rebuilt(0, len(live_offsets), held_s)
