@@ -32,6 +32,7 @@ from sqlstate.app.matched_topics import MatchedTopics
 from sqlstate.app.monitor import Monitor
 from sqlstate.app.ownership import Ownership
 from sqlstate.app.processor_checks import load_checked
+from sqlstate.app.processor_definitions import definitions
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog import mode as changelog_mode
 from sqlstate.changelog.owner import ChangelogOwner
@@ -363,6 +364,9 @@ async def _run_on(
             # Only once Kafka answered: a stop while connecting leaves the file as it was. The
             # set first: a refused one leaves the processors' tables out of the file.
             await store.record_processors(settings.topics, processors.names)
+            await store.record_definitions(
+                settings.topics, definitions(processors.members, settings)
+            )
             await store.record_changelog(settings.changelog)
             await migrate.apply_processor_migrations(database, processors.members)
             if settings.changelog:

@@ -40,9 +40,11 @@ from sqlstate.app.rebuild_follow import follow_group
 from sqlstate.app.rebuild_steps import (
     Progress,
     Rebuilt,
+    carry_over,
     check_complete,
     hand_over,
     live_positions,
+    reading_live,
     remove_work_file,
     work_store,
 )
@@ -89,14 +91,9 @@ async def rebuild(settings: Settings, options: RebuildOptions) -> Rebuilt:
     """Rebuild ``settings.database`` with ``settings``' processors, then hand it over."""
     live_path = settings.database
     work_path = options.work_file or live_path.with_name(live_path.name + ".rebuild")
-    live = await Database.open(
-        live_path, busy_timeout_s=settings.busy_timeout_s, read_only=True, check_integrity=False
-    )
-    try:
+    async with reading_live(settings) as live:
         level = await _check_live(live, settings)
         changelog = await _check_group(live, settings, options.group_id)
-    finally:
-        await live.close(checkpoint=False)
     settings = dataclasses.replace(settings, isolation_level=level)
     if changelog:
         assert options.group_id is not None
@@ -117,6 +114,7 @@ async def rebuild(settings: Settings, options: RebuildOptions) -> Rebuilt:
             if following:
                 rebuilt = await follow_group(settings, consumer, work_path, processors)
             else:
+                await carry_over(settings, work_path, processors)
                 work = await work_store(work_path, settings, processors)
                 try:
                     rebuilt = await _build_and_hand_over(
@@ -207,7 +205,7 @@ async def _build_and_hand_over(
     processors: Processors,
 ) -> Rebuilt:
     positions = await live_positions(settings)
-    await _check_logs(consumer, positions)
+    await _check_logs(consumer, positions, await work.positions())
     if settings.changelog:
         await check_complete(consumer, settings, positions)
     counter = Progress()
@@ -259,17 +257,22 @@ async def _build_and_hand_over(
     return dataclasses.replace(handed, records=counter.records)
 
 
-async def _check_logs(consumer: AIOKafkaConsumer, live: Sequence[Position]) -> None:
-    """``OutOfRangeError`` when Kafka no longer has a partition's records from its start: a
-    state made of what is left would not be the live one's."""
+async def _check_logs(
+    consumer: AIOKafkaConsumer, live: Sequence[Position], work: Sequence[Position]
+) -> None:
+    """``OutOfRangeError`` when Kafka no longer has a partition's records from where the work
+    file needs them (its position, else the partition's start): a state made of what is left
+    would not be the live one's."""
+    reached = {(p.topic, p.partition): p.next_offset for p in work}
     tps = [TopicPartition(p.topic, p.partition) for p in live]
     firsts, _ = await log_bounds(consumer, tps)
     for position, tp in zip(live, tps, strict=True):
         first = firsts.get(tp)
-        if first is None or first > _first(position):
+        needed = reached.get((tp.topic, tp.partition), _first(position))
+        if first is None or first > needed:
             raise OutOfRangeError(
                 f"Kafka no longer has the records of {tp.topic}-{tp.partition} from offset"
-                f" {_first(position)} (its log starts at {first}): a state rebuilt from what is"
+                f" {needed} (its log starts at {first}): a state rebuilt from what is"
                 " left would differ from the live one; nothing was built or handed over"
             )
 

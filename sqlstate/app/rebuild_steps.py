@@ -4,20 +4,24 @@ the check that a ``--changelog`` file holds every partition, the progress line, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from sqlstate.app.processor_definitions import definitions
 from sqlstate.errors import ConfigError
 from sqlstate.kafka.client import partition_counts
 from sqlstate.observe.logs import LogEvent
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state import migrate
+from sqlstate.state import carry, migrate, snapshot
 from sqlstate.state.database import Database
 from sqlstate.state.handover import HandOver, Offsets
 from sqlstate.state.model import Position
@@ -25,6 +29,13 @@ from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
 
+_CARRIED = LogEvent(
+    logger,
+    logging.INFO,
+    "rebuild_carried_over",
+    "rebuild: the state of %(processors)s carried over from the live file at its positions"
+    " (removed: %(removed)s); only the records after them are folded",
+)
 _PROGRESS = LogEvent(
     logger,
     logging.INFO,
@@ -43,6 +54,13 @@ class Rebuilt:
 
 async def live_positions(settings: Settings) -> list[Position]:
     """The live file's positions, read as any reader does (never its write lock)."""
+    async with reading_live(settings) as live:
+        return await Store(live).positions()
+
+
+@contextlib.asynccontextmanager
+async def reading_live(settings: Settings) -> AsyncIterator[Database]:
+    """The live file, opened as any reader opens it: read-only, never its write lock."""
     live = await Database.open(
         settings.database,
         busy_timeout_s=settings.busy_timeout_s,
@@ -50,7 +68,7 @@ async def live_positions(settings: Settings) -> list[Position]:
         check_integrity=False,
     )
     try:
-        return await Store(live).positions()
+        yield live
     finally:
         await live.close(checkpoint=False)
 
@@ -107,6 +125,7 @@ async def work_store(path: Path, settings: Settings, processors: Processors) -> 
         store = Store(database)
         # Refuses a work file left by a rebuild with other processors: it is no use here.
         await store.record_processors(settings.topics, processors.names)
+        await store.record_definitions(settings.topics, definitions(processors.members, settings))
     except BaseException:
         await database.close()
         raise
@@ -138,3 +157,30 @@ async def hand_over(
     finally:
         await handing.close()
     return Rebuilt(0, len(live_offsets), held_s)
+
+
+async def carry_over(settings: Settings, work_path: Path, processors: Processors) -> bool:
+    """Start the work file as a copy of the live file where the change allows it (``carry.py``),
+    unless a work file is there already (it goes on from its positions); whether it did."""
+    if await asyncio.to_thread(work_path.exists):
+        return False
+    async with reading_live(settings) as live:
+        removed = await live.read(
+            functools.partial(
+                carry.removed_if_carried,
+                topics=settings.topics,
+                wanted=definitions(processors.members, settings),
+            )
+        )
+    if removed is None:
+        return False
+    await snapshot.take(settings.database, work_path, busy_timeout_s=settings.busy_timeout_s)
+    work = await Database.open(work_path, busy_timeout_s=settings.busy_timeout_s)
+    try:
+        await work.transaction(
+            functools.partial(carry.prune, keep=processors.members, removed=removed)
+        )
+    finally:
+        await work.close()
+    _CARRIED.log(processors=", ".join(processors.names), removed=", ".join(removed) or "none")
+    return True

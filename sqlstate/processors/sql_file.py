@@ -133,6 +133,14 @@ class SqlFileProcessor:
         #: The record statement over a whole batch in one call (``batched.py``), if it has one.
         self.batch = batch
 
+    @property
+    def definition(self) -> str:
+        """Every statement that makes its state, as one text: its schema, its record statement
+        and its forget statements (``sqlstate rebuild`` compares it with the one recorded)."""
+        return "\n;\n".join(
+            [*(migration.script for migration in self.migrations), self._record, *self._forget]
+        )
+
     @classmethod
     def load(cls, path: Path) -> SqlFileProcessor:
         """Read and check ``path``; ``ProcessorError`` names the file, the line and the reason."""

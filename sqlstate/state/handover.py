@@ -204,6 +204,8 @@ def _replace_state(conn: sqlite3.Connection) -> None:
     conn.execute(sql("take_rebuilt_processors"))
     conn.execute(sql("forget_replaced_migrations"))
     conn.execute(sql("take_rebuilt_migrations"))
+    conn.execute(sql("forget_processor_definitions"))
+    conn.execute(sql("take_rebuilt_definitions"))
 
 
 def _offsets(conn: sqlite3.Connection, query: str) -> Offsets:

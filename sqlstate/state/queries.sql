@@ -162,6 +162,21 @@ DELETE FROM topic_processors WHERE topic = :topic;
 -- name: record_processor
 INSERT INTO topic_processors (topic, processor, added_at) VALUES (:topic, :processor, :now);
 
+-- name: read_processor_definition
+SELECT definition FROM processor_definitions WHERE topic = :topic AND processor = :processor;
+
+-- name: read_processor_definitions
+SELECT processor, definition FROM processor_definitions WHERE topic = :topic;
+
+-- name: record_processor_definition
+-- The first definition of a processor's state in a topic; a later, other one makes it NULL
+-- (the state then mixes two definitions), and NULL stays.
+INSERT INTO processor_definitions (topic, processor, definition, recorded_at)
+VALUES (:topic, :processor, :definition, :now)
+ON CONFLICT (topic, processor) DO UPDATE
+    SET definition = NULL, recorded_at = excluded.recorded_at
+    WHERE definition IS NOT excluded.definition;
+
 -- name: insert_rejected_record
 INSERT INTO rejected_records (topic, partition, offset, key, value, error)
 VALUES (?, ?, ?, ?, ?, ?);
@@ -394,6 +409,33 @@ WHERE name NOT IN (SELECT name FROM rebuild.schema_migrations);
 INSERT INTO main.schema_migrations (name, applied_at)
 SELECT name, applied_at FROM rebuild.schema_migrations WHERE true
 ON CONFLICT (name) DO NOTHING;
+
+-- name: forget_processor_definitions
+DELETE FROM main.processor_definitions;
+
+-- name: take_rebuilt_definitions
+INSERT INTO main.processor_definitions (topic, processor, definition, recorded_at)
+SELECT topic, processor, definition, recorded_at FROM rebuild.processor_definitions;
+
+-- name: schema_objects
+-- Every named object of a schema, but SQLite's own (and the indexes it makes for constraints).
+SELECT type, name, tbl_name FROM main.sqlite_master
+WHERE name NOT LIKE 'sqlite_%' AND type IN ('table', 'view', 'trigger', 'index');
+
+-- name: rejected_by_processor
+SELECT EXISTS (SELECT 1 FROM rejected_records WHERE processor = :processor);
+
+-- name: forget_processor
+DELETE FROM topic_processors WHERE processor = :processor;
+
+-- name: forget_processor_definition
+DELETE FROM processor_definitions WHERE processor = :processor;
+
+-- name: forget_processor_migrations
+DELETE FROM schema_migrations WHERE substr(name, 1, length(:prefix)) = :prefix;
+
+-- name: forget_state_setting
+DELETE FROM state_settings WHERE name = :name;
 
 -- name: forget_changelog_offsets
 -- A hand-over to a new group: the changelog offsets read in the old group's changelogs.

@@ -13,7 +13,7 @@ Each function runs in the database thread, on the connection of a transaction or
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlstate.errors import ChangelogModeError, IsolationLevelError, ProcessorError
 from sqlstate.settings import DEFAULT_PROCESSORS, OutOfRangePolicy
@@ -161,3 +161,34 @@ def processor_changes(
 def _file_name(conn: sqlite3.Connection) -> str:
     """The file of the connection's main database, for messages."""
     return str(conn.execute(sql("database_file")).fetchone()["file"])
+
+
+def record_definitions(
+    conn: sqlite3.Connection,
+    topics: Sequence[str],
+    definitions: Mapping[str, str | None],
+    now: str,
+) -> None:
+    """Record what each processor's state of each topic is made with (``definitions``: by
+    processor name; None: not known). A topic that has positions and no record yet was counted
+    before definitions were recorded: not known either. One recorded and another run since:
+    not known any more, for good."""
+    for topic in topics:
+        counted = conn.execute(sql("topic_has_positions"), {"topic": topic}).fetchone()[0]
+        for processor, definition in definitions.items():
+            known = conn.execute(
+                sql("read_processor_definition"), {"topic": topic, "processor": processor}
+            ).fetchone()
+            if known is None and counted:
+                definition = None
+            conn.execute(
+                sql("record_processor_definition"),
+                {"topic": topic, "processor": processor, "definition": definition, "now": now},
+            )
+
+
+def recorded_definitions(conn: sqlite3.Connection, topic: str) -> dict[str, str | None]:
+    """Each processor's recorded definition for ``topic``."""
+    return {
+        row[0]: row[1] for row in conn.execute(sql("read_processor_definitions"), {"topic": topic})
+    }

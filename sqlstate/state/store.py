@@ -135,6 +135,19 @@ class Store:
             )
         )
 
+    async def record_definitions(
+        self, topics: Sequence[str], definitions: Mapping[str, str | None]
+    ) -> None:
+        """Record what each processor's state is made with (``recorded.record_definitions``)."""
+        await self.database.transaction(
+            functools.partial(
+                recorded.record_definitions,
+                topics=topics,
+                definitions=definitions,
+                now=utc_now(),
+            )
+        )
+
     async def positions(self) -> list[Position]:
         return await self.database.read(reads.positions)
 

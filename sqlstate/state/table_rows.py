@@ -28,6 +28,7 @@ BOOKKEEPING = frozenset(
         "topic_processors",
         "changelog_offsets",
         "changelog_topics",
+        "processor_definitions",
     }
 )
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.daemon import Daemon, stored_positions, wait_for_positions, wait_for_progress
 from tests.support.db import query
 from tests.support.kafka import TopicFactory, log_end_offsets
-from tests.support.oracle import Counts, Latest, assert_exactly_once
+from tests.support.oracle import Counts, Latest, Model, assert_exactly_once
 from tests.support.workload import SteadyTraffic
 
 OLD = ("--processor", "counts")
@@ -25,7 +26,9 @@ NEW = ("--processor", "counts", "--processor", "latest")
 EXIT_HANDED_OVER, EXIT_PROCESSORS_REFUSED = 13, 2
 
 
-def rebuild(bootstrap: str, topic: str, database: Path, *options: str) -> list[str]:
+def rebuild(
+    bootstrap: str, topic: str, database: Path, *options: str, processors: Sequence[str] = NEW
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -39,14 +42,16 @@ def rebuild(bootstrap: str, topic: str, database: Path, *options: str) -> list[s
         str(database),
         "--connect-timeout",
         "20",
-        *NEW,
+        *processors,
         *options,
     ]
 
 
-async def run_rebuild(bootstrap: str, topic: str, database: Path, *options: str) -> str:
+async def run_rebuild(
+    bootstrap: str, topic: str, database: Path, *options: str, processors: Sequence[str] = NEW
+) -> str:
     process = await asyncio.create_subprocess_exec(
-        *rebuild(bootstrap, topic, database, *options),
+        *rebuild(bootstrap, topic, database, *options, processors=processors),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -62,14 +67,16 @@ async def finish_with_new_flags(
     old: Daemon,
     traffic: SteadyTraffic,
     exit_code: int = EXIT_HANDED_OVER,
+    flags: Sequence[str] = NEW,
+    models: Sequence[Model] = (Counts(), Latest()),
 ) -> None:
     """The old daemon exits 13 (or 2, started after the hand-over with its old flags);
     restarted with the new flags it continues; once the traffic stops and it caught up, the
     file is exact."""
     assert await old.wait(30) == exit_code, old.current_log()[-3000:]
-    said = "handed" if exit_code == EXIT_HANDED_OVER else "kept by processors counts, latest"
-    assert said in old.current_log()
-    new = Daemon(bootstrap, [topic], "g-" + topic, database, *NEW, name="new").start()
+    if exit_code == EXIT_HANDED_OVER:
+        assert "handed" in old.current_log()
+    new = Daemon(bootstrap, [topic], "g-" + topic, database, *flags, name="new").start()
     try:
         await traffic.wait_for_more(200)
         traffic.stop.set()
@@ -81,7 +88,7 @@ async def finish_with_new_flags(
         assert await new.terminate() == 0
     finally:
         await new.stop_quietly()
-    await assert_exactly_once(bootstrap, database, topic, (Counts(), Latest()))
+    await assert_exactly_once(bootstrap, database, topic, models)
     verify = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -93,7 +100,7 @@ async def finish_with_new_flags(
         topic,
         "--database",
         str(database),
-        *NEW,
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -182,6 +189,31 @@ async def test_daemon_killed_mid_build_ends_exact(
             old.start()
             await finish_with_new_flags(
                 kafka_bootstrap, topic, database, old, traffic, EXIT_PROCESSORS_REFUSED
+            )
+    finally:
+        await old.stop_quietly()
+
+
+async def test_a_processor_removed_carries_the_others_state_over(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """counts and latest, then counts alone: the work file starts as a copy of the live file,
+    at its positions, so the rebuild folds only the records that came after; latest is gone."""
+    topic = await topic_factory(3)
+    database = tmp_path / "state.db"
+    traffic = SteadyTraffic(kafka_bootstrap, topic, 3, rate=300)
+    old = Daemon(kafka_bootstrap, [topic], "g-" + topic, database, *NEW).start()
+    try:
+        async with traffic.running():
+            await wait_for_progress(database, 3000)
+            out = await run_rebuild(kafka_bootstrap, topic, database, processors=OLD)
+            assert "carried over from the live file" in out, out
+            folded = int(out.split(" from ")[-1].split(" ")[0])
+            assert folded < 1500, out
+            assert query(database, "SELECT processor FROM topic_processors") == [("counts",)]
+            assert not query(database, "SELECT name FROM sqlite_master WHERE name = 'latest'")
+            await finish_with_new_flags(
+                kafka_bootstrap, topic, database, old, traffic, flags=OLD, models=(Counts(),)
             )
     finally:
         await old.stop_quietly()

@@ -63,6 +63,7 @@ def test_every_query_compiles() -> None:
             "schema_migrations",
             "changelog_offsets",
             "changelog_topics",
+            "processor_definitions",
         ):
             conn.execute(f"CREATE TABLE rebuild.{table} AS SELECT * FROM main.{table} WHERE 0")
         transaction_control = {"begin_immediate", "commit", "rollback"}

@@ -33,6 +33,8 @@ class KeyCounter:
     migrations: Sequence[Migration] = ()
     # --changelog: what identifies a row, and how to find it through the table's unique index.
     changelog_tables: Mapping[str, Sequence[str]] = {"key_counts": ("topic", "partition", "key")}
+    #: What makes its state besides sqlstate's version (``sqlstate rebuild`` compares it).
+    definition = name
 
     @property
     def changelog_matches(self) -> Mapping[str, str]:

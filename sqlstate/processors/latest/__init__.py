@@ -44,6 +44,8 @@ class Latest:
     name = "latest"
     # --changelog: what identifies a row, and how to find it through the table's unique index.
     changelog_tables: Mapping[str, Sequence[str]] = {"latest": ("topic", "partition", "key")}
+    #: What makes its state besides sqlstate's version (``sqlstate rebuild`` compares it).
+    definition = name
 
     def __init__(self) -> None:
         self.migrations: Sequence[Migration] = bundled(__name__)

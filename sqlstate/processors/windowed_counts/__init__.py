@@ -78,6 +78,11 @@ class WindowedCounts:
         self._iso: dict[int, str] = {}  # window bounds already formatted; a handful per run
 
     @property
+    def definition(self) -> str:
+        """What makes its state besides sqlstate's version (``sqlstate rebuild`` compares it)."""
+        return f"{self.name} window_ms={self.window_ms} retention_ms={self.retention_ms}"
+
+    @property
     def changelog_matches(self) -> Mapping[str, str]:
         return {"windowed_key_counts": sql("changelog_match_windowed_key_counts")}
 
