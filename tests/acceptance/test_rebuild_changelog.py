@@ -1,15 +1,16 @@
 """``sqlstate rebuild`` under ``--changelog``, as an operator runs it on two hosts: both count
-steady traffic in group g1 with ``counts``; host 1's rebuild builds ``counts`` and ``latest`` from
-the input and hands its file over to group g2; its daemon, restarted in g2, publishes each
+steady traffic in group g1 with ``counts``. Host 1's rebuild builds ``counts`` and ``latest``
+from the input and hands its file over to group g2; its daemon, restarted in g2, publishes each
 partition's new state to g2's empty changelogs (the seed), and is killed with kill -9 once it has
-published one and restarted; host 2's rebuild then builds its work file from g2's changelogs and
-hands over to g2 too. Meanwhile host 2's old daemon is the only one of g1.
+published one. Host 2's rebuild then follows g2's changelogs, and waits, g2 standing still; it is
+killed with kill -9 there. Host 1 started again seeds the rest and goes on; host 2's rebuild run
+again goes on from its work file and hands over to g2 too. Meanwhile host 2's old daemon is the
+only one of g1.
 
 While it all runs, every committed snapshot of both files shows whole batches (the hand-overs
 among them). At the end both files hold exactly the new processors' state of every record, and
 each old daemon stopped with exit code 13 rather than apply the old group's changelogs to the
-new state.
-"""
+new state."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import asyncio
 from pathlib import Path
 
 from tests.acceptance.test_rebuild import NEW, OLD, rebuild
-from tests.support.daemon import Daemon, wait_for_positions, wait_for_progress
+from tests.support.daemon import Daemon, stored_positions, wait_for_positions, wait_for_progress
 from tests.support.db import query
 from tests.support.hosts import host, host_database, logs
 from tests.support.kafka import TopicFactory, log_end_offsets
@@ -41,6 +42,14 @@ async def run_rebuild(
     out, _ = await asyncio.wait_for(process.communicate(), 90)
     assert process.returncode == exit_code, out.decode()
     return out.decode()
+
+
+async def wait_for_work(work: Path, timeout: float = 30.0) -> None:
+    """Until the work file holds a position."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not stored_positions(work):
+        assert asyncio.get_running_loop().time() < deadline, "the work file never held a position"
+        await asyncio.sleep(0.05)
 
 
 async def test_rebuild_moves_every_host_to_a_new_group(
@@ -71,15 +80,28 @@ async def test_rebuild_moves_every_host_to_a_new_group(
             assert await hosts[0].wait(30) == EXIT_HANDED_OVER, logs(hosts)
             assert not query(files[0], "SELECT * FROM changelog_offsets")
             hosts[0] = host(kafka_bootstrap, topic, new_group, tmp_path, 1, *NEW).start()
-            # Killed once it has seeded a partition's changelog, then started again: the
-            # partitions seeded stay seeded, the others are seeded by the next claims.
+            # Killed once it has seeded a partition's changelog: the new group stands still.
             await hosts[0].wait_for_log("to its empty changelog")
             await hosts[0].kill()
+
+            # Host 2: the new group's changelogs hold state now, so the work file follows them,
+            # and waits while the new group is behind the live file; killed with kill -9 there,
+            # it leaves its work file, which the next rebuild goes on from.
+            work = Path(f"{files[1]}.rebuild")
+            waiting = await asyncio.create_subprocess_exec(
+                *rebuild(kafka_bootstrap, topic, files[1], "--group-id", new_group),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await wait_for_work(work)
+            waiting.kill()
+            await waiting.wait()
+            assert query(files[1], "SELECT processor FROM topic_processors") == [("counts",)]
+            # Started again, host 1 seeds the other partitions and goes on.
             hosts[0].start()
             await hosts[0].wait_for_log("claimed partitions held since the rebalance")
-
-            # Host 2: the new group's changelogs hold its state now; the work file follows them.
             out = await run_rebuild(kafka_bootstrap, topic, files[1], "--group-id", new_group)
+            assert not stored_positions(work)  # handed over, then removed
             assert "handed it over" in out, out
             assert await hosts[1].wait(30) == EXIT_HANDED_OVER, logs(hosts)
             assert "sqlstate rebuild handed" in hosts[1].current_log(), hosts[1].current_log()[
