@@ -41,7 +41,7 @@ from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.topic_watch import TopicWatch
-from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError, HandedOverError
+from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka.decoding import BadRecords
 from sqlstate.kafka.errors import Retrying, permanent, topic_gone
@@ -50,7 +50,6 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Records
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.handover import HANDED_OVER
 from sqlstate.state.model import ChangelogPublishFailed, Claim, Committed, Fenced, PartitionBatch
 from sqlstate.state.store import Store
 
@@ -495,14 +494,6 @@ class BatchLoop:
             followed = Claim(row.next_offset, row.epoch)
             self._ownership.move(tp, followed)
             return followed
-        if row is not None and row.owner == HANDED_OVER:
-            # sqlstate rebuild replaced the file's processors: none of ours may write again.
-            raise HandedOverError(
-                f"sqlstate rebuild handed {tp.topic}-{tp.partition} over to another set of"
-                " processors (recorded in topic_processors); this batch was not committed."
-                " Restart with the new processor flags: the restart continues from the"
-                " handed-over positions"
-            )
         # A newer owner claimed it: we are a zombie for this partition. Stop fetching it until
         # Kafka's next rebalance tells us what we own.
         _FENCED.log(

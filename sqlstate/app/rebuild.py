@@ -83,7 +83,7 @@ class RebuildOptions:
     work_file: Path | None = None
     #: Hand over once the live file is at most this many records ahead of the work file.
     hand_over_gap: int = 5000
-    #: Under --changelog: the group the file moves to (required there, refused without).
+    #: Under --changelog: the group the file moves to (required there; without, not used).
     group_id: str | None = None
 
 
@@ -142,8 +142,11 @@ async def _check_live(live: Database, settings: Settings) -> IsolationLevel:
             f"{settings.database} holds positions of {', '.join(topics) or 'no topic'}: give"
             " exactly those topics to --topic (a hand-over replaces the whole state)"
         )
+    # The file's own, where it recorded one: records folded under another level would differ.
     level = await Store(live).isolation_level()
-    return "read_uncommitted" if level == "read_uncommitted" else settings.isolation_level
+    if level == "read_uncommitted":
+        return "read_uncommitted"
+    return "read_committed" if level == "read_committed" else settings.isolation_level
 
 
 async def _check_group(live: Database, settings: Settings, group_id: str | None) -> bool:
@@ -251,7 +254,8 @@ async def _build_and_hand_over(
 
     async def finish(handing: HandOver, live_offsets: Offsets) -> None:
         await catch_up({TopicPartition(t, p): o for (t, p), o in live_offsets.items()})
-        await handing.swap(live_offsets, forget_changelog=settings.changelog)
+        changelogs = {topic: changelog_topic(settings.group_id, topic) for topic in settings.topics}
+        await handing.swap(live_offsets, changelogs=changelogs if settings.changelog else None)
 
     handed = await hand_over(settings, work_path, finish)
     return dataclasses.replace(handed, records=counter.records)

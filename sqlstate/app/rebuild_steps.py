@@ -8,23 +8,26 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
 from sqlstate.app.processor_definitions import definitions
-from sqlstate.errors import ConfigError
+from sqlstate.errors import ConfigError, SqlstateError
 from sqlstate.kafka.client import partition_counts
 from sqlstate.observe.logs import LogEvent
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state import carry, migrate, snapshot
+from sqlstate.state import carry, migrate, recorded, snapshot
 from sqlstate.state.database import Database
 from sqlstate.state.handover import HandOver, Offsets
 from sqlstate.state.model import Position
+from sqlstate.state.queries import sql
 from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -116,20 +119,55 @@ class Progress:
 
 
 async def work_store(path: Path, settings: Settings, processors: Processors) -> Store:
-    """The work file, with the new processors' schema; one left by an earlier rebuild keeps
-    what it holds."""
+    """The work file, with the new processors' schema. One left by an earlier rebuild goes on
+    from its positions only if it was made by exactly these processors, each under the same
+    definition (a rebuild killed, then run again with another --window or an edited --sql file
+    would otherwise hand over a state made by two); any other starts over."""
+    wanted = definitions(processors.members, settings)
+    if not await _made_by(path, settings, wanted):
+        await asyncio.to_thread(remove_work_file, path)
     database = await Database.open(path, busy_timeout_s=settings.busy_timeout_s)
     try:
         await migrate.apply_pending(database)
         await migrate.apply_processor_migrations(database, processors.members)
         store = Store(database)
-        # Refuses a work file left by a rebuild with other processors: it is no use here.
         await store.record_processors(settings.topics, processors.names)
-        await store.record_definitions(settings.topics, definitions(processors.members, settings))
+        await store.record_definitions(settings.topics, wanted)
     except BaseException:
         await database.close()
         raise
     return store
+
+
+async def _made_by(path: Path, settings: Settings, wanted: Mapping[str, str | None]) -> bool:
+    """Whether the work file at ``path`` holds positions made by ``wanted`` (processor ->
+    definition, none unknown) alone; False also for a file that cannot be read as one."""
+    if not await asyncio.to_thread(path.exists):
+        return True
+    try:
+        work = await Database.open(
+            path, busy_timeout_s=settings.busy_timeout_s, read_only=True, check_integrity=False
+        )
+    except SqlstateError:
+        return False
+    try:
+        found = await work.read(
+            functools.partial(_definitions_if_positions, topics=settings.topics)
+        )
+    except SqlstateError:
+        return False
+    finally:
+        await work.close(checkpoint=False)
+    return None not in wanted.values() and all(made == wanted for made in found)
+
+
+def _definitions_if_positions(
+    conn: sqlite3.Connection, topics: Sequence[str]
+) -> list[dict[str, str | None]]:
+    """Each topic's recorded definitions; none at all for a file without positions."""
+    if not conn.execute(sql("has_positions")).fetchone()[0]:
+        return [{}]
+    return [recorded.recorded_definitions(conn, topic) for topic in topics]
 
 
 def remove_work_file(work_path: Path) -> None:
@@ -160,27 +198,45 @@ async def hand_over(
 
 
 async def carry_over(settings: Settings, work_path: Path, processors: Processors) -> bool:
-    """Start the work file as a copy of the live file where the change allows it (``carry.py``),
-    unless a work file is there already (it goes on from its positions); whether it did."""
+    """Start the work file as a copy of the live file where the change allows it (``carry.py``);
+    whether it did. A work file already there goes on from its positions if the same processors
+    made it (``work_store``), and is removed otherwise."""
+    wanted = definitions(processors.members, settings)
+    if not await _made_by(work_path, settings, wanted):
+        await asyncio.to_thread(remove_work_file, work_path)
     if await asyncio.to_thread(work_path.exists):
+        return False
+    if settings.changelog:
+        # The partitions this host follows were folded by other hosts, whose definitions this
+        # file never compared: from the input, as ever.
         return False
     async with reading_live(settings) as live:
         removed = await live.read(
-            functools.partial(
-                carry.removed_if_carried,
-                topics=settings.topics,
-                wanted=definitions(processors.members, settings),
-            )
+            functools.partial(carry.removed_if_carried, topics=settings.topics, wanted=wanted)
         )
     if removed is None:
         return False
-    await snapshot.take(settings.database, work_path, busy_timeout_s=settings.busy_timeout_s)
-    work = await Database.open(work_path, busy_timeout_s=settings.busy_timeout_s)
+    # Copied and pruned under another name, renamed once pruned (no connection is open on
+    # it): a kill -9 in between leaves no work file that is a copy not yet pruned.
+    copy = work_path.with_name(work_path.name + ".copy")
+    await asyncio.to_thread(remove_work_file, copy)
+    await snapshot.take(settings.database, copy, busy_timeout_s=settings.busy_timeout_s)
+    work = await Database.open(copy, busy_timeout_s=settings.busy_timeout_s)
     try:
-        await work.transaction(
-            functools.partial(carry.prune, keep=processors.members, removed=removed)
+        # Decided again on the copy itself: the live file may have changed since it was asked.
+        pruned = await work.transaction(
+            functools.partial(
+                carry.prune_if_carried,
+                topics=settings.topics,
+                wanted=wanted,
+                keep=processors.members,
+            )
         )
     finally:
         await work.close()
+    if not pruned:
+        await asyncio.to_thread(remove_work_file, copy)
+        return False
+    await asyncio.to_thread(os.replace, copy, work_path)
     _CARRIED.log(processors=", ".join(processors.names), removed=", ".join(removed) or "none")
     return True

@@ -38,6 +38,7 @@ from aiokafka import TopicPartition
 from sqlstate.app import records_file
 from sqlstate.app.batch_loop import partition_batch
 from sqlstate.app.processor_checks import load_checked, offline_settings
+from sqlstate.app.processor_definitions import definitions
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.records_file import RawRecord
 from sqlstate.errors import ConfigError, DatabaseError
@@ -101,6 +102,7 @@ async def replay(
         await store.check_processors(settings.topics, processors.names)
         await store.check_changelog(False)
         await store.record_processors(settings.topics, processors.names)
+        await store.record_definitions(settings.topics, definitions(processors.members, settings))
         await store.record_changelog(False)
         await migrate.apply_processor_migrations(db, processors.members)
         run = _Run(store, processors, settings, owner or replay_owner())

@@ -328,16 +328,34 @@ class ChangelogOwner:
         end = await self._reader.end_offset(source)
         if start > end:
             raise changelog_lost(tp, start, end)
-        entry = self._producers.get(tp)
-        if end == 0 and entry is not None:
-            # Never written: a file handed over to a new group holds the partition's state,
-            # which its claim publishes first (``seed.py``).
-            await seed(self._database, tp, self._tables, entry.producer)
-            return 0
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
-        if end - start <= 1:
-            return 0
+        applied = 0
+        if end - start > 1:
+            applied = await self._restore_from(tp, source, start, end, stop)
+            if stop is not None and stop.is_set():
+                return applied  # what was restored stays; the next claim goes on from there
+            _RESTORED.log(
+                **partition_fields(tp, records=applied, restore_s=time.monotonic() - began)
+            )
+        entry = self._producers.get(tp)
+        if start == 0 and applied == 0 and entry is not None:
+            # Nothing committed in the changelog, which a claim's start record would be: a file
+            # handed over to a new group holds the partition's state, which its claim publishes
+            # first (``seed.py``; a claim killed while publishing it left an aborted one).
+            await seed(self._database, tp, self._tables, entry.producer)
+        return applied
+
+    async def _restore_from(
+        self,
+        tp: TopicPartition,
+        source: TopicPartition,
+        start: int,
+        end: int,
+        stop: asyncio.Event | None,
+    ) -> int:
+        """``restore``'s reading and applying, from ``start`` to ``end``, until ``stop`` is set
+        between two transactions; the records applied."""
         _RESTORE_STARTED.log(**partition_fields(tp, changelog_offset=start, changelog_end=end))
         applied = 0
         # An async generator: closed at a stop, it lets the reader go at once.
@@ -357,7 +375,6 @@ class ChangelogOwner:
                 end,
                 self._reader.input_ends,
                 self._stats,
-                processors=self._processor_names,
             )
             applied += done.records
             self._stats.changelog_restored += done.records
@@ -366,8 +383,6 @@ class ChangelogOwner:
                     tp, changelog_offset=done.next_offset, changelog_end=end, applied=applied
                 )
             )
-        seconds = time.monotonic() - began
-        _RESTORED.log(**partition_fields(tp, records=applied, restore_s=seconds))
         return applied
 
     def publish_from_thread(

@@ -26,6 +26,7 @@ from sqlstate.changelog.identity import changelog_replaced, check_identity, same
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
+from sqlstate.changelog.seed import refuse_foreign_seed
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
@@ -34,7 +35,7 @@ from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.handover import refuse_old_processors
+from sqlstate.state.handover import refuse_if_handed_over
 
 logger = logging.getLogger(__name__)
 _FOLLOWING = LogEvent(
@@ -219,7 +220,6 @@ class Standby:
                         end,
                         self._follower.input_ends,
                         self._stats,
-                        processors=self._processor_names,
                     )
                 except ChangelogError as error:
                     await self._read_again(tp, error)
@@ -284,12 +284,9 @@ async def apply_in(
     log_end_offset: int | None,
     input_ends: InputEnds,
     stats: Stats,
-    *,
-    processors: Sequence[str] = (),
 ) -> Applied:
     """``apply_chunk`` in a transaction of its own, with the input's end that its positions
-    must stay within; the records it set aside are counted and logged. ``processors``: this
-    run's, which must still be the topic's (``apply_chunk``).
+    must stay within; the records it set aside are counted and logged.
     ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
     wanted = highest_position(chunk.records)
     input_end = None if wanted is None else await input_ends.at_least(tp, wanted)
@@ -302,7 +299,6 @@ async def apply_in(
             now=utc_now(),
             log_end_offset=log_end_offset,
             input_end=input_end,
-            processors=processors,
         )
     )
     for record in applied.quarantined:
@@ -331,14 +327,15 @@ def apply_chunk(
     now: str,
     log_end_offset: int | None = None,
     input_end: int | None = None,
-    processors: Sequence[str] = (),
 ) -> Applied:
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function).
-    ``HandedOverError`` if ``sqlstate rebuild`` handed the topic over to processors other than
-    ``processors``: the old group's records must never reach the new state."""
-    refuse_old_processors(conn, [tp.topic], processors)
+    ``HandedOverError`` if ``sqlstate rebuild`` handed the file over since this daemon started:
+    the old group's records must never reach the new state."""
+    refuse_if_handed_over(conn)
     if chunk.rewound:
         raise changelog_lost(tp, changelog_offset(conn, tp))
+    if chunk.records:
+        refuse_foreign_seed(conn, tp)
     return apply_changes(
         conn,
         tp.topic,

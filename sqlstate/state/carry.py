@@ -47,6 +47,21 @@ def removed_if_carried(
     return sorted(removed)
 
 
+def prune_if_carried(
+    conn: sqlite3.Connection,
+    topics: Sequence[str],
+    wanted: Mapping[str, str | None],
+    keep: Sequence[migrate.ProcessorSchema],
+) -> bool:
+    """In the copy, one transaction: ``removed_if_carried`` decided on the copy itself, then
+    ``prune``; whether it was carried."""
+    removed = removed_if_carried(conn, topics, wanted)
+    if removed is None:
+        return False
+    prune(conn, keep, removed)
+    return True
+
+
 def prune(
     conn: sqlite3.Connection, keep: Sequence[migrate.ProcessorSchema], removed: Sequence[str]
 ) -> None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +41,8 @@ from sqlstate.state.table_rows import BOOKKEEPING, quoted
 
 #: The owner a hand-over writes in every position row: a daemon fenced by it must stop.
 HANDED_OVER = "sqlstate rebuild"
+#: The state setting naming the file's last hand-over (a new random value each time).
+HAND_OVER = "hand_over"
 
 T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]
@@ -74,11 +77,13 @@ class HandOver:
         """Begin, fence every owner and return the live positions (step 1)."""
         return await self._run(_lock)
 
-    async def swap(self, expected: Offsets, *, forget_changelog: bool = False) -> None:
+    async def swap(self, expected: Offsets, *, changelogs: Mapping[str, str] | None = None) -> None:
         """Replace the live state with the work file's (step 3), in the open transaction.
-        ``forget_changelog``: the file moves to a new group, whose changelogs it has not read
-        (they are empty: its daemon's claims publish the new state to them)."""
-        await self._run(lambda conn: _swap(conn, expected, forget_changelog))
+        ``changelogs``: the file moves to a new group, whose changelog topics (by input topic)
+        it has read nothing of (they are empty: its daemon's claims publish the new state to
+        them); they are recorded as the file's, so that a daemon run with the old group is
+        refused rather than apply the old group's rows to the new state."""
+        await self._run(lambda conn: _swap(conn, expected, changelogs))
 
     async def swap_followed(self, expected: Offsets) -> None:
         """Step 3 for a work file that followed a new group's changelogs: it must stand at or
@@ -113,33 +118,45 @@ class HandOver:
             ) from error
 
 
-def refuse_old_processors(
-    conn: sqlite3.Connection, topics: Sequence[str], processors: Sequence[str]
-) -> None:
-    """In a claim's transaction: ``HandedOverError`` if a hand-over fenced a topic's partitions
-    and its recorded processors are not ``processors``. A running daemon whose processors were
-    replaced may claim nothing again, at a rebalance as at its next batch."""
-    for topic in topics:
-        handed_over = conn.execute(
-            sql("topic_handed_over"), {"topic": topic, "owner": HANDED_OVER}
-        ).fetchone()[0]
-        recorded = [row[0] for row in conn.execute(sql("recorded_processors"), {"topic": topic})]
-        if handed_over and recorded != sorted(processors):
-            raise HandedOverError(
-                f"sqlstate rebuild handed topic {topic} over to processors"
-                f" {', '.join(recorded)}; this daemon runs {', '.join(sorted(processors))} and"
-                " claimed nothing. Restart with the new processor flags: the restart continues"
-                " from the handed-over positions"
-            )
+def note_hand_over(conn: sqlite3.Connection) -> None:
+    """At a daemon's start, on its connection: remember which hand-over the file has had so
+    far (``refuse_if_handed_over``). Outside a transaction (``Database.setting``)."""
+    conn.execute(sql("create_hand_over_seen"))
+    conn.execute(sql("forget_hand_over_seen"))
+    conn.execute(sql("note_hand_over_seen"), {"name": HAND_OVER})
+
+
+def refuse_if_handed_over(conn: sqlite3.Connection) -> None:
+    """In a transaction of a daemon's: ``HandedOverError`` if ``sqlstate rebuild`` handed the
+    file over since the daemon started (``note_hand_over``), whatever its processors: nothing
+    of the old state's making may reach the new one, a batch, a claim or a changelog's rows.
+    Nothing to check on a connection that noted none (a tool's, a test's)."""
+    if not conn.execute(sql("hand_over_seen_exists")).fetchone()[0]:
+        return
+    if conn.execute(sql("handed_over_since"), {"name": HAND_OVER}).fetchone()[0]:
+        raise HandedOverError(
+            "sqlstate rebuild handed this database over to a new set of processors after this"
+            " daemon started, which wrote nothing more. Restart it with the new processor flags"
+            " (under --changelog, and the new --group-id): the restart continues from the"
+            " handed-over positions"
+        )
 
 
 def _lock(conn: sqlite3.Connection) -> Offsets:
     conn.execute(sql("begin"))
-    conn.execute(sql("fence_for_hand_over"), {"owner": HANDED_OVER, "now": utc_now()})
+    now = utc_now()
+    conn.execute(sql("fence_for_hand_over"), {"owner": HANDED_OVER, "now": now})
+    # Every daemon started before it stops at its next transaction (``refuse_if_handed_over``).
+    conn.execute(
+        sql("record_state_setting_again"),
+        {"name": HAND_OVER, "value": uuid.uuid4().hex, "now": now},
+    )
     return _offsets(conn, "live_next_offsets")
 
 
-def _swap(conn: sqlite3.Connection, expected: Offsets, forget_changelog: bool) -> None:
+def _swap(
+    conn: sqlite3.Connection, expected: Offsets, changelogs: Mapping[str, str] | None
+) -> None:
     rebuilt = _offsets(conn, "rebuilt_next_offsets")
     if rebuilt != expected or _offsets(conn, "live_next_offsets") != expected:
         raise DatabaseError(
@@ -147,9 +164,15 @@ def _swap(conn: sqlite3.Connection, expected: Offsets, forget_changelog: bool) -
             " over; run sqlstate rebuild again"
         )
     _replace_state(conn)
-    if forget_changelog:
+    if changelogs is not None:
         conn.execute(sql("forget_changelog_offsets"))
         conn.execute(sql("forget_changelog_topics"))
+        for topic, changelog in sorted(changelogs.items()):
+            # No ID yet: the first restore or standby start records the one Kafka gives.
+            conn.execute(
+                sql("record_changelog_topic"),
+                {"topic": topic, "changelog": changelog, "topic_id": None, "now": utc_now()},
+            )
 
 
 def _swap_followed(conn: sqlite3.Connection, expected: Offsets) -> None:

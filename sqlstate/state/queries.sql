@@ -299,6 +299,9 @@ RELEASE changelog_apply;
 -- name: read_changelog_offset
 SELECT next_offset FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
 
+-- name: forget_changelog_offset
+DELETE FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
+
 -- name: record_changelog_offset
 -- The owner, in its batch's transaction, or apply: the next changelog offset not yet in the file.
 -- log_end_offset: the changelog's end as the writer knows it (the owner: its own next offset);
@@ -461,6 +464,25 @@ SET next_offset = r.next_offset, start_from = r.start_from, start_offset = r.sta
 FROM rebuild.positions AS r
 WHERE r.topic = live.topic AND r.partition = live.partition;
 
--- name: topic_handed_over
--- Whether a hand-over fenced the topic's partitions and no claim took them since.
-SELECT EXISTS (SELECT 1 FROM positions WHERE topic = :topic AND owner = :owner);
+-- name: record_state_setting_again
+INSERT INTO state_settings (name, value, recorded_at) VALUES (:name, :value, :now)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at;
+
+-- name: create_hand_over_seen
+-- A daemon's connection: the hand-over the file had had when the daemon started.
+CREATE TEMP TABLE IF NOT EXISTS hand_over_seen (token TEXT);
+
+-- name: forget_hand_over_seen
+DELETE FROM temp.hand_over_seen;
+
+-- name: note_hand_over_seen
+INSERT INTO temp.hand_over_seen (token)
+VALUES ((SELECT value FROM main.state_settings WHERE name = :name));
+
+-- name: hand_over_seen_exists
+SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'hand_over_seen');
+
+-- name: handed_over_since
+SELECT (SELECT value FROM main.state_settings WHERE name = :name)
+       IS NOT (SELECT token FROM temp.hand_over_seen);
+

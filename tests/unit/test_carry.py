@@ -1,14 +1,23 @@
-"""Which rebuilds may carry the live file's state over (``state/carry.py``), without Kafka: the
-definitions recorded per processor and topic, the decision, and the copy pruned to the new set."""
+"""What keeps a rebuild's state made by one set of processors, without Kafka: which rebuilds may
+carry the live file's state over (``state/carry.py``: the definitions recorded per processor and
+topic, the decision, the copy pruned to the new set); a work file made by other definitions
+starting over; a file handed over from the input refusing another host's seed."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
+from aiokafka import TopicPartition
+
 from sqlstate.app.processor_definitions import definitions
+from sqlstate.app.rebuild_steps import work_store
+from sqlstate.changelog.seed import refuse_foreign_seed
+from sqlstate.errors import ChangelogLostError
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
+from sqlstate.processors.registry import Processors
 from sqlstate.processors.windowed_counts import WindowedCounts
 from sqlstate.settings import Settings
 from sqlstate.state import carry, recorded
@@ -107,3 +116,45 @@ async def test_the_copy_keeps_only_what_the_new_set_has(tmp_path: Path) -> None:
     assert not query(live, "SELECT * FROM changelog_offsets")
     assert not query(live, "SELECT * FROM state_settings WHERE name = 'changelog'")
     assert query(live, "SELECT count(*) FROM key_counts") == [(1,)]
+
+
+async def test_a_file_handed_over_from_the_input_applies_no_other_hosts_seed(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "live.db"
+    store = await filled(live, ["counts"], [b"a"])
+    await store.database.close()
+    with sqlite3.connect(live) as conn:
+        conn.row_factory = sqlite3.Row  # as sqlstate's connections have it
+        refuse_foreign_seed(conn, TP)  # never handed over: a changelog applies as ever
+        conn.execute("INSERT INTO state_settings VALUES ('hand_over', 'x', 'now')")
+        with pytest.raises(ChangelogLostError, match="Run sqlstate rebuild again"):
+            refuse_foreign_seed(conn, TP)
+        refuse_foreign_seed(conn, TopicPartition(TP.topic, 7))  # no state of it here
+        # Its own seed begun (offset 0 recorded first), or applied: the changelog continues it.
+        conn.execute(
+            "INSERT INTO changelog_offsets VALUES (?, ?, 0, NULL)", (TP.topic, TP.partition)
+        )
+        refuse_foreign_seed(conn, TP)
+    conn.close()
+
+
+async def test_a_work_file_made_by_other_definitions_starts_over(tmp_path: Path) -> None:
+    work = tmp_path / "live.db.rebuild"
+    store = await filled(work, ["counts"], [b"a"])
+    counts = definitions([KeyCounter()], SETTINGS)
+    await store.record_definitions([TP.topic], {"counts": "made before"})
+    await store.database.close()
+    settings = Settings(topics=(TP.topic,), group_id="g", database=tmp_path / "live.db")
+    processors = Processors.checked([KeyCounter()])
+    try:
+        again = await work_store(work, settings, processors)
+        try:
+            assert not query(work, "SELECT * FROM positions")  # started over
+            assert query(work, "SELECT definition FROM processor_definitions") == [
+                (counts["counts"],)
+            ]
+        finally:
+            await again.database.close()
+    finally:
+        processors.close()

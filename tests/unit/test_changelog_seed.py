@@ -1,7 +1,7 @@
-"""The seed of an empty changelog (``changelog/seed.py``), without Kafka: a file's state of each
-partition, read as the records a capture makes, and shipped with its position as one
-transaction, makes an empty file equal to the first, with no record set aside; and a
-partition this file has no position for has nothing to seed."""
+"""The seed of an empty changelog (``changelog/seed.py``), without Kafka: a handed-over file's
+state of each partition, read as the records a capture makes, and shipped with its position as
+one transaction, makes an empty file equal to the first, with no record set aside; a partition
+this file has no position for, or a file never handed over, has nothing to seed."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ async def test_a_seed_makes_an_empty_file_equal_to_the_seeded_one(tmp_path: Path
                     ],
                 )
         tables = state_tables(members)
+        unseeded = await owner.store.database.read(
+            functools.partial(_read_seed, tp=T0, tables=tables)
+        )
+        assert unseeded is None  # never handed over: its changelog holds its state already
+        await owner.store.database.transaction(
+            lambda conn: conn.execute(
+                "INSERT INTO state_settings VALUES ('hand_over', 'x', '2000-01-01')"
+            )
+        )
         seeds = {
             tp: await owner.store.database.read(functools.partial(_read_seed, tp=tp, tables=tables))
             for tp in (T0, T1, TopicPartition("t", 2))

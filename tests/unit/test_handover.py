@@ -16,7 +16,7 @@ import pytest
 from sqlstate.app.rebuild import RebuildOptions, rebuild
 from sqlstate.errors import ConfigError, DatabaseError, HandedOverError
 from sqlstate.settings import Settings
-from sqlstate.state.handover import HANDED_OVER, HandOver
+from sqlstate.state.handover import HANDED_OVER, HandOver, note_hand_over
 from sqlstate.state.model import Claim
 from sqlstate.state.store import Store
 from tests.support.db import query
@@ -69,6 +69,7 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
     new = await filled(work, ["counts", "extra"], [b"a", b"a"])
     await new.database.close()
     add_extra(work)
+    await old.database.setting(note_hand_over)  # as the daemon does at its start
     try:
         await hand_over(live, work)
         assert query(live, "SELECT key, count FROM counts ORDER BY key") == [("a", 2)]
@@ -83,7 +84,8 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
             ("counts",),
             ("extra",),
         ]
-        with pytest.raises(HandedOverError, match="counts, extra"):
+        # The daemon started before the hand-over claims nothing, whatever its processors.
+        with pytest.raises(HandedOverError, match="sqlstate rebuild handed"):
             await old.claim(
                 bounds(TP),
                 "o",
@@ -91,8 +93,9 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
                 COUNTER.forget,
                 topic_ids={},
                 isolation_level="read_committed",
-                processors=["counts"],
+                processors=["counts", "extra"],
             )
+        await old.database.setting(note_hand_over)  # restarted, with the new processors
         claimed = await old.claim(
             bounds(TP),
             "o",
@@ -240,3 +243,23 @@ async def test_a_hand_over_killed_before_its_commit_leaves_the_old_state(tmp_pat
         assert query(live, "SELECT key, count FROM counts") == [("a", 2)]
     finally:
         await old.database.close()
+
+
+async def test_a_hand_over_to_a_new_group_names_its_changelogs(tmp_path: Path) -> None:
+    """The file then belongs to the new group: a daemon of the old one is refused (identity)."""
+    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
+    old = await filled(live, ["counts"], [b"a", b"b"])
+    await old.database.close()
+    changelog_bookkeeping(live, "g1.orders.changelog", 40)
+    new = await filled(work, ["counts", "extra"], [b"a", b"a"])
+    await new.database.close()
+    handing = await HandOver.open(live, work, 5.0)
+    try:
+        await handing.swap(await handing.lock(), changelogs={TP.topic: "g2.orders.changelog"})
+        await handing.commit()
+    finally:
+        await handing.close()
+    assert query(live, "SELECT topic, changelog, topic_id FROM changelog_topics") == [
+        (TP.topic, "g2.orders.changelog", None)
+    ]
+    assert not query(live, "SELECT * FROM changelog_offsets")

@@ -55,6 +55,7 @@ def test_every_query_compiles() -> None:
                     conn.executescript(migration.script)
         conn.execute(queries.sql("create_migrations_table"))
         conn.execute(queries.sql("create_changelog_capture"))
+        conn.execute(queries.sql("create_hand_over_seen"))
         # sqlstate rebuild's hand-over reads the work file attached as "rebuild".
         conn.execute("ATTACH DATABASE ':memory:' AS rebuild")
         for table in (
