@@ -10,3 +10,14 @@ CREATE TABLE processor_definitions (
     recorded_at  TEXT NOT NULL,   -- UTC, ISO 8601
     PRIMARY KEY (topic, processor)
 ) WITHOUT ROWID;
+
+-- Under --changelog, after sqlstate rebuild handed the file over to a new group from the input:
+-- the partitions whose state this file is still to publish as the first transaction of the new
+-- group's changelog (the seed), and the hand-over's value that the seed's position record
+-- carries, by which the file knows its own seed from another host's.
+CREATE TABLE changelog_seeds (
+    topic        TEXT    NOT NULL,
+    partition    INTEGER NOT NULL,
+    hand_over    TEXT    NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;

@@ -53,7 +53,6 @@ from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state import migrate
 from sqlstate.state.database import Database
-from sqlstate.state.handover import note_hand_over
 from sqlstate.state.recorded import isolation_refusal
 from sqlstate.state.store import Store
 
@@ -342,6 +341,8 @@ async def _run_on(
 ) -> None:
     """Migrate, join the group and consume until ``stop``."""
     await migrate.apply_pending(database)
+    # From here on, a hand-over of sqlstate rebuild stops this daemon at its next write.
+    await database.note_hand_over()
     store = Store(database)
     # Refused before joining the group; the claim checks it again, in its transaction.
     recorded = await store.isolation_level()
@@ -364,9 +365,6 @@ async def _run_on(
         if await _start_unless_stopped(consumer, settings, stop, on_stop):
             # Only once Kafka answered: a stop while connecting leaves the file as it was. The
             # set first: a refused one leaves the processors' tables out of the file.
-            # Before the processors are recorded: a hand-over from here on stops this daemon
-            # (``refuse_if_handed_over``); one before it finds other processors recorded.
-            await database.setting(note_hand_over)
             await store.record_processors(settings.topics, processors.names)
             await store.record_definitions(
                 settings.topics, definitions(processors.members, settings)

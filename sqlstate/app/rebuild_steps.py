@@ -171,8 +171,9 @@ def _definitions_if_positions(
 
 
 def remove_work_file(work_path: Path) -> None:
-    """The work file: handed over (its state is the live file's now), or of no use."""
-    for suffix in ("", "-wal", "-shm"):
+    """The work file: handed over (its state is the live file's now), or of no use. Its WAL
+    first: a WAL left beside a file that takes the name later would be replayed onto it."""
+    for suffix in ("-wal", "-shm", ""):
         Path(str(work_path) + suffix).unlink(missing_ok=True)
 
 
@@ -237,6 +238,7 @@ async def carry_over(settings: Settings, work_path: Path, processors: Processors
     if not pruned:
         await asyncio.to_thread(remove_work_file, copy)
         return False
+    await asyncio.to_thread(remove_work_file, work_path)  # no stray WAL beside the copy
     await asyncio.to_thread(os.replace, copy, work_path)
     _CARRIED.log(processors=", ".join(processors.names), removed=", ".join(removed) or "none")
     return True

@@ -49,14 +49,3 @@ def changelog_offsets(conn: sqlite3.Connection) -> dict[TopicPartition, int]:
         TopicPartition(row[0], row[1]): row[2]
         for row in conn.execute(sql("list_changelog_offsets"))
     }
-
-
-def changelog_offset_recorded(conn: sqlite3.Connection, tp: TopicPartition) -> bool:
-    """Whether the file recorded any changelog offset of ``tp``, 0 included."""
-    params = {"topic": tp.topic, "partition": tp.partition}
-    return conn.execute(sql("read_changelog_offset"), params).fetchone() is not None
-
-
-def forget_changelog_offset(conn: sqlite3.Connection, tp: TopicPartition) -> None:
-    """Forget ``tp``'s changelog offset: the file holds nothing of that changelog."""
-    conn.execute(sql("forget_changelog_offset"), {"topic": tp.topic, "partition": tp.partition})

@@ -339,10 +339,9 @@ class ChangelogOwner:
                 **partition_fields(tp, records=applied, restore_s=time.monotonic() - began)
             )
         entry = self._producers.get(tp)
-        if start == 0 and applied == 0 and entry is not None:
-            # Nothing committed in the changelog, which a claim's start record would be: a file
-            # handed over to a new group holds the partition's state, which its claim publishes
-            # first (``seed.py``; a claim killed while publishing it left an aborted one).
+        if entry is not None:
+            # A file handed over to a new group from the input publishes the partition's state
+            # first, unless it did (``seed.py``).
             await seed(self._database, tp, self._tables, entry.producer)
         return applied
 

@@ -175,11 +175,16 @@ class ChangelogProducer:
         return init_s
 
     async def publish(
-        self, rows: Sequence[Row], next_offset: int, start: StartedAt | None = None
+        self,
+        rows: Sequence[Row],
+        next_offset: int,
+        start: StartedAt | None = None,
+        seed: str | None = None,
     ) -> int:
         """Publish ``rows`` then the position record (``next_offset``: the input partition's
-        next offset after the batch; ``start``: where its state begins) in one committed Kafka
-        transaction; return the next changelog offset, the one after the position record.
+        next offset after the batch; ``start``: where its state begins; ``seed``: the hand-over
+        whose seed this is) in one committed Kafka transaction; return the next changelog
+        offset, the one after the position record.
 
         Raises ChangelogFenced when a newer producer of the partition fenced this one, and
         ChangelogError for any other failure; in both cases nothing was committed, or (a
@@ -197,7 +202,7 @@ class ChangelogProducer:
                 await self._know_partition(producer)
                 await producer.begin_transaction()
                 try:
-                    last_offset = await self._send(producer, rows, next_offset, start)
+                    last_offset = await self._send(producer, rows, next_offset, start, seed)
                 except BaseException:
                     await self._abort(producer)
                     settled = True
@@ -266,6 +271,7 @@ class ChangelogProducer:
         rows: Sequence[Row],
         next_offset: int,
         start: StartedAt | None,
+        seed: str | None,
     ) -> int:
         """Queue ``rows`` and the position record as record batches, wait until every one is
         written, and return the offset of the last.
@@ -277,7 +283,7 @@ class ChangelogProducer:
         futures: list[Any] = []
         counts: list[int] = []
         batch = producer.create_batch()
-        position = position_record(next_offset, self.input_topic_id, start)
+        position = position_record(next_offset, self.input_topic_id, start, seed)
         for key, value in (*rows, position):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full: send it and go on in a new one (a first record always fits).

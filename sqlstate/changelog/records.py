@@ -70,22 +70,31 @@ class PositionChange:
     # Where the partition's state begins (--start-from, or an out-of-range reset): None in a
     # record written before positions carried it.
     start: StartedAt | None = None
+    # The hand-over whose seed this position ends (``seed.py``); None in any other record.
+    seed: str | None = None
 
 
 def position_record(
-    next_offset: int, topic_id: str | None = None, start: StartedAt | None = None
+    next_offset: int,
+    topic_id: str | None = None,
+    start: StartedAt | None = None,
+    seed: str | None = None,
 ) -> tuple[bytes, bytes]:
     """The record that carries the input partition's position after a batch, and the ID of the
     input topic (``topic_id``) that position counts in: an offset means nothing in another
-    incarnation of the topic. With ``start``, where the partition's state begins."""
+    incarnation of the topic. With ``start``, where the partition's state begins; with
+    ``seed``, the hand-over whose seed this is (``seed.py``)."""
     # Compact separators, as SQLite writes the row records.
-    if start is not None:
+    if start is not None or seed is not None:
         fields: dict[str, object] = {"next_offset": next_offset}
         if topic_id is not None:
             fields["topic_id"] = topic_id
-        fields |= {"start_from": start.policy, "start_offset": start.offset}
-        if start.topic_partitions is not None:
-            fields["topic_partitions"] = start.topic_partitions
+        if start is not None:
+            fields |= {"start_from": start.policy, "start_offset": start.offset}
+            if start.topic_partitions is not None:
+                fields["topic_partitions"] = start.topic_partitions
+        if seed is not None:
+            fields["seed"] = seed
         return POSITION_KEY, json.dumps(fields, separators=(",", ":")).encode()
     if topic_id is None:
         return POSITION_KEY, b'{"next_offset":%d}' % next_offset
@@ -112,7 +121,10 @@ def decode(key: bytes, value: bytes | None) -> RowChange | PositionChange:
             topic_id = position.get("topic_id")
             if topic_id is not None and type(topic_id) is not str:
                 raise ValueError("topic_id is not a string")
-            return PositionChange(next_offset, topic_id, _start(position))
+            seed = position.get("seed")  # only a seed's
+            if seed is not None and type(seed) is not str:
+                raise ValueError("seed is not a string")
+            return PositionChange(next_offset, topic_id, _start(position), seed)
         parts = _loads(key.decode())
         if not (isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[0], str)):
             raise ValueError('the key is not ["table", key values...]')

@@ -26,7 +26,7 @@ from sqlstate.changelog.identity import changelog_replaced, check_identity, same
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
-from sqlstate.changelog.seed import refuse_foreign_seed
+from sqlstate.changelog.seed import own_seed, seed_applied
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
@@ -35,7 +35,6 @@ from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
-from sqlstate.state.handover import refuse_if_handed_over
 
 logger = logging.getLogger(__name__)
 _FOLLOWING = LogEvent(
@@ -328,15 +327,11 @@ def apply_chunk(
     log_end_offset: int | None = None,
     input_end: int | None = None,
 ) -> Applied:
-    """Apply one chunk of input partition ``tp``'s changelog (a transaction function).
-    ``HandedOverError`` if ``sqlstate rebuild`` handed the file over since this daemon started:
-    the old group's records must never reach the new state."""
-    refuse_if_handed_over(conn)
+    """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
         raise changelog_lost(tp, changelog_offset(conn, tp))
-    if chunk.records:
-        refuse_foreign_seed(conn, tp)
-    return apply_changes(
+    seeded = own_seed(conn, tp, chunk.records)
+    applied = apply_changes(
         conn,
         tp.topic,
         tp.partition,
@@ -347,3 +342,6 @@ def apply_chunk(
         log_end_offset=log_end_offset,
         input_end=input_end,
     )
+    if seeded:
+        seed_applied(conn, tp)
+    return applied

@@ -50,6 +50,7 @@ import aiosqlite
 from sqlstate.errors import DatabaseBusyError, DatabaseError
 from sqlstate.observe.logs import LogEvent, rounded
 from sqlstate.observe.stats import Stats
+from sqlstate.state.handed_over import note_hand_over, refuse_if_handed_over
 from sqlstate.state.queries import sql
 
 logger = logging.getLogger("sqlstate.database")  # its documented name
@@ -174,6 +175,9 @@ class Database:
         self._checking: asyncio.Task[None] | None = None
         self._checker: Database | None = None
         self._corruption: DatabaseError | None = None
+        # Whether this connection noted the file's hand-over (``handed_over.py``): its write
+        # transactions then check that no other came since.
+        self._hand_over_noted = False
         self._closing = False
 
     # ---- opening ------------------------------------------------------------------------------
@@ -400,6 +404,12 @@ class Database:
         """
         return await self._call(functools.partial(self._run, work, "begin"), False)
 
+    async def note_hand_over(self) -> None:
+        """A daemon's, once the file is migrated: from now on each write transaction first
+        checks that ``sqlstate rebuild`` did not hand the file over since (``handed_over.py``)."""
+        await self.setting(note_hand_over)
+        self._hand_over_noted = True
+
     async def setting(self, work: Work[T]) -> T:
         """Run ``work`` outside any transaction, once: for PRAGMAs that cannot run inside one."""
         return await self._call(functools.partial(self._run, work, None), False)
@@ -480,6 +490,8 @@ class Database:
         try:
             if call.abandoned:  # gave up while BEGIN waited for the lock
                 raise _Abandoned
+            if self._hand_over_noted and begin == "begin_immediate":
+                refuse_if_handed_over(conn)
             result = work(conn)
             if self._corruption is not None and begin == "begin_immediate":
                 raise self._corruption

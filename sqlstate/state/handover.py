@@ -34,15 +34,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from sqlstate.errors import DatabaseError, HandedOverError
+from sqlstate.errors import DatabaseError
 from sqlstate.state.database import is_busy, utc_now
+from sqlstate.state.handed_over import HAND_OVER
 from sqlstate.state.queries import sql
 from sqlstate.state.table_rows import BOOKKEEPING, quoted
 
 #: The owner a hand-over writes in every position row: a daemon fenced by it must stop.
 HANDED_OVER = "sqlstate rebuild"
-#: The state setting naming the file's last hand-over (a new random value each time).
-HAND_OVER = "hand_over"
 
 T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]
@@ -118,35 +117,11 @@ class HandOver:
             ) from error
 
 
-def note_hand_over(conn: sqlite3.Connection) -> None:
-    """At a daemon's start, on its connection: remember which hand-over the file has had so
-    far (``refuse_if_handed_over``). Outside a transaction (``Database.setting``)."""
-    conn.execute(sql("create_hand_over_seen"))
-    conn.execute(sql("forget_hand_over_seen"))
-    conn.execute(sql("note_hand_over_seen"), {"name": HAND_OVER})
-
-
-def refuse_if_handed_over(conn: sqlite3.Connection) -> None:
-    """In a transaction of a daemon's: ``HandedOverError`` if ``sqlstate rebuild`` handed the
-    file over since the daemon started (``note_hand_over``), whatever its processors: nothing
-    of the old state's making may reach the new one, a batch, a claim or a changelog's rows.
-    Nothing to check on a connection that noted none (a tool's, a test's)."""
-    if not conn.execute(sql("hand_over_seen_exists")).fetchone()[0]:
-        return
-    if conn.execute(sql("handed_over_since"), {"name": HAND_OVER}).fetchone()[0]:
-        raise HandedOverError(
-            "sqlstate rebuild handed this database over to a new set of processors after this"
-            " daemon started, which wrote nothing more. Restart it with the new processor flags"
-            " (under --changelog, and the new --group-id): the restart continues from the"
-            " handed-over positions"
-        )
-
-
 def _lock(conn: sqlite3.Connection) -> Offsets:
     conn.execute(sql("begin"))
     now = utc_now()
     conn.execute(sql("fence_for_hand_over"), {"owner": HANDED_OVER, "now": now})
-    # Every daemon started before it stops at its next transaction (``refuse_if_handed_over``).
+    # Every daemon started before it stops at its next write transaction (``handed_over.py``).
     conn.execute(
         sql("record_state_setting_again"),
         {"name": HAND_OVER, "value": uuid.uuid4().hex, "now": now},
@@ -167,6 +142,8 @@ def _swap(
     if changelogs is not None:
         conn.execute(sql("forget_changelog_offsets"))
         conn.execute(sql("forget_changelog_topics"))
+        conn.execute(sql("forget_seeds"))
+        conn.execute(sql("plan_seeds"), {"name": HAND_OVER})
         for topic, changelog in sorted(changelogs.items()):
             # No ID yet: the first restore or standby start records the one Kafka gives.
             conn.execute(
@@ -186,6 +163,7 @@ def _swap_followed(conn: sqlite3.Connection, expected: Offsets) -> None:
         )
     _replace_state(conn)
     conn.execute(sql("take_rebuilt_positions"))
+    conn.execute(sql("forget_seeds"))
     conn.execute(sql("forget_changelog_offsets"))
     conn.execute(sql("forget_changelog_topics"))
     conn.execute(sql("take_rebuilt_changelog_offsets"))

@@ -299,9 +299,6 @@ RELEASE changelog_apply;
 -- name: read_changelog_offset
 SELECT next_offset FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
 
--- name: forget_changelog_offset
-DELETE FROM changelog_offsets WHERE topic = :topic AND partition = :partition;
-
 -- name: record_changelog_offset
 -- The owner, in its batch's transaction, or apply: the next changelog offset not yet in the file.
 -- log_end_offset: the changelog's end as the writer knows it (the owner: its own next offset);
@@ -440,6 +437,21 @@ DELETE FROM schema_migrations WHERE substr(name, 1, length(:prefix)) = :prefix;
 -- name: forget_state_setting
 DELETE FROM state_settings WHERE name = :name;
 
+-- name: pending_seed
+SELECT hand_over FROM changelog_seeds WHERE topic = :topic AND partition = :partition;
+
+-- name: forget_seed
+DELETE FROM changelog_seeds WHERE topic = :topic AND partition = :partition;
+
+-- name: forget_seeds
+DELETE FROM main.changelog_seeds;
+
+-- name: plan_seeds
+-- A hand-over to a new group from the input: every partition's state is to be its seed.
+INSERT INTO main.changelog_seeds (topic, partition, hand_over)
+SELECT topic, partition, (SELECT value FROM main.state_settings WHERE name = :name)
+FROM main.positions;
+
 -- name: forget_changelog_offsets
 -- A hand-over to a new group: the changelog offsets read in the old group's changelogs.
 DELETE FROM main.changelog_offsets;
@@ -470,19 +482,16 @@ ON CONFLICT (name) DO UPDATE SET value = excluded.value, recorded_at = excluded.
 
 -- name: create_hand_over_seen
 -- A daemon's connection: the hand-over the file had had when the daemon started.
-CREATE TEMP TABLE IF NOT EXISTS hand_over_seen (token TEXT);
+CREATE TEMP TABLE IF NOT EXISTS sqlstate_hand_over_seen (token TEXT);
 
 -- name: forget_hand_over_seen
-DELETE FROM temp.hand_over_seen;
+DELETE FROM temp.sqlstate_hand_over_seen;
 
 -- name: note_hand_over_seen
-INSERT INTO temp.hand_over_seen (token)
+INSERT INTO temp.sqlstate_hand_over_seen (token)
 VALUES ((SELECT value FROM main.state_settings WHERE name = :name));
-
--- name: hand_over_seen_exists
-SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'hand_over_seen');
 
 -- name: handed_over_since
 SELECT (SELECT value FROM main.state_settings WHERE name = :name)
-       IS NOT (SELECT token FROM temp.hand_over_seen);
+       IS NOT (SELECT token FROM temp.sqlstate_hand_over_seen);
 

@@ -29,6 +29,7 @@ BOOKKEEPING = frozenset(
         "changelog_offsets",
         "changelog_topics",
         "processor_definitions",
+        "changelog_seeds",
     }
 )
 

@@ -52,7 +52,6 @@ from aiokafka import TopicPartition
 from sqlstate.settings import OutOfRangePolicy
 from sqlstate.state import recorded
 from sqlstate.state.changelog_side import ChangelogSide
-from sqlstate.state.handover import refuse_if_handed_over
 from sqlstate.state.model import (
     Change,
     ChangelogPublishFailed,
@@ -104,7 +103,6 @@ def commit_batch(
             },
         ).rowcount
         if moved != 1:
-            refuse_if_handed_over(conn)  # fenced by a hand-over: this daemon must stop
             outcomes.append(Fenced(part.tp, position(conn, part.tp), part.records))
             continue
         rejected: Sequence[Rejected] = ()
@@ -163,7 +161,6 @@ def claim_assignment(
     bounds = {tp: log for tp, log in bounds.items() if tp not in taken}
     recorded.check_isolation_level(conn, isolation_level, now)
     recorded.check_changelog(conn, changelog is not None, now)
-    refuse_if_handed_over(conn)
     if processors is not None:
         # A topic --topic-pattern found while running: its processors are recorded with its
         # first claim (for --topic's topics, the start recorded them: nothing changes).

@@ -9,11 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 
 from sqlstate.app.processor_definitions import definitions
 from sqlstate.app.rebuild_steps import work_store
-from sqlstate.changelog.seed import refuse_foreign_seed
+from sqlstate.changelog.records import position_record
+from sqlstate.changelog.seed import own_seed, seed_applied
 from sqlstate.errors import ChangelogLostError
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
@@ -118,24 +118,26 @@ async def test_the_copy_keeps_only_what_the_new_set_has(tmp_path: Path) -> None:
     assert query(live, "SELECT count(*) FROM key_counts") == [(1,)]
 
 
-async def test_a_file_handed_over_from_the_input_applies_no_other_hosts_seed(
+async def test_a_file_handed_over_from_the_input_applies_only_its_own_seed(
     tmp_path: Path,
 ) -> None:
     live = tmp_path / "live.db"
     store = await filled(live, ["counts"], [b"a"])
     await store.database.close()
+    row = (b'["key_counts","orders",0,"a"]', b"{}", 0)
+    mine = (*position_record(1, seed="mine"), 1)
+    theirs = (*position_record(1, seed="theirs"), 1)
     with sqlite3.connect(live) as conn:
-        conn.row_factory = sqlite3.Row  # as sqlstate's connections have it
-        refuse_foreign_seed(conn, TP)  # never handed over: a changelog applies as ever
-        conn.execute("INSERT INTO state_settings VALUES ('hand_over', 'x', 'now')")
-        with pytest.raises(ChangelogLostError, match="Run sqlstate rebuild again"):
-            refuse_foreign_seed(conn, TP)
-        refuse_foreign_seed(conn, TopicPartition(TP.topic, 7))  # no state of it here
-        # Its own seed begun (offset 0 recorded first), or applied: the changelog continues it.
-        conn.execute(
-            "INSERT INTO changelog_offsets VALUES (?, ?, 0, NULL)", (TP.topic, TP.partition)
-        )
-        refuse_foreign_seed(conn, TP)
+        assert not own_seed(conn, TP, [row, theirs])  # never handed over: applies as ever
+        conn.execute("INSERT INTO changelog_seeds VALUES (?, ?, 'mine')", (TP.topic, 0))
+        assert not own_seed(conn, TP, [])  # past a seed a kill aborted: nothing to tell
+        assert own_seed(conn, TP, [row, mine])
+        with pytest.raises(ChangelogLostError, match="another host"):
+            own_seed(conn, TP, [row, theirs])
+        with pytest.raises(ChangelogLostError):
+            own_seed(conn, TP, [(*position_record(1), 0)])  # a batch, not a seed
+        seed_applied(conn, TP)
+        assert not own_seed(conn, TP, [row, theirs])  # seeded: the changelog continues it
     conn.close()
 
 

@@ -49,8 +49,8 @@ async def test_a_seed_makes_an_empty_file_equal_to_the_seeded_one(tmp_path: Path
         )
         assert unseeded is None  # never handed over: its changelog holds its state already
         await owner.store.database.transaction(
-            lambda conn: conn.execute(
-                "INSERT INTO state_settings VALUES ('hand_over', 'x', '2000-01-01')"
+            lambda conn: conn.executemany(
+                "INSERT INTO changelog_seeds VALUES ('t', ?, 'x')", [(0,), (1,), (2,)]
             )
         )
         seeds = {
@@ -63,6 +63,7 @@ async def test_a_seed_makes_an_empty_file_equal_to_the_seeded_one(tmp_path: Path
         seed = seeds[tp]
         assert seed is not None
         assert seed.next_offset == 90
+        assert seed.hand_over == "x"
         seeded.append(tp, seed.rows, seed.next_offset)
     applied = await follow(tmp_path / "new.db", members, seeded, chunks=2)
     assert not [q for a in applied for q in a.quarantined]

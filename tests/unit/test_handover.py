@@ -16,7 +16,7 @@ import pytest
 from sqlstate.app.rebuild import RebuildOptions, rebuild
 from sqlstate.errors import ConfigError, DatabaseError, HandedOverError
 from sqlstate.settings import Settings
-from sqlstate.state.handover import HANDED_OVER, HandOver, note_hand_over
+from sqlstate.state.handover import HANDED_OVER, HandOver
 from sqlstate.state.model import Claim
 from sqlstate.state.store import Store
 from tests.support.db import query
@@ -69,7 +69,7 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
     new = await filled(work, ["counts", "extra"], [b"a", b"a"])
     await new.database.close()
     add_extra(work)
-    await old.database.setting(note_hand_over)  # as the daemon does at its start
+    await old.database.note_hand_over()  # as the daemon does at its start
     try:
         await hand_over(live, work)
         assert query(live, "SELECT key, count FROM counts ORDER BY key") == [("a", 2)]
@@ -95,7 +95,7 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
                 isolation_level="read_committed",
                 processors=["counts", "extra"],
             )
-        await old.database.setting(note_hand_over)  # restarted, with the new processors
+        await old.database.note_hand_over()  # restarted, with the new processors
         claimed = await old.claim(
             bounds(TP),
             "o",
