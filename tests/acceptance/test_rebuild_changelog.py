@@ -81,7 +81,7 @@ async def test_rebuild_moves_every_host_to_a_new_group(
             assert not query(files[0], "SELECT * FROM changelog_offsets")
             hosts[0] = host(kafka_bootstrap, topic, new_group, tmp_path, 1, *NEW).start()
             # Killed once it has seeded a partition's changelog: the new group stands still.
-            await hosts[0].wait_for_log("to its empty changelog")
+            await hosts[0].wait_for_log("to its new changelog")
             await hosts[0].kill()
 
             # Host 2: the new group's changelogs hold state now, so the work file follows them,
