@@ -84,6 +84,8 @@ def as_made_by_the_previous_release(database: Path) -> None:
             conn.execute("DROP TABLE rejected_records")
             conn.execute("DROP TABLE changelog_offsets")
             conn.execute("DROP TABLE changelog_topics")
+            conn.execute("DROP TABLE processor_definitions")
+            conn.execute("DROP TABLE changelog_seeds")
             conn.execute("DELETE FROM schema_migrations WHERE name != '0001_initial.sql'")
     finally:
         conn.close()
