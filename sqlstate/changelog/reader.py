@@ -32,7 +32,6 @@ chunks although their offsets lie below the file's, or restore the partition fro
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -62,6 +61,12 @@ _FETCH_WAIT_MS = 500
 # fetch_max_bytes less): a steady-state poll's 1 MiB holds about 7,000 records, fewer than a
 # restore's chunk, which would end at each fetch.
 RESTORE_FETCH_BYTES = 16 * 1024 * 1024
+# How long the broker may hold a restore's fetch that finds nothing new. A restore reads to a
+# known end, so a long poll only delays it: the fetcher sends its next fetch as soon as one
+# returns, and one held at the end of a partition (aiokafka's 500 ms) kept the next restore's
+# first fetch waiting for it, about half a second per partition claimed. The partition is
+# paused once read whole, so that a reader between restores does not poll.
+_RESTORE_FETCH_HOLD_MS = 20
 
 
 class ChangelogChunk(NamedTuple):
@@ -128,12 +133,10 @@ class ChangelogReader:
     restore at a claim). ``await start()`` once, ``await stop()`` at the end."""
 
     def __init__(self, settings: Settings) -> None:
-        fetch_bytes = max(
-            settings.max_partition_fetch_bytes,
-            min(RESTORE_FETCH_BYTES, settings.fetch_max_bytes),
-        )
         self._consumer = build_changelog_consumer(
-            dataclasses.replace(settings, max_partition_fetch_bytes=fetch_bytes)
+            settings,
+            fetch_max_wait_ms=_RESTORE_FETCH_HOLD_MS,
+            max_partition_fetch_bytes=min(RESTORE_FETCH_BYTES, settings.fetch_max_bytes),
         )
         self._lock = asyncio.Lock()
         self.input_ends = InputEnds(self._consumer)
@@ -203,6 +206,9 @@ class ChangelogReader:
                 chunk, carried = whole_transactions(carried + records, position)
                 if chunk is not None:
                     yield chunk._replace(rewound=rewound)
+            # Read: fetch nothing more of it (each fetch would return at once, empty) until the
+            # next restore assigns a partition.
+            consumer.pause(tp)
             if carried:
                 # Committed records below the end with no position record after them: not an
                 # owner's transaction (its records are checked one by one when applied). There is
