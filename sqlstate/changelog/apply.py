@@ -45,9 +45,14 @@ connection's ``sqlite3*``, which Python 3.11 does not give. Neither way costs an
 whose schema has no trigger (the built-in processors): the apply only asks ``sqlite_master``.
 The batch path never runs this code.
 
-sqlstate's TEMP capture triggers still fire either way (SQLite exempts TEMP triggers from
-``SQLITE_DBCONFIG_ENABLE_TRIGGER`` since 3.35, and only the file's triggers are dropped); what
-they caught is dropped before the commit.
+sqlstate's TEMP capture triggers (installed on the connection of a process under
+``--changelog``) are not the file's: SQLite exempts TEMP triggers from
+``SQLITE_DBCONFIG_ENABLE_TRIGGER`` since 3.35. What they catch here is not this file's owner's
+change and is dropped before the commit. They make an insert 2-3 times as costly, so an apply of
+``QUIET_CAPTURE_FROM`` records or more (a restore's chunks) drops them in its transaction and
+installs them again before it commits, as ``install_capture`` made them; a smaller one (a
+standby's) lets them fire: dropping them expires every statement the connection has prepared,
+which the batches would then prepare again.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.capture import install_capture
 from sqlstate.changelog.identity import check_position_topic
 from sqlstate.changelog.offsets import changelog_offset, record_changelog_offset
 from sqlstate.changelog.records import (
@@ -72,7 +78,13 @@ from sqlstate.changelog.records import (
     decode,
 )
 from sqlstate.changelog.state_table import StateTable
-from sqlstate.changelog.table_sql import delete_by_key, drop_trigger, insert_row
+from sqlstate.changelog.table_sql import (
+    capture_trigger_names,
+    delete_by_key,
+    drop_temp_trigger,
+    drop_trigger,
+    insert_row,
+)
 from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
@@ -87,6 +99,9 @@ _delete_sql = functools.cache(delete_by_key)
 _insert_sql = functools.lru_cache(maxsize=1024)(insert_row)
 
 
+#: Records from which an apply switches the capture triggers off for its writes (see the
+#: module's docstring): well above a standby's usual chunk, well below a restore's.
+QUIET_CAPTURE_FROM = 2_000
 #: Bytes of a quarantined record's key and value kept for the report.
 QUARANTINE_KEPT = 1_000
 # What SQLite (or binding a value for it) raises for one row it cannot store: a constraint, an
@@ -170,7 +185,8 @@ def apply_changes(
 
     position = _position(conn, tp, fresh, input_end, refuse, now)
     changes = _checked_changes(conn, tp, fresh, tables, refuse)
-    with _main_triggers_off(conn):
+    quiet = len(fresh) >= QUIET_CAPTURE_FROM
+    with _main_triggers_off(conn), _capture_off(conn, tables) if quiet else _as_is():
         written, tombstones = _write(conn, changes, refuse)
     if position is not None:
         start = position.start
@@ -303,23 +319,31 @@ def _write(
 
     If SQLite refuses a row, everything is undone to a savepoint and written again one change
     at a time, each in a savepoint of its own: the refused ones are set aside, the rest kept."""
-    deletes: dict[StateTable, list[tuple[Any, ...]]] = {}
+    # By table name: a StateTable hashes all its fields at every lookup.
+    deletes: dict[str, tuple[StateTable, list[tuple[Any, ...]]]] = {}
     inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
-    for table, change, _ in changes:
-        deletes.setdefault(table, []).append(change.key)
-        if change.row is not None:
-            inserts.setdefault((table.name, tuple(change.row)), []).append(
-                tuple(change.row.values())
-            )
+    tombstones = 0
+    for table, (_, key, row), _ in changes:
+        entry = deletes.get(table.name)
+        if entry is None:
+            entry = deletes[table.name] = (table, [])
+        entry[1].append(key)
+        if row is None:
+            tombstones += 1
+            continue
+        columns = tuple(row)
+        values = inserts.get((table.name, columns))
+        if values is None:
+            values = inserts[table.name, columns] = []
+        values.append(tuple(row.values()))
     try:
         with _savepoint(conn):
-            for table, keys in deletes.items():
+            for table, keys in deletes.values():
                 conn.executemany(_delete_sql(table), keys)
             for (name, columns), rows in inserts.items():
                 conn.executemany(_insert_sql(name, columns), rows)
     except _ROW_ERRORS:
         return _write_one_by_one(conn, changes, refuse)
-    tombstones = sum(1 for _, change, _ in changes if change.row is None)
     return sum(len(values) for values in inserts.values()), tombstones
 
 
@@ -378,6 +402,30 @@ def _main_triggers_off(conn: sqlite3.Connection) -> Iterator[None]:
     else:
         with _dropped(conn, triggers):
             yield
+
+
+@contextlib.contextmanager
+def _as_is() -> Iterator[None]:
+    yield
+
+
+@contextlib.contextmanager
+def _capture_off(conn: sqlite3.Connection, tables: Sequence[StateTable]) -> Iterator[None]:
+    """This connection's capture triggers dropped for the block and installed again after it,
+    in the caller's transaction (TEMP objects: no other connection sees either). Only when they
+    are exactly those ``install_capture`` makes for ``tables``, which is how they come back;
+    otherwise (none, or others) they stay and fire. Not installed again if the block raises:
+    the caller's rollback brings them back."""
+    if not conn.in_transaction:
+        raise DatabaseError("the capture triggers are dropped for an apply only in a transaction")
+    names = [str(name) for (name,) in conn.execute(sql("capture_trigger_names"))]
+    if not names or names != [name for table in tables for name in capture_trigger_names(table)]:
+        yield
+        return
+    for name in names:
+        conn.execute(drop_temp_trigger(name))
+    yield
+    install_capture(conn, tables)
 
 
 @contextlib.contextmanager

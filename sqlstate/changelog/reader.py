@@ -54,9 +54,19 @@ from sqlstate.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: Records per chunk of a restore: each chunk is one SQLite transaction of the caller's.
-RESTORE_CHUNK = 10_000
+RESTORE_CHUNK = 20_000
 # How long one fetch of a restore waits for records before asking again.
 _FETCH_WAIT_MS = 500
+# Bytes a restore fetches of its one partition at a time (unless the settings say more, or
+# fetch_max_bytes less): a steady-state poll's 1 MiB holds about 7,000 records, fewer than a
+# restore's chunk, which would end at each fetch.
+RESTORE_FETCH_BYTES = 16 * 1024 * 1024
+# How long the broker may hold a restore's fetch that finds nothing new. A restore reads to a
+# known end, so a long poll only delays it: the fetcher sends its next fetch as soon as one
+# returns, and one held at the end of a partition (aiokafka's 500 ms) kept the next restore's
+# first fetch waiting for it, about half a second per partition claimed. The partition is
+# paused once read whole, so that a reader between restores does not poll.
+_RESTORE_FETCH_HOLD_MS = 20
 
 
 class ChangelogChunk(NamedTuple):
@@ -123,7 +133,11 @@ class ChangelogReader:
     restore at a claim). ``await start()`` once, ``await stop()`` at the end."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = build_changelog_consumer(settings)
+        self._consumer = build_changelog_consumer(
+            settings,
+            fetch_max_wait_ms=_RESTORE_FETCH_HOLD_MS,
+            max_partition_fetch_bytes=min(RESTORE_FETCH_BYTES, settings.fetch_max_bytes),
+        )
         self._lock = asyncio.Lock()
         self.input_ends = InputEnds(self._consumer)
 
@@ -192,6 +206,9 @@ class ChangelogReader:
                 chunk, carried = whole_transactions(carried + records, position)
                 if chunk is not None:
                     yield chunk._replace(rewound=rewound)
+            # Read: fetch nothing more of it (each fetch would return at once, empty) until the
+            # next restore assigns a partition.
+            consumer.pause(tp)
             if carried:
                 # Committed records below the end with no position record after them: not an
                 # owner's transaction (its records are checked one by one when applied). There is

@@ -109,6 +109,12 @@ def _record_value(columns: Sequence[str], row: str) -> str:
     return f"CAST(json_object({pairs}) AS BLOB)"
 
 
+def capture_trigger_names(table: StateTable) -> list[str]:
+    """The names of ``capture_triggers``, in the order they are created (an apply drops them
+    by these names; tests/unit/test_changelog_restore_apply.py checks they agree)."""
+    return [f"changelog_{kind}_{table.name}" for kind in ("insert", "rekey", "update", "delete")]
+
+
 def refuse_uncapturable(conn: sqlite3.Connection, table: StateTable) -> None:
     """``ProcessorError`` if ``table`` declares a change that no trigger would see.
 
@@ -148,3 +154,8 @@ def insert_row(table: str, columns: Sequence[str]) -> str:
 def drop_trigger(name: str) -> str:
     """Drop the file's (not a TEMP) trigger ``name``."""
     return f"DROP TRIGGER main.{quoted(name)}"
+
+
+def drop_temp_trigger(name: str) -> str:
+    """Drop this connection's TEMP trigger ``name`` (a capture trigger)."""
+    return f"DROP TRIGGER temp.{quoted(name)}"

@@ -194,13 +194,17 @@ def build_changelog_producer(
     )
 
 
-def build_changelog_consumer(settings: Settings) -> AIOKafkaConsumer:
+def build_changelog_consumer(
+    settings: Settings, *, fetch_max_wait_ms: int = 500, max_partition_fetch_bytes: int = 0
+) -> AIOKafkaConsumer:
     """A consumer outside any group that reads changelog partitions it is assigned by hand.
 
     read_committed whatever the input's isolation level: an aborted changelog transaction is a
     batch whose SQLite transaction rolled back (or a zombie's), and must never be applied. No
     automatic reset: a position Kafka no longer has raises OffsetOutOfRangeError, so the reader
-    decides and says so.
+    decides and says so. ``fetch_max_wait_ms``: how long the broker holds a fetch that finds
+    nothing new (aiokafka's default, 500); ``max_partition_fetch_bytes``: at least the
+    settings' (a restore reads more of its one partition at a time).
     """
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -210,7 +214,10 @@ def build_changelog_consumer(settings: Settings) -> AIOKafkaConsumer:
         auto_offset_reset="none",
         isolation_level="read_committed",
         fetch_max_bytes=settings.fetch_max_bytes,
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        max_partition_fetch_bytes=max(
+            settings.max_partition_fetch_bytes, max_partition_fetch_bytes
+        ),
+        fetch_max_wait_ms=fetch_max_wait_ms,
         metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
         **security_options(settings.security),
     )

@@ -244,6 +244,11 @@ CREATE TEMP TABLE IF NOT EXISTS changelog_capture (
 -- name: changelog_capture_installed
 SELECT count(*) FROM sqlite_temp_master WHERE type = 'table' AND name = 'changelog_capture';
 
+-- name: capture_trigger_names
+-- This connection's capture triggers (the only TEMP triggers sqlstate makes): a large apply drops
+-- them and installs them again (sqlstate/changelog/apply.py).
+SELECT name FROM sqlite_temp_master WHERE type = 'trigger' ORDER BY rowid;
+
 -- name: take_changelog_capture
 -- Every change in order; capture.py keeps each row's last. (Done in SQL, with a GROUP BY key,
 -- it took twice as long: the keys are sorted.)

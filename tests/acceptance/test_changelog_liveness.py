@@ -31,7 +31,7 @@ from tests.support.hosts import converged, host, logs
 from tests.support.kafka import TopicFactory, delete_topics
 from tests.support.workload import end_offsets, produce_keyed
 
-# Enough distinct keys that restoring their changelog takes many transactions of 10,000 records.
+# Enough distinct keys that restoring their changelog takes several transactions of 20,000 records.
 KEYS = 150_000
 STOP_WITHIN_S = 2.0
 

@@ -1,0 +1,178 @@
+"""A restore's large applies: the capture triggers are dropped for the writes and come back as
+they were, and the result is the one the general path gives on the same records (a key written
+twice, a tombstone, a key moved, records set aside); a record's JSON is read as ``json`` reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from sqlstate.changelog import apply as apply_module
+from sqlstate.changelog import records as records_module
+from sqlstate.changelog.apply import QUIET_CAPTURE_FROM, Applied, apply_changes
+from sqlstate.changelog.capture import install_capture, take_changes
+from sqlstate.changelog.records import position_record
+from sqlstate.changelog.table_sql import drop_temp_trigger
+from sqlstate.changelog.tables import state_tables
+from sqlstate.processors.counts import KeyCounter
+from sqlstate.processors.registry import Processors
+from sqlstate.state.database import utc_now
+from tests.support.db import query
+from tests.support.processing import open_store
+
+T0 = TopicPartition("t", 0)
+Logged = tuple[bytes, bytes | None, int]
+
+
+def counted(partition: int, key: str, count: int) -> tuple[bytes, bytes]:
+    """A key_counts row of topic t as its owner's capture writes it."""
+    return (
+        b'["key_counts","t",%d,"%s"]' % (partition, key.encode()),
+        b'{"topic":"t","partition":%d,"key":"%s","count":%d}' % (partition, key.encode(), count),
+    )
+
+
+def changelog() -> list[Logged]:
+    """More records than QUIET_CAPTURE_FROM of partition 0, with what compaction may not have
+    removed yet and what anyone who can write the topic could write."""
+    pairs: list[tuple[bytes, bytes | None]] = [
+        counted(0, f"k{i:05d}", 1) for i in range(QUIET_CAPTURE_FROM)
+    ]
+    pairs += [
+        counted(0, "k00005", 7),  # written twice: the last one counts
+        (counted(0, "k00006", 1)[0], None),  # a tombstone
+        (counted(0, "k00007", 1)[0], None),  # a key moved: the old one's tombstone, the new row
+        counted(0, "moved", 1),
+        counted(1, "theirs", 5),  # another partition's row: set aside
+        (b"not json", None),  # unreadable: set aside
+        (counted(0, "other", 1)[0], counted(0, "mine", 1)[1]),  # key and row disagree
+        (  # an integer SQLite cannot store: set aside by the one-by-one path
+            counted(0, "huge", 1)[0],
+            b'{"topic":"t","partition":0,"key":"huge","count":18446744073709551616}',
+        ),
+        position_record(42),
+    ]
+    return [(key, value, offset) for offset, (key, value) in enumerate(pairs)]
+
+
+def _apply(conn: sqlite3.Connection, records: list[Logged]) -> Applied:
+    return apply_changes(conn, "t", 0, records, state_tables([KeyCounter()]), now=utc_now())
+
+
+def _temp_objects(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT type, name, sql FROM sqlite_temp_master ORDER BY rowid").fetchall()
+
+
+def _an_owners_change(conn: sqlite3.Connection) -> list[tuple[bytes, bytes | None]]:
+    """What the capture takes of a row an owner writes, the row then taken back."""
+    conn.execute("INSERT INTO key_counts VALUES ('t', 0, 'owner', 1)")
+    taken = take_changes(conn)
+    conn.execute("DELETE FROM key_counts WHERE key = 'owner'")
+    take_changes(conn)
+    return taken
+
+
+async def _applied(
+    path: Path, capture: bool, chunk: int
+) -> tuple[list[Applied], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Apply ``changelog()`` to a new file in chunks of ``chunk`` records; what each apply
+    did, and the connection's TEMP objects before and after."""
+    members = [KeyCounter()]
+    processors = Processors.checked(members)
+    store = await open_store(path, processors)
+    database = store.database
+    try:
+        if capture:
+            await database.setting(functools.partial(install_capture, tables=state_tables(members)))
+        before = await database.read(_temp_objects)
+        records = changelog()
+        done = [
+            await database.transaction(functools.partial(_apply, records=records[at : at + chunk]))
+            for at in range(0, len(records), chunk)
+        ]
+        after = await database.read(_temp_objects)
+        if capture:
+            # Still catching the owner's changes, and nothing of the apply's.
+            assert await database.transaction(_an_owners_change) == [counted(0, "owner", 1)]
+    finally:
+        await database.close()
+        processors.close()
+    return done, before, after
+
+
+def _state(path: Path) -> list[tuple[Any, ...]]:
+    return query(path, "SELECT topic, partition, key, count FROM key_counts ORDER BY key")
+
+
+async def test_a_large_apply_gives_what_the_general_path_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dropped: list[str] = []
+
+    def drop(name: str) -> str:
+        dropped.append(name)
+        return drop_temp_trigger(name)
+
+    monkeypatch.setattr(apply_module, "drop_temp_trigger", drop)
+    quiet, before, after = await _applied(tmp_path / "quiet.db", capture=True, chunk=10**9)
+    assert len(dropped) == 8  # 4 on each of key_counts and rejected_records
+    plain, _, _ = await _applied(tmp_path / "plain.db", capture=False, chunk=10**9)
+    # Chunks below the threshold: the capture triggers fire, and what they caught is dropped.
+    firing, _, _ = await _applied(tmp_path / "firing.db", capture=True, chunk=500)
+    assert len(dropped) == 8
+
+    assert before
+    assert after == before  # the same triggers, same text, same order
+    assert quiet == plain
+    (done,) = quiet
+    assert [q for chunk in firing for q in chunk.quarantined] == list(done.quarantined)
+    assert [q.reason.split(":")[0] for q in done.quarantined] == [
+        "its row belongs to partition 1, not 0",
+        "a changelog record this sqlstate cannot read (Expecting value",
+        "its key ('t', 0, 'other') is not the key of its row",
+        "SQLite refused it",
+    ]
+    assert (done.position, done.tombstones) == (42, 2)
+    expected = _state(tmp_path / "plain.db")
+    assert _state(tmp_path / "quiet.db") == expected == _state(tmp_path / "firing.db")
+    assert ("t", 0, "k00005", 7) in expected
+    assert ("t", 0, "moved", 1) in expected
+    assert not {"k00006", "k00007", "huge", "mine", "other"} & {row[2] for row in expected}
+    assert len(expected) == QUIET_CAPTURE_FROM - 1  # two gone, one moved in
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a":1,"b":"x"}',
+        b' {"a": 1} ',
+        b'["t",1]\n',
+        b'"\\ud800"',
+        b'{"a":1} x',
+        b'{"a":1',
+        b'{"a":NaN}',
+        b"Infinity",
+        b"",
+        b"   ",
+        b"[1e400]",
+        b'{"a":1,"a":2}',
+    ],
+)
+def test_a_records_json_is_read_as_json_reads_it(text: bytes) -> None:
+    def read(loads: Any) -> tuple[str, Any]:
+        try:
+            return "ok", loads(text)
+        except ValueError as error:
+            return type(error).__name__, str(error)
+
+    expected = read(lambda data: records_module._loads(data.decode()))
+    assert read(records_module._json) == expected
+    if expected[0] == "ok" and text.strip() not in (b'"\\ud800"',):
+        assert expected[1] == json.loads(text)
