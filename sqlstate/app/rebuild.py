@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from sqlstate.app.rebuild_follow import follow_group
 from sqlstate.app.rebuild_steps import (
     Progress,
     Rebuilt,
+    applied_changelogs,
     carry_over,
     check_complete,
     hand_over,
@@ -63,7 +63,6 @@ from sqlstate.state import recorded
 from sqlstate.state.database import Database
 from sqlstate.state.handover import HandOver, Offsets
 from sqlstate.state.model import Position
-from sqlstate.state.queries import sql
 from sqlstate.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -162,21 +161,15 @@ async def _check_group(live: Database, settings: Settings, group_id: str | None)
             " old group's hosts go on with theirs. Give --group-id a name the group has never"
             " had (say orders-v2), the same on every host (see docs/rebuild.md)"
         )
-    for topic in settings.topics:
-        row = await live.read(functools.partial(_changelog_of, topic=topic))
-        if row is not None and row[0] == changelog_topic(group_id, topic):
+    applied = await live.read(functools.partial(applied_changelogs, topics=settings.topics))
+    for topic, changelog in sorted(applied.items()):
+        if changelog == changelog_topic(group_id, topic):
             raise ConfigError(
-                f"{settings.database} already applies changelog {row[0]} of group {group_id}:"
+                f"{settings.database} already applies changelog {changelog} of group {group_id}:"
                 " a rebuild moves the file to a new group; give --group-id a name the group"
                 " has never had"
             )
     return True
-
-
-def _changelog_of(conn: sqlite3.Connection, topic: str) -> tuple[str, str | None] | None:
-    """The changelog topic (and its ID) the file applies for input ``topic``; None: none."""
-    row = conn.execute(sql("read_changelog_topic"), {"topic": topic}).fetchone()
-    return None if row is None else (row[0], row[1])
 
 
 async def _group_started(consumer: AIOKafkaConsumer, settings: Settings) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlstate.app.rebuild_steps import (
     Progress,
     Rebuilt,
+    applied_changelogs,
     check_complete,
     hand_over,
     live_positions,
@@ -44,7 +44,6 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
 from sqlstate.state.handover import HandOver, Offsets
-from sqlstate.state.queries import sql
 from sqlstate.state.store import Store
 
 # How long the hand-over, holding the live file's write lock, waits for the new group to pass
@@ -90,22 +89,14 @@ async def _followed_work_store(
     work = await work_store(work_path, settings, processors)
     if not await work.positions():
         return work
-    followed = await work.database.read(
-        functools.partial(_follows_group, topics=settings.topics, group_id=settings.group_id)
+    applied = await work.database.read(
+        functools.partial(applied_changelogs, topics=settings.topics)
     )
-    if followed:
+    if applied == {t: changelog_topic(settings.group_id, t) for t in settings.topics}:
         return work
     await work.database.close()
     await asyncio.to_thread(remove_work_file, work_path)
     return await work_store(work_path, settings, processors)
-
-
-def _follows_group(conn: sqlite3.Connection, topics: Sequence[str], group_id: str) -> bool:
-    for topic in topics:
-        row = conn.execute(sql("read_changelog_topic"), {"topic": topic}).fetchone()
-        if row is None or row[0] != changelog_topic(group_id, topic):
-            return False
-    return True
 
 
 async def _follow_and_hand_over(

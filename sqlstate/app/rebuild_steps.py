@@ -242,3 +242,13 @@ async def carry_over(settings: Settings, work_path: Path, processors: Processors
     await asyncio.to_thread(os.replace, copy, work_path)
     _CARRIED.log(processors=", ".join(processors.names), removed=", ".join(removed) or "none")
     return True
+
+
+def applied_changelogs(conn: sqlite3.Connection, topics: Sequence[str]) -> dict[str, str]:
+    """The changelog topic the file applies for each of ``topics`` that has one."""
+    found = {}
+    for topic in topics:
+        row = conn.execute(sql("read_changelog_topic"), {"topic": topic}).fetchone()
+        if row is not None:
+            found[topic] = str(row[0])
+    return found

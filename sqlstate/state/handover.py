@@ -140,9 +140,7 @@ def _swap(
         )
     _replace_state(conn)
     if changelogs is not None:
-        conn.execute(sql("forget_changelog_offsets"))
-        conn.execute(sql("forget_changelog_topics"))
-        conn.execute(sql("forget_seeds"))
+        _forget_old_group(conn)
         conn.execute(sql("plan_seeds"), {"name": HAND_OVER})
         for topic, changelog in sorted(changelogs.items()):
             # No ID yet: the first restore or standby start records the one Kafka gives.
@@ -163,11 +161,16 @@ def _swap_followed(conn: sqlite3.Connection, expected: Offsets) -> None:
         )
     _replace_state(conn)
     conn.execute(sql("take_rebuilt_positions"))
-    conn.execute(sql("forget_seeds"))
-    conn.execute(sql("forget_changelog_offsets"))
-    conn.execute(sql("forget_changelog_topics"))
+    _forget_old_group(conn)
     conn.execute(sql("take_rebuilt_changelog_offsets"))
     conn.execute(sql("take_rebuilt_changelog_topics"))
+
+
+def _forget_old_group(conn: sqlite3.Connection) -> None:
+    """What the live file knew of its changelogs: offsets, topics, seeds still to publish."""
+    conn.execute(sql("forget_changelog_offsets"))
+    conn.execute(sql("forget_changelog_topics"))
+    conn.execute(sql("forget_seeds"))
 
 
 def _replace_state(conn: sqlite3.Connection) -> None:

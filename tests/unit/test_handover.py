@@ -48,11 +48,13 @@ def add_extra(path: Path) -> None:
     conn.close()
 
 
-async def hand_over(live: Path, work: Path) -> None:
+async def hand_over(live: Path, work: Path, *, followed: bool = False) -> None:
+    """One hand-over, committed, or rolled back on any failure; ``followed``: of a work file
+    that followed a new group's changelogs."""
     handing = await HandOver.open(live, work, 5.0)
     try:
         offsets = await handing.lock()
-        await handing.swap(offsets)
+        await (handing.swap_followed(offsets) if followed else handing.swap(offsets))
         await handing.commit()
     except BaseException:
         await handing.rollback()
@@ -110,8 +112,15 @@ async def test_the_live_file_takes_the_work_files_state_and_keeps_its_positions(
         await old.database.close()
 
 
-async def test_a_work_file_at_other_positions_is_refused_and_nothing_changes(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("followed", "refusal"),
+    [
+        (False, "does not stand at the live file's positions"),
+        (True, "at or past the live file's positions"),
+    ],
+)
+async def test_a_work_file_behind_the_live_positions_is_refused_and_nothing_changes(
+    tmp_path: Path, followed: bool, refusal: str
 ) -> None:
     live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
     old = await filled(live, ["counts"], [b"a", b"b"])
@@ -119,8 +128,8 @@ async def test_a_work_file_at_other_positions_is_refused_and_nothing_changes(
     await new.database.close()
     try:
         before = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
-        with pytest.raises(DatabaseError, match="does not stand at the live file's positions"):
-            await hand_over(live, work)
+        with pytest.raises(DatabaseError, match=refusal):
+            await hand_over(live, work, followed=followed)
         after = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
         assert after == before
     finally:
@@ -148,18 +157,6 @@ async def test_rebuild_of_a_changelog_file_wants_a_new_group_before_touching_kaf
     assert not (tmp_path / "live.db.rebuild").exists()
 
 
-async def swap_followed(live: Path, work: Path) -> None:
-    handing = await HandOver.open(live, work, 5.0)
-    try:
-        await handing.swap_followed(await handing.lock())
-        await handing.commit()
-    except BaseException:
-        await handing.rollback()
-        raise
-    finally:
-        await handing.close()
-
-
 def changelog_bookkeeping(path: Path, changelog: str, offset: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(
@@ -182,30 +179,13 @@ async def test_a_followed_work_file_at_or_past_the_live_positions_brings_them_al
     await new.database.close()
     changelog_bookkeeping(work, "g2.orders.changelog", 7)
     try:
-        await swap_followed(live, work)
+        await hand_over(live, work, followed=True)
         assert query(live, "SELECT key, count FROM counts ORDER BY key") == [("a", 2), ("c", 1)]
         assert query(live, "SELECT next_offset, epoch, owner FROM positions") == [
             (3, 2, HANDED_OVER)
         ]
         assert query(live, "SELECT changelog FROM changelog_topics") == [("g2.orders.changelog",)]
         assert query(live, "SELECT next_offset FROM changelog_offsets") == [(7,)]
-    finally:
-        await old.database.close()
-
-
-async def test_a_followed_work_file_behind_the_live_positions_is_refused(
-    tmp_path: Path,
-) -> None:
-    live, work = tmp_path / "live.db", tmp_path / "live.db.rebuild"
-    old = await filled(live, ["counts"], [b"a", b"b"])
-    new = await filled(work, ["counts", "extra"], [b"a"])
-    await new.database.close()
-    try:
-        before = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
-        with pytest.raises(DatabaseError, match="at or past the live file's positions"):
-            await swap_followed(live, work)
-        after = query(live, "SELECT * FROM positions"), query(live, "SELECT * FROM key_counts")
-        assert after == before
     finally:
         await old.database.close()
 
