@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import NodeNotReadyError, TopicAlreadyExistsError, for_code
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -181,8 +181,16 @@ async def recreate_topic(
 
 
 async def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    async with admin_client(bootstrap) as admin:
-        (described,) = await admin.describe_topics([topic])
+    async with asyncio.timeout(DEFAULT_TIMEOUT):
+        while True:
+            try:
+                async with admin_client(bootstrap) as admin:
+                    (described,) = await admin.describe_topics([topic])
+                break
+            except NodeNotReadyError:
+                # aiokafka's admin client sends to a random broker of its metadata, and asks
+                # with none (node id None) when that metadata names no broker yet: ask again.
+                await asyncio.sleep(0.1)
     if described["error_code"]:
         raise for_code(described["error_code"])(f"describing topic {topic}")
     return sorted(p["partition"] for p in described["partitions"])
