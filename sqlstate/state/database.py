@@ -74,6 +74,8 @@ Work = Callable[[sqlite3.Connection], T]
 # Result codes (sqlite3.Error.sqlite_errorcode & 0xff) that mean "another connection holds it".
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _RETRY_PAUSE_S = 0.5
+# A failed switch to WAL met another connection's switch, which takes milliseconds.
+_SWITCH_RETRY_PAUSE_S = 0.01
 # quick_check reads every page, about 350 MB a second on a current core (2.4 s for the 823 MB of
 # 10,000,000 keys). A file below this size is checked before anything is written, in under
 # 0.2 s; a larger one, beside start-up (``open``'s ``on_corrupt``).
@@ -292,7 +294,18 @@ class Database:
         ours: it rewrites the file header. A locked file fails here like any transaction would
         (exit code 3)."""
         await self.setting(_require_json_functions)
-        await self.setting(_prepare_for_writing)
+        # Two connections switching one new file to WAL at once can deadlock: each holds a
+        # shared lock and wants the exclusive one, so SQLite answers one of them "locked" at
+        # once, without waiting its busy timeout. Tried again, the switch finds WAL in place.
+        deadline = asyncio.get_running_loop().time() + self._busy_timeout_s
+        while True:
+            try:
+                await self.setting(_prepare_for_writing)
+                return
+            except DatabaseBusyError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(_SWITCH_RETRY_PAUSE_S)
 
     def check_integrity_beside(self, on_corrupt: Callable[[DatabaseError], None]) -> None:
         """Run ``PRAGMA quick_check`` on a read-only connection of its own, beside whatever this

@@ -333,3 +333,26 @@ async def test_a_sound_large_file_checked_beside_goes_on(
         await database.close()
     assert found == []
     assert owners(path) == ["after the check", "during the check"]
+
+
+async def test_connections_switching_one_new_file_to_wal_at_once_all_succeed(
+    tmp_path: Path,
+) -> None:
+    # Daemons started together on one new file: SQLite answers one of two simultaneous
+    # switches to WAL "locked" at once, without its busy timeout (each holds a shared lock).
+    for attempt in range(20):
+        path = tmp_path / f"s{attempt}.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE other (x)")  # rollback-journal mode until the switch
+        conn.commit()
+        conn.close()
+        databases = [
+            await Database._connect(path, busy_timeout_s=5.0, read_only=False, stats=Stats())
+            for _ in range(4)
+        ]
+        try:
+            await asyncio.gather(*(database.prepare_for_writing() for database in databases))
+        finally:
+            for database in databases:
+                await database.close()
+        assert query(path, "PRAGMA journal_mode") == [("wal",)]
