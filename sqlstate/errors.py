@@ -127,9 +127,18 @@ class ChangelogError(BrokerError):
 
 
 class ChangelogFenced(ChangelogError):
-    """Another owner claimed the partition: its producer fenced this one for good."""
+    """Another owner claimed the partition: its producer fenced this one for good.
+
+    ``kept``: the producer was kept through a rebalance and had not published since, so the
+    producer that fenced it may be of an owner the group has revoked since (this member was out
+    of the group meanwhile): the partition is claimed again at once, with a new producer.
+    """
 
     retriable = False
+
+    def __init__(self, message: str, *, kept: bool = False) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class WaitTimeoutError(SqlstateError, TimeoutError):

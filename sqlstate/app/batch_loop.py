@@ -467,8 +467,14 @@ class BatchLoop:
         return tps
 
     async def _changelog_failed(self, failed: ChangelogPublishFailed) -> None:
-        """The batch rolled back: its changelog transactions did not all commit."""
-        fenced = [tp for tp, error in failed.failures.items() if isinstance(error, ChangelogFenced)]
+        """The batch rolled back: its changelog transactions did not all commit. A partition
+        whose kept producer was fenced is claimed again at once, as after any other failure:
+        the owner that fenced it may be one the group has revoked since (``ChangelogFenced``)."""
+        fenced = [
+            tp
+            for tp, error in failed.failures.items()
+            if isinstance(error, ChangelogFenced) and not error.kept
+        ]
         self._stats.changelog_failures += 1
         _PUBLISH_FAILED.log(
             partitions=len(failed.partitions),

@@ -224,7 +224,7 @@ class Claimer:
         if self._changelog is not None:
             # Every partition claimed or being claimed here: one whose claim failed has no
             # producer, and must be followed again as well; one whose producer outlived its
-            # claim must have it stopped.
+            # claim must have it stopped. Those still assigned keep their producers.
             await self._release_producers(
                 (self._changelog.claiming | self._changelog.owned) - assigned
             )

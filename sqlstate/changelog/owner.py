@@ -66,6 +66,12 @@ _RESTORED = LogEvent(
     "restored %(topic)s-%(partition)d from its changelog: %(records)d records in %(restore_s).2f s",
     data={"restore_s": rounded(3)},
 )
+_KEPT = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_producers_kept",
+    "claiming %(partitions)d partitions: %(kept)d changelog producers kept, %(started)d started",
+)
 _PUBLISHED = LogEvent(
     logger,
     logging.DEBUG,
@@ -209,15 +215,27 @@ class ChangelogOwner:
             {tp.topic for tp in tps}
             | {changelog_topic(self._settings.group_id, tp.topic) for tp in tps}
         )
-        # Always a new producer, even for a partition kept through the rebalance: this member
-        # may have been out of the group meanwhile, and another one's producer fenced ours
-        # without our knowing it yet. Starting one costs a round trip to the coordinator.
-        await _stop_all(self._take_producers(tps))
+        # A partition kept through a rebalance keeps its producer, unless a publish failed
+        # (``producers.py`` says why that is safe). Starting one costs a round trip to the
+        # transaction coordinator.
+        kept = [
+            tp
+            for tp in tps
+            if (entry := self._producers.get(tp)) is not None
+            and entry.producer.reusable
+            and entry.producer.input_topic_id == ids.get(tp.topic)
+        ]
+        for tp in kept:
+            producer = self._producers[tp].producer
+            producer.keep()
+            self._producers[tp] = _Producer(producer, None)
+        await _stop_all(self._take_producers(tp for tp in tps if tp not in kept))
         producers = {
             tp: ChangelogProducer(
                 self._settings, tp.topic, tp.partition, input_topic_id=ids.get(tp.topic)
             )
             for tp in tps
+            if tp not in kept
         }
         started = await asyncio.gather(
             *(producer.start() for producer in producers.values()), return_exceptions=True
@@ -234,13 +252,23 @@ class ChangelogOwner:
         await _stop_all(released)
         if failed is not None:
             raise failed
+        _KEPT.log(partitions=len(tps), kept=len(kept), started=len(producers))
+        # Every partition's end in one request: a partition the file already holds whole (one
+        # kept through a rebalance, or followed by the standby) then costs no round trip of its
+        # own.
+        sources = {tp: self._source(tp) for tp in tps}
+        ends = await self._reader.end_offsets(list(sources.values()))
         for tp in tps:
             if tp not in self._claiming:
                 continue  # revoked meanwhile: the standby follows it again, not this restore
-            await self.restore(tp, ids, stop)
+            await self.restore(tp, ids, stop, end=ends[sources[tp]])
             if stop is not None and stop.is_set():
                 return False
         return True
+
+    def _source(self, tp: TopicPartition) -> TopicPartition:
+        """The changelog partition of input partition ``tp``."""
+        return TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
 
     async def _changelogs_for(self, tps: Sequence[TopicPartition]) -> None:
         """Grow a changelog whose input gained partitions while running (the start made the
@@ -306,15 +334,18 @@ class ChangelogOwner:
         tp: TopicPartition,
         topic_ids: Mapping[str, str | None],
         stop: asyncio.Event | None = None,
+        *,
+        end: int | None = None,
     ) -> int:
         """Apply the changelog of input partition ``tp`` from the file's changelog offset to
         the changelog's end, in bounded transactions; how many records were applied.
         ``topic_ids``: the IDs Kafka gave the input topic and its changelog before the
         producer started; ``ChangelogLostError`` if the changelog is not the one the file
         applied, before anything is read. Once ``stop`` is set, no further transaction begins:
-        each one commits whole, so the next restore goes on from the last."""
+        each one commits whole, so the next restore goes on from the last. ``end``: the
+        changelog's last stable offset, read once the producer started; None: read it here."""
         began = time.monotonic()
-        source = TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
+        source = self._source(tp)
         await self._database.transaction(
             functools.partial(
                 check_identity,
@@ -327,7 +358,8 @@ class ChangelogOwner:
             )
         )
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))
-        end = await self._reader.end_offset(source)
+        if end is None:
+            end = await self._reader.end_offset(source)
         if start > end:
             raise changelog_lost(tp, start, end)
         # One offset short of the end is the commit marker of the file's last transaction:

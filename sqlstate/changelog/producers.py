@@ -19,6 +19,13 @@ it) and raises ``ChangelogError``: the caller rolls back too. After ``ChangelogF
 must be claimed again before it is written: a new producer's ``start()`` and a restore from the
 file's changelog offset (a transaction whose outcome was unknown may have committed). A producer
 is never restarted on its own: starting one fences the current owner, which only a claim may do.
+
+A producer that never failed (``reusable``) serves the next claim of its partition by the same
+member: a rebalance costs a kept partition no InitProducerId. Unless another producer of the
+partition started since, which only a member given the partition meanwhile can have done (this
+member was out of the group), this producer is the partition's newest, so nobody else can have
+added to its changelog; if one did start, this producer is fenced, and its first publish says
+so (``ChangelogFenced.kept``) before anything commits.
 """
 
 from __future__ import annotations
@@ -121,11 +128,22 @@ class ChangelogProducer:
         self._producer: AIOKafkaProducer | None = None
         self._fenced = False
         self._retired = False
+        # A publish failed since the start: the producer may be fine, but a claim starts anew.
+        self._failed = False
+        self._publishing = False
+        # Kept through a rebalance (``keep``), and not published through since.
+        self._kept = False
 
     @property
     def usable(self) -> bool:
         """Whether ``publish()`` may be called: started, not fenced, not closed by a failure."""
         return self._producer is not None and not self._fenced and not self._retired
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the next claim of its partition may keep this producer: usable, no publish
+        under way (one cancelled may still be closing it), and none failed since it started."""
+        return self.usable and not self._failed and not self._publishing
 
     @property
     def fenced(self) -> bool:
@@ -192,10 +210,12 @@ class ChangelogProducer:
         """
         producer = self._producer
         if self._fenced:
-            raise ChangelogFenced(self._fenced_message())
+            raise ChangelogFenced(self._fenced_message(), kept=self._kept)
         if producer is None or self._retired:
             raise ChangelogError(f"the changelog producer of {self.input_tp} is not running")
         settled = False  # the transaction ended (committed or aborted): the producer is fine
+        succeeded = False
+        self._publishing = True
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 self._raise_if_stopped(producer)
@@ -208,9 +228,11 @@ class ChangelogProducer:
                     settled = True
                     raise
                 await producer.commit_transaction()
+            succeeded = True
+            self._kept = False
         except (ProducerFenced, InvalidProducerEpoch) as error:
             await self._fence()
-            raise ChangelogFenced(self._fenced_message()) from error
+            raise ChangelogFenced(self._fenced_message(), kept=self._kept) from error
         except TimeoutError:
             # The commit may still be on its way (aiokafka shields it from cancellation), and the
             # producer is mid-transaction: only closing it ends that.
@@ -235,6 +257,9 @@ class ChangelogProducer:
             # be sent with this producer.
             await asyncio.shield(self._close())
             raise
+        finally:
+            self._publishing = False
+            self._failed = self._failed or not succeeded
         return last_offset + 1
 
     async def _know_partition(self, producer: AIOKafkaProducer) -> None:
@@ -254,6 +279,11 @@ class ChangelogProducer:
             raise ChangelogError(
                 f"changelog partition {topic}-{partition} is not in Kafka's metadata yet"
             )
+
+    def keep(self) -> None:
+        """Serve the next claim of its partition (``reusable``): until it has published, a
+        fencing may be a revoked owner's doing, which ``ChangelogFenced.kept`` tells."""
+        self._kept = True
 
     def retire(self) -> None:
         """Take no more batches, from now on: its partition is being released (``stop`` closes

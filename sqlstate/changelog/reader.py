@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -154,9 +154,14 @@ class ChangelogReader:
 
     async def end_offset(self, tp: TopicPartition) -> int:
         """The last stable offset of changelog partition ``tp``: the end a restore reads to."""
-        ends = await self._consumer.end_offsets([tp])
-        end: int = ends[tp]
-        return end
+        return (await self.end_offsets([tp]))[tp]
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """``end_offset`` of each of ``tps``, in one request per broker."""
+        if not tps:
+            return {}
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(list(tps))
+        return ends
 
     async def read_to_end(
         self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK

@@ -52,6 +52,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
+from sqlstate.kafka.assignor import assignment_strategy
 from sqlstate.kafka.oauth import TokenError, provider_for
 from sqlstate.kafka.protocol import TopicsRequest, topics_of
 from sqlstate.observe.logs import LogEvent
@@ -112,8 +113,9 @@ def build_consumer(
         fetch_max_bytes=settings.fetch_max_bytes,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
-        # The roundrobin assignor: aiokafka's sticky assignor can give one partition to two
-        # members (aio-libs/aiokafka#1175); fencing would keep counts exact, but churn is waste.
+        # Our own sticky assignor, round robin's shares (``assignor.py``). Not aiokafka's
+        # sticky one: it can give one partition to two members (aio-libs/aiokafka#1175).
+        partition_assignment_strategy=assignment_strategy(),
         **security_options(settings.security),
     )
 

@@ -13,7 +13,8 @@ exactly the state of the positions it has (lost = 0, duplicated = 0 everywhere).
 - a host frozen past the session timeout while it holds a batch (a zombie), then resumed: its
   changelog producer was fenced by the new owner's, so its batch rolls back and nothing it does
   reaches any file;
-- a new host joining with an empty file: its state comes from the changelogs;
+- a new host joining with an empty file: its state comes from the changelogs, and the partition
+  each earlier host keeps keeps its changelog producer;
 - the input's records deleted below every position, then a host killed and replaced by one with an
   empty file: the partitions' state can only come from their changelogs, and no partition may be
   read from the input's start (``--out-of-range fail`` would stop the daemon);
@@ -226,6 +227,10 @@ async def test_new_host_joins_with_an_empty_file(cluster: Cluster) -> None:
         offsets = claimed(newcomer, cluster.topic)
         assert offsets
         assert all(offset > 0 for offset in offsets.values()), offsets
+        # Each earlier host keeps two of its three partitions (the assignor is sticky), and
+        # their changelog producers: no InitProducerId, no restore.
+        for h in hosts:
+            await wait_for_log(h, "claiming 2 partitions: 2 changelog producers kept, 0 started")
     await converged(cluster.bootstrap, cluster.topic, [*hosts, newcomer])
     await stop_all([*hosts, newcomer])
 

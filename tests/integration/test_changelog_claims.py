@@ -205,6 +205,58 @@ async def test_a_claim_again_publishes_through_the_producer_it_has_or_is_fenced(
     assert await owned.changelog_end() == end
 
 
+async def test_a_partition_kept_through_a_rebalance_keeps_its_producer(owned: Owned) -> None:
+    """The next claim of a partition this member kept (the group's next generation) keeps its
+    producer: no InitProducerId, and its batches publish as before."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
+    assert isinstance(outcome, Committed)
+    producer = owned.owner._producers[owned.tp].producer
+
+    claim = await owned.claim()
+    assert owned.owner._producers[owned.tp].producer is producer
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 3
+
+
+async def test_a_kept_producer_fenced_meanwhile_commits_nothing_then_a_new_one_restores(
+    owned: Owned,
+) -> None:
+    """Should another owner's producer have started meanwhile, unknown to this member, the
+    kept producer is fenced: its first batch rolls back and publishes nothing, and the next
+    claim starts a new producer."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+    assert isinstance(outcome, Committed)
+    producer = owned.owner._producers[owned.tp].producer
+
+    other = ChangelogProducer(owned.settings, owned.tp.topic, owned.tp.partition)
+    await other.start()  # another host's claim, which counted nothing
+    try:
+        await other.publish([], outcome.claim.next_offset)
+    finally:
+        await other.stop()
+    end = await owned.changelog_end()
+
+    claim = await owned.claim()  # kept: this member never heard of the other owner
+    assert owned.owner._producers[owned.tp].producer is producer
+    with pytest.raises(ChangelogPublishFailed) as failed:
+        await owned.store.commit_batch([owned.batch(claim, ["c"])])
+    fenced = failed.value.failures[owned.tp]
+    assert isinstance(fenced, ChangelogFenced)
+    assert fenced.kept  # claimed again at once: the other owner may be revoked since
+    assert owned.counted() == 1
+    assert await owned.changelog_end() == end
+
+    await owned.owner.release([owned.tp])  # the batch loop holds it, then claims it again
+    claim = await owned.claim()
+    assert owned.owner._producers[owned.tp].producer is not producer
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 2
+
+
 async def test_a_publish_longer_than_the_wait_fails_the_batch(
     owned: Owned, monkeypatch: pytest.MonkeyPatch
 ) -> None:
