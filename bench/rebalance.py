@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -307,9 +307,10 @@ def measure(
         producer.start()
         for host in members:
             _launch(rig, host)
-        wait_settled(rig, members, min(h.current.launched_at for h in members))
+        settled = wait_settled(rig, members, min(h.current.launched_at for h in members))
         time.sleep(STEADY_S)
         windows = rolling_restart(rig, members)
+        load_ended = time.time()
         producer.stop()
         ends = asyncio.run(workload.end_offsets(bootstrap, topic, PARTITIONS))
         produced_exactly = ends == {p: producer.per_partition[p] for p in range(PARTITIONS)}
@@ -339,6 +340,11 @@ def measure(
     advanced = {p: stalls.advances(series) for p, series in positions.items()}
     logs = [member for host in members for member in host.members()]
     per_window = [stalls.window_figures(window, logs, advanced) for window in windows]
+    steady = zip(
+        [settled, *(window.end for window in windows)],
+        [*(window.start for window in windows), load_ended],
+        strict=True,
+    )
     return {
         "hosts": hosts,
         "partitions": PARTITIONS,
@@ -347,6 +353,7 @@ def measure(
         "exact": exact,
         "rebalances": per_window,
         "all": stalls.overall(per_window),
+        "steady": stalls.steady_gaps(advanced, steady),
     }
 
 
@@ -386,7 +393,7 @@ def describe(results: dict[str, Any]) -> list[str]:
             ]
             for row in [*figures["rebalances"], figures["all"]]
         ]
-        every = figures["all"]
+        every, steady = figures["all"], figures["steady"]
         lines += [
             f"rolling restart of {figures['hosts']} hosts, {figures['partitions']} partitions,"
             f" {figures['rate_per_s']:,} records/s (--changelog, standbys on): stall of each"
@@ -406,6 +413,10 @@ def describe(results: dict[str, Any]) -> list[str]:
                 ],
                 rows,
             ),
+            f"between rebalances a partition advanced every p50 {_cell(steady['p50_s'])} s,"
+            f" p99 {_cell(steady['p99_s'])} s, max {_cell(steady['max_s'])} s (the floor of a"
+            " stall); a stall of a partition that stayed is its wait from its last batch to the"
+            " revoke, the group's pause, its claim and its first batch",
             f"checked against the daemons' logs: {every['log_consistent']} of"
             f" {every['log_checked']} partitions advanced neither between their release and"
             f" their claim; counts {'exact' if figures['exact'] else 'NOT EXACT'} in every file"
@@ -426,10 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-topic", action="store_true")
     parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG")
     args = parser.parse_args(argv)
+    if args.hosts < 2:
+        parser.error("--hosts: at least 2, to have a host to move to")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sqlstate-bench-rebalance-"))
     workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    started = datetime.now().isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         figures = measure(
             args.bootstrap, workdir, tuple(args.daemon_arg), args.hosts, args.rate, args.keep_topic

@@ -214,6 +214,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="how often run (i) reads the files' changelog offsets (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.rebalance and args.rebalance_hosts == 1:
+        parser.error("--rebalance-hosts: 0 (skip it) or at least 2, to have a host to move to")
     big_states = tuple(n for n in (args.big_state or DEFAULT_BIG_STATES) if n > 0)
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sqlstate-bench-")) if own_workdir else args.workdir

@@ -17,6 +17,10 @@ assignment (the JoinGroup and SyncGroup round trips, and the wait for the other 
 rejoin); the **claim** is the time from an assignment to its claim (under ``--changelog``: the
 producers' start, the restore and the claim transaction).
 
+Between rebalances (``steady_gaps``) the gaps between a partition's advances give the floor of
+any stall: a partition that stays cannot stop for less than the wait from its last batch to the
+revoke, the group's pause, and the wait to its first batch after the claim.
+
 The two records are checked against each other (``log_consistent``): no partition may advance
 between its release (its owner's revoke) and its claim by the next owner, as the logs tell them.
 """
@@ -244,6 +248,27 @@ def window_figures(
             kind: {str(p): _round(s) for p, s in partitions.items()}
             for kind, partitions in stalls.items()
         },
+    }
+
+
+def steady_gaps(
+    advanced: Mapping[int, Sequence[float]], spans: Iterable[tuple[float, float]]
+) -> dict[str, Any]:
+    """The gaps between consecutive advances that lie wholly within one of ``spans`` (the
+    steady load between rebalances), pooled over partitions: what a partition waits between
+    two batches when nothing happens, the floor under every stall."""
+    spans = list(spans)
+    gaps = [
+        later - earlier
+        for times in advanced.values()
+        for earlier, later in itertools.pairwise(times)
+        if any(start <= earlier and later <= end for start, end in spans)
+    ]
+    return {
+        "gaps": len(gaps),
+        "p50_s": _round(percentile(gaps, 0.5)),
+        "p99_s": _round(percentile(gaps, 0.99)),
+        "max_s": _round(max(gaps, default=None)),
     }
 
 

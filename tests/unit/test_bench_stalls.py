@@ -3,18 +3,19 @@ records, who moved, the group's pause, and the check of both against the daemons
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import rebalance, stalls
 
-# Relative to a fixed origin: only differences matter.
-_ORIGIN = datetime.now(UTC).timestamp()
+# Relative to now, in whole seconds, as log lines carry milliseconds: only differences matter.
+_START = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()), UTC)
+_ORIGIN = _START.timestamp()
 
 
 def _line(event: str, at: float, **fields: Any) -> dict[str, Any]:
-    when = datetime.fromtimestamp(_ORIGIN + at, UTC).isoformat(timespec="milliseconds")
-    return {"event": event, "time": when, **fields}
+    when = _START + timedelta(milliseconds=round(at * 1000))
+    return {"event": event, "time": when.isoformat(timespec="milliseconds"), **fields}
 
 
 def _partitions(*numbers: int) -> list[dict[str, Any]]:
@@ -108,6 +109,7 @@ def test_the_report_has_a_row_per_rebalance_and_one_for_all() -> None:
                 "exact": True,
                 "rebalances": [figures],
                 "all": stalls.overall([figures]),
+                "steady": stalls.steady_gaps(advanced, [(_ORIGIN, _ORIGIN + 9.0)]),
             }
         ]
     }
@@ -115,3 +117,4 @@ def test_the_report_has_a_row_per_rebalance_and_one_for_all() -> None:
     assert "host 1 rejoins" in text
     assert "\nall " in text
     assert "counts exact" in text
+    assert "advanced every p50 0.1 s" in text
