@@ -103,6 +103,8 @@ endif
 ## (see python -m bench.run --help). `make test` runs only a 3,000-message smoke of it.
 ## Also (g') the SQL processor on the same orders as Avro values, against a schema registry
 ## started for it (BENCH_ARGS=--no-avro skips that run).
+## Then a rolling restart of 3 --changelog hosts under load: each partition's stall per
+## rebalance, moved and stayed (about a minute; BENCH_ARGS=--no-rebalance skips it).
 BENCH_ARGS ?=
 bench: install
 	$(BROKER) run -- $(REGISTRY) run -- $(BIN)/python -m bench.run --json bench-results.json $(BENCH_ARGS)

@@ -174,6 +174,11 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
                 {True: "yes", False: "NO", None: "-"}[summary["counts_exact"]],
             ]
         )
+    return grid(headers, rows)
+
+
+def grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` of cells under ``headers``, as plain-text columns."""
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = [
         " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -28,7 +28,9 @@ Runs, one after another on the same data, each with a fresh consumer group:
 
 (e), (f) and (g) are each reported as a ratio of (a), the bare consumer of the same run.
 Once after the rounds (``--restore-keys``), the restore time of a changelog partition holding
-that many distinct keys into an empty file.
+that many distinct keys into an empty file; then (``--rebalance-hosts``, ``--no-rebalance`` to
+skip it) a rolling restart of that many ``--changelog`` hosts under a steady load: how long each
+partition stops per rebalance, for those that moved and those that stayed (``bench/rebalance.py``).
 
 Prints a table and writes every figure, and every batch, to a JSON file. The bench checks after
 each sqlstate run that its state equals what was produced (each key's count; for (e) each key's
@@ -62,7 +64,7 @@ from typing import Any
 import aiokafka
 import aiosqlite
 
-from bench import avro, bigstate, changelog, sqlstate_process, workload
+from bench import avro, bigstate, changelog, rebalance, sqlstate_process, workload
 from bench import joiner as joiners
 from bench.report import Batch, RunResult, ratio, summarize_rounds, table
 
@@ -90,6 +92,7 @@ class Options:
     schema_registry_url: str | None  # measure (g') with this registry; None: skip it
     changelog: bool  # measure (h), (h') and (i)
     restore_keys: int  # 0: no restore measurement
+    rebalance_hosts: int  # 0: no rolling restart
     lag_interval_s: float
 
 
@@ -189,6 +192,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         " after the rounds; 0 to skip (default: %(default)s)",
     )
     parser.add_argument(
+        "--rebalance-hosts",
+        type=int,
+        default=rebalance.HOSTS,
+        metavar="N",
+        help="the rolling restart of N --changelog hosts on a topic of"
+        f" {rebalance.PARTITIONS} partitions under load, once after the rounds"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-rebalance",
+        dest="rebalance",
+        action="store_false",
+        help="skip the rolling restart",
+    )
+    parser.add_argument(
         "--lag-interval",
         type=float,
         default=changelog.LAG_INTERVAL_S,
@@ -196,6 +214,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="how often run (i) reads the files' changelog offsets (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.rebalance and args.rebalance_hosts == 1:
+        parser.error("--rebalance-hosts: 0 (skip it) or at least 2, to have a host to move to")
     big_states = tuple(n for n in (args.big_state or DEFAULT_BIG_STATES) if n > 0)
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sqlstate-bench-")) if own_workdir else args.workdir
@@ -215,6 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         schema_registry_url=args.schema_registry_url if args.avro and args.processors else None,
         changelog=args.changelog,
         restore_keys=max(0, args.restore_keys),
+        rebalance_hosts=max(0, args.rebalance_hosts) if args.rebalance else 0,
         lag_interval_s=args.lag_interval,
     )
     return options, own_workdir
@@ -453,6 +474,19 @@ def measure(options: Options) -> dict[str, Any]:
                 )
             ]
             log(f"restore: {extras['restore'][0]}")
+        if options.rebalance_hosts:
+            log(f"rolling restart of {options.rebalance_hosts} --changelog hosts under load")
+            folder = options.workdir / "rebalance"
+            folder.mkdir(exist_ok=True)
+            extras["rebalance"] = [
+                rebalance.measure(
+                    options.bootstrap,
+                    folder,
+                    _daemon_args(options),
+                    options.rebalance_hosts,
+                    keep_topic=options.keep_topic,
+                )
+            ]
     finally:
         if not options.keep_topic:
             asyncio.run(workload.delete_topic(options.bootstrap, topic))
@@ -784,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"start on a database with {int(keys):,} keys: first batch committed after {seconds} s"
         )
-    for line in changelog.describe(results):
+    for line in [*changelog.describe(results), *rebalance.describe(results)]:
         print(line)
     options.json_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {options.json_path}")
