@@ -89,6 +89,13 @@ _HELD = LogEvent(
     "assigned partitions: %(listed)s; %(reason)s; generation %(generation)s",
     words=lambda fields: {"listed": _listed(fields["assigned"])},
 )
+_KEPT_HELD = LogEvent(
+    logger,
+    logging.INFO,
+    "kept_partitions_held",
+    "%(partitions)d partitions kept through the rebalance were not claimed at once (%(reason)s):"
+    " they are claimed with the others",
+)
 _DEFERRED = LogEvent(
     logger,
     logging.WARNING,
@@ -235,6 +242,7 @@ class Claimer:
         if self._changelog is not None:
             self._not_before = 0.0
             self._hold(assigned, "restoring from the changelogs first", deferred=False)
+            await self._claim_kept(assigned)
             return
         unclaimed = await self._claim_within(assigned, time.monotonic() + self._budget_s)
         if unclaimed is not None:
@@ -266,6 +274,20 @@ class Claimer:
         _log_claims(_ASSIGNED, claims, self._consumer)
         return None
 
+    async def _claim_kept(self, assigned: set[TopicPartition]) -> None:
+        """Under --changelog, claim at once, within the callback's budget, the partitions kept
+        through the rebalance with their producers: nothing to fence, and their file stands at
+        their changelog's end, so they go on without waiting for the batch loop's next round
+        (up to a poll timeout away). Any failure leaves them held, for ``claim_held``."""
+        assert self._changelog is not None
+        kept = self._changelog.keepable(assigned)
+        if not kept:
+            return
+        try:
+            await asyncio.wait_for(self.claim_held(only=kept), self._budget_s)
+        except (SqlstateError, KafkaError, TimeoutError) as error:
+            _KEPT_HELD.log(partitions=len(kept), reason=repr(error))
+
     async def _release_producers(self, tps: Iterable[TopicPartition]) -> None:
         """Stop the changelog producers of partitions no longer assigned, within the budget."""
         assert self._changelog is not None
@@ -292,20 +314,30 @@ class Claimer:
             _budget_s=self._budget_s,
         )
 
-    async def claim_held(self, stop: asyncio.Event | None = None) -> None:
+    async def claim_held(
+        self, stop: asyncio.Event | None = None, *, only: set[TopicPartition] | None = None
+    ) -> None:
         """Claim the held partitions that are still assigned (called by the batch loop).
         Under --changelog a restore that ``stop`` interrupts claims nothing.
 
         Raises ``DatabaseBusyError`` when the database stays locked, and Kafka's errors or
         ``TimeoutError`` when the logs' bounds do not come: the partitions stay held, to be
         claimed again later. Its waits are bounded as a callback's, so that a revoke coming
-        meanwhile still takes the lock in time.
+        meanwhile still takes the lock in time. ``only``: claim none but those.
         """
         generation = self._ownership.generation
         held = self._ownership.held & self._consumer.assignment()
+        if only is not None:
+            held &= only
         if not held or time.monotonic() < self._not_before:
             return
         if self._changelog is not None:
+            # The partitions kept through the rebalance first, on their own: their producers
+            # and their file are ready, so they go on while the others' new producers fence
+            # their earlier owners and restore (the batch loop's next round claims those).
+            kept = self._changelog.keepable(held)
+            if kept:
+                held = kept
             # Fence the partitions' earlier owners and restore the file from the changelogs:
             # as long as that takes. A revoke meanwhile moves the generation: then nothing is
             # claimed below, and the next assignment stops the producers it no longer needs.

@@ -163,6 +163,14 @@ class ChangelogOwner:
         """Why the last claim of each partition failed, for those not claimed since."""
         return dict(self._failures)
 
+    def keepable(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """Those of ``tps`` whose next claim keeps the producer they have (``prepare``)."""
+        return {
+            tp
+            for tp in tps
+            if (entry := self._producers.get(tp)) is not None and entry.producer.reusable
+        }
+
     def bind(self, claims: Mapping[TopicPartition, int]) -> None:
         """The claim transaction committed with these epochs: from now on a partition's batches
         of that epoch, and only those, publish through the producer its ``prepare`` started."""
@@ -218,13 +226,11 @@ class ChangelogOwner:
         # A partition kept through a rebalance keeps its producer, unless a publish failed
         # (``producers.py`` says why that is safe). Starting one costs a round trip to the
         # transaction coordinator.
-        kept = [
+        kept = sorted(
             tp
-            for tp in tps
-            if (entry := self._producers.get(tp)) is not None
-            and entry.producer.reusable
-            and entry.producer.input_topic_id == ids.get(tp.topic)
-        ]
+            for tp in self.keepable(tps)
+            if self._producers[tp].producer.input_topic_id == ids.get(tp.topic)
+        )
         for tp in kept:
             producer = self._producers[tp].producer
             producer.keep()

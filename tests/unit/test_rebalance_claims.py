@@ -336,6 +336,9 @@ class FailedClaimOwner:
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
         self.released.append(set(tps))
 
+    def keepable(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        return set()
+
 
 async def test_a_failed_claim_moved_away_is_released(tmp_path: Path) -> None:
     """A rebalance that gives A to another member releases it here, producer or not: the
@@ -395,10 +398,11 @@ async def test_a_batch_dropped_while_its_partitions_stay_claimed_is_fetched_agai
 
 
 class ClaimingOwner:
-    """The changelog owner as the claimer sees it, every restore complete at once."""
+    """The changelog owner as the claimer sees it, every restore complete at once; ``kept``:
+    the partitions whose producer the next claim keeps."""
 
-    def __init__(self) -> None:
-        self.owned: frozenset[TopicPartition] = frozenset()
+    def __init__(self, kept: frozenset[TopicPartition] = frozenset()) -> None:
+        self.owned: frozenset[TopicPartition] = kept
         self.claiming: frozenset[TopicPartition] = frozenset()
         self.prepared: list[set[TopicPartition]] = []
         self.bound: list[dict[TopicPartition, int]] = []
@@ -407,6 +411,9 @@ class ClaimingOwner:
 
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
         pass
+
+    def keepable(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        return set(tps) & self.owned
 
     async def prepare(self, tps: Iterable[TopicPartition], stop: object = None) -> bool:
         self.prepared.append(set(tps))
@@ -548,6 +555,24 @@ async def test_out_of_range_under_changelog_is_claimed_through_the_producer_it_h
     assert run.ownership.held == set()
     assert run.forgotten == [A]
     assert run.stats.out_of_range_resets == 1
+
+
+async def test_under_changelog_kept_partitions_are_claimed_in_the_callback(
+    tmp_path: Path,
+) -> None:
+    """A rebalance that keeps A with its producer: the assignment claims A in its callback, on
+    its own, and holds B for the batch loop, which claims it after its new producer started."""
+    owner = ClaimingOwner(kept=frozenset({A}))
+    async with running(tmp_path, changelog=owner) as run:
+        owner.prepared.clear()
+        await run.claimer.assign({A, B})
+        assert owner.prepared == [{A}]
+        assert set(run.ownership.claims) == {A}
+        assert run.ownership.held == {B}
+        await run.claimer.claim_held()
+        assert owner.prepared == [{A}, {B}]
+        assert set(run.ownership.claims) == {A, B}
+        assert run.ownership.held == set()
 
 
 class FencedSide:
