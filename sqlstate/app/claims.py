@@ -46,9 +46,15 @@ from aiokafka.errors import KafkaError
 
 from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
-from sqlstate.errors import ChangelogFenced, DatabaseBusyError, RebalanceError, SqlstateError
+from sqlstate.errors import (
+    ChangelogError,
+    ChangelogFenced,
+    DatabaseBusyError,
+    RebalanceError,
+    SqlstateError,
+)
 from sqlstate.kafka.bounds import read_bounds
-from sqlstate.kafka.client import group_generation, topic_ids
+from sqlstate.kafka.client import group_generation, joined, topic_ids
 from sqlstate.kafka.errors import permanent
 from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
@@ -220,21 +226,30 @@ class Claimer:
         # --start-from says (the consumer sees it only at a metadata refresh: ``latest`` would
         # skip what was written meanwhile).
         self._matched_at_start: frozenset[str] | None = None
+        # One claim_held at a time (the assignment's callback and the batch loop).
+        self._claims_lock = asyncio.Lock()
+        # The group generation and member id of this member's last assignment.
+        self._joined: tuple[int | None, str | None] = (None, None)
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """A new assignment: forget every earlier claim and claim ``assigned``, within the
         rebalance budget; what cannot be claimed in time is held for ``claim_held``."""
+        deadline = time.monotonic() + self._budget_s
         self._stats.rebalances += 1
         self._ownership.assignment_received()
         if self._settings.topic_pattern is not None and self._matched_at_start is None:
             self._matched_at_start = frozenset(self._consumer.subscription())
+        (generation, member), self._joined = self._joined, joined(self._consumer)
         if self._changelog is not None:
             # Every partition claimed or being claimed here: one whose claim failed has no
             # producer, and must be followed again as well; one whose producer outlived its
-            # claim must have it stopped. Those still assigned keep their producers.
-            await self._release_producers(
-                (self._changelog.claiming | self._changelog.owned) - assigned
-            )
+            # claim must have it stopped. Those still assigned keep their producers, when this
+            # is the group's next generation for this member: otherwise (it was expelled and
+            # joined again) another member may have been given one of them meanwhile, and
+            # started a producer whose transactions ours would not fence (producers.py).
+            mine = self._changelog.claiming | self._changelog.owned
+            next_generation = generation is not None and self._joined == (generation + 1, member)
+            await self._release_producers(mine if not next_generation else mine - assigned)
         if not assigned:
             self._ownership.release_all()
             _log_claims(_ASSIGNED_NONE, {}, self._consumer)
@@ -242,7 +257,7 @@ class Claimer:
         if self._changelog is not None:
             self._not_before = 0.0
             self._hold(assigned, "restoring from the changelogs first", deferred=False)
-            await self._claim_kept(assigned)
+            await self._claim_kept(assigned, deadline)
             return
         unclaimed = await self._claim_within(assigned, time.monotonic() + self._budget_s)
         if unclaimed is not None:
@@ -274,18 +289,19 @@ class Claimer:
         _log_claims(_ASSIGNED, claims, self._consumer)
         return None
 
-    async def _claim_kept(self, assigned: set[TopicPartition]) -> None:
+    async def _claim_kept(self, assigned: set[TopicPartition], deadline: float) -> None:
         """Under --changelog, claim at once, within the callback's budget, the partitions kept
         through the rebalance with their producers: nothing to fence, and their file stands at
         their changelog's end, so they go on without waiting for the batch loop's next round
-        (up to a poll timeout away). Any failure leaves them held, for ``claim_held``."""
+        (up to a poll timeout away), by ``deadline``, what is left of the callback's budget.
+        Any failure leaves them held, for ``claim_held``."""
         assert self._changelog is not None
         kept = self._changelog.keepable(assigned)
-        if not kept:
+        if not kept or time.monotonic() >= deadline:
             return
         try:
-            await asyncio.wait_for(self.claim_held(only=kept), self._budget_s)
-        except (SqlstateError, KafkaError, TimeoutError) as error:
+            await asyncio.wait_for(self.claim_held(only=kept), deadline - time.monotonic())
+        except (DatabaseBusyError, ChangelogError, KafkaError, TimeoutError) as error:
             _KEPT_HELD.log(partitions=len(kept), reason=repr(error))
 
     async def _release_producers(self, tps: Iterable[TopicPartition]) -> None:
@@ -324,33 +340,47 @@ class Claimer:
         ``TimeoutError`` when the logs' bounds do not come: the partitions stay held, to be
         claimed again later. Its waits are bounded as a callback's, so that a revoke coming
         meanwhile still takes the lock in time. ``only``: claim none but those.
+
+        One call at a time: the assignment's callback (``_claim_kept``) and the batch loop
+        may both call it, and a partition must be claimed once.
         """
+        async with self._claims_lock:
+            held = self._ownership.held & self._consumer.assignment()
+            if only is not None:
+                held &= only
+            if not held or time.monotonic() < self._not_before:
+                return
+            if self._changelog is not None:
+                # The partitions kept through the rebalance first, on their own: their
+                # producers and their file are ready, so they go on while the others' new
+                # producers fence their earlier owners and restore.
+                kept = self._changelog.keepable(held)
+                if kept and kept != held:
+                    if not await self._claim_some(kept, stop):
+                        return
+                    held &= self._ownership.held
+            await self._claim_some(held, stop)
+
+    async def _claim_some(self, held: set[TopicPartition], stop: asyncio.Event | None) -> bool:
+        """``claim_held``'s claim of ``held``; whether it was made (not cut short by ``stop``,
+        a rebalance, or the batch in flight)."""
+        if not held:
+            return True
         generation = self._ownership.generation
-        held = self._ownership.held & self._consumer.assignment()
-        if only is not None:
-            held &= only
-        if not held or time.monotonic() < self._not_before:
-            return
         if self._changelog is not None:
-            # The partitions kept through the rebalance first, on their own: their producers
-            # and their file are ready, so they go on while the others' new producers fence
-            # their earlier owners and restore (the batch loop's next round claims those).
-            kept = self._changelog.keepable(held)
-            if kept:
-                held = kept
             # Fence the partitions' earlier owners and restore the file from the changelogs:
             # as long as that takes. A revoke meanwhile moves the generation: then nothing is
             # claimed below, and the next assignment stops the producers it no longer needs.
             restored = await self._changelog.prepare(held, stop)
             if not restored or self._ownership.is_stale(generation):
-                return
+                return False
         bounds, ids = await asyncio.wait_for(self.read_logs(held), self._budget_s)
         # Bounded, so that the bounds are fresh when the claim checks positions against them.
         if not await acquire_within(self._ownership.lock, self._budget_s / 2):
-            return  # a batch is still committing: next round
+            return False  # a batch is still committing: next round
         try:
             if self._ownership.is_stale(generation):
-                return  # a rebalance came: it decided anew what this consumer holds
+                return False  # a rebalance came: it decided anew what this consumer holds
             claims = await self._claim(bounds, ids, self._budget_s / 2)
         finally:
             self._ownership.lock.release()
@@ -359,6 +389,7 @@ class Claimer:
             assigned=_claim_fields(claims),
             held_s=time.monotonic() - self._held_since,
         )
+        return bool(claims)
 
     async def hold_again(
         self, tps: Iterable[TopicPartition], fenced: Iterable[TopicPartition]
@@ -451,7 +482,7 @@ class Claimer:
                 fenced = [
                     part
                     for part, error in failed.failures.items()
-                    if isinstance(error, ChangelogFenced)
+                    if isinstance(error, ChangelogFenced) and not error.kept
                 ]
                 await self.hold_again([tp], fenced)
                 return not fenced

@@ -364,7 +364,9 @@ class ChangelogOwner:
             )
         )
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))
-        if end is None:
+        if end is None or start > end:
+            # Read here, or again before calling the changelog lost: the end given was read
+            # before the file's offset was.
             end = await self._reader.end_offset(source)
         if start > end:
             raise changelog_lost(tp, start, end)

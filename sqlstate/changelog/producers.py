@@ -21,11 +21,11 @@ file's changelog offset (a transaction whose outcome was unknown may have commit
 is never restarted on its own: starting one fences the current owner, which only a claim may do.
 
 A producer that never failed (``reusable``) serves the next claim of its partition by the same
-member: a rebalance costs a kept partition no InitProducerId. Unless another producer of the
-partition started since, which only a member given the partition meanwhile can have done (this
-member was out of the group), this producer is the partition's newest, so nobody else can have
-added to its changelog; if one did start, this producer is fenced, and its first publish says
-so (``ChangelogFenced.kept``) before anything commits.
+member, in the group's next generation (``app/claims.py``): a rebalance costs a kept partition no
+InitProducerId. Unless another producer of the partition started since, which only a member
+given the partition meanwhile can have done, this producer is the partition's newest, so nobody
+else can have added to its changelog; if one did start, this producer is fenced, and its first
+publish says so (``ChangelogFenced.kept``) before anything commits.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ from aiokafka.coordinator.protocol import (
 logger = logging.getLogger(__name__)
 
 NAME = "roundrobin"
+# Far more than any member's partitions take (about 40 bytes each); a larger hint is ignored.
+MAX_HINT_BYTES = 4 * 2**20
 _VERSION = 0
 
 
@@ -89,15 +91,17 @@ def encode_held(tps: Iterable[TopicPartition]) -> bytes:
 
 
 def decode_held(user_data: bytes) -> list[TopicPartition]:
-    """``encode_held``'s partitions; none for anything else (a member's data is only a hint)."""
+    """``encode_held``'s partitions; none for anything else (a member's data is only a hint,
+    and the leader must assign whatever a member sends)."""
+    if not user_data or len(user_data) > MAX_HINT_BYTES:
+        return []
     try:
-        items = json.loads(user_data) if user_data else []
         return [
             TopicPartition(topic, partition)
-            for topic, partition in items
+            for topic, partition in json.loads(user_data)
             if isinstance(topic, str) and type(partition) is int
         ]
-    except (ValueError, TypeError):
+    except Exception:  # any shape at all, deep nesting (RecursionError) too
         return []
 
 

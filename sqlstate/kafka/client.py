@@ -434,6 +434,12 @@ def group_generation(consumer: AIOKafkaConsumer) -> int | None:
     return generation if isinstance(generation, int) and generation >= 0 else None
 
 
+def joined(consumer: AIOKafkaConsumer) -> tuple[int | None, str | None]:
+    """``group_generation`` and the member id of the group join the consumer last completed."""
+    member = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
+    return group_generation(consumer), member if isinstance(member, str) and member else None
+
+
 def in_group(consumer: AIOKafkaConsumer) -> bool:
     """Whether the consumer is a member of its group right now, by aiokafka's coordinator state.
 

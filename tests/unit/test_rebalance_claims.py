@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import time
+import types
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import cast
@@ -57,6 +58,8 @@ class StandInConsumer:
 
     def __init__(self) -> None:
         self.seeks: list[tuple[TopicPartition, int]] = []
+        # The group join the consumer last completed, as aiokafka's coordinator has it.
+        self._coordinator = types.SimpleNamespace(generation=1, member_id="me")
         self.asked = asyncio.Event()  # set when the log's bounds are asked for
         self.answer = asyncio.Event()  # cleared: the bounds do not come until it is set
         self.answer.set()
@@ -410,7 +413,7 @@ class ClaimingOwner:
         self.served: list[set[TopicPartition]] = []
 
     async def release(self, tps: Iterable[TopicPartition], *, follow: bool = True) -> None:
-        pass
+        self.owned -= set(tps)
 
     def keepable(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
         return set(tps) & self.owned
@@ -560,19 +563,49 @@ async def test_out_of_range_under_changelog_is_claimed_through_the_producer_it_h
 async def test_under_changelog_kept_partitions_are_claimed_in_the_callback(
     tmp_path: Path,
 ) -> None:
-    """A rebalance that keeps A with its producer: the assignment claims A in its callback, on
-    its own, and holds B for the batch loop, which claims it after its new producer started."""
-    owner = ClaimingOwner(kept=frozenset({A}))
+    """A rebalance (the group's next generation) that keeps A with its producer: the
+    assignment claims A in its callback, on its own, and holds B for the batch loop, which
+    claims it after its new producer started. A batch loop claiming at the same moment as the
+    callback claims each partition once."""
+    owner = ClaimingOwner()
     async with running(tmp_path, changelog=owner) as run:
-        owner.prepared.clear()
+        for concurrent in (False, True):
+            owner.owned = frozenset({A})
+            owner.prepared.clear()
+            run.consumer._coordinator.generation += 1
+            if concurrent:
+                await asyncio.gather(run.claimer.assign({A, B}), run.claimer.claim_held())
+            else:
+                await run.claimer.assign({A, B})
+                assert owner.prepared == [{A}]
+                assert set(run.ownership.claims) == {A}
+                assert run.ownership.held == {B}
+            await run.claimer.claim_held()
+            assert owner.prepared == [{A}, {B}]
+            assert set(run.ownership.claims) == {A, B}
+            assert run.ownership.held == set()
+
+
+async def test_under_changelog_a_member_back_from_outside_the_group_keeps_no_producer(
+    tmp_path: Path,
+) -> None:
+    """An assignment that is not the next generation for this member (it was expelled and
+    joined again, perhaps under a new member id): another member may have been given its
+    partitions meanwhile, so every producer is released and started anew."""
+    owner = ClaimingOwner()
+    async with running(tmp_path, changelog=owner) as run:
+        coordinator = run.consumer._coordinator
+        for generation, member in ((coordinator.generation + 2, "me"), (None, "me")):
+            owner.owned = frozenset({A})
+            owner.prepared.clear()
+            coordinator.generation, coordinator.member_id = generation, member
+            await run.claimer.assign({A, B})
+            assert owner.prepared == [], "nothing kept: nothing claimed in the callback"
+            assert owner.owned == frozenset()
+        owner.owned = frozenset({A})
+        coordinator.generation, coordinator.member_id = 7, "another"
         await run.claimer.assign({A, B})
-        assert owner.prepared == [{A}]
-        assert set(run.ownership.claims) == {A}
-        assert run.ownership.held == {B}
-        await run.claimer.claim_held()
-        assert owner.prepared == [{A}, {B}]
-        assert set(run.ownership.claims) == {A, B}
-        assert run.ownership.held == set()
+        assert owner.owned == frozenset()
 
 
 class FencedSide:
