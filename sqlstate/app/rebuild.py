@@ -34,7 +34,6 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sqlstate.app.processor_checks import load_checked
-from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.rebuild_follow import follow_group
 from sqlstate.app.rebuild_steps import (
     Progress,
@@ -53,7 +52,7 @@ from sqlstate.app.verify import log_bounds, start_reader
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ConfigError, OutOfRangeError
 from sqlstate.kafka.client import build_range_reader, partition_counts
-from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.decoding import Decoding
 from sqlstate.kafka.schemas import schemas_for
 from sqlstate.observe.logs import LogEvent
 from sqlstate.observe.stats import Stats
@@ -216,18 +215,7 @@ async def _build_and_hand_over(
             TopicPartition(p.topic, p.partition): p.next_offset for p in await work.positions()
         }
         counter.behind = sum(stop - reached.get(tp, spans[tp].first) for tp, stop in target.items())
-        await recompute(
-            consumer,
-            work,
-            processors,
-            BadRecords(decoding, settings.on_bad_record),
-            spans,
-            isolation_level=settings.isolation_level,
-            max_records=settings.max_records,
-            idle_timeout_s=settings.connect_timeout_s,
-            errors=ProcessorErrors(processors, settings, Stats()),
-            progress=counter.add,
-        )
+        await recompute(consumer, work, processors, decoding, spans, settings, progress=counter.add)
 
     while True:
         starts = {(p.topic, p.partition): p for p in await live_positions(settings)}

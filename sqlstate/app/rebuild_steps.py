@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,19 +61,9 @@ async def live_positions(settings: Settings) -> list[Position]:
         return await Store(live).positions()
 
 
-@contextlib.asynccontextmanager
-async def reading_live(settings: Settings) -> AsyncIterator[Database]:
+def reading_live(settings: Settings) -> contextlib.AbstractAsyncContextManager[Database]:
     """The live file, opened as any reader opens it: read-only, never its write lock."""
-    live = await Database.open(
-        settings.database,
-        busy_timeout_s=settings.busy_timeout_s,
-        read_only=True,
-        check_integrity=False,
-    )
-    try:
-        yield live
-    finally:
-        await live.close(checkpoint=False)
+    return Database.reading(settings.database, settings.busy_timeout_s)
 
 
 async def check_complete(

@@ -26,8 +26,10 @@ from sqlstate.app.batch_loop import partition_batch, unseen
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.errors import BadRecordError, BrokerError
 from sqlstate.kafka.client import consumed_position
-from sqlstate.kafka.decoding import BadRecords, reason, sort_out
+from sqlstate.kafka.decoding import BadRecords, Decoding, reason, sort_out
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.registry import Processors
+from sqlstate.settings import Settings
 from sqlstate.state.model import Claim, Committed
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
@@ -60,24 +62,27 @@ async def recompute(
     consumer: AIOKafkaConsumer,
     store: Store,
     processors: Processors,
-    bad_records: BadRecords,
+    decoding: Decoding,
     spans: Mapping[TopicPartition, Span],
+    settings: Settings,
     *,
-    isolation_level: str,
-    max_records: int,
-    idle_timeout_s: float,
-    errors: ProcessorErrors | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Recomputed:
-    """Read ``spans`` with ``consumer`` (started, its deserializers ``bad_records``' decoding)
-    and commit them into ``store``'s database (migrated). A partition the database already
-    holds a position of, at or past its span's first offset, continues from it (a
-    ``sqlstate rebuild`` run again after it was stopped). ``progress`` is told how many records
-    each committed batch took.
+    """Read ``spans`` with ``consumer`` (started, its deserializers ``decoding``'s) and commit
+    them into ``store``'s database (migrated), as the daemon would under ``settings``: its
+    isolation level, batch size and bad-record and processor-error policies. A partition the
+    database already holds a position of, at or past its span's first offset, continues from
+    it (a ``sqlstate rebuild`` run again after it was stopped). ``progress`` is told how many
+    records each committed batch took.
 
-    ``BrokerError`` when Kafka gives nothing for ``idle_timeout_s`` while partitions are still
+    ``BrokerError`` when Kafka gives nothing for the connect timeout while partitions are still
     short of their stop, or when records were deleted while they were read.
     """
+    bad_records = BadRecords(decoding, settings.on_bad_record)
+    errors = ProcessorErrors(processors, settings, Stats())
+    isolation_level = settings.isolation_level
+    max_records = settings.max_records
+    idle_timeout_s = settings.connect_timeout_s
     claimed = await store.claim(
         {tp: LogBounds(span.first, span.stop) for tp, span in spans.items()},
         OWNER,
@@ -138,10 +143,7 @@ async def recompute(
                 reading.discard(tp)
         if advances:
             progress_at = time.monotonic()
-            if errors is None:
-                outcomes = await store.commit_batch(advances)
-            else:
-                outcomes = await errors.commit(store, advances)
+            outcomes = await errors.commit(store, advances)
             for outcome in outcomes:
                 # Nobody else writes this database: every partition's compare-and-set passes.
                 assert isinstance(outcome, Committed), outcome

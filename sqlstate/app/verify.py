@@ -44,7 +44,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from sqlstate.app.processor_checks import load_checked
-from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.processor_errors import logger as rejections_logger
 from sqlstate.app.recompute import Recomputed, Span, recompute
 from sqlstate.app.state_diff import TableDiff, compare, grouped_by_partition
@@ -64,7 +63,7 @@ from sqlstate.kafka.client import (
     topic_ids,
     worth_asking_why,
 )
-from sqlstate.kafka.decoding import BadRecords, Decoding
+from sqlstate.kafka.decoding import Decoding
 from sqlstate.kafka.decoding import logger as decoding_logger
 from sqlstate.kafka.schemas import schemas_for
 from sqlstate.observe.stats import Stats
@@ -97,13 +96,7 @@ class _FileState:
 
 async def verify(settings: Settings, options: VerifyOptions) -> Verdict:
     """Check ``settings.database`` against Kafka for ``settings.topics`` (module docstring)."""
-    database = await Database.open(
-        settings.database,
-        busy_timeout_s=settings.busy_timeout_s,
-        read_only=True,
-        check_integrity=False,
-    )
-    try:
+    async with Database.reading(settings.database, settings.busy_timeout_s) as database:
         first_look = await database.read(
             functools.partial(_read_file, topics=settings.topics, tables=())
         )
@@ -131,8 +124,6 @@ async def verify(settings: Settings, options: VerifyOptions) -> Verdict:
                 )
             finally:
                 await scratch.database.close()
-    finally:
-        await database.close(checkpoint=False)
     return _verdict(settings, options, state, shapes, checks, recomputed, recomputed_rows)
 
 
@@ -243,17 +234,7 @@ async def _recompute(
         # A record that does not decode, or that a processor fails on, is found again as the
         # run found it: not worth a warning each time.
         with _quiet(decoding_logger, logging.ERROR), _quiet(rejections_logger, logging.ERROR):
-            recomputed = await recompute(
-                consumer,
-                scratch,
-                processors,
-                BadRecords(decoding, settings.on_bad_record),
-                spans,
-                isolation_level=settings.isolation_level,
-                max_records=settings.max_records,
-                idle_timeout_s=settings.connect_timeout_s,
-                errors=ProcessorErrors(processors, settings, Stats()),
-            )
+            recomputed = await recompute(consumer, scratch, processors, decoding, spans, settings)
     finally:
         await consumer.stop()
     return checks, recomputed

@@ -40,7 +40,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -241,6 +241,19 @@ class Database:
             return checker
         await checker.close()
         return await cls._connect(path, busy_timeout_s, False, stats)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def reading(cls, path: Path, busy_timeout_s: float) -> AsyncIterator[Database]:
+        """``path`` opened as any reader opens it: read-only, never its write lock, no
+        integrity check; closed without a checkpoint (a reader's close must not write)."""
+        database = await cls.open(
+            path, busy_timeout_s=busy_timeout_s, read_only=True, check_integrity=False
+        )
+        try:
+            yield database
+        finally:
+            await database.close(checkpoint=False)
 
     @classmethod
     async def _connect(
