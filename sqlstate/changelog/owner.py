@@ -81,11 +81,6 @@ _PUBLISHED = LogEvent(
     words=lambda fields: {"publish_ms": fields["publish_s"] * 1000},
 )
 
-# Records per restore transaction: bounded, so that a large restore never holds the write lock
-# for long (under a second on a busy 2-core machine: a SIGTERM waits for the transaction under
-# way), and shows progress as it goes; large enough that a transaction's own costs (its commit,
-# the capture triggers dropped and installed again) are a few percent of it.
-RESTORE_CHUNK = 20_000
 # How long the database thread waits for a batch's changelog transactions. The producers bound
 # each publish themselves; this only keeps the thread from waiting on a loop that has stopped.
 _PUBLISH_WAIT_S = 60.0
@@ -402,7 +397,7 @@ class ChangelogOwner:
         # An async generator: closed at a stop, it lets the reader go at once.
         chunks = cast(
             "AsyncGenerator[ChangelogChunk, None]",
-            self._reader.read_to_end(source, start, RESTORE_CHUNK),
+            self._reader.read_to_end(source, start),
         )
         async for chunk in chunks:
             if stop is not None and stop.is_set():
