@@ -6,7 +6,10 @@ The order that makes it exact on every host (docs/scaling.md):
 1. a claim starts the partition's transactional producer first. Its ``transactional_id`` is the
    same on every host, so starting it fences every earlier owner, anywhere, and aborts the
    transaction that owner had open; from then on nobody but this producer can add to the
-   partition's changelog;
+   partition's changelog. A producer kept through a rebalance (the same member, the group's
+   next generation) fenced them when it started; its claim instead waits until the
+   changelog's end shows its own last transaction, whose commit markers Kafka writes an
+   instant after the commit returned (a new producer's start waits for them itself);
 2. then the file is brought up to the changelog's end (``restore``), from the changelog offset it
    has applied: only what it lacks is read, so a standby that followed the partition is ready at
    once, and a file that never saw it reads the partition's state (compacted), not its history;
@@ -226,10 +229,15 @@ class ChangelogOwner:
             for tp in self.keepable(tps)
             if self._producers[tp].producer.input_topic_id == ids.get(tp.topic)
         )
+        # Where each kept producer's last transaction ends: the changelog's end read below may
+        # not show it yet (``ChangelogProducer.committed_end``).
+        committed: dict[TopicPartition, int] = {}
         for tp in kept:
             producer = self._producers[tp].producer
             producer.keep()
             self._producers[tp] = _Producer(producer, None)
+            if producer.committed_end is not None:
+                committed[tp] = producer.committed_end
         await _stop_all(self._take_producers(tp for tp in tps if tp not in kept))
         producers = {
             tp: ChangelogProducer(
@@ -259,6 +267,9 @@ class ChangelogOwner:
         # own.
         sources = {tp: self._source(tp) for tp in tps}
         ends = await self._reader.end_offsets(list(sources.values()))
+        for tp, least in committed.items():
+            if ends[sources[tp]] < least:
+                ends[sources[tp]] = await self._reader.end_offset_reaching(sources[tp], least)
         for tp in tps:
             if tp not in self._claiming:
                 continue  # revoked meanwhile: the standby follows it again, not this restore
@@ -344,7 +355,8 @@ class ChangelogOwner:
         producer started; ``ChangelogLostError`` if the changelog is not the one the file
         applied, before anything is read. Once ``stop`` is set, no further transaction begins:
         each one commits whole, so the next restore goes on from the last. ``end``: the
-        changelog's last stable offset, read once the producer started; None: read it here."""
+        changelog's last stable offset, read once the producer started (a kept one: once it
+        showed the producer's last transaction); None: read it here."""
         began = time.monotonic()
         source = self._source(tp)
         await self._database.transaction(

@@ -133,6 +133,7 @@ class ChangelogProducer:
         self._publishing = False
         # Kept through a rebalance (``keep``), and not published through since.
         self._kept = False
+        self._committed_end: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -144,6 +145,20 @@ class ChangelogProducer:
         """Whether the next claim of its partition may keep this producer: usable, no publish
         under way (one cancelled may still be closing it), and none failed since it started."""
         return self.usable and not self._failed and not self._publishing
+
+    @property
+    def committed_end(self) -> int | None:
+        """The changelog partition's last stable offset once this producer's last committed
+        transaction is complete (the offset after its commit marker); None before its first
+        commit.
+
+        Kafka acknowledges a commit once the coordinator has logged it, and writes the commit
+        markers into the partition after that: for a moment, the partition's last stable offset
+        stays below this transaction's first record, although the commit returned. A new
+        producer's start waits for that (InitProducerId answers CONCURRENT_TRANSACTIONS until
+        the markers are written); a producer kept through a rebalance starts nothing, so a
+        claim that keeps it waits for this end before reading the changelog's."""
+        return self._committed_end
 
     @property
     def fenced(self) -> bool:
@@ -229,6 +244,7 @@ class ChangelogProducer:
                     raise
                 await producer.commit_transaction()
             succeeded = True
+            self._committed_end = last_offset + 2
             self._kept = False
         except (ProducerFenced, InvalidProducerEpoch) as error:
             await self._fence()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -71,6 +72,11 @@ RESTORE_FETCH_BYTES = 16 * 1024 * 1024
 # first fetch waiting for it, about half a second per partition claimed. The partition is
 # paused once read whole, so that a reader between restores does not poll.
 _RESTORE_FETCH_HOLD_MS = 20
+#: How long a claim waits for a transaction committed to its changelog to show in the last
+#: stable offset (``end_offset_reaching``): the commit markers normally land within
+#: milliseconds; this bounds a coordinator that lags.
+END_WAIT_S = 30.0
+_END_POLL_S = 0.005
 
 
 class ChangelogChunk(NamedTuple):
@@ -160,6 +166,24 @@ class ChangelogReader:
         """The last stable offset of changelog partition ``tp``: the end a restore reads to."""
         return (await self.end_offsets([tp]))[tp]
 
+    async def end_offset_reaching(
+        self, tp: TopicPartition, least: int, timeout_s: float = END_WAIT_S
+    ) -> int:
+        """``end_offset`` of ``tp`` once it is at least ``least``: a transaction known
+        committed (``ChangelogProducer.committed_end``) counts in the last stable offset only
+        once its commit markers are written, an instant after the commit returned.
+        ``ChangelogError`` (the claim is tried again) if it is not there within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (end := await self.end_offset(tp)) < least:
+            if time.monotonic() > deadline:
+                raise ChangelogError(
+                    f"changelog partition {tp.topic}-{tp.partition} ends at offset {end}, and"
+                    f" a transaction committed to it up to offset {least} was still not complete"
+                    f" after {timeout_s:g} s (Kafka writes its commit markers after the commit)"
+                )
+            await asyncio.sleep(_END_POLL_S)
+        return end
+
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """``end_offset`` of each of ``tps``, in one request per broker."""
         if not tps:
@@ -174,8 +198,9 @@ class ChangelogReader:
         from ``from_offset`` up to its last stable offset as of this call; the last chunk's
         ``next_offset`` is that end. Nothing when the partition holds nothing from there.
 
-        Call it after the partition's producer started: its end is then final (no earlier
-        owner can commit any more). Reads run one after the other on one reader.
+        Call it after the partition's producer started (a kept one: after
+        ``end_offset_reaching`` its last transaction): its end is then final (no earlier owner
+        can commit any more). Reads run one after the other on one reader.
         """
         async with self._lock:
             consumer = self._consumer

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from sqlstate.changelog import owner as owner_module
@@ -218,6 +218,64 @@ async def test_a_partition_kept_through_a_rebalance_keeps_its_producer(owned: Ow
     (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
     assert isinstance(outcome, Committed)
     assert owned.counted() == 3
+
+
+@contextlib.asynccontextmanager
+async def stable_end_held(owned: Owned) -> AsyncIterator[AIOKafkaProducer]:
+    """A transaction left open on the partition's changelog: its last stable offset stays at
+    the open transaction's first record, whatever commits after it, as it does for a moment
+    after every commit (Kafka writes the commit markers after the commit returned)."""
+    source = changelog_topic(owned.settings.group_id, owned.tp.topic)
+    held = AIOKafkaProducer(
+        bootstrap_servers=owned.settings.bootstrap_servers, transactional_id=f"{source}-held"
+    )
+    await held.start()
+    try:
+        await held.begin_transaction()
+        await held.send_and_wait(source, b"v", key=b"held", partition=owned.tp.partition)
+        yield held
+    finally:
+        await held.stop()
+
+
+async def test_a_claim_that_keeps_its_producer_waits_until_its_last_transaction_shows(
+    owned: Owned,
+) -> None:
+    """Right after a batch the changelog's last stable offset may still stand below the batch's
+    transaction: the file's changelog offset then looks past the changelog's end ("changelog
+    lost"). A new producer's start waits for the markers; a kept one starts nothing, so its
+    claim waits for them itself, then finds nothing to restore."""
+    claim = await owned.claim()
+    async with stable_end_held(owned) as held:
+        (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
+        assert isinstance(outcome, Committed)
+        claiming = asyncio.ensure_future(owned.claim())  # kept
+        await asyncio.sleep(0.5)
+        assert not claiming.done()  # waiting for the changelog's end, not calling it lost
+        await held.abort_transaction()
+        claim = await asyncio.wait_for(claiming, WAIT_S)
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 3
+
+
+async def test_a_kept_claim_whose_last_transaction_never_shows_fails_and_is_retried(
+    owned: Owned,
+) -> None:
+    """Should the changelog's end not reach the kept producer's last transaction in time, the
+    claim fails as a changelog error (held, tried again), and the file is left as it was."""
+    claim = await owned.claim()
+    async with stable_end_held(owned):
+        (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+        assert isinstance(outcome, Committed)
+        source = TopicPartition(changelog_topic(owned.settings.group_id, owned.tp.topic), 0)
+        producer = owned.owner._producers[owned.tp].producer
+        assert producer.committed_end is not None
+        with pytest.raises(ChangelogError, match=r"still not complete after 0\.3 s"):
+            await owned.owner._reader.end_offset_reaching(
+                source, producer.committed_end, timeout_s=0.3
+            )
+    assert owned.counted() == 1
 
 
 async def test_a_kept_producer_fenced_meanwhile_commits_nothing_then_a_new_one_restores(
