@@ -35,7 +35,7 @@ from aiokafka import TopicPartition
 from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
-from sqlstate.changelog.reader import ChangelogChunk, ChangelogReader
+from sqlstate.changelog.reader import END_WAIT_S, ChangelogChunk, ChangelogReader
 from sqlstate.changelog.seed import seed
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.state_table import StateTable
@@ -222,26 +222,33 @@ class ChangelogOwner:
             | {changelog_topic(self._settings.group_id, tp.topic) for tp in tps}
         )
         # A partition kept through a rebalance keeps its producer, unless a publish failed
-        # (``producers.py`` says why that is safe). Starting one costs a round trip to the
-        # transaction coordinator.
+        # (``producers.py`` says why that is safe), or the input or its changelog is not the
+        # topic it started for (a changelog created again meets the restore's identity check
+        # at a new producer's claim). Starting one costs a round trip to the transaction
+        # coordinator.
         kept = sorted(
             tp
             for tp in self.keepable(tps)
-            if self._producers[tp].producer.input_topic_id == ids.get(tp.topic)
+            if self._producers[tp].producer.topic_ids
+            == (ids.get(tp.topic), ids.get(self._source(tp).topic))
         )
         # Where each kept producer's last transaction ends: the changelog's end read below may
         # not show it yet (``ChangelogProducer.committed_end``).
-        committed: dict[TopicPartition, int] = {}
+        committed: dict[TopicPartition, tuple[ChangelogProducer, int]] = {}
         for tp in kept:
             producer = self._producers[tp].producer
             producer.keep()
             self._producers[tp] = _Producer(producer, None)
             if producer.committed_end is not None:
-                committed[tp] = producer.committed_end
+                committed[tp] = (producer, producer.committed_end)
         await _stop_all(self._take_producers(tp for tp in tps if tp not in kept))
         producers = {
             tp: ChangelogProducer(
-                self._settings, tp.topic, tp.partition, input_topic_id=ids.get(tp.topic)
+                self._settings,
+                tp.topic,
+                tp.partition,
+                input_topic_id=ids.get(tp.topic),
+                changelog_topic_id=ids.get(self._source(tp).topic),
             )
             for tp in tps
             if tp not in kept
@@ -267,9 +274,17 @@ class ChangelogOwner:
         # own.
         sources = {tp: self._source(tp) for tp in tps}
         ends = await self._reader.end_offsets(list(sources.values()))
-        for tp, least in committed.items():
+        for tp, (producer, least) in committed.items():
             if ends[sources[tp]] < least:
-                ends[sources[tp]] = await self._reader.end_offset_reaching(sources[tp], least)
+                ends[sources[tp]] = end = await self._reader.end_offset_reaching(sources[tp], least)
+                if end < least:
+                    # Its next claim starts a new producer, and then meets the restore's checks.
+                    producer.replace_at_next_claim()
+                    raise ChangelogError(
+                        f"changelog partition {sources[tp].topic}-{tp.partition} ends at offset"
+                        f" {end}, and a transaction this host committed to it up to offset"
+                        f" {least} did not show there within {END_WAIT_S:g} s"
+                    )
         for tp in tps:
             if tp not in self._claiming:
                 continue  # revoked meanwhile: the standby follows it again, not this restore
@@ -371,10 +386,13 @@ class ChangelogOwner:
             )
         )
         start = await self._database.read(functools.partial(changelog_offset, tp=tp))
-        if end is None or start > end:
-            # Read here, or again before calling the changelog lost: the end given was read
-            # before the file's offset was.
+        if end is None:
             end = await self._reader.end_offset(source)
+        if start > end:
+            # The end given may have been read before a transaction the file applied showed in
+            # it: a batch of this producer's previous claim, committed meanwhile, whose commit
+            # markers Kafka writes an instant after the commit returned. Past it for good: lost.
+            end = await self._reader.end_offset_reaching(source, start)
         if start > end:
             raise changelog_lost(tp, start, end)
         # One offset short of the end is the commit marker of the file's last transaction:

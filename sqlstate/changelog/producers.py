@@ -115,10 +115,13 @@ class ChangelogProducer:
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS,
         input_topic_id: str | None = None,
+        changelog_topic_id: str | None = None,
     ) -> None:
         self.input_tp = TopicPartition(topic, partition)
         # Written into every position record: which incarnation of the input its offsets count.
         self.input_topic_id = input_topic_id
+        # The incarnation of the changelog it writes: a claim keeps it only for that one.
+        self.changelog_topic_id = changelog_topic_id
         self.tp = TopicPartition(changelog_topic(settings.group_id, topic), partition)
         self.transactional_id = transactional_id(settings.group_id, topic, partition)
         self._settings = settings
@@ -134,6 +137,8 @@ class ChangelogProducer:
         # Kept through a rebalance (``keep``), and not published through since.
         self._kept = False
         self._committed_end: int | None = None
+        # The next claim starts a new producer (``replace_at_next_claim``).
+        self._replace = False
 
     @property
     def usable(self) -> bool:
@@ -144,7 +149,12 @@ class ChangelogProducer:
     def reusable(self) -> bool:
         """Whether the next claim of its partition may keep this producer: usable, no publish
         under way (one cancelled may still be closing it), and none failed since it started."""
-        return self.usable and not self._failed and not self._publishing
+        return self.usable and not (self._failed or self._publishing or self._replace)
+
+    @property
+    def topic_ids(self) -> tuple[str | None, str | None]:
+        """The IDs of the input topic and of the changelog topic it was started for."""
+        return self.input_topic_id, self.changelog_topic_id
 
     @property
     def committed_end(self) -> int | None:
@@ -300,6 +310,11 @@ class ChangelogProducer:
         """Serve the next claim of its partition (``reusable``): until it has published, a
         fencing may be a revoked owner's doing, which ``ChangelogFenced.kept`` tells."""
         self._kept = True
+
+    def replace_at_next_claim(self) -> None:
+        """Let the next claim of its partition start a new producer rather than keep this one
+        (whose InitProducerId waits for this one's transactions by itself)."""
+        self._replace = True
 
     def retire(self) -> None:
         """Take no more batches, from now on: its partition is being released (``stop`` closes

@@ -36,7 +36,7 @@ from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
-from sqlstate.errors import ChangelogError, ChangelogFenced
+from sqlstate.errors import ChangelogError, ChangelogFenced, ChangelogLostError
 from sqlstate.kafka.client import topic_ids as kafka_topic_ids
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.counts import KeyCounter
@@ -53,7 +53,13 @@ from sqlstate.state.model import (
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.store import Store
 from tests.support.db import query
-from tests.support.kafka import TopicFactory, add_partitions, delete_topics, log_end_offsets
+from tests.support.kafka import (
+    TopicFactory,
+    add_partitions,
+    delete_topics,
+    log_end_offsets,
+    recreate_topic,
+)
 from tests.support.processing import open_store, record
 
 WAIT_S = 30.0
@@ -259,23 +265,70 @@ async def test_a_claim_that_keeps_its_producer_waits_until_its_last_transaction_
     assert owned.counted() == 3
 
 
-async def test_a_kept_claim_whose_last_transaction_never_shows_fails_and_is_retried(
-    owned: Owned,
+async def test_a_kept_claim_whose_last_transaction_never_shows_fails_then_a_new_one_claims(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Should the changelog's end not reach the kept producer's last transaction in time, the
-    claim fails as a changelog error (held, tried again), and the file is left as it was."""
+    claim fails as a changelog error (held, tried again) and leaves the file as it was; the
+    next claim starts a new producer rather than keep waiting for that one."""
+    reader = owned.owner._reader
+    monkeypatch.setattr(
+        reader, "end_offset_reaching", functools.partial(reader.end_offset_reaching, timeout_s=0.3)
+    )
     claim = await owned.claim()
-    async with stable_end_held(owned):
+    producer = owned.owner._producers[owned.tp].producer
+    async with stable_end_held(owned) as held:
         (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
         assert isinstance(outcome, Committed)
-        source = TopicPartition(changelog_topic(owned.settings.group_id, owned.tp.topic), 0)
-        producer = owned.owner._producers[owned.tp].producer
-        assert producer.committed_end is not None
-        with pytest.raises(ChangelogError, match=r"still not complete after 0\.3 s"):
-            await owned.owner._reader.end_offset_reaching(
-                source, producer.committed_end, timeout_s=0.3
-            )
-    assert owned.counted() == 1
+        with pytest.raises(ChangelogError, match="did not show there"):
+            await owned.owner.prepare([owned.tp])
+        assert owned.counted() == 1
+        assert owned.tp not in owned.owner.keepable([owned.tp])
+        await held.abort_transaction()
+    claim = await owned.claim()
+    assert owned.owner._producers[owned.tp].producer is not producer
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["b"])])
+    assert isinstance(outcome, Committed)
+    assert owned.counted() == 2
+
+
+async def test_a_restore_given_an_end_read_before_the_files_last_transaction_waits_for_it(
+    owned: Owned,
+) -> None:
+    """A batch of the previous claim may commit through a kept producer after the claim read
+    the changelog's end: the file's changelog offset is then past the end given, until the
+    batch's commit markers show. The restore waits for them, rather than call it lost."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+    assert isinstance(outcome, Committed)
+    source = TopicPartition(changelog_topic(owned.settings.group_id, owned.tp.topic), 0)
+    ids = await owned.owner._reader.topic_ids([owned.tp.topic, source.topic])
+    async with stable_end_held(owned) as held:
+        stale = await owned.owner._reader.end_offset(source)
+        (outcome,) = await owned.store.commit_batch([owned.batch(outcome.claim, ["b"])])
+        assert isinstance(outcome, Committed)
+        restoring = asyncio.ensure_future(owned.owner.restore(owned.tp, ids, end=stale))
+        await asyncio.sleep(0.5)
+        assert not restoring.done()
+        await held.abort_transaction()
+        assert await asyncio.wait_for(restoring, WAIT_S) == 0
+    assert owned.counted() == 2
+
+
+async def test_a_changelog_created_again_under_a_kept_producer_is_lost_at_the_claim(
+    owned: Owned,
+) -> None:
+    """A producer is kept only for the changelog it started for: once that topic was deleted
+    and created again, the claim starts a new producer and the restore's identity check calls
+    the changelog lost (exit code 5), at once and with nothing written."""
+    claim = await owned.claim()
+    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
+    assert isinstance(outcome, Committed)
+    source = changelog_topic(owned.settings.group_id, owned.tp.topic)
+    await recreate_topic(owned.settings.bootstrap_servers, source, partitions=1)
+    with pytest.raises(ChangelogLostError, match="created again"):
+        await asyncio.wait_for(owned.owner.prepare([owned.tp]), 10)
+    assert owned.counted() == 2
 
 
 async def test_a_kept_producer_fenced_meanwhile_commits_nothing_then_a_new_one_restores(
