@@ -91,6 +91,14 @@ class Owned:
         self.owner.bind({self.tp: claim.epoch})
         return claim
 
+    async def claim_anew(self, old: ChangelogProducer, key: str) -> None:
+        """Claim the partition with a producer other than ``old``, and commit a batch of
+        ``key`` through it."""
+        claim = await self.claim()
+        assert self.owner._producers[self.tp].producer is not old
+        (outcome,) = await self.store.commit_batch([self.batch(claim, [key])])
+        assert isinstance(outcome, Committed)
+
     async def reclaim(self, first: int) -> Claimed:
         """Claim the partition again with its log starting at ``first``: out of range, reset."""
         return await self.store.claim(
@@ -285,10 +293,7 @@ async def test_a_kept_claim_whose_last_transaction_never_shows_fails_then_a_new_
         assert owned.counted() == 1
         assert owned.tp not in owned.owner.keepable([owned.tp])
         await held.abort_transaction()
-    claim = await owned.claim()
-    assert owned.owner._producers[owned.tp].producer is not producer
-    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["b"])])
-    assert isinstance(outcome, Committed)
+    await owned.claim_anew(producer, "b")
     assert owned.counted() == 2
 
 
@@ -361,10 +366,7 @@ async def test_a_kept_producer_fenced_meanwhile_commits_nothing_then_a_new_one_r
     assert await owned.changelog_end() == end
 
     await owned.owner.release([owned.tp])  # the batch loop holds it, then claims it again
-    claim = await owned.claim()
-    assert owned.owner._producers[owned.tp].producer is not producer
-    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
-    assert isinstance(outcome, Committed)
+    await owned.claim_anew(producer, "c")
     assert owned.counted() == 2
 
 
