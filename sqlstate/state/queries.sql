@@ -369,9 +369,6 @@ PRAGMA data_version;
 -- Outside any transaction (SQLite refuses ATTACH inside one); read only in the hand-over.
 ATTACH DATABASE :path AS rebuild;
 
--- name: detach_rebuild
-DETACH DATABASE rebuild;
-
 -- name: fence_for_hand_over
 -- The hand-over's first statement: takes the live file's write lock (waiting on the busy
 -- timeout) and fences every owner: a daemon's next compare-and-set fails, and the owner it then
