@@ -41,8 +41,9 @@ def _not_json(constant: str) -> None:
 _decoder = json.JSONDecoder(parse_constant=_not_json)
 _loads = _decoder.decode
 # The scanner under ``decode``, without the two regular expressions ``decode`` runs around it for
-# whitespace: half of a small document's reading. Same parser, same constants.
-_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+# whitespace: half of a small document's reading. Same parser, same constants. An attribute of
+# CPython's decoder that its documentation does not name: without it, ``decode`` reads it all.
+_scan: Callable[[str, int], tuple[Any, int]] | None = getattr(_decoder, "scan_once", None)
 
 
 def _json(data: bytes) -> Any:
@@ -50,6 +51,8 @@ def _json(data: bytes) -> Any:
     the document, or that is not JSON, goes to ``_loads``, which reads the first and raises for
     the second."""
     text = data.decode()
+    if _scan is None:
+        return _loads(text)
     try:
         value, end = _scan(text, 0)
     except StopIteration:

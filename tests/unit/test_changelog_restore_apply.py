@@ -165,7 +165,14 @@ async def test_a_large_apply_gives_what_the_general_path_gives(
         b'{"a":1,"a":2}',
     ],
 )
-def test_a_records_json_is_read_as_json_reads_it(text: bytes) -> None:
+@pytest.mark.parametrize("scanner", ["scan_once", "none"])
+def test_a_records_json_is_read_as_json_reads_it(
+    text: bytes, scanner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also on a Python whose decoder has no ``scan_once``: then ``decode`` reads it all."""
+    if scanner == "none":
+        monkeypatch.setattr(records_module, "_scan", None)
+
     def read(loads: Any) -> tuple[str, Any]:
         try:
             return "ok", loads(text)
