@@ -243,6 +243,11 @@ class Settings:
             problems.append(
                 f"--on-processor-error must be one of {', '.join(PROCESSOR_ERROR_POLICIES)}"
             )
+        if not 1 <= self.heartbeat_interval_ms < self.session_timeout_ms:
+            problems.append(
+                "--heartbeat-interval-ms must be at least 1 and below --session-timeout-ms"
+                " (Kafka advises at most a third of it)"
+            )
         if self.max_rejected_in_a_row < 1:
             problems.append("--max-rejected-in-a-row must be at least 1")
         if self.standby is not None and self.standby not in STANDBY_MODES:

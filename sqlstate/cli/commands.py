@@ -411,6 +411,14 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     help="Kafka group session timeout.",
 )
 @_setting(
+    "--heartbeat-interval-ms",
+    field="heartbeat_interval_ms",
+    env="HEARTBEAT_INTERVAL_MS",
+    type=click.IntRange(min=1),
+    help="Kafka group heartbeat interval: the other members learn of a rebalance (one leaving)"
+    " at their next heartbeat.",
+)
+@_setting(
     "--max-poll-interval-ms",
     field="max_poll_interval_ms",
     env="MAX_POLL_INTERVAL_MS",

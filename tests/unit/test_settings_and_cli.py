@@ -34,6 +34,8 @@ def test_password_never_in_repr() -> None:
     [
         ({"topics": ()}, "at least one topic"),
         ({"max_records": 0}, "max-records"),
+        ({"heartbeat_interval_ms": 10_000}, "heartbeat-interval-ms must be .* below"),
+        ({"heartbeat_interval_ms": 0}, "heartbeat-interval-ms"),
         ({"security": Security(protocol="SASL_SSL")}, "sasl-mechanism"),
         ({"security": Security(ssl_cafile=Path("/nonexistent/ca.pem"))}, "no such file"),
     ],
