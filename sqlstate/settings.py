@@ -148,8 +148,8 @@ class Settings:
     session_timeout_ms: int = 10_000
     # The other members of a group learn of a rebalance (one leaving, say) only at their next
     # heartbeat: its partitions stand still until then. Kafka's 3 s made a member that left
-    # cost its partitions 2.2-2.4 s in a rolling restart, against 0.4 s at 1 s (``python -m
-    # bench.rebalance``), for one more heartbeat request a second per member.
+    # cost its partitions 2.2-2.4 s in a rolling restart, against 0.4-1.2 s at 1 s (``python
+    # -m bench.rebalance``), for a heartbeat request a second per member, not one every 3 s.
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 300_000
     rebalance_timeout_ms: int | None = None
