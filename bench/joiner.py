@@ -3,10 +3,11 @@
 Run (c) uses it to start two ``sqlstate run`` processes on the backlog at the same moment.
 Started together on a broker without ``group.initial.rebalance.delay.ms`` (the test broker sets
 it to 0), the first process to join would get every partition and consume much of the backlog
-alone before the second one's arrival reaches it with a heartbeat (up to 3 s). So the bench lets
-both join while their stored positions hold them at the log end, then moves the positions back
-to the start and sends this member in: the rebalance makes both processes claim their partitions
-again, reading the positions from the database, and both start consuming together.
+alone before the second one's arrival reaches it with a heartbeat (up to one interval). So the
+bench lets both join while their stored positions hold them at the log end, then moves the
+positions back to the start and sends this member in: the rebalance makes both processes claim
+their partitions again, reading the positions from the database, and both start consuming
+together.
 
 It subscribes to a topic of its own, so the round-robin assignor gives it none of the measured
 topic's partitions. It prints ``joined`` once it has its assignment and stays until SIGTERM.

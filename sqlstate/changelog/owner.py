@@ -274,17 +274,30 @@ class ChangelogOwner:
         # own.
         sources = {tp: self._source(tp) for tp in tps}
         ends = await self._reader.end_offsets(list(sources.values()))
-        for tp, (producer, least) in committed.items():
-            if ends[sources[tp]] < least:
-                ends[sources[tp]] = end = await self._reader.end_offset_reaching(sources[tp], least)
-                if end < least:
-                    # Its next claim starts a new producer, and then meets the restore's checks.
-                    producer.replace_at_next_claim()
-                    raise ChangelogError(
-                        f"changelog partition {sources[tp].topic}-{tp.partition} ends at offset"
-                        f" {end}, and a transaction this host committed to it up to offset"
-                        f" {least} did not show there within {END_WAIT_S:g} s"
-                    )
+        short = {tp: least for tp, (_, least) in committed.items() if ends[sources[tp]] < least}
+        reached = await asyncio.gather(
+            *(
+                self._reader.end_offset_reaching(sources[tp], least, stop)
+                for tp, least in short.items()
+            )
+        )
+        ends.update({sources[tp]: end for tp, end in zip(short, reached, strict=True)})
+        if stop is not None and stop.is_set():
+            return False
+        still = [tp for tp, least in short.items() if ends[sources[tp]] < least]
+        for tp in still:
+            # Its next claim starts a new producer, and then meets the restore's checks.
+            committed[tp][0].replace_at_next_claim()
+        if still:
+            raise ChangelogError(
+                "the changelog's last stable offset did not reach the last transaction this"
+                f" host committed within {END_WAIT_S:g} s, for "
+                + ", ".join(
+                    f"{sources[tp].topic}-{tp.partition} (at {ends[sources[tp]]}, committed up"
+                    f" to {short[tp]})"
+                    for tp in still
+                )
+            )
         for tp in tps:
             if tp not in self._claiming:
                 continue  # revoked meanwhile: the standby follows it again, not this restore
@@ -391,10 +404,12 @@ class ChangelogOwner:
         if start > end:
             # The end given may have been read before a transaction the file applied showed in
             # it: a batch of this producer's previous claim, committed meanwhile, whose commit
-            # markers Kafka writes an instant after the commit returned. Past it for good: lost.
-            end = await self._reader.end_offset_reaching(source, start)
+            # markers Kafka writes an instant after the commit returned.
+            end = await self._reader.end_offset_reaching(source, start, stop)
+            if stop is not None and stop.is_set():
+                return 0
         if start > end:
-            raise changelog_lost(tp, start, end)
+            await self._raise_past_end(tp, source, start, end)
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
         applied = 0
@@ -411,6 +426,23 @@ class ChangelogOwner:
             # first, unless it did (``seed.py``).
             await seed(self._database, tp, self._tables, entry.producer)
         return applied
+
+    async def _raise_past_end(
+        self, tp: TopicPartition, source: TopicPartition, start: int, end: int
+    ) -> None:
+        """The file stands at changelog offset ``start``, past the changelog's last stable
+        offset ``end``, after waiting for it. ``ChangelogLostError`` if the log itself ends
+        before ``start``; a ``ChangelogError`` (the claim is tried again) if it reaches it, but
+        a transaction left open below holds the stable offset back."""
+        log_end = await self._reader.high_watermark(source)
+        if log_end < start:
+            raise changelog_lost(tp, start, end)
+        raise ChangelogError(
+            f"changelog partition {source.topic}-{source.partition} is stable only up to offset"
+            f" {end}, below this file's {start}, while its log reaches {log_end}: a transaction"
+            f" left open on it holds the stable offset back (not closed within"
+            f" {END_WAIT_S:g} s); the claim is tried again"
+        )
 
     async def _restore_from(
         self,

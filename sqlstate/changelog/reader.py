@@ -78,6 +78,7 @@ _RESTORE_FETCH_HOLD_MS = 20
 #: file's last records takes to be called lost.
 END_WAIT_S = 30.0
 _END_POLL_S = 0.005
+_END_POLL_MAX_S = 0.5
 
 
 class ChangelogChunk(NamedTuple):
@@ -168,18 +169,29 @@ class ChangelogReader:
         return (await self.end_offsets([tp]))[tp]
 
     async def end_offset_reaching(
-        self, tp: TopicPartition, least: int, timeout_s: float = END_WAIT_S
+        self,
+        tp: TopicPartition,
+        least: int,
+        stop: asyncio.Event | None = None,
+        timeout_s: float = END_WAIT_S,
     ) -> int:
-        """``end_offset`` of ``tp`` once it is at least ``least``, or as last read after
-        ``timeout_s``: a transaction known committed counts in the last stable offset only once
-        its commit markers are written, an instant after the commit returned."""
+        """``end_offset`` of ``tp`` once it is at least ``least``, or as last read once
+        ``timeout_s`` passed or ``stop`` was set: a transaction known committed counts in the
+        last stable offset only once its commit markers are written, an instant after the
+        commit returned."""
         deadline = time.monotonic() + timeout_s
+        pause = _END_POLL_S
         while True:
             end = await self.end_offset(tp)
-            if end >= least or time.monotonic() >= deadline:
+            if end >= least or time.monotonic() >= deadline or (stop and stop.is_set()):
                 return end
-            # Kafka tells nobody when the markers are written: ask again.
-            await asyncio.sleep(_END_POLL_S)
+            # Kafka tells nobody when the markers are written: ask again, soon at first.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _END_POLL_MAX_S)
+
+    async def high_watermark(self, tp: TopicPartition) -> int:
+        """The end of changelog partition ``tp``'s log, open transactions included."""
+        return (await high_watermarks(self._consumer, [tp]))[tp]
 
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """``end_offset`` of each of ``tps``, in one request per broker."""

@@ -253,21 +253,37 @@ async def stable_end_held(owned: Owned) -> AsyncIterator[AIOKafkaProducer]:
 
 
 async def test_a_claim_that_keeps_its_producer_waits_until_its_last_transaction_shows(
-    owned: Owned,
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Right after a batch the changelog's last stable offset may still stand below the batch's
     transaction: the file's changelog offset then looks past the changelog's end ("changelog
     lost"). A new producer's start waits for the markers; a kept one starts nothing, so its
     claim waits for them itself, then finds nothing to restore."""
     claim = await owned.claim()
+    producer = owned.owner._producers[owned.tp].producer
+    ends_given: list[int | None] = []
+    restore = owned.owner.restore
+
+    async def restore_seen(tp: TopicPartition, *args: Any, end: int | None = None) -> int:
+        ends_given.append(end)
+        return await restore(tp, *args, end=end)
+
+    monkeypatch.setattr(owned.owner, "restore", restore_seen)
     async with stable_end_held(owned) as held:
         (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a", "b"])])
         assert isinstance(outcome, Committed)
-        claiming = asyncio.ensure_future(owned.claim())  # kept
+        committed_end = producer.committed_end
+        claiming = asyncio.ensure_future(owned.claim())
         await asyncio.sleep(0.5)
         assert not claiming.done()  # waiting for the changelog's end, not calling it lost
         await held.abort_transaction()
         claim = await asyncio.wait_for(claiming, WAIT_S)
+    assert owned.owner._producers[owned.tp].producer is producer  # kept
+    # The claim's own wait, not the restore's: the end it hands the restore shows the batch.
+    assert committed_end is not None
+    (end_given,) = ends_given
+    assert end_given is not None
+    assert end_given >= committed_end
     (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["c"])])
     assert isinstance(outcome, Committed)
     assert owned.counted() == 3
@@ -288,13 +304,50 @@ async def test_a_kept_claim_whose_last_transaction_never_shows_fails_then_a_new_
     async with stable_end_held(owned) as held:
         (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
         assert isinstance(outcome, Committed)
-        with pytest.raises(ChangelogError, match="did not show there"):
+        with pytest.raises(ChangelogError, match="did not reach the last transaction"):
             await owned.owner.prepare([owned.tp])
         assert owned.counted() == 1
         assert owned.tp not in owned.owner.keepable([owned.tp])
         await held.abort_transaction()
     await owned.claim_anew(producer, "b")
     assert owned.counted() == 2
+
+
+async def test_a_stable_offset_held_back_below_the_file_is_retried_not_called_lost(
+    owned: Owned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction left open on the changelog holds its last stable offset below the file's
+    offset for good, while the log itself reaches past it: the claim with a new producer fails
+    as a changelog error (tried again) rather than call the changelog lost (exit code 5)."""
+    reader = owned.owner._reader
+    monkeypatch.setattr(
+        reader, "end_offset_reaching", functools.partial(reader.end_offset_reaching, timeout_s=0.3)
+    )
+    claim = await owned.claim()
+    async with stable_end_held(owned):
+        (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+        assert isinstance(outcome, Committed)
+        with pytest.raises(ChangelogError, match="did not reach the last transaction"):
+            await owned.owner.prepare([owned.tp])  # kept: it waits, then gives its producer up
+        with pytest.raises(ChangelogError, match="holds the stable offset back") as raised:
+            await owned.owner.prepare([owned.tp])  # a new producer: the restore's check
+        assert not isinstance(raised.value, ChangelogLostError)
+    assert owned.counted() == 1
+
+
+async def test_a_claim_waiting_for_its_last_transaction_stops_when_told(owned: Owned) -> None:
+    """A stop (SIGTERM) ends the claim's wait for the changelog's end at once: nothing claimed."""
+    claim = await owned.claim()
+    async with stable_end_held(owned):
+        (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
+        assert isinstance(outcome, Committed)
+        stop = asyncio.Event()
+        claiming = asyncio.ensure_future(owned.owner.prepare([owned.tp], stop))
+        await asyncio.sleep(0.3)
+        assert not claiming.done()
+        stop.set()
+        assert await asyncio.wait_for(claiming, 5) is False
+    assert owned.counted() == 1
 
 
 async def test_a_restore_given_an_end_read_before_the_files_last_transaction_waits_for_it(
