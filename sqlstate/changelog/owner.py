@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple, NoReturn, cast
 
 from aiokafka import TopicPartition
 
@@ -429,7 +429,7 @@ class ChangelogOwner:
 
     async def _raise_past_end(
         self, tp: TopicPartition, source: TopicPartition, start: int, end: int
-    ) -> None:
+    ) -> NoReturn:
         """The file stands at changelog offset ``start``, past the changelog's last stable
         offset ``end``, after waiting for it. ``ChangelogLostError`` if the log itself ends
         before ``start``; a ``ChangelogError`` (the claim is tried again) if it reaches it, but
