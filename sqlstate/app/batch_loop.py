@@ -41,7 +41,7 @@ from sqlstate.app.group_offsets import GroupOffsets
 from sqlstate.app.ownership import Ownership
 from sqlstate.app.processor_errors import ProcessorErrors
 from sqlstate.app.topic_watch import TopicWatch
-from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
+from sqlstate.errors import ChangelogError, DatabaseBusyError
 from sqlstate.kafka.client import absent_topics, consumed_position, in_group, log_end
 from sqlstate.kafka.decoding import BadRecords
 from sqlstate.kafka.errors import Retrying, permanent, topic_gone
@@ -467,14 +467,8 @@ class BatchLoop:
         return tps
 
     async def _changelog_failed(self, failed: ChangelogPublishFailed) -> None:
-        """The batch rolled back: its changelog transactions did not all commit. A partition
-        whose kept producer was fenced is claimed again at once, as after any other failure:
-        the owner that fenced it may be one the group has revoked since (``ChangelogFenced``)."""
-        fenced = [
-            tp
-            for tp, error in failed.failures.items()
-            if isinstance(error, ChangelogFenced) and not error.kept
-        ]
+        """The batch rolled back: its changelog transactions did not all commit."""
+        fenced = failed.fenced
         self._stats.changelog_failures += 1
         _PUBLISH_FAILED.log(
             partitions=len(failed.partitions),

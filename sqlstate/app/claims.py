@@ -48,7 +48,6 @@ from sqlstate.app.ownership import Ownership
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import (
     ChangelogError,
-    ChangelogFenced,
     DatabaseBusyError,
     RebalanceError,
     SqlstateError,
@@ -479,11 +478,7 @@ class Claimer:
                 # Rolled back. Fenced: another host owns the partition; it waits for the
                 # rebalance, as a fenced batch's does. Otherwise it is restored and claimed
                 # again, its position checked against the log once more then.
-                fenced = [
-                    part
-                    for part, error in failed.failures.items()
-                    if isinstance(error, ChangelogFenced) and not error.kept
-                ]
+                fenced = failed.fenced
                 await self.hold_again([tp], fenced)
                 return not fenced
             return claimed is None or tp not in claimed.taken

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 from aiokafka import TopicPartition
 
-from sqlstate.errors import ChangelogError
+from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.start import StartedAt
 
@@ -217,6 +217,18 @@ class ChangelogPublishFailed(ChangelogError):
         )
         self.failures = dict(failures)
         self.partitions = list(partitions)
+
+    @property
+    def fenced(self) -> list[TopicPartition]:
+        """The partitions another owner's producer fenced: they wait for the rebalance that
+        says who owns them. Not one whose kept producer was fenced (``ChangelogFenced.kept``):
+        the owner that fenced it may be revoked since, so it is claimed again at once, as after
+        any other failure."""
+        return [
+            tp
+            for tp, error in self.failures.items()
+            if isinstance(error, ChangelogFenced) and not error.kept
+        ]
 
 
 @dataclass(frozen=True)
