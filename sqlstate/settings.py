@@ -147,10 +147,11 @@ class Settings:
     # rebalance_timeout_ms, which aiokafka defaults to the session timeout.
     session_timeout_ms: int = 10_000
     # The other members of a group learn of a rebalance (one leaving, say) only at their next
-    # heartbeat: its partitions stand still until then. Kafka's 3 s made a member that left
-    # cost its partitions 2.2-2.4 s in a rolling restart, against 0.4-1.2 s at 1 s (``python
-    # -m bench.rebalance``), for a heartbeat request a second per member, not one every 3 s.
-    heartbeat_interval_ms: int = 1_000
+    # heartbeat: its partitions stand still until then (2.2-2.4 s at 3 s, 0.4-1.2 s at 1 s in a
+    # rolling restart, docs/performance.md). Kafka's 3 s stays the default: at 1 s, a daemon
+    # consuming through OAUTHBEARER tokens of a few seconds once stopped on a heartbeat that
+    # the broker answered ILLEGAL_SASL_STATE, which aiokafka's heartbeat task treats as fatal.
+    heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     rebalance_timeout_ms: int | None = None
     # How often the consumer refreshes the topics' metadata: partitions added to a topic are noticed
@@ -339,7 +340,7 @@ class Settings:
         the first one only a heartbeat interval after; and the group waits for a member's revoke
         only up to the rebalance timeout. Half of what the shorter of the two leaves after one
         heartbeat interval keeps the member in its group however long the database stays
-        locked: 4.5 s with the defaults.
+        locked: 3.5 s with the defaults.
         """
         window = min(self.session_timeout_ms, self.rebalance_timeout_ms or self.session_timeout_ms)
         return max(0.1, (window - self.heartbeat_interval_ms) / 2000)
