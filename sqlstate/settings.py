@@ -35,9 +35,12 @@ BAD_RECORD_POLICIES: tuple[str, ...] = get_args(BadRecordPolicy)
 # What a record that a processor fails on does (docs/processors.md, "Records a processor fails on").
 ProcessorErrorPolicy = Literal["fail", "dead-letter"]
 PROCESSOR_ERROR_POLICIES: tuple[str, ...] = get_args(ProcessorErrorPolicy)
-# --changelog: whether this file also follows the partitions other hosts own (docs/scaling.md).
+# --changelog: whether this file also follows the partitions other hosts own (docs/scaling.md):
+# all, none, or a number N (each partition followed by N hosts besides its owner).
 Standby = Literal["all", "none"]
 STANDBY_MODES: tuple[str, ...] = get_args(Standby)
+# --standby N: more followers than this is a typo, not a plan (``all`` says every host).
+MAX_STANDBY_COUNT = 1000
 # The processors run when neither --processor nor --sql is given.
 DEFAULT_PROCESSORS = ("counts",)
 # `sqlstate wait` and `sqlstate.wait_for`: how long they wait for the positions by default.
@@ -202,7 +205,7 @@ class Settings:
     # -1: the broker's default.replication.factor.
     changelog_replication_factor: int = -1
     # None: "all" under --changelog (every file holds the complete state).
-    standby: Standby | None = None
+    standby: str | None = None  # one of STANDBY_MODES, or a count (``standby_count``)
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -252,7 +255,12 @@ class Settings:
         if self.max_rejected_in_a_row < 1:
             problems.append("--max-rejected-in-a-row must be at least 1")
         if self.standby is not None and self.standby not in STANDBY_MODES:
-            problems.append(f"--standby must be one of {', '.join(STANDBY_MODES)}")
+            count = _standby_count(self.standby)
+            if count is None or not 1 <= count <= MAX_STANDBY_COUNT:
+                problems.append(
+                    f"--standby must be one of {', '.join(STANDBY_MODES)}, or a number of hosts"
+                    f" from 1 to {MAX_STANDBY_COUNT} (got {self.standby!r})"
+                )
         if self.standby is not None and not self.changelog:
             problems.append("--standby needs --changelog: standbys follow the changelog")
         if self.changelog_replication_factor == 0 or self.changelog_replication_factor < -1:
@@ -328,8 +336,16 @@ class Settings:
 
     @property
     def standbys(self) -> bool:
-        """Whether this file follows the changelogs of the partitions it does not own."""
+        """Whether this file follows the changelogs of every partition it does not own."""
         return self.changelog and (self.standby or "all") == "all"
+
+    @property
+    def standby_count(self) -> int | None:
+        """``--standby N``: how many hosts besides its owner follow each partition (the group's
+        leader chooses which); None under ``all`` or ``none``."""
+        if not self.changelog or self.standby is None:
+            return None
+        return _standby_count(self.standby)
 
     @property
     def rebalance_budget_s(self) -> float:
@@ -426,3 +442,8 @@ def default(name: str, of: type[Settings] | type[Security] | type[VerifyOptions]
                 return candidate.default_factory()
             raise KeyError(f"{of.__name__}.{name} has no default")
     raise KeyError(f"{of.__name__} has no field {name}")
+
+
+def _standby_count(standby: str) -> int | None:
+    """``--standby``'s number, if it is one (ASCII digits only: ``str.isdigit`` takes ``²``)."""
+    return int(standby) if standby.isascii() and standby.isdigit() else None

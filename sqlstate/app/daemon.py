@@ -355,10 +355,12 @@ async def _run_on(
     await store.check_changelog(settings.changelog)
     schema = await migrate.schema_version(database)
     decoding = Decoding(settings.key_format, settings.value_format, schemas_for(settings, stats))
+    plan = changelog_mode.follow_plan(settings)
     consumer = build_consumer(
         settings,
         key_deserializer=decoding.key_deserializer,
         value_deserializer=decoding.value_deserializer,
+        plan=plan,
     )
     try:
         # Not started only when a signal came first: then stop is set.
@@ -376,7 +378,9 @@ async def _run_on(
             _log_started(settings, database, schema, processors)
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
-            changelog = changelog_mode.owner_of(settings, database, tables, stats, processors.names)
+            changelog = changelog_mode.owner_of(
+                settings, database, tables, stats, processors.names, plan
+            )
             await _consume(
                 consumer,
                 # The store of the claims and batches: under --changelog, they publish.

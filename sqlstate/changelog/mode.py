@@ -19,6 +19,7 @@ from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.tables import state_tables
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
+from sqlstate.kafka.assignor import FollowPlan
 from sqlstate.kafka.client import partition_counts
 from sqlstate.kafka.topic_pattern import matches, subscription_pattern
 from sqlstate.observe.logs import LogEvent
@@ -64,7 +65,13 @@ async def prepare(
         if count == 0:
             raise BrokerError(f"Kafka gave no partitions for topic {topic}")
     names = await ensure_changelogs(settings, partitions, settings.changelog_replication_factor)
-    _READY.log(changelogs=sorted(names.values()), standby="all" if settings.standbys else "none")
+    _READY.log(changelogs=sorted(names.values()), standby=settings.standby or "all")
+
+
+def follow_plan(settings: Settings) -> FollowPlan | None:
+    """Under --standby N, the plan the consumer's assignor fills and the standby follows."""
+    count = settings.standby_count
+    return None if count is None else FollowPlan(count)
 
 
 def owner_of(
@@ -73,14 +80,16 @@ def owner_of(
     tables: Sequence[StateTable],
     stats: Stats,
     processor_names: Sequence[str] = (),
+    plan: FollowPlan | None = None,
 ) -> ChangelogOwner | None:
     """The changelog side of the claims; None without --changelog. ``processor_names`` are
-    recorded for a topic restored or followed before its first claim here."""
+    recorded for a topic restored or followed before its first claim here; ``plan``
+    (``follow_plan``) is what the group gives this member to follow under --standby N."""
     if not settings.changelog:
         return None
     standby = (
-        Standby(settings, database, tables, stats, processor_names=processor_names)
-        if settings.standbys
+        Standby(settings, database, tables, stats, processor_names=processor_names, plan=plan)
+        if settings.standbys or plan is not None
         else None
     )
     return ChangelogOwner(

@@ -265,9 +265,10 @@ class ChangelogReader:
 class ChangelogFollower:
     """Follows many changelog partitions at once, for a standby: no group, assigned by hand.
 
-    ``follow()`` adds partitions at given offsets, ``pause()`` stops fetching some (the ones
-    this process owns), ``resume()`` starts them again from given offsets, ``poll()`` returns the
-    new chunks, ``lag()`` how far behind each followed partition is.
+    ``follow()`` adds partitions at given offsets, ``unfollow()`` removes some, ``pause()``
+    stops fetching some (the ones this process owns), ``resume()`` starts them again from given
+    offsets, ``poll()`` returns the new chunks, ``lag()`` how far behind each followed partition
+    is.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -300,6 +301,18 @@ class ChangelogFollower:
         for tp in offsets:
             self._carried.pop(tp, None)
         self._reassign()
+
+    def unfollow(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop following these partitions (``--standby N``: no longer this file's to follow);
+        what was fetched of them and not returned yet is dropped."""
+        tps = [tp for tp in tps if tp in self._next]
+        for tp in tps:
+            del self._next[tp]
+            self._paused.discard(tp)
+            self._rewound.discard(tp)
+            self._carried.pop(tp, None)
+        if tps:
+            self._reassign()
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         """Stop fetching these partitions (this process owns them now)."""

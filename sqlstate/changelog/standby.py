@@ -1,10 +1,15 @@
-"""Standbys (``--standby all``): this file also follows the partitions other hosts own.
+"""Standbys (``--standby all``, or ``N``): this file also follows partitions other hosts own.
 
 One changelog consumer, outside the group, follows every partition of every input topic's
 changelog from the offset this file has applied, and applies what it reads, one transaction per
 poll. The partitions this process owns are paused there: their owner writes them itself. So
 every file converges to the complete state, any SQLite client on any host reads all of it, and a
 partition that moves to this host is restored from almost where it is.
+
+Under ``--standby N`` it follows only the partitions the group's leader gave this member to
+follow (``assignor.FollowPlan``), and stops following the others: their rows in ``positions``
+then say ``unfollowed`` (``progress.role``), so that a reader knows this file no longer keeps
+them, though they keep the state of the position they show.
 
 Applying is monotonic (``apply_changes`` skips records below the file's changelog offset), so a
 chunk fetched just before its partition was claimed here changes nothing when it lands after.
@@ -30,11 +35,13 @@ from sqlstate.changelog.seed import own_seed, seed_applied
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
+from sqlstate.kafka.assignor import FollowPlan
 from sqlstate.kafka.client import topic_ids
 from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
+from sqlstate.state.queries import sql
 
 logger = logging.getLogger(__name__)
 _FOLLOWING = LogEvent(
@@ -42,6 +49,12 @@ _FOLLOWING = LogEvent(
     logging.INFO,
     "standby_following",
     "following the changelogs of %(partitions)d partitions",
+)
+_UNFOLLOWED = LogEvent(
+    logger,
+    logging.INFO,
+    "standby_unfollowed",
+    "no longer following %(count)d partitions (--standby %(standby)d): %(partitions)s",
 )
 _IDS_UNAVAILABLE = LogEvent(
     logger,
@@ -82,8 +95,13 @@ class Standby:
         stats: Stats,
         *,
         processor_names: Sequence[str] = (),
+        plan: FollowPlan | None = None,
     ) -> None:
         self._settings = settings
+        self._plan = plan  # --standby N; None: follow every partition
+        # Released or no longer followed here, not yet said so in the file (``_mark_unfollowed``).
+        self._unfollowed: set[TopicPartition] = set()
+        self._reconciled: frozenset[TopicPartition] | None = None  # the plan's last follows
         # Recorded for a topic whose changelog is followed before it is claimed here.
         self._processor_names = processor_names
         self._database = database
@@ -116,6 +134,18 @@ class Standby:
             for topic in self._inputs.values()
             for partition in consumer.partitions_for_topic(topic) or ()
         }
+        plan = self._plan
+        if plan is not None and not plan.everything:
+            follows = plan.follows or frozenset()
+            if plan.follows is not None and plan.follows is not self._reconciled:
+                # Once per assignment: every partition this file is not to keep says so, those
+                # it kept before this process too (a restart) and those it never had (no row).
+                # Those assigned here are about to be claimed (paused, then written here).
+                self._reconciled = plan.follows
+                self._unfollowed.update(wanted - follows - plan.owns)
+            wanted &= follows
+            self._unfollow(self.followed - wanted - self._paused)
+            plan.following = frozenset(wanted & self.followed)
         followed = set(self._follower.followed)
         new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
         if not new:
@@ -154,7 +184,34 @@ class Standby:
         paused = [self._source(tp) for tp in new if tp in self._paused]
         if paused:
             self._follower.pause(paused)
+        self._unfollowed.difference_update(new)
+        if plan is not None:
+            plan.following = frozenset(self.followed)
         _FOLLOWING.log(partitions=len(new))
+
+    def _unfollow(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop following ``tps``; the file says so at the next ``_mark_unfollowed``."""
+        tps = sorted(tps)
+        if not tps:
+            return
+        self._follower.unfollow([self._source(tp) for tp in tps])
+        self._unfollowed.update(tps)
+        _UNFOLLOWED.log(
+            count=len(tps),
+            standby=self._plan.count if self._plan is not None else 0,
+            partitions=", ".join(f"{tp.topic}-{tp.partition}" for tp in tps),
+        )
+
+    async def _mark_unfollowed(self) -> None:
+        """Say in the file which partitions it no longer keeps (``progress.role``
+        ``unfollowed``). Chosen with no await before the transaction is queued: a claim pauses
+        its partitions before its own transaction, which therefore runs after this one."""
+        tps = sorted(self._unfollowed - self._paused - self.followed)
+        self._unfollowed.clear()
+        if tps:
+            await self._database.transaction(
+                functools.partial(mark_unfollowed, tps=tps, now=utc_now())
+            )
 
     @property
     def paused(self) -> frozenset[TopicPartition]:
@@ -178,9 +235,12 @@ class Standby:
         self._follower.pause([self._source(tp) for tp in tps])
 
     def resume(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """``tps`` are no longer this process's: follow them again from these offsets."""
+        """``tps`` are no longer this process's: follow them again from these offsets (under
+        ``--standby N``, those it follows; the others are no longer kept here)."""
         self._paused.difference_update(offsets)
         self._follower.resume({self._source(tp): offset for tp, offset in offsets.items()})
+        if self._plan is not None and not self._plan.everything:
+            self._unfollowed.update(tp for tp in offsets if tp not in self.followed)
 
     async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Apply what the changelogs bring until ``stop``."""
@@ -194,6 +254,7 @@ class Standby:
                 _IDS_UNAVAILABLE.log(reason=repr(error))
                 await asyncio.sleep(_RETRY_S)
                 continue
+            await self._mark_unfollowed()
             chunks = await self._follower.poll(_POLL_MS, _MAX_RECORDS)
             fetched = {source.topic for source, chunk in chunks.items() if chunk.records}
             if fetched and not await self._same_changelogs(consumer, fetched, stop):
@@ -209,6 +270,8 @@ class Standby:
                 tp = TopicPartition(inputs[source.topic], source.partition)
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
+                if source not in self._follower.followed:
+                    continue  # no longer followed here since it was fetched
                 end = None if behind is None else chunk.next_offset + behind
                 try:
                     applied = await apply_in(
@@ -260,6 +323,14 @@ class Standby:
                     self._inputs[changelog], changelog, changelog, recorded, now_id
                 )
         return True
+
+
+def mark_unfollowed(conn: sqlite3.Connection, tps: Sequence[TopicPartition], now: str) -> None:
+    """The file no longer keeps ``tps`` up to date (a transaction function)."""
+    conn.executemany(
+        sql("mark_unfollowed"),
+        [{"topic": tp.topic, "partition": tp.partition, "now": now} for tp in tps],
+    )
 
 
 def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> ChangelogLostError:

@@ -37,7 +37,6 @@ from sqlstate.settings import (
     PROCESSOR_ERROR_POLICIES,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
-    STANDBY_MODES,
     WAIT_TIMEOUT_S,
     Security,
     Settings,
@@ -385,10 +384,12 @@ def main(verbose: int, quiet: bool, log_format: logs.LogFormat) -> None:
     "--standby",
     "standby",
     env="STANDBY",
-    type=click.Choice(STANDBY_MODES),
+    metavar="all|none|N",
     default=None,
     help="With --changelog: all (the default) also applies the changelogs of the partitions"
-    " other hosts own, so this file holds the complete state; none keeps only its own.",
+    " other hosts own, so this file holds the complete state; none keeps only its own; a"
+    " number N has each partition followed by N hosts besides its owner, chosen by the group"
+    " (progress.role says which partitions this file keeps).",
 )
 @_setting(
     "--max-records",

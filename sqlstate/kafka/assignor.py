@@ -18,6 +18,16 @@ aiokafka calls an assignor through its class, so each consumer gets a class of i
 differ (a topic pattern that matched a new topic on one member first) are assigned by round
 robin.
 
+Under ``--standby N`` the leader also chooses which members follow each partition's changelog
+(``followers``): N members besides its owner, among the members that run ``--standby N``,
+preferring those that followed it or held it before (their files are up to date), each member
+following about as many partitions as the others; and a partition nobody holds goes first to a
+member that follows it (``balanced_sticky``), whose claim then restores only the tail. A member
+says its N, what it holds and what it follows in its join; the leader sends each such member
+what it follows in its assignment (``encode_follows``). A member whose assignment carries no
+follow set (an earlier sqlstate led the rebalance) follows every partition, as ``--standby all``
+does.
+
 It is the only assignor a member offers, under round robin's protocol name, ``roundrobin``:
 
 - a member of an earlier sqlstate offers ``roundrobin`` only, so during a rolling upgrade both
@@ -33,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 from aiokafka.cluster import ClusterMetadata
@@ -52,27 +63,47 @@ _VERSION = 0
 
 
 def balanced_sticky(
-    partitions: Sequence[TopicPartition], held: Mapping[str, Iterable[TopicPartition]]
+    partitions: Sequence[TopicPartition],
+    held: Mapping[str, Iterable[TopicPartition]],
+    follows: Mapping[str, Iterable[TopicPartition]] | None = None,
 ) -> dict[str, list[TopicPartition]]:
     """Give each of ``partitions`` to one member of ``held`` (member -> what it says it holds),
     each member getting ``len(partitions) // len(held)`` of them or one more, and keeping as
-    many of those it holds as that allows.
+    many of those it holds as that allows. A partition nobody keeps goes first to a member that
+    says it follows it (``follows``, under ``--standby N``: its file is up to date, so the claim
+    restores only the tail), within that member's share.
 
-    Members holding more get the larger shares first, so fewer partitions move; ties, and a
-    partition two members say they hold, go by member id: the same input gives the same result
-    on whichever member leads.
+    Members holding more get the larger shares first, so fewer partitions move, then those
+    following more of the partitions nobody holds; ties, and a partition two members say they
+    hold, go by member id: the same input gives the same result on whichever member leads.
     """
     if not held:
         return {}
     valid = set(partitions)
     claims = {member: sorted(set(tps) & valid) for member, tps in held.items()}
-    members = sorted(claims, key=lambda member: (-len(claims[member]), member))
+    unheld = valid.difference(*claims.values())
+    following = {member: set(tps) & valid for member, tps in (follows or {}).items()}
+    members = sorted(
+        claims,
+        key=lambda member: (
+            -len(claims[member]),
+            -len(following.get(member, set()) & unheld),
+            member,
+        ),
+    )
     base, extra = divmod(len(partitions), len(members))
     shares = {member: base + (1 if rank < extra else 0) for rank, member in enumerate(members)}
     assigned: dict[str, list[TopicPartition]] = {member: [] for member in members}
     taken: set[TopicPartition] = set()
     for member in members:
         for tp in claims[member]:
+            if len(assigned[member]) == shares[member]:
+                break
+            if tp not in taken:
+                assigned[member].append(tp)
+                taken.add(tp)
+    for member in members:
+        for tp in sorted(following.get(member, set())):
             if len(assigned[member]) == shares[member]:
                 break
             if tp not in taken:
@@ -85,24 +116,168 @@ def balanced_sticky(
     return assigned
 
 
-def encode_held(tps: Iterable[TopicPartition]) -> bytes:
-    """What a member says it holds, in its join message."""
-    return json.dumps(sorted([tp.topic, tp.partition] for tp in tps)).encode()
+@dataclass
+class FollowPlan:
+    """``--standby N``: this member's N, and what the group's leader gave it to follow.
+
+    ``follows`` is None until an assignment says, and ``everything`` is set when the last one
+    carried no follow set (an earlier sqlstate led): then every partition is followed."""
+
+    count: int
+    follows: frozenset[TopicPartition] | None = None
+    everything: bool = False
+    owns: frozenset[TopicPartition] = field(default_factory=frozenset)  # the same assignment's
+    # What this member follows now, told to the leader at the next join (sticky follows).
+    following: frozenset[TopicPartition] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class JoinHint:
+    """What a member says in its join: what it holds and, under ``--standby N``, its N and what
+    it follows. Only a hint: the leader must assign whatever a member sends."""
+
+    held: Sequence[TopicPartition] = ()
+    standby: int | None = None
+    follows: Sequence[TopicPartition] = ()
+
+
+def _pairs(tps: Iterable[TopicPartition]) -> list[list[object]]:
+    return sorted([tp.topic, tp.partition] for tp in tps)
+
+
+def _tps(pairs: object) -> list[TopicPartition]:
+    if not isinstance(pairs, list):
+        return []
+    return [
+        TopicPartition(pair[0], pair[1])
+        for pair in pairs
+        if isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and type(pair[1]) is int
+    ]
+
+
+def encode_held(tps: Iterable[TopicPartition], plan: FollowPlan | None = None) -> bytes:
+    """What a member says in its join message: the partitions it holds, as a JSON list (what an
+    earlier sqlstate sends and reads); under ``--standby N`` an object that adds N and what it
+    follows (an earlier leader reads no partitions from it, and only loses the stickiness)."""
+    if plan is None:
+        return json.dumps(_pairs(tps)).encode()
+    return json.dumps(
+        {"held": _pairs(tps), "standby": plan.count, "follows": _pairs(plan.following)}
+    ).encode()
+
+
+def decode_hint(user_data: bytes) -> JoinHint:
+    """``encode_held``'s hint; an empty one for anything else."""
+    if not user_data or len(user_data) > MAX_HINT_BYTES:
+        return JoinHint()
+    try:
+        data = json.loads(user_data)
+        if isinstance(data, list):
+            return JoinHint(_tps(data))
+        if not isinstance(data, dict):
+            return JoinHint()
+        count = data.get("standby")
+        return JoinHint(
+            _tps(data.get("held")),
+            count if type(count) is int and count >= 1 else None,
+            _tps(data.get("follows")),
+        )
+    except Exception:  # any shape at all, deep nesting (RecursionError) too
+        return JoinHint()
 
 
 def decode_held(user_data: bytes) -> list[TopicPartition]:
-    """``encode_held``'s partitions; none for anything else (a member's data is only a hint,
-    and the leader must assign whatever a member sends)."""
-    if not user_data or len(user_data) > MAX_HINT_BYTES:
-        return []
+    """The partitions a member's join says it holds."""
+    return list(decode_hint(user_data).held)
+
+
+def followers(
+    owners: Mapping[TopicPartition, str], hints: Mapping[str, JoinHint]
+) -> dict[str, list[TopicPartition]]:
+    """Under ``--standby N``: which partitions each member that runs it follows.
+
+    Each partition gets ``N`` followers (the largest N any member asks for, as many as there
+    are such members besides the partition's owner), never its owner. A member keeps the
+    partitions it follows or holds where it can (its file has them up to date), within a share
+    of ``ceil(follows / members)``; the rest go to the members following fewest. Ties go by
+    member id: the same input gives the same result on whichever member leads."""
+    counting = sorted(member for member, hint in hints.items() if hint.standby is not None)
+    if not counting:
+        return {}
+    want = max(hints[member].standby or 0 for member in counting)
+    need = {
+        tp: min(want, sum(member != owner for member in counting))
+        for tp, owner in sorted(owners.items())
+    }
+    share = -(-sum(need.values()) // len(counting))
+    given: dict[str, list[TopicPartition]] = {member: [] for member in counting}
+    chosen: dict[TopicPartition, list[str]] = {tp: [] for tp in need}
+
+    def take(member: str, tp: TopicPartition) -> None:
+        given[member].append(tp)
+        chosen[tp].append(member)
+
+    up_to_date = {
+        member: set(hints[member].follows) | set(hints[member].held) for member in counting
+    }
+    for tp in need:
+        for member in counting:
+            if (
+                len(chosen[tp]) < need[tp]
+                and member != owners[tp]
+                and tp in up_to_date[member]
+                and len(given[member]) < share
+            ):
+                take(member, tp)
+    for tp in need:
+        while len(chosen[tp]) < need[tp]:
+            free = [m for m in counting if m != owners[tp] and m not in chosen[tp]]
+            take(min(free, key=lambda member: (len(given[member]), member)), tp)
+    _even_out(given, chosen, owners)
+    return given
+
+
+def _even_out(
+    given: dict[str, list[TopicPartition]],
+    chosen: dict[TopicPartition, list[str]],
+    owners: Mapping[TopicPartition, str],
+) -> None:
+    """Move follows from the members following most to those following fewest, while one can
+    move (a member never follows its own partition, nor one partition twice)."""
+    while True:
+        heavy = max(given, key=lambda member: (len(given[member]), member))
+        light = min(given, key=lambda member: (len(given[member]), member))
+        if len(given[heavy]) - len(given[light]) <= 1:
+            return
+        movable = [tp for tp in given[heavy] if owners[tp] != light and light not in chosen[tp]]
+        if not movable:
+            return
+        tp = movable[-1]
+        given[heavy].remove(tp)
+        chosen[tp].remove(heavy)
+        given[light].append(tp)
+        chosen[tp].append(light)
+
+
+def encode_follows(tps: Iterable[TopicPartition]) -> bytes:
+    """A ``--standby N`` member's assignment data: what it follows."""
+    return json.dumps({"follows": _pairs(tps)}).encode()
+
+
+def decode_follows(user_data: bytes) -> frozenset[TopicPartition] | None:
+    """``encode_follows``'s partitions; None when the assignment carries none."""
+    if not user_data:
+        return None
     try:
-        return [
-            TopicPartition(topic, partition)
-            for topic, partition in json.loads(user_data)
-            if isinstance(topic, str) and type(partition) is int
-        ]
-    except Exception:  # any shape at all, deep nesting (RecursionError) too
-        return []
+        data = json.loads(user_data)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "follows" not in data:
+        return None
+    return frozenset(_tps(data["follows"]))
 
 
 class _StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aiokafka's, untyped
@@ -111,6 +286,7 @@ class _StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aioka
     name = NAME
     version = _VERSION
     held: tuple[TopicPartition, ...] = ()
+    plan: FollowPlan | None = None
 
     @classmethod
     def assign(
@@ -130,22 +306,37 @@ class _StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aioka
                 logger.warning("no partition metadata for topic %s", topic)
                 continue
             partitions.extend(TopicPartition(topic, number) for number in numbers)
-        held = {member: decode_held(metadata.user_data) for member, metadata in members.items()}
-        assigned = balanced_sticky(partitions, held)
+        hints = {member: decode_hint(metadata.user_data) for member, metadata in members.items()}
+        assigned = balanced_sticky(
+            partitions,
+            {member: hint.held for member, hint in hints.items()},
+            {member: hint.follows for member, hint in hints.items()},
+        )
+        owners = {tp: member for member, tps in assigned.items() for tp in tps}
+        follows = followers(owners, hints)
         return {
             member: ConsumerProtocolMemberAssignment(
-                cls.version, _by_topic(assigned.get(member, [])), b""
+                cls.version,
+                _by_topic(assigned.get(member, [])),
+                encode_follows(follows[member]) if member in follows else b"",
             )
             for member in members
         }
 
     @classmethod
     def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(cls.version, sorted(topics), encode_held(cls.held))
+        return ConsumerProtocolMemberMetadata(
+            cls.version, sorted(topics), encode_held(cls.held, cls.plan)
+        )
 
     @classmethod
     def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
         cls.held = tuple(assignment.partitions())
+        if cls.plan is not None:
+            follows = decode_follows(assignment.user_data)
+            cls.plan.everything = follows is None
+            cls.plan.owns = frozenset(cls.held)
+            cls.plan.follows = follows or frozenset()
 
 
 def _by_topic(tps: Iterable[TopicPartition]) -> list[tuple[str, list[int]]]:
@@ -155,12 +346,15 @@ def _by_topic(tps: Iterable[TopicPartition]) -> list[tuple[str, list[int]]]:
     return sorted(topics.items())
 
 
-def sticky_assignor() -> type[AbstractPartitionAssignor]:
+def sticky_assignor(plan: FollowPlan | None = None) -> type[AbstractPartitionAssignor]:
     """A sticky assignor class of one consumer's own (aiokafka calls assignors through their
-    class: a class attribute is the only place for what this member holds)."""
-    return type("StickyAssignor", (_StickyAssignor,), {"held": ()})
+    class: a class attribute is the only place for what this member holds), with this member's
+    ``--standby N`` plan, if it runs one."""
+    return type("StickyAssignor", (_StickyAssignor,), {"held": (), "plan": plan})
 
 
-def assignment_strategy() -> tuple[type[AbstractPartitionAssignor], ...]:
+def assignment_strategy(
+    plan: FollowPlan | None = None,
+) -> tuple[type[AbstractPartitionAssignor], ...]:
     """What a consumer offers the group: the sticky assignor alone (the module says why)."""
-    return (sticky_assignor(),)
+    return (sticky_assignor(plan),)

@@ -52,7 +52,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
 
-from sqlstate.kafka.assignor import assignment_strategy
+from sqlstate.kafka.assignor import FollowPlan, assignment_strategy
 from sqlstate.kafka.oauth import TokenError, provider_for
 from sqlstate.kafka.protocol import TopicsRequest, topics_of
 from sqlstate.observe.logs import LogEvent
@@ -89,8 +89,10 @@ def build_consumer(
     settings: Settings,
     key_deserializer: Callable[[bytes | None], Any] | None = None,
     value_deserializer: Callable[[bytes | None], Any] | None = None,
+    plan: FollowPlan | None = None,
 ) -> AIOKafkaConsumer:
-    """A group consumer whose positions come only from the database.
+    """A group consumer whose positions come only from the database (``plan``: under
+    ``--standby N``, where its assignments say what its standby follows).
 
     No auto commit and ``auto_offset_reset="none"``: a stored position that Kafka no longer has
     must raise OffsetOutOfRangeError so our policy decides, never silently jump. Keys and values
@@ -115,7 +117,7 @@ def build_consumer(
         metadata_max_age_ms=max(1, round(settings.metadata_max_age_s * 1000)),
         # Our own sticky assignor, round robin's shares (``assignor.py``). Not aiokafka's
         # sticky one: it can give one partition to two members (aio-libs/aiokafka#1175).
-        partition_assignment_strategy=assignment_strategy(),
+        partition_assignment_strategy=assignment_strategy(plan),
         **security_options(settings.security),
     )
 

@@ -7,8 +7,8 @@ every partition once a tick from what the claims, the changelog owner and the st
 keep; the metrics, the progress log and ``/healthz`` report it.
 
 Which partitions count: those assigned to this process, and with ``--standby all`` every
-partition the standby knows of (its file keeps all of them). Without ``--standby`` a partition
-assigned elsewhere is not this file's to keep.
+partition the standby knows of (its file keeps all of them), with ``--standby N`` those the
+group gave it to follow. Otherwise a partition assigned elsewhere is not this file's to keep.
 """
 
 from __future__ import annotations

@@ -346,6 +346,12 @@ ON CONFLICT (topic, partition) DO UPDATE
         start_from = coalesce(excluded.start_from, start_from),
         start_offset = coalesce(excluded.start_offset, start_offset);
 
+-- name: mark_unfollowed
+-- --standby N: this file no longer keeps the partition up to date (progress.role 'unfollowed');
+-- its position and rows stay as they were. A claim or a followed position record sets the
+-- owner again.
+UPDATE positions SET owner = 'unfollowed' WHERE topic = :topic AND partition = :partition;
+
 -- name: locking_mode_exclusive
 -- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
 -- SQLite refuses while any other connection has it open in WAL mode.

@@ -21,6 +21,9 @@ exactly the state of the positions it has (lost = 0, duplicated = 0 everywhere).
 - the broker killed with kill -9 and restarted;
 - ``--standby none``: each file holds only what its host claimed, and a partition that moves is
   restored from its changelog;
+- ``--standby 1``: each partition kept in two files, its owner's and one other the group chose,
+  as each file's ``progress.role`` says, through a host killed and started again; every file
+  exact in what it keeps, and the partitions a file no longer keeps said so;
 - large batches of long keys, whose changelog transactions each span several fetches: every
   committed snapshot of every file, read while the hosts write, follow and restore, shows whole
   batches (``tests.support.snapshot_check``).
@@ -41,6 +44,7 @@ from tests.support.broker import AsyncBrokerControl
 from tests.support.daemon import Daemon, wait_for_positions
 from tests.support.faults import produce, wait_for_log, wait_stopped
 from tests.support.hosts import (
+    KEPT,
     STANDBY,
     assignment,
     claimed,
@@ -50,7 +54,9 @@ from tests.support.hosts import (
     logs,
     lose_file,
     owners,
+    roles,
     wait_for_assignments,
+    wait_for_copies,
 )
 from tests.support.kafka import (
     TopicFactory,
@@ -308,6 +314,35 @@ async def test_without_standbys_each_file_holds_what_its_host_claimed(cluster: C
     for partition in before[1]:
         new_owner = hosts[0] if partition in moved[0] else hosts[2]
         assert f"restored {cluster.topic}-{partition} from its changelog" in new_owner.log()
+    await stop_all(hosts)
+
+
+async def test_standby_count_keeps_each_partition_in_that_many_more_files(
+    cluster: Cluster,
+) -> None:
+    hosts = [cluster.host(i, "--standby", "1").start() for i in range(3)]
+    async with cluster.traffic(seed=9).running():
+        await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+        await wait_for_copies(hosts, cluster.topic, PARTITIONS, copies=2)
+        await hosts[1].kill()
+        survivors = [hosts[0], hosts[2]]
+        await wait_for_assignments(survivors, cluster.topic, PARTITIONS)
+        await wait_for_copies(survivors, cluster.topic, PARTITIONS, copies=2)
+        hosts[1].start()
+        await wait_for_assignments(hosts, cluster.topic, PARTITIONS)
+        await wait_for_copies(hosts, cluster.topic, PARTITIONS, copies=2)
+    for h in hosts:
+        kept = [p for p, role in roles(h.database, cluster.topic).items() if role in KEPT]
+        await cluster.wait_at_end(h, kept, hosts)
+        # Exact in every partition it has a row of: those it keeps at the log's end, those it
+        # no longer keeps as of the position they show.
+        await assert_exactly_once(cluster.bootstrap, h.database, cluster.topic)
+    # The survivors kept all six while host 1 was away; with it back, each keeps four (two it
+    # owns, two it follows) and says the two others are no longer kept here.
+    for h in survivors:
+        found = sorted(str(role) for role in roles(h.database, cluster.topic).values())
+        assert found == ["follows"] * 2 + ["owns"] * 2 + ["unfollowed"] * 2, found
+        assert "no longer following" in h.log()
     await stop_all(hosts)
 
 

@@ -140,3 +140,33 @@ async def converged(
 
 def logs(hosts: Sequence[Daemon], tail: int = 3000) -> str:
     return "\n".join(f"== {h.log_path.name}\n{h.log()[-tail:]}" for h in hosts)
+
+
+def roles(database: Path, topic: str) -> dict[int, str | None]:
+    """{partition: progress.role}: ``owns``, ``follows`` or ``unfollowed`` under --changelog."""
+    rows = query(database, "SELECT partition, role FROM progress WHERE topic = ?", (topic,))
+    return {partition: role for partition, role in rows}
+
+
+KEPT = ("owns", "follows")
+
+
+async def wait_for_copies(
+    hosts: Sequence[Daemon], topic: str, partitions: int, copies: int, timeout: float = 60.0
+) -> None:
+    """Wait until, by the files' ``progress``, every partition is owned in one file of ``hosts``
+    and followed in ``copies - 1`` others, and no file says it keeps more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = [roles(h.database, topic) for h in hosts]
+        by = {p: [f.get(p) for f in files] for p in range(partitions)}
+        if all(
+            found.count("owns") == 1 and found.count("owns") + found.count("follows") == copies
+            for found in by.values()
+        ):
+            return
+        if time.monotonic() > deadline or not all(h.running() for h in hosts):
+            raise AssertionError(
+                f"each partition not kept in {copies} files in {timeout}s: {by}\n{logs(hosts)}"
+            )
+        await asyncio.sleep(0.2)

@@ -36,6 +36,11 @@ def test_password_never_in_repr() -> None:
         ({"max_records": 0}, "max-records"),
         ({"heartbeat_interval_ms": 10_000}, "heartbeat-interval-ms must be .* below"),
         ({"heartbeat_interval_ms": 0}, "heartbeat-interval-ms"),
+        ({"changelog": True, "standby": "0"}, r"--standby must be .* from 1 to 1000 \(got '0'\)"),
+        ({"changelog": True, "standby": "some"}, "--standby must be one of all, none, or a"),
+        ({"changelog": True, "standby": "²"}, "--standby must be"),
+        ({"changelog": True, "standby": "1001"}, "--standby must be"),
+        ({"standby": "2"}, "--standby needs --changelog"),
         ({"security": Security(protocol="SASL_SSL")}, "sasl-mechanism"),
         ({"security": Security(ssl_cafile=Path("/nonexistent/ca.pem"))}, "no such file"),
     ],
@@ -168,3 +173,11 @@ def test_metadata_max_age_must_be_a_positive_number(value: str) -> None:
         main, ["run", "-t", "t", "-g", "g"], env={"SQLSTATE_METADATA_MAX_AGE": value}
     )
     assert from_environment.exit_code == 2, from_environment.output
+
+
+def test_standby_count_is_a_number_of_hosts_under_changelog_only() -> None:
+    base: dict[str, object] = {"topics": ("t",), "group_id": "g", "changelog": True}
+    assert Settings(**{**base, "standby": "2"}).standby_count == 2  # type: ignore[arg-type]
+    assert not Settings(**{**base, "standby": "2"}).standbys  # type: ignore[arg-type]
+    for mode in ("all", "none", None):
+        assert Settings(**{**base, "standby": mode}).standby_count is None  # type: ignore[arg-type]
