@@ -75,27 +75,40 @@ def rebalance(
     return after, figures
 
 
-def simulate(hosts: int, partition_count: int, count: int) -> None:
+@dataclass
+class Simulated:
+    """One N's figures over a rolling restart."""
+
+    loads: list[int]  # partitions each host follows at the start
+    leaves: Rebalance  # summed over the rebalances where a host left
+    joins: Rebalance  # and where it joined again, empty
+
+
+def simulate(hosts: int, partition_count: int, count: int) -> Simulated:
     partitions = [TopicPartition("t", p) for p in range(partition_count)]
     members = [f"host-{i:03d}" for i in range(hosts)]
     state = assign(partitions, {m: JoinHint((), count) for m in members})
-    loads = [len(state[1][m]) for m in members]
-    print(
-        f"--standby {count}: each host follows {min(loads)}-{max(loads)} partitions"
-        f" (--standby all: {partition_count - partition_count // hosts - 1}"
-        f"-{partition_count - partition_count // hosts}),"
-        f" {sum(loads) / (hosts * (partition_count - partition_count / hosts)):.3f} of all's reads"
-    )
-    leaves, joins = Rebalance(), Rebalance()
+    figures = Simulated([len(state[1][m]) for m in members], Rebalance(), Rebalance())
     for leaving in members:
         rest = [m for m in members if m != leaving]
         state, left = rebalance(partitions, rest, state, count)
         state, back = rebalance(partitions, members, state, count, empty=leaving)
-        for total, one in ((leaves, left), (joins, back)):
+        for total, one in ((figures.leaves, left), (figures.joins, back)):
             total.moved += one.moved
             total.to_follower += one.to_follower
             total.new_follows += one.new_follows
-    for name, total in (("a host leaves", leaves), ("it joins again, empty", joins)):
+    return figures
+
+
+def report(hosts: int, partition_count: int, count: int, figures: Simulated) -> None:
+    loads = figures.loads
+    others = partition_count - partition_count / hosts  # what --standby all follows
+    print(
+        f"--standby {count}: each host follows {min(loads)}-{max(loads)} partitions"
+        f" (--standby all: about {others:.0f}), {sum(loads) / (hosts * others):.3f} of all's reads"
+    )
+    rows = (("a host leaves", figures.leaves), ("it joins again, empty", figures.joins))
+    for name, total in rows:
         print(
             f"  {name}: per rebalance {total.moved / hosts:.1f} partitions change owner,"
             f" {total.to_follower / hosts:.1f} of them to a member that followed them;"
@@ -112,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{args.hosts} hosts, {args.partitions} partitions, a rolling restart (each host leaves,")
     print("then joins again with an empty file), by the leader's own functions, no Kafka")
     for count in args.standby:
-        simulate(args.hosts, args.partitions, count)
+        report(args.hosts, args.partitions, count, simulate(args.hosts, args.partitions, count))
 
 
 if __name__ == "__main__":
