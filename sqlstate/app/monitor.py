@@ -82,6 +82,7 @@ class Monitor:
                 failures=owner.failures,
                 followed=None if standby is None else standby.followed,
                 paused=frozenset() if standby is None else standby.paused,
+                to_follow=frozenset() if standby is None else standby.to_follow,
             )
         )
 

@@ -195,10 +195,14 @@ class ChangelogReader:
 
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """``end_offset`` of each of ``tps``, in one request per broker."""
-        if not tps:
-            return {}
-        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(list(tps))
-        return ends
+        return await _end_offsets(self._consumer, tps)
+
+    async def first_offsets_since(
+        self, times: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """For each changelog partition, the first offset written at or after its time (ms);
+        None where none was."""
+        return await _first_offsets_since(self._consumer, times)
 
     async def read_to_end(
         self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK
@@ -295,6 +299,11 @@ class ChangelogFollower:
     def paused(self) -> frozenset[TopicPartition]:
         return frozenset(self._paused)
 
+    @property
+    def followed_now(self) -> Mapping[TopicPartition, int]:
+        """``followed`` without a copy: for a membership test from another thread."""
+        return self._next
+
     def follow(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Follow these partitions from these offsets (also to move a followed one)."""
         self._next.update(offsets)
@@ -363,6 +372,16 @@ class ChangelogFollower:
                 self._rewound.discard(tp)
         return chunks
 
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The last stable offset of each of ``tps``."""
+        return await _end_offsets(self._consumer, tps)
+
+    async def first_offsets_since(
+        self, times: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """As ``ChangelogReader.first_offsets_since``."""
+        return await _first_offsets_since(self._consumer, times)
+
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records each followed partition is behind its last stable offset as of the last
         fetch; None for a partition not fetched yet, or paused (this process owns it)."""
@@ -395,6 +414,24 @@ class ChangelogFollower:
             self._carried.pop(tp, None)
             self._rewound.add(tp)
             self._consumer.seek(tp, start)
+
+
+async def _end_offsets(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    if not tps:
+        return {}
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(list(tps))
+    return ends
+
+
+async def _first_offsets_since(
+    consumer: AIOKafkaConsumer, times: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int | None]:
+    if not times:
+        return {}
+    found = await consumer.offsets_for_times(dict(times))
+    return {tp: None if at is None else int(at.offset) for tp, at in found.items()}
 
 
 _REWOUND = LogEvent(

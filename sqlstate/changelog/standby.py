@@ -21,18 +21,19 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from sqlstate.changelog.apply import Applied, Quarantined, apply_changes
+from sqlstate.changelog.apply import Applied, Quarantined, apply_changes, forget_partition
 from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
 from sqlstate.changelog.seed import own_seed, seed_applied
 from sqlstate.changelog.state_table import StateTable
+from sqlstate.changelog.tombstones import Tombstones
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
 from sqlstate.kafka.assignor import FollowPlan
@@ -96,8 +97,10 @@ class Standby:
         *,
         processor_names: Sequence[str] = (),
         plan: FollowPlan | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         self._settings = settings
+        self._tombstones = tombstones or Tombstones(settings)
         self._plan = plan  # --standby N; None: follow every partition
         # Released or no longer followed here, not yet said so in the file (``_mark_unfollowed``).
         self._unfollowed: set[TopicPartition] = set()
@@ -119,6 +122,9 @@ class Standby:
         return TopicPartition(changelog_topic(self._settings.group_id, tp.topic), tp.partition)
 
     async def start(self) -> None:
+        if self._plan is not None:
+            rows = await self._database.read(followed_partitions)
+            self._plan.following |= frozenset(rows)
         await self._follower.start()
 
     async def stop(self) -> None:
@@ -144,7 +150,8 @@ class Standby:
                 self._reconciled = plan.follows
                 self._unfollowed.update(wanted - follows - plan.owns)
             wanted &= follows
-            self._unfollow(self.followed - wanted - self._paused)
+            # What this member is assigned is followed until its claim pauses it.
+            self._unfollow(self.followed - wanted - self._paused - plan.owns)
             plan.following = frozenset(wanted & self.followed)
         followed = set(self._follower.followed)
         new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
@@ -180,6 +187,23 @@ class Standby:
             )
             self._changelog_ids[changelog] = ids.get(changelog)
         offsets = await self._database.read(changelog_offsets)
+        # A file that did not keep a partition for a while may stand before tombstones that
+        # compaction has dropped since: it reads that partition from the start.
+        # One claimed here is its claim's to restore (which checks the same).
+        starts = {
+            tp: (self._source(tp), offsets.get(tp, 0)) for tp in new if tp not in self._paused
+        }
+        for tp in sorted(await self._tombstones.stale(self._follower, starts)):
+            if await self._database.transaction(
+                functools.partial(
+                    forget_unless, tp=tp, tables=self._tables, claimed=self._paused.__contains__
+                )
+            ):
+                offsets[tp] = 0
+        if plan is not None:
+            # A partition this file said it no longer keeps is kept again from now on, even if
+            # its changelog brings nothing for a while.
+            await self._database.transaction(functools.partial(mark_followed, tps=new))
         self._follower.follow({self._source(tp): offsets.get(tp, 0) for tp in new})
         paused = [self._source(tp) for tp in new if tp in self._paused]
         if paused:
@@ -204,19 +228,39 @@ class Standby:
 
     async def _mark_unfollowed(self) -> None:
         """Say in the file which partitions it no longer keeps (``progress.role``
-        ``unfollowed``). Chosen with no await before the transaction is queued: a claim pauses
-        its partitions before its own transaction, which therefore runs after this one."""
-        tps = sorted(self._unfollowed - self._paused - self.followed)
+        ``unfollowed``). Which ones is decided in the transaction itself (``kept`` runs in the
+        database thread, at each try of it): a claim pauses its partitions before it queues its
+        own transaction, so a partition claimed meanwhile is either skipped here or claimed
+        after this transaction, never marked after its claim."""
+        tps = sorted(self._unfollowed)
         self._unfollowed.clear()
         if tps:
             await self._database.transaction(
-                functools.partial(mark_unfollowed, tps=tps, now=utc_now())
+                functools.partial(mark_unfollowed, tps=tps, kept=self._kept)
             )
+
+    def _kept(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` is claimed, being claimed or followed here (from any thread: set
+        lookups only)."""
+        plan = self._plan
+        return (
+            tp in self._paused
+            or self._source(tp) in self._follower.followed_now
+            or (plan is not None and tp in plan.owns)  # claimed next
+        )
 
     @property
     def paused(self) -> frozenset[TopicPartition]:
         """The input partitions this process claims, or is claiming: not applied here."""
         return frozenset(self._paused)
+
+    @property
+    def to_follow(self) -> frozenset[TopicPartition]:
+        """Under ``--standby N``, what the group gave this process to follow; else nothing."""
+        plan = self._plan
+        if plan is None or plan.everything:
+            return frozenset()
+        return plan.follows or frozenset()
 
     @property
     def followed(self) -> frozenset[TopicPartition]:
@@ -248,7 +292,7 @@ class Standby:
         while not stop.is_set():
             try:
                 await self.follow_new(consumer)
-            except KafkaError as error:
+            except (KafkaError, ChangelogError) as error:
                 # Kafka did not answer for the new partitions' topic IDs (a broker away, this
                 # host cut off): they are followed once it does; what is followed goes on.
                 _IDS_UNAVAILABLE.log(reason=repr(error))
@@ -325,11 +369,43 @@ class Standby:
         return True
 
 
-def mark_unfollowed(conn: sqlite3.Connection, tps: Sequence[TopicPartition], now: str) -> None:
-    """The file no longer keeps ``tps`` up to date (a transaction function)."""
+def mark_unfollowed(
+    conn: sqlite3.Connection,
+    tps: Sequence[TopicPartition],
+    kept: Callable[[TopicPartition], bool],
+) -> None:
+    """The file no longer keeps those of ``tps`` that are not ``kept`` (a transaction
+    function)."""
     conn.executemany(
         sql("mark_unfollowed"),
-        [{"topic": tp.topic, "partition": tp.partition, "now": now} for tp in tps],
+        [{"topic": tp.topic, "partition": tp.partition} for tp in tps if not kept(tp)],
+    )
+
+
+def forget_unless(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    tables: Sequence[StateTable],
+    claimed: Callable[[TopicPartition], bool],
+) -> bool:
+    """``forget_partition``, unless ``tp`` is ``claimed`` here by now (asked in the transaction,
+    from the database thread: a claim pauses its partitions before its restore reads the file,
+    so the restore reads the file either after this or without it); whether it was."""
+    if claimed(tp):
+        return False
+    forget_partition(conn, tp, tables)
+    return True
+
+
+def followed_partitions(conn: sqlite3.Connection) -> list[TopicPartition]:
+    """The partitions this file follows as its rows say (a read function)."""
+    return [TopicPartition(t, p) for t, p in conn.execute(sql("followed_partitions"))]
+
+
+def mark_followed(conn: sqlite3.Connection, tps: Sequence[TopicPartition]) -> None:
+    """``tps``, marked ``unfollowed``, are followed again (a transaction function)."""
+    conn.executemany(
+        sql("mark_followed"), [{"topic": tp.topic, "partition": tp.partition} for tp in tps]
     )
 
 

@@ -16,7 +16,7 @@ fenced in the database, and under ``--changelog`` in Kafka).
 aiokafka calls an assignor through its class, so each consumer gets a class of its own
 (``sticky_assignor``): what one consumer holds is never another's. Members whose subscriptions
 differ (a topic pattern that matched a new topic on one member first) are assigned by round
-robin.
+robin (with their follows under ``--standby N``, below).
 
 Under ``--standby N`` the leader also chooses which members follow each partition's changelog
 (``followers``): N members besides its owner, among the members that run ``--standby N``,
@@ -294,11 +294,13 @@ class _StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aioka
         cluster: ClusterMetadata,
         members: Mapping[str, ConsumerProtocolMemberMetadata],
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        hints = {member: decode_hint(metadata.user_data) for member, metadata in members.items()}
         subscriptions = {frozenset(metadata.subscription) for metadata in members.values()}
         if len(subscriptions) != 1:
             by_round_robin: dict[str, ConsumerProtocolMemberAssignment]
             by_round_robin = RoundRobinPartitionAssignor.assign(cluster, members)
-            return by_round_robin
+            dealt = {member: by_round_robin[member].partitions() for member in by_round_robin}
+            return cls._with_follows(dealt, hints)
         partitions: list[TopicPartition] = []
         for topic in sorted(next(iter(subscriptions))):
             numbers = cluster.partitions_for_topic(topic)
@@ -306,21 +308,27 @@ class _StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aioka
                 logger.warning("no partition metadata for topic %s", topic)
                 continue
             partitions.extend(TopicPartition(topic, number) for number in numbers)
-        hints = {member: decode_hint(metadata.user_data) for member, metadata in members.items()}
         assigned = balanced_sticky(
             partitions,
             {member: hint.held for member, hint in hints.items()},
             {member: hint.follows for member, hint in hints.items()},
         )
+        return cls._with_follows({m: assigned.get(m, []) for m in members}, hints)
+
+    @classmethod
+    def _with_follows(
+        cls, assigned: Mapping[str, Sequence[TopicPartition]], hints: Mapping[str, JoinHint]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        """Each member's assignment, with what it follows under ``--standby N``."""
         owners = {tp: member for member, tps in assigned.items() for tp in tps}
         follows = followers(owners, hints)
         return {
             member: ConsumerProtocolMemberAssignment(
                 cls.version,
-                _by_topic(assigned.get(member, [])),
+                _by_topic(tps),
                 encode_follows(follows[member]) if member in follows else b"",
             )
-            for member in members
+            for member, tps in assigned.items()
         }
 
     @classmethod

@@ -50,6 +50,8 @@ class Facts:
     # and the paused ones; None and empty without a standby.
     followed: Set[TopicPartition] | None
     paused: Set[TopicPartition] = frozenset()
+    # With --standby N: the partitions the group gave this process to follow.
+    to_follow: Set[TopicPartition] = frozenset()
 
 
 def classify(facts: Facts) -> dict[TopicPartition, PartitionState]:
@@ -57,6 +59,7 @@ def classify(facts: Facts) -> dict[TopicPartition, PartitionState]:
     wanted = set(facts.assigned) | set(facts.claimed) | set(facts.held) | set(facts.claiming)
     if facts.followed is not None:
         wanted |= facts.followed
+    wanted |= facts.to_follow
     return {tp: _state(tp, facts) for tp in sorted(wanted)}
 
 
@@ -83,6 +86,12 @@ def _state(tp: TopicPartition, facts: Facts) -> PartitionState:
         )
     if facts.followed is not None and tp in facts.followed:
         return PartitionState(FOLLOWED)
+    if tp in facts.to_follow:
+        return PartitionState(
+            NEITHER,
+            "the group gave it to this host to follow, and it is not followed yet",
+            passing=True,
+        )
     return PartitionState(NEITHER, "not followed")
 
 

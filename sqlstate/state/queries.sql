@@ -352,6 +352,16 @@ ON CONFLICT (topic, partition) DO UPDATE
 -- owner again.
 UPDATE positions SET owner = 'unfollowed' WHERE topic = :topic AND partition = :partition;
 
+-- name: followed_partitions
+-- --standby N: the partitions this file followed when its last process stopped, which the next
+-- one tells the group's leader at its first join (it prefers followers whose file is current).
+SELECT topic, partition FROM positions WHERE owner = 'standby';
+
+-- name: mark_followed
+-- --standby N: a partition marked 'unfollowed' is followed again (progress.role 'follows').
+UPDATE positions SET owner = 'standby'
+WHERE topic = :topic AND partition = :partition AND owner = 'unfollowed';
+
 -- name: locking_mode_exclusive
 -- `snapshot --force`: with this, the next transaction takes an exclusive lock on the file, which
 -- SQLite refuses while any other connection has it open in WAL mode.
@@ -459,6 +469,14 @@ DELETE FROM main.changelog_seeds;
 INSERT INTO main.changelog_seeds (topic, partition, hand_over)
 SELECT topic, partition, (SELECT value FROM main.state_settings WHERE name = :name)
 FROM main.positions;
+
+-- name: forget_position
+-- A partition whose changelog is read again from its start (changelog/tombstones.py): as in a
+-- file that never had it, the changelog's position records make its row again.
+DELETE FROM main.positions WHERE topic = :topic AND partition = :partition;
+
+-- name: forget_changelog_offset
+DELETE FROM main.changelog_offsets WHERE topic = :topic AND partition = :partition;
 
 -- name: forget_changelog_offsets
 -- A hand-over to a new group: the changelog offsets read in the old group's changelogs.

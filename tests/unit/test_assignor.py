@@ -239,3 +239,19 @@ def test_a_partition_nobody_keeps_goes_to_a_member_that_follows_it() -> None:
     # Within its share only: a follows both, and b takes the one a has no room for.
     assigned = balanced_sticky(partitions, held, {"a": tps(4, 5)})
     assert assigned == {"a": tps(0, 1, 4), "b": tps(2, 3, 5)}
+
+
+def test_members_with_different_subscriptions_are_told_what_to_follow_too() -> None:
+    plans = [FollowPlan(1), FollowPlan(1)]
+    classes = [sticky_assignor(plan) for plan in plans]
+    members = {
+        "a": classes[0].metadata(["t"]),
+        "b": classes[1].metadata(["t", "u"]),  # a pattern that matched u here first
+    }
+    assignments = classes[0].assign(Cluster({"t": 2, "u": 2}), members)
+    for c, name in zip(classes, "ab", strict=True):
+        c.on_assignment(assignments[name])
+    assert not any(plan.everything for plan in plans)
+    owned = {name: frozenset(assignments[name].partitions()) for name in "ab"}
+    assert plans[0].follows == owned["b"]  # each follows what the other owns
+    assert plans[1].follows == owned["a"]

@@ -77,6 +77,16 @@ def test_followed_and_unfollowed_partitions_with_a_standby() -> None:
     assert states[B].state == NEITHER  # paused, and nobody here claims it
 
 
+def test_with_a_standby_count_what_the_group_gave_to_follow_counts() -> None:
+    nothing: set[TopicPartition] = set()
+    facts = Facts(nothing, nothing, nothing, nothing, {}, followed={A}, to_follow={A, B})
+    states = classify(facts)
+    assert states[A] == PartitionState(FOLLOWED)
+    assert states[B].state == NEITHER  # given to follow, not followed: an alarm if it lasts
+    assert passing(states) == {B}
+    assert C not in states  # neither owned nor given to follow: not this file's to keep
+
+
 def test_without_a_standby_only_this_process_partitions_count() -> None:
     facts = Facts(assigned={A}, claimed={A}, held=set(), claiming={A}, failures={}, followed=None)
     assert classify(facts) == {A: PartitionState(OWNED)}
