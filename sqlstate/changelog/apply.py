@@ -81,12 +81,11 @@ from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import (
     capture_trigger_names,
     delete_by_key,
-    delete_partition_rows,
     drop_temp_trigger,
     drop_trigger,
     insert_row,
 )
-from sqlstate.changelog.tables import partition_columns, table_columns
+from sqlstate.changelog.tables import table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
 from sqlstate.state.start import follow_topic_start
@@ -216,23 +215,6 @@ def apply_changes(
         end,
         tuple(sorted(quarantined, key=lambda q: q.offset)),
     )
-
-
-def forget_partition(
-    conn: sqlite3.Connection, tp: TopicPartition, tables: Sequence[StateTable]
-) -> None:
-    """Forget everything of input partition ``tp`` in the file: its rows in ``tables`` (with
-    the file's triggers and the capture off, as an apply writes), its position and its
-    changelog offset, so that its changelog is read again from the start (``tombstones.py``).
-    A transaction function: a reader sees the partition as it was, or absent."""
-    params = {"topic": tp.topic, "partition": tp.partition}
-    with _main_triggers_off(conn), _capture_off(conn, tables):
-        for table in tables:
-            columns = [name for name, _ in table_columns(conn, table.name)]
-            partition, topic = partition_columns(table, columns)
-            conn.execute(delete_partition_rows(table, partition, topic), params)
-    conn.execute(sql("forget_position"), params)
-    conn.execute(sql("forget_changelog_offset"), params)
 
 
 def _position(

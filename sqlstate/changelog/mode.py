@@ -17,7 +17,6 @@ from sqlstate.changelog.side import CapturedChangelog
 from sqlstate.changelog.standby import Standby
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.tables import state_tables
-from sqlstate.changelog.tombstones import Tombstones
 from sqlstate.changelog.topics import ensure_changelogs
 from sqlstate.errors import BrokerError
 from sqlstate.kafka.assignor import FollowPlan
@@ -88,28 +87,13 @@ def owner_of(
     (``follow_plan``) is what the group gives this member to follow under --standby N."""
     if not settings.changelog:
         return None
-    tombstones = Tombstones(settings)
     standby = (
-        Standby(
-            settings,
-            database,
-            tables,
-            stats,
-            processor_names=processor_names,
-            plan=plan,
-            tombstones=tombstones,
-        )
+        Standby(settings, database, tables, stats, processor_names=processor_names, plan=plan)
         if settings.standbys or plan is not None
         else None
     )
     return ChangelogOwner(
-        settings,
-        database,
-        tables,
-        stats,
-        standby,
-        processor_names=processor_names,
-        tombstones=tombstones,
+        settings, database, tables, stats, standby, processor_names=processor_names
     )
 
 

@@ -32,7 +32,6 @@ from typing import NamedTuple, NoReturn, cast
 
 from aiokafka import TopicPartition
 
-from sqlstate.changelog.apply import forget_partition
 from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
@@ -40,7 +39,6 @@ from sqlstate.changelog.reader import END_WAIT_S, ChangelogChunk, ChangelogReade
 from sqlstate.changelog.seed import seed
 from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
 from sqlstate.changelog.state_table import StateTable
-from sqlstate.changelog.tombstones import Tombstones
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
 from sqlstate.errors import ChangelogError, ChangelogFenced
 from sqlstate.observe.logs import LogEvent, partition_fields, rounded
@@ -111,11 +109,8 @@ class ChangelogOwner:
         standby: Standby | None,
         *,
         processor_names: Sequence[str] = (),
-        tombstones: Tombstones | None = None,
     ) -> None:
         self._settings = settings
-        # Shared with the standby: each changelog's delete.retention.ms is asked once.
-        self._tombstones = tombstones or Tombstones(settings)
         # Recorded for a topic restored before its first claim here.
         self._processor_names = processor_names
         self._database = database
@@ -415,11 +410,6 @@ class ChangelogOwner:
                 return 0
         if start > end:
             await self._raise_past_end(tp, source, start, end)
-        if end - start > 1 and await self._tombstones.stale(self._reader, {tp: (source, start)}):
-            await self._database.transaction(
-                functools.partial(forget_partition, tp=tp, tables=self._tables)
-            )
-            start = 0
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
         applied = 0

@@ -195,14 +195,10 @@ class ChangelogReader:
 
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """``end_offset`` of each of ``tps``, in one request per broker."""
-        return await _end_offsets(self._consumer, tps)
-
-    async def first_offsets_since(
-        self, times: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, int | None]:
-        """For each changelog partition, the first offset written at or after its time (ms);
-        None where none was."""
-        return await _first_offsets_since(self._consumer, times)
+        if not tps:
+            return {}
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(list(tps))
+        return ends
 
     async def read_to_end(
         self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK
@@ -372,16 +368,6 @@ class ChangelogFollower:
                 self._rewound.discard(tp)
         return chunks
 
-    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """The last stable offset of each of ``tps``."""
-        return await _end_offsets(self._consumer, tps)
-
-    async def first_offsets_since(
-        self, times: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, int | None]:
-        """As ``ChangelogReader.first_offsets_since``."""
-        return await _first_offsets_since(self._consumer, times)
-
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records each followed partition is behind its last stable offset as of the last
         fetch; None for a partition not fetched yet, or paused (this process owns it)."""
@@ -414,24 +400,6 @@ class ChangelogFollower:
             self._carried.pop(tp, None)
             self._rewound.add(tp)
             self._consumer.seek(tp, start)
-
-
-async def _end_offsets(
-    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
-) -> dict[TopicPartition, int]:
-    if not tps:
-        return {}
-    ends: dict[TopicPartition, int] = await consumer.end_offsets(list(tps))
-    return ends
-
-
-async def _first_offsets_since(
-    consumer: AIOKafkaConsumer, times: Mapping[TopicPartition, int]
-) -> dict[TopicPartition, int | None]:
-    if not times:
-        return {}
-    found = await consumer.offsets_for_times(dict(times))
-    return {tp: None if at is None else int(at.offset) for tp, at in found.items()}
 
 
 _REWOUND = LogEvent(

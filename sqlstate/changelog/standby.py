@@ -26,14 +26,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from sqlstate.changelog.apply import Applied, Quarantined, apply_changes, forget_partition
+from sqlstate.changelog.apply import Applied, Quarantined, apply_changes
 from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
 from sqlstate.changelog.records import highest_position
 from sqlstate.changelog.seed import own_seed, seed_applied
 from sqlstate.changelog.state_table import StateTable
-from sqlstate.changelog.tombstones import Tombstones
 from sqlstate.changelog.topics import changelog_topic
 from sqlstate.errors import ChangelogError, ChangelogLostError
 from sqlstate.kafka.assignor import FollowPlan
@@ -97,10 +96,8 @@ class Standby:
         *,
         processor_names: Sequence[str] = (),
         plan: FollowPlan | None = None,
-        tombstones: Tombstones | None = None,
     ) -> None:
         self._settings = settings
-        self._tombstones = tombstones or Tombstones(settings)
         self._plan = plan  # --standby N; None: follow every partition
         # Released or no longer followed here, not yet said so in the file (``_mark_unfollowed``).
         self._unfollowed: set[TopicPartition] = set()
@@ -152,7 +149,8 @@ class Standby:
             wanted &= follows
             # What this member is assigned is followed until its claim pauses it.
             self._unfollow(self.followed - wanted - self._paused - plan.owns)
-            plan.following = frozenset(wanted & self.followed)
+            if plan.follows is not None:  # before, it says what the file followed (``start``)
+                plan.following = frozenset(wanted & self.followed)
         followed = set(self._follower.followed)
         new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
         if not new:
@@ -187,19 +185,6 @@ class Standby:
             )
             self._changelog_ids[changelog] = ids.get(changelog)
         offsets = await self._database.read(changelog_offsets)
-        # A file that did not keep a partition for a while may stand before tombstones that
-        # compaction has dropped since: it reads that partition from the start.
-        # One claimed here is its claim's to restore (which checks the same).
-        starts = {
-            tp: (self._source(tp), offsets.get(tp, 0)) for tp in new if tp not in self._paused
-        }
-        for tp in sorted(await self._tombstones.stale(self._follower, starts)):
-            if await self._database.transaction(
-                functools.partial(
-                    forget_unless, tp=tp, tables=self._tables, claimed=self._paused.__contains__
-                )
-            ):
-                offsets[tp] = 0
         if plan is not None:
             # A partition this file said it no longer keeps is kept again from now on, even if
             # its changelog brings nothing for a while.
@@ -292,7 +277,7 @@ class Standby:
         while not stop.is_set():
             try:
                 await self.follow_new(consumer)
-            except (KafkaError, ChangelogError) as error:
+            except KafkaError as error:
                 # Kafka did not answer for the new partitions' topic IDs (a broker away, this
                 # host cut off): they are followed once it does; what is followed goes on.
                 _IDS_UNAVAILABLE.log(reason=repr(error))
@@ -380,21 +365,6 @@ def mark_unfollowed(
         sql("mark_unfollowed"),
         [{"topic": tp.topic, "partition": tp.partition} for tp in tps if not kept(tp)],
     )
-
-
-def forget_unless(
-    conn: sqlite3.Connection,
-    tp: TopicPartition,
-    tables: Sequence[StateTable],
-    claimed: Callable[[TopicPartition], bool],
-) -> bool:
-    """``forget_partition``, unless ``tp`` is ``claimed`` here by now (asked in the transaction,
-    from the database thread: a claim pauses its partitions before its restore reads the file,
-    so the restore reads the file either after this or without it); whether it was."""
-    if claimed(tp):
-        return False
-    forget_partition(conn, tp, tables)
-    return True
 
 
 def followed_partitions(conn: sqlite3.Connection) -> list[TopicPartition]:

@@ -95,15 +95,6 @@ def partition_rows(
     )
 
 
-def delete_partition_rows(table: StateTable, partition: str, topic: str | None) -> str:
-    """Delete every row of ``table`` that belongs to one input partition, bound as
-    ``partition_rows`` binds it."""
-    where = f"{quoted(partition)} = :partition"
-    if topic is not None:
-        where += f" AND {quoted(topic)} = :topic"
-    return f"DELETE FROM main.{quoted(table.name)} WHERE {where}"
-
-
 def _record_key(table: StateTable, row: str) -> str:
     """A changelog record's key made of ``row``'s key columns: the table, then the key."""
     parts = ", ".join(_tagged(f"{row}.{quoted(column)}") for column in table.key)

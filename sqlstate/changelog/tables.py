@@ -53,15 +53,6 @@ DEAD_LETTERS = "rejected_records"
 DEAD_LETTERS_KEY = ("topic", "partition", "offset")
 #: The column that every state table's key holds: the record's partition.
 PARTITION = "partition"
-#: The column that, where a state table has it, says which input topic a row belongs to.
-TOPIC = "topic"
-
-
-def partition_columns(table: StateTable, columns: Sequence[str]) -> tuple[str, str | None]:
-    """The names of ``table``'s partition column and, if it has one, its topic column
-    (``columns``: all of its columns)."""
-    partition = next(column for column in table.key if column.lower() == PARTITION)
-    return partition, next((column for column in columns if column.lower() == TOPIC), None)
 
 
 def state_tables(processors: Sequence[Processor]) -> list[StateTable]:

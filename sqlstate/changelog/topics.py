@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -53,11 +53,10 @@ _COMPACT = "compact"
 # rather than the live state: an hour per segment bounds that to the last hour's changes on top
 # of the state. Tombstones are kept a week (the default is a day): a standby or a snapshot that
 # catches up from an older offset would keep rows deleted meanwhile.
-_DELETE_RETENTION = "delete.retention.ms"
 _CONFIGS = {
     "cleanup.policy": _COMPACT,
     "segment.ms": str(3_600_000),
-    _DELETE_RETENTION: str(7 * 86_400_000),
+    "delete.retention.ms": str(7 * 86_400_000),
 }
 # How long a topic just created or grown may take to show a leader for every partition.
 _LEADERS_TIMEOUT_S = 30.0
@@ -198,27 +197,6 @@ async def _check_compacted(admin: AIOKafkaAdminClient, names: list[str]) -> None
                     f" --entity-type topics --entity-name {name} --add-config"
                     " cleanup.policy=compact, or delete the topic"
                 )
-
-
-async def tombstone_retention_ms(settings: Settings, names: Sequence[str]) -> dict[str, int]:
-    """Each changelog's ``delete.retention.ms``, as Kafka has it now (``KafkaError`` when it
-    cannot say; a topic that does not exist is left out)."""
-    admin = build_admin_client(settings)
-    try:
-        await admin.start()
-        resources = [
-            ConfigResource(ConfigResourceType.TOPIC, name, {_DELETE_RETENTION: None})
-            for name in names
-        ]
-        retention: dict[str, int] = {}
-        for response in await admin.describe_configs(resources):
-            for resource in response.to_object()["resources"]:
-                value = _config_value(resource, _DELETE_RETENTION)
-                if not resource["error_code"] and value is not None:
-                    retention[resource["resource_name"]] = int(value)
-        return retention
-    finally:
-        await admin.close()
 
 
 def _config_value(resource: Mapping[str, Any], name: str) -> str | None:

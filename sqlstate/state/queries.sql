@@ -470,14 +470,6 @@ INSERT INTO main.changelog_seeds (topic, partition, hand_over)
 SELECT topic, partition, (SELECT value FROM main.state_settings WHERE name = :name)
 FROM main.positions;
 
--- name: forget_position
--- A partition whose changelog is read again from its start (changelog/tombstones.py): as in a
--- file that never had it, the changelog's position records make its row again.
-DELETE FROM main.positions WHERE topic = :topic AND partition = :partition;
-
--- name: forget_changelog_offset
-DELETE FROM main.changelog_offsets WHERE topic = :topic AND partition = :partition;
-
 -- name: forget_changelog_offsets
 -- A hand-over to a new group: the changelog offsets read in the old group's changelogs.
 DELETE FROM main.changelog_offsets;

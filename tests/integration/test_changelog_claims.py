@@ -9,10 +9,7 @@ real SQLite file.
 - a producer removed (released) while a batch is on its way to it: no KeyError;
 - a changelog partition added while running, which the producer's metadata does not know yet
   (aiokafka's "Unrecognized partition" assertion);
-- a claim whose producer could not start, released: its changelog is followed again;
-- a file that stands before changelog records older than half the changelog's
-  ``delete.retention.ms`` (whose tombstones compaction may have dropped) reads the partition's
-  changelog from the start, at a claim and at a standby's start; one that does not, catches up.
+- a claim whose producer could not start, released: its changelog is followed again.
 """
 
 from __future__ import annotations
@@ -20,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
-import logging
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +59,7 @@ from tests.support.kafka import (
     delete_topics,
     log_end_offsets,
     recreate_topic,
-    set_topic_config,
 )
-from tests.support.kafka import produce as produce_messages
 from tests.support.processing import open_store, record
 
 WAIT_S = 30.0
@@ -584,6 +576,8 @@ async def test_a_standby_that_cannot_ask_kafka_for_topic_ids_waits(
     off: here the first two requests fail as aiokafka fails them) is waited out; it never
     stops the standby, and with it the daemon."""
     standby = Standby(owned.settings, owned.store.database, [], Stats())
+    consumer = AIOKafkaConsumer(bootstrap_servers=owned.settings.bootstrap_servers)
+    await consumer.start()
     failures = [KafkaConnectionError("no broker answers"), KafkaConnectionError("still none")]
     ask_kafka = kafka_topic_ids
 
@@ -593,20 +587,11 @@ async def test_a_standby_that_cannot_ask_kafka_for_topic_ids_waits(
         return await ask_kafka(*args, **kwargs)
 
     monkeypatch.setattr(standby_module, "topic_ids", unanswered_at_first)
-    async with _running(owned, standby) as following:
-        await _until(following, lambda: bool(standby.followed))
-        assert failures == []
-
-
-@contextlib.asynccontextmanager
-async def _running(owned: Owned, standby: Standby) -> AsyncIterator[asyncio.Task[None]]:
-    """``standby`` running beside a consumer that knows the input topic's partitions, as the
-    daemon's does; stopped, and its end awaited, after the block."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=owned.settings.bootstrap_servers)
-    await consumer.start()
     await standby.start()
     stop = asyncio.Event()
     try:
+        # The input topic's partitions in the consumer's metadata, as the daemon's consumer has
+        # them.
         consumer.assign([owned.tp])
         async with asyncio.timeout(WAIT_S):
             while True:
@@ -614,7 +599,11 @@ async def _running(owned: Owned, standby: Standby) -> AsyncIterator[asyncio.Task
                     break
                 await asyncio.sleep(0.1)
         following = asyncio.create_task(standby.run(consumer, stop))
-        yield following
+        async with asyncio.timeout(WAIT_S):
+            while not standby.followed:
+                assert not following.done(), following.exception()
+                await asyncio.sleep(0.1)
+        assert failures == []
         stop.set()
         async with asyncio.timeout(WAIT_S):
             await following
@@ -622,79 +611,3 @@ async def _running(owned: Owned, standby: Standby) -> AsyncIterator[asyncio.Task
         stop.set()
         await standby.stop()
         await consumer.stop()
-
-
-async def _until(following: asyncio.Task[None], done: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not done():
-            assert not following.done(), following.exception()
-            await asyncio.sleep(0.1)
-
-
-def _count_row(tp: TopicPartition, key: str, count: int) -> tuple[bytes, bytes]:
-    """A key_counts row's changelog record, as the capture triggers make it."""
-    record_key = json.dumps(["key_counts", tp.topic, tp.partition, key], separators=(",", ":"))
-    value = {"topic": tp.topic, "partition": tp.partition, "key": key, "count": count}
-    return record_key.encode(), json.dumps(value, separators=(",", ":")).encode()
-
-
-async def _another_host_counted_and_a_tombstone_expired(owned: Owned, short: bool) -> None:
-    """The file counts "a" once (position 1) and lets the partition go; another host counts
-    "a" again (position 2) and, the story goes, deleted a row "ghost" whose tombstone
-    compaction has dropped since: the file holds "ghost" (planted), the changelog says nothing
-    of it. With ``short``, the changelog keeps tombstones 2 s, and its records are older than
-    half that by the end."""
-    await produce_messages(owned.settings.bootstrap_servers, owned.tp.topic, [(b"a", b"")] * 2)
-    claim = await owned.claim()
-    (outcome,) = await owned.store.commit_batch([owned.batch(claim, ["a"])])
-    assert isinstance(outcome, Committed)
-    await owned.owner.release([owned.tp])
-    other = ChangelogProducer(owned.settings, owned.tp.topic, owned.tp.partition)
-    await other.start()
-    try:
-        await other.publish([_count_row(owned.tp, "a", 2)], 2)
-    finally:
-        await other.stop()
-    with contextlib.closing(sqlite3.connect(owned.path)) as conn, conn:
-        conn.execute(
-            "INSERT INTO key_counts (topic, partition, key, count) VALUES (?, 0, 'ghost', 5)",
-            (owned.tp.topic,),
-        )
-    if short:
-        changelog = changelog_topic(owned.settings.group_id, owned.tp.topic)
-        await set_topic_config(
-            owned.settings.bootstrap_servers,
-            changelog,
-            {"cleanup.policy": "compact", "delete.retention.ms": "2000"},
-        )
-        await asyncio.sleep(1.5)
-
-
-def _rows(owned: Owned) -> dict[str, int]:
-    return dict(query(owned.path, "SELECT key, count FROM key_counts ORDER BY key"))
-
-
-@pytest.mark.parametrize("short", [True, False])
-async def test_a_claim_past_the_tombstones_kept_reads_the_changelog_from_the_start(
-    owned: Owned, short: bool, caplog: pytest.LogCaptureFixture
-) -> None:
-    await _another_host_counted_and_a_tombstone_expired(owned, short)
-    with caplog.at_level(logging.WARNING, logger="sqlstate.changelog.tombstones"):
-        await owned.claim()
-    if short:
-        assert _rows(owned) == {"a": 2}  # forgotten, then the changelog's every live row
-        assert "reading its changelog from the start" in caplog.text
-    else:
-        assert _rows(owned) == {"a": 2, "ghost": 5}  # caught up from where it stood
-        assert caplog.text == ""
-    assert query(owned.path, "SELECT next_offset FROM positions") == [(2,)]
-
-
-async def test_a_standby_past_the_tombstones_kept_reads_the_changelog_from_the_start(
-    owned: Owned,
-) -> None:
-    await _another_host_counted_and_a_tombstone_expired(owned, short=True)
-    standby = Standby(owned.settings, owned.store.database, owned.owner._tables, Stats())
-    async with _running(owned, standby) as following:
-        await _until(following, lambda: _rows(owned) == {"a": 2})
-        assert query(owned.path, "SELECT next_offset, role FROM progress") == [(2, "follows")]

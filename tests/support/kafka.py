@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import NodeNotReadyError, TopicAlreadyExistsError, for_code
 
 DEFAULT_TIMEOUT = 30.0
@@ -385,11 +384,3 @@ def _received(batches: dict[Any, list[Any]]) -> list[Received]:
         for tp, records in batches.items()
         for r in records
     ]
-
-
-async def set_topic_config(bootstrap: str, topic: str, configs: Mapping[str, str]) -> None:
-    """Set ``configs`` on ``topic`` (IncrementalAlterConfigs is not aiokafka's: AlterConfigs,
-    which sets these and resets the topic's others to the broker's defaults)."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, dict(configs))
-    async with admin_client(bootstrap) as admin:
-        await admin.alter_configs([resource])
