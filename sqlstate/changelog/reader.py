@@ -297,7 +297,7 @@ class ChangelogFollower:
 
     @property
     def followed_now(self) -> Mapping[TopicPartition, int]:
-        """``followed`` without a copy: for a membership test from another thread."""
+        """``followed`` without a copy, for membership tests (also from the database thread)."""
         return self._next
 
     def follow(self, offsets: Mapping[TopicPartition, int]) -> None:

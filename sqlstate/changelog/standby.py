@@ -269,7 +269,8 @@ class Standby:
         self._paused.difference_update(offsets)
         self._follower.resume({self._source(tp): offset for tp, offset in offsets.items()})
         if self._plan is not None and not self._plan.everything:
-            self._unfollowed.update(tp for tp in offsets if tp not in self.followed)
+            followed = self.followed
+            self._unfollowed.update(tp for tp in offsets if tp not in followed)
 
     async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Apply what the changelogs bring until ``stop``."""
@@ -299,7 +300,7 @@ class Standby:
                 tp = TopicPartition(inputs[source.topic], source.partition)
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
-                if source not in self._follower.followed:
+                if source not in self._follower.followed_now:
                     continue  # no longer followed here since it was fetched
                 end = None if behind is None else chunk.next_offset + behind
                 try:
