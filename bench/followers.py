@@ -33,6 +33,11 @@ class Rebalance:
     to_follower: int = 0
     new_follows: int = 0
 
+    def add(self, other: Rebalance) -> None:
+        self.moved += other.moved
+        self.to_follower += other.to_follower
+        self.new_follows += other.new_follows
+
 
 def assign(
     partitions: Sequence[TopicPartition], hints: Mapping[str, JoinHint]
@@ -68,9 +73,7 @@ def rebalance(
                 figures.moved += 1
                 figures.to_follower += tp in follows.get(member, ()) and member != empty
     for member, tps in after[1].items():
-        kept = set(follows.get(member, ())) | set(owned.get(member, ()))
-        if member == empty:
-            kept = set()
+        kept = set() if member == empty else {*follows.get(member, ()), *owned.get(member, ())}
         figures.new_follows += len(set(tps) - kept)
     return after, figures
 
@@ -93,10 +96,8 @@ def simulate(hosts: int, partition_count: int, count: int) -> Simulated:
         rest = [m for m in members if m != leaving]
         state, left = rebalance(partitions, rest, state, count)
         state, back = rebalance(partitions, members, state, count, empty=leaving)
-        for total, one in ((figures.leaves, left), (figures.joins, back)):
-            total.moved += one.moved
-            total.to_follower += one.to_follower
-            total.new_follows += one.new_follows
+        figures.leaves.add(left)
+        figures.joins.add(back)
     return figures
 
 

@@ -95,20 +95,20 @@ def balanced_sticky(
     shares = {member: base + (1 if rank < extra else 0) for rank, member in enumerate(members)}
     assigned: dict[str, list[TopicPartition]] = {member: [] for member in members}
     taken: set[TopicPartition] = set()
-    for member in members:
-        for tp in claims[member]:
+
+    def keep(member: str, tps: Iterable[TopicPartition]) -> None:
+        """Give ``member`` those of ``tps`` nobody has yet, within its share."""
+        for tp in tps:
             if len(assigned[member]) == shares[member]:
-                break
+                return
             if tp not in taken:
                 assigned[member].append(tp)
                 taken.add(tp)
+
     for member in members:
-        for tp in sorted(following.get(member, set())):
-            if len(assigned[member]) == shares[member]:
-                break
-            if tp not in taken:
-                assigned[member].append(tp)
-                taken.add(tp)
+        keep(member, claims[member])
+    for member in members:
+        keep(member, sorted(following.get(member, set())))
     free = iter(tp for tp in sorted(partitions) if tp not in taken)
     for member in members:
         while len(assigned[member]) < shares[member]:
@@ -169,24 +169,30 @@ def encode_held(tps: Iterable[TopicPartition], plan: FollowPlan | None = None) -
     ).encode()
 
 
+def _decoded(user_data: bytes) -> object:
+    """Another member's JSON (its join, or the leader's assignment); None for anything that is
+    not JSON, too large, or nested too deep."""
+    if not user_data or len(user_data) > MAX_HINT_BYTES:
+        return None
+    try:
+        return json.loads(user_data)
+    except Exception:  # any bytes at all, deep nesting (RecursionError) too
+        return None
+
+
 def decode_hint(user_data: bytes) -> JoinHint:
     """``encode_held``'s hint; an empty one for anything else."""
-    if not user_data or len(user_data) > MAX_HINT_BYTES:
+    data = _decoded(user_data)
+    if isinstance(data, list):
+        return JoinHint(_tps(data))
+    if not isinstance(data, dict):
         return JoinHint()
-    try:
-        data = json.loads(user_data)
-        if isinstance(data, list):
-            return JoinHint(_tps(data))
-        if not isinstance(data, dict):
-            return JoinHint()
-        count = data.get("standby")
-        return JoinHint(
-            _tps(data.get("held")),
-            count if type(count) is int and count >= 1 else None,
-            _tps(data.get("follows")),
-        )
-    except Exception:  # any shape at all, deep nesting (RecursionError) too
-        return JoinHint()
+    count = data.get("standby")
+    return JoinHint(
+        _tps(data.get("held")),
+        count if type(count) is int and count >= 1 else None,
+        _tps(data.get("follows")),
+    )
 
 
 def decode_held(user_data: bytes) -> list[TopicPartition]:
@@ -269,12 +275,7 @@ def encode_follows(tps: Iterable[TopicPartition]) -> bytes:
 
 def decode_follows(user_data: bytes) -> frozenset[TopicPartition] | None:
     """``encode_follows``'s partitions; None when the assignment carries none."""
-    if not user_data:
-        return None
-    try:
-        data = json.loads(user_data)
-    except ValueError:
-        return None
+    data = _decoded(user_data)
     if not isinstance(data, dict) or "follows" not in data:
         return None
     return frozenset(_tps(data["follows"]))

@@ -209,7 +209,7 @@ def test_a_join_hint_round_trips_and_an_earlier_member_reads_only_what_is_held()
     for garbage in (b'{"standby": 0}', b'{"standby": "2"}', b'{"held": 1}', b"[" * 100_000):
         assert decode_hint(garbage).standby is None
     assert decode_follows(encode_follows(tps(2, 4))) == frozenset(tps(2, 4))
-    for nothing in (b"", b"{}", b"[]", b"\xff", b"null"):
+    for nothing in (b"", b"{}", b"[]", b"\xff", b"null", b'{"follows": ' + b"[" * 100_000):
         assert decode_follows(nothing) is None
 
 
