@@ -505,10 +505,12 @@ class Claimer:
         level = self._settings.isolation_level
         at_start = self._matched_at_start
         later = set() if at_start is None else {tp for tp in tps if tp.topic not in at_start}
-        bounds = await read_bounds(self._consumer, tps - later, level, self._start_from)
-        bounds |= await read_bounds(self._consumer, later, level, StartPoint("earliest"))
+        bounds, later_bounds = await asyncio.gather(
+            read_bounds(self._consumer, tps - later, level, self._start_from),
+            read_bounds(self._consumer, later, level, StartPoint("earliest")),
+        )
         ids = await topic_ids(self._consumer, {tp.topic for tp in tps}, all_exist=True)
-        return bounds, ids
+        return bounds | later_bounds, ids
 
     async def _claim(
         self,

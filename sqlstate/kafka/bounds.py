@@ -6,11 +6,12 @@ Read before a claim's or a reset's transaction, never while a lock or a transact
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sqlstate.kafka.client import high_watermarks
+from sqlstate.kafka.client import EARLIEST, LATEST, high_watermarks, list_offsets
 from sqlstate.kafka.starts import with_starts
 from sqlstate.settings import StartPoint
 from sqlstate.state.out_of_range import LogBounds
@@ -33,11 +34,17 @@ async def read_bounds(
     tps = list(tps)
     if not tps:
         return {}
-    firsts = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    if isolation_level == "read_uncommitted":
-        bounds = {tp: LogBounds(firsts[tp], ends[tp]) for tp in tps}
-    else:
-        log_ends = await high_watermarks(consumer, tps)
-        bounds = {tp: LogBounds(firsts[tp], ends[tp], log_ends[tp]) for tp in tps}
-    return bounds if start_from is None else await with_starts(consumer, bounds, start_from)
+    # All at once: each is a round trip over the lookup connections (client.py).
+    lookups = [
+        list_offsets(consumer, tps, EARLIEST),
+        list_offsets(consumer, tps, LATEST, isolation_level),
+    ]
+    if isolation_level != "read_uncommitted":
+        lookups.append(high_watermarks(consumer, tps))
+    firsts, ends, *log_ends = await asyncio.gather(*lookups)
+    bounds = {
+        tp: LogBounds(firsts[tp], ends[tp], log_ends[0][tp] if log_ends else None) for tp in tps
+    }
+    if start_from is None:
+        return bounds
+    return await with_starts(consumer, bounds, start_from, isolation_level)

@@ -11,12 +11,12 @@ security options and ``refusal`` serve every client; they are tested against the
 SASL and SSL listeners (tests/acceptance/test_security.py, and test_oauth.py for OAUTHBEARER,
 whose one token provider per process every client shares: ``oauth.py``).
 
-Two requests aiokafka has no public call for are sent over the consumer's own connections:
-Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
-``protocol.py``), and ListOffsets for the end of the log whatever the consumer's isolation
-level (``high_watermarks``). Both are retried like aiokafka's own lookups (tests/integration/
-test_topic_ids.py runs them against the real broker); ``on_metadata_update`` hears of each
-metadata refresh of the consumer.
+The lookups a claim makes are sent around aiokafka's API, over connections of their own
+(``_LOOKUPS``): Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
+``protocol.py``), and ListOffsets (``list_offsets``: a log's start, its end as either isolation
+level reads, the first offset at a time). They are retried like aiokafka's own lookups
+(tests/integration/test_topic_ids.py runs them against the real broker, behind a held fetch
+too); ``on_metadata_update`` hears of each metadata refresh of the consumer.
 """
 
 from __future__ import annotations
@@ -69,9 +69,18 @@ _NO_TOPIC_IDS = LogEvent(
 
 T = TypeVar("T")
 
-# ListOffsets: the offset after the last record; isolation level 0, read_uncommitted.
-_LATEST = -1
-_READ_UNCOMMITTED = 0
+# ListOffsets' two special times: the log's first offset, and the offset after its last record.
+EARLIEST = -2
+LATEST = -1
+_ISOLATION_LEVELS = {"read_uncommitted": 0, "read_committed": 1}
+# The connection group of the lookups, one connection per broker beside aiokafka's two (its
+# ConnectionGroup: 0 for fetches and lookups, 1 for the group coordinator). A broker answers
+# one connection's requests in order, and holds a fetch that finds nothing new for up to
+# fetch_max_wait_ms (500 ms): each lookup sent on the fetch connection waited behind one. A
+# claim's four lookups, one after the other, took 2 s while its partitions were idle: past a
+# rebalance callback's budget, so the claim timed out at every try. The coordinator's
+# connection is no better: a JoinGroup waits there for the whole rebalance.
+_LOOKUPS = 2
 # Whether the warning that the brokers give no topic IDs was logged: once a process is enough.
 _no_topic_ids_said: list[bool] = []
 # A changelog transaction's record batch and produce request (see build_changelog_producer).
@@ -521,7 +530,7 @@ async def topic_ids(
 
     A topic deleted and created again under the same name has a new ID. The ID is None for
     every topic when the brokers are older than Kafka 2.8, which have no topic IDs. Asked of any
-    broker with a Metadata request of version 10 or later, over the consumer's connections.
+    broker with a Metadata request of version 10 or later, over a lookup connection.
     ``all_exist``: the topics are known to exist (they were just assigned), so a broker that
     does not know one yet is asked again, like any retriable error, until the request timeout.
     """
@@ -536,7 +545,7 @@ async def topic_ids(
         if node is None:
             raise KafkaConnectionError("no broker is known yet")
         try:
-            response = await client.send(node, request)
+            response = await client.send(node, request, group=_LOOKUPS)
         except NotImplementedError:  # the broker speaks Metadata only below version 10
             if not _no_topic_ids_said:
                 _no_topic_ids_said.append(True)
@@ -557,11 +566,29 @@ async def high_watermarks(
     """The end of each partition's log, whatever the consumer's isolation level: the offset
     after its last replicated record (the high watermark), as a read_uncommitted consumer reads
     to. Under read_committed, ``end_offsets()`` answers the last stable offset instead, which
-    stops before an open transaction. Asked of each partition's leader."""
+    stops before an open transaction."""
+    return await list_offsets(consumer, tps, LATEST)
+
+
+async def list_offsets(
+    consumer: AIOKafkaConsumer,
+    tps: Iterable[TopicPartition],
+    at: int,
+    isolation_level: str = "read_uncommitted",
+) -> dict[TopicPartition, int]:
+    """What ListOffsets answers for each partition at ``at``: EARLIEST, the log's first
+    offset; LATEST, its end as ``isolation_level`` reads it (the high watermark, or the last
+    stable offset under read_committed); or a time in ms, the first offset whose record is at
+    or after it, -1 when none is (under read_committed, none past the last stable offset).
+
+    One request per partition leader, over the lookup connections (``_LOOKUPS``), all at once:
+    the answer costs a round trip, never a fetch's wait.
+    """
     tps = sorted(set(tps))
     if not tps:
         return {}
     client = consumer._client
+    level = _ISOLATION_LEVELS[isolation_level]
 
     async def ask() -> dict[TopicPartition, int]:
         by_leader: dict[int, dict[str, list[tuple[int, int]]]] = collections.defaultdict(
@@ -574,24 +601,24 @@ async def high_watermarks(
                 raise StaleMetadata(tp)
             if leader == -1:
                 raise LeaderNotAvailableError(tp)
-            by_leader[leader][tp.topic].append((tp.partition, _LATEST))
+            by_leader[leader][tp.topic].append((tp.partition, at))
         answers = await asyncio.gather(
             *(
-                client.send(leader, OffsetRequest(-1, _READ_UNCOMMITTED, list(topics.items())))
+                client.send(leader, OffsetRequest(-1, level, list(topics.items())), group=_LOOKUPS)
                 for leader, topics in by_leader.items()
             )
         )
-        ends: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, int] = {}
         for response in answers:
             for topic, partitions in response.topics:
                 for partition, error_code, *answer in partitions:
                     if error_code:
                         raise for_code(error_code)(TopicPartition(topic, partition))
                     # Version 0 answers a list of offsets; later ones (timestamp, offset).
-                    ends[TopicPartition(topic, partition)] = (
+                    offsets[TopicPartition(topic, partition)] = (
                         answer[0][0] if response.API_VERSION == 0 else answer[-1]
                     )
-        return ends
+        return offsets
 
     return await _retried(client, ask)
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from sqlstate.kafka.client import list_offsets
 from sqlstate.settings import StartPoint
 from sqlstate.state.out_of_range import LogBounds
 from sqlstate.state.start import Start
@@ -31,8 +32,10 @@ async def with_starts(
     consumer: AIOKafkaConsumer,
     bounds: Mapping[TopicPartition, LogBounds],
     point: StartPoint,
+    isolation_level: str,
 ) -> dict[TopicPartition, LogBounds]:
-    """``bounds``, each with the ``Start`` of ``point`` for its partition."""
+    """``bounds``, each with the ``Start`` of ``point`` for its partition (a time: as
+    ``isolation_level`` reads)."""
     offsets = {tp: log.first for tp, log in bounds.items()}
     policy: str = point.name
     if point.name == "latest":
@@ -43,10 +46,8 @@ async def with_starts(
             assert point.ago_ms is not None
             at_ms = max(round(time.time() * 1000) - point.ago_ms, 0)
         policy = utc_text(at_ms)
-        found = await consumer.offsets_for_times(dict.fromkeys(bounds, at_ms)) if bounds else {}
-        offsets = {
-            tp: log.end if found.get(tp) is None else found[tp].offset for tp, log in bounds.items()
-        }
+        found = await list_offsets(consumer, bounds, at_ms, isolation_level)
+        offsets = {tp: log.end if found[tp] < 0 else found[tp] for tp, log in bounds.items()}
     return {
         tp: dataclasses.replace(log, start=Start(policy, offsets[tp], _partitions(consumer, tp)))
         for tp, log in bounds.items()

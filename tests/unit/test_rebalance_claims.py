@@ -23,6 +23,8 @@ from sqlstate.app.ownership import Ownership
 from sqlstate.app.topic_watch import TopicWatch
 from sqlstate.changelog.owner import ChangelogOwner
 from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError, OutOfRangeError
+from sqlstate.kafka import bounds
+from sqlstate.kafka.client import EARLIEST, LATEST
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.observe.stats import Stats
 from sqlstate.processors.base import Statement
@@ -47,10 +49,20 @@ async def topic_ids(
     return {topic: TOPIC_IDS[topic] for topic in topics}
 
 
+async def list_offsets(
+    consumer: StandInConsumer, tps: Iterable[TopicPartition], at: int, isolation_level: str = ""
+) -> dict[TopicPartition, int]:
+    """The claim's ListOffsets requests, answered by the stand-in consumer."""
+    assert at in (EARLIEST, LATEST), "no --start-from time here"
+    lookup = consumer.beginning_offsets if at == EARLIEST else consumer.end_offsets
+    return await lookup(list(tps))
+
+
 @pytest.fixture(autouse=True)
-def no_broker_for_topic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_broker_for_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(claims, "topic_ids", topic_ids)
     monkeypatch.setattr(topic_watch, "topic_ids", topic_ids)
+    monkeypatch.setattr(bounds, "list_offsets", list_offsets)
 
 
 class StandInConsumer:
