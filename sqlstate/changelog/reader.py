@@ -43,9 +43,12 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from sqlstate.changelog.records import POSITION_KEY, ChangelogRecord
 from sqlstate.errors import ChangelogError
 from sqlstate.kafka.client import (
+    EARLIEST,
+    LATEST,
     build_changelog_consumer,
     consumed_position,
     high_watermarks,
+    list_offsets,
     log_end,
     topic_ids,
 )
@@ -197,8 +200,7 @@ class ChangelogReader:
         """``end_offset`` of each of ``tps``, in one request per broker."""
         if not tps:
             return {}
-        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(list(tps))
-        return ends
+        return await list_offsets(self._consumer, tps, LATEST, "read_committed")
 
     async def read_to_end(
         self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK
@@ -215,7 +217,7 @@ class ChangelogReader:
             consumer = self._consumer
             consumer.assign([tp])
             end = await self.end_offset(tp)
-            start = (await consumer.beginning_offsets([tp]))[tp]
+            start = (await list_offsets(consumer, [tp], EARLIEST))[tp]
             rewound = False
             if not start <= from_offset <= end:
                 self._say_rewound(tp, from_offset, start, end)
@@ -234,7 +236,7 @@ class ChangelogReader:
                     )
                 except OffsetOutOfRangeError:
                     # Records deleted under the read (delete-records while restoring).
-                    start = (await consumer.beginning_offsets([tp]))[tp]
+                    start = (await list_offsets(consumer, [tp], EARLIEST))[tp]
                     self._say_rewound(tp, position, start, end)
                     consumer.seek(tp, start)
                     position, rewound, carried = start, True, []
@@ -391,8 +393,8 @@ class ChangelogFollower:
         for tp, fetch_offset in out_of_range.items():
             if tp not in self._next or tp in self._paused:
                 continue  # no longer followed, or paused meanwhile: resume() seeks it anyway
-            start = (await self._consumer.beginning_offsets([tp]))[tp]
-            end = (await self._consumer.end_offsets([tp]))[tp]
+            start = (await list_offsets(self._consumer, [tp], EARLIEST))[tp]
+            end = (await list_offsets(self._consumer, [tp], LATEST, "read_committed"))[tp]
             if tp not in self._next or tp in self._paused:
                 continue
             _log_rewound(tp, fetch_offset, start, end, "standby")

@@ -41,10 +41,11 @@ async def read_bounds(
     ]
     if isolation_level != "read_uncommitted":
         lookups.append(high_watermarks(consumer, tps))
-    firsts, ends, *log_ends = await asyncio.gather(*lookups)
-    bounds = {
-        tp: LogBounds(firsts[tp], ends[tp], log_ends[0][tp] if log_ends else None) for tp in tps
-    }
+    firsts, ends, *high_marks = await asyncio.gather(*lookups)
+    # Answered in any order (a lookup that retries comes back later): the log's end can be no
+    # less than the last stable offset read meanwhile.
+    log_ends = {tp: max(high_marks[0][tp], ends[tp]) for tp in tps} if high_marks else {}
+    bounds = {tp: LogBounds(firsts[tp], ends[tp], log_ends.get(tp)) for tp in tps}
     if start_from is None:
         return bounds
     return await with_starts(consumer, bounds, start_from, isolation_level)

@@ -5,8 +5,9 @@ the end-offset lookup of ``sqlstate offsets`` (``build_offsets_consumer``), the 
 ``sqlstate verify`` (``build_range_reader``), and the changelog's
 clients (``build_admin_client``, ``build_changelog_producer``, ``build_changelog_consumer``).
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
-assignment check, ``in_group`` and ``transaction_fatal_error``) and the one request sent around
-aiokafka's API (``commit_group_offsets``) are checked by the tests against the real broker. The
+assignment check, ``in_group`` and ``transaction_fatal_error``) and the requests sent around
+aiokafka's API (``commit_group_offsets`` and the lookups below) are checked by the tests against
+the real broker. The
 security options and ``refusal`` serve every client; they are tested against the test broker's
 SASL and SSL listeners (tests/acceptance/test_security.py, and test_oauth.py for OAUTHBEARER,
 whose one token provider per process every client shares: ``oauth.py``).
@@ -14,9 +15,9 @@ whose one token provider per process every client shares: ``oauth.py``).
 The lookups a claim makes are sent around aiokafka's API, over connections of their own
 (``_LOOKUPS``): Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
 ``protocol.py``), and ListOffsets (``list_offsets``: a log's start, its end as either isolation
-level reads, the first offset at a time). They are retried like aiokafka's own lookups
-(tests/integration/test_topic_ids.py runs them against the real broker, behind a held fetch
-too); ``on_metadata_update`` hears of each metadata refresh of the consumer.
+level reads, the first offset at a time). A retriable error is asked again until the request
+timeout (tests/integration/test_topic_ids.py runs them against the real broker, behind a held
+fetch too); ``on_metadata_update`` hears of each metadata refresh of the consumer.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     StaleMetadata,
     UnknownTopicOrPartitionError,
+    UnsupportedForMessageFormatError,
     UnsupportedSaslMechanismError,
     for_code,
 )
@@ -612,12 +614,15 @@ async def list_offsets(
         for response in answers:
             for topic, partitions in response.topics:
                 for partition, error_code, *answer in partitions:
-                    if error_code:
-                        raise for_code(error_code)(TopicPartition(topic, partition))
-                    # Version 0 answers a list of offsets; later ones (timestamp, offset).
-                    offsets[TopicPartition(topic, partition)] = (
-                        answer[0][0] if response.API_VERSION == 0 else answer[-1]
-                    )
+                    tp = TopicPartition(topic, partition)
+                    if at >= 0 and error_code == UnsupportedForMessageFormatError.errno:
+                        # Records older than Kafka 0.10 carry no time: none is found by one.
+                        offsets[tp] = -1
+                    elif error_code:
+                        raise for_code(error_code)(tp)
+                    else:
+                        # Version 0 answers a list of offsets; later ones (timestamp, offset).
+                        offsets[tp] = answer[0][0] if response.API_VERSION == 0 else answer[-1]
         return offsets
 
     return await _retried(client, ask)

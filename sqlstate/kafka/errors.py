@@ -1,9 +1,10 @@
 """Which Kafka errors sqlstate waits out and which stop it, and how a wait is logged.
 
 aiokafka raises Kafka's errors from ``getmany()`` (the fetcher's, and the group coordinator's
-that it hands to the user); the lookups of the log's bounds (``client.list_offsets``) raise
-them too. Out-of-range, no-offset and consumer-stopped have their own handling in the batch
-loop; every other error is one of three kinds (``permanent`` tells them apart):
+that it hands to the user) and from its own lookups; sqlstate's lookups of the log's bounds and
+topic IDs (``client.py``) raise them too. Out-of-range, no-offset and consumer-stopped have
+their own handling in the batch loop; every other error is one of three kinds (``permanent``
+tells them apart):
 
 - **transient**: a broker restarting, a partition leader or the group coordinator moving, a
   connection dropped, a request or a lookup timed out, a rebalance under way. aiokafka marks most

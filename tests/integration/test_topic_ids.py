@@ -97,6 +97,10 @@ async def test_the_lookups_answer_what_aiokafka_answers(
     topic = await topic_factory(partitions=2)
     tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
     await produce(kafka_bootstrap, topic, [(b"k", b"v", 0)] * 5 + [(b"k", b"v", 1)] * 2)
+    # A time after every committed record and before the open transaction's.
+    await asyncio.sleep(0.01)
+    between = round(time.time() * 1000)
+    await asyncio.sleep(0.01)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-tx")
     async with started(producer):
         await producer.begin_transaction()
@@ -117,6 +121,13 @@ async def test_the_lookups_answer_what_aiokafka_answers(
                 for tp, found in (await consumer.offsets_for_times(dict.fromkeys(tps, 0))).items()
             }
             assert at_start == {tps[0]: 0, tps[1]: 0}
+            # Only the open transaction's records come after ``between``: read_committed finds
+            # none of them.
+            assert await list_offsets(consumer, tps, between, "read_committed") == {
+                tps[0]: -1,
+                tps[1]: -1,
+            }
+            assert await list_offsets(consumer, tps, between) == {tps[0]: 5, tps[1]: -1}
             an_hour_on = round(time.time() * 1000) + 3_600_000
             assert await list_offsets(consumer, tps, an_hour_on, "read_committed") == {
                 tps[0]: -1,
@@ -147,17 +158,22 @@ async def test_a_lookup_never_waits_behind_a_held_fetch(
     polling = asyncio.create_task(poll())
     try:
         # The fetcher sends its fetch at once; the broker holds it, the partition read whole.
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         began = time.monotonic()
         bounds = await read_bounds(consumer, [tp], "read_committed")
         ids = await topic_ids(consumer, [topic], all_exist=True)
         took = time.monotonic() - began
+        # The control: aiokafka's own lookup, on the fetch connection, waits for the held fetch.
+        began = time.monotonic()
+        assert await consumer.end_offsets([tp]) == {tp: 3}
+        held = time.monotonic() - began
     finally:
         polling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await polling
     assert (bounds[tp].first, bounds[tp].end) == (0, 3)
     assert ids[topic] is not None
-    # Behind the fetch, the first lookup alone would wait for most of FETCH_HOLD_MS, and each
-    # one after it for all of it.
-    assert took < FETCH_HOLD_MS / 1000 / 2, f"the lookups took {took:.3f} s"
+    assert held > 1.0, f"no fetch was held ({held:.3f} s): the test shows nothing"
+    # Behind the fetch, the first lookup alone would wait as long as the control, and each one
+    # after it for the whole hold.
+    assert took < held / 2, f"the lookups took {took:.3f} s, the control {held:.3f} s"
