@@ -367,6 +367,23 @@ class Settings:
         return f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
 
 
+def owner_gone(owner: str) -> bool:
+    """Whether ``owner``, as ``Settings.owner`` writes it, is a process of this host that has
+    exited. False whenever that cannot be told: another host's (or a container's before it was
+    started again), or a text of another form."""
+    rest, _, pid = owner.rpartition(":")
+    _, _, host = rest.rpartition("@")
+    if host != socket.gethostname() or not pid.isascii() or not pid.isdigit() or int(pid) < 1:
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, another user's
+    return False
+
+
 @dataclass(frozen=True)
 class VerifyOptions:
     """What ``sqlstate verify`` adds to the settings of the run whose file it checks."""

@@ -37,11 +37,17 @@ from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
 from sqlstate.changelog.reader import END_WAIT_S, ChangelogChunk, ChangelogReader
 from sqlstate.changelog.seed import seed
-from sqlstate.changelog.standby import Standby, apply_in, changelog_lost
+from sqlstate.changelog.standby import (
+    Standby,
+    apply_in,
+    changelog_lost,
+    mark_departed,
+    mark_released,
+)
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
-from sqlstate.errors import ChangelogError, ChangelogFenced
-from sqlstate.observe.logs import LogEvent, partition_fields, rounded
+from sqlstate.errors import ChangelogError, ChangelogFenced, DatabaseBusyError
+from sqlstate.observe.logs import LogEvent, describe, partition_fields, rounded
 from sqlstate.observe.stats import Stats
 from sqlstate.settings import Settings
 from sqlstate.state.database import Database, utc_now
@@ -82,6 +88,19 @@ _PUBLISHED = LogEvent(
     "published %(records)d changelog records of %(partitions)d partitions in %(publish_ms).3f ms",
     data={"publish_s": rounded(6)},
     words=lambda fields: {"publish_ms": fields["publish_s"] * 1000},
+)
+_DEPARTED = LogEvent(
+    logger,
+    logging.INFO,
+    "changelog_departed_unfollowed",
+    "%(count)d partitions an exited process of this host owned are no longer kept in this file"
+    " (--standby none): %(partitions)s",
+)
+_UNMARKED = LogEvent(
+    logger,
+    logging.WARNING,
+    "changelog_release_unmarked",
+    "%(_partitions)s, let go, still show as owned in this file (progress.role): %(reason)s",
 )
 
 # How long the database thread waits for a batch's changelog transactions. The producers bound
@@ -135,6 +154,12 @@ class ChangelogOwner:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._reader.start()
+        if self._standby is None:
+            # Partitions an earlier process here owned: nothing applies them now, and each
+            # is claimed again only if this process is assigned it.
+            departed = await self._database.transaction(mark_departed)
+            if departed:
+                _DEPARTED.log(count=len(departed), partitions=describe(departed))
 
     async def stop(self) -> None:
         await self.release(list(self._claiming | set(self._producers)), follow=False)
@@ -357,8 +382,11 @@ class ChangelogOwner:
     async def _let_go(
         self, released: Sequence[TopicPartition], producers: Sequence[ChangelogProducer]
     ) -> None:
-        """Follow ``released`` again, then stop ``producers``."""
+        """Follow ``released`` again (without a standby: mark them no longer kept), then stop
+        ``producers``."""
         try:
+            if released and self._standby is None:
+                await self._mark_released(released)
             if released and self._standby is not None:
                 offsets = await self._database.read(changelog_offsets)
                 # A partition claimed again while the offsets were read stays paused: its
@@ -368,6 +396,19 @@ class ChangelogOwner:
                 )
         finally:
             await _stop_all(producers)
+
+    async def _mark_released(self, tps: Sequence[TopicPartition]) -> None:
+        """--standby none: nothing applies ``tps`` here any more, and their rows say so
+        (``progress.role`` ``unfollowed``) rather than showing them owned. A file too busy
+        to say it leaves them as they were: a warning, never a failed rebalance."""
+        try:
+            await self._database.transaction(
+                functools.partial(
+                    mark_released, tps=tps, owner=self._settings.owner, claiming=self._claiming
+                )
+            )
+        except DatabaseBusyError as error:
+            _UNMARKED.log(partitions=len(tps), _partitions=describe(tps), reason=str(error))
 
     async def restore(
         self,

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -39,7 +39,7 @@ from sqlstate.kafka.assignor import FollowPlan
 from sqlstate.kafka.client import topic_ids
 from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.observe.stats import Stats
-from sqlstate.settings import Settings
+from sqlstate.settings import Settings, owner_gone
 from sqlstate.state.database import Database, utc_now
 from sqlstate.state.queries import sql
 
@@ -366,6 +366,38 @@ def mark_unfollowed(
         sql("mark_unfollowed"),
         [{"topic": tp.topic, "partition": tp.partition} for tp in tps if not kept(tp)],
     )
+
+
+def mark_released(
+    conn: sqlite3.Connection,
+    tps: Sequence[TopicPartition],
+    owner: str,
+    claiming: Set[TopicPartition],
+) -> None:
+    """--standby none: the file no longer keeps those of ``tps`` (let go by ``owner``) that
+    are not being claimed again (``claiming``, read here, inside the transaction: a claim
+    that began meanwhile writes the row after this one, and must find it unmarked or its
+    own). A transaction function."""
+    conn.executemany(
+        sql("mark_released"),
+        [
+            {"topic": tp.topic, "partition": tp.partition, "owner": owner}
+            for tp in tps
+            if tp not in claiming
+        ],
+    )
+
+
+def mark_departed(conn: sqlite3.Connection) -> list[TopicPartition]:
+    """--standby none, at start, before any claim: partitions whose rows a process of this
+    host owned and which has exited since are no longer kept in this file (a process that
+    shares the file and still runs keeps its own). The partitions marked; a transaction
+    function."""
+    gone = [(t, p, owner) for t, p, owner in conn.execute(sql("owned_rows")) if owner_gone(owner)]
+    conn.executemany(
+        sql("mark_released"), [{"topic": t, "partition": p, "owner": o} for t, p, o in gone]
+    )
+    return [TopicPartition(t, p) for t, p, _ in gone]
 
 
 def followed_partitions(conn: sqlite3.Connection) -> list[TopicPartition]:

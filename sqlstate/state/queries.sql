@@ -352,6 +352,17 @@ ON CONFLICT (topic, partition) DO UPDATE
 -- owner again.
 UPDATE positions SET owner = 'unfollowed' WHERE topic = :topic AND partition = :partition;
 
+-- name: mark_released
+-- --standby none: a partition this process claimed and has let go is no longer kept up to date
+-- in this file (progress.role 'unfollowed'), unless its row is no longer this process's: a
+-- claim since, by another process on the same file, keeps its own.
+UPDATE positions SET owner = 'unfollowed'
+WHERE topic = :topic AND partition = :partition AND owner = :owner;
+
+-- name: owned_rows
+-- --standby none, at start: each partition a process owns by its row, and that process.
+SELECT topic, partition, owner FROM positions WHERE owner NOT IN ('standby', 'unfollowed');
+
 -- name: followed_partitions
 -- --standby N: the partitions this file followed when its last process stopped, which the next
 -- one tells the group's leader at its first join (it prefers followers whose file is current).

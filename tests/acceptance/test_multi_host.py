@@ -309,6 +309,16 @@ async def test_without_standbys_each_file_holds_what_its_host_claimed(cluster: C
         for partition in followed:
             assert f"restoring {cluster.topic}-{partition} from its changelog" in h.log()
         await assert_exactly_once(cluster.bootstrap, h.database, cluster.topic)
+    # A file keeps only what its host owns now. What a survivor took of the killed host's and
+    # gave back, what the killed host owned and was not given again (and any partition a
+    # host held for a moment as the group formed) is no longer kept there, and says so.
+    took = [moved[0], set(), moved[1]]
+    for h, held, was, now in zip(hosts, took, before, after, strict=True):
+        found = roles(h.database, cluster.topic)
+        expected = {
+            p: "owns" if p in now else "unfollowed" for p in found.keys() | was | held | now
+        }
+        assert found == expected, f"{h.log_path.name}: {found} ({before}, {moved}, {after})"
     # The killed host's partitions were new (or stale) in the survivors' files: each was restored
     # from its changelog before it was consumed again.
     for partition in before[1]:
