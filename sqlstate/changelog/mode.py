@@ -119,6 +119,8 @@ async def running(
     standby = owner.standby
     following: asyncio.Task[None] | None = None
     try:
+        if standby is None:
+            await owner.mark_departed()
         if standby is not None:
             await standby.start()
             following = asyncio.create_task(standby.run(consumer, stop))

@@ -93,8 +93,8 @@ _DEPARTED = LogEvent(
     logger,
     logging.INFO,
     "changelog_departed_unfollowed",
-    "%(count)d partitions an exited process of this host owned are no longer kept in this file"
-    " (--standby none): %(partitions)s",
+    "%(count)d partitions an earlier process on this host kept in this file are no longer kept"
+    " (--standby none; each is claimed again if assigned here): %(partitions)s",
 )
 _UNMARKED = LogEvent(
     logger,
@@ -102,6 +102,10 @@ _UNMARKED = LogEvent(
     "changelog_release_unmarked",
     "%(_partitions)s, let go, still show as owned in this file (progress.role): %(reason)s",
 )
+
+# How long marking released partitions waits for another connection's write lock: a mark is
+# worth a moment, not a rebalance.
+_MARK_WAIT_S = 1.0
 
 # How long the database thread waits for a batch's changelog transactions. The producers bound
 # each publish themselves; this only keeps the thread from waiting on a loop that has stopped.
@@ -154,12 +158,16 @@ class ChangelogOwner:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._reader.start()
-        if self._standby is None:
-            # Partitions an earlier process here owned: nothing applies them now, and each
-            # is claimed again only if this process is assigned it.
-            departed = await self._database.transaction(mark_departed)
-            if departed:
-                _DEPARTED.log(count=len(departed), partitions=describe(departed))
+
+    async def mark_departed(self) -> None:
+        """--standby none, at the daemon's start: the partitions an earlier process here kept
+        show as no longer kept (``mark_departed``); each is claimed again only if this process
+        is assigned it."""
+        departed = await self._database.transaction(
+            functools.partial(mark_departed, owner=self._settings.owner, claiming=self._claiming)
+        )
+        if departed:
+            _DEPARTED.log(count=len(departed), partitions=describe(departed))
 
     async def stop(self) -> None:
         await self.release(list(self._claiming | set(self._producers)), follow=False)
@@ -382,11 +390,9 @@ class ChangelogOwner:
     async def _let_go(
         self, released: Sequence[TopicPartition], producers: Sequence[ChangelogProducer]
     ) -> None:
-        """Follow ``released`` again (without a standby: mark them no longer kept), then stop
-        ``producers``."""
+        """Follow ``released`` again, then stop ``producers``; without a standby, stop them,
+        then mark ``released`` no longer kept."""
         try:
-            if released and self._standby is None:
-                await self._mark_released(released)
             if released and self._standby is not None:
                 offsets = await self._database.read(changelog_offsets)
                 # A partition claimed again while the offsets were read stays paused: its
@@ -396,6 +402,8 @@ class ChangelogOwner:
                 )
         finally:
             await _stop_all(producers)
+        if released and self._standby is None:
+            await self._mark_released(released)
 
     async def _mark_released(self, tps: Sequence[TopicPartition]) -> None:
         """--standby none: nothing applies ``tps`` here any more, and their rows say so
@@ -405,7 +413,8 @@ class ChangelogOwner:
             await self._database.transaction(
                 functools.partial(
                     mark_released, tps=tps, owner=self._settings.owner, claiming=self._claiming
-                )
+                ),
+                lock_wait_s=_MARK_WAIT_S,
             )
         except DatabaseBusyError as error:
             _UNMARKED.log(partitions=len(tps), _partitions=describe(tps), reason=str(error))

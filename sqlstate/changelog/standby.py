@@ -388,16 +388,26 @@ def mark_released(
     )
 
 
-def mark_departed(conn: sqlite3.Connection) -> list[TopicPartition]:
-    """--standby none, at start, before any claim: partitions whose rows a process of this
-    host owned and which has exited since are no longer kept in this file (a process that
-    shares the file and still runs keeps its own). The partitions marked; a transaction
-    function."""
-    gone = [(t, p, owner) for t, p, owner in conn.execute(sql("owned_rows")) if owner_gone(owner)]
+def mark_departed(
+    conn: sqlite3.Connection, owner: str, claiming: Set[TopicPartition]
+) -> list[TopicPartition]:
+    """--standby none, at start: the partitions nothing applies in this file are no longer
+    kept there: those an exited process of this host owned, or this process's own name had
+    (a container started again under the same host name and pid), or a restore cut short
+    left as followed. A process that shares the file and still runs keeps its own; one being
+    claimed here already (``claiming``, read inside the transaction) is left to its claim.
+    The partitions marked; a transaction function."""
+    gone = [
+        (TopicPartition(t, p), row_owner)
+        for t, p, row_owner in conn.execute(sql("kept_rows"))
+        if row_owner in (owner, "standby") or owner_gone(row_owner)
+    ]
+    gone = [(tp, row_owner) for tp, row_owner in gone if tp not in claiming]
     conn.executemany(
-        sql("mark_released"), [{"topic": t, "partition": p, "owner": o} for t, p, o in gone]
+        sql("mark_released"),
+        [{"topic": tp.topic, "partition": tp.partition, "owner": o} for tp, o in gone],
     )
-    return [TopicPartition(t, p) for t, p, _ in gone]
+    return [tp for tp, _ in gone]
 
 
 def followed_partitions(conn: sqlite3.Connection) -> list[TopicPartition]:

@@ -355,13 +355,14 @@ UPDATE positions SET owner = 'unfollowed' WHERE topic = :topic AND partition = :
 -- name: mark_released
 -- --standby none: a partition this process claimed and has let go is no longer kept up to date
 -- in this file (progress.role 'unfollowed'), unless its row is no longer this process's: a
--- claim since, by another process on the same file, keeps its own.
+-- claim since, by another process on the same file, keeps its own. 'standby': a restore that
+-- was cut short leaves the row as the changelog's owner had it.
 UPDATE positions SET owner = 'unfollowed'
-WHERE topic = :topic AND partition = :partition AND owner = :owner;
+WHERE topic = :topic AND partition = :partition AND owner IN (:owner, 'standby');
 
--- name: owned_rows
--- --standby none, at start: each partition a process owns by its row, and that process.
-SELECT topic, partition, owner FROM positions WHERE owner NOT IN ('standby', 'unfollowed');
+-- name: kept_rows
+-- --standby none, at start: each partition the file says is kept, and by whom.
+SELECT topic, partition, owner FROM positions WHERE owner <> 'unfollowed';
 
 -- name: followed_partitions
 -- --standby N: the partitions this file followed when its last process stopped, which the next

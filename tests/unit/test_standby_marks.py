@@ -71,27 +71,42 @@ def test_marks_say_which_partitions_the_file_keeps(tmp_path: Path) -> None:
     conn.close()
 
 
+C, D, E, F = (TopicPartition("orders", p) for p in range(2, 6))
+
+
 def test_without_standbys_a_partition_let_go_says_so(tmp_path: Path) -> None:
     me = "me@host:1"
-    conn = file_with(tmp_path / "state.db", {A: me, B: me})
-    conn.execute("UPDATE positions SET owner = 'sibling@host:2' WHERE partition = 1")
-    # B was claimed since by another process on the file; A is claimed again here meanwhile.
-    mark_released(conn, [A, B], owner=me, claiming={A})
-    assert roles(conn) == {0: "owns", 1: "owns"}
+    # B was claimed since by another process on the file; C's restore here was cut short (a
+    # followed row).
+    conn = file_with(tmp_path / "state.db", {A: me, B: "sibling@host:2", C: "standby"})
+    # A is claimed again here meanwhile: left to its claim.
+    mark_released(conn, [A, B, C], owner=me, claiming={A})
+    assert roles(conn) == {0: "owns", 1: "owns", 2: "unfollowed"}
     mark_released(conn, [A, B], owner=me, claiming=set())
-    assert roles(conn) == {0: "unfollowed", 1: "owns"}
+    assert roles(conn) == {0: "unfollowed", 1: "owns", 2: "unfollowed"}
     conn.close()
 
 
-def test_without_standbys_what_an_exited_process_owned_says_so_at_start(tmp_path: Path) -> None:
+def test_without_standbys_what_nothing_applies_says_so_at_start(tmp_path: Path) -> None:
     host = socket.gethostname()
-    running = f"sibling@{host}:{os.getpid()}"
+    me = f"me@{host}:{os.getpid()}"  # as after a start under the same host name and pid
+    sibling = f"sibling@{host}:{os.getppid()}"
     exited = f"earlier@{host}:{exited_pid()}"
     elsewhere = f"earlier@not-{host}:{exited_pid()}"
-    C, D = TopicPartition("orders", 2), TopicPartition("orders", 3)
-    conn = file_with(tmp_path / "state.db", {A: running, B: exited, C: elsewhere, D: "standby"})
-    assert mark_departed(conn) == [B]
-    assert roles(conn) == {0: "owns", 1: "unfollowed", 2: "owns", 3: "follows"}
+    conn = file_with(
+        tmp_path / "state.db",
+        {A: sibling, B: exited, C: elsewhere, D: "standby", E: me, F: me},
+    )
+    # F is being claimed here already.
+    assert mark_departed(conn, owner=me, claiming={F}) == [B, D, E]
+    assert roles(conn) == {
+        0: "owns",
+        1: "unfollowed",
+        2: "owns",
+        3: "unfollowed",
+        4: "unfollowed",
+        5: "owns",
+    }
     conn.close()
 
 
