@@ -22,11 +22,12 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from sqlstate.changelog.apply import Applied, Quarantined, apply_changes
+from sqlstate.changelog.apply import Applied, Quarantined, apply_changes, capture_quieted
 from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
@@ -80,6 +81,13 @@ _QUARANTINED = LogEvent(
 
 _POLL_MS = 500
 _MAX_RECORDS = 30_000
+# A poll's chunks are applied together, in transactions of about this many records: each
+# transaction waits once for the write lock, and for the owner's batches queued before it in the
+# database thread, and its capture triggers are off when that pays (``capture_quieted``); and
+# none is so large that the owner's next batch waits long behind it. Measured in docs/performance.md
+# (standby lag): one transaction per partition's chunk, or one for the whole poll (30,000
+# records), did worse, the first in lag and the second in the owner's throughput.
+_TRANSACTION_RECORDS = 5_000
 # How long to wait before asking Kafka for the changelogs' IDs again, when it did not answer.
 _RETRY_S = 1.0
 
@@ -295,6 +303,7 @@ class Standby:
                 for source, behind in lags.items()
                 if behind is not None and source.topic in inputs
             }
+            ready: list[PollChunk] = []
             for source, chunk in sorted(chunks.items()):
                 behind = lags.get(source)
                 tp = TopicPartition(inputs[source.topic], source.partition)
@@ -304,19 +313,19 @@ class Standby:
                     continue  # no longer followed here since it was fetched
                 end = None if behind is None else chunk.next_offset + behind
                 try:
-                    applied = await apply_in(
-                        self._database,
-                        tp,
-                        chunk,
-                        self._tables,
-                        end,
-                        self._follower.input_ends,
-                        self._stats,
-                    )
+                    input_end = await input_end_for(self._follower.input_ends, tp, chunk)
                 except ChangelogError as error:
                     await self._read_again(tp, error)
                     continue
-                self._stats.changelog_applied += applied.records
+                ready.append(PollChunk(tp, chunk, end, input_end))
+            for group in transactions(ready, _TRANSACTION_RECORDS):
+                done = await self._database.transaction(
+                    functools.partial(apply_chunks, ready=group, tables=self._tables, now=utc_now())
+                )
+                for item, applied in zip(group, done, strict=True):
+                    for record in applied.quarantined:
+                        report_quarantined(item.tp, record, self._stats)
+                    self._stats.changelog_applied += applied.records
 
     async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
@@ -435,6 +444,24 @@ def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> 
     )
 
 
+class PollChunk(NamedTuple):
+    """A chunk of a standby's poll, checked against the input's end, to apply."""
+
+    tp: TopicPartition
+    chunk: ChangelogChunk
+    log_end_offset: int | None
+    input_end: int | None
+
+
+async def input_end_for(
+    input_ends: InputEnds, tp: TopicPartition, chunk: ChangelogChunk
+) -> int | None:
+    """The input's end that ``chunk``'s positions must stay within (None: it carries none).
+    ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
+    wanted = highest_position(chunk.records)
+    return None if wanted is None else await input_ends.at_least(tp, wanted)
+
+
 async def apply_in(
     database: Database,
     tp: TopicPartition,
@@ -447,8 +474,7 @@ async def apply_in(
     """``apply_chunk`` in a transaction of its own, with the input's end that its positions
     must stay within; the records it set aside are counted and logged.
     ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
-    wanted = highest_position(chunk.records)
-    input_end = None if wanted is None else await input_ends.at_least(tp, wanted)
+    input_end = await input_end_for(input_ends, tp, chunk)
     applied = await database.transaction(
         functools.partial(
             apply_chunk,
@@ -463,6 +489,40 @@ async def apply_in(
     for record in applied.quarantined:
         report_quarantined(tp, record, stats)
     return applied
+
+
+def transactions(ready: Sequence[PollChunk], records: int) -> list[list[PollChunk]]:
+    """``ready`` in order, grouped into transactions of at most ``records`` records each; a
+    chunk larger than that alone in its own."""
+    groups: list[list[PollChunk]] = []
+    size = 0
+    for item in ready:
+        if not groups or size + len(item.chunk.records) > records:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item.chunk.records)
+    return groups
+
+
+def apply_chunks(
+    conn: sqlite3.Connection, ready: Sequence[PollChunk], tables: Sequence[StateTable], now: str
+) -> list[Applied]:
+    """Apply chunks of a standby's poll, in one transaction (a transaction function), with the
+    capture triggers off for all of them if together they are enough records for it to pay."""
+    with capture_quieted(conn, tables, sum(len(item.chunk.records) for item in ready)):
+        return [
+            apply_chunk(
+                conn,
+                item.tp,
+                item.chunk,
+                tables,
+                now,
+                log_end_offset=item.log_end_offset,
+                input_end=item.input_end,
+            )
+            for item in ready
+        ]
 
 
 def report_quarantined(tp: TopicPartition, record: Quarantined, stats: Stats) -> None:

@@ -1,6 +1,7 @@
-"""A restore's large applies: the capture triggers are dropped for the writes and come back as
-they were, and the result is the one the general path gives on the same records (a key written
-twice, a tombstone, a key moved, records set aside); a record's JSON is read as ``json`` reads it.
+"""A restore's large applies, and a standby's poll of many chunks in one transaction: the capture
+triggers are dropped for the writes and come back as they were, and the result is the one the
+general path gives on the same records (a key written twice, a tombstone, a key moved, records
+set aside); a record's JSON is read as ``json`` reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from sqlstate.changelog import apply as apply_module
 from sqlstate.changelog import records as records_module
 from sqlstate.changelog.apply import QUIET_CAPTURE_FROM, Applied, apply_changes
 from sqlstate.changelog.capture import install_capture, take_changes
-from sqlstate.changelog.records import position_record
+from sqlstate.changelog.reader import ChangelogChunk
+from sqlstate.changelog.records import ChangelogRecord, position_record
+from sqlstate.changelog.standby import PollChunk, apply_chunks, transactions
 from sqlstate.changelog.table_sql import drop_temp_trigger
 from sqlstate.changelog.tables import state_tables
 from sqlstate.processors.counts import KeyCounter
@@ -125,7 +128,9 @@ async def test_a_large_apply_gives_what_the_general_path_gives(
     assert len(dropped) == 8  # 4 on each of key_counts and rejected_records
     plain, _, _ = await _applied(tmp_path / "plain.db", capture=False, chunk=10**9)
     # Chunks below the threshold: the capture triggers fire, and what they caught is dropped.
-    firing, _, _ = await _applied(tmp_path / "firing.db", capture=True, chunk=500)
+    firing, _, _ = await _applied(
+        tmp_path / "firing.db", capture=True, chunk=QUIET_CAPTURE_FROM // 4
+    )
     assert len(dropped) == 8
 
     assert before
@@ -183,3 +188,93 @@ def test_a_records_json_is_read_as_json_reads_it(
     assert read(records_module._json) == expected
     if expected[0] == "ok" and text.strip() not in (b'"\\ud800"',):
         assert expected[1] == json.loads(text)
+
+
+async def _standby_poll(
+    path: Path, chunks: list[list[Logged]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Applied], int]:
+    """Apply ``chunks`` (one per partition of topic t) as one standby poll, in one transaction,
+    on the connection of a process that owns other partitions (its capture installed); what
+    each chunk did and how many capture triggers were dropped for it."""
+    members = [KeyCounter()]
+    tables = state_tables(members)
+    processors = Processors.checked(members)
+    store = await open_store(path, processors)
+    database = store.database
+    try:
+        await database.setting(functools.partial(install_capture, tables=tables))
+        before = await database.read(_temp_objects)
+        ready = [
+            PollChunk(
+                TopicPartition("t", partition),
+                ChangelogChunk([ChangelogRecord(*record) for record in records], len(records)),
+                log_end_offset=None,
+                input_end=None,
+            )
+            for partition, records in enumerate(chunks)
+        ]
+        dropped: list[str] = []
+
+        def drop(name: str) -> str:
+            dropped.append(name)
+            return drop_temp_trigger(name)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(apply_module, "drop_temp_trigger", drop)
+            done = await database.transaction(
+                functools.partial(apply_chunks, ready=ready, tables=tables, now=utc_now())
+            )
+        assert await database.read(_temp_objects) == before
+        # Still catching the owner's changes, and nothing of the apply's.
+        assert await database.transaction(_an_owners_change) == [counted(0, "owner", 1)]
+    finally:
+        await database.close()
+        processors.close()
+    return done, len(dropped)
+
+
+def _partition_records(partition: int, rows: int) -> list[Logged]:
+    pairs = [counted(partition, f"k{i:05d}", i) for i in range(rows)]
+    pairs.append(position_record(rows))
+    return [(key, value, offset) for offset, (key, value) in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("rows", [QUIET_CAPTURE_FROM // 8, QUIET_CAPTURE_FROM // 2])
+async def test_a_standby_poll_applies_its_chunks_in_one_transaction(
+    tmp_path: Path, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two partitions' chunks, each below the threshold: together they reach it when ``rows``
+    is half of it, and the triggers are dropped once for both; an eighth, they fire. Either way
+    each partition holds what applying its chunk alone gives, and its position."""
+    chunks = [_partition_records(0, rows), _partition_records(1, rows)]
+    done, dropped = await _standby_poll(tmp_path / "poll.db", chunks, monkeypatch)
+    assert dropped == (8 if 2 * (rows + 1) >= QUIET_CAPTURE_FROM else 0)
+    assert [(applied.rows, applied.position) for applied in done] == [(rows, rows)] * 2
+    state = query(
+        tmp_path / "poll.db",
+        "SELECT partition, count(*), sum(count) FROM key_counts GROUP BY partition",
+    )
+    assert state == [(0, rows, sum(range(rows))), (1, rows, sum(range(rows)))]
+    assert query(
+        tmp_path / "poll.db", "SELECT partition, next_offset FROM changelog_offsets ORDER BY 1"
+    ) == [(0, rows + 1), (1, rows + 1)]
+
+
+def test_a_standby_poll_is_applied_in_transactions_of_a_bounded_size() -> None:
+    def ready(*sizes: int) -> list[PollChunk]:
+        return [
+            PollChunk(
+                TopicPartition("t", partition),
+                ChangelogChunk([ChangelogRecord(b"k", None, n) for n in range(size)], size),
+                log_end_offset=None,
+                input_end=None,
+            )
+            for partition, size in enumerate(sizes)
+        ]
+
+    def sizes(groups: list[list[PollChunk]]) -> list[list[int]]:
+        return [[len(item.chunk.records) for item in group] for group in groups]
+
+    assert sizes(transactions(ready(2, 3, 4, 9, 1), 5)) == [[2, 3], [4], [9], [1]]
+    assert sizes(transactions(ready(1, 1, 1), 5)) == [[1, 1, 1]]
+    assert transactions([], 5) == []
