@@ -41,6 +41,7 @@ from bench import joiner, sqlstate_process, workload
 from bench.report import RunResult, percentile
 from sqlstate.changelog.offsets import changelog_offsets
 from sqlstate.changelog.topics import changelog_topic
+from sqlstate.state.reads import positions
 
 #: What every changelog run adds to ``sqlstate run``.
 CHANGELOG_ARGS = ("--changelog",)
@@ -192,24 +193,31 @@ def _window(daemon: sqlstate_process.DaemonProcess) -> float | None:
 
 @dataclass
 class _Samples:
-    """What the sampler saw: per file, per partition, (time, applied changelog offset)."""
+    """What the sampler saw: per file, per partition, (time, applied changelog offset) and
+    (time, input position)."""
 
     files: list[dict[int, list[tuple[float, int]]]]
     ends: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+    states: list[dict[int, list[tuple[float, int]]]] = field(default_factory=lambda: [{}, {}])
 
 
-def _applied(database: Path, topic: str) -> dict[int, int]:
+def _applied(database: Path, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """A file's applied changelog offsets and its input positions, by partition of ``topic``."""
     try:
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     except sqlite3.OperationalError:
-        return {}
+        return {}, {}
     try:
         offsets = changelog_offsets(conn)
+        held = positions(conn)
     except sqlite3.OperationalError:  # not migrated yet
-        return {}
+        return {}, {}
     finally:
         conn.close()
-    return {tp.partition: offset for tp, offset in offsets.items() if tp.topic == topic}
+    return (
+        {tp.partition: offset for tp, offset in offsets.items() if tp.topic == topic},
+        {row.partition: row.next_offset for row in held if row.topic == topic},
+    )
 
 
 def _sample(
@@ -231,8 +239,11 @@ def _sample(
                 began = time.time()
                 for index, database in enumerate(databases):
                     now = time.time()
-                    for partition, offset in _applied(database, topic).items():
+                    applied, state = _applied(database, topic)
+                    for partition, offset in applied.items():
                         samples.files[index].setdefault(partition, []).append((now, offset))
+                    for partition, offset in state.items():
+                        samples.states[index].setdefault(partition, []).append((now, offset))
                 # The last stable offset: what a read_committed reader can reach.
                 with contextlib.suppress(Exception):  # not created yet
                     ends = await consumer.end_offsets(tps)
@@ -255,7 +266,9 @@ def lag_figures(
 ) -> dict[str, Any]:
     """Offsets behind (the changelog's end minus the following file's offset, at each sample
     from ``since`` to ``until``: while the topic is consumed) and seconds behind (for each
-    offset the owner's file reached, the time until the following file reached it)."""
+    input position the owner's file reached, the time until the following file reached it:
+    until it showed that state. Not its changelog offset: that one may stop short of a commit
+    marker, which carries no state, until its next fetch)."""
     behind: list[int] = []
     delays: list[float] = []
     for partition, owner in owners.items():
@@ -268,13 +281,19 @@ def lag_figures(
                     continue
                 applied = [value for when, value in following if when <= at]
                 behind.append(max(0, end - (applied[-1] if applied else 0)))
-            owned = samples.files[owner].get(partition, [])
+            owned = samples.states[owner].get(partition, [])
+            followed = [
+                (at, offset)
+                for at, offset in samples.states[follower].get(partition, [])
+                if at >= since
+            ]
             seen = 0
             for at, offset in owned:
-                if offset <= seen:
+                # Before ``since`` the files hold what the bench set up, not a batch's state.
+                if at < since or offset <= seen:
                     continue
                 seen = offset
-                reached = _first_reached(following, offset)
+                reached = _first_reached(followed, offset)
                 if reached is not None:
                     delays.append(max(0.0, reached - at))
     return {
