@@ -198,7 +198,11 @@ class _Samples:
 
     files: list[dict[int, list[tuple[float, int]]]]
     ends: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
-    states: list[dict[int, list[tuple[float, int]]]] = field(default_factory=lambda: [{}, {}])
+    states: list[dict[int, list[tuple[float, int]]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            self.states = [{} for _ in self.files]
 
 
 def _applied(database: Path, topic: str) -> tuple[dict[int, int], dict[int, int]]:
@@ -264,8 +268,9 @@ def _first_reached(series: Sequence[tuple[float, int]], offset: int) -> float | 
 def lag_figures(
     samples: _Samples, owners: dict[int, int], since: float, until: float
 ) -> dict[str, Any]:
-    """Offsets behind (the changelog's end minus the following file's offset, at each sample
-    from ``since`` to ``until``: while the topic is consumed) and seconds behind (for each
+    """Offsets behind (the changelog's end minus the following file's changelog offset, at
+    each sample from ``since`` to ``until``: while the topic is consumed; commit markers
+    included) and seconds behind (for each
     input position the owner's file reached, the time until the following file reached it:
     until it showed that state. Not its changelog offset: that one may stop short of a commit
     marker, which carries no state, until its next fetch)."""

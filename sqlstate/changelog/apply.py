@@ -1,4 +1,5 @@
-"""Restore and standby side: records of a partition's changelog into this file, one transaction.
+"""Restore and standby side: records of a partition's changelog into this file, in the caller's
+transaction.
 
 ``apply_changes`` is a transaction function like those of ``state/transactions.py`` (run it through
 ``Database.transaction``): in it,
@@ -50,7 +51,7 @@ sqlstate's TEMP capture triggers (installed on the connection of a process under
 ``SQLITE_DBCONFIG_ENABLE_TRIGGER`` since 3.35. What they catch here is not this file's owner's
 change and is dropped before the commit. They make an applied row 2-3 times as costly, so a
 transaction that applies ``QUIET_CAPTURE_FROM`` records or more (``capture_quieted``: a
-restore's chunk, a standby's poll) drops them and installs them again before it commits, as
+restore's chunk, a standby's transaction) drops them and installs them again before it commits, as
 ``install_capture`` made them. Below that the triggers fire: dropping and installing them costs
 about a millisecond, and expires every statement the connection has prepared, which the next
 batch prepares again.

@@ -1,8 +1,9 @@
 """Standbys (``--standby all``, or ``N``): this file also follows partitions other hosts own.
 
 One changelog consumer, outside the group, follows every partition of every input topic's
-changelog from the offset this file has applied, and applies what it reads, one transaction per
-poll. The partitions this process owns are paused there: their owner writes them itself. So
+changelog from the offset this file has applied, and applies what it reads: a poll's chunks
+together, in transactions of up to ``_TRANSACTION_RECORDS`` records. The partitions this process
+owns are paused there: their owner writes them itself. So
 every file converges to the complete state, any SQLite client on any host reads all of it, and a
 partition that moves to this host is restored from almost where it is.
 
@@ -319,6 +320,12 @@ class Standby:
                     continue
                 ready.append(PollChunk(tp, chunk, end, input_end))
             for group in transactions(ready, _TRANSACTION_RECORDS):
+                # Claimed here while this poll waited (for a lookup, or an earlier group's
+                # transaction): not applied. It would change nothing (records below the file's
+                # changelog offset are skipped), but the owner's batches need not wait for it.
+                group = [item for item in group if item.tp not in self._paused]
+                if not group:
+                    continue
                 done = await self._database.transaction(
                     functools.partial(apply_chunks, ready=group, tables=self._tables, now=utc_now())
                 )

@@ -24,6 +24,7 @@ from sqlstate.changelog.records import ChangelogRecord, position_record
 from sqlstate.changelog.standby import PollChunk, apply_chunks, transactions
 from sqlstate.changelog.table_sql import drop_temp_trigger
 from sqlstate.changelog.tables import state_tables
+from sqlstate.errors import ChangelogLostError
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.state.database import utc_now
@@ -191,7 +192,10 @@ def test_a_records_json_is_read_as_json_reads_it(
 
 
 async def _standby_poll(
-    path: Path, chunks: list[list[Logged]], monkeypatch: pytest.MonkeyPatch
+    path: Path,
+    chunks: list[list[Logged]],
+    monkeypatch: pytest.MonkeyPatch,
+    rewound: int | None = None,
 ) -> tuple[list[Applied], int]:
     """Apply ``chunks`` (one per partition of topic t) as one standby poll, in one transaction,
     on the connection of a process that owns other partitions (its capture installed); what
@@ -207,7 +211,11 @@ async def _standby_poll(
         ready = [
             PollChunk(
                 TopicPartition("t", partition),
-                ChangelogChunk([ChangelogRecord(*record) for record in records], len(records)),
+                ChangelogChunk(
+                    [ChangelogRecord(*record) for record in records],
+                    len(records),
+                    rewound=partition == rewound,
+                ),
                 log_end_offset=None,
                 input_end=None,
             )
@@ -221,9 +229,12 @@ async def _standby_poll(
 
         with monkeypatch.context() as patch:
             patch.setattr(apply_module, "drop_temp_trigger", drop)
-            done = await database.transaction(
-                functools.partial(apply_chunks, ready=ready, tables=tables, now=utc_now())
-            )
+            try:
+                done = await database.transaction(
+                    functools.partial(apply_chunks, ready=ready, tables=tables, now=utc_now())
+                )
+            except ChangelogLostError:
+                done = []
         assert await database.read(_temp_objects) == before
         # Still catching the owner's changes, and nothing of the apply's.
         assert await database.transaction(_an_owners_change) == [counted(0, "owner", 1)]
@@ -239,13 +250,17 @@ def _partition_records(partition: int, rows: int) -> list[Logged]:
     return [(key, value, offset) for offset, (key, value) in enumerate(pairs)]
 
 
-@pytest.mark.parametrize("rows", [QUIET_CAPTURE_FROM // 8, QUIET_CAPTURE_FROM // 2])
+@pytest.mark.parametrize(
+    "rows",
+    # Each chunk holds its rows and a position record: together 2 * (rows + 1) records.
+    [QUIET_CAPTURE_FROM // 8, QUIET_CAPTURE_FROM // 2 - 2, QUIET_CAPTURE_FROM // 2 - 1],
+)
 async def test_a_standby_poll_applies_its_chunks_in_one_transaction(
     tmp_path: Path, rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two partitions' chunks, each below the threshold: together they reach it when ``rows``
-    is half of it, and the triggers are dropped once for both; an eighth, they fire. Either way
-    each partition holds what applying its chunk alone gives, and its position."""
+    """Two partitions' chunks, each below the threshold: when together they reach it, the
+    triggers are dropped once for both; below it (by two records, or far), they fire. Either
+    way each partition holds its chunk's rows, and its position."""
     chunks = [_partition_records(0, rows), _partition_records(1, rows)]
     done, dropped = await _standby_poll(tmp_path / "poll.db", chunks, monkeypatch)
     assert dropped == (8 if 2 * (rows + 1) >= QUIET_CAPTURE_FROM else 0)
@@ -278,3 +293,17 @@ def test_a_standby_poll_is_applied_in_transactions_of_a_bounded_size() -> None:
     assert sizes(transactions(ready(2, 3, 4, 9, 1), 5)) == [[2, 3], [4], [9], [1]]
     assert sizes(transactions(ready(1, 1, 1), 5)) == [[1, 1, 1]]
     assert transactions([], 5) == []
+
+
+async def test_a_standby_transaction_that_fails_applies_none_of_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second partition's changelog was cut short under its reader (a host that must stop,
+    exit 5): the first partition's chunk, in the same transaction, is rolled back with it, and
+    the capture triggers dropped for both are back as they were."""
+    rows = QUIET_CAPTURE_FROM
+    chunks = [_partition_records(0, rows), _partition_records(1, rows)]
+    done, dropped = await _standby_poll(tmp_path / "poll.db", chunks, monkeypatch, rewound=1)
+    assert (done, dropped) == ([], 8)
+    assert query(tmp_path / "poll.db", "SELECT count(*) FROM key_counts") == [(0,)]
+    assert query(tmp_path / "poll.db", "SELECT count(*) FROM changelog_offsets") == [(0,)]
