@@ -79,11 +79,15 @@ async def test_kill_9_again_and_again(
     try:
         for round_ in range(3):
             victim.start()
-            await wait_for_log(victim, "assigned partitions: ", timeout=60)
+            await victim.wait_for_log("assigned partitions: ", timeout=60)
             await wait_for_progress(database, 400 * (round_ + 1), timeout=60)
             await victim.kill()
         await producing
         victim.start()
+        # The file may hold every record already (the last round can consume them all before
+        # its kill): wait for this process itself, so that the SIGTERM below finds it running
+        # and not still starting, before it takes signals.
+        await victim.wait_for_log("assigned partitions: ", timeout=60)
         verdict = await caught_up(kafka_bootstrap, database, topic, [victim], models=models("skip"))
         assert verdict.read_back == 2_400
         assert "do not decode, left out" in victim.log()
