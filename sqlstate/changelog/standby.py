@@ -3,9 +3,9 @@
 One changelog consumer, outside the group, follows every partition of every input topic's
 changelog from the offset this file has applied, and applies what it reads: a poll's chunks
 together, in transactions of up to ``_TRANSACTION_RECORDS`` records. The partitions this process
-owns are paused there: their owner writes them itself. So
-every file converges to the complete state, any SQLite client on any host reads all of it, and a
-partition that moves to this host is restored from almost where it is.
+owns are paused there: their owner writes them itself. So every file converges to the complete
+state, any SQLite client on any host reads all of it, and a partition that moves to this host is
+restored from almost where it is.
 
 Under ``--standby N`` it follows only the partitions the group's leader gave this member to
 follow (``assignor.FollowPlan``), and stops following the others: their rows in ``positions``
@@ -414,11 +414,11 @@ def mark_departed(
     claimed here already (``claiming``, read inside the transaction) is left to its claim.
     The partitions marked; a transaction function."""
     gone = [
-        (TopicPartition(t, p), row_owner)
+        (tp, row_owner)
         for t, p, row_owner in conn.execute(sql("kept_rows"))
-        if row_owner in (owner, "standby") or owner_gone(row_owner)
+        if (tp := TopicPartition(t, p)) not in claiming
+        and (row_owner in (owner, "standby") or owner_gone(row_owner))
     ]
-    gone = [(tp, row_owner) for tp, row_owner in gone if tp not in claiming]
     conn.executemany(
         sql("mark_released"),
         [{"topic": tp.topic, "partition": tp.partition, "owner": o} for tp, o in gone],

@@ -7,10 +7,10 @@ clients (``build_admin_client``, ``build_changelog_producer``, ``build_changelog
 aiokafka is pinned to 0.14.x; the internal reads here (``consumed_position``, ``log_end``'s
 assignment check, ``in_group`` and ``transaction_fatal_error``) and the requests sent around
 aiokafka's API (``commit_group_offsets`` and the lookups below) are checked by the tests against
-the real broker. The
-security options and ``refusal`` serve every client; they are tested against the test broker's
-SASL and SSL listeners (tests/acceptance/test_security.py, and test_oauth.py for OAUTHBEARER,
-whose one token provider per process every client shares: ``oauth.py``).
+the real broker. The security options and ``refusal`` serve every client; they are tested
+against the test broker's SASL and SSL listeners (tests/acceptance/test_security.py, and
+test_oauth.py for OAUTHBEARER, whose one token provider per process every client shares:
+``oauth.py``).
 
 The lookups a claim makes are sent around aiokafka's API, over connections of their own
 (``_LOOKUPS``): Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
