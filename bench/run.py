@@ -10,7 +10,10 @@ Runs, one after another on the same data, each with a fresh consumer group:
     informational copy of the positions in Kafka's group offsets costs;
 (c) ``two_processes``: two ``sqlstate run`` processes in one group sharing one new database;
 (d) ``big_state_<N>``: ``sqlstate run`` into a database already holding N distinct keys
-    (``--big-state``, repeatable);
+    (``--big-state``, repeatable); (d') ``big_state_<N>_unchecked``: the same on a new copy of
+    that database with ``--no-integrity-check``, so that the start-up check (``PRAGMA
+    quick_check`` beside the first batches, reading every page) is told apart from the cost of
+    the large state to each batch;
 (e) ``latest``, (f) ``windowed_counts``: ``sqlstate run --processor latest`` (``windowed-counts``)
     into a new database;
 (g) ``sql``: ``sqlstate run --sql examples/customer_totals.sql --value-format json``, a
@@ -625,21 +628,28 @@ def _measure_runs(
             )
         )
         for state in states:
-            step(f"(d) sqlstate run, database with {state.keys:,} existing keys")
-            database = folder / state.database.name
-            shutil.copyfile(state.database, database)  # each round starts from the same state
-            keep(
-                run_sqlstate(
-                    options,
-                    produced,
-                    f"big_state_{state.keys}",
-                    f"(d) sqlstate, {state.keys:,} keys in db",
-                    database,
-                    group(f"big_state_{state.keys}"),
-                    existing=dataclasses.replace(state, database=database),
-                )
+            unchecked = f"(d') {state.keys:,} keys, no start-up check"
+            variants = (
+                ("", f"(d) sqlstate, {state.keys:,} keys in db", ()),
+                ("_unchecked", unchecked, ("--no-integrity-check",)),
             )
-            database.unlink()
+            for suffix, label, run_args in variants:
+                step(label)
+                database = folder / state.database.name
+                shutil.copyfile(state.database, database)  # every run starts from the same state
+                keep(
+                    run_sqlstate(
+                        options,
+                        produced,
+                        f"big_state_{state.keys}{suffix}",
+                        label,
+                        database,
+                        group(f"big_state_{state.keys}{suffix}"),
+                        existing=dataclasses.replace(state, database=database),
+                        run_args=run_args,
+                    )
+                )
+                database.unlink()
         for processor in PROCESSORS if options.processors else ():
             step(f"{processor.label}, fresh database")
             keep(
@@ -756,6 +766,10 @@ def _results(
         summary = summaries[f"big_state_{state.keys}"]
         ratios[f"d/b ({state.keys})"] = ratio(summary, fresh)
         summary["ratio"] = ("d/b", ratios[f"d/b ({state.keys})"])
+        unchecked = summaries.get(f"big_state_{state.keys}_unchecked")
+        if unchecked is not None:
+            ratios[f"d'/b ({state.keys})"] = ratio(unchecked, fresh)
+            unchecked["ratio"] = ("d'/b", ratios[f"d'/b ({state.keys})"])
         restart[str(state.keys)] = summary["launch_to_first_batch_s"]
     spec = options.workload
     return {
