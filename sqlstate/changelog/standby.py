@@ -326,13 +326,8 @@ class Standby:
                 group = [item for item in group if item.tp not in self._paused]
                 if not group:
                     continue
-                done = await self._database.transaction(
-                    functools.partial(apply_chunks, ready=group, tables=self._tables, now=utc_now())
-                )
-                for item, applied in zip(group, done, strict=True):
-                    for record in applied.quarantined:
-                        report_quarantined(item.tp, record, self._stats)
-                    self._stats.changelog_applied += applied.records
+                done = await apply_together(self._database, group, self._tables, self._stats)
+                self._stats.changelog_applied += sum(applied.records for applied in done)
 
     async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
@@ -482,20 +477,23 @@ async def apply_in(
     must stay within; the records it set aside are counted and logged.
     ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
     input_end = await input_end_for(input_ends, tp, chunk)
-    applied = await database.transaction(
-        functools.partial(
-            apply_chunk,
-            tp=tp,
-            chunk=chunk,
-            tables=tables,
-            now=utc_now(),
-            log_end_offset=log_end_offset,
-            input_end=input_end,
-        )
-    )
-    for record in applied.quarantined:
-        report_quarantined(tp, record, stats)
+    ready = [PollChunk(tp, chunk, log_end_offset, input_end)]
+    (applied,) = await apply_together(database, ready, tables, stats)
     return applied
+
+
+async def apply_together(
+    database: Database, ready: Sequence[PollChunk], tables: Sequence[StateTable], stats: Stats
+) -> list[Applied]:
+    """``apply_chunks`` in a transaction of its own; the records set aside are counted and
+    logged."""
+    done = await database.transaction(
+        functools.partial(apply_chunks, ready=ready, tables=tables, now=utc_now())
+    )
+    for item, applied in zip(ready, done, strict=True):
+        for record in applied.quarantined:
+            report_quarantined(item.tp, record, stats)
+    return done
 
 
 def transactions(ready: Sequence[PollChunk], records: int) -> list[list[PollChunk]]:
