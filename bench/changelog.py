@@ -10,7 +10,8 @@
   same group on an empty file, timed from its launch to its ``changelog_restored`` line.
 - ``measure_standby_lag``: two ``sqlstate run --changelog`` processes in one group on two files
   (standbys on: each file follows the partitions the other process owns) consuming the bench's
-  topic at full speed, started together as (c) is (``bench/joiner.py``). Every
+  own copy of the bench's workload at full speed, let go together on its whole backlog (frozen
+  while it is produced: ``measure_standby_lag``). Every
   ``--lag-interval`` the bench reads each file's applied changelog offsets and the changelogs'
   ends, and reports how far the file that follows a partition is behind, in offsets (records
   and transaction markers) and in seconds: for each changelog offset the owning process's file
@@ -25,7 +26,6 @@ import contextlib
 import dataclasses
 import sqlite3
 import statistics
-import subprocess
 import threading
 import time
 import uuid
@@ -37,7 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench import joiner, sqlstate_process, workload
+from bench import sqlstate_process, workload
 from bench.report import RunResult, percentile
 from sqlstate.changelog.offsets import changelog_offsets
 from sqlstate.changelog.topics import changelog_topic
@@ -48,6 +48,8 @@ CHANGELOG_ARGS = ("--changelog",)
 RUN_TIMEOUT_S = 900.0
 SETTLE_TIMEOUT_S = 60.0
 LAG_INTERVAL_S = 0.1
+#: (i)'s session timeout: its members stay frozen while the workload is produced.
+FROZEN_SESSION_MS = 120_000
 
 
 def _counts_exact(database: Path, produced: workload.Produced) -> bool:
@@ -323,55 +325,74 @@ def _round(value: float | None) -> float | None:
 
 def measure_standby_lag(
     bootstrap: str,
-    produced: workload.Produced,
-    partitions: int,
+    spec: workload.Workload,
     group_id: str,
     folder: Path,
     daemon_args: tuple[str, ...],
     interval_s: float = LAG_INTERVAL_S,
 ) -> tuple[RunResult, dict[str, Any]]:
-    """Two processes, two files, one group, standbys on; the run and the lag figures."""
+    """Two processes, two files, one group, standbys on; the run and the lag figures.
+
+    The two join on an empty topic of their own and claim their halves at offset 0; both are
+    then frozen (SIGSTOP) while ``spec`` is produced into it, and let go together (SIGCONT):
+    each starts on the whole backlog of its own partitions at the same instant. (The hold of
+    (c), positions at the log's end in the file, does not hold here: under --changelog a claim
+    takes a partition's position from its changelog, which has none yet.)
+    """
+    topic = f"sqlstate-bench-standby-{uuid.uuid4().hex[:8]}"
+    asyncio.run(workload.create_topic(bootstrap, topic, spec.partitions))
+    try:
+        return _two_hosts(bootstrap, spec, topic, group_id, folder, daemon_args, interval_s)
+    finally:
+        asyncio.run(_delete_topics(bootstrap, [topic, changelog_topic(group_id, topic)]))
+
+
+def _two_hosts(
+    bootstrap: str,
+    spec: workload.Workload,
+    topic: str,
+    group_id: str,
+    folder: Path,
+    daemon_args: tuple[str, ...],
+    interval_s: float,
+) -> tuple[RunResult, dict[str, Any]]:
     databases = [folder / f"standby-{i}.db" for i in range(2)]
-    for database in databases:
-        sqlstate_process.hold_at_end(database, produced.topic, produced.end_offsets, changelog=True)
-    args = (*CHANGELOG_ARGS, *daemon_args)
+    # A frozen member sends no heartbeats: its session must outlast the produce.
+    session = ("--session-timeout-ms", str(FROZEN_SESSION_MS))
+    args = (*CHANGELOG_ARGS, *session, *daemon_args)
     daemons = [
-        sqlstate_process.launch(
-            f"bench-standby-{i}", bootstrap, produced.topic, group_id, database, args
-        )
+        sqlstate_process.launch(f"bench-standby-{i}", bootstrap, topic, group_id, database, args)
         for i, database in enumerate(databases)
     ]
     stop = threading.Event()
     samples = _Samples([{}, {}])
     sampler: threading.Thread | None = None
-    helper: subprocess.Popen[str] | None = None
     caught_up = 0.0
     try:
-        sqlstate_process.wait_for_assignment(daemons, partitions, SETTLE_TIMEOUT_S)
-        sampler = threading.Thread(
-            target=_sample,
-            args=(
-                bootstrap,
-                changelog_topic(group_id, produced.topic),
-                produced.topic,
-                partitions,
-                databases,
-                interval_s,
-                stop,
-                samples,
-            ),
-            daemon=True,
-        )
-        sampler.start()
-        for database in databases:
-            sqlstate_process.release_to_start(database, produced.topic)
+        sqlstate_process.wait_for_assignment(daemons, spec.partitions, SETTLE_TIMEOUT_S)
+        with sqlstate_process.frozen(daemons):
+            produced = asyncio.run(workload.produce(bootstrap, topic, spec))
+            sampler = threading.Thread(
+                target=_sample,
+                args=(
+                    bootstrap,
+                    changelog_topic(group_id, topic),
+                    topic,
+                    spec.partitions,
+                    databases,
+                    interval_s,
+                    stop,
+                    samples,
+                ),
+                daemon=True,
+            )
+            sampler.start()
         launched_at = time.time()
-        helper = joiner.start(bootstrap, f"{produced.topic}-joiner", group_id)
         # Each file reaches the end of every partition: its own by consuming, the other
         # process's through its standby (the position records).
         for database in databases:
             caught_up = sqlstate_process.wait_caught_up(
-                database, produced.topic, produced.end_offsets, daemons, RUN_TIMEOUT_S
+                database, topic, produced.end_offsets, daemons, RUN_TIMEOUT_S
             )
         owners = _owners(daemons)
     finally:
@@ -380,9 +401,6 @@ def measure_standby_lag(
             sampler.join(30)
         for daemon in daemons:
             sqlstate_process.stop(daemon)
-        if helper is not None:
-            helper.terminate()
-            helper.wait(30)
     exact = all(_counts_exact(database, produced) for database in databases)
     committed = [c.at for d in daemons for c in d.committed()]
     figures = lag_figures(samples, owners, min(committed), max(committed))

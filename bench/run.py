@@ -710,19 +710,14 @@ def _measure_runs(
             )
         )
         step("(i) two sqlstate run --changelog processes, one group, two databases")
-        two_hosts = group("changelog_two_hosts")
-        try:
-            run, lag = changelog.measure_standby_lag(
-                options.bootstrap,
-                produced,
-                options.workload.partitions,
-                two_hosts,
-                folder,
-                _daemon_args(options),
-                options.lag_interval_s,
-            )
-        finally:
-            changelog.delete_changelog(options.bootstrap, two_hosts, produced.topic)
+        run, lag = changelog.measure_standby_lag(
+            options.bootstrap,
+            options.workload,
+            group("changelog_two_hosts"),
+            folder,
+            _daemon_args(options),
+            options.lag_interval_s,
+        )
         keep(run)
         extras.setdefault("standby_lag", []).append(lag)
     return runs

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -239,13 +241,9 @@ def stop(process: DaemonProcess) -> None:
         raise RuntimeError(f"{process.name} exited with {code}:\n{process.log_tail()}")
 
 
-def hold_at_end(
-    database: Path, topic: str, end_offsets: dict[int, int], changelog: bool = False
-) -> None:
+def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
     """A database whose positions put every partition of ``topic`` at its end, so that
-    ``sqlstate run`` claims them and then waits, having nothing to consume. ``changelog``: for
-    ``sqlstate run --changelog``, which refuses positions made without it unless the file says
-    they were made with it."""
+    ``sqlstate run`` claims them and then waits, having nothing to consume."""
     subprocess.run(
         [*sqlstate_command(), "-q", "migrate", "--database", str(database)],
         check=True,
@@ -257,11 +255,6 @@ def hold_at_end(
             " updated_at) VALUES (?, ?, ?, 0, 'bench', ?, '')",
             [(topic, partition, end, end) for partition, end in end_offsets.items()],
         )
-        if changelog:
-            conn.execute(
-                "INSERT INTO state_settings (name, value, recorded_at)"
-                " VALUES ('changelog', 'on', '')"
-            )
 
 
 def release_to_start(database: Path, topic: str) -> None:
@@ -291,6 +284,18 @@ def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout
                 f" process's latest partitions_assigned event: {assignments}"
             )
         time.sleep(_POLL_S)
+
+
+@contextlib.contextmanager
+def frozen(processes: list[DaemonProcess]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) inside the block, then let go together (SIGCONT)."""
+    for process in processes:
+        os.kill(process.popen.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            os.kill(process.popen.pid, signal.SIGCONT)
 
 
 def stored_counts(database: Path, topic: str) -> dict[str, int]:
