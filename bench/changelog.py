@@ -10,8 +10,8 @@
   same group on an empty file, timed from its launch to its ``changelog_restored`` line.
 - ``measure_standby_lag``: two ``sqlstate run --changelog`` processes in one group on two files
   (standbys on: each file follows the partitions the other process owns) consuming the bench's
-  own copy of the bench's workload at full speed, let go together on its whole backlog (frozen
-  while it is produced: ``measure_standby_lag``). Every
+  own copy of the workload at full speed: both claim their halves of an empty topic, are
+  stopped while the workload is produced into it, and continue together. Every
   ``--lag-interval`` the bench reads each file's applied changelog offsets and the changelogs'
   ends, and reports how far the file that follows a partition is behind, in offsets (records
   and transaction markers) and in seconds: for each changelog offset the owning process's file
@@ -296,7 +296,7 @@ def lag_figures(
             ]
             seen = 0
             for at, offset in owned:
-                # Before ``since`` the files hold what the bench set up, not a batch's state.
+                # Before ``since`` the files hold their claims, not a batch's state.
                 if at < since or offset <= seen:
                     continue
                 seen = offset
@@ -357,7 +357,9 @@ def _two_hosts(
     interval_s: float,
 ) -> tuple[RunResult, dict[str, Any]]:
     databases = [folder / f"standby-{i}.db" for i in range(2)]
-    # A frozen member sends no heartbeats: its session must outlast the produce.
+    # A frozen member sends no heartbeats: its session must outlast the produce. (It also
+    # lengthens what the group waits for a member in a rebalance, and the claim's budget for a
+    # locked file: neither comes up in the window, which has no rebalance.)
     session = ("--session-timeout-ms", str(FROZEN_SESSION_MS))
     args = (*CHANGELOG_ARGS, *session, *daemon_args)
     daemons = [
@@ -370,8 +372,15 @@ def _two_hosts(
     caught_up = 0.0
     try:
         sqlstate_process.wait_for_assignment(daemons, spec.partitions, SETTLE_TIMEOUT_S)
+        sqlstate_process.wait_for_claims(daemons, databases, topic, SETTLE_TIMEOUT_S)
         with sqlstate_process.frozen(daemons):
             produced = asyncio.run(workload.produce(bootstrap, topic, spec))
+            if produced.seconds * 1000 >= FROZEN_SESSION_MS:
+                raise RuntimeError(
+                    f"(i)'s workload took {produced.seconds:.1f} s to produce, past the frozen"
+                    f" processes' session timeout ({FROZEN_SESSION_MS / 1000:g} s): they would"
+                    " not start together"
+                )
             sampler = threading.Thread(
                 target=_sample,
                 args=(
@@ -399,8 +408,7 @@ def _two_hosts(
         stop.set()
         if sampler is not None:
             sampler.join(30)
-        for daemon in daemons:
-            sqlstate_process.stop(daemon)
+        sqlstate_process.stop_all(daemons)
     exact = all(_counts_exact(database, produced) for database in databases)
     committed = [c.at for d in daemons for c in d.committed()]
     figures = lag_figures(samples, owners, min(committed), max(committed))

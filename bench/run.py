@@ -1,6 +1,7 @@
 """``python -m bench.run``: produce a topic once, then measure the ceiling and sqlstate on it.
 
-Runs, one after another on the same data, each with a fresh consumer group:
+Runs, one after another on the same data ((i) on a copy of its own), each with a fresh consumer
+group:
 
 (a) ``ceiling``: a bare aiokafka consumer with sqlstate's fetch settings, iterating records;
 (a') ``ceiling_collector``: the same with the garbage collector set as ``sqlstate run`` sets it

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from bench.procfs import cpu_seconds, peak_rss_kib
 from bench.report import Batch, RunResult
+from sqlstate.state.reads import positions
 
 _POLL_S = 0.05
 _STOP_TIMEOUT_S = 30.0
@@ -241,6 +242,18 @@ def stop(process: DaemonProcess) -> None:
         raise RuntimeError(f"{process.name} exited with {code}:\n{process.log_tail()}")
 
 
+def stop_all(processes: list[DaemonProcess]) -> None:
+    """``stop`` each one, all of them even when one fails; then raise the first failure."""
+    failures: list[BaseException] = []
+    for process in processes:
+        try:
+            stop(process)
+        except (RuntimeError, TimeoutError) as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
+
+
 def hold_at_end(database: Path, topic: str, end_offsets: dict[int, int]) -> None:
     """A database whose positions put every partition of ``topic`` at its end, so that
     ``sqlstate run`` claims them and then waits, having nothing to consume."""
@@ -264,6 +277,14 @@ def release_to_start(database: Path, topic: str) -> None:
         conn.execute("UPDATE positions SET next_offset = 0 WHERE topic = ?", (topic,))
 
 
+def _raise_if_exited(processes: list[DaemonProcess]) -> None:
+    for process in processes:
+        if process.popen.poll() is not None:
+            raise RuntimeError(
+                f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
+            )
+
+
 def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout_s: float) -> None:
     """Until the processes' latest assignments split all partitions between them, each some."""
     give_up = time.monotonic() + timeout_s
@@ -273,11 +294,7 @@ def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout
             held = [tp for assignment in assignments if assignment for tp in assignment]
             if sorted(held) == list(range(partitions)):
                 return
-        for process in processes:
-            if process.popen.poll() is not None:
-                raise RuntimeError(
-                    f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
-                )
+        _raise_if_exited(processes)
         if time.monotonic() > give_up:
             raise TimeoutError(
                 f"the group did not settle within {timeout_s:g}s: the partitions of each"
@@ -286,16 +303,57 @@ def wait_for_assignment(processes: list[DaemonProcess], partitions: int, timeout
         time.sleep(_POLL_S)
 
 
+def wait_for_claims(
+    processes: list[DaemonProcess], databases: list[Path], topic: str, timeout_s: float
+) -> None:
+    """Until each process's file names it the owner of every partition of its latest
+    assignment: its claims committed (under --changelog a claim follows the assignment once the
+    partition's changelog is read)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        if all(
+            _owns(database, topic, process)
+            for process, database in zip(processes, databases, strict=True)
+        ):
+            return
+        _raise_if_exited(processes)
+        if time.monotonic() > give_up:
+            raise TimeoutError(
+                f"the processes did not claim their partitions within {timeout_s:g}s"
+            )
+        time.sleep(_POLL_S)
+
+
+def _owns(database: Path, topic: str, process: DaemonProcess) -> bool:
+    assigned = process.assignment()
+    if not assigned:
+        return False
+    owner = f"{process.name}@{socket.gethostname()}:{process.popen.pid}"  # as Settings.owner
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            held = {
+                row.partition
+                for row in positions(conn)
+                if row.topic == topic and row.owner == owner
+            }
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return False
+    return assigned <= held
+
+
 @contextlib.contextmanager
 def frozen(processes: list[DaemonProcess]) -> Iterator[None]:
-    """The processes stopped (SIGSTOP) inside the block, then let go together (SIGCONT)."""
-    for process in processes:
-        os.kill(process.popen.pid, signal.SIGSTOP)
+    """The processes stopped (SIGSTOP) inside the block, then let go together (SIGCONT), each
+    one that was stopped, whatever the block raised."""
+    stopped: list[DaemonProcess] = []
     try:
+        for process in processes:
+            process.popen.send_signal(signal.SIGSTOP)
+            stopped.append(process)
         yield
     finally:
-        for process in processes:
-            os.kill(process.popen.pid, signal.SIGCONT)
+        for process in stopped:
+            process.popen.send_signal(signal.SIGCONT)
 
 
 def stored_counts(database: Path, topic: str) -> dict[str, int]:
