@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -328,13 +327,14 @@ def _owns(database: Path, topic: str, process: DaemonProcess) -> bool:
     assigned = process.assignment()
     if not assigned:
         return False
-    owner = f"{process.name}@{socket.gethostname()}:{process.popen.pid}"  # as Settings.owner
+    # The owner a claim records starts with the client ID, which is the process's name.
+    mine = f"{process.name}@"
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
             held = {
                 row.partition
                 for row in positions(conn)
-                if row.topic == topic and row.owner == owner
+                if row.topic == topic and row.owner.startswith(mine)
             }
     except sqlite3.OperationalError:  # not created or not migrated yet
         return False
