@@ -6,7 +6,9 @@ transaction.
 
 1. compare-and-set on the file's changelog offset for the partition: records below it are
    already in the file (applied before, or written by an owner of the partition on this very
-   file) and are skipped, so applying is monotonic and applying twice changes nothing;
+   file) and are skipped, so applying is monotonic and applying twice changes nothing. The one
+   move back is ``forget_for_restore``'s, to restore a partition whole; a chunk whose reading
+   began past the file's offset is then not applied (``standby.apply_chunk``);
 2. every remaining record is checked, as input from anyone who can write the topic: a row must
    name a state table of this run's processors (never positions or another table of sqlstate's),
    carry exactly its columns, agree with its key, and belong to this changelog's topic and
@@ -83,6 +85,7 @@ from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import (
     capture_trigger_names,
     delete_by_key,
+    delete_partition,
     drop_temp_trigger,
     drop_trigger,
     insert_row,
@@ -98,6 +101,7 @@ CAN_SWITCH_TRIGGERS = sys.version_info >= (3, 12)
 
 # Built once per table (and set of columns): the connection's statement cache keys on the text.
 _delete_sql = functools.cache(delete_by_key)
+_delete_partition_sql = functools.cache(delete_partition)
 _insert_sql = functools.lru_cache(maxsize=1024)(insert_row)
 
 
@@ -142,6 +146,9 @@ class Applied:
     position: int | None  # the input partition's position set, if a position record came
     next_offset: int  # the file's changelog offset for the partition after the transaction
     quarantined: tuple[Quarantined, ...] = ()  # records passed over, not applied
+    # The file's offset lay below where the records' reading began (``ChangelogChunk.start``):
+    # nothing applied; read the partition again from ``next_offset``.
+    behind: bool = False
 
 
 #: A changelog record as ``apply_changes`` takes it: key, value (None: a tombstone), offset.
@@ -218,6 +225,51 @@ def apply_changes(
         end,
         tuple(sorted(quarantined, key=lambda q: q.offset)),
     )
+
+
+def forget_for_restore(
+    conn: sqlite3.Connection,
+    tp: TopicPartition,
+    tables: Sequence[StateTable],
+    applied: int,
+    log_start: int,
+    claimed: Callable[[TopicPartition], bool] | None = None,
+) -> tuple[int, bool] | None:
+    """Make input partition ``tp`` ready to be restored whole from its changelog, whose tail
+    alone could miss deletions (``horizon.py``): its rows in every state table and its position
+    forgotten, its changelog offset moved back to ``log_start``, where the restore begins (a
+    transaction function). One transaction: a crash leaves the file as it was, or a partition
+    the next restore builds again from the start; meanwhile ``progress`` shows it far behind.
+    The file's triggers stay off, as for an apply: its derived rows are state tables too.
+
+    Only if the file still stands at ``applied``, the offset found too old: another process on
+    the file may have moved it meanwhile (restored, or forgotten, the partition itself). Returns
+    where to read the partition from and whether it was forgotten here: ``log_start`` once
+    forgotten, else the file's offset as it now is; None, with nothing done, if ``claimed``
+    (asked here) says a claim of this process took the partition meanwhile: its own restore
+    decides."""
+    if claimed is not None and claimed(tp):
+        return None
+    now_at = changelog_offset(conn, tp)
+    partition = {"topic": tp.topic, "partition": tp.partition}
+    if now_at != applied or conn.execute(sql("pending_seed"), partition).fetchone():
+        # Moved meanwhile; or a hand-over's seed not yet published (``seed.py``): until it is,
+        # the file's rows are the partition's state, and its changelog holds nothing else.
+        return now_at, False
+    several_topics = conn.execute(sql("other_topics"), partition).fetchone() is not None
+    with _main_triggers_off(conn), capture_quieted(conn, tables, QUIET_CAPTURE_FROM):
+        for table in tables:
+            columns = [name for name, _ in table_columns(conn, table.name)]
+            if several_topics and not any(column.lower() == "topic" for column in columns):
+                # Its rows of this partition number may be another input topic's, which this
+                # changelog does not bring back: kept (docs/scaling.md, Restoring whole).
+                continue
+            conn.execute(_delete_partition_sql(table, tuple(columns)), partition)
+    conn.execute(sql("forget_position_for_restore"), partition)
+    if conn.execute(sql("changelog_capture_installed")).fetchone()[0]:
+        conn.execute(sql("clear_changelog_capture"))  # not a change of this file's owner's
+    record_changelog_offset(conn, tp, log_start)
+    return log_start, True
 
 
 def _position(

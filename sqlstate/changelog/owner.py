@@ -32,6 +32,8 @@ from typing import NamedTuple, NoReturn, cast
 
 from aiokafka import TopicPartition
 
+from sqlstate.changelog.apply import forget_for_restore
+from sqlstate.changelog.horizon import TombstoneHorizon
 from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.producers import ChangelogProducer, publish_all
@@ -43,6 +45,7 @@ from sqlstate.changelog.standby import (
     changelog_lost,
     mark_departed,
     mark_released,
+    went_back,
 )
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.topics import changelog_topic, ensure_changelogs
@@ -141,6 +144,7 @@ class ChangelogOwner:
         self._stats = stats
         self._standby = standby
         self._reader = ChangelogReader(settings)
+        self._horizon = TombstoneHorizon(settings) if standby is None else standby.horizon
         # Replaced whole, never changed in place: the database thread reads an entry with one
         # dict lookup, and gets a producer and its claim together.
         self._producers: dict[TopicPartition, _Producer] = {}
@@ -463,7 +467,12 @@ class ChangelogOwner:
         # One offset short of the end is the commit marker of the file's last transaction:
         # every transaction holds at least one record and its marker, so nothing to apply.
         applied = 0
-        if end - start > 1:
+        behind = end - start > 1
+        if behind:
+            start = await self._whole_if_stale(tp, start)
+        if self._standby is not None:
+            self._standby.checked(tp)  # a file at its changelog's end is young enough
+        if behind:
             applied = await self._restore_from(tp, source, start, end, stop)
             if stop is not None and stop.is_set():
                 return applied  # what was restored stays; the next claim goes on from there
@@ -476,6 +485,29 @@ class ChangelogOwner:
             # first, unless it did (``seed.py``).
             await seed(self._database, tp, self._tables, entry.producer)
         return applied
+
+    async def _whole_if_stale(self, tp: TopicPartition, start: int) -> int:
+        """Where ``tp``'s restore starts: at the file's changelog offset ``start``, or, if that
+        is older than its tombstones are kept, at the changelog's first offset, the partition
+        forgotten first (``horizon.py``); at the file's offset as it now is if another process
+        on the file moved it meanwhile."""
+        whole = (await self._horizon.stale(self._reader.offsets_at, {tp: start})).get(tp)
+        if whole is None:
+            return start
+        forgotten = await self._database.transaction(
+            functools.partial(
+                forget_for_restore,
+                tp=tp,
+                tables=self._tables,
+                applied=start,
+                log_start=whole.log_start,
+            )
+        )
+        assert forgotten is not None  # nothing asked whether it was claimed: it is, here
+        begin, here = forgotten
+        if here:
+            self._horizon.began(tp, whole)
+        return begin
 
     async def _raise_past_end(
         self, tp: TopicPartition, source: TopicPartition, start: int, end: int
@@ -524,6 +556,9 @@ class ChangelogOwner:
                 self._reader.input_ends,
                 self._stats,
             )
+            if done.behind:
+                await chunks.aclose()
+                raise ChangelogError(f"{went_back(done)}; the claim is tried again")
             applied += done.records
             self._stats.changelog_restored += done.records
             _RESTORE_PROGRESS.log(

@@ -87,11 +87,16 @@ _END_POLL_MAX_S = 0.5
 class ChangelogChunk(NamedTuple):
     """Records of one changelog partition, in offset order, and the partition's next offset
     after them (what to record as applied). ``rewound``: the reader started this partition over
-    at its log start after an out-of-range position (see the module's docstring)."""
+    at its log start after an out-of-range position (see the module's docstring). ``start``:
+    the offset the reading of these records began at, the previous chunk's ``next_offset``
+    (None: not known). A file whose changelog offset lies below it no longer holds what came
+    before (another process on the file forgot the partition to restore it whole): the chunk is
+    not applied there (``standby.apply_chunk``)."""
 
     records: list[ChangelogRecord]
     next_offset: int
     rewound: bool = False
+    start: int | None = None
 
 
 def _records(batch: Iterable[Any], below: int | None = None) -> list[ChangelogRecord]:
@@ -202,6 +207,10 @@ class ChangelogReader:
             return {}
         return await list_offsets(self._consumer, tps, LATEST, "read_committed")
 
+    async def offsets_at(self, tps: Iterable[TopicPartition], at: int) -> dict[TopicPartition, int]:
+        """ListOffsets of ``tps`` at ``at`` (``kafka.client.list_offsets``)."""
+        return await list_offsets(self._consumer, tps, at)
+
     async def read_to_end(
         self, tp: TopicPartition, from_offset: int, batch_size: int = RESTORE_CHUNK
     ) -> AsyncIterator[ChangelogChunk]:
@@ -223,7 +232,7 @@ class ChangelogReader:
                 self._say_rewound(tp, from_offset, start, end)
                 from_offset, rewound = start, True
             consumer.seek(tp, from_offset)
-            position = from_offset
+            position = begun = from_offset
             carried: list[ChangelogRecord] = []  # the start of a transaction not read whole yet
             # The last offset before the end can only be a transaction marker: only the owners'
             # transactional producers write to a changelog, and a committed record's marker
@@ -239,7 +248,7 @@ class ChangelogReader:
                     start = (await list_offsets(consumer, [tp], EARLIEST))[tp]
                     self._say_rewound(tp, position, start, end)
                     consumer.seek(tp, start)
-                    position, rewound, carried = start, True, []
+                    position, rewound, carried, begun = start, True, [], start
                     continue
                 # Right after getmany, with no await between: the exact position, markers and
                 # aborted records included.
@@ -250,7 +259,8 @@ class ChangelogReader:
                 position = min(now, end)
                 chunk, carried = whole_transactions(carried + records, position)
                 if chunk is not None:
-                    yield chunk._replace(rewound=rewound)
+                    yield chunk._replace(rewound=rewound, start=begun)
+                    begun = chunk.next_offset
             # Read: fetch nothing more of it (each fetch would return at once, empty) until the
             # next restore assigns a partition.
             consumer.pause(tp)
@@ -258,7 +268,7 @@ class ChangelogReader:
                 # Committed records below the end with no position record after them: not an
                 # owner's transaction (its records are checked one by one when applied). There is
                 # nothing more to wait for.
-                yield ChangelogChunk(carried, position, rewound)
+                yield ChangelogChunk(carried, position, rewound, begun)
 
     def _say_rewound(self, tp: TopicPartition, offset: int, start: int, end: int) -> None:
         _log_rewound(tp, offset, start, end, "restore")
@@ -281,6 +291,8 @@ class ChangelogFollower:
         self._rewound: set[TopicPartition] = set()
         # Per partition, the start of a transaction not read whole yet (see the module's docstring).
         self._carried: dict[TopicPartition, list[ChangelogRecord]] = {}
+        # Per partition, where the next chunk's reading began (``ChangelogChunk.start``).
+        self._begun: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -305,6 +317,7 @@ class ChangelogFollower:
     def follow(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Follow these partitions from these offsets (also to move a followed one)."""
         self._next.update(offsets)
+        self._begun.update(offsets)
         for tp in offsets:
             self._carried.pop(tp, None)
         self._reassign()
@@ -315,6 +328,7 @@ class ChangelogFollower:
         tps = [tp for tp in tps if tp in self._next]
         for tp in tps:
             del self._next[tp]
+            self._begun.pop(tp, None)
             self._paused.discard(tp)
             self._rewound.discard(tp)
             self._carried.pop(tp, None)
@@ -333,7 +347,7 @@ class ChangelogFollower:
         for tp, offset in offsets.items():
             if tp not in self._next:
                 continue
-            self._next[tp] = offset
+            self._next[tp] = self._begun[tp] = offset
             self._carried.pop(tp, None)
             self._consumer.seek(tp, offset)
             self._paused.discard(tp)
@@ -366,9 +380,15 @@ class ChangelogFollower:
                 self._carried.get(tp, []) + records, position
             )
             if chunk is not None:
-                chunks[tp] = chunk._replace(rewound=tp in self._rewound)
+                chunks[tp] = chunk._replace(rewound=tp in self._rewound, start=self._begun.get(tp))
+                self._begun[tp] = chunk.next_offset
                 self._rewound.discard(tp)
         return chunks
+
+    async def offsets_at(self, tps: Iterable[TopicPartition], at: int) -> dict[TopicPartition, int]:
+        """ListOffsets of ``tps`` at ``at`` (``kafka.client.list_offsets``), over this
+        follower's own client: the group consumer's metadata is left alone."""
+        return await list_offsets(self._consumer, tps, at)
 
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records each followed partition is behind its last stable offset as of the last
@@ -398,7 +418,7 @@ class ChangelogFollower:
             if tp not in self._next or tp in self._paused:
                 continue
             _log_rewound(tp, fetch_offset, start, end, "standby")
-            self._next[tp] = start
+            self._next[tp] = self._begun[tp] = start
             self._carried.pop(tp, None)
             self._rewound.add(tp)
             self._consumer.seek(tp, start)

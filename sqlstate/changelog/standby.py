@@ -22,13 +22,21 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from sqlstate.changelog.apply import Applied, Quarantined, apply_changes, capture_quieted
+from sqlstate.changelog.apply import (
+    Applied,
+    Quarantined,
+    apply_changes,
+    capture_quieted,
+    forget_for_restore,
+)
+from sqlstate.changelog.horizon import TombstoneHorizon
 from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
@@ -64,6 +72,13 @@ _IDS_UNAVAILABLE = LogEvent(
     "topic_ids_unavailable",
     "could not ask Kafka for the changelogs' IDs: %(reason)s",
 )
+_DEFERRED = LogEvent(
+    logger,
+    logging.WARNING,
+    "standby_follow_deferred",
+    "standby: %(partitions)d new partitions not followed yet: %(reason)s; asked again in"
+    " %(retry_s)g s",
+)
 _RETRYING = LogEvent(
     logger,
     logging.WARNING,
@@ -91,6 +106,11 @@ _MAX_RECORDS = 30_000
 _TRANSACTION_RECORDS = 5_000
 # How long to wait before asking Kafka for the changelogs' IDs again, when it did not answer.
 _RETRY_S = 1.0
+# How long new partitions' following waits for Kafka to say how old their records are
+# (``horizon.py``) before the standby goes back to what it follows; the longest pause before
+# asking again.
+_HORIZON_WAIT_S = 5.0
+_DEFERRED_MAX_S = 60.0
 
 
 class Standby:
@@ -117,7 +137,16 @@ class Standby:
         self._tables = tables
         self._stats = stats
         self._follower = ChangelogFollower(settings)
+        # Shared with the claims' restores (``ChangelogOwner``): R is asked once per process.
+        self.horizon = TombstoneHorizon(settings)
         self._paused: set[TopicPartition] = set()  # input partitions this process owns
+        # Followed from the file's offset unchecked, since claimed here first (``_starts``).
+        self._unchecked: set[TopicPartition] = set()
+        # New partitions that wait for Kafka to say how old their records are (``_starts``),
+        # until when, and the pause before asking again.
+        self._deferred: set[TopicPartition] = set()
+        self._deferred_until = 0.0
+        self._deferred_for = 0.0
         # Each followed changelog topic's ID, as this file recorded it (None: Kafka gave none).
         self._changelog_ids: dict[str, str | None] = {}
         # Each followed changelog topic's input topic: --topic's, or every topic that
@@ -162,6 +191,8 @@ class Standby:
                 plan.following = frozenset(wanted & self.followed)
         followed = set(self._follower.followed)
         new = [tp for tp in sorted(wanted) if self._source(tp) not in followed]
+        if time.monotonic() < self._deferred_until:
+            new = [tp for tp in new if tp not in self._deferred]
         if not new:
             return
         # Before anything of them is read: each changelog must be the one this file applied.
@@ -193,12 +224,20 @@ class Standby:
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)
-        offsets = await self._database.read(changelog_offsets)
+        starts, unchecked, deferred = await self._starts(new)
         if plan is not None:
             # A partition this file said it no longer keeps is kept again from now on, even if
             # its changelog brings nothing for a while.
             await self._database.transaction(functools.partial(mark_followed, tps=new))
-        self._follower.follow({self._source(tp): offsets.get(tp, 0) for tp in new})
+        # No await from here to the follow. A partition left unchecked for its claim and let go
+        # since: the next round checks it.
+        new = [
+            tp for tp in new if tp not in deferred and (tp not in unchecked or tp in self._paused)
+        ]
+        if not new:
+            return
+        self._unchecked.update(tp for tp in unchecked if tp in self._paused)
+        self._follower.follow({self._source(tp): starts[tp] for tp in new})
         paused = [self._source(tp) for tp in new if tp in self._paused]
         if paused:
             self._follower.pause(paused)
@@ -206,6 +245,56 @@ class Standby:
         if plan is not None:
             plan.following = frozenset(self.followed)
         _FOLLOWING.log(partitions=len(new))
+
+    async def _starts(
+        self, new: Sequence[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], set[TopicPartition], set[TopicPartition]]:
+        """Where to follow each of ``new`` from: the file's changelog offset, or, where that is
+        older than its tombstones are kept, the changelog's first offset, the partition
+        forgotten first (``horizon.py``). Also those left unchecked, claimed here meanwhile
+        (their claim's restore checks them; should one be let go before that, ``resume`` has it
+        followed anew, checked then), and those deferred: Kafka did not say within
+        ``_HORIZON_WAIT_S`` how old their records are, so they wait, asked again after a pause
+        that grows while it does not answer. The others are followed meanwhile."""
+        offsets = await self._database.read(changelog_offsets)
+        starts = {tp: offsets.get(tp, 0) for tp in new}
+        unchecked = {tp for tp in new if tp in self._paused}
+        asked = {tp: start for tp, start in starts.items() if tp not in unchecked and start > 0}
+        try:
+            whole = await asyncio.wait_for(
+                self.horizon.stale(self._follower.offsets_at, asked), _HORIZON_WAIT_S
+            )
+        except (ChangelogError, TimeoutError) as error:
+            self._deferred = set(asked)
+            self._deferred_for = min(2 * self._deferred_for, _DEFERRED_MAX_S) or _HORIZON_WAIT_S
+            self._deferred_until = time.monotonic() + self._deferred_for
+            reason = str(error) or f"no answer within {_HORIZON_WAIT_S:g} s"
+            _DEFERRED.log(partitions=len(asked), reason=reason, retry_s=self._deferred_for)
+            return starts, unchecked, set(asked)
+        self._deferred, self._deferred_for = set(), 0.0
+        for tp, restore in sorted(whole.items()):
+            forgotten = await self._database.transaction(
+                functools.partial(
+                    forget_for_restore,
+                    tp=tp,
+                    tables=self._tables,
+                    applied=starts[tp],
+                    log_start=restore.log_start,
+                    claimed=self._paused.__contains__,
+                )
+            )
+            if forgotten is None:
+                unchecked.add(tp)
+                continue
+            starts[tp], here = forgotten
+            if here:
+                self.horizon.began(tp, restore)
+        return starts, unchecked, set()
+
+    def checked(self, tp: TopicPartition) -> None:
+        """A claim's restore checked ``tp`` against the tombstone horizon: once let go, it is
+        followed from the file's offset again."""
+        self._unchecked.discard(tp)
 
     def _unfollow(self, tps: Iterable[TopicPartition]) -> None:
         """Stop following ``tps``; the file says so at the next ``_mark_unfollowed``."""
@@ -274,9 +363,17 @@ class Standby:
 
     def resume(self, offsets: Mapping[TopicPartition, int]) -> None:
         """``tps`` are no longer this process's: follow them again from these offsets (under
-        ``--standby N``, those it follows; the others are no longer kept here)."""
+        ``--standby N``, those it follows; the others are no longer kept here). One whose
+        offset was never checked against the tombstone horizon (claimed before its following
+        began, and let go before its restore) is followed anew instead: ``follow_new`` checks
+        it."""
         self._paused.difference_update(offsets)
-        self._follower.resume({self._source(tp): offset for tp, offset in offsets.items()})
+        unchecked = {tp for tp in offsets if tp in self._unchecked}
+        self._unchecked.difference_update(unchecked)
+        self._follower.unfollow([self._source(tp) for tp in unchecked])
+        self._follower.resume(
+            {self._source(tp): offset for tp, offset in offsets.items() if tp not in unchecked}
+        )
         if self._plan is not None and not self._plan.everything:
             followed = self.followed
             self._unfollowed.update(tp for tp in offsets if tp not in followed)
@@ -328,6 +425,15 @@ class Standby:
                     continue
                 done = await apply_together(self._database, group, self._tables, self._stats)
                 self._stats.changelog_applied += sum(applied.records for applied in done)
+                for item, applied in zip(group, done, strict=True):
+                    source = self._source(item.tp)
+                    if (
+                        applied.behind
+                        and item.tp not in self._paused
+                        and source in self._follower.followed_now
+                    ):
+                        _RETRYING.log(**partition_fields(item.tp, error=went_back(applied)))
+                        self._follower.follow({source: applied.next_offset})
 
     async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
@@ -446,6 +552,15 @@ def changelog_lost(tp: TopicPartition, applied: int, end: int | None = None) -> 
     )
 
 
+def went_back(applied: Applied) -> str:
+    """Why a chunk was not applied (``Applied.behind``)."""
+    return (
+        f"this file's changelog offset ({applied.next_offset}) lies below where these records'"
+        " reading began: another process on the file moved it back (to restore the partition"
+        " whole); read again from there"
+    )
+
+
 class PollChunk(NamedTuple):
     """A chunk of a standby's poll, checked against the input's end, to apply."""
 
@@ -555,6 +670,12 @@ def apply_chunk(
     """Apply one chunk of input partition ``tp``'s changelog (a transaction function)."""
     if chunk.rewound:
         raise changelog_lost(tp, changelog_offset(conn, tp))
+    if chunk.start is not None:
+        at = changelog_offset(conn, tp)
+        if chunk.start > at:
+            # Another process on this file forgot the partition to restore it whole
+            # (``forget_for_restore``): applied from here, the chunk would skip what lies between.
+            return Applied(0, len(chunk.records), 0, 0, None, at, behind=True)
     seeded = own_seed(conn, tp, chunk.records)
     applied = apply_changes(
         conn,

@@ -51,13 +51,17 @@ _COMPACT = "compact"
 # How a changelog is created. Kafka never compacts a partition's active segment, so with the
 # broker's defaults (1 GiB or 7 days per segment) a restore would read up to a week of history
 # rather than the live state: an hour per segment bounds that to the last hour's changes on top
-# of the state. Tombstones are kept a week (the default is a day): a standby or a snapshot that
-# catches up from an older offset would keep rows deleted meanwhile.
+# of the state. Tombstones are kept a week (the default is a day): a file that catches up from an
+# older offset cannot apply the deletions whose tombstones are gone, and restores whole instead
+# (``horizon.py``).
+_DELETE_RETENTION = "delete.retention.ms"
 _CONFIGS = {
     "cleanup.policy": _COMPACT,
     "segment.ms": str(3_600_000),
-    "delete.retention.ms": str(7 * 86_400_000),
+    _DELETE_RETENTION: str(7 * 86_400_000),
 }
+# A topic's delete.retention.ms when neither it nor the broker sets one (Kafka's default, a day).
+_KAFKA_DELETE_RETENTION_MS = 86_400_000
 # How long a topic just created or grown may take to show a leader for every partition.
 _LEADERS_TIMEOUT_S = 30.0
 
@@ -178,25 +182,48 @@ async def _create(
 async def _check_compacted(admin: AIOKafkaAdminClient, names: list[str]) -> None:
     """Raise ChangelogTopicError unless every one of ``names`` is compacted and never deleted
     by retention."""
-    resources = [
-        ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names
-    ]
+    for name, policy in (await _described(admin, names, "cleanup.policy")).items():
+        policies = {part.strip() for part in (policy or "").split(",")}
+        if policies != {_COMPACT}:
+            raise ChangelogTopicError(
+                f"the changelog topic {name} has cleanup.policy={policy}: it must be"
+                " 'compact' alone, since retention would delete the last value of rows"
+                f" that did not change for a while. Set it with kafka-configs.sh --alter"
+                f" --entity-type topics --entity-name {name} --add-config"
+                " cleanup.policy=compact, or delete the topic"
+            )
+
+
+async def delete_retention_ms(settings: Settings, names: list[str]) -> dict[str, int]:
+    """How long Kafka keeps a tombstone in each of the changelog topics ``names``
+    (``delete.retention.ms``; Kafka's default where the topic does not say). ``KafkaError``
+    when Kafka cannot be asked."""
+    admin = build_admin_client(settings)
+    try:
+        await admin.start()
+        values = await _described(admin, names, _DELETE_RETENTION)
+    finally:
+        await admin.close()
+    return {
+        name: int(value) if value is not None and value.isdigit() else _KAFKA_DELETE_RETENTION_MS
+        for name, value in values.items()
+    }
+
+
+async def _described(
+    admin: AIOKafkaAdminClient, names: list[str], config: str
+) -> dict[str, str | None]:
+    """The value of ``config`` of each topic of ``names`` (None: not given)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {config: None}) for name in names]
+    values: dict[str, str | None] = {}
     for response in await admin.describe_configs(resources):
         for resource in response.to_object()["resources"]:
             name = resource["resource_name"]
             if resource["error_code"]:
                 error_type = for_code(resource["error_code"])
                 raise error_type(f"reading the configuration of {name}")
-            policy = _config_value(resource, "cleanup.policy")
-            policies = {part.strip() for part in (policy or "").split(",")}
-            if policies != {_COMPACT}:
-                raise ChangelogTopicError(
-                    f"the changelog topic {name} has cleanup.policy={policy}: it must be"
-                    " 'compact' alone, since retention would delete the last value of rows"
-                    f" that did not change for a while. Set it with kafka-configs.sh --alter"
-                    f" --entity-type topics --entity-name {name} --add-config"
-                    " cleanup.policy=compact, or delete the topic"
-                )
+            values[name] = _config_value(resource, config)
+    return values
 
 
 def _config_value(resource: Mapping[str, Any], name: str) -> str | None:

@@ -346,6 +346,20 @@ ON CONFLICT (topic, partition) DO UPDATE
         start_from = coalesce(excluded.start_from, start_from),
         start_offset = coalesce(excluded.start_offset, start_offset);
 
+-- name: other_topics
+-- A row if the file holds a position, or a changelog offset, of an input topic but :topic.
+SELECT 1 FROM positions WHERE topic <> :topic
+UNION ALL
+SELECT 1 FROM changelog_offsets WHERE topic <> :topic
+LIMIT 1;
+
+-- name: forget_position_for_restore
+-- A partition restored whole from its changelog (its tombstones may be gone): its position goes
+-- back to the start with its rows, and the restore sets it from the changelog's position records.
+-- Its epoch, owner and start stay.
+UPDATE positions SET next_offset = 0, log_end_offset = NULL
+WHERE topic = :topic AND partition = :partition;
+
 -- name: mark_unfollowed
 -- --standby N: this file no longer keeps the partition up to date (progress.role 'unfollowed');
 -- its position and rows stay as they were. A claim or a followed position record sets the

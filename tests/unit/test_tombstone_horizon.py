@@ -1,0 +1,274 @@
+"""The tombstone horizon (``changelog/horizon.py``): which partitions a file must restore whole,
+and what forgetting one does to the file (``apply.forget_for_restore``). The end to end case,
+against a broker whose log has lost a deletion's tombstone, is in
+``tests/acceptance/test_changelog_horizon.py``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from sqlstate.changelog import horizon as horizon_module
+from sqlstate.changelog.apply import apply_changes, forget_for_restore
+from sqlstate.changelog.capture import install_capture
+from sqlstate.changelog.offsets import changelog_offsets
+from sqlstate.changelog.reader import ChangelogChunk
+from sqlstate.changelog.records import ChangelogRecord, position_record
+from sqlstate.changelog.standby import apply_chunk
+from sqlstate.changelog.tables import state_tables
+from sqlstate.errors import ChangelogLostError
+from sqlstate.kafka.client import EARLIEST, LATEST
+from sqlstate.processors.counts import KeyCounter
+from sqlstate.processors.registry import Processors
+from sqlstate.settings import Settings
+from sqlstate.state.database import utc_now
+from tests.support.db import query, writing
+from tests.support.processing import open_store
+
+TABLES = state_tables([KeyCounter()])
+
+
+def counted(partition: int, key: str, count: int) -> tuple[bytes, bytes]:
+    """A key_counts row of topic t as its owner's capture writes it."""
+    return (
+        b'["key_counts","t",%d,"%s"]' % (partition, key.encode()),
+        b'{"topic":"t","partition":%d,"key":"%s","count":%d}' % (partition, key.encode(), count),
+    )
+
+
+def dead_letter(columns: list[str], partition: int, offset: int) -> tuple[bytes, bytes]:
+    """A rejected_records row of topic t (``columns``: the table's) as its owner's capture
+    writes it."""
+    row: dict[str, object] = dict.fromkeys(columns, "x")
+    row.update(topic="t", partition=partition, offset=offset)
+    key = b'["rejected_records","t",%d,%d]' % (partition, offset)
+    return key, json.dumps(row, separators=(",", ":")).encode()
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
+
+
+def _apply(
+    conn: sqlite3.Connection, partition: int, pairs: Sequence[tuple[bytes, bytes | None]]
+) -> Any:
+    records = [(key, value, offset) for offset, (key, value) in enumerate(pairs, start=10)]
+    return apply_changes(conn, "t", partition, records, TABLES, now=utc_now())
+
+
+def _state(path: Path) -> list[tuple[Any, ...]]:
+    return query(
+        path, "SELECT topic, partition, key, count FROM key_counts ORDER BY partition, key"
+    )
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_forgetting_a_partition_leaves_the_others_and_a_whole_restore_is_exact(
+    tmp_path: Path, capture: bool
+) -> None:
+    path = tmp_path / "state.db"
+    processors = Processors.checked([KeyCounter()])
+    database = (await open_store(path, processors)).database
+    t0 = TopicPartition("t", 0)
+    try:
+        if capture:
+            await database.setting(functools.partial(install_capture, tables=TABLES))
+        # What the file holds: a row whose deletion it missed (its tombstone is gone from the
+        # changelog), a row and a dead letter of partition 0, a row of partition 1.
+        columns = await database.read(functools.partial(_columns, table="rejected_records"))
+        ours = [
+            counted(0, "ghost", 5),
+            counted(0, "k1", 1),
+            dead_letter(columns, 0, 3),
+            position_record(50),
+        ]
+        await database.transaction(functools.partial(_apply, partition=0, pairs=ours))
+        theirs = [counted(1, "theirs", 3), position_record(60)]
+        await database.transaction(functools.partial(_apply, partition=1, pairs=theirs))
+        epoch_before = query(path, "SELECT epoch FROM positions WHERE partition = 0")
+
+        def forget(applied: int, claimed: bool = False) -> Any:
+            return functools.partial(
+                forget_for_restore,
+                tp=t0,
+                tables=TABLES,
+                applied=applied,
+                log_start=0,
+                claimed=lambda tp: claimed,
+            )
+
+        # Claimed by this process meanwhile: its restore decides. Moved by another process on
+        # the file since it was found too old: read from where it stands now.
+        assert await database.transaction(forget(14, claimed=True)) is None
+        assert await database.transaction(forget(13)) == (14, False)
+        # A hand-over's seed not yet published: the file's rows are the partition's state.
+        with writing(path) as conn:
+            conn.execute("INSERT INTO changelog_seeds VALUES ('t', 0, 'h')")
+        assert await database.transaction(forget(14)) == (14, False)
+        with writing(path) as conn:
+            conn.execute("DELETE FROM changelog_seeds")
+        assert len(_state(path)) == 3
+
+        assert await database.transaction(forget(14)) == (0, True)
+        assert _state(path) == [("t", 1, "theirs", 3)]
+        assert query(path, "SELECT count(*) FROM rejected_records") == [(0,)]
+        assert query(path, "SELECT partition, next_offset FROM positions ORDER BY 1") == [
+            (0, 0),
+            (1, 60),
+        ]
+        assert query(path, "SELECT epoch FROM positions WHERE partition = 0") == epoch_before
+        offsets = await database.read(changelog_offsets)
+        assert offsets == {t0: 0, TopicPartition("t", 1): 12}
+        if capture:
+            # The deletes are no change of this file's owner's: nothing left to publish.
+            captured = await database.read(
+                lambda conn: conn.execute("SELECT count(*) FROM changelog_capture").fetchone()[0]
+            )
+            assert captured == 0
+
+        # The whole changelog as compaction left it: every live key's last value, the last
+        # position; the ghost's tombstone is gone. Positions from 0 on are not refused as
+        # going back.
+        whole = [counted(0, "k1", 2), position_record(40), position_record(70)]
+        records = [(key, value, offset) for offset, (key, value) in enumerate(whole, start=1)]
+        applied = await database.transaction(
+            lambda conn: apply_changes(conn, "t", 0, records, TABLES, now=utc_now())
+        )
+        assert applied.quarantined == ()
+        assert _state(path) == [("t", 0, "k1", 2), ("t", 1, "theirs", 3)]
+        assert query(path, "SELECT next_offset FROM positions WHERE partition = 0") == [(70,)]
+    finally:
+        await database.close()
+        processors.close()
+
+
+class _Kafka:
+    """ListOffsets of a changelog whose partitions start at ``start`` and end at 100: partition
+    0's first record at or after the asked time is at 40, partition 1 has none that young."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.asked: list[int] = []
+
+    async def __call__(self, tps: Iterable[TopicPartition], at: int) -> dict[TopicPartition, int]:
+        tps = list(tps)
+        if at == EARLIEST:
+            return {tp: self.start for tp in tps}
+        if at == LATEST:
+            return {tp: 100 for tp in tps}
+        self.asked.append(at)
+        return {tp: 40 if tp.partition == 0 else -1 for tp in tps}
+
+
+@pytest.mark.parametrize(
+    ("applied", "whole"),
+    [
+        # Two before the first young record; two before the end (the last offset is a marker).
+        ({0: 38, 1: 98}, {0: 0, 1: 0}),
+        # One short of them: a marker, or the first record of the young one's transaction.
+        ({0: 39, 1: 99}, {}),
+        ({0: 40, 1: 100}, {}),
+        ({0: 0, 1: 0}, {}),  # nothing applied yet: the restore reads the whole log anyway
+    ],
+)
+async def test_a_file_behind_the_horizon_restores_whole(
+    applied: dict[int, int], whole: dict[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retention = 10_000
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return {name: retention for name in names}
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    settings = Settings(topics=("t",), group_id="g")
+    kafka = _Kafka(start=0)
+    before = int(time.time() * 1000)
+    stale = await horizon_module.TombstoneHorizon(settings).stale(
+        kafka, {TopicPartition("t", p): offset for p, offset in applied.items()}
+    )
+    after = int(time.time() * 1000)
+    assert {tp: restore.log_start for tp, restore in stale.items()} == {
+        TopicPartition("t", p): start for p, start in whole.items()
+    }
+    for at in kafka.asked:
+        # A tenth of the retention short of it: the margin for clocks and the restore's length.
+        assert before - retention + retention // 10 <= at <= after - retention + retention // 10
+    assert len(kafka.asked) == (1 if any(applied.values()) else 0)
+
+
+async def test_a_changelog_that_lost_its_start_cannot_restore_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records deleted from the changelog (its log start moved): the whole state is not in it,
+    so the host stops (exit 5), as for any changelog that lost records."""
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return dict.fromkeys(names, 10_000)
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    horizon = horizon_module.TombstoneHorizon(Settings(topics=("t",), group_id="g"))
+    with pytest.raises(ChangelogLostError, match="now starts at offset 5"):
+        await horizon.stale(_Kafka(start=5), {TopicPartition("t", 0): 38})
+    # Not too old: the tail is applied, whatever the start.
+    assert await horizon.stale(_Kafka(start=5), {TopicPartition("t", 0): 39}) == {}
+
+
+async def test_a_chunk_read_past_the_files_offset_is_not_applied(tmp_path: Path) -> None:
+    """Another process on the file forgot the partition (its offset went back) while this
+    one's standby had read on: applying the chunk would skip what lies between."""
+    path = tmp_path / "state.db"
+    processors = Processors.checked([KeyCounter()])
+    database = (await open_store(path, processors)).database
+    t0 = TopicPartition("t", 0)
+    try:
+        records = [
+            ChangelogRecord(*counted(0, "k1", 1), 20),
+            ChangelogRecord(*position_record(9), 21),
+        ]
+        ahead = ChangelogChunk(records, 23, start=20)
+        done = await database.transaction(
+            functools.partial(apply_chunk, tp=t0, chunk=ahead, tables=TABLES, now=utc_now())
+        )
+        assert (done.behind, done.records, done.next_offset) == (True, 0, 0)
+        assert _state(path) == []
+        at_start = ChangelogChunk(records, 23, start=0)
+        done = await database.transaction(
+            functools.partial(apply_chunk, tp=t0, chunk=at_start, tables=TABLES, now=utc_now())
+        )
+        assert (done.behind, done.records, done.next_offset) == (False, 2, 23)
+        assert _state(path) == [("t", 0, "k1", 1)]
+    finally:
+        await database.close()
+        processors.close()
+
+
+async def test_a_whole_restore_cut_short_goes_on_within_the_margin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forgotten here and restored part of the way (its offset still in the old part of the
+    log): asked again within a tenth of the retention, it goes on; later, it starts over."""
+    retention = 10_000
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return dict.fromkeys(names, retention)
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    clock = [1_000.0]
+    horizon = horizon_module.TombstoneHorizon(
+        Settings(topics=("t",), group_id="g"), clock=lambda: clock[0]
+    )
+    t0 = TopicPartition("t", 0)
+    (restore,) = (await horizon.stale(_Kafka(start=0), {t0: 38})).values()
+    horizon.began(t0, restore)
+    clock[0] += retention / 10 / 1000 - 0.01
+    assert await horizon.stale(_Kafka(start=0), {t0: 20}) == {}
+    clock[0] += 0.02
+    assert t0 in await horizon.stale(_Kafka(start=0), {t0: 20})
