@@ -13,12 +13,15 @@ host, every file complete), and two processes sharing the old file.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sqlstate.changelog.topics import changelog_topic
 from tests.acceptance.test_snapshot import take_snapshot
+from tests.support.daemon import wait_for_positions
 from tests.support.db import query, writing
 from tests.support.faults import caught_up, daemon, produce
 from tests.support.kafka import TopicFactory, create_topic
@@ -88,3 +91,89 @@ async def test_a_file_older_than_the_changelogs_tombstones_is_restored_whole(
         await first.stop_quietly()
         for host in later:
             await host.stop_quietly()
+
+
+async def _changelog_keys(bootstrap: str, changelog: str) -> list[bytes]:
+    """The keys of every committed record in partition 0 of ``changelog``, from its start."""
+    tp = TopicPartition(changelog, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        keys: list[bytes] = []
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                keys += [record.key for record in records]
+        return keys
+    finally:
+        await consumer.stop()
+
+
+async def test_a_tombstone_that_compaction_dropped_is_not_missed(
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """The real thing: `latest` deletes a key, Kafka's log cleaner drops the deletion's
+    tombstone from the changelog (short segments, a tombstone retention of 2 s), and a snapshot
+    taken before the deletion then catches up: restored whole, it no longer holds the key. (A
+    tail applied from the snapshot's offset would keep it: nothing in the log names it any
+    more.)"""
+    topic = await topic_factory(partitions=1)
+    changelog = changelog_topic(group_id, topic)
+    await create_topic(
+        kafka_bootstrap,
+        changelog,
+        1,
+        {
+            "cleanup.policy": "compact",
+            "delete.retention.ms": "2000",
+            "segment.ms": "1000",
+            "min.cleanable.dirty.ratio": "0.01",
+            "min.compaction.lag.ms": "0",
+        },
+    )
+    live, old = tmp_path / "live.db", tmp_path / "old.db"
+    options = ("--changelog", "--standby", "none", "--processor", "latest")
+    first = daemon(kafka_bootstrap, topic, group_id, live, *options, name="first")
+    later = daemon(kafka_bootstrap, topic, group_id, old, *options, name="later")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    sent = 0
+
+    async def send(key: bytes, value: bytes | None) -> None:
+        nonlocal sent
+        await producer.send_and_wait(topic, value, key=key, partition=0)
+        sent += 1
+
+    await producer.start()
+    try:
+        first.start()
+        await send(b"k1", b"v")
+        await send(b"k2", b"v")
+        await wait_for_positions(live, {(topic, 0): sent}, 60, [first])
+        await take_snapshot(live, old)
+        await send(b"k1", None)
+        # Records keep coming, so that segments roll and the cleaner runs (every 15 s): once
+        # after the deletion, then again past the tombstone's retention, which drops it.
+        deadline = time.monotonic() + 150
+        while any(b'"k1"' in key for key in await _changelog_keys(kafka_bootstrap, changelog)):
+            assert time.monotonic() < deadline, "the log cleaner did not drop the tombstone"
+            for _ in range(4):
+                await send(b"k3", b"tick")
+                await asyncio.sleep(0.5)
+        await wait_for_positions(live, {(topic, 0): sent}, 60, [first])
+        assert await first.terminate() == 0
+        expected = [("k2", "v"), ("k3", "tick")]
+        assert query(live, "SELECT key, value FROM latest ORDER BY key") == expected
+
+        later.start()
+        await wait_for_positions(old, {(topic, 0): sent}, 60, [later])
+        assert query(old, "SELECT key, value FROM latest ORDER BY key") == expected
+        assert f"{topic}-0 is restored whole" in later.log(), later.log()[-4000:]
+        assert await later.terminate() == 0
+    finally:
+        await producer.stop()
+        await first.stop_quietly()
+        await later.stop_quietly()
