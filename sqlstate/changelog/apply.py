@@ -90,7 +90,7 @@ from sqlstate.changelog.table_sql import (
     drop_trigger,
     insert_row,
 )
-from sqlstate.changelog.tables import table_columns
+from sqlstate.changelog.tables import partition_columns, table_columns
 from sqlstate.errors import DatabaseError, ProcessorError
 from sqlstate.state.queries import sql
 from sqlstate.state.start import follow_topic_start
@@ -260,11 +260,12 @@ def forget_for_restore(
     with _main_triggers_off(conn), capture_quieted(conn, tables, QUIET_CAPTURE_FROM):
         for table in tables:
             columns = [name for name, _ in table_columns(conn, table.name)]
-            if several_topics and not any(column.lower() == "topic" for column in columns):
+            placed_by, topic = partition_columns(table, columns)
+            if several_topics and topic is None:
                 # Its rows of this partition number may be another input topic's, which this
                 # changelog does not bring back: kept (docs/scaling.md, Restoring whole).
                 continue
-            conn.execute(_delete_partition_sql(table, tuple(columns)), partition)
+            conn.execute(_delete_partition_sql(table, placed_by, topic), partition)
     conn.execute(sql("forget_position_for_restore"), partition)
     if conn.execute(sql("changelog_capture_installed")).fetchone()[0]:
         conn.execute(sql("clear_changelog_capture"))  # not a change of this file's owner's

@@ -33,7 +33,7 @@ from sqlstate.changelog.producers import ChangelogProducer
 from sqlstate.changelog.records import POSITION_KEY, PositionChange, decode
 from sqlstate.changelog.state_table import StateTable
 from sqlstate.changelog.table_sql import partition_rows
-from sqlstate.changelog.tables import PARTITION, table_columns
+from sqlstate.changelog.tables import partition_columns, table_columns
 from sqlstate.errors import ChangelogLostError, ProcessorError
 from sqlstate.observe.logs import LogEvent, partition_fields
 from sqlstate.state.database import Database
@@ -49,9 +49,6 @@ _SEEDED = LogEvent(
     "published the state of %(topic)s-%(partition)d to its new changelog: %(records)d rows"
     " at position %(next_offset)d",
 )
-
-#: The column that, where a state table has it, says which input topic a row belongs to.
-TOPIC = "topic"
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,6 @@ def _read_seed(
     rows: list[Row] = []
     for table in tables:
         columns = [name for name, _ in table_columns(conn, table.name)]
-        partition = next(column for column in table.key if column.lower() == PARTITION)
-        topic = next((column for column in columns if column.lower() == TOPIC), None)
+        partition, topic = partition_columns(table, columns)
         rows += conn.execute(partition_rows(table, columns, partition, topic), params).fetchall()
     return _Seed(rows, int(position[0]), started_at(conn, tp), str(pending[0]))

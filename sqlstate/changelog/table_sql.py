@@ -145,14 +145,12 @@ def delete_by_key(table: StateTable) -> str:
     return f"DELETE FROM main.{quoted(table.name)} WHERE (\n{match}\n)"
 
 
-def delete_partition(table: StateTable, columns: Sequence[str]) -> str:
-    """Delete every row of ``table`` (with ``columns``) that belongs to one input partition, as
-    ``partition_rows`` finds them: the key column ``partition`` bound as ``:partition`` and,
-    when the table has a column ``topic``, that bound as ``:topic``. A partition restored whole
+def delete_partition(table: StateTable, partition: str, topic: str | None) -> str:
+    """Delete every row of ``table`` that belongs to one input partition, as ``partition_rows``
+    finds them: the key column ``partition`` bound as ``:partition`` and, when the table has a
+    column ``topic``, that bound as ``:topic``. A partition restored whole
     (``apply.forget_for_restore``)."""
-    partition = next(column for column in table.key if column.lower() == "partition")
     where = f"{quoted(partition)} = :partition"
-    topic = next((column for column in columns if column.lower() == "topic"), None)
     if topic is not None:
         where += f" AND {quoted(topic)} = :topic"
     return f"DELETE FROM main.{quoted(table.name)} WHERE {where}"

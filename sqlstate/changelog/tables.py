@@ -53,6 +53,8 @@ DEAD_LETTERS = "rejected_records"
 DEAD_LETTERS_KEY = ("topic", "partition", "offset")
 #: The column that every state table's key holds: the record's partition.
 PARTITION = "partition"
+#: The column that, where a state table has it, says which input topic a row belongs to.
+TOPIC = "topic"
 
 
 def state_tables(processors: Sequence[Processor]) -> list[StateTable]:
@@ -123,6 +125,15 @@ def _check_keyed_by_partition(owner: str, table: StateTable) -> None:
         " changelog_tables for a Python processor), and sum across partitions in a view as"
         " examples/customer_totals.sql does; or run without --changelog"
     )
+
+
+def partition_columns(table: StateTable, columns: Sequence[str]) -> tuple[str, str | None]:
+    """The columns that place a row of ``table`` (with ``columns``) in an input partition: its
+    key column ``partition``, and its column ``topic`` where it has one (None: it has not),
+    whatever their case. What a seed publishes and a whole restore forgets of a partition."""
+    partition = next(column for column in table.key if column.lower() == PARTITION)
+    topic = next((column for column in columns if column.lower() == TOPIC), None)
+    return partition, topic
 
 
 def table_columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, int]]:
