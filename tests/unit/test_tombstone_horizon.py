@@ -1,10 +1,12 @@
 """The tombstone horizon (``changelog/horizon.py``): which partitions a file must restore whole,
-and what forgetting one does to the file (``apply.forget_for_restore``). The end to end case,
-against a broker whose log has lost a deletion's tombstone, is in
+what forgetting one does to the file (``apply.forget_for_restore``), and where the standby
+follows new partitions from while Kafka answers or does not (``Standby._starts``). The end to
+end case, against a broker whose log has lost a deletion's tombstone, is in
 ``tests/acceptance/test_changelog_horizon.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sqlite3
@@ -17,15 +19,17 @@ import pytest
 from aiokafka import TopicPartition
 
 from sqlstate.changelog import horizon as horizon_module
+from sqlstate.changelog import standby as standby_module
 from sqlstate.changelog.apply import apply_changes, forget_for_restore
 from sqlstate.changelog.capture import install_capture
-from sqlstate.changelog.offsets import changelog_offsets
+from sqlstate.changelog.offsets import changelog_offsets, record_changelog_offset
 from sqlstate.changelog.reader import ChangelogChunk
 from sqlstate.changelog.records import ChangelogRecord, position_record
-from sqlstate.changelog.standby import apply_chunk
+from sqlstate.changelog.standby import Standby, apply_chunk
 from sqlstate.changelog.tables import state_tables
 from sqlstate.errors import ChangelogLostError
 from sqlstate.kafka.client import EARLIEST, LATEST
+from sqlstate.observe.stats import Stats
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
@@ -272,3 +276,75 @@ async def test_a_whole_restore_cut_short_goes_on_within_the_margin(
     assert await horizon.stale(_Kafka(start=0), {t0: 20}) == {}
     clock[0] += 0.02
     assert t0 in await horizon.stale(_Kafka(start=0), {t0: 20})
+
+
+async def test_a_standby_waits_to_follow_what_kafka_cannot_date_and_forgets_what_is_too_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the standby follows new partitions from (``Standby._starts``). Kafka is asked only
+    about a partition the file applied part of: not one it never applied (offset 0), nor one
+    claimed here (its claim's restore checks it). While Kafka does not answer, those wait, asked
+    again after a pause that doubles up to its bound; the others are followed meanwhile. Once it
+    answers, one too old is forgotten and followed from the log's start, unless a claim of this
+    process took it meanwhile: then it is left to that claim."""
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return dict.fromkeys(names, 10_000)
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    monkeypatch.setattr(standby_module, "_HORIZON_WAIT_S", 0.05)
+    monkeypatch.setattr(standby_module, "_DEFERRED_MAX_S", 0.15)
+    path = tmp_path / "state.db"
+    processors = Processors.checked([KeyCounter()])
+    database = (await open_store(path, processors)).database
+    t0, t1, t2 = (TopicPartition("t", p) for p in range(3))
+    standby: Standby | None = None
+    try:
+        await database.transaction(
+            functools.partial(_apply, partition=0, pairs=[counted(0, "k", 1), position_record(9)])
+        )
+        await database.transaction(
+            functools.partial(record_changelog_offset, tp=t0, next_offset=38)
+        )
+        await database.transaction(
+            functools.partial(record_changelog_offset, tp=t2, next_offset=50)
+        )
+        standby = Standby(Settings(topics=("t",), group_id="g"), database, TABLES, Stats())
+        monkeypatch.setattr(standby._follower, "offsets_at", _Kafka(start=0))
+        standby.pause([t2])  # claimed here
+        answers = standby.horizon.stale
+
+        async def silent(*args: Any) -> Any:
+            await asyncio.sleep(1)
+
+        monkeypatch.setattr(standby.horizon, "stale", silent)
+        pauses = []
+        for _ in range(4):
+            starts, unchecked, deferred = await standby._starts([t0, t1, t2])
+            assert (starts, unchecked, deferred) == ({t0: 38, t1: 0, t2: 50}, {t2}, {t0})
+            pauses.append(standby._deferred_for)
+        assert pauses == [0.05, 0.1, 0.15, 0.15]
+
+        async def claimed_meanwhile(*args: Any) -> Any:
+            stale = await answers(*args)
+            standby.pause([t0])
+            return stale
+
+        monkeypatch.setattr(standby.horizon, "stale", claimed_meanwhile)
+        starts, unchecked, deferred = await standby._starts([t0, t1])
+        assert (starts, unchecked, deferred) == ({t0: 38, t1: 0}, {t0}, set())
+        assert standby._deferred_for == 0
+        assert _state(path) == [("t", 0, "k", 1)]  # left to the claim
+
+        standby._paused.discard(t0)
+        monkeypatch.setattr(standby.horizon, "stale", answers)
+        starts, unchecked, deferred = await standby._starts([t0, t1])
+        assert (starts, unchecked, deferred) == ({t0: 0, t1: 0}, set(), set())
+        assert _state(path) == []  # forgotten, to be restored whole
+        offsets = await database.read(changelog_offsets)
+        assert offsets[t0] == 0
+    finally:
+        if standby is not None:
+            await standby.stop()  # its consumer never started: closed unused
+        await database.close()
+        processors.close()
