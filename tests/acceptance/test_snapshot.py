@@ -77,6 +77,9 @@ async def test_snapshots_taken_while_the_daemon_writes_are_exact_and_catch_up(
     database = tmp_path / "state.db"
     first = Daemon(kafka_bootstrap, [topic], group_id, database, "--max-records", "300")
     daemons.append(first.start())
+    # The traffic starts once the daemon holds its partitions: a slow start (a loaded machine)
+    # must not eat the seconds in which the snapshots are to be taken mid-stream.
+    await first.wait_for_log("assigned partitions: ")
     producing = asyncio.create_task(produce_keyed(kafka_bootstrap, topic, messages, rate=RATE))
 
     copies: list[tuple[Path, dict[int, int]]] = []
