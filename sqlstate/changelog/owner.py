@@ -32,7 +32,6 @@ from typing import NamedTuple, NoReturn, cast
 
 from aiokafka import TopicPartition
 
-from sqlstate.changelog.apply import forget_for_restore
 from sqlstate.changelog.horizon import TombstoneHorizon
 from sqlstate.changelog.identity import check_identity
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
@@ -43,6 +42,7 @@ from sqlstate.changelog.standby import (
     Standby,
     apply_in,
     changelog_lost,
+    forget_whole,
     mark_departed,
     mark_released,
     went_back,
@@ -494,19 +494,8 @@ class ChangelogOwner:
         whole = (await self._horizon.stale(self._reader.offsets_at, {tp: start})).get(tp)
         if whole is None:
             return start
-        forgotten = await self._database.transaction(
-            functools.partial(
-                forget_for_restore,
-                tp=tp,
-                tables=self._tables,
-                applied=start,
-                log_start=whole.log_start,
-            )
-        )
-        assert forgotten is not None  # nothing asked whether it was claimed: it is, here
-        begin, here = forgotten
-        if here:
-            self._horizon.began(tp, whole)
+        begin = await forget_whole(self._database, self._horizon, tp, self._tables, start, whole)
+        assert begin is not None  # nothing asked whether it was claimed: it is, here
         return begin
 
     async def _raise_past_end(

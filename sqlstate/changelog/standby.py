@@ -36,7 +36,7 @@ from sqlstate.changelog.apply import (
     capture_quieted,
     forget_for_restore,
 )
-from sqlstate.changelog.horizon import TombstoneHorizon
+from sqlstate.changelog.horizon import TombstoneHorizon, WholeRestore
 from sqlstate.changelog.identity import changelog_replaced, check_identity, same_id
 from sqlstate.changelog.offsets import changelog_offset, changelog_offsets
 from sqlstate.changelog.reader import ChangelogChunk, ChangelogFollower, InputEnds
@@ -273,22 +273,19 @@ class Standby:
             return starts, unchecked, set(asked)
         self._deferred, self._deferred_for = set(), 0.0
         for tp, restore in sorted(whole.items()):
-            forgotten = await self._database.transaction(
-                functools.partial(
-                    forget_for_restore,
-                    tp=tp,
-                    tables=self._tables,
-                    applied=starts[tp],
-                    log_start=restore.log_start,
-                    claimed=self._paused.__contains__,
-                )
+            begin = await forget_whole(
+                self._database,
+                self.horizon,
+                tp,
+                self._tables,
+                starts[tp],
+                restore,
+                claimed=self._paused.__contains__,
             )
-            if forgotten is None:
+            if begin is None:
                 unchecked.add(tp)
-                continue
-            starts[tp], here = forgotten
-            if here:
-                self.horizon.began(tp, restore)
+            else:
+                starts[tp] = begin
         return starts, unchecked, set()
 
     def checked(self, tp: TopicPartition) -> None:
@@ -577,6 +574,36 @@ async def input_end_for(
     ``ChangelogError`` (retriable) when Kafka cannot say where the input ends."""
     wanted = highest_position(chunk.records)
     return None if wanted is None else await input_ends.at_least(tp, wanted)
+
+
+async def forget_whole(
+    database: Database,
+    horizon: TombstoneHorizon,
+    tp: TopicPartition,
+    tables: Sequence[StateTable],
+    applied: int,
+    restore: WholeRestore,
+    claimed: Callable[[TopicPartition], bool] | None = None,
+) -> int | None:
+    """Forget ``tp`` in a transaction of its own, to restore it whole from ``restore``'s log
+    start (``apply.forget_for_restore``), and say so if it was forgotten here; where to read
+    the partition from, or None if ``claimed`` says a claim of this process took it."""
+    forgotten = await database.transaction(
+        functools.partial(
+            forget_for_restore,
+            tp=tp,
+            tables=tables,
+            applied=applied,
+            log_start=restore.log_start,
+            claimed=claimed,
+        )
+    )
+    if forgotten is None:
+        return None
+    begin, here = forgotten
+    if here:
+        horizon.began(tp, restore)
+    return begin
 
 
 async def apply_in(
