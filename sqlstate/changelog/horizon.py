@@ -23,7 +23,16 @@ anyway. A changelog whose start has moved (records deleted from it) cannot give 
 that stops the host (``ChangelogLostError``, exit 5), as a changelog that lost what the file
 applied does.
 
-``R`` is asked once per changelog topic and process (``DescribeConfigs``), at the first restore
+A file that follows a changelog (a standby) is checked again while it runs: what the check
+proved at time ``t`` (every tombstone after the file's offset was written after ``t - R + R/10``)
+holds until ``t + R/10``, so a standby that is about to apply a poll's records more than half
+that margin (``R/20``) after its partition's last check checks it again first
+(``proof_lasts_s``). A process frozen, suspended or cut off from Kafka for longer than ``R`` is
+then restored whole instead of applying a tail that may lack deletions; one that runs and keeps
+up asks Kafka two offsets every ``R/20`` (8.4 hours under the 7 days sqlstate creates its
+changelogs with).
+
+``R`` is asked once per changelog topic and process (``DescribeConfigs``), at the first check
 that needs it: lowering it on a running group takes effect for this check at each daemon's next
 start.
 """
@@ -171,6 +180,18 @@ class TombstoneHorizon:
             return True
         del self._whole_since[tp]
         return False
+
+    async def proof_lasts_s(self, changelogs: set[str]) -> dict[str, float]:
+        """For each changelog topic, how long after a check a standby applies its records
+        unchecked: half the margin (the module's docstring). ``ChangelogError`` (retriable)
+        when Kafka cannot say what ``R`` is."""
+        try:
+            retention = await self._retention_of(changelogs)
+        except KafkaError as error:
+            raise ChangelogError(
+                f"cannot ask Kafka how long the changelogs keep their tombstones: {error!r}"
+            ) from error
+        return {name: kept / (2 * _MARGIN_SHARE) / 1000 for name, kept in retention.items()}
 
     async def _retention_of(self, changelogs: set[str]) -> dict[str, int]:
         missing = sorted(changelogs - self._retention.keys())

@@ -14,6 +14,12 @@ them, though they keep the state of the position they show.
 
 Applying is monotonic (``apply_changes`` skips records below the file's changelog offset), so a
 chunk fetched just before its partition was claimed here changes nothing when it lands after.
+
+What the standby follows is checked against the tombstone horizon (``horizon.py``) when its
+following begins, and again before a poll's records are applied whenever the last check of
+their partition is older than the check lasts (``_young_enough``): a process frozen or cut off
+from Kafka for longer than the changelog keeps its tombstones restores the partition whole rather
+than apply a tail that may lack a deletion.
 """
 
 from __future__ import annotations
@@ -147,6 +153,10 @@ class Standby:
         self._deferred: set[TopicPartition] = set()
         self._deferred_until = 0.0
         self._deferred_for = 0.0
+        # Each followed partition: when its offset was last known young enough to be caught up
+        # from its tail (``horizon.py``), by the wall clock and by the monotonic one. One
+        # without is checked before its next records are applied.
+        self._young_at: dict[TopicPartition, tuple[float, float]] = {}
         # Each followed changelog topic's ID, as this file recorded it (None: Kafka gave none).
         self._changelog_ids: dict[str, str | None] = {}
         # Each followed changelog topic's input topic: --topic's, or every topic that
@@ -224,6 +234,7 @@ class Standby:
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)
+        checked_at = _clocks()
         starts, unchecked, deferred = await self._starts(new)
         if plan is not None:
             # A partition this file said it no longer keeps is kept again from now on, even if
@@ -237,6 +248,7 @@ class Standby:
         if not new:
             return
         self._unchecked.update(tp for tp in unchecked if tp in self._paused)
+        self._young_at.update(dict.fromkeys(new, checked_at))
         self._follower.follow({self._source(tp): starts[tp] for tp in new})
         paused = [self._source(tp) for tp in new if tp in self._paused]
         if paused:
@@ -365,6 +377,10 @@ class Standby:
         began, and let go before its restore) is followed anew instead: ``follow_new`` checks
         it."""
         self._paused.difference_update(offsets)
+        # Checked again before its next records are applied: another host may have owned it
+        # for long already (this process frozen past its session, then told it lost it).
+        for tp in offsets:
+            self._young_at.pop(tp, None)
         unchecked = {tp for tp in offsets if tp in self._unchecked}
         self._unchecked.difference_update(unchecked)
         self._follower.unfollow([self._source(tp) for tp in unchecked])
@@ -392,6 +408,10 @@ class Standby:
             fetched = {source.topic for source, chunk in chunks.items() if chunk.records}
             if fetched and not await self._same_changelogs(consumer, fetched, stop):
                 return  # stopping before Kafka answered: the records are not applied
+            young = await self._young_enough(chunks, consumer, stop)
+            if young is None:
+                return  # stopping before Kafka answered: nothing forgotten, nothing applied
+            chunks = young
             lags = self._follower.lag()
             self._stats.standby_lag = {
                 TopicPartition(inputs[source.topic], source.partition): behind
@@ -432,14 +452,86 @@ class Standby:
                         _RETRYING.log(**partition_fields(item.tp, error=went_back(applied)))
                         self._follower.follow({source: applied.next_offset})
 
-    async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
+    async def _young_enough(
+        self,
+        chunks: dict[TopicPartition, ChangelogChunk],
+        consumer: AIOKafkaConsumer,
+        stop: asyncio.Event,
+    ) -> dict[TopicPartition, ChangelogChunk] | None:
+        """``chunks`` (by changelog partition), less those that must not be applied: the
+        partitions whose last check against the tombstone horizon is older than it lasts are
+        checked again first, and those found too old are forgotten and followed from their
+        changelog's start (as at the start of their following), their chunks dropped; their
+        changelogs' IDs are checked before (a chunk without records had none checked). Should
+        Kafka not answer, the chunks of the partitions due are dropped and read again, from the
+        file's offsets, after a pause. None: ``stop`` came before Kafka answered."""
+        inputs = self._inputs
+        tps = {
+            TopicPartition(inputs[source.topic], source.partition): source
+            for source in chunks
+            if source.topic in inputs
+            and TopicPartition(inputs[source.topic], source.partition) not in self._paused
+        }
+        if not tps:
+            return chunks
+        now = _clocks()
+        due = set(tps)  # until Kafka says how long a check lasts
+        try:
+            lasts = await asyncio.wait_for(
+                self.horizon.proof_lasts_s({source.topic for source in tps.values()}),
+                _HORIZON_WAIT_S,
+            )
+            due = {
+                tp
+                for tp, source in tps.items()
+                if (since := self._young_at.get(tp)) is None
+                or _elapsed(since, now) >= lasts[source.topic]
+            }
+            if not due:
+                return chunks
+            offsets = await self._database.read(changelog_offsets)
+            applied = {tp: offsets.get(tp, 0) for tp in due}
+            whole = await asyncio.wait_for(
+                self.horizon.stale(self._follower.offsets_at, applied), _HORIZON_WAIT_S
+            )
+        except (ChangelogError, TimeoutError) as error:
+            for tp in sorted(due):
+                chunks.pop(tps[tp])
+                await self._read_again(tp, error, pause=False)
+            await asyncio.sleep(_POLL_MS / 1000)
+            return chunks
+        self._young_at.update(dict.fromkeys(due, now))
+        changelogs = {tps[tp].topic for tp in whole}
+        if changelogs and not await self._same_changelogs(consumer, changelogs, stop):
+            return None
+        for tp, restore in sorted(whole.items()):
+            source = tps[tp]
+            chunks.pop(source)
+            begin = await forget_whole(
+                self._database,
+                self.horizon,
+                tp,
+                self._tables,
+                applied[tp],
+                restore,
+                claimed=self._paused.__contains__,
+            )
+            if begin is not None and source in self._follower.followed_now:
+                self._follower.follow({source: begin})
+        return chunks
+
+    async def _read_again(
+        self, tp: TopicPartition, error: ChangelogError | TimeoutError, pause: bool = True
+    ) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
         again from what the file has applied, after a pause."""
-        _RETRYING.log(**partition_fields(tp, error=str(error)))
+        reason = str(error) or f"no answer within {_HORIZON_WAIT_S:g} s"
+        _RETRYING.log(**partition_fields(tp, error=reason))
         offset = await self._database.read(functools.partial(changelog_offset, tp=tp))
         if tp not in self._paused:
             self._follower.follow({self._source(tp): offset})
-        await asyncio.sleep(_POLL_MS / 1000)
+        if pause:
+            await asyncio.sleep(_POLL_MS / 1000)
 
     async def _same_changelogs(
         self, consumer: AIOKafkaConsumer, changelogs: set[str], stop: asyncio.Event
@@ -565,6 +657,17 @@ class PollChunk(NamedTuple):
     chunk: ChangelogChunk
     log_end_offset: int | None
     input_end: int | None
+
+
+def _clocks() -> tuple[float, float]:
+    """Now, by the wall clock and by the monotonic one: a process suspended with its machine
+    misses time on the monotonic clock, and the wall clock can be set back."""
+    return time.time(), time.monotonic()
+
+
+def _elapsed(since: tuple[float, float], now: tuple[float, float]) -> float:
+    """The longer of the two clocks' times from ``since`` to ``now``."""
+    return max(now[0] - since[0], now[1] - since[1])
 
 
 async def input_end_for(

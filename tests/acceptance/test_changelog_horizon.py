@@ -7,12 +7,15 @@ snapshot into which rows are written that nothing in the changelog names, as a r
 deletion's tombstone compaction dropped: applied from its tail, the file keeps them and the
 oracle finds them; restored whole, they are gone and the counts are exact. Each way in: a claim
 (the new host alone, ``--standby none``), a standby that starts following (beside the first
-host, every file complete), and two processes sharing the old file.
+host, every file complete), two processes sharing the old file, and a standby that runs and is
+frozen for longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -23,10 +26,25 @@ from sqlstate.changelog.topics import changelog_topic
 from tests.acceptance.test_snapshot import take_snapshot
 from tests.support.daemon import wait_for_positions
 from tests.support.db import query, writing
-from tests.support.faults import caught_up, daemon, produce
+from tests.support.faults import caught_up, daemon, produce, wait_stopped
 from tests.support.kafka import TopicFactory, create_topic
 
 RETENTION_MS = 3_000
+
+
+async def _with_short_tombstones(
+    bootstrap: str, topic_factory: TopicFactory, group_id: str, partitions: int
+) -> str:
+    """A new topic whose changelog, created before any daemon, keeps tombstones
+    ``RETENTION_MS``."""
+    topic = await topic_factory(partitions=partitions)
+    await create_topic(
+        bootstrap,
+        changelog_topic(group_id, topic),
+        partitions,
+        {"cleanup.policy": "compact", "delete.retention.ms": str(RETENTION_MS)},
+    )
+    return topic
 
 
 @pytest.mark.parametrize("way_in", ["claim", "standby", "shared"])
@@ -40,13 +58,7 @@ async def test_a_file_older_than_the_changelogs_tombstones_is_restored_whole(
     """``shared``: two processes start together on the one old file, each following the
     partitions the other owns: whichever forgets a partition first, the other never applies a
     chunk of it over the forgotten part."""
-    topic = await topic_factory(partitions=3)
-    await create_topic(
-        kafka_bootstrap,
-        changelog_topic(group_id, topic),
-        3,
-        {"cleanup.policy": "compact", "delete.retention.ms": str(RETENTION_MS)},
-    )
+    topic = await _with_short_tombstones(kafka_bootstrap, topic_factory, group_id, 3)
     database, old = tmp_path / "state.db", tmp_path / "old.db"
     options = ("--changelog", "--standby", "none") if way_in == "claim" else ("--changelog",)
     first = daemon(kafka_bootstrap, topic, group_id, database, *options, name="first")
@@ -91,6 +103,53 @@ async def test_a_file_older_than_the_changelogs_tombstones_is_restored_whole(
         await first.stop_quietly()
         for host in later:
             await host.stop_quietly()
+
+
+async def test_a_standby_frozen_for_longer_than_the_tombstones_are_kept_restores_whole(
+    tmp_path: Path, kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """A standby that stops for longer than its changelog keeps tombstones (a process frozen, a
+    machine suspended, a host cut off from Kafka) checks its partition against the horizon again
+    before it applies what it reads on. The first host owns the one partition; the second,
+    assigned nothing, follows it, and is frozen (shorter than its session: no rebalance) while
+    the first counts on and its file gains rows nothing in the changelog names: applied from its
+    tail, the file keeps them; restored whole, they are gone and the oracle is satisfied."""
+    topic = await _with_short_tombstones(kafka_bootstrap, topic_factory, group_id, 1)
+    owned, followed = tmp_path / "owner.db", tmp_path / "standby.db"
+    first = daemon(kafka_bootstrap, topic, group_id, owned, "--changelog", name="first")
+    second = daemon(kafka_bootstrap, topic, group_id, followed, "--changelog", name="second")
+    try:
+        first.start()
+        await produce(kafka_bootstrap, topic, 300, partitions=1, seed=31)
+        await caught_up(kafka_bootstrap, owned, topic, [first])
+        second.start()
+        await caught_up(kafka_bootstrap, followed, topic, [first, second])
+        assert "restored whole" not in second.log()
+
+        os.kill(second.pid, signal.SIGSTOP)
+        await wait_stopped(second)
+        with writing(followed, timeout=5) as conn:
+            conn.execute(
+                "INSERT INTO key_counts (topic, partition, key, count) VALUES (?, 0, 'ghost', 7)",
+                (topic,),
+            )
+        await produce(kafka_bootstrap, topic, 300, partitions=1, seed=32)
+        await caught_up(kafka_bootstrap, owned, topic, [first])
+        # Every record the frozen file lacks is now older than the tombstones are kept.
+        await asyncio.sleep(RETENTION_MS / 1000 + 0.5)
+        second.resume()
+
+        verdict = await caught_up(kafka_bootstrap, followed, topic, [first, second])
+        assert verdict.read_back == 600
+        assert query(followed, "SELECT count(*) FROM key_counts WHERE key = 'ghost'") == [(0,)]
+        assert f"{topic}-0 is restored whole" in second.log(), second.log()[-4000:]
+        assert "restored whole" not in first.log()
+        assert await second.terminate() == 0
+        assert await first.terminate() == 0
+    finally:
+        second.resume()
+        await first.stop_quietly()
+        await second.stop_quietly()
 
 
 async def _changelog_keys(bootstrap: str, changelog: str) -> list[bytes]:

@@ -33,7 +33,7 @@ from sqlstate.observe.stats import Stats
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.registry import Processors
 from sqlstate.settings import Settings
-from sqlstate.state.database import utc_now
+from sqlstate.state.database import Database, utc_now
 from tests.support.db import query, writing
 from tests.support.processing import open_store
 
@@ -152,6 +152,17 @@ async def test_forgetting_a_partition_leaves_the_others_and_a_whole_restore_is_e
     finally:
         await database.close()
         processors.close()
+
+
+async def _one_row_applied_to(database: Database, tp: TopicPartition, offset: int) -> None:
+    """The file holds one row of ``tp`` (partition 0) and has applied its changelog up to
+    ``offset``."""
+    await database.transaction(
+        functools.partial(_apply, partition=0, pairs=[counted(0, "k", 1), position_record(9)])
+    )
+    await database.transaction(
+        functools.partial(record_changelog_offset, tp=tp, next_offset=offset)
+    )
 
 
 class _Kafka:
@@ -300,12 +311,7 @@ async def test_a_standby_waits_to_follow_what_kafka_cannot_date_and_forgets_what
     t0, t1, t2 = (TopicPartition("t", p) for p in range(3))
     standby: Standby | None = None
     try:
-        await database.transaction(
-            functools.partial(_apply, partition=0, pairs=[counted(0, "k", 1), position_record(9)])
-        )
-        await database.transaction(
-            functools.partial(record_changelog_offset, tp=t0, next_offset=38)
-        )
+        await _one_row_applied_to(database, t0, 38)
         await database.transaction(
             functools.partial(record_changelog_offset, tp=t2, next_offset=50)
         )
@@ -346,5 +352,83 @@ async def test_a_standby_waits_to_follow_what_kafka_cannot_date_and_forgets_what
     finally:
         if standby is not None:
             await standby.stop()  # its consumer never started: closed unused
+        await database.close()
+        processors.close()
+
+
+async def test_a_standby_checks_what_it_follows_again_before_applying_a_late_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running standby (``Standby._young_enough``): a poll's chunk whose partition was
+    checked less than R/20 ago is applied without asking Kafka. Once its check is older (a
+    process frozen, suspended or cut off), or it has none (let go by a claim here), it is
+    checked again first: too old, it is forgotten and followed from the log's start, its chunk
+    dropped; while Kafka does not answer, its chunk is dropped and read again from the file's
+    offset."""
+    retention_ms = 10_000  # a check lasts R/20: 0.5 s
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return dict.fromkeys(names, retention_ms)
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    monkeypatch.setattr(standby_module, "_HORIZON_WAIT_S", 0.05)
+    monkeypatch.setattr(standby_module, "_POLL_MS", 1)
+    path = tmp_path / "state.db"
+    processors = Processors.checked([KeyCounter()])
+    database = (await open_store(path, processors)).database
+    t0 = TopicPartition("t", 0)
+    standby: Standby | None = None
+    try:
+        await _one_row_applied_to(database, t0, 38)
+        standby = Standby(Settings(topics=("t",), group_id="g"), database, TABLES, Stats())
+        kafka = _Kafka(start=0)  # offset 38 lies two before partition 0's first young record
+        monkeypatch.setattr(standby._follower, "offsets_at", kafka)
+        monkeypatch.setattr(standby._follower, "_reassign", lambda: None)
+        checked_ids: list[set[str]] = []
+
+        async def same_changelogs(consumer: Any, changelogs: set[str], stop: Any) -> bool:
+            checked_ids.append(changelogs)
+            return True
+
+        monkeypatch.setattr(standby, "_same_changelogs", same_changelogs)
+        consumer: Any = None
+        stop = asyncio.Event()
+        source = standby._source(t0)
+        standby._follower.follow({source: 38})
+        chunk = ChangelogChunk([], 45, start=38)
+
+        def poll() -> dict[TopicPartition, ChangelogChunk]:
+            return {source: chunk}
+
+        now = time.time(), time.monotonic()
+        standby._young_at[t0] = now
+        assert await standby._young_enough(poll(), consumer, stop) == {source: chunk}
+        assert kafka.asked == []  # checked just now: Kafka is not asked
+
+        answers = standby.horizon.stale
+
+        async def silent(*args: Any) -> Any:
+            await asyncio.sleep(1)
+
+        monkeypatch.setattr(standby.horizon, "stale", silent)
+        standby._young_at[t0] = (now[0] - 1, now[1] - 1)  # frozen for twice what a check lasts
+        assert await standby._young_enough(poll(), consumer, stop) == {}
+        assert standby._follower.followed == {source: 38}  # read again from the file's offset
+        assert _state(path) == [("t", 0, "k", 1)]
+
+        monkeypatch.setattr(standby.horizon, "stale", answers)
+        del standby._young_at[t0]  # let go by a claim here: never checked since
+        assert await standby._young_enough(poll(), consumer, stop) == {}
+        assert len(kafka.asked) == 1
+        assert _state(path) == []  # forgotten, to be restored whole
+        assert checked_ids == [{source.topic}]  # its changelog's ID first
+        assert standby._follower.followed == {source: 0}
+        assert (await database.read(changelog_offsets))[t0] == 0
+        assert standby._young_at[t0] >= now  # checked: the next poll is applied
+        assert await standby._young_enough(poll(), consumer, stop) == {source: chunk}
+        assert len(kafka.asked) == 1
+    finally:
+        if standby is not None:
+            await standby.stop()
         await database.close()
         processors.close()
