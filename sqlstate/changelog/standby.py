@@ -91,6 +91,13 @@ _RETRYING = LogEvent(
     "standby_retrying",
     "standby: %(error)s; reading %(topic)s-%(partition)d again shortly",
 )
+_RECHECK_FAILED = LogEvent(
+    logger,
+    logging.WARNING,
+    "standby_recheck_failed",
+    "standby: %(partitions)d partitions not applied: %(reason)s; read again from this file's"
+    " offsets, checked again shortly",
+)
 _QUARANTINED = LogEvent(
     logger,
     logging.WARNING,
@@ -495,9 +502,14 @@ class Standby:
                 self.horizon.stale(self._follower.offsets_at, applied), _HORIZON_WAIT_S
             )
         except (ChangelogError, TimeoutError) as error:
-            for tp in sorted(due):
+            offsets = await self._database.read(changelog_offsets)
+            again = {tps[tp]: offsets.get(tp, 0) for tp in due if tp not in self._paused}
+            for tp in due:
                 chunks.pop(tps[tp])
-                await self._read_again(tp, error, pause=False)
+            if again:
+                self._follower.follow(again)
+            reason = str(error) or f"no answer within {_HORIZON_WAIT_S:g} s"
+            _RECHECK_FAILED.log(partitions=len(due), reason=reason)
             await asyncio.sleep(_POLL_MS / 1000)
             return chunks
         self._young_at.update(dict.fromkeys(due, now))
@@ -520,18 +532,14 @@ class Standby:
                 self._follower.follow({source: begin})
         return chunks
 
-    async def _read_again(
-        self, tp: TopicPartition, error: ChangelogError | TimeoutError, pause: bool = True
-    ) -> None:
+    async def _read_again(self, tp: TopicPartition, error: ChangelogError) -> None:
         """A chunk that could not be checked now (Kafka did not answer): read the partition
         again from what the file has applied, after a pause."""
-        reason = str(error) or f"no answer within {_HORIZON_WAIT_S:g} s"
-        _RETRYING.log(**partition_fields(tp, error=reason))
+        _RETRYING.log(**partition_fields(tp, error=str(error)))
         offset = await self._database.read(functools.partial(changelog_offset, tp=tp))
         if tp not in self._paused:
             self._follower.follow({self._source(tp): offset})
-        if pause:
-            await asyncio.sleep(_POLL_MS / 1000)
+        await asyncio.sleep(_POLL_MS / 1000)
 
     async def _same_changelogs(
         self, consumer: AIOKafkaConsumer, changelogs: set[str], stop: asyncio.Event

@@ -411,7 +411,10 @@ async def test_a_standby_checks_what_it_follows_again_before_applying_a_late_pol
             await asyncio.sleep(1)
 
         monkeypatch.setattr(standby.horizon, "stale", silent)
-        standby._young_at[t0] = (now[0] - 1, now[1] - 1)  # frozen for twice what a check lasts
+        standby._follower.follow({source: 45})  # the poll's chunk was read
+        # Checked twice as long ago as a check lasts, by the wall clock (a machine suspended:
+        # the monotonic clock stood still).
+        standby._young_at[t0] = (now[0] - 1, now[1])
         assert await standby._young_enough(poll(), consumer, stop) == {}
         assert standby._follower.followed == {source: 38}  # read again from the file's offset
         assert _state(path) == [("t", 0, "k", 1)]
@@ -427,6 +430,10 @@ async def test_a_standby_checks_what_it_follows_again_before_applying_a_late_pol
         assert standby._young_at[t0] >= now  # checked: the next poll is applied
         assert await standby._young_enough(poll(), consumer, stop) == {source: chunk}
         assert len(kafka.asked) == 1
+        # By the monotonic clock alone (the wall clock set back): due, checked again.
+        standby._young_at[t0] = (now[0] + 10, now[1] - 1)
+        assert await standby._young_enough(poll(), consumer, stop) == {source: chunk}
+        assert standby._young_at[t0][1] > now[1]
     finally:
         if standby is not None:
             await standby.stop()
