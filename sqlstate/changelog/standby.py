@@ -25,6 +25,7 @@ than apply a tail that may lack a deletion.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -241,6 +242,10 @@ class Standby:
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)
+        # How long a check lasts, known before anything is polled: ``_young_enough`` would
+        # otherwise ask it at the first poll, and the first records would wait for the answer.
+        with contextlib.suppress(ChangelogError, TimeoutError):
+            await asyncio.wait_for(self.horizon.proof_lasts_s(set(changelogs)), _HORIZON_WAIT_S)
         checked_at = _clocks()
         starts, unchecked, deferred = await self._starts(new)
         if plan is not None:
