@@ -191,10 +191,22 @@ class TombstoneHorizon:
             raise ChangelogError(
                 f"cannot ask Kafka how long the changelogs keep their tombstones: {error!r}"
             ) from error
-        return {name: kept / (2 * _MARGIN_SHARE) / 1000 for name, kept in retention.items()}
+        return {name: _proof_lasts_s(kept) for name, kept in retention.items()}
+
+    def known_proof_lasts_s(self, changelogs: set[str]) -> dict[str, float] | None:
+        """``proof_lasts_s`` without asking Kafka: None unless ``R`` of each is known here."""
+        if not changelogs <= self._retention.keys():
+            return None
+        return {name: _proof_lasts_s(self._retention[name]) for name in changelogs}
 
     async def _retention_of(self, changelogs: set[str]) -> dict[str, int]:
         missing = sorted(changelogs - self._retention.keys())
         if missing:
             self._retention.update(await delete_retention_ms(self._settings, missing))
         return {name: self._retention[name] for name in changelogs}
+
+
+def _proof_lasts_s(retention_ms: int) -> float:
+    """How long a check against the horizon of a changelog keeping tombstones
+    ``retention_ms`` lasts: half the margin."""
+    return retention_ms / (2 * _MARGIN_SHARE) / 1000

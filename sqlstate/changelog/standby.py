@@ -488,11 +488,14 @@ class Standby:
             return chunks
         now = _clocks()
         due = set(tps)  # until Kafka says how long a check lasts
+        changelogs = {source.topic for source in tps.values()}
         try:
-            lasts = await asyncio.wait_for(
-                self.horizon.proof_lasts_s({source.topic for source in tps.values()}),
-                _HORIZON_WAIT_S,
-            )
+            # Known after the first time: no await, so a poll's records wait for nothing here.
+            lasts = self.horizon.known_proof_lasts_s(changelogs)
+            if lasts is None:
+                lasts = await asyncio.wait_for(
+                    self.horizon.proof_lasts_s(changelogs), _HORIZON_WAIT_S
+                )
             due = {
                 tp
                 for tp, source in tps.items()
@@ -518,8 +521,8 @@ class Standby:
             await asyncio.sleep(_POLL_MS / 1000)
             return chunks
         self._young_at.update(dict.fromkeys(due, now))
-        changelogs = {tps[tp].topic for tp in whole}
-        if changelogs and not await self._same_changelogs(consumer, changelogs, stop):
+        forgotten = {tps[tp].topic for tp in whole}
+        if forgotten and not await self._same_changelogs(consumer, forgotten, stop):
             return None
         for tp, restore in sorted(whole.items()):
             source = tps[tp]
