@@ -32,9 +32,9 @@ then restored whole instead of applying a tail that may lack deletions; one that
 up asks Kafka two offsets every ``R/20`` (8.4 hours under the 7 days sqlstate creates its
 changelogs with).
 
-``R`` is asked once per changelog topic and process (``DescribeConfigs``), at the first check
-that needs it: lowering it on a running group takes effect for this check at each daemon's next
-start.
+``R`` is asked once per changelog topic and process (``DescribeConfigs``), when a standby
+starts following it or at the first check that needs it: lowering it on a running group takes
+effect for this check at each daemon's next start.
 """
 
 from __future__ import annotations

@@ -242,10 +242,11 @@ class Standby:
                 )
             )
             self._changelog_ids[changelog] = ids.get(changelog)
-        # How long a check lasts, known before anything is polled: ``_young_enough`` would
-        # otherwise ask it at the first poll, and the first records would wait for the answer.
+        # How long a check lasts (R), asked once here rather than at the first poll that brings
+        # records, which would wait for it. Best effort, and briefly: what is followed already
+        # waits meanwhile; ``_young_enough`` asks again if it is not known.
         with contextlib.suppress(ChangelogError, TimeoutError):
-            await asyncio.wait_for(self.horizon.proof_lasts_s(set(changelogs)), _HORIZON_WAIT_S)
+            await asyncio.wait_for(self.horizon.proof_lasts_s(set(changelogs)), _RETRY_S)
         checked_at = _clocks()
         starts, unchecked, deferred = await self._starts(new)
         if plan is not None:
@@ -436,6 +437,8 @@ class Standby:
                 tp = TopicPartition(inputs[source.topic], source.partition)
                 if tp in self._paused:
                     continue  # claimed here since it was fetched: its owner writes it
+                if tp not in self._young_at:
+                    continue  # claimed and let go since: checked at the next poll
                 if source not in self._follower.followed_now:
                     continue  # no longer followed here since it was fetched
                 end = None if behind is None else chunk.next_offset + behind
@@ -449,7 +452,12 @@ class Standby:
                 # Claimed here while this poll waited (for a lookup, or an earlier group's
                 # transaction): not applied. It would change nothing (records below the file's
                 # changelog offset are skipped), but the owner's batches need not wait for it.
-                group = [item for item in group if item.tp not in self._paused]
+                # Claimed and let go meanwhile: checked against the horizon at the next poll.
+                group = [
+                    item
+                    for item in group
+                    if item.tp not in self._paused and item.tp in self._young_at
+                ]
                 if not group:
                     continue
                 done = await apply_together(self._database, group, self._tables, self._stats)
