@@ -485,13 +485,12 @@ class Standby:
         changelogs' IDs are checked before (a chunk without records had none checked). Should
         Kafka not answer, the chunks of the partitions due are dropped and read again, from the
         file's offsets, after a pause. None: ``stop`` came before Kafka answered."""
-        inputs = self._inputs
-        tps = {
-            TopicPartition(inputs[source.topic], source.partition): source
-            for source in chunks
-            if source.topic in inputs
-            and TopicPartition(inputs[source.topic], source.partition) not in self._paused
-        }
+        tps: dict[TopicPartition, TopicPartition] = {}  # input partition -> its changelog's
+        for source in chunks:
+            topic = self._inputs.get(source.topic)
+            tp = None if topic is None else TopicPartition(topic, source.partition)
+            if tp is not None and tp not in self._paused:
+                tps[tp] = source
         if not tps:
             return chunks
         now = _clocks()
