@@ -165,6 +165,15 @@ async def _one_row_applied_to(database: Database, tp: TopicPartition, offset: in
     )
 
 
+def _kafka_keeps_tombstones(monkeypatch: pytest.MonkeyPatch, retention_ms: int) -> None:
+    """Kafka says every changelog keeps its tombstones ``retention_ms`` (DescribeConfigs)."""
+
+    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
+        return dict.fromkeys(names, retention_ms)
+
+    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+
+
 class _Kafka:
     """ListOffsets of a changelog whose partitions start at ``start`` and end at 100: partition
     0's first record at or after the asked time is at 40, partition 1 has none that young."""
@@ -199,10 +208,7 @@ async def test_a_file_behind_the_horizon_restores_whole(
 ) -> None:
     retention = 10_000
 
-    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
-        return {name: retention for name in names}
-
-    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    _kafka_keeps_tombstones(monkeypatch, retention)
     settings = Settings(topics=("t",), group_id="g")
     kafka = _Kafka(start=0)
     before = int(time.time() * 1000)
@@ -225,10 +231,7 @@ async def test_a_changelog_that_lost_its_start_cannot_restore_whole(
     """Records deleted from the changelog (its log start moved): the whole state is not in it,
     so the host stops (exit 5), as for any changelog that lost records."""
 
-    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
-        return dict.fromkeys(names, 10_000)
-
-    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    _kafka_keeps_tombstones(monkeypatch, 10_000)
     horizon = horizon_module.TombstoneHorizon(Settings(topics=("t",), group_id="g"))
     with pytest.raises(ChangelogLostError, match="now starts at offset 5"):
         await horizon.stale(_Kafka(start=5), {TopicPartition("t", 0): 38})
@@ -272,10 +275,7 @@ async def test_a_whole_restore_cut_short_goes_on_within_the_margin(
     log): asked again within a tenth of the retention, it goes on; later, it starts over."""
     retention = 10_000
 
-    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
-        return dict.fromkeys(names, retention)
-
-    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    _kafka_keeps_tombstones(monkeypatch, retention)
     clock = [1_000.0]
     horizon = horizon_module.TombstoneHorizon(
         Settings(topics=("t",), group_id="g"), clock=lambda: clock[0]
@@ -299,10 +299,7 @@ async def test_a_standby_waits_to_follow_what_kafka_cannot_date_and_forgets_what
     answers, one too old is forgotten and followed from the log's start, unless a claim of this
     process took it meanwhile: then it is left to that claim."""
 
-    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
-        return dict.fromkeys(names, 10_000)
-
-    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    _kafka_keeps_tombstones(monkeypatch, 10_000)
     monkeypatch.setattr(standby_module, "_HORIZON_WAIT_S", 0.05)
     monkeypatch.setattr(standby_module, "_DEFERRED_MAX_S", 0.15)
     path = tmp_path / "state.db"
@@ -367,10 +364,7 @@ async def test_a_standby_checks_what_it_follows_again_before_applying_a_late_pol
     offset."""
     retention_ms = 10_000  # a check lasts R/20: 0.5 s
 
-    async def described(settings: Settings, names: list[str]) -> dict[str, int]:
-        return dict.fromkeys(names, retention_ms)
-
-    monkeypatch.setattr(horizon_module, "delete_retention_ms", described)
+    _kafka_keeps_tombstones(monkeypatch, retention_ms)
     monkeypatch.setattr(standby_module, "_HORIZON_WAIT_S", 0.05)
     monkeypatch.setattr(standby_module, "_POLL_MS", 1)
     path = tmp_path / "state.db"
