@@ -7,7 +7,10 @@ isolation level and the poll timeout are the daemon's by construction; only the 
 a listener seeks every assigned partition to the beginning instead of to a stored position.
 
 With ``--collector sqlstate`` it runs with the garbage collector set as ``sqlstate run`` sets it
-for its batch loop (``sqlstate/app/collector.py``), to show what that setting alone is worth.
+for its batch loop (``sqlstate/app/collector.py``), to show what that setting alone is worth;
+with ``--records bare`` it iterates aiokafka's bare records, as ``sqlstate run`` does with its
+built-in processors, instead of ``ConsumerRecord``s (``sqlstate/kafka/client.py``): with both,
+it is a bare consumer that does what sqlstate does to read Kafka, and nothing else.
 
 Prints one JSON object on stdout: the time and size of every non-empty batch, and peak RSS.
 """
@@ -53,6 +56,7 @@ async def consume(
     messages: int,
     max_records: int | None,
     deadline_s: float,
+    bare_records: bool,
 ) -> dict[str, Any]:
     settings = Settings(
         topics=(topic,),
@@ -62,7 +66,7 @@ async def consume(
     )
     if max_records is not None:
         settings = dataclasses.replace(settings, max_records=max_records)
-    consumer = build_consumer(settings)
+    consumer = build_consumer(settings, bare_records=bare_records)
     consumer.subscribe(topics=[topic], listener=FromBeginning(consumer))
     await consumer.start()
     batches: list[tuple[float, int]] = []
@@ -114,6 +118,12 @@ def main() -> None:
         default="python",
         help="the garbage collector's settings: Python's defaults, or sqlstate run's",
     )
+    parser.add_argument(
+        "--records",
+        choices=("copied", "bare"),
+        default="copied",
+        help="aiokafka's ConsumerRecords, or its bare records as sqlstate run reads them",
+    )
     args = parser.parse_args()
     collecting = (
         collector.tuned(args.max_records or Settings.max_records)
@@ -129,6 +139,7 @@ def main() -> None:
                 args.messages,
                 args.max_records,
                 args.deadline,
+                bare_records=args.records == "bare",
             )
         )
     json.dump(result, sys.stdout)

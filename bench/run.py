@@ -6,6 +6,9 @@ group:
 (a) ``ceiling``: a bare aiokafka consumer with sqlstate's fetch settings, iterating records;
 (a') ``ceiling_collector``: the same with the garbage collector set as ``sqlstate run`` sets it
     (``sqlstate/app/collector.py``), reported as a ratio of (a): what that setting alone is worth;
+(a'') ``ceiling_bare``: the same as (a') iterating aiokafka's bare records, as ``sqlstate run``
+    reads them with the built-in processors (``sqlstate/kafka/client.py``), not
+    ``ConsumerRecord``s: a consumer that reads Kafka the way sqlstate does and does nothing else;
 (b) ``fresh``: ``sqlstate run`` into a new database;
 (b') ``no_kafka_offsets``: the same with ``--no-commit-offsets-to-kafka``, to show what the
     informational copy of the positions in Kafka's group offsets costs;
@@ -274,8 +277,20 @@ def log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+_CEILINGS = {
+    (False, False): ("ceiling", "(a) bare aiokafka consumer"),
+    (True, False): ("ceiling_collector", "(a') bare, sqlstate's GC setting"),
+    (True, True): ("ceiling_bare", "(a'') bare records, GC setting"),
+}
+
+
 def run_ceiling(
-    options: Options, produced: workload.Produced, group_id: str, *, sqlstate_collector: bool
+    options: Options,
+    produced: workload.Produced,
+    group_id: str,
+    *,
+    sqlstate_collector: bool,
+    bare_records: bool = False,
 ) -> RunResult:
     launched_at = time.time()
     completed = subprocess.run(
@@ -295,6 +310,7 @@ def run_ceiling(
             str(RUN_TIMEOUT_S),
             *(["--max-records", str(options.max_records)] if options.max_records else []),
             *(["--collector", "sqlstate"] if sqlstate_collector else []),
+            *(["--records", "bare"] if bare_records else []),
         ],
         capture_output=True,
         text=True,
@@ -303,11 +319,10 @@ def run_ceiling(
     if completed.returncode != 0:
         raise RuntimeError(f"the ceiling consumer failed:\n{completed.stderr[-3000:]}")
     result = json.loads(completed.stdout)
+    name, label = _CEILINGS[sqlstate_collector, bare_records]
     return RunResult(
-        name="ceiling_collector" if sqlstate_collector else "ceiling",
-        label="(a') bare, sqlstate's GC setting"
-        if sqlstate_collector
-        else "(a) bare aiokafka consumer",
+        name=name,
+        label=label,
         launched_at=launched_at,
         batches=[Batch(at, records) for at, records in result["batches"]],
         peak_rss_kib=[result["peak_rss_kib"]],
@@ -589,6 +604,16 @@ def _measure_runs(
                 sqlstate_collector=True,
             )
         )
+        step("(a'') bare aiokafka consumer, the GC setting and bare records, as sqlstate reads")
+        keep(
+            run_ceiling(
+                options,
+                produced,
+                f"{produced.topic}-ceiling-bare-{round_number}",
+                sqlstate_collector=True,
+                bare_records=True,
+            )
+        )
 
         def group(name: str, round_number: int = round_number) -> str:
             return f"{produced.topic}-{name}-{round_number}"
@@ -738,10 +763,13 @@ def _results(
         "a'/a": ratio(summaries["ceiling_collector"], ceiling),
         "b/a": ratio(fresh, ceiling),
         "b/a'": ratio(fresh, summaries["ceiling_collector"]),
+        "a''/a": ratio(summaries["ceiling_bare"], ceiling),
+        "b/a''": ratio(fresh, summaries["ceiling_bare"]),
         "b'/a": ratio(summaries["no_kafka_offsets"], ceiling),
         "c/b": ratio(summaries["two_processes"], fresh),
     }
     summaries["ceiling_collector"]["ratio"] = ("a'/a", ratios["a'/a"])
+    summaries["ceiling_bare"]["ratio"] = ("a''/a", ratios["a''/a"])
     fresh["ratio"] = ("b/a", ratios["b/a"])
     summaries["no_kafka_offsets"]["ratio"] = ("b'/a", ratios["b'/a"])
     summaries["two_processes"]["ratio"] = ("c/b", ratios["c/b"])

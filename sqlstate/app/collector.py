@@ -1,7 +1,8 @@
 """Python's cyclic garbage collector, set for the batch loop.
 
-Every record of a batch is a ``ConsumerRecord``, an object the collector tracks, and a batch's
-records live until its transaction commits, with the next batch already fetched beside it. With
+Every record of a batch is an object the collector tracks (a ``ConsumerRecord``, or aiokafka's
+bare record and its list of headers: ``sqlstate/kafka/client.py``), and a batch's records live
+until its transaction commits, with the next batch already fetched beside it. With
 Python's default threshold (a young-generation collection every 700 net allocations) the
 collector runs every few hundred records and walks the records in flight again and again: on
 the bench's topic that took about 0.7 µs per record, a third of what the bare consumer costs.

@@ -43,7 +43,13 @@ from sqlstate.errors import (
     SqlstateError,
     TopicNotFoundError,
 )
-from sqlstate.kafka.client import build_consumer, c_parser_loaded, refusal, worth_asking_why
+from sqlstate.kafka.client import (
+    build_consumer,
+    c_parser_loaded,
+    reads_bare_records,
+    refusal,
+    worth_asking_why,
+)
 from sqlstate.kafka.decoding import BadRecords, Decoding
 from sqlstate.kafka.schemas import schemas_for
 from sqlstate.kafka.topic_pattern import matches, subscription_pattern
@@ -67,6 +73,7 @@ def _started_words(fields: Mapping[str, Any]) -> dict[str, str]:
         "parser": "C extension"
         if fields["record_parser"] == "c"
         else "pure Python (about 20x slower)",
+        "records_kept": "as parsed" if fields["records"] == "bare" else "copied as ConsumerRecords",
     }
 
 
@@ -77,7 +84,7 @@ _STARTED = LogEvent(
     "sqlstate %(version)s (aiokafka %(aiokafka_version)s, aiosqlite %(aiosqlite_version)s,"
     " SQLite %(sqlite_version)s) database %(database)s schema %(schema)s; topics"
     " %(topics_listed)s; group %(group_id)s; processors %(processors_listed)s; record parser:"
-    " %(parser)s",
+    " %(parser)s, records %(records_kept)s",
     words=_started_words,
 )
 _FORCED_EXIT = LogEvent(logger, logging.WARNING, "forced_exit", "second %(signal)s: exiting now")
@@ -312,7 +319,7 @@ async def run(settings: Settings) -> None:
 
 
 def _log_started(
-    settings: Settings, database: Database, schema: str, processors: Processors
+    settings: Settings, database: Database, schema: str, processors: Processors, bare: bool
 ) -> None:
     _STARTED.log(
         version=__version__,
@@ -326,6 +333,7 @@ def _log_started(
         group_id=settings.group_id,
         processors=processors.names,
         record_parser="c" if c_parser_loaded() else "python",
+        records="bare" if bare else "copied",
     )
 
 
@@ -361,6 +369,7 @@ async def _run_on(
         key_deserializer=decoding.key_deserializer,
         value_deserializer=decoding.value_deserializer,
         plan=plan,
+        bare_records=decoding.leaves_bytes and processors.read_bare_records,
     )
     try:
         # Not started only when a signal came first: then stop is set.
@@ -375,7 +384,7 @@ async def _run_on(
             await migrate.apply_processor_migrations(database, processors.members)
             if settings.changelog:
                 await changelog_mode.prepare(settings, database, consumer, tables)
-            _log_started(settings, database, schema, processors)
+            _log_started(settings, database, schema, processors, reads_bare_records(consumer))
         if not stop.is_set():
             bad_records = BadRecords(decoding, settings.on_bad_record)
             changelog = changelog_mode.owner_of(

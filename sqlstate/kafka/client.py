@@ -12,6 +12,17 @@ against the test broker's SASL and SSL listeners (tests/acceptance/test_security
 test_oauth.py for OAUTHBEARER, whose one token provider per process every client shares:
 ``oauth.py``).
 
+The daemon's consumer, when it needs nothing else, and the changelogs' consumers are given
+aiokafka's *bare records* (``build_consumer``'s ``bare_records``): the objects its record parser
+makes, with ``offset``, ``timestamp``, ``key``, ``value`` and ``headers`` (a list), instead of a
+``ConsumerRecord`` copied from each, which costs more than parsing the record
+(``docs/performance.md``, "Bare records"). aiokafka builds each copy in its
+``PartitionRecords``; a subclass of it, put in its place in aiokafka's fetcher module, skips the
+copy for a consumer that carries the mark ``_bare_key`` as its key deserializer, and leaves every
+other consumer's records as aiokafka makes them. Where aiokafka's fetcher is not as this
+subclass knows it, nothing is replaced and no consumer marked: the records are then
+``ConsumerRecord``s, as correct and slower, and the ``records_copied`` warning says so.
+
 The lookups a claim makes are sent around aiokafka's API, over connections of their own
 (``_LOOKUPS``): Metadata in a version that carries topic IDs (``topic_ids``, with its layout in
 ``protocol.py``), and ListOffsets (``list_offsets``: a log's start, its end as either isolation
@@ -25,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import inspect
 import logging
 import ssl
 import time
@@ -32,10 +45,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import ConnectionGroup
 from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.consumer import fetcher
 from aiokafka.errors import (
     IllegalSaslStateError,
     KafkaConnectionError,
@@ -69,6 +84,14 @@ _NO_TOPIC_IDS = LogEvent(
     " noticed only when a stored position falls outside its new log",
 )
 
+_COPIED_RECORDS = LogEvent(
+    logger,
+    logging.WARNING,
+    "records_copied",
+    "aiokafka %(aiokafka_version)s does not build its records as sqlstate expects: each record"
+    " is copied into a ConsumerRecord, which is slower (sqlstate is tested with aiokafka 0.14)",
+)
+
 T = TypeVar("T")
 
 # ListOffsets' two special times: the log's first offset, and the offset after its last record.
@@ -96,11 +119,77 @@ def c_parser_loaded() -> bool:
     return "._crecords" in module
 
 
+def _bare_key(raw: bytes | None) -> bytes | None:
+    """The key as Kafka has it. As a consumer's key deserializer, the mark of bare records
+    (``_BareRecords``), which never call it."""
+    return raw
+
+
+def _as_is(tp: TopicPartition, record: T) -> T:
+    return record
+
+
+class _BareRecords(fetcher.PartitionRecords):  # type: ignore[misc]
+    """The records of one fetched partition; for a consumer marked by ``_bare_key``, the
+    objects aiokafka's parser makes, without the ``ConsumerRecord`` aiokafka copies from each.
+
+    Only the copy is skipped: which batches are read, aborted transactions and control batches
+    left out, CRCs checked, positions moved, stays aiokafka's own code.
+    """
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        records: Any,
+        aborted_transactions: Any,
+        fetch_offset: int,
+        key_deserializer: Any,
+        value_deserializer: Any,
+        check_crcs: bool,
+        isolation_level: int,
+    ) -> None:
+        super().__init__(
+            tp,
+            records,
+            aborted_transactions,
+            fetch_offset,
+            key_deserializer,
+            value_deserializer,
+            check_crcs,
+            isolation_level,
+        )
+        if key_deserializer is _bare_key:
+            # The instance's attribute comes before the class's method where aiokafka calls
+            # self._consumer_record(tp, record) for each record.
+            self._consumer_record = _as_is
+
+
+@functools.cache
+def _bare_records_installed() -> bool:
+    """Put ``_BareRecords`` in aiokafka's fetcher, once, if its ``PartitionRecords`` is the one
+    it subclasses: the same parameters, each record copied by ``_consumer_record``."""
+    parameters = list(inspect.signature(fetcher.PartitionRecords.__init__).parameters)
+    if parameters != list(inspect.signature(_BareRecords.__init__).parameters) or not hasattr(
+        fetcher.PartitionRecords, "_consumer_record"
+    ):
+        _COPIED_RECORDS.log(aiokafka_version=aiokafka.__version__)
+        return False
+    fetcher.PartitionRecords = _BareRecords
+    return True
+
+
+def reads_bare_records(consumer: AIOKafkaConsumer) -> bool:
+    """Whether ``consumer`` is given aiokafka's bare records (``build_consumer``)."""
+    return consumer._key_deserializer is _bare_key
+
+
 def build_consumer(
     settings: Settings,
     key_deserializer: Callable[[bytes | None], Any] | None = None,
     value_deserializer: Callable[[bytes | None], Any] | None = None,
     plan: FollowPlan | None = None,
+    *,
+    bare_records: bool = False,
 ) -> AIOKafkaConsumer:
     """A group consumer whose positions come only from the database (``plan``: under
     ``--standby N``, where its assignments say what its standby follows).
@@ -109,7 +198,13 @@ def build_consumer(
     must raise OffsetOutOfRangeError so our policy decides, never silently jump. Keys and values
     stay raw bytes unless deserializers are given (``--key-format``/``--value-format``):
     counting keys needs none. aiokafka calls them for every record, a null key or value included.
+    ``bare_records`` (no deserializers): aiokafka's bare records, not ``ConsumerRecord``s.
     """
+    if bare_records:
+        if key_deserializer is not None or value_deserializer is not None:
+            raise ValueError("bare records are Kafka's bytes: no deserializer goes with them")
+        if _bare_records_installed():
+            key_deserializer = _bare_key
     return AIOKafkaConsumer(
         key_deserializer=key_deserializer,
         value_deserializer=value_deserializer,
@@ -222,6 +317,8 @@ def build_changelog_consumer(
     settings' (a restore reads more of its one partition at a time).
     """
     return AIOKafkaConsumer(
+        # What a changelog record needs is its key, value and offset: bare records have them.
+        key_deserializer=_bare_key if _bare_records_installed() else None,
         bootstrap_servers=settings.bootstrap_servers,
         client_id=settings.client_id,
         group_id=None,

@@ -112,6 +112,11 @@ class Decoding:
         self.key_deserializer = self._deserializer("key", key_format)
         self.value_deserializer = self._deserializer("value", value_format)
 
+    @property
+    def leaves_bytes(self) -> bool:
+        """Whether keys and values stay as Kafka has them: no deserializer at all."""
+        return self.key_deserializer is None and self.value_deserializer is None
+
     def _deserializer(self, what: str, format: Format) -> Deserializer | None:
         if format == "bytes":
             return None

@@ -52,6 +52,13 @@ BUILT_INS: dict[str, Callable[[Settings], Processor]] = {
 }
 
 
+# Processors whose statements read a record's key, value, offset and timestamp only, which
+# aiokafka's bare records have (``sqlstate.kafka.client``): the daemon gives them those, not
+# ConsumerRecords. A user's processor or a SQL file may read more (topic, partition, headers as
+# a tuple), and a subclass may too: they get ConsumerRecords.
+_BARE_RECORD_READERS = (KeyCounter, Latest, WindowedCounts)
+
+
 def load(spec: str, settings: Settings) -> Processor:
     """The processor ``--processor spec`` names."""
     if spec in BUILT_INS:
@@ -164,6 +171,11 @@ class Processors:
         self.members = tuple(members)
         self.names = [member.name for member in self.members]
         self._guard = guard
+
+    @property
+    def read_bare_records(self) -> bool:
+        """Whether every processor takes aiokafka's bare records (``_BARE_RECORD_READERS``)."""
+        return all(type(member) in _BARE_RECORD_READERS for member in self.members)
 
     @classmethod
     def checked(cls, members: Sequence[Processor]) -> Processors:

@@ -486,6 +486,7 @@ async def test_json_log_lines_parse(
     assert started["database"] == str(database)
     assert started["schema"] == started["message"].split(" schema ")[1].split(";")[0]
     assert started["record_parser"] in {"c", "python"}
+    assert started["records"] == "bare"  # counts, keys and values as bytes
     caught_up = [entry for entry in events if entry["event"] == "caught_up"]
     assert caught_up, "no caught-up line"
     assert caught_up[0]["partitions"] == 3

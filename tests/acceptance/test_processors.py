@@ -91,6 +91,7 @@ async def test_kill_9_again_and_again(
         verdict = await caught_up(kafka_bootstrap, database, topic, [victim], models=models("skip"))
         assert verdict.read_back == 2_400
         assert "do not decode, left out" in victim.log()
+        assert "records copied as ConsumerRecords" in victim.log()  # JSON values, a SQL file
         assert await victim.terminate() == 0
     finally:
         producing.cancel()

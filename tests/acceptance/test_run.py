@@ -48,7 +48,7 @@ async def test_counts_and_positions_are_exact(
     assert totals[b"\xff\xfe\x00"] == sum(1 for _, key in messages if key == b"\xff\xfe\x00")
     assert sum(totals.values()) == len(messages)
     log = daemon.log()
-    assert "record parser: C extension" in log
+    assert "record parser: C extension, records as parsed" in log
     assert "Traceback" not in log
 
     # The read-only commands read the same numbers.

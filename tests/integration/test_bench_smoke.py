@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = (
     "ceiling",
     "ceiling_collector",
+    "ceiling_bare",
     "fresh",
     "no_kafka_offsets",
     "two_processes",
@@ -93,7 +94,7 @@ def test_bench_runs_end_to_end_with_exact_counts(
         assert not missing, (name, missing)
         assert summaries[name]["records"] == 3000, name
         assert summaries[name]["messages_per_s"] > 0, name
-    for name in RUNS[2:]:  # the sqlstate runs
+    for name in RUNS[3:]:  # the sqlstate runs
         assert summaries[name]["counts_exact"] is True, name
         assert summaries[name]["commit_ms_p50"] is not None, name
     assert len(summaries["two_processes"]["peak_rss_mib"]) == 2
@@ -101,6 +102,8 @@ def test_bench_runs_end_to_end_with_exact_counts(
         "a'/a",
         "b/a",
         "b/a'",
+        "a''/a",
+        "b/a''",
         "b'/a",
         "c/b",
         "d/b (5000)",
