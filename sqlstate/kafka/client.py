@@ -37,7 +37,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import inspect
 import logging
 import ssl
 import time
@@ -68,6 +67,9 @@ from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import ConsumerRecord
 
 from sqlstate.kafka.assignor import FollowPlan, assignment_strategy
 from sqlstate.kafka.oauth import TokenError, provider_for
@@ -164,14 +166,34 @@ class _BareRecords(fetcher.PartitionRecords):  # type: ignore[misc]
             self._consumer_record = _as_is
 
 
+def _skips_the_copy() -> bool:
+    """Whether ``_BareRecords`` hands a marked consumer the parser's own records: one record
+    made in memory, read through it as the fetcher would."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1024,
+    )
+    builder.append(0, timestamp=1, key=b"k", value=b"v", headers=[])
+    try:
+        tp, records = TopicPartition("probe", 0), MemoryRecords(bytes(builder.build()))
+        (read,) = _BareRecords(tp, records, [], 0, _bare_key, None, True, 0)
+        seen = (isinstance(read, ConsumerRecord), read.offset, read.key, read.value)
+    except Exception:  # an aiokafka this subclass does not fit: its records are copied
+        return False
+    return seen == (False, 0, b"k", b"v")
+
+
 @functools.cache
 def _bare_records_installed() -> bool:
-    """Put ``_BareRecords`` in aiokafka's fetcher, once, if its ``PartitionRecords`` is the one
-    it subclasses: the same parameters, each record copied by ``_consumer_record``."""
-    parameters = list(inspect.signature(fetcher.PartitionRecords.__init__).parameters)
-    if parameters != list(inspect.signature(_BareRecords.__init__).parameters) or not hasattr(
-        fetcher.PartitionRecords, "_consumer_record"
-    ):
+    """Put ``_BareRecords`` in aiokafka's fetcher, once, if its ``PartitionRecords`` is still the
+    one it subclasses and reading through it skips the copy."""
+    known = (_BareRecords.__mro__[1], _BareRecords)
+    if fetcher.PartitionRecords not in known or not _skips_the_copy():
         _COPIED_RECORDS.log(aiokafka_version=aiokafka.__version__)
         return False
     fetcher.PartitionRecords = _BareRecords
@@ -180,7 +202,7 @@ def _bare_records_installed() -> bool:
 
 def reads_bare_records(consumer: AIOKafkaConsumer) -> bool:
     """Whether ``consumer`` is given aiokafka's bare records (``build_consumer``)."""
-    return consumer._key_deserializer is _bare_key
+    return getattr(consumer, "_key_deserializer", None) is _bare_key
 
 
 def build_consumer(

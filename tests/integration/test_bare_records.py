@@ -4,9 +4,9 @@ The daemon's consumer (with the built-in processors and keys and values as bytes
 changelogs' consumers read aiokafka's bare records (``sqlstate.kafka.client``): the objects its
 parser makes, without the ``ConsumerRecord`` copy. Everything else stays aiokafka's: which
 records a read_committed reader is given (aborted transactions and commit markers left out),
-where its position ends. Here a log holding plain records, headers, a tombstone, a committed
-and an aborted transaction is read by both kinds of consumer in one process, and by an
-ordinary consumer, which must still be given ConsumerRecords.
+where its position ends. Here a log holding plain and compressed records, headers, a
+tombstone, a committed and an aborted transaction is read by both kinds of consumer in one
+process, and by an ordinary consumer, which must still be given ConsumerRecords.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ from tests.support.kafka import (
 Seen = tuple[int, int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]
 
 
-async def _produce(bootstrap: str, topic: str, first: int, headers: bool) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def _produce(bootstrap: str, topic: str, first: int, headers: bool, gzip: bool) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type="gzip" if gzip else None,
+    )
     async with started(producer):
         for i in range(first, first + 50):
             await producer.send(
@@ -68,10 +73,10 @@ async def test_bare_records_say_what_consumer_records_say(
 ) -> None:
     topic = await topic_factory(1, config={"message.timestamp.type": timestamps})
     tp = TopicPartition(topic, 0)
-    await _produce(kafka_bootstrap, topic, 0, headers=True)
+    await _produce(kafka_bootstrap, topic, 0, headers=True, gzip=False)
     await produce_transaction(kafka_bootstrap, topic, [(b"kept", b"1", 0), (b"kept", b"2", 0)])
     await produce_transaction(kafka_bootstrap, topic, [(b"aborted", b"x", 0)] * 5, commit=False)
-    await _produce(kafka_bootstrap, topic, 50, headers=False)
+    await _produce(kafka_bootstrap, topic, 50, headers=False, gzip=True)
     end = (await log_end_offsets(kafka_bootstrap, topic, isolation_level="read_committed"))[0]
 
     settings = Settings(topics=(topic,), group_id=group_id, bootstrap_servers=kafka_bootstrap)

@@ -125,3 +125,25 @@ async def test_an_aiokafka_whose_fetcher_is_not_the_known_one_keeps_its_records(
         client._bare_records_installed.cache_clear()
         for consumer in built:
             await consumer.stop()  # never started: closes what its constructor opened
+
+
+async def test_an_aiokafka_that_no_longer_copies_through_the_known_method_keeps_its_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same class and parameters, but each record built some other way: not bare."""
+
+    def copies_elsewhere(self: Any) -> Any:
+        for batch in iter(self._records.next_batch, None):
+            for parsed in batch:
+                yield record(TP, parsed.offset, parsed.key, parsed.value, parsed.timestamp)
+
+    settings = Settings(topics=("t",), group_id="g", bootstrap_servers="127.0.0.1:1")
+    monkeypatch.setattr(client._BareRecords, "_unpack_records", copies_elsewhere)
+    client._bare_records_installed.cache_clear()
+    consumer = client.build_consumer(settings, bare_records=True)
+    try:
+        assert not client.reads_bare_records(consumer)
+    finally:
+        monkeypatch.undo()
+        client._bare_records_installed.cache_clear()
+        await consumer.stop()
