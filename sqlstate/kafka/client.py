@@ -166,9 +166,11 @@ class _BareRecords(fetcher.PartitionRecords):  # type: ignore[misc]
             self._consumer_record = _as_is
 
 
-def _skips_the_copy() -> bool:
-    """Whether ``_BareRecords`` hands a marked consumer the parser's own records: one record
-    made in memory, read through it as the fetcher would."""
+def in_memory(
+    contents: Iterable[tuple[bytes | None, bytes | None, int]], first_offset: int = 0
+) -> MemoryRecords:
+    """``contents`` (key, value, timestamp) as one record batch from ``first_offset``, as a
+    fetch response holds it: what aiokafka's parser reads, without Kafka."""
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=0,
@@ -176,12 +178,20 @@ def _skips_the_copy() -> bool:
         producer_id=-1,
         producer_epoch=-1,
         base_sequence=-1,
-        batch_size=1024,
+        batch_size=1 << 20,
     )
-    builder.append(0, timestamp=1, key=b"k", value=b"v", headers=[])
+    for delta, (key, value, timestamp) in enumerate(contents):
+        builder.append(delta, timestamp=timestamp, key=key, value=value, headers=[])
+    # The batch's base offset is its first eight bytes, outside its CRC.
+    return MemoryRecords(first_offset.to_bytes(8, "big") + bytes(builder.build())[8:])
+
+
+def _skips_the_copy() -> bool:
+    """Whether ``_BareRecords`` hands a marked consumer the parser's own records: one record
+    made in memory, read through it as the fetcher would."""
     try:
-        tp, records = TopicPartition("probe", 0), MemoryRecords(bytes(builder.build()))
-        (read,) = _BareRecords(tp, records, [], 0, _bare_key, None, True, 0)
+        records = in_memory([(b"k", b"v", 1)])
+        (read,) = _BareRecords(TopicPartition("probe", 0), records, [], 0, _bare_key, None, True, 0)
         seen = (isinstance(read, ConsumerRecord), read.offset, read.key, read.value)
     except Exception:  # an aiokafka this subclass does not fit: its records are copied
         return False

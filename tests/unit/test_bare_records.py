@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from aiokafka.record.memory_records import MemoryRecords
 
 from sqlstate.kafka import client
 from sqlstate.processors.base import Processor, Record
@@ -41,21 +39,7 @@ _CONTENTS: list[tuple[bytes | None, bytes | None, int]] = [
 
 def bare_records(first_offset: int) -> list[Any]:
     """``_CONTENTS`` as aiokafka's parser hands them out: one v2 record batch, parsed."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for delta, (key, value, timestamp) in enumerate(_CONTENTS):
-        builder.append(delta, timestamp=timestamp, key=key, value=value, headers=[])
-    # The batch's base offset is its first eight bytes.
-    built = first_offset.to_bytes(8, "big") + bytes(builder.build())[8:]
-    batch = MemoryRecords(built).next_batch()
-    return list(batch)
+    return list(client.in_memory(_CONTENTS, first_offset).next_batch())
 
 
 def consumer_records(first_offset: int) -> list[Record]:
