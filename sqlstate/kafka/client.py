@@ -67,7 +67,6 @@ from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record import default_records
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 
@@ -171,7 +170,7 @@ def in_memory(
 ) -> MemoryRecords:
     """``contents`` (key, value, timestamp) as one record batch from ``first_offset``, as a
     fetch response holds it: what aiokafka's parser reads, without Kafka."""
-    builder = DefaultRecordBatchBuilder(
+    builder = default_records.DefaultRecordBatchBuilder(
         magic=2,
         compression_type=0,
         is_transactional=0,
