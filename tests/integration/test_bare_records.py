@@ -99,9 +99,3 @@ async def test_bare_records_say_what_consumer_records_say(
     assert len(from_ordinary) == 102  # every record but the aborted five, no commit marker
     if timestamps == "LogAppendTime":
         assert all(r.timestamp_type == 1 for r in from_bare)
-
-
-async def test_deserializers_and_bare_records_do_not_go_together(kafka_bootstrap: str) -> None:
-    settings = Settings(topics=("t",), group_id="g", bootstrap_servers=kafka_bootstrap)
-    with pytest.raises(ValueError, match="no deserializer"):
-        build_consumer(settings, key_deserializer=lambda raw: raw, bare_records=True)

@@ -131,3 +131,9 @@ async def test_an_aiokafka_that_no_longer_copies_through_the_known_method_keeps_
         monkeypatch.undo()
         client._bare_records_installed.cache_clear()
         await consumer.stop()
+
+
+def test_deserializers_and_bare_records_do_not_go_together() -> None:
+    settings = Settings(topics=("t",), group_id="g", bootstrap_servers="127.0.0.1:1")
+    with pytest.raises(ValueError, match="no deserializer"):
+        client.build_consumer(settings, key_deserializer=lambda raw: raw, bare_records=True)
