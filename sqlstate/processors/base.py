@@ -66,6 +66,30 @@ __all__ = [
 Record: TypeAlias = ConsumerRecord[Any, Any]
 Records: TypeAlias = Sequence[Record]
 
+
+class ParsedRecord(Protocol):
+    """The part of a ``Record`` that the built-in processors read: its key, value, offset and
+    timestamp. aiokafka's record parser makes objects with these and without ``topic`` or
+    ``partition``; the daemon hands those to the built-ins as they are, without copying each
+    into a ``ConsumerRecord`` (``sqlstate.kafka.client``). Typed so, a built-in that came to read
+    another field of a record is refused by mypy, not by a running daemon. Not part of the
+    public API: a processor of your own gets ``Record``s."""
+
+    @property
+    def key(self) -> Any: ...
+
+    @property
+    def value(self) -> Any: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+
+ParsedRecords: TypeAlias = Sequence[ParsedRecord]
+
 #: A processor's name: it prefixes its recorded migrations and labels its metrics.
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: A migration's name: ``NNNN_what`` (the order is the name's).

@@ -52,10 +52,10 @@ BUILT_INS: dict[str, Callable[[Settings], Processor]] = {
 }
 
 
-# Processors whose statements read a record's key, value, offset and timestamp only, which
-# aiokafka's bare records have (``sqlstate.kafka.client``): the daemon gives them those, not
-# ConsumerRecords. A user's processor or a SQL file may read more (topic, partition, headers as
-# a tuple), and a subclass may too: they get ConsumerRecords.
+# Processors whose statements read a record's key, value, offset and timestamp only (typed so,
+# ``base.ParsedRecord``), which aiokafka's bare records have (``sqlstate.kafka.client``): the
+# daemon gives them those, not ConsumerRecords. A user's processor or a SQL file may read more
+# (topic, partition, headers as a tuple), and a subclass may too: they get ConsumerRecords.
 _BARE_RECORD_READERS = (KeyCounter, Latest, WindowedCounts)
 
 

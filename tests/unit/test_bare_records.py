@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher
 
 from sqlstate.kafka import client
-from sqlstate.processors.base import Processor, Record
+from sqlstate.processors.base import ParsedRecord, Processor, Record
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
@@ -64,6 +64,23 @@ def test_a_built_in_prepares_the_same_statements_from_bare_records(processor: Pr
 
     assert from_bare == from_copies
     assert any(statement.rows for statement in from_bare)
+
+
+def test_a_bare_record_has_what_the_built_ins_are_typed_to_read_and_no_more_of_a_record() -> None:
+    """The built-ins take ``ParsedRecord``s, so that mypy refuses one that would read more: the
+    parser's records must have every field it names, and lack those of a ``Record`` it leaves
+    out."""
+    (bare,) = client.in_memory([(b"k", b"v", 5)], first_offset=9).next_batch()
+    named = [name for name in vars(ParsedRecord) if not name.startswith("_")]
+    assert sorted(named) == ["key", "offset", "timestamp", "value"]
+    assert [getattr(bare, name) for name in ("key", "value", "offset", "timestamp")] == [
+        b"k",
+        b"v",
+        9,
+        5,
+    ]
+    assert not hasattr(bare, "topic")
+    assert not hasattr(bare, "partition")
 
 
 def test_only_the_built_ins_are_given_bare_records() -> None:

@@ -19,7 +19,8 @@ from operator import attrgetter
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors import Migration, Queries, Records, Statement
+from sqlstate.processors import Migration, Queries, Statement
+from sqlstate.processors.base import ParsedRecords
 from sqlstate.processors.keys import split_keys
 
 sql = Queries(__name__)
@@ -40,7 +41,7 @@ class KeyCounter:
     def changelog_matches(self) -> Mapping[str, str]:
         return {"key_counts": sql("changelog_match_key_counts")}
 
-    def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
+    def statements(self, tp: TopicPartition, records: ParsedRecords) -> Sequence[Statement]:
         # Aggregate first: the database sees each distinct key once per batch.
         document, single_rows = split_keys(Counter(map(_key, records)))
         statements = []

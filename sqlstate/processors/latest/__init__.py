@@ -28,7 +28,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors import Migration, Queries, Record, Records, Statement, bundled, json_text
+from sqlstate.processors import Migration, Queries, Statement, bundled, json_text
+from sqlstate.processors.base import ParsedRecord, ParsedRecords
 from sqlstate.processors.keys import stored_key
 
 #: Above this many bytes of values a batch goes row by row rather than as one BLOB (which SQLite
@@ -54,8 +55,8 @@ class Latest:
     def changelog_matches(self) -> Mapping[str, str]:
         return {"latest": sql("changelog_match_latest")}
 
-    def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
-        last: dict[Any, Record] = {record.key: record for record in records}
+    def statements(self, tp: TopicPartition, records: ParsedRecords) -> Sequence[Statement]:
+        last: dict[Any, ParsedRecord] = {record.key: record for record in records}
         documents = _as_documents(last)
         if documents is None:
             return _row_by_row(tp, last)
@@ -78,7 +79,7 @@ class Latest:
         return [Statement(sql("forget_latest"), [{"topic": tp.topic, "partition": tp.partition}])]
 
 
-def _as_documents(last: Mapping[Any, Record]) -> tuple[str | None, bytes, str | None] | None:
+def _as_documents(last: Mapping[Any, ParsedRecord]) -> tuple[str | None, bytes, str | None] | None:
     """Each key's last record as ``(rows, values, tombstones)`` for the one-statement path.
 
     ``rows`` is the JSON array ``[[key, start, length, offset, timestamp], ...]`` of the keys
@@ -147,7 +148,7 @@ def _end_to_end(values: Sequence[bytes | str]) -> tuple[bytes, list[int]]:
     return joined, list(map(len, values))
 
 
-def _row_by_row(tp: TopicPartition, last: Mapping[Any, Record]) -> Sequence[Statement]:
+def _row_by_row(tp: TopicPartition, last: Mapping[Any, ParsedRecord]) -> Sequence[Statement]:
     """One upsert row per key with a value and one delete row per tombstone."""
     topic, partition = tp.topic, tp.partition
     upserts = []

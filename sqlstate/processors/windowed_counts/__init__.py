@@ -30,7 +30,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from sqlstate.processors import Migration, Queries, Records, Statement, bundled
+from sqlstate.processors import Migration, Queries, Statement, bundled
+from sqlstate.processors.base import ParsedRecords
 from sqlstate.processors.keys import split_keys
 
 sql = Queries(__name__)
@@ -86,7 +87,7 @@ class WindowedCounts:
     def changelog_matches(self) -> Mapping[str, str]:
         return {"windowed_key_counts": sql("changelog_match_windowed_key_counts")}
 
-    def statements(self, tp: TopicPartition, records: Records) -> Sequence[Statement]:
+    def statements(self, tp: TopicPartition, records: ParsedRecords) -> Sequence[Statement]:
         window, retention = self.window_ms, self.retention_ms
         timestamps = [record.timestamp for record in records]
         lowest, highest = min(timestamps), max(timestamps)
