@@ -36,7 +36,8 @@ See README.md ("Your own state") for a worked example.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from aiokafka import TopicPartition
@@ -72,8 +73,9 @@ class ParsedRecord(Protocol):
     timestamp. aiokafka's record parser makes objects with these and without ``topic`` or
     ``partition``; the daemon hands those to the built-ins as they are, without copying each
     into a ``ConsumerRecord`` (``sqlstate.kafka.client``). Typed so, a built-in that came to read
-    another field of a record is refused by mypy, not by a running daemon. Not part of the
-    public API: a processor of your own gets ``Record``s."""
+    another field of a record is refused by mypy, not by a running daemon; mypy does not read
+    the name an ``attrgetter`` is given, so the built-ins read the key through ``record_key``.
+    Not part of the public API: a processor of your own gets ``Record``s."""
 
     @property
     def key(self) -> Any: ...
@@ -89,6 +91,8 @@ class ParsedRecord(Protocol):
 
 
 ParsedRecords: TypeAlias = Sequence[ParsedRecord]
+#: A record's key, read in C (a counting pass calls it for every record of a batch).
+record_key: Callable[[ParsedRecord], Any] = attrgetter("key")
 
 #: A processor's name: it prefixes its recorded migrations and labels its metrics.
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher
 
 from sqlstate.kafka import client
-from sqlstate.processors.base import ParsedRecord, Processor, Record
+from sqlstate.processors.base import ParsedRecord, Processor, Record, record_key
 from sqlstate.processors.counts import KeyCounter
 from sqlstate.processors.latest import Latest
 from sqlstate.processors.registry import Processors
@@ -68,17 +68,18 @@ def test_a_built_in_prepares_the_same_statements_from_bare_records(processor: Pr
 
 def test_a_bare_record_has_what_the_built_ins_are_typed_to_read_and_no_more_of_a_record() -> None:
     """The built-ins take ``ParsedRecord``s, so that mypy refuses one that would read more: the
-    parser's records must have every field it names, and lack those of a ``Record`` it leaves
-    out."""
+    parser's records must have every field it names, and they lack a ``Record``'s topic and
+    partition, which it leaves out."""
     (bare,) = client.in_memory([(b"k", b"v", 5)], first_offset=9).next_batch()
-    named = [name for name in vars(ParsedRecord) if not name.startswith("_")]
-    assert sorted(named) == ["key", "offset", "timestamp", "value"]
-    assert [getattr(bare, name) for name in ("key", "value", "offset", "timestamp")] == [
-        b"k",
-        b"v",
-        9,
-        5,
-    ]
+    named = sorted(name for name in vars(ParsedRecord) if not name.startswith("_"))
+    assert named == ["key", "offset", "timestamp", "value"]
+    assert {name: getattr(bare, name, "absent") for name in named} == {
+        "key": b"k",
+        "offset": 9,
+        "timestamp": 5,
+        "value": b"v",
+    }
+    assert record_key(bare) == b"k"
     assert not hasattr(bare, "topic")
     assert not hasattr(bare, "partition")
 

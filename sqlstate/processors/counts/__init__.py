@@ -15,16 +15,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from operator import attrgetter
 
 from aiokafka import TopicPartition
 
 from sqlstate.processors import Migration, Queries, Statement
-from sqlstate.processors.base import ParsedRecords
+from sqlstate.processors.base import ParsedRecords, record_key
 from sqlstate.processors.keys import split_keys
 
 sql = Queries(__name__)
-_key = attrgetter("key")
 
 
 class KeyCounter:
@@ -43,7 +41,7 @@ class KeyCounter:
 
     def statements(self, tp: TopicPartition, records: ParsedRecords) -> Sequence[Statement]:
         # Aggregate first: the database sees each distinct key once per batch.
-        document, single_rows = split_keys(Counter(map(_key, records)))
+        document, single_rows = split_keys(Counter(map(record_key, records)))
         statements = []
         if document is not None:
             statements.append(

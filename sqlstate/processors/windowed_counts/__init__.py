@@ -25,18 +25,16 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from sqlstate.processors import Migration, Queries, Statement, bundled
-from sqlstate.processors.base import ParsedRecords
+from sqlstate.processors.base import ParsedRecords, record_key
 from sqlstate.processors.keys import split_keys
 
 sql = Queries(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_key = attrgetter("key")
 
 
 def window_start(timestamp_ms: int, window_ms: int) -> int:
@@ -97,7 +95,7 @@ class WindowedCounts:
         if highest < first + window:
             # The usual case: the whole batch falls in one window, which the batch cannot
             # make too old (it ends after the batch's highest timestamp).
-            by_window = {first: Counter(map(_key, records))}
+            by_window = {first: Counter(map(record_key, records))}
         elif first + window > highest - retention:
             # The batch spans less than the retention: no record of it makes another too old.
             by_window = defaultdict(Counter)
