@@ -48,6 +48,7 @@ CHANGELOG_ARGS = ("--changelog",)
 RUN_TIMEOUT_S = 900.0
 SETTLE_TIMEOUT_S = 60.0
 LAG_INTERVAL_S = 0.1
+SAMPLE_ROUND_TIMEOUT_S = 30.0
 #: (i)'s session timeout: its members stay frozen while the workload is produced.
 FROZEN_SESSION_MS = 120_000
 
@@ -201,6 +202,9 @@ class _Samples:
     files: list[dict[int, list[tuple[float, int]]]]
     ends: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
     states: list[dict[int, list[tuple[float, int]]]] = field(default_factory=list)
+    # When the last finished round began (epoch s): the caller waits for a round that began
+    # after the files caught up, so the samples always show where they ended.
+    round_began: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -256,6 +260,7 @@ def _sample(
                     now = time.time()
                     for tp, end in ends.items():
                         samples.ends.setdefault(tp.partition, []).append((now, end))
+                samples.round_began = began
                 await asyncio.sleep(max(0.0, interval_s - (time.time() - began)))
         finally:
             await consumer.stop()
@@ -403,6 +408,9 @@ def _two_hosts(
             caught_up = sqlstate_process.wait_caught_up(
                 database, topic, produced.end_offsets, daemons, RUN_TIMEOUT_S
             )
+        # A short run can be consumed and followed between two samples: without a round after
+        # it, no sample would show the following file reach the owner's state.
+        _wait_for_round_after(samples, caught_up, sampler)
         owners = _owners(daemons)
     finally:
         stop.set()
@@ -418,6 +426,18 @@ def _two_hosts(
         "changelog_two_hosts", "(i) 2 processes, 2 files, --changelog", launched_at, daemons, exact
     )
     return run, figures
+
+
+def _wait_for_round_after(samples: _Samples, at: float, sampler: threading.Thread) -> None:
+    give_up = time.monotonic() + SAMPLE_ROUND_TIMEOUT_S
+    while samples.round_began < at:
+        if not sampler.is_alive():
+            raise RuntimeError("the standby lag sampler stopped before the files caught up")
+        if time.monotonic() > give_up:
+            raise TimeoutError(
+                f"no standby lag sample within {SAMPLE_ROUND_TIMEOUT_S:g} s of the catch-up"
+            )
+        time.sleep(0.01)
 
 
 def _owners(daemons: Sequence[sqlstate_process.DaemonProcess]) -> dict[int, int]:
