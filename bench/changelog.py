@@ -29,7 +29,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -202,9 +202,11 @@ class _Samples:
     files: list[dict[int, list[tuple[float, int]]]]
     ends: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
     states: list[dict[int, list[tuple[float, int]]]] = field(default_factory=list)
-    # When the last finished round began (epoch s): the caller waits for a round that began
-    # after the files caught up, so the samples always show where they ended.
-    round_began: float = 0.0
+    # When the last round that read every file's positions began (epoch s): the caller waits
+    # for one that began after the files caught up, so the samples show where they ended.
+    whole_round_began: float = 0.0
+    # What stopped the sampler, if anything did.
+    error: Exception | None = None
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -247,9 +249,11 @@ def _sample(
         try:
             while not stop.is_set():
                 began = time.time()
+                whole = True
                 for index, database in enumerate(databases):
                     now = time.time()
                     applied, state = _applied(database, topic)
+                    whole = whole and bool(state)  # a file busy or not migrated yet: not read
                     for partition, offset in applied.items():
                         samples.files[index].setdefault(partition, []).append((now, offset))
                     for partition, offset in state.items():
@@ -260,12 +264,17 @@ def _sample(
                     now = time.time()
                     for tp, end in ends.items():
                         samples.ends.setdefault(tp.partition, []).append((now, end))
-                samples.round_began = began
+                if whole:
+                    samples.whole_round_began = began
                 await asyncio.sleep(max(0.0, interval_s - (time.time() - began)))
         finally:
             await consumer.stop()
 
-    asyncio.run(loop())
+    try:
+        asyncio.run(loop())
+    except Exception as error:
+        samples.error = error
+        raise
 
 
 def _first_reached(series: Sequence[tuple[float, int]], offset: int) -> float | None:
@@ -410,7 +419,7 @@ def _two_hosts(
             )
         # A short run can be consumed and followed between two samples: without a round after
         # it, no sample would show the following file reach the owner's state.
-        _wait_for_round_after(samples, caught_up, sampler)
+        wait_for_round_after(samples, caught_up, sampler.is_alive)
         owners = _owners(daemons)
     finally:
         stop.set()
@@ -428,14 +437,22 @@ def _two_hosts(
     return run, figures
 
 
-def _wait_for_round_after(samples: _Samples, at: float, sampler: threading.Thread) -> None:
-    give_up = time.monotonic() + SAMPLE_ROUND_TIMEOUT_S
-    while samples.round_began < at:
-        if not sampler.is_alive():
-            raise RuntimeError("the standby lag sampler stopped before the files caught up")
+def wait_for_round_after(
+    samples: _Samples,
+    at: float,
+    sampler_alive: Callable[[], bool],
+    timeout_s: float = SAMPLE_ROUND_TIMEOUT_S,
+) -> None:
+    """Return once the sampler has read every file in a round that began at ``at`` or later."""
+    give_up = time.monotonic() + timeout_s
+    while samples.whole_round_began < at:
+        if not sampler_alive():
+            raise RuntimeError(
+                "the standby lag sampler stopped before it read the files caught up"
+            ) from samples.error
         if time.monotonic() > give_up:
             raise TimeoutError(
-                f"no standby lag sample within {SAMPLE_ROUND_TIMEOUT_S:g} s of the catch-up"
+                f"the standby lag sampler read no file caught up within {timeout_s:g} s"
             )
         time.sleep(0.01)
 
